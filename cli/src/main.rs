@@ -1,0 +1,4 @@
+//! `ragpool`: the command-line entry point.
+fn main() {
+    println!("ragpool {}", env!("CARGO_PKG_VERSION"));
+}

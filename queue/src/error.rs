@@ -1,0 +1,44 @@
+//! Errors of the queue protocol.
+
+use thiserror::Error;
+
+/// Everything a queue operation can fail with.
+#[derive(Debug, Error)]
+pub enum QueueError {
+    /// Redis could not be reached or answered with an error. Callers map this to
+    /// "unavailable, try again" (HTTP 503); no half-written state is left behind because every
+    /// transition is one atomic script.
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("invalid task id {0:?}: expected a UUID")]
+    InvalidTaskId(String),
+    #[error("no such task {0}")]
+    NotFound(String),
+    /// The caller does not hold the task's lease (never did, lost it to the reaper, or the
+    /// task moved on).
+    #[error("lease lost on task {0}: the task is not held under this lease")]
+    LeaseLost(String),
+    /// The transition is not allowed from the task's current state.
+    #[error("task {id} is {state}, which does not allow {action}")]
+    WrongState {
+        id: String,
+        state: String,
+        action: &'static str,
+    },
+    #[error("unknown queue {0:?}")]
+    UnknownQueue(String),
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// Stored data did not decode; a bug or a foreign writer.
+    #[error("corrupt data in redis: {0}")]
+    Corrupt(String),
+}
+
+impl QueueError {
+    /// True when the error is about reaching Redis rather than about the request.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, QueueError::Redis(_))
+    }
+}
+
+pub type Result<T, E = QueueError> = std::result::Result<T, E>;
