@@ -1,1 +1,3 @@
 //! ragpool executor.
+
+pub mod backend;

@@ -1,0 +1,55 @@
+//! What a running task can tell its caller while it works.
+//!
+//! Progress is a "latest value wins" signal: the job loop only ever reports the newest
+//! percentage in its next heartbeat, so a `watch` channel fits and a slow reader never makes a
+//! backend wait.
+
+use tokio::sync::watch;
+
+/// The latest progress a backend reported.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Progress {
+    /// 0–100.
+    pub percent: u8,
+    pub message: String,
+}
+
+/// Handed to every [`Backend`](super::Backend) call.
+#[derive(Debug)]
+pub struct TaskContext {
+    progress: watch::Sender<Progress>,
+}
+
+impl TaskContext {
+    /// A context and the receiver its progress reports arrive on.
+    pub fn new() -> (Self, watch::Receiver<Progress>) {
+        let (progress, rx) = watch::channel(Progress::default());
+        (Self { progress }, rx)
+    }
+
+    /// Reports progress; values above 100 are clamped. Never blocks, never fails (a caller
+    /// that dropped its receiver simply stops hearing about it).
+    pub fn progress(&self, percent: u8, message: &str) {
+        self.progress.send_replace(Progress {
+            percent: percent.min(100),
+            message: message.to_owned(),
+        });
+    }
+
+    /// Another receiver of this context's progress.
+    pub fn subscribe(&self) -> watch::Receiver<Progress> {
+        self.progress.subscribe()
+    }
+
+    /// The most recent report.
+    pub fn current(&self) -> Progress {
+        self.progress.borrow().clone()
+    }
+}
+
+impl Default for TaskContext {
+    /// A context nobody listens to.
+    fn default() -> Self {
+        Self::new().0
+    }
+}

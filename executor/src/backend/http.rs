@@ -1,0 +1,95 @@
+//! A backend that forwards each task to an existing RAG HTTP service.
+//!
+//! This is the "slow synchronous endpoint made asynchronous" case: the task's payload JSON is
+//! POSTed unchanged and the service's JSON response becomes the task's result. What the queue
+//! adds is durability, retries and scaling; the service's contract stays its own.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ragpool_queue::payload::{AnalyzeImage, CompleteAnswer, FullQuery};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::Backend;
+use super::config::HttpConfig;
+use super::context::TaskContext;
+use super::error::{BackendError, BuildError};
+use super::transport::JsonClient;
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct HttpBackend {
+    client: JsonClient,
+    analyze_image_url: String,
+    complete_answer_url: String,
+    query_url: String,
+}
+
+impl HttpBackend {
+    pub fn new(config: &HttpConfig) -> Result<Self, BuildError> {
+        let base = checked_base_url(&config.base_url)?;
+        let url = |over: &Option<String>, path: &str| -> Result<String, BuildError> {
+            match over {
+                Some(u) => checked_base_url(u).map(str::to_owned),
+                None => Ok(format!("{base}/{path}")),
+            }
+        };
+        Ok(Self {
+            analyze_image_url: url(&config.analyze_image_url, "analyze-image")?,
+            complete_answer_url: url(&config.complete_answer_url, "complete-answer")?,
+            query_url: url(&config.query_url, "query")?,
+            client: JsonClient::new(
+                "RAG service",
+                Duration::from_secs(config.timeout_secs),
+                config.retry.clone(),
+                None,
+            )?,
+        })
+    }
+
+    async fn forward(&self, url: &str, payload: &impl Serialize) -> Result<Value, BackendError> {
+        let body = serde_json::to_value(payload)
+            .map_err(|e| BackendError::internal(format!("encoding the payload: {e}")))?;
+        self.client.post(url, &body).await
+    }
+}
+
+#[async_trait]
+impl Backend for HttpBackend {
+    async fn analyze_image(
+        &self,
+        req: &AnalyzeImage,
+        _cx: &TaskContext,
+    ) -> Result<Value, BackendError> {
+        self.forward(&self.analyze_image_url, req).await
+    }
+
+    async fn complete_answer(
+        &self,
+        req: &CompleteAnswer,
+        _cx: &TaskContext,
+    ) -> Result<Value, BackendError> {
+        self.forward(&self.complete_answer_url, req).await
+    }
+
+    async fn full_query(&self, req: &FullQuery, cx: &TaskContext) -> Result<Value, BackendError> {
+        cx.progress(10, "forwarded to the RAG service");
+        let result = self.forward(&self.query_url, req).await?;
+        cx.progress(100, "done");
+        Ok(result)
+    }
+}
+
+/// `url` without a trailing slash, if it is an absolute http(s) URL.
+pub(crate) fn checked_base_url(url: &str) -> Result<&str, BuildError> {
+    let trimmed = url.trim().trim_end_matches('/');
+    let parsed = reqwest::Url::parse(trimmed)
+        .map_err(|e| BuildError::Config(format!("{url:?} is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(BuildError::Config(format!(
+            "{url:?} must be an http or https URL"
+        )));
+    }
+    Ok(trimmed)
+}

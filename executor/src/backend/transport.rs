@@ -1,0 +1,237 @@
+//! JSON over HTTP to model and RAG servers, with the retry policy both remote backends share.
+//!
+//! Classification: 2xx with a JSON body is success; 408, 429 and 5xx, connection errors and
+//! timeouts are retried here a bounded number of times (honouring `Retry-After`) and then
+//! reported as retryable so the queue can try again later; any other status is permanent and
+//! carries the server's own error message.
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::StatusCode;
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use serde_json::Value;
+
+use super::config::{RetryPolicy, SecretString};
+use super::error::{BackendError, BuildError, kinds};
+
+/// Longest error body quoted in a message.
+const MAX_QUOTED: usize = 500;
+
+/// Posts JSON and reads JSON, retrying what may pass.
+#[derive(Debug, Clone)]
+pub(crate) struct JsonClient {
+    client: reqwest::Client,
+    retry: RetryPolicy,
+    bearer: Option<SecretString>,
+    /// Names the server in messages: "model server", "RAG service".
+    peer: &'static str,
+}
+
+impl JsonClient {
+    pub fn new(
+        peer: &'static str,
+        timeout: Duration,
+        retry: RetryPolicy,
+        bearer: Option<SecretString>,
+    ) -> Result<Self, BuildError> {
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(BuildError::Client)?;
+        Ok(Self {
+            client,
+            retry,
+            bearer,
+            peer,
+        })
+    }
+
+    /// POSTs `body` to `url` and returns the JSON response.
+    pub async fn post(&self, url: &str, body: &Value) -> Result<Value, BackendError> {
+        let mut retries = 0;
+        loop {
+            let err = match self.post_once(url, body).await {
+                Ok(value) => return Ok(value),
+                Err(err) => err,
+            };
+            let BackendError::Retryable {
+                kind,
+                message,
+                retry_after,
+            } = err
+            else {
+                return Err(err);
+            };
+            let wait = retry_after.unwrap_or_else(|| self.backoff(retries));
+            let max_wait = Duration::from_secs(self.retry.max_wait_secs);
+            if retries >= self.retry.max_retries || wait > max_wait {
+                // Give the wait to the queue rather than sleeping on a leased slot.
+                return Err(BackendError::Retryable {
+                    kind,
+                    message,
+                    retry_after,
+                });
+            }
+            retries += 1;
+            tracing::debug!(%url, %kind, %message, ?wait, retries, "retrying request");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    fn backoff(&self, retries: u32) -> Duration {
+        Duration::from_millis(self.retry.backoff_ms.saturating_mul(1 << retries.min(16)))
+    }
+
+    async fn post_once(&self, url: &str, body: &Value) -> Result<Value, BackendError> {
+        let mut request = self.client.post(url).json(body);
+        if let Some(key) = &self.bearer {
+            request = request.bearer_auth(key.expose());
+        }
+        let response = request.send().await.map_err(|e| {
+            let what = if e.is_timeout() {
+                "timed out"
+            } else {
+                "could not be reached"
+            };
+            BackendError::retryable(
+                kinds::BACKEND_UNAVAILABLE,
+                format!("the {} at {url} {what}: {}", self.peer, error_chain(&e)),
+                None,
+            )
+        })?;
+        let status = response.status();
+        let retry_after = retry_after(response.headers());
+        let text = response.text().await.map_err(|e| {
+            BackendError::retryable(
+                kinds::BACKEND_UNAVAILABLE,
+                format!("reading the {}'s response: {}", self.peer, error_chain(&e)),
+                None,
+            )
+        })?;
+        if status.is_success() {
+            return serde_json::from_str(&text).map_err(|e| {
+                BackendError::permanent(
+                    kinds::MODEL_ERROR,
+                    format!(
+                        "the {} answered {status} with a body that is not JSON ({e}): {}",
+                        self.peer,
+                        quote(&text)
+                    ),
+                )
+            });
+        }
+        let message = format!(
+            "the {} answered {status}: {}",
+            self.peer,
+            error_message(&text)
+        );
+        Err(match status {
+            StatusCode::TOO_MANY_REQUESTS => {
+                BackendError::retryable(kinds::RATE_LIMITED, message, retry_after)
+            }
+            StatusCode::REQUEST_TIMEOUT => {
+                BackendError::retryable(kinds::BACKEND_UNAVAILABLE, message, retry_after)
+            }
+            s if s.is_server_error() => {
+                BackendError::retryable(kinds::BACKEND_UNAVAILABLE, message, retry_after)
+            }
+            StatusCode::BAD_REQUEST
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::UNPROCESSABLE_ENTITY => BackendError::bad_input(message),
+            _ => BackendError::permanent(kinds::MODEL_ERROR, message),
+        })
+    }
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date.
+fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+/// The human part of an error body: OpenAI's `error.message`, FastAPI's `detail`, or the text.
+fn error_message(body: &str) -> String {
+    let from_json = serde_json::from_str::<Value>(body).ok().and_then(|v| {
+        let candidates = [
+            v.pointer("/error/message"),
+            v.get("error"),
+            v.get("message"),
+            v.get("detail"),
+            v.pointer("/detail/0/msg"),
+        ];
+        candidates
+            .into_iter()
+            .flatten()
+            .find_map(|m| m.as_str().map(str::to_owned))
+    });
+    match from_json {
+        Some(m) => quote(&m),
+        None if body.trim().is_empty() => "(empty body)".to_owned(),
+        None => quote(body),
+    }
+}
+
+fn quote(text: &str) -> String {
+    let text = text.trim();
+    match text.char_indices().nth(MAX_QUOTED) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+/// reqwest's top-level message is often just "error sending request"; the cause says why.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&h), Some(Duration::from_secs(7)));
+        h.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(
+            retry_after(&h),
+            Some(Duration::ZERO),
+            "a past date means now"
+        );
+        h.insert(RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after(&h), None);
+    }
+
+    #[test]
+    fn error_messages_come_from_common_shapes() {
+        assert_eq!(
+            error_message(r#"{"error":{"message":"model not found"}}"#),
+            "model not found"
+        );
+        assert_eq!(error_message(r#"{"detail":"bad field"}"#), "bad field");
+        assert_eq!(
+            error_message(r#"{"detail":[{"msg":"x required"}]}"#),
+            "x required"
+        );
+        assert_eq!(error_message("plain words"), "plain words");
+        assert_eq!(error_message(""), "(empty body)");
+    }
+}
