@@ -3,12 +3,41 @@
 //! Every state change of a task is one atomic Lua script (see `lua/` and `docs/queue.md`),
 //! called through a typed method on [`Broker`]. All keys of one namespace share one hash tag,
 //! so the protocol runs unchanged on Redis Cluster.
+//!
+//! ```no_run
+//! # async fn demo() -> ragpool_queue::Result<()> {
+//! use ragpool_queue::{Broker, BrokerConfig, NewTask, TaskKind};
+//! let broker = Broker::connect(BrokerConfig::from_url("redis://127.0.0.1:6379")?).await?;
+//! let queued = broker
+//!     .enqueue(NewTask::new(TaskKind::FullQuery, serde_json::json!({"question": "why?"})))
+//!     .await?;
+//! println!("task {}", queued.id);
+//! # Ok(()) }
+//! ```
 
+mod broker;
+pub mod config;
+pub mod conn;
+mod consumer;
+mod decode;
 pub mod error;
+pub mod events;
+pub mod keys;
 pub mod payload;
+mod scripts;
 pub mod stats;
 pub mod task;
+#[cfg(feature = "test-support")]
+pub mod testing;
 
+pub use broker::{
+    Broker, BrokerConfig, CancelOutcome, Enqueued, FailOutcome, Heartbeat, Lease, Maintenance,
+    NewTask, ReleaseOutcome, Retry,
+};
+pub use config::{ClaimPolicy, QueueConfig, default_queues};
+pub use conn::RedisTarget;
+pub use consumer::{Claimed, Consumer, ConsumerConfig};
 pub use error::{QueueError, Result};
+pub use events::{EventHub, TaskEvent};
 pub use stats::{DurationSummary, QueueStats, WorkerInfo};
 pub use task::{Progress, Task, TaskError, TaskId, TaskKind, TaskState};

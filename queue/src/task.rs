@@ -24,6 +24,11 @@ impl TaskId {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// Wraps an id read back from Redis, which was checked when it was created.
+    pub(crate) fn from_str_unchecked(s: String) -> Self {
+        TaskId(s)
+    }
 }
 
 impl Default for TaskId {
@@ -206,6 +211,9 @@ pub struct Task {
     pub started_at_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<u64>,
+    /// When a `delayed` task becomes `queued` again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_at_ms: Option<u64>,
     /// The worker holding the lease while `started`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,

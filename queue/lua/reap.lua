@@ -1,0 +1,43 @@
+-- reap: leases past their deadline go back to the queue and the attempt they used stays
+-- spent; a task on its last attempt ends `failed` with kind `lease_expired`. Also drops ended
+-- tasks whose TTL has passed from the ended sets. Atomic, so any number of executors may run
+-- it at once: each expired lease is handled exactly once.
+--
+-- KEYS[1] active set, KEYS[2] ready set, KEYS[3] wake-up list, KEYS[4] finished set,
+-- KEYS[5] failed set, KEYS[6] canceled set, KEYS[7] counters hash, KEYS[8] events stream
+-- ARGV[1] prefix, ARGV[2] at most this many leases per call
+-- Returns {requeued, failed}.
+local prefix = ARGV[1]
+local now = now_ms()
+local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local requeued, failed = 0, 0
+
+for _, id in ipairs(expired) do
+  redis.call('ZREM', KEYS[1], id)
+  local tkey = task_key(prefix, id)
+  local h = redis.call('HMGET', tkey, 'state', 'attempts', 'max_attempts', 'cancel', 'seq',
+    'queue', 'worker')
+  if h[1] == 'started' then
+    redis.call('HINCRBY', KEYS[7], 'lease_expired', 1)
+    local message = 'lease of worker ' .. (h[7] or '?') .. ' expired'
+    redis.call('HSET', tkey, 'error_kind', 'lease_expired', 'error_msg', message)
+    if h[4] == '1' then
+      finish_as(tkey, id, KEYS[6], 'canceled', 'failure_ttl_ms', now)
+      emit(KEYS[8], id, h[6], 'canceled')
+    elseif tonumber(h[2]) < tonumber(h[3]) then
+      make_ready(tkey, id, KEYS[2], KEYS[3], h[5], now)
+      emit(KEYS[8], id, h[6], 'queued', {'error_kind', 'lease_expired'})
+      requeued = requeued + 1
+    else
+      finish_as(tkey, id, KEYS[5], 'failed', 'failure_ttl_ms', now)
+      redis.call('HINCRBY', KEYS[7], 'failed', 1)
+      emit(KEYS[8], id, h[6], 'failed', {'error_kind', 'lease_expired'})
+      failed = failed + 1
+    end
+  end
+end
+
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
+return {requeued, failed}

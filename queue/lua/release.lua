@@ -1,0 +1,25 @@
+-- release: a worker shutting down gives its task back without spending an attempt. The task
+-- returns to its original place in the queue, so it runs next. A task whose cancel was asked
+-- for ends `canceled` instead.
+--
+-- KEYS[1] task hash, KEYS[2] active set, KEYS[3] ready set, KEYS[4] wake-up list,
+-- KEYS[5] canceled set, KEYS[6] events stream
+-- ARGV[1] id, ARGV[2] lease token
+-- Returns {'queued'} / {'canceled'} or {'not_found'} / {'lease_lost'}.
+local tkey, id = KEYS[1], ARGV[1]
+local refused = check_lease(tkey, ARGV[2])
+if refused then return {refused} end
+
+local now = now_ms()
+redis.call('ZREM', KEYS[2], id)
+local h = redis.call('HMGET', tkey, 'cancel', 'seq', 'queue')
+if h[1] == '1' then
+  redis.call('HSET', tkey, 'error_kind', 'canceled', 'error_msg', 'canceled while running')
+  finish_as(tkey, id, KEYS[5], 'canceled', 'failure_ttl_ms', now)
+  emit(KEYS[6], id, h[3], 'canceled')
+  return {'canceled'}
+end
+redis.call('HINCRBY', tkey, 'attempts', -1)
+make_ready(tkey, id, KEYS[3], KEYS[4], h[2], now)
+emit(KEYS[6], id, h[3], 'queued', {'released', '1'})
+return {'queued'}

@@ -1,0 +1,21 @@
+-- retry: put a `failed` task back on its queue by hand, with its attempts reset. This is
+-- what a dashboard's retry button calls.
+--
+-- KEYS[1] task hash, KEYS[2] failed set, KEYS[3] ready set, KEYS[4] wake-up list,
+-- KEYS[5] sequence counter, KEYS[6] events stream
+-- ARGV[1] id
+-- Returns {'queued'} / {'wrong_state', state} / {'not_found'}.
+local tkey, id = KEYS[1], ARGV[1]
+local state = redis.call('HGET', tkey, 'state')
+if not state then return {'not_found'} end
+if state ~= 'failed' then return {'wrong_state', state} end
+
+redis.call('ZREM', KEYS[2], id)
+redis.call('PERSIST', tkey)
+local idem = redis.call('HGET', tkey, 'idem')
+if idem then redis.call('PERSIST', idem) end
+redis.call('HSET', tkey, 'attempts', 0, 'progress', 0, 'progress_msg', '', 'cancel', 0)
+redis.call('HDEL', tkey, 'error_kind', 'error_msg', 'finished_at', 'result', 'retry_at')
+make_ready(tkey, id, KEYS[3], KEYS[4], redis.call('INCR', KEYS[5]), now_ms())
+emit(KEYS[6], id, redis.call('HGET', tkey, 'queue'), 'queued', {'retried', '1'})
+return {'queued'}

@@ -1,0 +1,759 @@
+//! [`Broker`]: the typed face of the Redis protocol. One method per transition, each one
+//! script call.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use redis::Value;
+use serde_json::Value as Json;
+
+use crate::config::{QueueConfig, default_queues};
+use crate::conn::{Conn, RedisTarget};
+use crate::decode;
+use crate::error::{QueueError, Result};
+use crate::keys::Keys;
+use crate::scripts;
+use crate::stats::{DurationSummary, QueueStats, WorkerInfo};
+use crate::task::{Progress, Task, TaskError, TaskId, TaskKind};
+
+/// How to reach Redis and which queues exist.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub target: RedisTarget,
+    /// Prefix (and cluster hash tag) of every key; several deployments can share one Redis
+    /// under different namespaces.
+    pub namespace: String,
+    pub queues: Vec<QueueConfig>,
+    /// How long a non-blocking command may take before it counts as a failure.
+    pub response_timeout: Duration,
+}
+
+impl BrokerConfig {
+    /// The seed's three queues in namespace `ragpool`.
+    pub fn new(target: RedisTarget) -> Self {
+        BrokerConfig {
+            target,
+            namespace: "ragpool".into(),
+            queues: default_queues(),
+            response_timeout: Duration::from_secs(5),
+        }
+    }
+
+    /// Parses `url` (see [`RedisTarget`]) and uses the defaults for the rest.
+    pub fn from_url(url: &str) -> Result<Self> {
+        Ok(Self::new(url.parse()?))
+    }
+}
+
+/// A new task to enqueue.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub kind: TaskKind,
+    /// Defaults to the kind's queue.
+    pub queue: Option<String>,
+    pub payload: Json,
+    /// While a task created with this key is kept, enqueueing with the same key returns it.
+    pub idempotency_key: Option<String>,
+    pub owner: Option<String>,
+}
+
+impl NewTask {
+    pub fn new(kind: TaskKind, payload: Json) -> Self {
+        NewTask {
+            kind,
+            queue: None,
+            payload,
+            idempotency_key: None,
+            owner: None,
+        }
+    }
+}
+
+/// What [`Broker::enqueue`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: TaskId,
+    pub queue: String,
+    /// False when an idempotency key matched a task that already exists.
+    pub created: bool,
+}
+
+/// A worker's hold on a claimed task. Every later transition of the task by that worker
+/// presents it; a lease that expired and was reaped no longer works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    pub task: TaskId,
+    pub queue: String,
+    pub token: String,
+    /// How far each heartbeat pushes the deadline.
+    pub duration: Duration,
+}
+
+/// What a heartbeat learned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Heartbeat {
+    /// The task was canceled while running: stop it and call [`Broker::fail`] (it will end
+    /// `canceled`).
+    pub cancel_requested: bool,
+}
+
+/// How a failure should be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Retry with backoff while attempts remain; wait at least this long when given (a
+    /// server's `Retry-After`).
+    Retryable(Option<Duration>),
+    /// Fail now: retrying cannot help (bad input, a model's 4xx).
+    Permanent,
+}
+
+/// Where a failed attempt left the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailOutcome {
+    /// Will be retried when the backoff ends (milliseconds since the epoch).
+    Delayed {
+        retry_at_ms: u64,
+    },
+    Failed,
+    Canceled,
+}
+
+/// What a cancel did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The task was queued or delayed and is now canceled.
+    Canceled,
+    /// The task is running; its worker stops it at its next heartbeat.
+    Requested,
+}
+
+/// What a release did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReleaseOutcome {
+    Requeued,
+    /// A cancel had been asked for, so the task ended instead of going back.
+    Canceled,
+}
+
+/// What one maintenance pass did across all queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Maintenance {
+    /// Expired leases put back on their queue.
+    pub requeued: u64,
+    /// Expired leases on their last attempt, now failed.
+    pub failed: u64,
+    /// Delayed tasks moved back to their queue.
+    pub promoted: u64,
+}
+
+/// The queue protocol over one Redis deployment. Cheap to clone.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Conn,
+    keys: Keys,
+    config: BrokerConfig,
+    queues: HashMap<String, QueueConfig>,
+    events: tokio::sync::OnceCell<crate::events::EventHub>,
+}
+
+/// Leases and maintenance passes touch at most this many tasks per script call, so one call
+/// never holds Redis for long.
+const MAINTENANCE_BATCH: u32 = 500;
+
+impl Broker {
+    /// Validates the configuration and prepares a connection. For a single server nothing is
+    /// sent yet, so a broker can be built while Redis is down; for a cluster the topology is
+    /// read now.
+    pub async fn connect(config: BrokerConfig) -> Result<Broker> {
+        let mut queues = HashMap::new();
+        for q in &config.queues {
+            q.validate()?;
+            if queues.insert(q.name.clone(), q.clone()).is_some() {
+                return Err(QueueError::Config(format!(
+                    "queue {:?} listed twice",
+                    q.name
+                )));
+            }
+        }
+        if config.namespace.is_empty() || config.namespace.contains(['{', '}']) {
+            return Err(QueueError::Config(
+                "namespace must be non-empty and free of braces".into(),
+            ));
+        }
+        let conn = Conn::open(&config.target, Some(config.response_timeout)).await?;
+        Ok(Broker {
+            inner: Arc::new(Inner {
+                conn,
+                keys: Keys::new(&config.namespace),
+                config,
+                queues,
+                events: tokio::sync::OnceCell::new(),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &BrokerConfig {
+        &self.inner.config
+    }
+
+    pub fn keys(&self) -> &Keys {
+        &self.inner.keys
+    }
+
+    /// The settings of a configured queue.
+    pub fn queue(&self, name: &str) -> Result<&QueueConfig> {
+        self.inner
+            .queues
+            .get(name)
+            .ok_or_else(|| QueueError::UnknownQueue(name.to_string()))
+    }
+
+    pub(crate) fn conn(&self) -> Conn {
+        self.inner.conn.clone()
+    }
+
+    /// Checks that Redis answers.
+    pub async fn ping(&self) -> Result<()> {
+        let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
+        Ok(())
+    }
+
+    /// Puts a new task on its queue, or returns the task an idempotency key already names.
+    pub async fn enqueue(&self, new: NewTask) -> Result<Enqueued> {
+        let queue_name = new
+            .queue
+            .unwrap_or_else(|| new.kind.default_queue().to_string());
+        let q = self.queue(&queue_name)?;
+        let keys = self.keys();
+        let qk = keys.queue(&queue_name);
+        let id = TaskId::new();
+        let idem = new.idempotency_key.unwrap_or_default();
+        let idem_key = if idem.is_empty() {
+            keys.seq()
+        } else {
+            keys.idempotency(&idem)
+        };
+        let payload = serde_json::to_string(&new.payload)
+            .map_err(|e| QueueError::Corrupt(format!("payload does not serialize: {e}")))?;
+        let reply: Value = scripts::ENQUEUE
+            .key(keys.task(id.as_str()))
+            .key(&qk.ready)
+            .key(idem_key)
+            .key(&qk.counters)
+            .key(&qk.signal)
+            .key(keys.events())
+            .key(keys.seq())
+            .key(keys.queues())
+            .arg(keys.prefix())
+            .arg(id.as_str())
+            .arg(&queue_name)
+            .arg(new.kind.as_str())
+            .arg(payload)
+            .arg(q.max_attempts)
+            .arg(millis(q.timeout))
+            .arg(millis(q.result_ttl))
+            .arg(millis(q.failure_ttl))
+            .arg(&idem)
+            .arg(new.owner.unwrap_or_default())
+            .arg(millis(q.backoff_base))
+            .arg(millis(q.backoff_max))
+            .invoke_async(&mut self.conn())
+            .await?;
+        let reply = decode::status(&reply)?;
+        match reply.as_slice() {
+            [created, existing] => Ok(Enqueued {
+                id: existing.parse()?,
+                queue: queue_name,
+                created: created == "1",
+            }),
+            other => Err(QueueError::Corrupt(format!("enqueue replied {other:?}"))),
+        }
+    }
+
+    /// Reads a task; `None` when it never existed or has expired.
+    pub async fn get(&self, id: &TaskId) -> Result<Option<Task>> {
+        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+            .arg(self.keys().task(id.as_str()))
+            .query_async(&mut self.conn())
+            .await?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        decode::task(&fields).map(Some)
+    }
+
+    /// A queued task's place in its queue (0 = next), `None` when it is not queued.
+    pub async fn position(&self, id: &TaskId, queue: &str) -> Result<Option<u64>> {
+        let rank: Option<u64> = redis::cmd("ZRANK")
+            .arg(self.keys().queue(queue).ready)
+            .arg(id.as_str())
+            .query_async(&mut self.conn())
+            .await?;
+        Ok(rank)
+    }
+
+    /// Extends the lease and records progress. Fails with [`QueueError::LeaseLost`] when the
+    /// lease was lost: the worker must stop working on the task.
+    pub async fn heartbeat(&self, lease: &Lease, progress: Option<&Progress>) -> Result<Heartbeat> {
+        let keys = self.keys();
+        let (percent, message) = match progress {
+            Some(p) => (i64::from(p.percent.min(100)), p.message.as_str()),
+            None => (-1, ""),
+        };
+        let reply: Value = scripts::HEARTBEAT
+            .key(keys.task(lease.task.as_str()))
+            .key(keys.queue(&lease.queue).active)
+            .key(keys.events())
+            .arg(lease.task.as_str())
+            .arg(&lease.token)
+            .arg(millis(lease.duration))
+            .arg(percent)
+            .arg(message)
+            .invoke_async(&mut self.conn())
+            .await?;
+        let reply = decode::status(&reply)?;
+        match reply.as_slice() {
+            [ok, cancel] if ok == "ok" => Ok(Heartbeat {
+                cancel_requested: cancel == "1",
+            }),
+            other => Err(refusal(&lease.task, other)),
+        }
+    }
+
+    /// Stores the result; the task is `finished`.
+    pub async fn complete(&self, lease: &Lease, result: &Json) -> Result<()> {
+        let keys = self.keys();
+        let qk = keys.queue(&lease.queue);
+        let result = serde_json::to_string(result)
+            .map_err(|e| QueueError::Corrupt(format!("result does not serialize: {e}")))?;
+        let reply: Value = scripts::COMPLETE
+            .key(keys.task(lease.task.as_str()))
+            .key(&qk.active)
+            .key(&qk.finished)
+            .key(&qk.counters)
+            .key(&qk.processing)
+            .key(keys.events())
+            .arg(lease.task.as_str())
+            .arg(&lease.token)
+            .arg(result)
+            .invoke_async(&mut self.conn())
+            .await?;
+        match decode::status(&reply)?.as_slice() {
+            [ok] if ok == "ok" => Ok(()),
+            other => Err(refusal(&lease.task, other)),
+        }
+    }
+
+    /// Records a failed attempt: retried after a backoff while attempts remain and the error is
+    /// retryable, else `failed`.
+    pub async fn fail(
+        &self,
+        lease: &Lease,
+        error: &TaskError,
+        retry: Retry,
+    ) -> Result<FailOutcome> {
+        let keys = self.keys();
+        let qk = keys.queue(&lease.queue);
+        let (retryable, min_delay) = match retry {
+            Retry::Retryable(after) => (1, after.map(millis).unwrap_or(0)),
+            Retry::Permanent => (0, 0),
+        };
+        let jitter: f64 = rand::rng().random_range(0.0..1.0);
+        let reply: Value = scripts::FAIL
+            .key(keys.task(lease.task.as_str()))
+            .key(&qk.active)
+            .key(&qk.delayed)
+            .key(&qk.failed)
+            .key(&qk.canceled)
+            .key(&qk.counters)
+            .key(keys.events())
+            .arg(lease.task.as_str())
+            .arg(&lease.token)
+            .arg(&error.kind)
+            .arg(&error.message)
+            .arg(retryable)
+            .arg(format!("{jitter:.6}"))
+            .arg(min_delay)
+            .invoke_async(&mut self.conn())
+            .await?;
+        let reply = decode::status(&reply)?;
+        match reply.as_slice() {
+            [s, due] if s == "delayed" => Ok(FailOutcome::Delayed {
+                retry_at_ms: due.parse().unwrap_or(0),
+            }),
+            [s] if s == "failed" => Ok(FailOutcome::Failed),
+            [s] if s == "canceled" => Ok(FailOutcome::Canceled),
+            other => Err(refusal(&lease.task, other)),
+        }
+    }
+
+    /// Gives a task back without spending an attempt (a worker shutting down).
+    pub async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
+        let keys = self.keys();
+        let qk = keys.queue(&lease.queue);
+        let reply: Value = scripts::RELEASE
+            .key(keys.task(lease.task.as_str()))
+            .key(&qk.active)
+            .key(&qk.ready)
+            .key(&qk.signal)
+            .key(&qk.canceled)
+            .key(keys.events())
+            .arg(lease.task.as_str())
+            .arg(&lease.token)
+            .invoke_async(&mut self.conn())
+            .await?;
+        match decode::status(&reply)?.as_slice() {
+            [s] if s == "queued" => Ok(ReleaseOutcome::Requeued),
+            [s] if s == "canceled" => Ok(ReleaseOutcome::Canceled),
+            other => Err(refusal(&lease.task, other)),
+        }
+    }
+
+    /// The queue a task is on, read before a transition whose keys depend on it.
+    async fn queue_of(&self, id: &TaskId) -> Result<String> {
+        let queue: Option<String> = redis::cmd("HGET")
+            .arg(self.keys().task(id.as_str()))
+            .arg("queue")
+            .query_async(&mut self.conn())
+            .await?;
+        queue.ok_or_else(|| QueueError::NotFound(id.to_string()))
+    }
+
+    /// Cancels a task: at once when it waits, at its next heartbeat when it runs.
+    pub async fn cancel(&self, id: &TaskId) -> Result<CancelOutcome> {
+        let queue = self.queue_of(id).await?;
+        let keys = self.keys();
+        let qk = keys.queue(&queue);
+        let reply: Value = scripts::CANCEL
+            .key(keys.task(id.as_str()))
+            .key(&qk.ready)
+            .key(&qk.delayed)
+            .key(&qk.canceled)
+            .key(keys.events())
+            .arg(id.as_str())
+            .invoke_async(&mut self.conn())
+            .await?;
+        match decode::status(&reply)?.as_slice() {
+            [s] if s == "canceled" => Ok(CancelOutcome::Canceled),
+            [s] if s == "cancel_requested" => Ok(CancelOutcome::Requested),
+            [s, state] if s == "ended" => Err(QueueError::WrongState {
+                id: id.to_string(),
+                state: state.clone(),
+                action: "cancel",
+            }),
+            other => Err(refusal(id, other)),
+        }
+    }
+
+    /// Puts a `failed` task back on its queue with its attempts reset.
+    pub async fn retry(&self, id: &TaskId) -> Result<()> {
+        let queue = self.queue_of(id).await?;
+        let keys = self.keys();
+        let qk = keys.queue(&queue);
+        let reply: Value = scripts::RETRY
+            .key(keys.task(id.as_str()))
+            .key(&qk.failed)
+            .key(&qk.ready)
+            .key(&qk.signal)
+            .key(keys.seq())
+            .key(keys.events())
+            .arg(id.as_str())
+            .invoke_async(&mut self.conn())
+            .await?;
+        match decode::status(&reply)?.as_slice() {
+            [s] if s == "queued" => Ok(()),
+            [s, state] if s == "wrong_state" => Err(QueueError::WrongState {
+                id: id.to_string(),
+                state: state.clone(),
+                action: "retry",
+            }),
+            other => Err(refusal(id, other)),
+        }
+    }
+
+    /// Reaps expired leases of one queue. Harmless to run from many processes at once.
+    pub async fn reap(&self, queue: &str) -> Result<(u64, u64)> {
+        let keys = self.keys();
+        let qk = keys.queue(queue);
+        let mut total = (0, 0);
+        loop {
+            let reply: Value = scripts::REAP
+                .key(&qk.active)
+                .key(&qk.ready)
+                .key(&qk.signal)
+                .key(&qk.finished)
+                .key(&qk.failed)
+                .key(&qk.canceled)
+                .key(&qk.counters)
+                .key(keys.events())
+                .arg(keys.prefix())
+                .arg(MAINTENANCE_BATCH)
+                .invoke_async(&mut self.conn())
+                .await?;
+            let reply = decode::status(&reply)?;
+            let (requeued, failed) = match reply.as_slice() {
+                [r, f] => (r.parse().unwrap_or(0), f.parse().unwrap_or(0)),
+                other => return Err(QueueError::Corrupt(format!("reap replied {other:?}"))),
+            };
+            total.0 += requeued;
+            total.1 += failed;
+            if requeued + failed < u64::from(MAINTENANCE_BATCH) {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Moves due delayed tasks of one queue back to it. Harmless to run concurrently.
+    pub async fn promote(&self, queue: &str) -> Result<u64> {
+        let keys = self.keys();
+        let qk = keys.queue(queue);
+        let mut total = 0;
+        loop {
+            let promoted: u64 = scripts::PROMOTE
+                .key(&qk.delayed)
+                .key(&qk.ready)
+                .key(&qk.signal)
+                .key(keys.seq())
+                .key(keys.events())
+                .arg(keys.prefix())
+                .arg(MAINTENANCE_BATCH)
+                .invoke_async(&mut self.conn())
+                .await?;
+            total += promoted;
+            if promoted < u64::from(MAINTENANCE_BATCH) {
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Reaps and promotes on every known queue.
+    pub async fn maintain(&self) -> Result<Maintenance> {
+        let mut out = Maintenance::default();
+        for queue in self.queue_names().await? {
+            let (requeued, failed) = self.reap(&queue).await?;
+            out.requeued += requeued;
+            out.failed += failed;
+            out.promoted += self.promote(&queue).await?;
+        }
+        Ok(out)
+    }
+
+    /// Configured queues first (in configuration order), then any other queue that has seen
+    /// tasks in this namespace.
+    pub async fn queue_names(&self) -> Result<Vec<String>> {
+        let known: BTreeSet<String> = redis::cmd("SMEMBERS")
+            .arg(self.keys().queues())
+            .query_async(&mut self.conn())
+            .await?;
+        let mut names: Vec<String> = self
+            .inner
+            .config
+            .queues
+            .iter()
+            .map(|q| q.name.clone())
+            .collect();
+        names.extend(
+            known
+                .into_iter()
+                .filter(|k| !self.inner.queues.contains_key(k)),
+        );
+        Ok(names)
+    }
+
+    /// One queue's statistics, from one atomic snapshot.
+    pub async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
+        let keys = self.keys();
+        let qk = keys.queue(queue);
+        let reply: Value = scripts::STATS
+            .key(&qk.ready)
+            .key(&qk.active)
+            .key(&qk.delayed)
+            .key(&qk.finished)
+            .key(&qk.failed)
+            .key(&qk.canceled)
+            .key(&qk.counters)
+            .key(&qk.processing)
+            .key(&qk.wait)
+            .arg(keys.prefix())
+            .invoke_async(&mut self.conn())
+            .await?;
+        let Value::Array(parts) = reply else {
+            return Err(QueueError::Corrupt(format!("stats replied {reply:?}")));
+        };
+        let [
+            now,
+            queued,
+            started,
+            delayed,
+            finished,
+            failed,
+            canceled,
+            counters,
+            processing,
+            wait,
+            oldest,
+        ] = parts.as_slice()
+        else {
+            return Err(QueueError::Corrupt(
+                "stats reply has the wrong length".into(),
+            ));
+        };
+        let counters = decode::pairs(counters)?;
+        let counter = |name: &str| counters.get(name).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let now = decode::int(now)?.max(0) as u64;
+        let oldest = decode::int(oldest)?;
+        Ok(QueueStats {
+            queue: queue.to_string(),
+            queued: decode::int(queued)?.max(0) as u64,
+            started: decode::int(started)?.max(0) as u64,
+            delayed: decode::int(delayed)?.max(0) as u64,
+            finished: decode::int(finished)?.max(0) as u64,
+            failed: decode::int(failed)?.max(0) as u64,
+            canceled: decode::int(canceled)?.max(0) as u64,
+            total_enqueued: counter("enqueued"),
+            total_finished: counter("finished"),
+            total_failed: counter("failed"),
+            total_lease_expired: counter("lease_expired"),
+            processing: summarize(&decode::list(processing)?),
+            wait: summarize(&decode::list(wait)?),
+            oldest_queued_age_ms: if oldest < 0 {
+                0
+            } else {
+                now.saturating_sub(oldest as u64)
+            },
+            at_ms: now,
+        })
+    }
+
+    /// Statistics of every known queue.
+    pub async fn stats(&self) -> Result<Vec<QueueStats>> {
+        let mut out = Vec::new();
+        for queue in self.queue_names().await? {
+            out.push(self.queue_stats(&queue).await?);
+        }
+        Ok(out)
+    }
+
+    /// Registers a worker or refreshes its record; it drops out of [`Broker::workers`] when
+    /// not refreshed within `ttl`. Returns the server time.
+    pub async fn register_worker(&self, info: &WorkerInfo, ttl: Duration) -> Result<u64> {
+        let keys = self.keys();
+        let record = serde_json::to_string(info)
+            .map_err(|e| QueueError::Corrupt(format!("worker record: {e}")))?;
+        let now: u64 = scripts::WORKER_BEAT
+            .key(keys.workers())
+            .key(keys.worker(&info.id))
+            .arg(&info.id)
+            .arg(record)
+            .arg(millis(ttl))
+            .invoke_async(&mut self.conn())
+            .await?;
+        Ok(now)
+    }
+
+    /// Removes a worker from the registry at once (a clean shutdown).
+    pub async fn deregister_worker(&self, id: &str) -> Result<()> {
+        let keys = self.keys();
+        redis::pipe()
+            .atomic()
+            .zrem(keys.workers(), id)
+            .del(keys.worker(id))
+            .query_async::<()>(&mut self.conn())
+            .await?;
+        Ok(())
+    }
+
+    /// The workers heard from within `ttl`.
+    pub async fn workers(&self, ttl: Duration) -> Result<Vec<WorkerInfo>> {
+        let keys = self.keys();
+        let reply: Value = scripts::WORKERS
+            .key(keys.workers())
+            .arg(keys.prefix())
+            .arg(millis(ttl))
+            .invoke_async(&mut self.conn())
+            .await?;
+        let flat = decode::list(&reply)?;
+        let mut out = Vec::with_capacity(flat.len() / 3);
+        for entry in flat.chunks(3) {
+            if let [_, seen, record] = entry {
+                let mut info: WorkerInfo = serde_json::from_str(record)
+                    .map_err(|e| QueueError::Corrupt(format!("worker record: {e}")))?;
+                info.last_seen_ms = seen.parse().unwrap_or(info.last_seen_ms);
+                out.push(info);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The events hub of this broker, started on first use: every task state change,
+    /// delivered as it happens.
+    pub async fn events(&self) -> Result<crate::events::EventHub> {
+        self.inner
+            .events
+            .get_or_try_init(|| crate::events::EventHub::start(self.clone()))
+            .await
+            .cloned()
+    }
+
+    /// A consumer that claims from `queues` in the order of `policy`.
+    pub async fn consumer(
+        &self,
+        config: crate::consumer::ConsumerConfig,
+    ) -> Result<crate::consumer::Consumer> {
+        crate::consumer::Consumer::new(self.clone(), config).await
+    }
+}
+
+pub(crate) fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Turns a script's refusal code into the matching error.
+fn refusal(id: &TaskId, reply: &[String]) -> QueueError {
+    match reply.first().map(String::as_str) {
+        Some("not_found") => QueueError::NotFound(id.to_string()),
+        Some("lease_lost") => QueueError::LeaseLost(id.to_string()),
+        _ => QueueError::Corrupt(format!("unexpected reply {reply:?} for task {id}")),
+    }
+}
+
+/// Mean and percentiles of duration samples (nearest-rank).
+fn summarize(samples: &[String]) -> DurationSummary {
+    let mut values: Vec<f64> = samples.iter().filter_map(|s| s.parse().ok()).collect();
+    if values.is_empty() {
+        return DurationSummary::default();
+    }
+    values.sort_by(f64::total_cmp);
+    let rank = |p: f64| {
+        let i = ((p * values.len() as f64).ceil() as usize).clamp(1, values.len()) - 1;
+        values[i]
+    };
+    DurationSummary {
+        samples: values.len() as u64,
+        mean_ms: values.iter().sum::<f64>() / values.len() as f64,
+        p50_ms: rank(0.50),
+        p95_ms: rank(0.95),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summary_uses_nearest_rank() {
+        let samples: Vec<String> = (1..=100).map(|v| v.to_string()).collect();
+        let s = summarize(&samples);
+        assert_eq!(s.samples, 100);
+        assert_eq!(s.p50_ms, 50.0);
+        assert_eq!(s.p95_ms, 95.0);
+        assert!((s.mean_ms - 50.5).abs() < 1e-9);
+        assert_eq!(summarize(&[]), DurationSummary::default());
+    }
+}

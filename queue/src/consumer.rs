@@ -1,0 +1,183 @@
+//! [`Consumer`]: claims tasks for one worker across its queues.
+//!
+//! Blocking cannot happen inside a Lua script, so a claim is two steps: try the atomic claim
+//! script; if every queue is empty, block on the queues' wake-up lists (`BLPOP`, on a
+//! connection of the consumer's own) until a token arrives or the block time ends, then try
+//! again. Enqueue and every transition that makes a task ready push a token, so no wake-up is
+//! lost between the try and the block.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use redis::Value;
+use tokio::time::Instant;
+
+use crate::broker::{Broker, Lease, millis};
+use crate::config::ClaimPolicy;
+use crate::conn::Conn;
+use crate::decode;
+use crate::error::{QueueError, Result};
+use crate::scripts;
+use crate::task::Task;
+
+/// Who claims, from which queues, how.
+#[derive(Debug, Clone)]
+pub struct ConsumerConfig {
+    /// Unique per worker process; recorded on the tasks it holds.
+    pub worker_id: String,
+    /// Queue names, highest priority first.
+    pub queues: Vec<String>,
+    pub policy: ClaimPolicy,
+    /// Lease length: a task whose holder stops heartbeating is re-delivered this long after
+    /// its last heartbeat.
+    pub lease: Duration,
+}
+
+/// A claimed task and the lease to present when reporting on it.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub task: Task,
+    pub lease: Lease,
+}
+
+/// Claims tasks; see the module documentation.
+pub struct Consumer {
+    broker: Broker,
+    config: ConsumerConfig,
+    weights: Vec<i64>,
+    /// Smooth weighted round-robin state: one running credit per queue.
+    credits: Mutex<Vec<i64>>,
+    blocking: tokio::sync::Mutex<Option<Conn>>,
+}
+
+/// Longest single `BLPOP`, so a consumer notices a dropped connection and tasks made ready
+/// without a token (a crash between two steps) within this time.
+const MAX_BLOCK: Duration = Duration::from_secs(5);
+
+impl Consumer {
+    pub(crate) async fn new(broker: Broker, config: ConsumerConfig) -> Result<Consumer> {
+        if config.queues.is_empty() {
+            return Err(QueueError::Config(
+                "a consumer needs at least one queue".into(),
+            ));
+        }
+        if config.lease < Duration::from_millis(100) {
+            return Err(QueueError::Config("lease must be at least 100 ms".into()));
+        }
+        let mut weights = Vec::with_capacity(config.queues.len());
+        for name in &config.queues {
+            weights.push(i64::from(broker.queue(name)?.weight.max(1)));
+        }
+        Ok(Consumer {
+            credits: Mutex::new(vec![0; weights.len()]),
+            weights,
+            broker,
+            config,
+            blocking: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    pub fn config(&self) -> &ConsumerConfig {
+        &self.config
+    }
+
+    /// The order to try the queues in for the next claim.
+    fn order(&self) -> Vec<usize> {
+        let n = self.config.queues.len();
+        match self.config.policy {
+            ClaimPolicy::Strict => (0..n).collect(),
+            ClaimPolicy::Weighted => {
+                // Smooth weighted round-robin (as in nginx): each turn every queue earns its
+                // weight, the richest goes first and pays the total. Over any window of
+                // sum(weights) claims with all queues busy, queue i goes first weight(i) times.
+                let total: i64 = self.weights.iter().sum();
+                let mut credits = self.credits.lock().unwrap_or_else(|p| p.into_inner());
+                for (c, w) in credits.iter_mut().zip(&self.weights) {
+                    *c += w;
+                }
+                let first = (0..n)
+                    .max_by_key(|&i| (credits[i], -(i as i64)))
+                    .unwrap_or(0);
+                credits[first] -= total;
+                let mut order = vec![first];
+                let mut rest: Vec<usize> = (0..n).filter(|&i| i != first).collect();
+                rest.sort_by_key(|&i| -self.weights[i]);
+                order.extend(rest);
+                order
+            }
+        }
+    }
+
+    /// One atomic claim attempt, without blocking.
+    pub async fn try_claim(&self) -> Result<Option<Claimed>> {
+        let keys = self.broker.keys();
+        let order = self.order();
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let mut invocation = scripts::CLAIM.key(keys.events());
+        for &i in &order {
+            let qk = keys.queue(&self.config.queues[i]);
+            invocation
+                .key(qk.ready)
+                .key(qk.active)
+                .key(qk.signal)
+                .key(qk.wait);
+        }
+        invocation
+            .arg(keys.prefix())
+            .arg(&self.config.worker_id)
+            .arg(&token)
+            .arg(millis(self.config.lease));
+        let reply: Value = invocation.invoke_async(&mut self.broker.conn()).await?;
+        if reply == Value::Nil {
+            return Ok(None);
+        }
+        let task = decode::task(&decode::pairs(&reply)?)?;
+        Ok(Some(Claimed {
+            lease: Lease {
+                task: task.id.clone(),
+                queue: task.queue.clone(),
+                token,
+                duration: self.config.lease,
+            },
+            task,
+        }))
+    }
+
+    /// Claims a task, waiting up to `block` for one to arrive. `None` when none did.
+    pub async fn claim(&self, block: Duration) -> Result<Option<Claimed>> {
+        let deadline = Instant::now() + block;
+        loop {
+            if let Some(claimed) = self.try_claim().await? {
+                return Ok(Some(claimed));
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Ok(None);
+            }
+            self.wait_for_signal(remaining.min(MAX_BLOCK)).await?;
+        }
+    }
+
+    /// Blocks until one of the queues' wake-up lists has a token, or `wait` passes.
+    async fn wait_for_signal(&self, wait: Duration) -> Result<()> {
+        let mut guard = self.blocking.lock().await;
+        let conn = match guard.as_mut() {
+            Some(conn) => conn,
+            None => guard.insert(Conn::open(&self.broker.config().target, None).await?),
+        };
+        let keys = self.broker.keys();
+        let mut cmd = redis::cmd("BLPOP");
+        for name in &self.config.queues {
+            cmd.arg(keys.queue(name).signal);
+        }
+        // BLPOP takes seconds as a decimal; 0 would mean forever.
+        cmd.arg(format!("{:.3}", wait.as_secs_f64().max(0.01)));
+        let result: redis::RedisResult<Value> = cmd.query_async(conn).await;
+        if let Err(e) = result {
+            // Open a fresh connection next time rather than trusting this one.
+            *guard = None;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}

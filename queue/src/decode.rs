@@ -1,0 +1,145 @@
+//! Decoding of what the scripts return: task hashes and small status replies.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use redis::Value;
+
+use crate::error::{QueueError, Result};
+use crate::task::{Progress, Task, TaskError, TaskId};
+
+/// A task hash as field → value.
+pub(crate) type Fields = HashMap<String, String>;
+
+fn num<T: std::str::FromStr>(f: &Fields, name: &str) -> Result<Option<T>> {
+    match f.get(name) {
+        None => Ok(None),
+        Some(v) if v.is_empty() => Ok(None),
+        Some(v) => v
+            .parse()
+            .map(Some)
+            .map_err(|_| QueueError::Corrupt(format!("field {name} is not a number: {v:?}"))),
+    }
+}
+
+fn req<T: std::str::FromStr>(f: &Fields, name: &str) -> Result<T> {
+    num(f, name)?.ok_or_else(|| QueueError::Corrupt(format!("task hash lacks {name}")))
+}
+
+fn text(f: &Fields, name: &str) -> Result<String> {
+    f.get(name)
+        .cloned()
+        .ok_or_else(|| QueueError::Corrupt(format!("task hash lacks {name}")))
+}
+
+fn json(f: &Fields, name: &str) -> Result<Option<serde_json::Value>> {
+    match f.get(name) {
+        None => Ok(None),
+        Some(v) => serde_json::from_str(v)
+            .map(Some)
+            .map_err(|e| QueueError::Corrupt(format!("field {name} is not JSON: {e}"))),
+    }
+}
+
+fn opt_text(f: &Fields, name: &str) -> Option<String> {
+    f.get(name).filter(|v| !v.is_empty()).cloned()
+}
+
+/// Builds a [`Task`] from its hash.
+pub(crate) fn task(f: &Fields) -> Result<Task> {
+    let error = match (opt_text(f, "error_kind"), f.get("error_msg")) {
+        (Some(kind), msg) => Some(TaskError::new(kind, msg.cloned().unwrap_or_default())),
+        _ => None,
+    };
+    Ok(Task {
+        id: TaskId::from_str_unchecked(text(f, "id")?),
+        kind: text(f, "kind")?.parse()?,
+        queue: text(f, "queue")?,
+        payload: json(f, "payload")?.unwrap_or(serde_json::Value::Null),
+        state: text(f, "state")?.parse()?,
+        attempts: req(f, "attempts")?,
+        max_attempts: req(f, "max_attempts")?,
+        enqueued_at_ms: req(f, "enqueued_at")?,
+        started_at_ms: num(f, "started_at")?,
+        finished_at_ms: num(f, "finished_at")?,
+        retry_at_ms: num(f, "retry_at")?,
+        worker: opt_text(f, "worker"),
+        progress: Progress {
+            percent: num(f, "progress")?.unwrap_or(0),
+            message: f.get("progress_msg").cloned().unwrap_or_default(),
+        },
+        result: json(f, "result")?,
+        error,
+        timeout: Duration::from_millis(req(f, "timeout_ms")?),
+        result_ttl: Duration::from_millis(req(f, "result_ttl_ms")?),
+        failure_ttl: Duration::from_millis(req(f, "failure_ttl_ms")?),
+        idempotency_key: opt_text(f, "idem_key"),
+        owner: opt_text(f, "owner"),
+        cancel_requested: f.get("cancel").is_some_and(|v| v == "1"),
+    })
+}
+
+/// A script's status reply `{code, ...}` as strings.
+pub(crate) fn status(v: &Value) -> Result<Vec<String>> {
+    match v {
+        Value::Array(items) => items.iter().map(scalar).collect(),
+        other => Err(QueueError::Corrupt(format!(
+            "unexpected script reply {other:?}"
+        ))),
+    }
+}
+
+/// One scalar reply as a string (bulk, simple or integer).
+pub(crate) fn scalar(v: &Value) -> Result<String> {
+    match v {
+        Value::BulkString(b) => Ok(String::from_utf8_lossy(b).into_owned()),
+        Value::SimpleString(s) => Ok(s.clone()),
+        Value::Int(i) => Ok(i.to_string()),
+        Value::Okay => Ok("OK".into()),
+        other => Err(QueueError::Corrupt(format!("unexpected reply {other:?}"))),
+    }
+}
+
+/// One integer reply.
+pub(crate) fn int(v: &Value) -> Result<i64> {
+    match v {
+        Value::Int(i) => Ok(*i),
+        other => scalar(other)?
+            .parse()
+            .map_err(|_| QueueError::Corrupt(format!("expected an integer, got {other:?}"))),
+    }
+}
+
+/// A flat field/value array as a map.
+pub(crate) fn pairs(v: &Value) -> Result<Fields> {
+    match v {
+        Value::Array(items) => {
+            let mut out = HashMap::with_capacity(items.len() / 2);
+            for pair in items.chunks(2) {
+                if let [k, v] = pair {
+                    out.insert(scalar(k)?, scalar(v)?);
+                }
+            }
+            Ok(out)
+        }
+        Value::Map(entries) => entries
+            .iter()
+            .map(|(k, v)| Ok((scalar(k)?, scalar(v)?)))
+            .collect(),
+        Value::Nil => Ok(HashMap::new()),
+        other => Err(QueueError::Corrupt(format!(
+            "expected a hash, got {other:?}"
+        ))),
+    }
+}
+
+/// An array of scalars.
+pub(crate) fn list(v: &Value) -> Result<Vec<String>> {
+    match v {
+        Value::Array(items) => items.iter().map(scalar).collect(),
+        Value::Nil => Ok(Vec::new()),
+        other => Err(QueueError::Corrupt(format!(
+            "expected a list, got {other:?}"
+        ))),
+    }
+}

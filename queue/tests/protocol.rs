@@ -1,0 +1,624 @@
+//! Every transition of the task state machine and its refusals, against a real Redis: once on
+//! a single server and once on a 3-master cluster.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{ALL, Env, maintain_until};
+use ragpool_queue::{
+    CancelOutcome, ClaimPolicy, FailOutcome, NewTask, Progress, QueueError, ReleaseOutcome, Retry,
+    TaskError, TaskId, TaskKind, TaskState, WorkerInfo,
+};
+use serde_json::json;
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn new(kind: TaskKind, n: u32) -> NewTask {
+    NewTask::new(kind, json!({ "question": format!("q{n}") }))
+}
+
+async fn roundtrip(env: Env) {
+    let b = &env.broker;
+    let q = b.enqueue(new(TaskKind::AnalyzeImage, 1)).await.unwrap();
+    assert!(q.created);
+    assert_eq!(q.queue, "image_analysis");
+    let t = b.get(&q.id).await.unwrap().unwrap();
+    assert_eq!(t.state, TaskState::Queued);
+    assert_eq!(t.attempts, 0);
+    assert_eq!(t.max_attempts, 3);
+    assert_eq!(t.timeout, Duration::from_secs(600));
+    assert_eq!(t.result_ttl, Duration::from_secs(3600));
+    assert_eq!(t.payload, json!({"question": "q1"}));
+    assert_eq!(b.position(&q.id, &q.queue).await.unwrap(), Some(0));
+
+    let c = env.consumer("w1", &ALL, LEASE).await;
+    let claimed = c.try_claim().await.unwrap().expect("a task");
+    assert_eq!(claimed.task.id, q.id);
+    assert_eq!(claimed.task.state, TaskState::Started);
+    assert_eq!(claimed.task.attempts, 1);
+    assert_eq!(claimed.task.worker.as_deref(), Some("w1"));
+    assert_eq!(b.position(&q.id, &q.queue).await.unwrap(), None);
+
+    let progress = Progress {
+        percent: 40,
+        message: "retrieving".into(),
+    };
+    let hb = b.heartbeat(&claimed.lease, Some(&progress)).await.unwrap();
+    assert!(!hb.cancel_requested);
+    assert_eq!(b.get(&q.id).await.unwrap().unwrap().progress, progress);
+
+    b.complete(&claimed.lease, &json!({"answer": 42}))
+        .await
+        .unwrap();
+    let t = b.get(&q.id).await.unwrap().unwrap();
+    assert_eq!(t.state, TaskState::Finished);
+    assert_eq!(t.result, Some(json!({"answer": 42})));
+    assert_eq!(t.progress.percent, 100);
+    assert!(t.finished_at_ms.unwrap() >= t.started_at_ms.unwrap());
+
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(b.keys().task(q.id.as_str()))
+        .query_async(&mut redis_conn(&env).await)
+        .await
+        .unwrap();
+    assert!(
+        ttl > 3_500_000 && ttl <= 3_600_000,
+        "result TTL is 1 h, got {ttl} ms"
+    );
+
+    let s = b.queue_stats("image_analysis").await.unwrap();
+    assert_eq!((s.queued, s.started, s.finished), (0, 0, 1));
+    assert_eq!((s.total_enqueued, s.total_finished), (1, 1));
+    assert_eq!(s.processing.samples, 1);
+    assert_eq!(s.wait.samples, 1);
+}
+on_both!(roundtrip_t, roundtrip);
+
+async fn redis_conn(env: &Env) -> ragpool_queue::conn::Conn {
+    ragpool_queue::conn::Conn::open(&env.broker.config().target, Some(Duration::from_secs(5)))
+        .await
+        .unwrap()
+}
+
+async fn idempotency(env: Env) {
+    let b = &env.broker;
+    let mut first = new(TaskKind::FullQuery, 1);
+    first.idempotency_key = Some("k-1".into());
+    let a = b.enqueue(first.clone()).await.unwrap();
+    let again = b.enqueue(first).await.unwrap();
+    assert!(a.created);
+    assert!(!again.created);
+    assert_eq!(a.id, again.id);
+    let mut other = new(TaskKind::FullQuery, 2);
+    other.idempotency_key = Some("k-2".into());
+    let c = b.enqueue(other).await.unwrap();
+    assert_ne!(c.id, a.id);
+    assert_eq!(b.queue_stats("full_query").await.unwrap().queued, 2);
+    // The key still names the task once it has ended, while the task is kept.
+    let cons = env.consumer("w", &["full_query"], LEASE).await;
+    let claimed = cons.try_claim().await.unwrap().unwrap();
+    b.complete(&claimed.lease, &json!(1)).await.unwrap();
+    let mut retry = new(TaskKind::FullQuery, 1);
+    retry.idempotency_key = Some("k-1".into());
+    assert_eq!(b.enqueue(retry).await.unwrap().id, a.id);
+}
+on_both!(idempotency_t, idempotency);
+
+async fn refusals(env: Env) {
+    let b = &env.broker;
+    let unknown = TaskId::new();
+    assert!(matches!(
+        b.cancel(&unknown).await,
+        Err(QueueError::NotFound(_))
+    ));
+    assert!(matches!(
+        b.retry(&unknown).await,
+        Err(QueueError::NotFound(_))
+    ));
+    assert!(b.get(&unknown).await.unwrap().is_none());
+    assert!(matches!(
+        "not-an-id".parse::<TaskId>(),
+        Err(QueueError::InvalidTaskId(_))
+    ));
+
+    let q = b.enqueue(new(TaskKind::CompleteAnswer, 1)).await.unwrap();
+    let c = env.consumer("w1", &ALL, LEASE).await;
+    let claimed = c.try_claim().await.unwrap().unwrap();
+
+    let mut forged = claimed.lease.clone();
+    forged.token = "not-the-token".into();
+    assert!(matches!(
+        b.complete(&forged, &json!(1)).await,
+        Err(QueueError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        b.heartbeat(&forged, None).await,
+        Err(QueueError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        b.fail(&forged, &TaskError::new("x", "y"), Retry::Permanent)
+            .await,
+        Err(QueueError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        b.release(&forged).await,
+        Err(QueueError::LeaseLost(_))
+    ));
+    let mut missing = claimed.lease.clone();
+    missing.task = TaskId::new();
+    assert!(matches!(
+        b.complete(&missing, &json!(1)).await,
+        Err(QueueError::NotFound(_))
+    ));
+    assert!(matches!(
+        b.retry(&q.id).await,
+        Err(QueueError::WrongState { .. })
+    ));
+
+    b.complete(&claimed.lease, &json!("done")).await.unwrap();
+    // Completing twice, or anything else on an ended task, is refused.
+    assert!(matches!(
+        b.complete(&claimed.lease, &json!(2)).await,
+        Err(QueueError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        b.heartbeat(&claimed.lease, None).await,
+        Err(QueueError::LeaseLost(_))
+    ));
+    assert!(matches!(
+        b.cancel(&q.id).await,
+        Err(QueueError::WrongState { .. })
+    ));
+    assert_eq!(
+        b.get(&q.id).await.unwrap().unwrap().result,
+        Some(json!("done")),
+        "a refused transition changes nothing"
+    );
+}
+on_both!(refusals_t, refusals);
+
+async fn stale_lease_is_reaped(env: Env) {
+    let b = &env.broker;
+    let q = b.enqueue(new(TaskKind::AnalyzeImage, 1)).await.unwrap();
+    let dead = env.consumer("dead", &ALL, Duration::from_millis(200)).await;
+    let lost = dead.try_claim().await.unwrap().unwrap();
+    // The dead worker never heartbeats; the reaper puts the task back.
+    let m = maintain_until(b, |m| m.requeued == 1).await;
+    assert_eq!(m.failed, 0);
+    let t = b.get(&q.id).await.unwrap().unwrap();
+    assert_eq!(t.state, TaskState::Queued);
+    assert_eq!(
+        t.error.as_ref().map(|e| e.kind.as_str()),
+        Some("lease_expired")
+    );
+
+    let alive = env.consumer("alive", &ALL, LEASE).await;
+    let again = alive.try_claim().await.unwrap().unwrap();
+    assert_eq!(again.task.id, q.id);
+    assert_eq!(again.task.attempts, 2, "the expired lease spent an attempt");
+    assert!(matches!(
+        b.complete(&lost.lease, &json!(1)).await,
+        Err(QueueError::LeaseLost(_))
+    ));
+    b.complete(&again.lease, &json!(2)).await.unwrap();
+    assert_eq!(
+        b.queue_stats("image_analysis")
+            .await
+            .unwrap()
+            .total_lease_expired,
+        1
+    );
+    // Reaping again finds nothing: the pass is idempotent.
+    assert_eq!(b.maintain().await.unwrap().requeued, 0);
+}
+on_both!(stale_lease_t, stale_lease_is_reaped);
+
+async fn last_attempt_lease_expiry_fails(env: Env) {
+    let b = &env.broker;
+    let q = b.enqueue(new(TaskKind::AnalyzeImage, 1)).await.unwrap();
+    let c = env.consumer("w", &ALL, Duration::from_millis(150)).await;
+    for attempt in 1..=3 {
+        let claimed = c.try_claim().await.unwrap().expect("claimable");
+        assert_eq!(claimed.task.attempts, attempt);
+        maintain_until(b, |m| m.requeued + m.failed == 1).await;
+    }
+    let t = b.get(&q.id).await.unwrap().unwrap();
+    assert_eq!(t.state, TaskState::Failed);
+    assert_eq!(t.error.unwrap().kind, "lease_expired");
+    let s = b.queue_stats("image_analysis").await.unwrap();
+    assert_eq!((s.failed, s.total_failed, s.total_lease_expired), (1, 1, 3));
+}
+on_both!(last_attempt_t, last_attempt_lease_expiry_fails);
+
+async fn retry_with_backoff_then_fail(env: Env) {
+    let b = &env.broker;
+    let q = b.enqueue(new(TaskKind::FullQuery, 1)).await.unwrap();
+    let c = env.consumer("w", &ALL, LEASE).await;
+    let err = TaskError::new("backend_unavailable", "model server returned 503");
+    for attempt in 1..=2 {
+        let claimed = c.try_claim().await.unwrap().unwrap();
+        assert_eq!(claimed.task.attempts, attempt);
+        let out = b
+            .fail(&claimed.lease, &err, Retry::Retryable(None))
+            .await
+            .unwrap();
+        assert!(matches!(out, FailOutcome::Delayed { .. }), "{out:?}");
+        let t = b.get(&q.id).await.unwrap().unwrap();
+        assert_eq!(t.state, TaskState::Delayed);
+        assert!(t.retry_at_ms.is_some());
+        assert_eq!(b.queue_stats("full_query").await.unwrap().delayed, 1);
+        assert!(
+            c.try_claim().await.unwrap().is_none(),
+            "a delayed task is not claimable"
+        );
+        maintain_until(b, |m| m.promoted == 1).await;
+    }
+    let claimed = c.try_claim().await.unwrap().unwrap();
+    assert_eq!(claimed.task.attempts, 3);
+    let out = b
+        .fail(&claimed.lease, &err, Retry::Retryable(None))
+        .await
+        .unwrap();
+    assert_eq!(out, FailOutcome::Failed, "no attempts left");
+    let t = b.get(&q.id).await.unwrap().unwrap();
+    assert_eq!(t.state, TaskState::Failed);
+    assert_eq!(t.error, Some(err));
+    assert!(t.finished_at_ms.is_some());
+}
+on_both!(retry_backoff_t, retry_with_backoff_then_fail);
+
+async fn retry_after_is_honoured(env: Env) {
+    let b = &env.broker;
+    b.enqueue(new(TaskKind::FullQuery, 1)).await.unwrap();
+    let c = env.consumer("w", &ALL, LEASE).await;
+    let claimed = c.try_claim().await.unwrap().unwrap();
+    let before = b.queue_stats("full_query").await.unwrap().at_ms;
+    let out = b
+        .fail(
+            &claimed.lease,
+            &TaskError::new("rate_limited", "429"),
+            Retry::Retryable(Some(Duration::from_secs(120))),
+        )
+        .await
+        .unwrap();
+    let FailOutcome::Delayed { retry_at_ms } = out else {
+        panic!("{out:?}")
+    };
+    assert!(
+        retry_at_ms >= before + 120_000,
+        "Retry-After sets the minimum delay"
+    );
+}
+on_both!(retry_after_t, retry_after_is_honoured);
+
+async fn permanent_failure(env: Env) {
+    let b = &env.broker;
+    let q = b.enqueue(new(TaskKind::CompleteAnswer, 1)).await.unwrap();
+    let c = env.consumer("w", &ALL, LEASE).await;
+    let claimed = c.try_claim().await.unwrap().unwrap();
+    let out = b
+        .fail(
+            &claimed.lease,
+            &TaskError::new("bad_input", "not an image"),
+            Retry::Permanent,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, FailOutcome::Failed);
+    let t = b.get(&q.id).await.unwrap().unwrap();
+    assert_eq!((t.state, t.attempts), (TaskState::Failed, 1));
+    assert_eq!(t.error.unwrap().kind, "bad_input");
+
+    // A failed task can be retried by hand: back on its queue with fresh attempts.
+    b.retry(&q.id).await.unwrap();
+    let t = b.get(&q.id).await.unwrap().unwrap();
+    assert_eq!((t.state, t.attempts, t.error), (TaskState::Queued, 0, None));
+    let claimed = c.try_claim().await.unwrap().unwrap();
+    assert_eq!(claimed.task.id, q.id);
+    b.complete(&claimed.lease, &json!("ok")).await.unwrap();
+    assert_eq!(
+        b.get(&q.id).await.unwrap().unwrap().state,
+        TaskState::Finished
+    );
+}
+on_both!(permanent_t, permanent_failure);
+
+async fn release_keeps_attempts_and_place(env: Env) {
+    let b = &env.broker;
+    let first = b.enqueue(new(TaskKind::AnalyzeImage, 1)).await.unwrap();
+    let second = b.enqueue(new(TaskKind::AnalyzeImage, 2)).await.unwrap();
+    let c = env.consumer("w", &ALL, LEASE).await;
+    let claimed = c.try_claim().await.unwrap().unwrap();
+    assert_eq!(claimed.task.id, first.id);
+    assert_eq!(
+        b.release(&claimed.lease).await.unwrap(),
+        ReleaseOutcome::Requeued
+    );
+    let t = b.get(&first.id).await.unwrap().unwrap();
+    assert_eq!(
+        (t.state, t.attempts, t.worker),
+        (TaskState::Queued, 0, None)
+    );
+    assert_eq!(
+        b.position(&first.id, "image_analysis").await.unwrap(),
+        Some(0)
+    );
+    assert_eq!(
+        b.position(&second.id, "image_analysis").await.unwrap(),
+        Some(1)
+    );
+    let again = c.try_claim().await.unwrap().unwrap();
+    assert_eq!((again.task.id, again.task.attempts), (first.id, 1));
+}
+on_both!(release_t, release_keeps_attempts_and_place);
+
+async fn cancel_queued_and_running(env: Env) {
+    let b = &env.broker;
+    let waiting = b.enqueue(new(TaskKind::FullQuery, 1)).await.unwrap();
+    assert_eq!(
+        b.cancel(&waiting.id).await.unwrap(),
+        CancelOutcome::Canceled
+    );
+    let t = b.get(&waiting.id).await.unwrap().unwrap();
+    assert_eq!(t.state, TaskState::Canceled);
+    assert_eq!(b.position(&waiting.id, "full_query").await.unwrap(), None);
+    assert!(matches!(
+        b.cancel(&waiting.id).await,
+        Err(QueueError::WrongState { .. })
+    ));
+
+    let running = b.enqueue(new(TaskKind::FullQuery, 2)).await.unwrap();
+    let c = env.consumer("w", &ALL, LEASE).await;
+    let claimed = c.try_claim().await.unwrap().unwrap();
+    assert_eq!(claimed.task.id, running.id);
+    assert_eq!(
+        b.cancel(&running.id).await.unwrap(),
+        CancelOutcome::Requested
+    );
+    assert_eq!(
+        b.get(&running.id).await.unwrap().unwrap().state,
+        TaskState::Started
+    );
+    assert!(
+        b.heartbeat(&claimed.lease, None)
+            .await
+            .unwrap()
+            .cancel_requested
+    );
+    let out = b
+        .fail(
+            &claimed.lease,
+            &TaskError::new("canceled", "stopped"),
+            Retry::Retryable(None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, FailOutcome::Canceled);
+    let t = b.get(&running.id).await.unwrap().unwrap();
+    assert_eq!(t.state, TaskState::Canceled);
+    let s = b.queue_stats("full_query").await.unwrap();
+    assert_eq!((s.canceled, s.queued, s.started), (2, 0, 0));
+}
+on_both!(cancel_t, cancel_queued_and_running);
+
+async fn strict_priority(env: Env) {
+    let b = &env.broker;
+    let low = b.enqueue(new(TaskKind::FullQuery, 1)).await.unwrap();
+    let mid = b.enqueue(new(TaskKind::CompleteAnswer, 2)).await.unwrap();
+    let high = b.enqueue(new(TaskKind::AnalyzeImage, 3)).await.unwrap();
+    let high2 = b.enqueue(new(TaskKind::AnalyzeImage, 4)).await.unwrap();
+    let c = env.consumer("w", &ALL, LEASE).await;
+    let mut order = Vec::new();
+    while let Some(claimed) = c.try_claim().await.unwrap() {
+        order.push(claimed.task.id);
+    }
+    assert_eq!(order, vec![high.id, high2.id, mid.id, low.id]);
+}
+on_both!(strict_t, strict_priority);
+
+async fn weighted_priority_serves_every_queue(env: Env) {
+    let b = &env.broker;
+    for n in 0..60 {
+        for kind in TaskKind::ALL {
+            b.enqueue(new(kind, n)).await.unwrap();
+        }
+    }
+    let c = env
+        .consumer_with("w", &ALL, LEASE, ClaimPolicy::Weighted)
+        .await;
+    let mut served = std::collections::HashMap::<String, u32>::new();
+    for _ in 0..100 {
+        let claimed = c.try_claim().await.unwrap().unwrap();
+        *served.entry(claimed.task.queue).or_default() += 1;
+    }
+    // Weights 6/3/1 over a flood of every kind: exact shares, nobody starved.
+    assert_eq!(served["image_analysis"], 60);
+    assert_eq!(served["answer_generation"], 30);
+    assert_eq!(served["full_query"], 10);
+    // Once the high queue is empty its turns fall through to the others.
+    let mut rest = 0;
+    while c.try_claim().await.unwrap().is_some() {
+        rest += 1;
+    }
+    assert_eq!(rest, 180 - 100);
+}
+on_both!(weighted_t, weighted_priority_serves_every_queue);
+
+async fn blocking_claim_wakes_on_enqueue(env: Env) {
+    let b = env.broker.clone();
+    let c = env.consumer("w", &["answer_generation"], LEASE).await;
+    let waiter = tokio::spawn(async move { c.claim(Duration::from_secs(30)).await });
+    // No ordering is needed: a token pushed before the waiter blocks wakes it all the same.
+    let q = b.enqueue(new(TaskKind::CompleteAnswer, 1)).await.unwrap();
+    let claimed = waiter
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("woken by the enqueue");
+    assert_eq!(claimed.task.id, q.id);
+    let c2 = env.consumer("w2", &["answer_generation"], LEASE).await;
+    assert!(
+        c2.claim(Duration::from_millis(200))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+on_both!(blocking_t, blocking_claim_wakes_on_enqueue);
+
+async fn events_and_wait(env: Env) {
+    let b = env.broker.clone();
+    let hub = b.events().await.unwrap();
+    let mut rx = hub.subscribe();
+    let q = b.enqueue(new(TaskKind::AnalyzeImage, 1)).await.unwrap();
+    let id = q.id.clone();
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move { b.wait_for_end(&id, Duration::from_secs(30)).await })
+    };
+    let c = env.consumer("w", &ALL, LEASE).await;
+    let claimed = c.try_claim().await.unwrap().unwrap();
+    b.heartbeat(
+        &claimed.lease,
+        Some(&Progress {
+            percent: 50,
+            message: "half".into(),
+        }),
+    )
+    .await
+    .unwrap();
+    b.complete(&claimed.lease, &json!({"ok": true}))
+        .await
+        .unwrap();
+    let ended = waiter.await.unwrap().unwrap().unwrap();
+    assert_eq!(ended.state, TaskState::Finished);
+
+    let mut seen = Vec::new();
+    while seen.last() != Some(&TaskState::Finished) {
+        let ev = rx.recv().await.unwrap();
+        assert_eq!(ev.task_id, q.id.as_str());
+        if ev.details.get("progress").map(String::as_str) == Some("50") {
+            assert_eq!(ev.details["message"], "half");
+        }
+        seen.push(ev.state);
+    }
+    assert_eq!(
+        seen,
+        vec![
+            TaskState::Queued,
+            TaskState::Started,
+            TaskState::Started,
+            TaskState::Finished
+        ]
+    );
+}
+on_both!(events_t, events_and_wait);
+
+async fn worker_registry(env: Env) {
+    let b = &env.broker;
+    let info = |id: &str, in_flight| WorkerInfo {
+        id: id.into(),
+        host: "h".into(),
+        pod: Some(format!("pod-{id}")),
+        queues: vec!["image_analysis".into()],
+        concurrency: 4,
+        in_flight,
+        started_at_ms: 1,
+        last_seen_ms: 0,
+        draining: false,
+    };
+    b.register_worker(&info("a", 1), Duration::from_secs(30))
+        .await
+        .unwrap();
+    b.register_worker(&info("b", 0), Duration::from_secs(30))
+        .await
+        .unwrap();
+    b.register_worker(&info("short", 0), Duration::from_millis(50))
+        .await
+        .unwrap();
+    let mut ids: Vec<String> = b
+        .workers(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|w| w.id)
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec!["a", "b", "short"]);
+    let a = b
+        .workers(Duration::from_secs(30))
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|w| w.id == "a")
+        .unwrap();
+    assert_eq!((a.in_flight, a.pod.as_deref()), (1, Some("pod-a")));
+    assert!(a.last_seen_ms > 0);
+    b.deregister_worker("b").await.unwrap();
+    // "short" stops heartbeating: its record expires and it drops out.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let ids: Vec<String> = b
+            .workers(Duration::from_secs(30))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|w| w.id)
+            .collect();
+        if ids == vec!["a"] {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still listed: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+on_both!(workers_t, worker_registry);
+
+async fn stats_counts_every_state(env: Env) {
+    let b = &env.broker;
+    let c = env.consumer("w", &["answer_generation"], LEASE).await;
+    for n in 0..5 {
+        b.enqueue(new(TaskKind::CompleteAnswer, n)).await.unwrap();
+    }
+    let done = c.try_claim().await.unwrap().unwrap();
+    b.complete(&done.lease, &json!(1)).await.unwrap();
+    let failed = c.try_claim().await.unwrap().unwrap();
+    b.fail(
+        &failed.lease,
+        &TaskError::new("bad_input", "x"),
+        Retry::Permanent,
+    )
+    .await
+    .unwrap();
+    let delayed = c.try_claim().await.unwrap().unwrap();
+    b.fail(
+        &delayed.lease,
+        &TaskError::new("backend_unavailable", "x"),
+        Retry::Retryable(Some(Duration::from_secs(60))),
+    )
+    .await
+    .unwrap();
+    let _running = c.try_claim().await.unwrap().unwrap();
+    let s = b.queue_stats("answer_generation").await.unwrap();
+    assert_eq!(
+        (
+            s.queued, s.started, s.delayed, s.finished, s.failed, s.canceled
+        ),
+        (1, 1, 1, 1, 1, 0)
+    );
+    assert_eq!(
+        (s.total_enqueued, s.total_finished, s.total_failed),
+        (5, 1, 1)
+    );
+    assert_eq!(s.wait.samples, 4);
+    assert_eq!(s.processing.samples, 1);
+    assert!(s.oldest_queued_age_ms < 60_000);
+    let all = b.stats().await.unwrap();
+    let names: Vec<&str> = all.iter().map(|s| s.queue.as_str()).collect();
+    assert_eq!(names, ALL.to_vec());
+}
+on_both!(stats_t, stats_counts_every_state);
