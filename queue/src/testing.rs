@@ -1,0 +1,107 @@
+//! Real `redis-server` processes for tests: a single node ([`RedisServer`]) that can be
+//! stopped, killed and started again on the same port and data directory, and a Redis
+//! Cluster of N masters ([`RedisCluster`]).
+//!
+//! Everything is per instance (own port, own temporary directory), so tests may run in
+//! parallel. The API is synchronous: every wait polls a condition until a deadline and fails
+//! with [`HarnessError::Timeout`] instead of hanging. Dropping a server kills and reaps its
+//! process.
+
+mod cluster;
+mod port;
+mod resp;
+mod server;
+
+use std::time::{Duration, Instant};
+
+pub use cluster::RedisCluster;
+pub use server::{RedisServer, ServerOptions};
+
+/// Why a test Redis could not be started, stopped or checked.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    /// `redis-server` or `redis-cli` is not on `PATH`.
+    #[error("{program} was not found on PATH: install with `apt-get install redis-server`")]
+    RedisNotInstalled {
+        /// The program that could not be run.
+        program: &'static str,
+    },
+    /// An I/O operation of the harness failed.
+    #[error("{context}: {source}")]
+    Io {
+        /// What the harness was doing.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A condition did not become true before its deadline.
+    #[error("timed out: {0}")]
+    Timeout(String),
+    /// `redis-server` exited while the harness waited for it to answer.
+    #[error("redis-server on port {port} exited during startup ({status}); log tail:\n{log_tail}")]
+    Exited {
+        /// The port the server was asked to listen on.
+        port: u16,
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// The last lines of its log.
+        log_tail: String,
+    },
+    /// Redis answered something the harness did not expect.
+    #[error("unexpected reply from redis-server on port {port}: {reply}")]
+    Protocol {
+        /// The port of the server that answered.
+        port: u16,
+        /// What it answered.
+        reply: String,
+    },
+    /// `start_again` was called while the server is still running.
+    #[error("redis-server on port {0} is already running")]
+    AlreadyRunning(u16),
+    /// No free port pair was found for a new server.
+    #[error("no free loopback port found after {0} tries")]
+    NoFreePort(usize),
+    /// A cluster needs at least three masters.
+    #[error("a Redis Cluster needs at least 3 masters, {0} requested")]
+    TooFewMasters(usize),
+    /// `redis-cli --cluster create` failed.
+    #[error("redis-cli --cluster create failed ({status}):\n{output}")]
+    ClusterCreate {
+        /// Its exit status.
+        status: std::process::ExitStatus,
+        /// What it printed.
+        output: String,
+    },
+}
+
+impl HarnessError {
+    fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> HarnessError {
+        let context = context.into();
+        move |source| HarnessError::Io { context, source }
+    }
+}
+
+/// How often blocking waits re-check their condition.
+const POLL_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Re-evaluates `ready` every [`POLL_INTERVAL`] until it returns `true`, an error, or
+/// `timeout` passes; `what` names the condition in the timeout error.
+fn poll_until(
+    timeout: Duration,
+    what: &str,
+    mut ready: impl FnMut() -> Result<bool, HarnessError>,
+) -> Result<(), HarnessError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if ready()? {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(HarnessError::Timeout(format!(
+                "{what} (waited {timeout:?})"
+            )));
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
