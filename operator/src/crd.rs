@@ -1,0 +1,864 @@
+//! The `RagWorkerPool` custom resource: what a pool of executors is (spec) and what the
+//! operator last saw and decided for it (status).
+//!
+//! The CRD YAML in `crds/ragworkerpool.yaml` is generated from these types by
+//! `ragpool-operator crd`; a test fails when the checked-in file falls behind. Validation
+//! lives in the schema (ranges, required fields, CEL rules) so the API server rejects a bad
+//! pool at `kubectl apply` time; [`RagWorkerPoolSpec::validate`] repeats the cross-field
+//! rules for clusters that do not evaluate CEL.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use kube::CustomResourceExt;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A pool of `ragpool-executor` pods serving some queues, scaled on queue depth or wait.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "ragpool.io",
+    version = "v1alpha1",
+    kind = "RagWorkerPool",
+    namespaced,
+    shortname = "rwp",
+    status = "RagWorkerPoolStatus",
+    derive = "PartialEq",
+    doc = "A pool of ragpool executors that the operator scales on the queues it serves.",
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desiredReplicas"
+    ),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
+    printcolumn(name = "Queued", type_ = "integer", json_path = ".status.queued"),
+    printcolumn(name = "In-flight", type_ = "integer", json_path = ".status.inFlight"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RagWorkerPoolSpec {
+    /// The queues this pool claims tasks from and how it chooses between them.
+    pub queues: QueuesSpec,
+    /// Where the task queue lives.
+    pub redis: RedisSpec,
+    /// The executor pods: image, concurrency, backend and scheduling.
+    pub executor: ExecutorSpec,
+    /// How the operator sizes the pool.
+    pub scaling: ScalingSpec,
+}
+
+/// The queues a pool serves.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueuesSpec {
+    /// Queue names, highest priority first (for example `image_analysis`,
+    /// `answer_generation`, `full_query`).
+    #[schemars(length(min = 1, max = 16), extend("x-kubernetes-list-type" = "set"))]
+    pub names: Vec<QueueName>,
+    /// `strict`: always claim from the first non-empty queue in `names` order.
+    /// `weighted`: claim from the non-empty queues in proportion to `weights`.
+    #[serde(default)]
+    pub priority: PriorityPolicy,
+    /// Relative claim weight per queue name when `priority` is `weighted`; a queue missing
+    /// here has weight 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<BTreeMap<String, Weight>>,
+}
+
+/// A queue name: letters, digits, `_`, `-` and `.`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, JsonSchema)]
+#[serde(transparent)]
+pub struct QueueName(
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9_.-]+$"))] pub String,
+);
+
+/// A positive claim weight.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(transparent)]
+pub struct Weight(#[schemars(range(min = 1, max = 1000))] pub i32);
+
+/// How an executor picks the next queue to claim from.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PriorityPolicy {
+    /// The first non-empty queue in order wins.
+    #[default]
+    Strict,
+    /// Non-empty queues share claims in proportion to their weights.
+    Weighted,
+}
+
+/// Where the Redis holding the queues is and how to reach it.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "has(self.url) != has(self.urlSecretRef)", "message": "set exactly one of url and urlSecretRef"}
+]))]
+pub struct RedisSpec {
+    /// Redis URL, for example `redis://redis.ragpool.svc:6379/0`. Put a URL that holds a
+    /// password in a Secret and use `urlSecretRef` instead.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: Option<String>,
+    /// A key of a Secret in the pool's namespace whose value is the Redis URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_secret_ref: Option<SecretKeyRef>,
+    /// A key of a Secret in the pool's namespace whose value is the Redis password; it is
+    /// put into the URL's userinfo. The password must be URL-safe (otherwise keep the whole
+    /// URL in a Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// Connect with TLS: a `redis://` URL is used as `rediss://`.
+    #[serde(default)]
+    pub tls: bool,
+}
+
+/// One key of a Secret in the pool's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key within the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub key: String,
+}
+
+/// The executor pods.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ExecutorSpec {
+    /// Container image that provides the `ragpool-executor` binary.
+    #[schemars(length(min = 1, max = 1024))]
+    pub image: String,
+    /// When the kubelet pulls the image; the Kubernetes default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+    /// Secrets for pulling the image from a private registry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_secrets: Option<Vec<LocalObjectReference>>,
+    /// Tasks one pod runs at once.
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub concurrency: i32,
+    /// On SIGTERM an executor stops claiming and lets tasks in flight finish for up to this
+    /// many seconds before handing the rest back to the queue.
+    #[serde(default = "default_drain_seconds")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub drain_seconds: i32,
+    /// The pod's termination grace period; defaults to `drainSeconds` + 15 so a drain is
+    /// never cut short by SIGKILL. Must be longer than `drainSeconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86415))]
+    pub termination_grace_period_seconds: Option<i64>,
+    /// How long a claimed task's lease lasts without a heartbeat, i.e. how soon a dead
+    /// executor's task is delivered again; the executor's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub lease_seconds: Option<i32>,
+    /// CPU and memory requests and limits of the executor container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Extra environment variables for the executor container (they win over the ones the
+    /// operator derives from this spec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<Vec<EnvVar>>,
+    /// The RAG backend the executors run tasks against.
+    #[serde(default)]
+    pub backend: BackendSpec,
+    /// Node labels the pods must be scheduled on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<BTreeMap<String, String>>,
+    /// Taints the pods tolerate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tolerations: Option<Vec<Toleration>>,
+    /// Node and pod (anti-)affinity of the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub affinity: Option<Affinity>,
+    /// Service account the pods run as; the namespace's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Extra annotations on the pods (for example for a metrics scraper).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_annotations: Option<BTreeMap<String, String>>,
+    /// Extra labels on the pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_labels: Option<BTreeMap<String, String>>,
+}
+
+/// When the kubelet pulls the executor image.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum ImagePullPolicy {
+    /// Pull on every pod start.
+    Always,
+    /// Pull only when the image is not on the node.
+    IfNotPresent,
+    /// Never pull.
+    Never,
+}
+
+/// The RAG backend: which one, and its settings.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.type != 'openai' || has(self.openai)", "message": "type openai needs the openai settings"},
+    {"rule": "self.type != 'http' || has(self.http)", "message": "type http needs the http settings"}
+]))]
+pub struct BackendSpec {
+    /// `builtin` (offline retrieval and image analysis), `openai` (an OpenAI-compatible
+    /// model server) or `http` (an existing RAG HTTP service).
+    #[serde(rename = "type", default)]
+    pub kind: BackendKind,
+    /// Settings of the builtin backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub builtin: Option<BuiltinBackend>,
+    /// Settings of the OpenAI-compatible backend; required when `type` is `openai`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub openai: Option<OpenAiBackend>,
+    /// Settings of the HTTP backend; required when `type` is `http`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpBackend>,
+}
+
+/// Which RAG backend the executors use.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum BackendKind {
+    /// Built-in retrieval index and image analyser; needs no model server.
+    #[default]
+    Builtin,
+    /// Any OpenAI-compatible chat completions server.
+    Openai,
+    /// An existing RAG HTTP service.
+    Http,
+}
+
+/// Settings of the builtin backend.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuiltinBackend {
+    /// A ConfigMap in the pool's namespace whose files (Markdown or text) form the document
+    /// corpus; it is mounted at `/var/lib/ragpool/docs`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docs_config_map: Option<String>,
+    /// Folder of documents inside the container; the image's sample corpus when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docs_path: Option<String>,
+}
+
+/// Settings of the OpenAI-compatible backend.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OpenAiBackend {
+    /// Base URL of the server, for example `http://vllm.models:8000/v1`.
+    #[schemars(length(min = 1, max = 2048))]
+    pub base_url: String,
+    /// Model for answers.
+    #[schemars(length(min = 1, max = 256))]
+    pub model: String,
+    /// Model for image analysis; `model` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vision_model: Option<String>,
+    /// A Secret key holding the API key, when the server needs one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_secret_ref: Option<SecretKeyRef>,
+    /// Timeout of one model request in seconds; the executor's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: Option<i32>,
+}
+
+/// Settings of the HTTP backend.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpBackend {
+    /// Base URL of the RAG service; tasks are POSTed to `{url}/analyze-image`,
+    /// `{url}/complete-answer` and `{url}/query`.
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: String,
+    /// Timeout of one request in seconds; the executor's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub timeout_seconds: Option<i32>,
+}
+
+/// How the operator sizes a pool.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "self.minReplicas <= self.maxReplicas", "message": "minReplicas must not exceed maxReplicas"},
+    {"rule": "!has(self.idleReplicas) || self.idleReplicas < self.minReplicas", "message": "idleReplicas must be below minReplicas"}
+]))]
+pub struct ScalingSpec {
+    /// Fewest replicas while the pool has work (or had some within `cooldownSeconds`).
+    /// 0 allows scaling to zero after the cooldown.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 10000))]
+    pub min_replicas: i32,
+    /// Most replicas.
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_replicas: i32,
+    /// `queueLength`: one replica per `targetQueueLength` tasks queued or in flight.
+    /// `targetWait`: enough replicas that a newly queued task waits about
+    /// `targetWaitSeconds`, from the measured service time and arrival rate.
+    #[serde(default)]
+    pub mode: ScalingMode,
+    /// Tasks (queued + in flight) per replica in `queueLength` mode.
+    #[serde(default = "default_target_queue_length")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub target_queue_length: i32,
+    /// Target queue wait in seconds in `targetWait` mode.
+    #[serde(default = "default_target_wait_seconds")]
+    #[schemars(range(min = 0.1, max = 86400.0))]
+    pub target_wait_seconds: f64,
+    /// Seconds between two looks at the queues.
+    #[serde(default = "default_poll_seconds")]
+    #[schemars(range(min = 1, max = 300))]
+    pub poll_seconds: i32,
+    /// Relative change of the recommendation ignored as noise: with 0.1 a pool of 10 stays
+    /// at 10 for anything between 9 and 11 replicas' worth of work.
+    #[serde(default = "default_tolerance")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub tolerance: f64,
+    /// Seconds with nothing queued, delayed or in flight before the pool drops below
+    /// `max(minReplicas, 1)` to `idleReplicas` (or zero).
+    #[serde(default = "default_cooldown_seconds")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub cooldown_seconds: i32,
+    /// Replicas kept when idle past the cooldown; must be below `minReplicas`. When unset
+    /// an idle pool keeps `minReplicas` (so `minReplicas: 0` means scale to zero).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub idle_replicas: Option<i32>,
+    /// Stop changing the replica count (status and events still update).
+    #[serde(default)]
+    pub paused: bool,
+    /// Limits on scaling up. Default: no stabilisation window, up to +4 pods or +100 %
+    /// (whichever is more) per 15 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_up: Option<ScalingRules>,
+    /// Limits on scaling down. Default: 60 s stabilisation window (the highest
+    /// recommendation of the last 60 s wins), up to -100 % per 15 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_down: Option<ScalingRules>,
+}
+
+/// Stabilisation and step limits for one direction. A field left unset takes the
+/// direction's default; when either `maxPods` or `maxPercent` is set, only the ones set
+/// limit the step.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingRules {
+    /// Seconds of past recommendations considered: scaling up goes to the lowest of them,
+    /// scaling down to the highest (like the HorizontalPodAutoscaler).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub stabilization_window_seconds: Option<i32>,
+    /// Most pods added (or removed) within `periodSeconds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_pods: Option<i32>,
+    /// Most pods added (or removed) within `periodSeconds`, as a percentage of the replicas
+    /// at the start of the period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_percent: Option<i32>,
+    /// The period the step limits apply to, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1800))]
+    pub period_seconds: Option<i32>,
+}
+
+/// What the pool is sized on.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ScalingMode {
+    /// Replicas = ceil((queued + in flight) / targetQueueLength).
+    #[default]
+    QueueLength,
+    /// Replicas sized so the backlog drains within targetWaitSeconds while keeping up with
+    /// arrivals (Little's law).
+    TargetWait,
+}
+
+/// What the operator last saw and decided.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RagWorkerPoolStatus {
+    /// Replicas of the executor Deployment.
+    #[serde(default)]
+    pub replicas: i32,
+    /// Ready replicas of the executor Deployment.
+    #[serde(default)]
+    pub ready_replicas: i32,
+    /// Replicas the policy wants now.
+    #[serde(default)]
+    pub desired_replicas: i32,
+    /// Tasks waiting in the pool's queues.
+    #[serde(default)]
+    pub queued: i64,
+    /// Tasks claimed and running.
+    #[serde(default)]
+    pub in_flight: i64,
+    /// Tasks waiting out a retry backoff.
+    #[serde(default)]
+    pub delayed: i64,
+    /// Age of the oldest queued task in seconds.
+    #[serde(default)]
+    pub oldest_queued_age_seconds: f64,
+    /// Tasks arriving per second, measured between the last two looks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrival_rate: Option<f64>,
+    /// Mean time from claim to completion over the recent window, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean_service_seconds: Option<f64>,
+    /// When the operator last changed the replica count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_time: Option<Time>,
+    /// Why the operator last changed the replica count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_reason: Option<String>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready`, `RedisReachable`, `ScalingActive` and `ScalingLimited`.
+    #[serde(default)]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+fn default_concurrency() -> i32 {
+    4
+}
+fn default_drain_seconds() -> i32 {
+    30
+}
+fn default_target_queue_length() -> i32 {
+    5
+}
+fn default_target_wait_seconds() -> f64 {
+    10.0
+}
+fn default_poll_seconds() -> i32 {
+    2
+}
+fn default_tolerance() -> f64 {
+    0.1
+}
+fn default_cooldown_seconds() -> i32 {
+    300
+}
+
+impl ScalingSpec {
+    /// Scaling between `min` and `max` replicas with every other setting at its default.
+    pub fn between(min_replicas: i32, max_replicas: i32) -> Self {
+        Self {
+            min_replicas,
+            max_replicas,
+            mode: ScalingMode::default(),
+            target_queue_length: default_target_queue_length(),
+            target_wait_seconds: default_target_wait_seconds(),
+            poll_seconds: default_poll_seconds(),
+            tolerance: default_tolerance(),
+            cooldown_seconds: default_cooldown_seconds(),
+            idle_replicas: None,
+            paused: false,
+            scale_up: None,
+            scale_down: None,
+        }
+    }
+}
+
+/// Seconds added to `drainSeconds` for the default termination grace period: time for the
+/// executor to hand leftover tasks back and deregister after the drain ends.
+pub const GRACE_MARGIN_SECONDS: i64 = 15;
+
+impl ExecutorSpec {
+    /// A minimal executor spec with the given image and every default.
+    pub fn with_image(image: impl Into<String>) -> Self {
+        Self {
+            image: image.into(),
+            image_pull_policy: None,
+            image_pull_secrets: None,
+            concurrency: default_concurrency(),
+            drain_seconds: default_drain_seconds(),
+            termination_grace_period_seconds: None,
+            lease_seconds: None,
+            resources: None,
+            env: None,
+            backend: BackendSpec::default(),
+            node_selector: None,
+            tolerations: None,
+            affinity: None,
+            service_account_name: None,
+            pod_annotations: None,
+            pod_labels: None,
+        }
+    }
+
+    /// The pod's termination grace period: the configured one, or the drain time plus a
+    /// margin.
+    pub fn termination_grace_period(&self) -> i64 {
+        self.termination_grace_period_seconds
+            .unwrap_or(i64::from(self.drain_seconds) + GRACE_MARGIN_SECONDS)
+    }
+}
+
+/// A pool spec that breaks a cross-field rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid RagWorkerPool spec: {0}")]
+pub struct SpecError(pub String);
+
+impl RagWorkerPoolSpec {
+    /// Checks the rules the schema's CEL expressions also enforce, plus the ones CEL cannot
+    /// express cheaply.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        let fail = |msg: &str| Err(SpecError(msg.to_owned()));
+        if self.queues.names.is_empty() {
+            return fail("queues.names must list at least one queue");
+        }
+        if self.redis.url.is_some() == self.redis.url_secret_ref.is_some() {
+            return fail("redis: set exactly one of url and urlSecretRef");
+        }
+        let s = &self.scaling;
+        if s.max_replicas < 1 {
+            return fail("scaling.maxReplicas must be at least 1");
+        }
+        if s.min_replicas < 0 || s.min_replicas > s.max_replicas {
+            return fail("scaling.minReplicas must be between 0 and maxReplicas");
+        }
+        if let Some(idle) = s.idle_replicas
+            && (idle < 0 || idle >= s.min_replicas)
+        {
+            return fail("scaling.idleReplicas must be at least 0 and below minReplicas");
+        }
+        if s.target_queue_length < 1 {
+            return fail("scaling.targetQueueLength must be at least 1");
+        }
+        if !(s.target_wait_seconds.is_finite() && s.target_wait_seconds > 0.0) {
+            return fail("scaling.targetWaitSeconds must be positive");
+        }
+        if s.poll_seconds < 1 {
+            return fail("scaling.pollSeconds must be at least 1");
+        }
+        if self.executor.concurrency < 1 {
+            return fail("executor.concurrency must be at least 1");
+        }
+        if self.executor.termination_grace_period() <= i64::from(self.executor.drain_seconds) {
+            return fail("executor.terminationGracePeriodSeconds must exceed drainSeconds");
+        }
+        match self.executor.backend.kind {
+            BackendKind::Openai if self.executor.backend.openai.is_none() => {
+                fail("executor.backend: type openai needs the openai settings")
+            }
+            BackendKind::Http if self.executor.backend.http.is_none() => {
+                fail("executor.backend: type http needs the http settings")
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The queue names as plain strings, in priority order.
+    pub fn queue_names(&self) -> Vec<String> {
+        self.queues.names.iter().map(|q| q.0.clone()).collect()
+    }
+}
+
+/// The CRD as YAML, exactly what `crds/ragworkerpool.yaml` holds.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    let yaml = serde_yaml::to_string(&RagWorkerPool::crd())?;
+    Ok(format!(
+        "# Generated by `ragpool-operator crd`; do not edit.\n---\n{yaml}"
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::Value;
+
+    use super::*;
+    use crate::fixtures;
+
+    const CHECKED_IN: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/ragworkerpool.yaml");
+
+    #[test]
+    fn checked_in_crd_is_current() {
+        let generated = crd_yaml().expect("CRD serialises");
+        let on_disk = std::fs::read_to_string(CHECKED_IN).unwrap_or_default();
+        assert!(
+            on_disk == generated,
+            "crds/ragworkerpool.yaml is stale: run `cargo run -p ragpool-operator -- crd > crds/ragworkerpool.yaml`"
+        );
+    }
+
+    fn schema() -> Value {
+        let crd = serde_json::to_value(RagWorkerPool::crd()).expect("CRD serialises");
+        crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+    }
+
+    /// Walks every node of a schema, with its JSON path, checking Kubernetes' structural
+    /// schema rules.
+    fn walk(node: &Value, path: &str, problems: &mut Vec<String>) {
+        let Some(obj) = node.as_object() else {
+            problems.push(format!("{path}: schema is not an object"));
+            return;
+        };
+        for banned in [
+            "$ref",
+            "$schema",
+            "$defs",
+            "definitions",
+            "oneOf",
+            "anyOf",
+            "allOf",
+            "not",
+        ] {
+            if obj.contains_key(banned) {
+                problems.push(format!("{path}: has {banned}"));
+            }
+        }
+        let int_or_string = obj.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true));
+        let preserve = obj.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
+        match obj.get("type").and_then(Value::as_str) {
+            None if int_or_string || preserve => {}
+            None => problems.push(format!("{path}: no type")),
+            Some("object") => {
+                if obj.contains_key("properties") && obj.contains_key("additionalProperties") {
+                    problems.push(format!("{path}: both properties and additionalProperties"));
+                }
+                if obj.contains_key("items") {
+                    problems.push(format!("{path}: object with items"));
+                }
+            }
+            Some("array") => match obj.get("items") {
+                Some(Value::Object(_)) => {}
+                _ => problems.push(format!("{path}: array without a single items schema")),
+            },
+            Some("string" | "integer" | "number" | "boolean") => {
+                if obj.contains_key("properties") || obj.contains_key("items") {
+                    problems.push(format!("{path}: scalar with properties or items"));
+                }
+            }
+            Some(other) => problems.push(format!("{path}: unknown type {other}")),
+        }
+        if let Some(Value::Object(props)) = obj.get("properties") {
+            for (name, child) in props {
+                walk(child, &format!("{path}.{name}"), problems);
+            }
+        }
+        if let Some(items) = obj.get("items") {
+            walk(items, &format!("{path}[]"), problems);
+        }
+        if let Some(extra @ Value::Object(_)) = obj.get("additionalProperties") {
+            walk(extra, &format!("{path}{{}}"), problems);
+        }
+        if obj.get("x-kubernetes-list-type").and_then(Value::as_str) == Some("map") {
+            let keys = obj["x-kubernetes-list-map-keys"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let required = obj["items"]["required"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            for key in keys {
+                if !required.contains(&key) {
+                    problems.push(format!("{path}: map key {key} is not required"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn schema_is_structural() {
+        let root = schema();
+        let mut problems = Vec::new();
+        walk(&root, "", &mut problems);
+        assert!(
+            problems.is_empty(),
+            "not structural:\n{}",
+            problems.join("\n")
+        );
+        // The root may only describe spec and status (plus apiVersion/kind/metadata, which
+        // kube leaves out): metadata constraints beyond name are not allowed.
+        let top: Vec<&String> = root["properties"]
+            .as_object()
+            .map(|p| p.keys().collect())
+            .unwrap_or_default();
+        assert_eq!(top, ["spec", "status"]);
+    }
+
+    /// Every field of our own types is documented; the embedded Kubernetes types bring their
+    /// own descriptions.
+    #[test]
+    fn every_field_is_documented() {
+        fn check(node: &Value, path: &str, missing: &mut Vec<String>) {
+            let embedded = [
+                ".affinity",
+                ".tolerations",
+                ".resources",
+                ".env",
+                ".imagePullSecrets",
+                ".conditions",
+            ];
+            if embedded.iter().any(|e| path.ends_with(e)) {
+                return;
+            }
+            if let Some(props) = node["properties"].as_object() {
+                for (name, child) in props {
+                    let child_path = format!("{path}.{name}");
+                    if child.get("description").is_none() {
+                        missing.push(child_path.clone());
+                    }
+                    check(child, &child_path, missing);
+                }
+            }
+            if let Some(items @ Value::Object(_)) = node.get("items") {
+                check(items, &format!("{path}[]"), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        check(&schema(), "", &mut missing);
+        assert!(missing.is_empty(), "undocumented: {missing:?}");
+    }
+
+    #[test]
+    fn schema_validates_ranges_and_required_fields() {
+        let root = schema();
+        let spec = &root["properties"]["spec"];
+        let required = |node: &Value| -> Vec<String> {
+            serde_json::from_value(node["required"].clone()).unwrap_or_default()
+        };
+        assert_eq!(required(spec), ["executor", "queues", "redis", "scaling"]);
+        let scaling = &spec["properties"]["scaling"];
+        assert_eq!(required(scaling), ["maxReplicas"]);
+        assert_eq!(scaling["properties"]["maxReplicas"]["minimum"], 1.0);
+        assert_eq!(scaling["properties"]["pollSeconds"]["default"], 2);
+        assert_eq!(scaling["properties"]["minReplicas"]["minimum"], 0.0);
+        assert_eq!(required(&spec["properties"]["executor"]), ["image"]);
+        assert_eq!(
+            spec["properties"]["queues"]["properties"]["names"]["minItems"],
+            1
+        );
+        let rules = scaling["x-kubernetes-validations"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        assert_eq!(rules.len(), 2);
+        assert!(spec["properties"]["redis"]["x-kubernetes-validations"].is_array());
+    }
+
+    #[test]
+    fn crd_names_status_subresource_and_columns() {
+        let crd = RagWorkerPool::crd();
+        assert_eq!(crd.spec.group, "ragpool.io");
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert_eq!(crd.spec.names.short_names, Some(vec!["rwp".to_string()]));
+        let version = &crd.spec.versions[0];
+        assert_eq!(version.name, "v1alpha1");
+        assert!(
+            version
+                .subresources
+                .as_ref()
+                .and_then(|s| s.status.as_ref())
+                .is_some()
+        );
+        let columns: Vec<String> = version
+            .additional_printer_columns
+            .iter()
+            .flatten()
+            .map(|c| c.name.clone())
+            .collect();
+        assert_eq!(columns, ["Desired", "Ready", "Queued", "In-flight", "Age"]);
+    }
+
+    #[test]
+    fn validate_rejects_what_cel_rejects() {
+        let ok = fixtures::spec();
+        assert_eq!(ok.validate(), Ok(()));
+        let mut both_urls = fixtures::spec();
+        both_urls.redis.url_secret_ref = Some(SecretKeyRef {
+            name: "s".into(),
+            key: "k".into(),
+        });
+        let mut min_over_max = fixtures::spec();
+        min_over_max.scaling.min_replicas = 30;
+        let mut idle_not_below_min = fixtures::spec();
+        idle_not_below_min.scaling.min_replicas = 2;
+        idle_not_below_min.scaling.idle_replicas = Some(2);
+        let mut short_grace = fixtures::spec();
+        short_grace.executor.termination_grace_period_seconds = Some(30);
+        let mut openai_without_settings = fixtures::spec();
+        openai_without_settings.executor.backend.kind = BackendKind::Openai;
+        for (name, spec) in [
+            ("both urls", both_urls),
+            ("min over max", min_over_max),
+            ("idle not below min", idle_not_below_min),
+            ("grace not above drain", short_grace),
+            ("openai without settings", openai_without_settings),
+        ] {
+            assert!(spec.validate().is_err(), "{name} passed validation");
+        }
+    }
+
+    #[test]
+    fn grace_period_defaults_to_drain_plus_margin() {
+        let mut executor = ExecutorSpec::with_image("i");
+        executor.drain_seconds = 45;
+        assert_eq!(executor.termination_grace_period(), 60);
+        executor.termination_grace_period_seconds = Some(100);
+        assert_eq!(executor.termination_grace_period(), 100);
+    }
+
+    #[test]
+    fn examples_parse_and_validate() {
+        for file in ["pool.yaml", "pool-full.yaml"] {
+            let path = format!("{}/../examples/{file}", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let pool: RagWorkerPool =
+                serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(pool.spec.validate(), Ok(()), "{file}");
+            // Serde ignores unknown keys; the schema does not, so check every key against it.
+            let value: Value = serde_yaml::from_str(&text).unwrap_or_default();
+            let mut unknown = Vec::new();
+            known_keys(
+                &value["spec"],
+                &schema()["properties"]["spec"],
+                "spec",
+                &mut unknown,
+            );
+            assert!(unknown.is_empty(), "{file}: unknown fields {unknown:?}");
+        }
+    }
+
+    fn known_keys(value: &Value, schema: &Value, path: &str, unknown: &mut Vec<String>) {
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    let child_schema = schema["properties"]
+                        .get(key)
+                        .or_else(|| schema.get("additionalProperties"));
+                    match child_schema {
+                        Some(s) => known_keys(child, s, &format!("{path}.{key}"), unknown),
+                        None => unknown.push(format!("{path}.{key}")),
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for item in items {
+                    known_keys(item, &schema["items"], &format!("{path}[]"), unknown);
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,860 @@
+//! The scaling policy: a pure function from what the queues look like, the pool's spec and
+//! the pool's recent history to a replica count and the reason for it.
+//!
+//! The steps, in order (see `docs/operator.md` for the formulas):
+//! 1. `paused`, or no observation (Redis unreachable): keep the current replicas.
+//! 2. A raw recommendation from the mode: `queueLength` or `targetWait` (Little's law).
+//! 3. Tolerance: a change within `tolerance` of the current count is noise.
+//! 4. Bounds: at most `maxReplicas`; at least `minReplicas` (and 1 while there is work or
+//!    was some within the cooldown); `idleReplicas` (or zero) only after the cooldown.
+//! 5. Stabilisation windows like the HorizontalPodAutoscaler's: up to the lowest and down to
+//!    the highest recommendation within the window.
+//! 6. From zero at once: a pool at zero with work skips the scale-up window.
+//! 7. Step limits per period.
+//!
+//! All times come from the observations (the Redis server clock), so the function is
+//! deterministic and the same inputs always give the same decision.
+
+use std::collections::VecDeque;
+
+use crate::crd::{RagWorkerPoolSpec, ScalingMode, ScalingRules};
+use crate::observe::{ArrivalSample, Observation, arrival_rate};
+
+/// Defaults of the scale-up rules.
+const UP_WINDOW_SECONDS: i32 = 0;
+const UP_MAX_PODS: i32 = 4;
+const UP_MAX_PERCENT: i32 = 100;
+/// Defaults of the scale-down rules.
+const DOWN_WINDOW_SECONDS: i32 = 60;
+const DOWN_MAX_PERCENT: i32 = 100;
+const PERIOD_SECONDS: i32 = 15;
+/// The arrival rate is measured over this span, so one burst between two polls does not
+/// swing it.
+const ARRIVAL_SPAN_MS: u64 = 30_000;
+/// Ceil with slack, so 2.0000000001 replicas' worth of work is 2 and not 3.
+const EPSILON: f64 = 1e-9;
+
+/// What the policy decided and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Replicas the Deployment should have.
+    pub replicas: i32,
+    /// Human-readable reason, for status, events and logs.
+    pub reason: String,
+    /// The count was held back by `minReplicas`/`maxReplicas` or a step limit.
+    pub limited: bool,
+    /// The bounded recommendation this decision started from, remembered for the
+    /// stabilisation windows; `None` when no recommendation was computed (paused, no data).
+    pub recommendation: Option<i32>,
+}
+
+/// Turns step rules with unset fields into numbers, per direction.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Rules {
+    window_ms: u64,
+    max_pods: Option<i32>,
+    max_percent: Option<i32>,
+    period_ms: u64,
+}
+
+impl Rules {
+    fn resolve(rules: Option<&ScalingRules>, window: i32, pods: Option<i32>, pct: i32) -> Self {
+        let r = rules.cloned().unwrap_or_default();
+        let (max_pods, max_percent) = if r.max_pods.is_some() || r.max_percent.is_some() {
+            (r.max_pods, r.max_percent)
+        } else {
+            (pods, Some(pct))
+        };
+        Self {
+            window_ms: seconds_ms(r.stabilization_window_seconds.unwrap_or(window)),
+            max_pods,
+            max_percent,
+            period_ms: seconds_ms(r.period_seconds.unwrap_or(PERIOD_SECONDS)),
+        }
+    }
+
+    fn up(spec: &RagWorkerPoolSpec) -> Self {
+        Self::resolve(
+            spec.scaling.scale_up.as_ref(),
+            UP_WINDOW_SECONDS,
+            Some(UP_MAX_PODS),
+            UP_MAX_PERCENT,
+        )
+    }
+
+    fn down(spec: &RagWorkerPoolSpec) -> Self {
+        Self::resolve(
+            spec.scaling.scale_down.as_ref(),
+            DOWN_WINDOW_SECONDS,
+            None,
+            DOWN_MAX_PERCENT,
+        )
+    }
+
+    /// Most pods this direction may move from `start` within one period.
+    fn allowance(&self, start: i32) -> i32 {
+        let by_pods = self.max_pods.unwrap_or(0);
+        let by_percent = self
+            .max_percent
+            .map(|p| (f64::from(start) * f64::from(p) / 100.0 - EPSILON).ceil() as i32)
+            .unwrap_or(0);
+        by_pods.max(by_percent)
+    }
+}
+
+fn seconds_ms(seconds: i32) -> u64 {
+    u64::try_from(seconds).unwrap_or(0) * 1000
+}
+
+/// A replica change the operator made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ScaleEvent {
+    at_ms: u64,
+    from: i32,
+    to: i32,
+}
+
+/// What the policy remembers about one pool between polls.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct History {
+    /// Replicas the Deployment has now; the caller keeps this current.
+    pub current_replicas: i32,
+    /// Bounded recommendations, oldest first, as (time, replicas).
+    recommendations: VecDeque<(u64, i32)>,
+    /// Replica changes, oldest first, for the step limits.
+    scale_events: VecDeque<ScaleEvent>,
+    /// When the pool last had anything queued, delayed or in flight (or was first seen).
+    last_busy_ms: Option<u64>,
+    /// Enqueued-task counter samples over the last [`ARRIVAL_SPAN_MS`], oldest first.
+    arrivals: VecDeque<ArrivalSample>,
+}
+
+impl History {
+    /// The history of a pool first seen with `current_replicas`.
+    pub fn new(current_replicas: i32) -> Self {
+        Self {
+            current_replicas,
+            ..Self::default()
+        }
+    }
+
+    /// Tasks per second arriving, from the oldest remembered sample to `observation`.
+    pub fn arrival_rate(&self, observation: &Observation) -> Option<f64> {
+        let oldest = self.arrivals.front()?;
+        arrival_rate(*oldest, observation.arrival_sample())
+    }
+
+    /// Remembers an observation and the decision taken on it. Call after the decision was
+    /// carried out (the replica patch succeeded).
+    pub fn record(
+        &mut self,
+        observation: Option<&Observation>,
+        spec: &RagWorkerPoolSpec,
+        decision: &Decision,
+    ) {
+        let Some(obs) = observation else {
+            return;
+        };
+        let now = obs.at_ms;
+        if let Some(rec) = decision.recommendation {
+            self.recommendations.push_back((now, rec));
+        }
+        if decision.replicas != self.current_replicas {
+            self.scale_events.push_back(ScaleEvent {
+                at_ms: now,
+                from: self.current_replicas,
+                to: decision.replicas,
+            });
+            self.current_replicas = decision.replicas;
+        }
+        if obs.has_work() || self.last_busy_ms.is_none() {
+            self.last_busy_ms = Some(now);
+        }
+        self.arrivals.push_back(obs.arrival_sample());
+
+        let (up, down) = (Rules::up(spec), Rules::down(spec));
+        let keep_recs = up.window_ms.max(down.window_ms);
+        let keep_events = up.period_ms.max(down.period_ms);
+        self.recommendations
+            .retain(|(at, _)| now.saturating_sub(*at) <= keep_recs);
+        self.scale_events
+            .retain(|e| now.saturating_sub(e.at_ms) <= keep_events);
+        // Keep one sample at or beyond the span so the rate always covers a full span.
+        while self.arrivals.len() > 1
+            && self
+                .arrivals
+                .get(1)
+                .is_some_and(|s| now.saturating_sub(s.at_ms) >= ARRIVAL_SPAN_MS)
+        {
+            self.arrivals.pop_front();
+        }
+    }
+
+    fn recommendations_within(&self, now: u64, window_ms: u64) -> impl Iterator<Item = i32> + '_ {
+        self.recommendations
+            .iter()
+            .filter(move |(at, _)| now.saturating_sub(*at) < window_ms)
+            .map(|(_, r)| *r)
+    }
+
+    /// Replicas at the start of the current period: the current count with this period's
+    /// changes in the given direction undone.
+    fn period_start(&self, now: u64, period_ms: u64, up: bool) -> i32 {
+        let moved: i32 = self
+            .scale_events
+            .iter()
+            .filter(|e| now.saturating_sub(e.at_ms) < period_ms)
+            .map(|e| e.to - e.from)
+            .filter(|d| if up { *d > 0 } else { *d < 0 })
+            .sum();
+        self.current_replicas - moved
+    }
+}
+
+/// Where the lower bound of a decision came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Floor {
+    MinReplicas,
+    /// Work is queued, delayed or in flight: someone has to run (and reap, and promote) it.
+    Work,
+    /// Idle, but within the cooldown: keep what is running.
+    Cooldown,
+    /// Idle past the cooldown.
+    Idle,
+}
+
+/// The replicas a pool should have now.
+///
+/// `observation` is `None` when the queues could not be read; the pool then keeps its
+/// replicas, because missing data is never a reason to scale (least of all to zero).
+pub fn desired_replicas(
+    observation: Option<&Observation>,
+    spec: &RagWorkerPoolSpec,
+    history: &History,
+) -> Decision {
+    let scaling = &spec.scaling;
+    let current = history.current_replicas;
+    let keep = |reason: String| Decision {
+        replicas: current,
+        reason,
+        limited: false,
+        recommendation: None,
+    };
+    if scaling.paused {
+        return keep(format!("scaling paused; keeping {current} replicas"));
+    }
+    let Some(obs) = observation else {
+        return keep(format!("no queue data; keeping {current} replicas"));
+    };
+    let now = obs.at_ms;
+    let mut why = Vec::new();
+
+    // 2. Raw recommendation.
+    let raw = match scaling.mode {
+        ScalingMode::QueueLength => {
+            let tasks = obs.queued + obs.in_flight;
+            let target = scaling.target_queue_length.max(1);
+            why.push(format!(
+                "queueLength: ({} queued + {} in flight) / {target} per replica",
+                obs.queued, obs.in_flight
+            ));
+            tasks as f64 / f64::from(target)
+        }
+        ScalingMode::TargetWait => {
+            let per_pod = f64::from(spec.executor.concurrency.max(1));
+            match obs.mean_service_ms {
+                Some(service_ms) if service_ms > 0.0 => {
+                    let s = service_ms / 1000.0;
+                    let lambda = history.arrival_rate(obs).unwrap_or(0.0);
+                    let wait = scaling.target_wait_seconds.max(0.001);
+                    // Little's law: λ·S slots are busy keeping up with arrivals; the backlog
+                    // needs queued/W tasks per second more, each holding a slot for S.
+                    let slots =
+                        (lambda * s + obs.queued as f64 * s / wait).max(obs.in_flight as f64);
+                    why.push(format!(
+                        "targetWait: ({lambda:.2}/s × {s:.2}s + {} queued × {s:.2}s / {wait}s) = {slots:.1} slots / {per_pod} per replica",
+                        obs.queued
+                    ));
+                    slots / per_pod
+                }
+                _ => {
+                    why.push(format!(
+                        "targetWait (no service time measured yet): ({} queued + {} in flight) / {per_pod} per replica",
+                        obs.queued, obs.in_flight
+                    ));
+                    (obs.queued + obs.in_flight) as f64 / per_pod
+                }
+            }
+        }
+    };
+
+    // 3. Tolerance.
+    let mut rec = if current > 0
+        && raw > 0.0
+        && (raw / f64::from(current) - 1.0).abs() <= scaling.tolerance
+    {
+        why.push(format!(
+            "{raw:.2} is within {:.0} % of {current}",
+            scaling.tolerance * 100.0
+        ));
+        current
+    } else {
+        (raw - EPSILON).ceil().max(0.0) as i32
+    };
+    why.push(format!("→ {rec}"));
+
+    // 4. Bounds.
+    let mut limited = false;
+    let idle_for = history
+        .last_busy_ms
+        .map(|t| now.saturating_sub(t))
+        .unwrap_or(0);
+    let cooled = !obs.has_work() && idle_for >= seconds_ms(scaling.cooldown_seconds);
+    let (floor, source) = if obs.has_work() {
+        if scaling.min_replicas >= 1 {
+            (scaling.min_replicas, Floor::MinReplicas)
+        } else {
+            (1, Floor::Work)
+        }
+    } else if cooled {
+        match scaling.idle_replicas {
+            Some(idle) => (idle, Floor::Idle),
+            None => (scaling.min_replicas, Floor::MinReplicas),
+        }
+    } else if scaling.min_replicas >= current.min(1) {
+        (scaling.min_replicas, Floor::MinReplicas)
+    } else {
+        (1, Floor::Cooldown)
+    };
+    if rec > scaling.max_replicas {
+        rec = scaling.max_replicas;
+        limited = true;
+        why.push(format!("capped at maxReplicas {}", scaling.max_replicas));
+    } else if rec < floor {
+        rec = floor;
+        match source {
+            Floor::MinReplicas => {
+                limited = true;
+                why.push(format!("raised to minReplicas {floor}"));
+            }
+            Floor::Work => why.push("work pending needs a replica".into()),
+            Floor::Cooldown => why.push(format!(
+                "idle {}s of {}s cooldown; keeping {floor}",
+                idle_for / 1000,
+                scaling.cooldown_seconds
+            )),
+            Floor::Idle => why.push(format!("idle past cooldown; idleReplicas {floor}")),
+        }
+    } else if cooled && source == Floor::MinReplicas && rec == floor && current > floor {
+        why.push(format!("idle past {}s cooldown", scaling.cooldown_seconds));
+    }
+    let recommendation = rec;
+
+    // 5. Stabilisation windows.
+    let (up, down) = (Rules::up(spec), Rules::down(spec));
+    let up_rec = history
+        .recommendations_within(now, up.window_ms)
+        .fold(rec, i32::min);
+    // Past the cooldown the idle drop has already waited long enough; the scale-down window
+    // would only add to it.
+    let down_rec = if cooled {
+        rec
+    } else {
+        history
+            .recommendations_within(now, down.window_ms)
+            .fold(rec, i32::max)
+    };
+    let mut desired = current;
+    if desired < up_rec {
+        desired = up_rec;
+    }
+    if desired > down_rec {
+        desired = down_rec;
+    }
+    if desired < rec && current < rec {
+        why.push(format!(
+            "scale-up window {}s holds at {desired}",
+            up.window_ms / 1000
+        ));
+    }
+    if desired > rec && current > rec {
+        why.push(format!(
+            "scale-down window {}s holds at {desired}",
+            down.window_ms / 1000
+        ));
+    }
+
+    // 6. From zero at once.
+    if current == 0 && obs.has_work() && desired < rec.max(1) {
+        desired = rec.max(1);
+        why.push("from zero at once".into());
+    }
+
+    // 7. Step limits.
+    if desired > current {
+        let start = history.period_start(now, up.period_ms, true);
+        // At least one pod per period, or a pool whose limits are all percentages could
+        // never leave zero.
+        let limit = start + up.allowance(start).max(1);
+        if desired > limit {
+            desired = limit;
+            limited = true;
+            why.push(format!(
+                "scale-up step limit {limit} per {}s",
+                up.period_ms / 1000
+            ));
+        }
+    } else if desired < current {
+        let start = history.period_start(now, down.period_ms, false);
+        let limit = (start - down.allowance(start)).min(current);
+        if desired < limit {
+            desired = limit;
+            limited = true;
+            why.push(format!(
+                "scale-down step limit {limit} per {}s",
+                down.period_ms / 1000
+            ));
+        }
+    }
+    // A lowered maxReplicas applies at once, step limits or not.
+    if desired > scaling.max_replicas {
+        desired = scaling.max_replicas;
+        limited = true;
+    }
+
+    Decision {
+        replicas: desired,
+        reason: why.join("; "),
+        limited,
+        recommendation: Some(recommendation),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crd::{ScalingRules, ScalingSpec};
+    use crate::fixtures::{obs, spec};
+
+    fn with(f: impl FnOnce(&mut ScalingSpec)) -> RagWorkerPoolSpec {
+        let mut s = spec();
+        f(&mut s.scaling);
+        s
+    }
+
+    /// One decision from a fresh history.
+    struct Case {
+        name: &'static str,
+        spec: RagWorkerPoolSpec,
+        current: i32,
+        observation: Option<Observation>,
+        replicas: i32,
+        limited: bool,
+        reason: &'static str,
+    }
+
+    #[test]
+    fn single_decisions() {
+        let delayed_only = Observation {
+            delayed: 2,
+            ..obs(0, 0, 0)
+        };
+        let cases = vec![
+            Case {
+                name: "queueLength: ceil((queued + in flight) / target)",
+                spec: spec(),
+                current: 2,
+                observation: Some(obs(0, 18, 5)),
+                replicas: 5,
+                limited: false,
+                reason: "queueLength: (18 queued + 5 in flight) / 5 per replica",
+            },
+            Case {
+                name: "queueLength: an exact multiple needs no extra replica",
+                spec: spec(),
+                current: 3,
+                observation: Some(obs(0, 10, 0)),
+                replicas: 2,
+                limited: false,
+                reason: "→ 2",
+            },
+            Case {
+                name: "capped at maxReplicas",
+                spec: with(|s| s.max_replicas = 8),
+                current: 8,
+                observation: Some(obs(0, 100, 0)),
+                replicas: 8,
+                limited: true,
+                reason: "capped at maxReplicas 8",
+            },
+            Case {
+                name: "raised to minReplicas",
+                spec: with(|s| s.min_replicas = 3),
+                current: 3,
+                observation: Some(obs(0, 1, 0)),
+                replicas: 3,
+                limited: true,
+                reason: "raised to minReplicas 3",
+            },
+            Case {
+                name: "a lowered maxReplicas applies at once",
+                spec: with(|s| s.max_replicas = 4),
+                current: 10,
+                observation: Some(obs(0, 100, 0)),
+                replicas: 4,
+                limited: true,
+                reason: "capped at maxReplicas 4",
+            },
+            Case {
+                name: "from zero as soon as one task is queued",
+                spec: spec(),
+                current: 0,
+                observation: Some(obs(0, 1, 0)),
+                replicas: 1,
+                limited: false,
+                reason: "→ 1",
+            },
+            Case {
+                name: "from zero skips a scale-up window",
+                spec: with(|s| {
+                    s.scale_up = Some(ScalingRules {
+                        stabilization_window_seconds: Some(120),
+                        ..ScalingRules::default()
+                    })
+                }),
+                current: 0,
+                observation: Some(obs(0, 3, 0)),
+                replicas: 1,
+                limited: false,
+                reason: "",
+            },
+            Case {
+                name: "from zero is still step limited (4 pods per period by default)",
+                spec: spec(),
+                current: 0,
+                observation: Some(obs(0, 40, 0)),
+                replicas: 4,
+                limited: true,
+                reason: "scale-up step limit 4",
+            },
+            Case {
+                name: "delayed retries keep one replica to promote them",
+                spec: spec(),
+                current: 0,
+                observation: Some(delayed_only),
+                replicas: 1,
+                limited: false,
+                reason: "work pending needs a replica",
+            },
+            Case {
+                name: "a new idle pool with minReplicas 0 starts at zero",
+                spec: spec(),
+                current: 0,
+                observation: Some(obs(0, 0, 0)),
+                replicas: 0,
+                limited: false,
+                reason: "→ 0",
+            },
+            Case {
+                name: "paused keeps the replicas whatever the queue",
+                spec: with(|s| s.paused = true),
+                current: 2,
+                observation: Some(obs(0, 100, 0)),
+                replicas: 2,
+                limited: false,
+                reason: "scaling paused",
+            },
+            Case {
+                name: "Redis down keeps the replicas",
+                spec: spec(),
+                current: 5,
+                observation: None,
+                replicas: 5,
+                limited: false,
+                reason: "no queue data; keeping 5 replicas",
+            },
+            Case {
+                name: "Redis down never scales to zero",
+                spec: with(|s| s.cooldown_seconds = 0),
+                current: 3,
+                observation: None,
+                replicas: 3,
+                limited: false,
+                reason: "no queue data",
+            },
+            Case {
+                name: "tolerance: 10.4 replicas' worth stays at 10",
+                spec: spec(),
+                current: 10,
+                observation: Some(obs(0, 52, 0)),
+                replicas: 10,
+                limited: false,
+                reason: "within 10 % of 10",
+            },
+            Case {
+                name: "tolerance: 11.2 replicas' worth is outside 10 %",
+                spec: spec(),
+                current: 10,
+                observation: Some(obs(0, 56, 0)),
+                replicas: 12,
+                limited: false,
+                reason: "→ 12",
+            },
+            Case {
+                name: "targetWait without a measured service time: one slot per task",
+                spec: with(|s| s.mode = ScalingMode::TargetWait),
+                current: 1,
+                observation: Some(obs(0, 8, 4)),
+                replicas: 3,
+                limited: false,
+                reason: "no service time measured yet",
+            },
+            Case {
+                name: "targetWait keeps the slots in use",
+                spec: with(|s| s.mode = ScalingMode::TargetWait),
+                current: 2,
+                observation: Some(Observation {
+                    mean_service_ms: Some(15_000.0),
+                    ..obs(0, 0, 8)
+                }),
+                replicas: 2,
+                limited: false,
+                reason: "= 8.0 slots / 4 per replica",
+            },
+        ];
+        for case in cases {
+            let history = History::new(case.current);
+            let d = desired_replicas(case.observation.as_ref(), &case.spec, &history);
+            assert_eq!(d.replicas, case.replicas, "{}: {}", case.name, d.reason);
+            assert_eq!(d.limited, case.limited, "{}: {}", case.name, d.reason);
+            assert!(
+                d.reason.contains(case.reason),
+                "{}: reason {:?} lacks {:?}",
+                case.name,
+                d.reason,
+                case.reason
+            );
+        }
+    }
+
+    /// Runs the policy over observations, carrying out every decision, and returns the
+    /// replica counts.
+    fn run(spec: &RagWorkerPoolSpec, start: i32, steps: &[Observation]) -> Vec<i32> {
+        let mut history = History::new(start);
+        steps
+            .iter()
+            .map(|o| {
+                let d = desired_replicas(Some(o), spec, &history);
+                history.record(Some(o), spec, &d);
+                d.replicas
+            })
+            .collect()
+    }
+
+    /// `(second, queued, in flight)` triples as observations.
+    fn timeline(points: &[(u64, u64, u64)]) -> Vec<Observation> {
+        points.iter().map(|&(t, q, f)| obs(t, q, f)).collect()
+    }
+
+    struct Sequence {
+        name: &'static str,
+        spec: RagWorkerPoolSpec,
+        start: i32,
+        steps: Vec<Observation>,
+        replicas: Vec<i32>,
+    }
+
+    #[test]
+    fn sequences() {
+        let no_down_window = |s: &mut ScalingSpec| {
+            s.scale_down = Some(ScalingRules {
+                stabilization_window_seconds: Some(0),
+                ..ScalingRules::default()
+            })
+        };
+        let cases = vec![
+            Sequence {
+                name: "flapping input is held by the 60 s scale-down window",
+                spec: spec(),
+                start: 10,
+                steps: timeline(&[(0, 50, 0), (2, 40, 0), (4, 50, 0), (6, 40, 0), (8, 50, 0)]),
+                replicas: vec![10, 10, 10, 10, 10],
+            },
+            Sequence {
+                name: "the same input flaps without the window",
+                spec: with(no_down_window),
+                start: 10,
+                steps: timeline(&[(0, 50, 0), (2, 40, 0), (4, 50, 0), (6, 40, 0), (8, 50, 0)]),
+                replicas: vec![10, 8, 10, 8, 10],
+            },
+            Sequence {
+                name: "jitter within the tolerance never moves the count",
+                spec: with(no_down_window),
+                start: 10,
+                steps: timeline(&[(0, 50, 0), (2, 46, 0), (4, 54, 0), (6, 47, 0)]),
+                replicas: vec![10, 10, 10, 10],
+            },
+            Sequence {
+                name: "scale down to the highest recommendation of the last 60 s",
+                spec: spec(),
+                start: 10,
+                steps: timeline(&[
+                    (0, 50, 0),
+                    (10, 10, 0),
+                    (30, 30, 0),
+                    (50, 10, 0),
+                    (60, 10, 0),
+                    (89, 10, 0),
+                    (90, 10, 0),
+                ]),
+                // The 10 from t=0 holds until t=60, the 6 from t=30 until t=90.
+                replicas: vec![10, 10, 10, 10, 6, 6, 2],
+            },
+            Sequence {
+                name: "a scale-up window scales up to the lowest recent recommendation",
+                spec: with(|s| {
+                    s.scale_up = Some(ScalingRules {
+                        stabilization_window_seconds: Some(30),
+                        max_percent: Some(1000),
+                        ..ScalingRules::default()
+                    })
+                }),
+                start: 2,
+                steps: timeline(&[(0, 10, 0), (10, 50, 0), (20, 50, 0), (30, 50, 0)]),
+                replicas: vec![2, 2, 2, 10],
+            },
+            Sequence {
+                name: "scale-up step limit: +4 pods or +100 % per 15 s",
+                spec: with(|s| s.target_queue_length = 1),
+                start: 2,
+                steps: timeline(&[(0, 20, 0), (2, 20, 0), (16, 20, 0), (31, 20, 0)]),
+                replicas: vec![6, 6, 12, 20],
+            },
+            Sequence {
+                name: "scale-down step limit of one pod per 30 s",
+                spec: with(|s| {
+                    no_down_window(s);
+                    s.scale_down = Some(ScalingRules {
+                        stabilization_window_seconds: Some(0),
+                        max_pods: Some(1),
+                        period_seconds: Some(30),
+                        ..ScalingRules::default()
+                    });
+                }),
+                start: 5,
+                steps: timeline(&[(0, 5, 0), (10, 5, 0), (30, 5, 0), (60, 5, 0)]),
+                replicas: vec![4, 4, 3, 2],
+            },
+            Sequence {
+                name: "idle: hold one replica through the cooldown, then scale to zero",
+                spec: with(|s| s.cooldown_seconds = 300),
+                start: 2,
+                steps: timeline(&[
+                    (0, 6, 4),
+                    (100, 0, 0),
+                    (299, 0, 0),
+                    (300, 0, 0),
+                    (302, 0, 0),
+                ]),
+                replicas: vec![2, 1, 1, 0, 0],
+            },
+            Sequence {
+                name: "idle: work within the cooldown restarts it",
+                spec: with(|s| s.cooldown_seconds = 300),
+                start: 1,
+                steps: timeline(&[
+                    (0, 1, 0),
+                    (200, 0, 1),
+                    (300, 0, 0),
+                    (499, 0, 0),
+                    (500, 0, 0),
+                ]),
+                replicas: vec![1, 1, 1, 1, 0],
+            },
+            Sequence {
+                name: "idle: to idleReplicas after the cooldown, minReplicas before it",
+                spec: with(|s| {
+                    s.min_replicas = 3;
+                    s.idle_replicas = Some(1);
+                    s.cooldown_seconds = 60;
+                }),
+                start: 3,
+                steps: timeline(&[(0, 0, 2), (30, 0, 0), (60, 0, 0), (62, 4, 0)]),
+                replicas: vec![3, 3, 1, 3],
+            },
+            Sequence {
+                name: "idle with minReplicas and no idleReplicas stays at minReplicas",
+                spec: with(|s| {
+                    s.min_replicas = 2;
+                    s.cooldown_seconds = 0;
+                }),
+                start: 2,
+                steps: timeline(&[(0, 0, 0), (100, 0, 0)]),
+                replicas: vec![2, 2],
+            },
+            Sequence {
+                name: "a restarted operator waits a full cooldown before dropping to zero",
+                spec: with(|s| s.cooldown_seconds = 60),
+                start: 2,
+                steps: timeline(&[(1000, 0, 0), (1030, 0, 0), (1060, 0, 0)]),
+                replicas: vec![1, 1, 0],
+            },
+        ];
+        for case in cases {
+            assert_eq!(
+                run(&case.spec, case.start, &case.steps),
+                case.replicas,
+                "{}",
+                case.name
+            );
+        }
+    }
+
+    #[test]
+    fn target_wait_uses_littles_law() {
+        // λ = 1 task/s measured over 10 s, S = 15 s, W = 30 s, 100 queued, 4 per pod:
+        // slots = 1 × 15 + 100 × 15 / 30 = 65, replicas = ceil(65 / 4) = 17.
+        let spec = with(|s| {
+            s.mode = ScalingMode::TargetWait;
+            s.target_wait_seconds = 30.0;
+            s.max_replicas = 50;
+        });
+        let at = |t: u64, total: u64| Observation {
+            total_enqueued: total,
+            mean_service_ms: Some(15_000.0),
+            ..obs(t, 100, 0)
+        };
+        let mut history = History::new(13);
+        let first = desired_replicas(Some(&at(0, 0)), &spec, &history);
+        // Without an arrival rate yet: 100 × 15 / 30 = 50 slots → 13 replicas.
+        assert_eq!(first.replicas, 13, "{}", first.reason);
+        history.record(Some(&at(0, 0)), &spec, &first);
+        let second = at(10, 10);
+        assert_eq!(history.arrival_rate(&second), Some(1.0));
+        let d = desired_replicas(Some(&second), &spec, &history);
+        assert_eq!(d.replicas, 17, "{}", d.reason);
+        assert!(d.reason.contains("= 65.0 slots"), "{}", d.reason);
+    }
+
+    #[test]
+    fn arrival_rate_spans_thirty_seconds() {
+        let spec = spec();
+        let mut history = History::new(1);
+        for t in 0..=40u64 {
+            let o = Observation {
+                total_enqueued: t * 2,
+                ..obs(t, 1, 0)
+            };
+            let d = desired_replicas(Some(&o), &spec, &history);
+            history.record(Some(&o), &spec, &d);
+        }
+        // The oldest sample kept (t = 10 s, 20 tasks) is about 30 s old, so a burst of 60
+        // tasks in the last second adds 60/31 per second, not 60.
+        let burst = Observation {
+            total_enqueued: 80 + 2 + 60,
+            ..obs(41, 1, 0)
+        };
+        let rate = history.arrival_rate(&burst).unwrap_or_default();
+        assert!((rate - 122.0 / 31.0).abs() < 1e-9, "rate {rate}");
+    }
+}
