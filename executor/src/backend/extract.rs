@@ -5,7 +5,7 @@
 //! No model is involved, so the answer can only quote; the point is that an offline
 //! installation still returns something a person can read and check against the citations.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde_json::{Value, json};
 
@@ -36,10 +36,11 @@ pub(crate) fn compose(
     context: Option<&str>,
 ) -> Value {
     let wanted: HashSet<String> = index.terms(question).into_iter().collect();
+    let weights = index.idf(&wanted);
     let context = context.map(str::trim).filter(|c| !c.is_empty());
     let mut candidates = Vec::new();
     if let Some(context) = context {
-        candidates.extend(score_sentences(index, &wanted, context, 0, 1.0));
+        candidates.extend(score_sentences(index, &weights, context, 0, 1.0));
     }
     let top = hits.first().map_or(1.0, |h| h.score.max(f32::EPSILON));
     for (rank, hit) in hits.iter().enumerate() {
@@ -47,7 +48,7 @@ pub(crate) fn compose(
         let weight = 0.5 + 0.5 * (hit.score / top);
         candidates.extend(score_sentences(
             index,
-            &wanted,
+            &weights,
             &hit.passage.text,
             rank + 1,
             weight,
@@ -89,14 +90,17 @@ pub(crate) fn compose(
     json!({ "answer": answer, "citations": citations })
 }
 
+/// Each sentence that shares a term with the question, scored by the share of the
+/// question's term weight it covers, times `weight`.
 fn score_sentences(
     index: &DocumentIndex,
-    wanted: &HashSet<String>,
+    wanted: &HashMap<&str, f32>,
     text: &str,
     source: usize,
     weight: f32,
 ) -> Vec<Candidate> {
-    if wanted.is_empty() {
+    let total: f32 = wanted.values().sum();
+    if total <= 0.0 {
         return Vec::new();
     }
     passages::sentences(text)
@@ -104,11 +108,11 @@ fn score_sentences(
         .enumerate()
         .filter_map(|(position, sentence)| {
             let terms: HashSet<String> = index.terms(&sentence).into_iter().collect();
-            let shared = terms.intersection(wanted).count();
-            (shared > 0).then(|| Candidate {
+            let covered: f32 = terms.iter().filter_map(|t| wanted.get(t.as_str())).sum();
+            (covered > 0.0).then(|| Candidate {
                 source,
                 position,
-                score: weight * shared as f32 / wanted.len() as f32,
+                score: weight * covered / total,
                 text: sentence,
             })
         })

@@ -228,11 +228,15 @@ pub(crate) fn sentences(text: &str) -> Vec<String> {
             continue;
         }
         let item = strip_list_marker(trimmed);
-        if item.len() != trimmed.len() || trimmed.starts_with('|') {
-            // A list item or table row stands alone even without a full stop.
+        if trimmed.starts_with('|') {
+            // A table row stands alone even without a full stop.
             push_paragraph(&mut paragraph, &mut out);
             paragraph.push_str(item);
             push_paragraph(&mut paragraph, &mut out);
+        } else if item.len() != trimmed.len() {
+            // A list item ends the sentence before it; its wrapped lines continue it.
+            push_paragraph(&mut paragraph, &mut out);
+            paragraph.push_str(item);
         } else {
             if !paragraph.is_empty() {
                 paragraph.push(' ');
@@ -312,7 +316,19 @@ mod tests {
 
     #[test]
     fn sentences_split_lists_and_full_stops() {
-        let s = sentences("First one. Second one!\n- item a\n- item b\n\n```\ncode();\n```\nLast");
-        assert_eq!(s, ["First one.", "Second one!", "item a", "item b", "Last"]);
+        let s = sentences(
+            "First one. Second one!\n- item a\n- item b wraps\n  onto two lines\n\n```\ncode();\n```\n| a | b |\nLast",
+        );
+        assert_eq!(
+            s,
+            [
+                "First one.",
+                "Second one!",
+                "item a",
+                "item b wraps onto two lines",
+                "| a | b |",
+                "Last"
+            ]
+        );
     }
 }

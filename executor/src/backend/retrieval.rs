@@ -7,7 +7,7 @@
 //! English stop words and stemming) later scores sentences for extractive answers, so
 //! "indexes" in a question matches "indexing" in both places.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -221,6 +221,26 @@ impl DocumentIndex {
         Ok(hits)
     }
 
+    /// BM25's inverse document frequency of each term over passage bodies: how much a match
+    /// on it says. Terms the corpus lacks (they can still match a task's context) get the
+    /// highest weight.
+    pub(crate) fn idf<'a>(
+        &self,
+        terms: impl IntoIterator<Item = &'a String>,
+    ) -> HashMap<&'a str, f32> {
+        let searcher = self.reader.searcher();
+        let n = self.passages.len() as f32;
+        terms
+            .into_iter()
+            .map(|t| {
+                let df = searcher
+                    .doc_freq(&Term::from_field_text(self.fields.body, t))
+                    .unwrap_or(0) as f32;
+                (t.as_str(), (1.0 + (n - df + 0.5) / (df + 0.5)).ln())
+            })
+            .collect()
+    }
+
     /// `text` through the index's analyser: lower-cased, stop words removed, stemmed.
     pub(crate) fn terms(&self, text: &str) -> Vec<String> {
         let mut analyzer = self.analyzer.clone();
@@ -233,6 +253,17 @@ impl DocumentIndex {
     }
 }
 
+/// Words that shape a question but carry no topic. Lucene's English list (used first) is
+/// short and built for documents; without these, "what does…" matches every sentence that
+/// says "what".
+const QUESTION_WORDS: &[&str] = &[
+    "what", "which", "who", "whom", "whose", "when", "where", "why", "how", "do", "does", "did",
+    "doing", "can", "could", "should", "would", "shall", "i", "me", "my", "we", "us", "our", "you",
+    "your", "he", "she", "him", "her", "his", "its", "them", "have", "has", "had", "been", "being",
+    "am", "were", "about", "from", "so", "than", "too", "very", "just", "also", "any", "some",
+    "here", "tell", "explain", "please",
+];
+
 fn analyzer() -> Result<TextAnalyzer, BuildError> {
     let stop_words = StopWordFilter::new(Language::English)
         .ok_or_else(|| BuildError::Index("no English stop-word list".into()))?;
@@ -240,6 +271,9 @@ fn analyzer() -> Result<TextAnalyzer, BuildError> {
         .filter(RemoveLongFilter::limit(40))
         .filter(LowerCaser)
         .filter(stop_words)
+        .filter(StopWordFilter::remove(
+            QUESTION_WORDS.iter().map(|w| (*w).to_owned()),
+        ))
         .filter(Stemmer::new(Language::English))
         .build())
 }
@@ -325,5 +359,9 @@ mod tests {
     fn analyser_stems_and_drops_stop_words() {
         let index = DocumentIndex::from_passages(Vec::new(), 0).unwrap();
         assert_eq!(index.terms("The Indexes of running"), ["index", "run"]);
+        assert_eq!(
+            index.terms("What does the operator scale?"),
+            ["oper", "scale"]
+        );
     }
 }

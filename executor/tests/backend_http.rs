@@ -1,0 +1,216 @@
+//! The HTTP forwarding backend against a fake RAG service.
+
+use std::time::Duration;
+
+use ragpool_executor::backend::{
+    self, Backend, BackendConfig, HttpConfig, RetryPolicy, TaskContext,
+};
+use ragpool_queue::payload::{AnalyzeImage, CompleteAnswer, FullQuery};
+use serde_json::json;
+
+mod backend_support;
+use backend_support::{FakeServer, Reply, dead_url};
+
+fn config(base: &str) -> HttpConfig {
+    let mut c = HttpConfig::new(format!("{base}/rag/"));
+    c.retry = RetryPolicy {
+        max_retries: 2,
+        backoff_ms: 0,
+        max_wait_secs: 30,
+    };
+    c
+}
+
+async fn build(c: HttpConfig) -> std::sync::Arc<dyn Backend> {
+    backend::build(&BackendConfig::Http(c)).await.unwrap()
+}
+
+fn question() -> CompleteAnswer {
+    CompleteAnswer {
+        question: "What is ragpool?".into(),
+        context: Some("asked from the CLI".into()),
+        top_k: Some(4),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn each_kind_posts_its_payload_to_its_path_and_returns_the_body() {
+    let server = FakeServer::start(
+        vec![],
+        Reply::json(200, json!({"answer": "a queue", "n": 1})),
+    )
+    .await;
+    let backend = build(config(&server.url)).await;
+    let cx = TaskContext::default();
+
+    let image = AnalyzeImage {
+        image: Some("aGk=".into()),
+        prompt: Some("describe".into()),
+        ..Default::default()
+    };
+    let r1 = backend.analyze_image(&image, &cx).await.unwrap();
+    let r2 = backend.complete_answer(&question(), &cx).await.unwrap();
+    let query = FullQuery {
+        question: "Why?".into(),
+        image_url: Some("https://example.com/x.png".into()),
+        ..Default::default()
+    };
+    let r3 = backend.full_query(&query, &cx).await.unwrap();
+
+    for r in [&r1, &r2, &r3] {
+        assert_eq!(*r, json!({"answer": "a queue", "n": 1}));
+    }
+    let requests = server.requests();
+    let seen: Vec<(&str, &str)> = requests
+        .iter()
+        .map(|r| (r.method.as_str(), r.path.as_str()))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("POST", "/rag/analyze-image"),
+            ("POST", "/rag/complete-answer"),
+            ("POST", "/rag/query"),
+        ]
+    );
+    assert_eq!(
+        requests[0].body,
+        json!({"image": "aGk=", "prompt": "describe"})
+    );
+    assert_eq!(
+        requests[1].body,
+        json!({"question": "What is ragpool?", "context": "asked from the CLI", "top_k": 4})
+    );
+    assert_eq!(
+        requests[2].body,
+        json!({"question": "Why?", "image_url": "https://example.com/x.png"})
+    );
+    assert_eq!(requests[1].header("content-type"), Some("application/json"));
+    assert_eq!(cx.current().percent, 100);
+}
+
+#[tokio::test]
+async fn per_kind_urls_override_the_base() {
+    let server = FakeServer::start(vec![], Reply::json(200, json!({"ok": true}))).await;
+    let mut c = config("http://127.0.0.1:9");
+    c.complete_answer_url = Some(format!("{}/v2/answer", server.url));
+    let backend = build(c).await;
+    backend
+        .complete_answer(&question(), &TaskContext::default())
+        .await
+        .unwrap();
+    assert_eq!(server.requests()[0].path, "/v2/answer");
+}
+
+#[tokio::test]
+async fn a_429_then_200_succeeds_after_one_retry() {
+    let server = FakeServer::start(
+        vec![Reply::text(429, "busy").with_header("retry-after", "0")],
+        Reply::json(200, json!({"answer": "ok"})),
+    )
+    .await;
+    let backend = build(config(&server.url)).await;
+    let result = backend
+        .complete_answer(&question(), &TaskContext::default())
+        .await
+        .unwrap();
+    assert_eq!(result["answer"], "ok");
+    assert_eq!(server.requests().len(), 2);
+}
+
+#[tokio::test]
+async fn server_errors_become_retryable_carrying_retry_after() {
+    let server = FakeServer::start(
+        vec![],
+        Reply::json(503, json!({"detail": "index rebuilding"})).with_header("retry-after", "120"),
+    )
+    .await;
+    let backend = build(config(&server.url)).await;
+    let err = backend
+        .complete_answer(&question(), &TaskContext::default())
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable());
+    assert_eq!(err.kind(), "backend_unavailable");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(120)));
+    assert!(err.message().contains("index rebuilding"), "{err}");
+    assert_eq!(server.requests().len(), 1, "120 s is past max_wait_secs");
+
+    let server = FakeServer::start(vec![], Reply::text(500, "boom")).await;
+    let backend = build(config(&server.url)).await;
+    let err = backend
+        .complete_answer(&question(), &TaskContext::default())
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable());
+    assert_eq!(err.retry_after(), None);
+    assert_eq!(server.requests().len(), 3);
+}
+
+#[tokio::test]
+async fn client_errors_are_permanent_with_the_bodys_message() {
+    let server = FakeServer::start(
+        vec![],
+        Reply::json(400, json!({"message": "question too long"})),
+    )
+    .await;
+    let backend = build(config(&server.url)).await;
+    let err = backend
+        .complete_answer(&question(), &TaskContext::default())
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable());
+    assert_eq!(err.kind(), "bad_input");
+    assert!(err.message().contains("question too long"), "{err}");
+    assert_eq!(server.requests().len(), 1);
+
+    let server = FakeServer::start(vec![], Reply::text(404, "no such route")).await;
+    let backend = build(config(&server.url)).await;
+    let err = backend
+        .complete_answer(&question(), &TaskContext::default())
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable());
+    assert!(
+        err.message().contains("404") && err.message().contains("no such route"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn a_non_json_success_is_permanent() {
+    let server = FakeServer::start(vec![], Reply::text(200, "<html>login</html>")).await;
+    let backend = build(config(&server.url)).await;
+    let err = backend
+        .complete_answer(&question(), &TaskContext::default())
+        .await
+        .unwrap_err();
+    assert!(!err.is_retryable());
+    assert_eq!(err.kind(), "model_error");
+}
+
+#[tokio::test]
+async fn an_unreachable_service_is_retryable() {
+    let backend = build(config(&dead_url().await)).await;
+    let err = backend
+        .complete_answer(&question(), &TaskContext::default())
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable());
+    assert_eq!(err.kind(), "backend_unavailable");
+}
+
+#[tokio::test]
+async fn a_bad_base_url_is_a_config_error() {
+    for url in ["not a url", "ftp://example.com"] {
+        let err = backend::build(&BackendConfig::Http(HttpConfig::new(url)))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, backend::BuildError::Config(_)),
+            "{url}: {err}"
+        );
+    }
+}
