@@ -18,7 +18,8 @@ use super::error::BackendError;
 const STATS_EDGE: u32 = 128;
 /// Largest width or height decoded; beyond this an upload is more likely an attack than a photo.
 const MAX_EDGE: u32 = 16_384;
-const MAX_DECODE_ALLOC: u64 = 512 * 1024 * 1024;
+/// Per decode; several tasks decode at once.
+const MAX_DECODE_ALLOC: u64 = 256 * 1024 * 1024;
 const MAX_COLORS: usize = 5;
 /// Colours covering less of the image than this are noise (anti-aliased edges, compression).
 const MIN_COLOR_SHARE: f64 = 0.02;

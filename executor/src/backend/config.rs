@@ -236,3 +236,36 @@ impl From<String> for SecretString {
         Self(secret)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_read_from_json_with_defaults() {
+        let c: BackendConfig =
+            serde_json::from_str(r#"{"kind": "builtin", "docs": "docs"}"#).unwrap();
+        let BackendConfig::Builtin(b) = &c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(b.docs.as_deref(), Some(std::path::Path::new("docs")));
+        assert_eq!(b.retrieval.top_k, 3);
+        assert_eq!(c.name(), "builtin");
+
+        let c: BackendConfig = serde_json::from_str(
+            r#"{"kind": "openai", "base_url": "http://127.0.0.1:8000/v1", "model": "m", "api_key": "k"}"#,
+        )
+        .unwrap();
+        let BackendConfig::OpenAi(o) = &c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(o.api_key.as_ref().map(SecretString::expose), Some("k"));
+        assert_eq!(o.timeout_secs, 120);
+        assert_eq!(o.retry, RetryPolicy::default());
+
+        let c: BackendConfig =
+            serde_json::from_str(r#"{"kind": "http", "base_url": "http://rag:8080"}"#).unwrap();
+        assert_eq!(c, BackendConfig::Http(HttpConfig::new("http://rag:8080")));
+        assert!(serde_json::from_str::<BackendConfig>(r#"{"kind": "http"}"#).is_err());
+    }
+}

@@ -4,7 +4,7 @@
 //! model servers and the cloud metadata endpoint. So: `https` only; the host is resolved
 //! here and refused if any address is loopback, private, link-local, unspecified or otherwise
 //! not globally routable; the connection is pinned to the addresses that were checked (no
-//! second DNS answer can swap them); redirects are followed by hand, each hop checked the same
+//! second DNS answer can swap them, and no proxy from the environment is used); redirects are followed by hand, each hop checked the same
 //! way; and the body is capped while it streams.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -79,6 +79,8 @@ impl ImageFetcher {
         let addrs = checked_addrs(url).await?;
         let mut client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // A proxy would resolve the host itself, past the address check.
+            .no_proxy()
             .timeout(self.timeout);
         if let Some(host) = url.host_str() {
             client = client.resolve_to_addrs(host, &addrs);
