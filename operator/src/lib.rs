@@ -1,9 +1,24 @@
 //! The ragpool operator: scales `ragpool-executor` Deployments on the depth and wait of the
 //! queues each `RagWorkerPool` serves, without killing a task in flight.
+//!
+//! - [`crd`]: the `RagWorkerPool` resource.
+//! - [`observe`]: what the queues look like ([`observe::Observer`], [`observe::Observation`]).
+//! - [`policy`]: the pure scaling policy, [`policy::desired_replicas`].
+//! - [`resources`]: the Deployment and ConfigMap a pool owns.
+//! - [`deletion_cost`]: which pods a scale-down removes.
+//! - [`controller`]: the reconcile loop.
+//! - [`leader`]: leader election with a Lease.
+//! - [`metrics`], [`server`]: `/metrics`, `/healthz`, `/readyz`.
 
+pub mod controller;
 pub mod crd;
+pub mod deletion_cost;
+pub mod metrics;
 pub mod observe;
 pub mod policy;
+pub mod redis_url;
+pub mod resources;
+pub mod status;
 
 #[cfg(test)]
 mod fixtures;

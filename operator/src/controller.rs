@@ -1,0 +1,579 @@
+//! The reconciler: one pass over a pool every `pollSeconds`.
+//!
+//! A pass reads the executor Deployment, looks at the queues through the [`Observer`],
+//! asks the policy for a replica count, applies the Deployment and ConfigMap when the spec
+//! changed, sets pod deletion costs before any scale-down, patches the replicas only when
+//! the decision differs from what the Deployment has, emits an Event for every scale and
+//! every error, and server-side applies the status. Everything the pass needs lives in
+//! [`Context`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::watcher;
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tracing::{debug, info, warn};
+
+use crate::crd::{RagWorkerPool, RagWorkerPoolStatus};
+use crate::deletion_cost::{DELETION_COST, cost_changes};
+use crate::metrics::{ErrorLabels, Metrics, PoolLabels};
+use crate::observe::{Observation, Observer};
+use crate::policy::{Decision, History, desired_replicas};
+use crate::resources::{self, MANAGER, executor_name, pod_selector, spec_hash};
+use crate::status::{self, Conditions};
+
+/// A failed reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A Kubernetes API call failed.
+    #[error("{action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// The pool has no namespace (the CRD is namespaced, so the API server never sends one).
+    #[error("RagWorkerPool without a namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    /// A short label for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Kube { .. } => "kube",
+            Self::NoNamespace => "no_namespace",
+        }
+    }
+}
+
+fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+    let action = action.into();
+    move |source| Error::Kube { action, source }
+}
+
+/// What the operator remembers about a pool between passes.
+struct Memory {
+    history: History,
+    /// The busy pods the deletion costs were last written for; `None` until a scale-down
+    /// first needed them.
+    costs_written_for: Option<BTreeSet<String>>,
+    touched: Instant,
+}
+
+/// Memory of a pool not reconciled for this long belongs to a deleted pool.
+const FORGET_AFTER: Duration = Duration::from_secs(3600);
+
+/// State shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub observer: Arc<dyn Observer>,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    memory: Mutex<HashMap<String, Memory>>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        observer: Arc<dyn Observer>,
+        metrics: Arc<Metrics>,
+        reporter: Reporter,
+    ) -> Self {
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            observer,
+            metrics,
+            memory: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes a pool's memory out for one pass (a pool is never reconciled twice at once).
+    fn take_memory(&self, key: &str, current: i32) -> Memory {
+        let mut all = self
+            .memory
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        all.retain(|_, m| m.touched.elapsed() < FORGET_AFTER);
+        let mut memory = all.remove(key).unwrap_or_else(|| Memory {
+            history: History::new(current),
+            costs_written_for: None,
+            touched: Instant::now(),
+        });
+        // The Deployment is the truth: someone may have scaled it by hand.
+        memory.history.current_replicas = current;
+        memory.touched = Instant::now();
+        memory
+    }
+
+    fn put_memory(&self, key: String, memory: Memory) {
+        let mut all = self
+            .memory
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        all.insert(key, memory);
+    }
+
+    /// Publishes an Event about `pool`; a failure is logged, never fatal.
+    async fn publish(&self, pool: &RagWorkerPool, type_: EventType, reason: &str, note: String) {
+        let event = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(truncate(note, 1000)),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &pool.object_ref(&())).await {
+            warn!(pool = %pool.name_any(), error = %e, "cannot publish event {reason}");
+        }
+    }
+}
+
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
+fn labels(pool: &RagWorkerPool) -> PoolLabels {
+    PoolLabels {
+        namespace: pool.namespace().unwrap_or_default(),
+        pool: pool.name_any(),
+    }
+}
+
+/// Reconciles one pool; see the module docs for the steps.
+pub async fn reconcile(pool: Arc<RagWorkerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.get_or_create(&labels(&pool)).inc();
+    let result = pool.reconcile(&ctx).await;
+    ctx.metrics
+        .reconcile_seconds
+        .observe(started.elapsed().as_secs_f64());
+    if let Err(e) = &result {
+        ctx.metrics
+            .errors
+            .get_or_create(&ErrorLabels {
+                namespace: pool.namespace().unwrap_or_default(),
+                pool: pool.name_any(),
+                error: e.kind().into(),
+            })
+            .inc();
+        ctx.publish(&pool, EventType::Warning, "ReconcileFailed", e.to_string())
+            .await;
+    }
+    result
+}
+
+/// Retries a failed pool after its poll interval (at least 5 s, so a broken API server is
+/// not hammered).
+pub fn error_policy(pool: Arc<RagWorkerPool>, error: &Error, _ctx: Arc<Context>) -> Action {
+    warn!(pool = %pool.name_any(), %error, "reconcile failed");
+    let poll = u64::try_from(pool.spec.scaling.poll_seconds).unwrap_or(5);
+    Action::requeue(Duration::from_secs(poll.max(5)))
+}
+
+impl RagWorkerPool {
+    async fn reconcile(&self, ctx: &Context) -> Result<Action, Error> {
+        let ns = self.namespace().ok_or(Error::NoNamespace)?;
+        let name = self.name_any();
+        let exec = executor_name(self);
+        let poll =
+            Duration::from_secs(u64::try_from(self.spec.scaling.poll_seconds.max(1)).unwrap_or(2));
+        let previous = self.status.clone().unwrap_or_default();
+        let now = Time(Timestamp::now());
+        let generation = self.metadata.generation;
+
+        if let Err(invalid) = self.spec.validate() {
+            if !status::is_false(&previous.conditions, status::SCALING_ACTIVE)
+                || previous.observed_generation != generation
+            {
+                ctx.publish(self, EventType::Warning, "InvalidSpec", invalid.to_string())
+                    .await;
+            }
+            let mut conditions = Conditions::new(&previous.conditions, generation, now);
+            conditions
+                .set(status::READY, false, "InvalidSpec", invalid.to_string())
+                .set(
+                    status::SCALING_ACTIVE,
+                    false,
+                    "InvalidSpec",
+                    invalid.to_string(),
+                );
+            let status = RagWorkerPoolStatus {
+                observed_generation: generation,
+                conditions: conditions.into_vec(),
+                ..previous.clone()
+            };
+            self.apply_status(ctx, &ns, status).await?;
+            return Ok(Action::await_change());
+        }
+
+        let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
+        let existing = deployments
+            .get_opt(&exec)
+            .await
+            .map_err(kube_err(format!("reading Deployment {ns}/{exec}")))?;
+        let current = existing
+            .as_ref()
+            .and_then(|d| d.spec.as_ref()?.replicas)
+            .unwrap_or(0);
+
+        let observed = ctx.observer.observe(self).await;
+        let key = format!("{ns}/{name}");
+        let mut memory = ctx.take_memory(&key, current);
+        let decision = desired_replicas(observed.as_ref().ok(), &self.spec, &memory.history);
+        let arrival_rate = observed
+            .as_ref()
+            .ok()
+            .and_then(|o| memory.history.arrival_rate(o));
+
+        // A new Deployment starts at the decided size; an existing one keeps its size here
+        // and is scaled below, after the deletion costs.
+        let rendered = resources::deployment(
+            self,
+            if existing.is_some() {
+                current
+            } else {
+                decision.replicas
+            },
+        );
+        if existing.as_ref().and_then(spec_hash) != spec_hash(&rendered) {
+            let apply = PatchParams::apply(MANAGER).force();
+            let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+            config_maps
+                .patch(&exec, &apply, &Patch::Apply(&resources::config_map(self)))
+                .await
+                .map_err(kube_err(format!("applying ConfigMap {ns}/{exec}")))?;
+            deployments
+                .patch(&exec, &apply, &Patch::Apply(&rendered))
+                .await
+                .map_err(kube_err(format!("applying Deployment {ns}/{exec}")))?;
+            info!(pool = %key, created = existing.is_none(), "applied executor Deployment");
+        }
+
+        let mut last_scale = (
+            previous.last_scale_time.clone(),
+            previous.last_scale_reason.clone(),
+        );
+        if let Ok(obs) = &observed {
+            if existing.is_some() && decision.replicas != current {
+                if decision.replicas < current {
+                    // Steer the ReplicaSet to idle pods before it picks any.
+                    self.write_deletion_costs(ctx, &ns, obs, &mut memory)
+                        .await?;
+                }
+                self.scale(ctx, &deployments, &exec, current, &decision)
+                    .await?;
+                last_scale = (Some(now.clone()), Some(decision.reason.clone()));
+            } else if memory
+                .costs_written_for
+                .as_ref()
+                .is_some_and(|written| *written != obs.busy_pods())
+            {
+                self.write_deletion_costs(ctx, &ns, obs, &mut memory)
+                    .await?;
+            }
+        }
+        if let Err(e) = &observed
+            && !status::is_false(&previous.conditions, status::REDIS_REACHABLE)
+        {
+            ctx.publish(
+                self,
+                EventType::Warning,
+                e.reason(),
+                format!("{e}; keeping {current} replicas"),
+            )
+            .await;
+        }
+        memory
+            .history
+            .record(observed.as_ref().ok(), &self.spec, &decision);
+        ctx.put_memory(key, memory);
+
+        let status = self.next_status(
+            &previous,
+            existing.as_ref(),
+            &observed,
+            &decision,
+            arrival_rate,
+            last_scale,
+            now,
+        );
+        self.record_metrics(ctx, &decision, observed.as_ref().ok());
+        if self.status.as_ref() != Some(&status) {
+            self.apply_status(ctx, &ns, status).await?;
+        }
+        Ok(Action::requeue(poll))
+    }
+
+    /// Patches the Deployment's replicas through the scale subresource and tells the pool's
+    /// Events about it.
+    async fn scale(
+        &self,
+        ctx: &Context,
+        deployments: &Api<Deployment>,
+        exec: &str,
+        from: i32,
+        decision: &Decision,
+    ) -> Result<(), Error> {
+        let params = PatchParams {
+            field_manager: Some(MANAGER.into()),
+            ..PatchParams::default()
+        };
+        deployments
+            .patch_scale(
+                exec,
+                &params,
+                &Patch::Merge(json!({"spec": {"replicas": decision.replicas}})),
+            )
+            .await
+            .map_err(kube_err(format!(
+                "scaling Deployment {exec} to {}",
+                decision.replicas
+            )))?;
+        let up = decision.replicas > from;
+        info!(pool = %self.name_any(), from, to = decision.replicas, reason = %decision.reason, "scaled");
+        ctx.metrics.scale_events.get_or_create(&labels(self)).inc();
+        ctx.publish(
+            self,
+            EventType::Normal,
+            if up { "ScaledUp" } else { "ScaledDown" },
+            format!(
+                "{from} → {} replicas: {}",
+                decision.replicas, decision.reason
+            ),
+        )
+        .await;
+        Ok(())
+    }
+
+    /// Sets `pod-deletion-cost` on the pool's pods whose cost changed.
+    async fn write_deletion_costs(
+        &self,
+        ctx: &Context,
+        ns: &str,
+        obs: &Observation,
+        memory: &mut Memory,
+    ) -> Result<(), Error> {
+        let pods: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
+        let list = pods
+            .list(&ListParams::default().labels(&pod_selector(self)))
+            .await
+            .map_err(kube_err(format!(
+                "listing pods of pool {ns}/{}",
+                self.name_any()
+            )))?;
+        let params = PatchParams {
+            field_manager: Some(MANAGER.into()),
+            ..PatchParams::default()
+        };
+        for (pod, cost) in cost_changes(&list.items, &obs.workers) {
+            let patch = json!({"metadata": {"annotations": {DELETION_COST: cost.to_string()}}});
+            match pods.patch(&pod, &params, &Patch::Merge(&patch)).await {
+                Ok(_) => debug!(%pod, cost, "set deletion cost"),
+                // The pod went away between the list and the patch: nothing to steer.
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(e) => return Err(kube_err(format!("annotating pod {ns}/{pod}"))(e)),
+            }
+        }
+        memory.costs_written_for = Some(obs.busy_pods());
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn next_status(
+        &self,
+        previous: &RagWorkerPoolStatus,
+        deployment: Option<&Deployment>,
+        observed: &Result<Observation, crate::observe::ObserveError>,
+        decision: &Decision,
+        arrival_rate: Option<f64>,
+        last_scale: (Option<Time>, Option<String>),
+        now: Time,
+    ) -> RagWorkerPoolStatus {
+        let generation = self.metadata.generation;
+        let dstatus = deployment
+            .and_then(|d| d.status.clone())
+            .unwrap_or_default();
+        let ready = dstatus.ready_replicas.unwrap_or(0);
+        let mut conditions = Conditions::new(&previous.conditions, generation, now);
+        if deployment.is_none() {
+            conditions.set(
+                status::READY,
+                false,
+                "DeploymentCreated",
+                "the executor Deployment was just created",
+            );
+        } else if ready >= decision.replicas {
+            conditions.set(
+                status::READY,
+                true,
+                "ReplicasReady",
+                format!("{ready} of {} replicas ready", decision.replicas),
+            );
+        } else {
+            conditions.set(
+                status::READY,
+                false,
+                "ReplicasNotReady",
+                format!("{ready} of {} replicas ready", decision.replicas),
+            );
+        }
+        match observed {
+            Ok(_) => conditions.set(
+                status::REDIS_REACHABLE,
+                true,
+                "Observed",
+                "queue statistics read",
+            ),
+            Err(e) => conditions.set(status::REDIS_REACHABLE, false, e.reason(), e.to_string()),
+        };
+        if self.spec.scaling.paused {
+            conditions.set(
+                status::SCALING_ACTIVE,
+                false,
+                "Paused",
+                "scaling.paused is set",
+            );
+        } else if let Err(e) = observed {
+            conditions.set(
+                status::SCALING_ACTIVE,
+                false,
+                e.reason(),
+                "no queue data; replicas kept",
+            );
+        } else {
+            conditions.set(
+                status::SCALING_ACTIVE,
+                true,
+                "Computed",
+                decision.reason.clone(),
+            );
+        }
+        if decision.limited {
+            conditions.set(
+                status::SCALING_LIMITED,
+                true,
+                "Limited",
+                decision.reason.clone(),
+            );
+        } else {
+            conditions.set(
+                status::SCALING_LIMITED,
+                false,
+                "WithinLimits",
+                "the desired count is within bounds and step limits",
+            );
+        }
+        let mut status = RagWorkerPoolStatus {
+            replicas: dstatus.replicas.unwrap_or(0),
+            ready_replicas: ready,
+            desired_replicas: decision.replicas,
+            last_scale_time: last_scale.0,
+            last_scale_reason: last_scale.1,
+            observed_generation: generation,
+            conditions: conditions.into_vec(),
+            // With no fresh data the last figures stay, flagged by RedisReachable=False.
+            ..previous.clone()
+        };
+        if let Ok(obs) = observed {
+            status.queued = i64::try_from(obs.queued).unwrap_or(i64::MAX);
+            status.in_flight = i64::try_from(obs.in_flight).unwrap_or(i64::MAX);
+            status.delayed = i64::try_from(obs.delayed).unwrap_or(i64::MAX);
+            status.oldest_queued_age_seconds = obs.oldest_queued_age_ms as f64 / 1000.0;
+            status.arrival_rate = arrival_rate.map(round3);
+            status.mean_service_seconds = obs.mean_service_ms.map(|ms| round3(ms / 1000.0));
+        }
+        status
+    }
+
+    fn record_metrics(&self, ctx: &Context, decision: &Decision, obs: Option<&Observation>) {
+        let l = labels(self);
+        ctx.metrics
+            .desired_replicas
+            .get_or_create(&l)
+            .set(i64::from(decision.replicas));
+        if let Some(obs) = obs {
+            ctx.metrics
+                .queued
+                .get_or_create(&l)
+                .set(i64::try_from(obs.queued).unwrap_or(i64::MAX));
+            ctx.metrics
+                .in_flight
+                .get_or_create(&l)
+                .set(i64::try_from(obs.in_flight).unwrap_or(i64::MAX));
+            ctx.metrics
+                .oldest_queued_age_seconds
+                .get_or_create(&l)
+                .set(obs.oldest_queued_age_ms as f64 / 1000.0);
+        }
+    }
+
+    async fn apply_status(
+        &self,
+        ctx: &Context,
+        ns: &str,
+        status: RagWorkerPoolStatus,
+    ) -> Result<(), Error> {
+        let pools: Api<RagWorkerPool> = Api::namespaced(ctx.client.clone(), ns);
+        let patch = json!({
+            "apiVersion": RagWorkerPool::api_version(&()),
+            "kind": RagWorkerPool::kind(&()),
+            "status": status,
+        });
+        pools
+            .patch_status(
+                &self.name_any(),
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(patch),
+            )
+            .await
+            .map_err(kube_err(format!(
+                "writing status of {ns}/{}",
+                self.name_any()
+            )))?;
+        Ok(())
+    }
+}
+
+/// Three decimals are plenty for rates and seconds, and keep the status from changing on
+/// every float wobble.
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Runs the controller over every pool in the cluster until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + Sync + 'static) {
+    let pools: Api<RagWorkerPool> = Api::all(ctx.client.clone());
+    let deployments: Api<Deployment> = Api::all(ctx.client.clone());
+    let owned =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={MANAGER}"));
+    Controller::new(pools, watcher::Config::default().any_semantic())
+        .owns(deployments, owned)
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((pool, _)) => debug!(pool = %pool, "reconciled"),
+                Err(e) => warn!(error = %e, "reconcile stream"),
+            }
+        })
+        .await;
+}

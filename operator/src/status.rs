@@ -1,0 +1,104 @@
+//! The pool's conditions: `Ready`, `RedisReachable`, `ScalingActive`, `ScalingLimited`.
+//!
+//! A condition keeps its `lastTransitionTime` while its status stays the same, so
+//! `kubectl describe` shows when it last flipped rather than when it was last written.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+/// The executor Deployment exists and has every replica the policy wants ready.
+pub const READY: &str = "Ready";
+/// The last look at the pool's queues succeeded.
+pub const REDIS_REACHABLE: &str = "RedisReachable";
+/// The policy is computing replica counts (not paused, data available, spec valid).
+pub const SCALING_ACTIVE: &str = "ScalingActive";
+/// The replica count was held back by minReplicas, maxReplicas or a step limit.
+pub const SCALING_LIMITED: &str = "ScalingLimited";
+
+/// The conditions of one status write, keeping transition times from `previous`.
+pub struct Conditions<'a> {
+    previous: &'a [Condition],
+    generation: Option<i64>,
+    now: Time,
+    list: Vec<Condition>,
+}
+
+impl<'a> Conditions<'a> {
+    pub fn new(previous: &'a [Condition], generation: Option<i64>, now: Time) -> Self {
+        Self {
+            previous,
+            generation,
+            now,
+            list: Vec::new(),
+        }
+    }
+
+    /// Sets condition `type_` to `status` with a CamelCase `reason` and a message.
+    pub fn set(
+        &mut self,
+        type_: &str,
+        status: bool,
+        reason: &str,
+        message: impl Into<String>,
+    ) -> &mut Self {
+        let status = if status { "True" } else { "False" };
+        let since = self
+            .previous
+            .iter()
+            .find(|c| c.type_ == type_ && c.status == status)
+            .map_or_else(|| self.now.clone(), |c| c.last_transition_time.clone());
+        self.list.push(Condition {
+            type_: type_.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message: message.into(),
+            observed_generation: self.generation,
+            last_transition_time: since,
+        });
+        self
+    }
+
+    pub fn into_vec(self) -> Vec<Condition> {
+        self.list
+    }
+}
+
+/// Whether `conditions` hold `type_` with status `False`.
+pub fn is_false(conditions: &[Condition], type_: &str) -> bool {
+    conditions
+        .iter()
+        .any(|c| c.type_ == type_ && c.status == "False")
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::jiff::Timestamp;
+
+    use super::*;
+
+    #[test]
+    fn transition_time_moves_only_when_the_status_flips() {
+        let t0 = Time(Timestamp::UNIX_EPOCH);
+        let t1 = Time(Timestamp::from_second(100).unwrap_or(Timestamp::UNIX_EPOCH));
+        let mut first = Conditions::new(&[], Some(1), t0.clone());
+        first.set(READY, true, "AllReplicasReady", "ok").set(
+            REDIS_REACHABLE,
+            true,
+            "Observed",
+            "ok",
+        );
+        let first = first.into_vec();
+        let mut second = Conditions::new(&first, Some(2), t1.clone());
+        second.set(READY, true, "AllReplicasReady", "ok").set(
+            REDIS_REACHABLE,
+            false,
+            "RedisUnreachable",
+            "refused",
+        );
+        let second = second.into_vec();
+        assert_eq!(second[0].last_transition_time, t0);
+        assert_eq!(second[1].last_transition_time, t1);
+        assert_eq!(second[1].observed_generation, Some(2));
+        assert!(is_false(&second, REDIS_REACHABLE));
+        assert!(!is_false(&second, READY));
+    }
+}
