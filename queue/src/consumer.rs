@@ -158,6 +158,13 @@ impl Consumer {
         }
     }
 
+    /// Waits until a task may be ready on one of the queues, or `wait` (at most 5 s) passes;
+    /// then call [`Consumer::try_claim`]. Unlike a claim, this wait may be abandoned at any
+    /// point (a shutdown) without losing a task.
+    pub async fn wait_for_work(&self, wait: Duration) -> Result<()> {
+        self.wait_for_signal(wait.min(MAX_BLOCK)).await
+    }
+
     /// Blocks until one of the queues' wake-up lists has a token, or `wait` passes.
     async fn wait_for_signal(&self, wait: Duration) -> Result<()> {
         let mut guard = self.blocking.lock().await;

@@ -1,0 +1,94 @@
+//! Prometheus metrics of the job loop.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use ragpool_queue::TaskKind;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    kind: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Kind {
+    kind: String,
+}
+
+/// The executor's metrics and the registry that renders them.
+pub struct Metrics {
+    registry: Registry,
+    tasks: Family<Outcome, Counter>,
+    durations: Family<Kind, Histogram>,
+    pub(crate) in_flight: Gauge,
+    pub(crate) claim_latency: Histogram,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("ragpool_executor");
+        let tasks = Family::<Outcome, Counter>::default();
+        let durations = Family::<Kind, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.01, 2.0, 18))
+        });
+        let in_flight = Gauge::default();
+        let claim_latency = Histogram::new(exponential_buckets(0.0005, 2.0, 14));
+        registry.register(
+            "tasks",
+            "Tasks run, by kind and outcome (finished, failed, retried, timeout, canceled, released, lease_lost, unreported)",
+            tasks.clone(),
+        );
+        registry.register(
+            "task_duration_seconds",
+            "Time from claim to outcome, by kind",
+            durations.clone(),
+        );
+        registry.register("in_flight", "Tasks running now", in_flight.clone());
+        registry.register(
+            "claim_latency_seconds",
+            "Round trip of a successful claim",
+            claim_latency.clone(),
+        );
+        Metrics {
+            registry,
+            tasks,
+            durations,
+            in_flight,
+            claim_latency,
+        }
+    }
+
+    pub(crate) fn record(&self, kind: TaskKind, outcome: &str, took: Duration) {
+        self.tasks
+            .get_or_create(&Outcome {
+                kind: kind.as_str().into(),
+                outcome: outcome.into(),
+            })
+            .inc();
+        self.durations
+            .get_or_create(&Kind {
+                kind: kind.as_str().into(),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,518 @@
+//! The job loop: claim, run, heartbeat, report, and drain on shutdown.
+//!
+//! One claim loop feeds up to `concurrency` task runners. Each runner races the backend call
+//! against its heartbeat (which can report a cancel or a lost lease), the task's timeout and
+//! the drain deadline, and then reports exactly one outcome to the queue.
+//!
+//! Shutdown has two steps, each a [`CancellationToken`]: `stop` ends claiming at once; `release`
+//! fires `drain` later, and every task still running is then given back to its queue without
+//! spending an attempt.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ragpool_queue::payload::{AnalyzeImage, CompleteAnswer, FullQuery};
+use ragpool_queue::{
+    Broker, Claimed, ConsumerConfig, QueueError, Retry, TaskError, TaskId, TaskKind, TaskState,
+    WorkerInfo,
+};
+use serde::de::DeserializeOwned;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::backend::{Backend, BackendError, TaskContext, kinds};
+use crate::metrics::Metrics;
+
+/// How the job loop behaves; see [`crate::settings::ExecutorSettings`] for the meaning.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    pub worker_id: String,
+    pub pod_name: Option<String>,
+    pub consumer: ConsumerConfig,
+    pub concurrency: u32,
+    pub drain: Duration,
+    pub maintenance_interval: Duration,
+}
+
+/// What the health endpoints read.
+#[derive(Debug, Default)]
+pub struct Health {
+    in_flight: AtomicU32,
+    draining: AtomicBool,
+    /// Milliseconds since the epoch of the claim loop's last turn.
+    loop_beat_ms: AtomicU64,
+    redis_ok: AtomicBool,
+}
+
+impl Health {
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Redis answered the last time the loop talked to it, and the loop turned recently.
+    pub fn ready(&self, max_silence: Duration) -> bool {
+        let last = self.loop_beat_ms.load(Ordering::Relaxed);
+        self.redis_ok.load(Ordering::Relaxed)
+            && now_ms().saturating_sub(last) <= max_silence.as_millis() as u64
+    }
+
+    fn beat(&self) {
+        self.loop_beat_ms.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// Everything a task runner needs, shared.
+struct Shared {
+    broker: Broker,
+    backend: Arc<dyn Backend>,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    /// Fired at the drain deadline: give every running task back.
+    release: CancellationToken,
+}
+
+/// The executor's job loop over one broker and backend.
+pub struct Runner {
+    config: RunnerConfig,
+    shared: Arc<Shared>,
+}
+
+impl Runner {
+    pub fn new(
+        config: RunnerConfig,
+        broker: Broker,
+        backend: Arc<dyn Backend>,
+        metrics: Arc<Metrics>,
+        health: Arc<Health>,
+    ) -> Self {
+        Runner {
+            config,
+            shared: Arc::new(Shared {
+                broker,
+                backend,
+                metrics,
+                health,
+                release: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Runs until `stop` fires, then drains: tasks in flight get `drain` to finish, the rest
+    /// are released. Returns once every task is reported and the worker is deregistered.
+    pub async fn run(self, stop: CancellationToken) -> Result<(), QueueError> {
+        let Runner { config, shared } = self;
+        let consumer = shared.broker.consumer(config.consumer.clone()).await?;
+        let lease = config.consumer.lease;
+        let started_at = now_ms();
+
+        let registry = tokio::spawn(registry_loop(
+            shared.clone(),
+            config.clone(),
+            started_at,
+            stop.clone(),
+        ));
+        let maintenance = tokio::spawn(maintenance_loop(
+            shared.broker.clone(),
+            config.maintenance_interval,
+            shared.release.clone(),
+        ));
+
+        let slots = Arc::new(tokio::sync::Semaphore::new(config.concurrency as usize));
+        let mut tasks = JoinSet::new();
+        shared.health.beat();
+        tracing::info!(worker = %config.worker_id, queues = ?config.consumer.queues, "executor started");
+
+        while !stop.is_cancelled() {
+            // Reap finished runners so the set does not grow.
+            while tasks.try_join_next().is_some() {}
+            // Wait for a free slot, turning at least every 2 s so /readyz can tell a busy
+            // loop from a stalled one.
+            let permit = tokio::select! {
+                _ = stop.cancelled() => break,
+                permit = tokio::time::timeout(Duration::from_secs(2), slots.clone().acquire_owned()) => match permit {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        shared.health.beat();
+                        continue;
+                    }
+                },
+            };
+            shared.health.beat();
+            // The claim itself is never abandoned half-way: a task Redis handed out would
+            // otherwise sit under a lease nobody holds. Only the wait for work is cancellable.
+            let claim_started = Instant::now();
+            match consumer.try_claim().await {
+                Ok(Some(claimed)) => {
+                    shared.health.redis_ok.store(true, Ordering::Relaxed);
+                    shared
+                        .metrics
+                        .claim_latency
+                        .observe(claim_started.elapsed().as_secs_f64());
+                    let shared = shared.clone();
+                    tasks.spawn(async move {
+                        run_task(&shared, claimed, lease).await;
+                        drop(permit);
+                    });
+                }
+                Ok(None) => {
+                    shared.health.redis_ok.store(true, Ordering::Relaxed);
+                    drop(permit);
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        r = consumer.wait_for_work(Duration::from_secs(2)) => {
+                            if let Err(e) = r {
+                                redis_trouble(&shared, &e).await;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    drop(permit);
+                    redis_trouble(&shared, &e).await;
+                }
+            }
+        }
+
+        shared.health.draining.store(true, Ordering::Relaxed);
+        let in_flight = shared.health.in_flight();
+        tracing::info!(in_flight, drain = ?config.drain, "stopped claiming; draining");
+        let release = shared.release.clone();
+        let drain = config.drain;
+        let deadline = tokio::spawn(async move {
+            tokio::time::sleep(drain).await;
+            release.cancel();
+        });
+        while tasks.join_next().await.is_some() {}
+        deadline.abort();
+        shared.release.cancel();
+        registry.abort();
+        maintenance.abort();
+        if let Err(e) = shared.broker.deregister_worker(&config.worker_id).await {
+            tracing::warn!(error = %e, "could not deregister; the entry expires on its own");
+        }
+        tracing::info!("executor stopped");
+        Ok(())
+    }
+}
+
+async fn redis_trouble(shared: &Shared, e: &QueueError) {
+    shared.health.redis_ok.store(false, Ordering::Relaxed);
+    tracing::warn!(error = %e, "claiming failed; retrying");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// Keeps this executor's registry entry fresh, with its in-flight count for the operator.
+async fn registry_loop(
+    shared: Arc<Shared>,
+    config: RunnerConfig,
+    started_at: u64,
+    stop: CancellationToken,
+) {
+    let host = hostname();
+    let every = (config.consumer.lease / 3).max(Duration::from_millis(200));
+    loop {
+        let info = WorkerInfo {
+            id: config.worker_id.clone(),
+            host: host.clone(),
+            pod: config.pod_name.clone(),
+            queues: config.consumer.queues.clone(),
+            concurrency: config.concurrency,
+            in_flight: shared.health.in_flight(),
+            started_at_ms: started_at,
+            last_seen_ms: 0,
+            draining: stop.is_cancelled(),
+        };
+        if let Err(e) = shared
+            .broker
+            .register_worker(&info, config.consumer.lease * 2)
+            .await
+        {
+            tracing::debug!(error = %e, "worker heartbeat failed");
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Reaps expired leases and promotes due retries. Every executor runs it; the scripts make
+/// concurrent passes harmless.
+async fn maintenance_loop(broker: Broker, every: Duration, done: CancellationToken) {
+    loop {
+        match broker.maintain().await {
+            Ok(m) if m.requeued + m.failed > 0 => {
+                tracing::info!(
+                    requeued = m.requeued,
+                    failed = m.failed,
+                    "reaped expired leases"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!(error = %e, "maintenance pass failed"),
+        }
+        tokio::select! {
+            _ = done.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// Why a task stopped before its backend call returned.
+enum Interrupted {
+    Timeout,
+    Canceled,
+    LeaseLost,
+    Released,
+}
+
+/// Runs one claimed task to exactly one reported outcome.
+async fn run_task(shared: &Shared, claimed: Claimed, lease_len: Duration) {
+    let span = tracing::info_span!("task", id = %claimed.task.id, kind = %claimed.task.kind, attempt = claimed.task.attempts);
+    run_task_inner(shared, claimed, lease_len)
+        .instrument(span)
+        .await
+}
+
+async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) {
+    let Claimed { task, lease } = claimed;
+    let kind = task.kind;
+    shared.health.in_flight.fetch_add(1, Ordering::Relaxed);
+    shared.metrics.in_flight.inc();
+    let started = Instant::now();
+
+    let (cx, mut progress) = TaskContext::new();
+    let work = {
+        let backend = shared.backend.clone();
+        let broker = shared.broker.clone();
+        let payload = task.payload.clone();
+        // On its own task so a panicking backend fails this task instead of the executor.
+        tokio::spawn(
+            async move { call_backend(&broker, backend.as_ref(), kind, payload, &cx).await },
+        )
+    };
+    let abort = work.abort_handle();
+
+    let heartbeat = async {
+        let every = (lease_len / 3).max(Duration::from_millis(50));
+        loop {
+            tokio::time::sleep(every).await;
+            let p = progress.borrow_and_update().clone();
+            let p = ragpool_queue::Progress {
+                percent: p.percent,
+                message: p.message,
+            };
+            match shared.broker.heartbeat(&lease, Some(&p)).await {
+                Ok(hb) if hb.cancel_requested => return Interrupted::Canceled,
+                Ok(_) => {}
+                Err(QueueError::LeaseLost(_)) | Err(QueueError::NotFound(_)) => {
+                    return Interrupted::LeaseLost;
+                }
+                // Redis unreachable: keep working; the lease may still be ours when it is back.
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            }
+        }
+    };
+
+    let outcome = tokio::select! {
+        r = work => Ok(r.unwrap_or_else(|e| Err(BackendError::permanent(kinds::INTERNAL, format!("task runner crashed: {e}"))))),
+        i = heartbeat => Err(i),
+        _ = tokio::time::sleep(task.timeout) => Err(Interrupted::Timeout),
+        _ = shared.release.cancelled() => Err(Interrupted::Released),
+    };
+    abort.abort();
+
+    let label = report(shared, &lease, outcome).await;
+    shared.metrics.record(kind, label, started.elapsed());
+    shared.health.in_flight.fetch_sub(1, Ordering::Relaxed);
+    shared.metrics.in_flight.dec();
+}
+
+/// Tells the queue how the task ended; returns the outcome label for metrics.
+async fn report(
+    shared: &Shared,
+    lease: &ragpool_queue::Lease,
+    outcome: Result<Result<serde_json::Value, BackendError>, Interrupted>,
+) -> &'static str {
+    let b = &shared.broker;
+    let (result, label) = match outcome {
+        Ok(Ok(value)) => (
+            retry_redis(|| b.complete(lease, &value)).await.map(|_| ()),
+            "finished",
+        ),
+        Ok(Err(e)) => {
+            let retry = match &e {
+                BackendError::Retryable { retry_after, .. } => Retry::Retryable(*retry_after),
+                BackendError::Permanent { .. } => Retry::Permanent,
+            };
+            let error = TaskError::new(e.kind(), e.message());
+            tracing::warn!(kind = e.kind(), message = e.message(), "task failed");
+            (
+                retry_redis(|| b.fail(lease, &error, retry))
+                    .await
+                    .map(|_| ()),
+                if e.is_retryable() {
+                    "retried"
+                } else {
+                    "failed"
+                },
+            )
+        }
+        Err(Interrupted::Timeout) => {
+            let error = TaskError::new("timeout", "the task ran past its timeout");
+            (
+                retry_redis(|| b.fail(lease, &error, Retry::Retryable(None)))
+                    .await
+                    .map(|_| ()),
+                "timeout",
+            )
+        }
+        Err(Interrupted::Canceled) => {
+            let error = TaskError::new("canceled", "canceled while running");
+            (
+                retry_redis(|| b.fail(lease, &error, Retry::Permanent))
+                    .await
+                    .map(|_| ()),
+                "canceled",
+            )
+        }
+        Err(Interrupted::Released) => (
+            retry_redis(|| b.release(lease)).await.map(|_| ()),
+            "released",
+        ),
+        Err(Interrupted::LeaseLost) => (Ok(()), "lease_lost"),
+    };
+    match result {
+        Ok(()) => label,
+        Err(QueueError::LeaseLost(_)) => {
+            tracing::warn!(
+                "lease lost before the outcome was stored; another executor has the task"
+            );
+            "lease_lost"
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "could not store the outcome; the lease will expire and the task run again");
+            "unreported"
+        }
+    }
+}
+
+/// Retries a report while Redis is unreachable, for up to about a lease length: losing a
+/// finished result to a blip would mean running the task again.
+async fn retry_redis<T, F, Fut>(mut call: F) -> Result<T, QueueError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, QueueError>>,
+{
+    let mut wait = Duration::from_millis(100);
+    for _ in 0..8 {
+        match call().await {
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!(error = %e, "storing the outcome failed; retrying");
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            other => return other,
+        }
+    }
+    call().await
+}
+
+fn parse<T: DeserializeOwned>(payload: serde_json::Value) -> Result<T, BackendError> {
+    serde_json::from_value(payload)
+        .map_err(|e| BackendError::bad_input(format!("payload does not match the task kind: {e}")))
+}
+
+/// Decodes the payload for its kind and calls the backend.
+async fn call_backend(
+    broker: &Broker,
+    backend: &dyn Backend,
+    kind: TaskKind,
+    payload: serde_json::Value,
+    cx: &TaskContext,
+) -> Result<serde_json::Value, BackendError> {
+    match kind {
+        TaskKind::AnalyzeImage => {
+            backend
+                .analyze_image(&parse::<AnalyzeImage>(payload)?, cx)
+                .await
+        }
+        TaskKind::CompleteAnswer => {
+            let mut req = parse::<CompleteAnswer>(payload)?;
+            if let Some(id) = req.context_task_id.clone() {
+                let context = context_from_task(broker, &id).await?;
+                req.context = Some(match req.context.take() {
+                    Some(own) => format!("{own}\n\n{context}"),
+                    None => context,
+                });
+            }
+            backend.complete_answer(&req, cx).await
+        }
+        TaskKind::FullQuery => backend.full_query(&parse::<FullQuery>(payload)?, cx).await,
+    }
+}
+
+/// The text of a finished image-analysis task, used as an answer's context. Waits (by retry)
+/// while that task is still running: answers depend on analyses.
+async fn context_from_task(broker: &Broker, id: &str) -> Result<String, BackendError> {
+    let id: TaskId = id
+        .parse()
+        .map_err(|_| BackendError::bad_input(format!("context task id {id:?} is not a task id")))?;
+    let task = broker
+        .get(&id)
+        .await
+        .map_err(|e| {
+            BackendError::retryable(
+                kinds::BACKEND_UNAVAILABLE,
+                format!("reading context task: {e}"),
+                None,
+            )
+        })?
+        .ok_or_else(|| {
+            BackendError::bad_input(format!("context task {id} does not exist or has expired"))
+        })?;
+    match task.state {
+        TaskState::Finished => {
+            let result = task.result.unwrap_or_default();
+            Ok(result
+                .get("summary")
+                .and_then(|s| s.as_str())
+                .map(str::to_owned)
+                .unwrap_or_else(|| result.to_string()))
+        }
+        TaskState::Failed | TaskState::Canceled => Err(BackendError::permanent(
+            "dependency_failed",
+            format!("context task {id} ended {}", task.state),
+        )),
+        _ => Err(BackendError::retryable(
+            "dependency_pending",
+            format!("context task {id} has not finished yet"),
+            Some(Duration::from_secs(1)),
+        )),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// This machine's name, for the worker registry.
+pub fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}

@@ -1,0 +1,224 @@
+//! The executor's configuration: command-line flags with `RAGPOOL_*` environment fallbacks.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use ragpool_queue::{ClaimPolicy, QueueConfig, default_queues};
+
+use crate::backend::{BackendConfig, BuiltinConfig, HttpConfig, OpenAiConfig, SecretString};
+
+/// Everything `ragpool-executor` can be told.
+#[derive(Debug, Clone, Args)]
+pub struct ExecutorSettings {
+    /// Redis URL: redis://, rediss:// (TLS), or a comma-separated list of cluster seeds.
+    #[arg(
+        long,
+        env = "RAGPOOL_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    pub redis_url: String,
+
+    /// Key namespace (and Redis Cluster hash tag) shared with the API.
+    #[arg(long, env = "RAGPOOL_NAMESPACE", default_value = "ragpool")]
+    pub namespace: String,
+
+    /// Queues to claim from, highest priority first, each optionally with a weight for the
+    /// weighted policy: `image_analysis:6,answer_generation:3,full_query:1`.
+    #[arg(
+        long,
+        env = "RAGPOOL_QUEUES",
+        default_value = "image_analysis,answer_generation,full_query",
+        value_delimiter = ','
+    )]
+    pub queues: Vec<String>,
+
+    /// How to order the queues when claiming: `strict` or `weighted`.
+    #[arg(long, env = "RAGPOOL_PRIORITY", default_value = "strict")]
+    pub priority: ClaimPolicy,
+
+    /// Tasks run at once by this executor.
+    #[arg(long, env = "RAGPOOL_CONCURRENCY", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: u32,
+
+    /// Lease length: a task of a dead executor is re-delivered this long after its last
+    /// heartbeat. Heartbeats go out at a third of it.
+    #[arg(long, env = "RAGPOOL_LEASE_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_seconds: u64,
+
+    /// On SIGTERM, how long tasks in flight may finish before they are released back to the
+    /// queue. Keep it inside the pod's terminationGracePeriodSeconds.
+    #[arg(long, env = "RAGPOOL_DRAIN_SECONDS", default_value_t = 30)]
+    pub drain_seconds: u64,
+
+    /// How often this executor reaps expired leases and promotes due retries.
+    #[arg(long, env = "RAGPOOL_MAINTENANCE_SECONDS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub maintenance_seconds: u64,
+
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "RAGPOOL_METRICS_LISTEN", default_value = "127.0.0.1:9090")]
+    pub metrics_listen: SocketAddr,
+
+    /// This executor's id in the worker registry (default: host, pid and a random suffix).
+    #[arg(long, env = "RAGPOOL_WORKER_ID")]
+    pub worker_id: Option<String>,
+
+    /// The Kubernetes pod this executor runs in (from the downward API).
+    #[arg(long, env = "RAGPOOL_POD_NAME")]
+    pub pod_name: Option<String>,
+
+    #[command(flatten)]
+    pub backend: BackendSettings,
+}
+
+/// Which RAG backend runs the tasks, and its settings.
+#[derive(Debug, Clone, Args)]
+pub struct BackendSettings {
+    /// `builtin` (offline retrieval and image analysis), `openai` (an OpenAI-compatible model
+    /// server) or `http` (an existing RAG HTTP service).
+    #[arg(long, env = "RAGPOOL_BACKEND", default_value = "builtin", value_parser = ["builtin", "openai", "http"])]
+    pub backend: String,
+
+    /// Folder of Markdown/text documents to retrieve from (builtin, and openai for answers).
+    #[arg(long, env = "RAGPOOL_DOCS")]
+    pub docs: Option<PathBuf>,
+
+    /// Base URL of the OpenAI-compatible API, e.g. http://vllm:8000/v1.
+    #[arg(long, env = "RAGPOOL_OPENAI_BASE_URL")]
+    pub openai_base_url: Option<String>,
+
+    /// Model for answers.
+    #[arg(long, env = "RAGPOOL_OPENAI_MODEL")]
+    pub openai_model: Option<String>,
+
+    /// Model for image analysis (default: the answer model).
+    #[arg(long, env = "RAGPOOL_OPENAI_VISION_MODEL")]
+    pub openai_vision_model: Option<String>,
+
+    /// API key sent as a bearer token.
+    #[arg(long, env = "RAGPOOL_OPENAI_API_KEY", hide_env_values = true)]
+    pub openai_api_key: Option<String>,
+
+    /// File holding the API key (e.g. a mounted Secret).
+    #[arg(long, env = "RAGPOOL_OPENAI_API_KEY_FILE")]
+    pub openai_api_key_file: Option<PathBuf>,
+
+    /// Base URL of the RAG HTTP service; tasks go to {base}/analyze-image, /complete-answer
+    /// and /query.
+    #[arg(long, env = "RAGPOOL_HTTP_URL")]
+    pub http_url: Option<String>,
+
+    #[arg(long, env = "RAGPOOL_HTTP_ANALYZE_IMAGE_URL")]
+    pub http_analyze_image_url: Option<String>,
+
+    #[arg(long, env = "RAGPOOL_HTTP_COMPLETE_ANSWER_URL")]
+    pub http_complete_answer_url: Option<String>,
+
+    #[arg(long, env = "RAGPOOL_HTTP_QUERY_URL")]
+    pub http_query_url: Option<String>,
+
+    /// Timeout of one request to a model server or RAG service.
+    #[arg(long, env = "RAGPOOL_REQUEST_TIMEOUT_SECONDS", default_value_t = 300)]
+    pub request_timeout_seconds: u64,
+}
+
+impl BackendSettings {
+    /// The backend configuration, or a message naming the missing setting.
+    pub fn to_config(&self) -> Result<BackendConfig, String> {
+        match self.backend.as_str() {
+            "builtin" => Ok(BackendConfig::Builtin(BuiltinConfig {
+                docs: self.docs.clone(),
+                ..BuiltinConfig::default()
+            })),
+            "openai" => {
+                let base = self
+                    .openai_base_url
+                    .clone()
+                    .ok_or("--backend openai needs --openai-base-url (RAGPOOL_OPENAI_BASE_URL)")?;
+                let model = self
+                    .openai_model
+                    .clone()
+                    .ok_or("--backend openai needs --openai-model (RAGPOOL_OPENAI_MODEL)")?;
+                let mut c = OpenAiConfig::new(base, model);
+                c.vision_model = self.openai_vision_model.clone();
+                c.api_key = self.openai_api_key.clone().map(SecretString::new);
+                c.api_key_file = self.openai_api_key_file.clone();
+                c.timeout_secs = self.request_timeout_seconds;
+                c.docs = self.docs.clone();
+                Ok(BackendConfig::OpenAi(c))
+            }
+            "http" => {
+                let base = self
+                    .http_url
+                    .clone()
+                    .ok_or("--backend http needs --http-url (RAGPOOL_HTTP_URL)")?;
+                let mut c = HttpConfig::new(base);
+                c.analyze_image_url = self.http_analyze_image_url.clone();
+                c.complete_answer_url = self.http_complete_answer_url.clone();
+                c.query_url = self.http_query_url.clone();
+                c.timeout_secs = self.request_timeout_seconds;
+                Ok(BackendConfig::Http(c))
+            }
+            other => Err(format!(
+                "unknown backend {other:?}: expected builtin, openai or http"
+            )),
+        }
+    }
+}
+
+impl ExecutorSettings {
+    /// The queues as (settings, name) pairs, parsing `name[:weight]`. Queues not among the
+    /// defaults get the default settings.
+    pub fn queue_configs(&self) -> Result<Vec<QueueConfig>, String> {
+        let defaults = default_queues();
+        let mut out: Vec<QueueConfig> = Vec::new();
+        for item in self
+            .queues
+            .iter()
+            .map(|q| q.trim())
+            .filter(|q| !q.is_empty())
+        {
+            let (name, weight) = match item.split_once(':') {
+                Some((name, w)) => {
+                    let w: u32 = w.parse().ok().filter(|w| *w > 0).ok_or_else(|| {
+                        format!(
+                            "--queues: weight of {name:?} must be a positive integer, got {w:?}"
+                        )
+                    })?;
+                    (name, Some(w))
+                }
+                None => (item, None),
+            };
+            if out.iter().any(|q| q.name == name) {
+                return Err(format!("--queues: {name:?} is listed twice"));
+            }
+            let mut q = defaults
+                .iter()
+                .find(|d| d.name == name)
+                .cloned()
+                .unwrap_or_else(|| QueueConfig::new(name));
+            if let Some(w) = weight {
+                q.weight = w;
+            }
+            q.validate().map_err(|e| format!("--queues: {e}"))?;
+            out.push(q);
+        }
+        if out.is_empty() {
+            return Err("--queues: at least one queue is needed".into());
+        }
+        Ok(out)
+    }
+
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_seconds)
+    }
+
+    pub fn drain(&self) -> Duration {
+        Duration::from_secs(self.drain_seconds)
+    }
+
+    pub fn maintenance_interval(&self) -> Duration {
+        Duration::from_secs(self.maintenance_seconds)
+    }
+}
