@@ -577,3 +577,350 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         })
         .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use http::{Method, StatusCode};
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::crd::RagWorkerPoolSpec;
+    use crate::fixtures::{Exchange, FakeObserver, mock_api, not_found, obs, pool, spec, worker};
+    use crate::observe::ObserveError;
+
+    const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/ns/deployments/pool-executor";
+    const CONFIG_MAP: &str = "/api/v1/namespaces/ns/configmaps/pool-executor";
+    const STATUS: &str = "/apis/ragpool.io/v1alpha1/namespaces/ns/ragworkerpools/pool/status";
+    const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/ns/events";
+    const SCALE: &str = "/apis/apps/v1/namespaces/ns/deployments/pool-executor/scale";
+    const PODS: &str = "/api/v1/namespaces/ns/pods";
+    const FM: &str = "fieldManager=ragpool-operator";
+
+    fn context(client: Client, script: Vec<Result<Observation, ObserveError>>) -> Arc<Context> {
+        Arc::new(Context::new(
+            client,
+            Arc::new(FakeObserver::new(script)),
+            Arc::new(Metrics::default()),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: None,
+            },
+        ))
+    }
+
+    /// The Deployment as the API server would return it: rendered for `replicas`, all ready.
+    fn existing(pool: &RagWorkerPool, replicas: i32) -> Value {
+        let mut d = resources::deployment(pool, replicas);
+        d.status = Some(k8s_openapi::api::apps::v1::DeploymentStatus {
+            replicas: Some(replicas),
+            ready_replicas: Some(replicas),
+            ..Default::default()
+        });
+        serde_json::to_value(d).unwrap_or_default()
+    }
+
+    fn get_deployment(reply: Value) -> Exchange {
+        let status = if reply["kind"] == "Status" {
+            StatusCode::NOT_FOUND
+        } else {
+            StatusCode::OK
+        };
+        Exchange::new(Method::GET, DEPLOYMENT).reply(status, reply)
+    }
+
+    /// The status apply; the reply is the pool (the reconciler ignores it).
+    fn status_patch() -> Exchange {
+        Exchange::new(Method::PATCH, STATUS).reply(
+            StatusCode::OK,
+            serde_json::to_value(pool(spec())).unwrap_or_default(),
+        )
+    }
+
+    fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+        status["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+            .unwrap_or(&Value::Null)
+    }
+
+    fn event(reason: &'static str, type_: &'static str, note: &'static str) -> Exchange {
+        Exchange::new(Method::POST, EVENTS).check(move |body| {
+            assert_eq!(body["reason"], reason, "{body}");
+            assert_eq!(body["type"], type_, "{body}");
+            assert_eq!(body["regarding"]["kind"], "RagWorkerPool");
+            assert_eq!(body["regarding"]["name"], "pool");
+            assert_eq!(body["reportingController"], "ragpool-operator");
+            let text = body["note"].as_str().unwrap_or_default();
+            assert!(text.contains(note), "note {text:?} lacks {note:?}");
+        })
+    }
+
+    async fn run(
+        pool: RagWorkerPool,
+        script: Vec<Exchange>,
+        observed: Vec<Result<Observation, ObserveError>>,
+    ) -> Vec<String> {
+        let (client, server) = mock_api(script);
+        let ctx = context(client, observed);
+        let action = reconcile(Arc::new(pool), ctx).await;
+        assert!(action.is_ok(), "reconcile failed: {action:?}");
+        assert_eq!(action.ok(), Some(Action::requeue(Duration::from_secs(2))));
+        server.await.unwrap_or_default()
+    }
+
+    #[tokio::test]
+    async fn first_pass_applies_config_map_and_deployment_then_status() {
+        let p = pool(spec());
+        let seen = run(
+            p,
+            vec![
+                get_deployment(not_found("deployments.apps", "pool-executor")),
+                Exchange::new(Method::PATCH, CONFIG_MAP)
+                    .query(FM)
+                    .query("force=true")
+                    .check(|body| {
+                        assert_eq!(body["kind"], "ConfigMap");
+                        assert_eq!(body["data"]["RAGPOOL_QUEUES"], "image_analysis");
+                        assert_eq!(body["data"]["RAGPOOL_CONCURRENCY"], "4");
+                        assert_eq!(body["data"]["RAGPOOL_BACKEND"], "builtin");
+                        assert_eq!(body["data"]["RAGPOOL_DRAIN_SECONDS"], "30");
+                        assert_eq!(
+                            body["metadata"]["ownerReferences"][0]["kind"],
+                            "RagWorkerPool"
+                        );
+                    }),
+                Exchange::new(Method::PATCH, DEPLOYMENT)
+                    .query(FM)
+                    .query("force=true")
+                    .check(|body| {
+                        assert_eq!(body["kind"], "Deployment");
+                        // Created at the decided size: ceil(3 / 5) = 1.
+                        assert_eq!(body["spec"]["replicas"], 1);
+                        assert_eq!(body["metadata"]["ownerReferences"][0]["controller"], true);
+                        let pod = &body["spec"]["template"]["spec"];
+                        assert_eq!(pod["containers"][0]["command"][0], "ragpool-executor");
+                        assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+                        assert_eq!(pod["terminationGracePeriodSeconds"], 45);
+                        assert_eq!(
+                            pod["containers"][0]["envFrom"][0]["configMapRef"]["name"],
+                            "pool-executor"
+                        );
+                    }),
+                status_patch().query(FM).query("force=true").check(|body| {
+                    assert_eq!(body["kind"], "RagWorkerPool");
+                    assert_eq!(body["status"]["desiredReplicas"], 1);
+                    assert_eq!(body["status"]["queued"], 3);
+                    assert_eq!(body["status"]["observedGeneration"], 1);
+                    assert_eq!(condition(body, "Ready")["reason"], "DeploymentCreated");
+                    assert_eq!(condition(body, "RedisReachable")["status"], "True");
+                    assert_eq!(condition(body, "ScalingActive")["status"], "True");
+                    assert_eq!(condition(body, "ScalingLimited")["status"], "False");
+                }),
+            ],
+            vec![Ok(obs(100, 3, 0))],
+        )
+        .await;
+        assert_eq!(seen.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn scale_up_patches_replicas_emits_an_event_and_writes_status() {
+        let p = pool(spec());
+        let seen = run(
+            p.clone(),
+            vec![
+                get_deployment(existing(&p, 1)),
+                Exchange::new(Method::PATCH, SCALE).query(FM).check(|body| {
+                    assert_eq!(body, &json!({"spec": {"replicas": 5}}));
+                }),
+                event("ScaledUp", "Normal", "1 → 5 replicas"),
+                status_patch().query(FM).check(|body| {
+                    assert_eq!(body["status"]["desiredReplicas"], 5);
+                    assert_eq!(body["status"]["inFlight"], 5);
+                    let reason = body["status"]["lastScaleReason"]
+                        .as_str()
+                        .unwrap_or_default();
+                    assert!(reason.contains("queueLength"), "{reason}");
+                    assert!(body["status"]["lastScaleTime"].is_string());
+                }),
+            ],
+            vec![Ok(obs(100, 18, 5))],
+        )
+        .await;
+        assert_eq!(seen.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn scale_down_sets_deletion_costs_first() {
+        let p = pool(spec());
+        let pod = |name: &str| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "ns"}});
+        let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod("busy"), pod("idle-1"), pod("idle-2")]});
+        let cost = |expected: &'static str| {
+            move |body: &Value| {
+                assert_eq!(
+                    body["metadata"]["annotations"]["controller.kubernetes.io/pod-deletion-cost"],
+                    expected
+                );
+            }
+        };
+        let observation = Observation {
+            workers: vec![worker("busy", 1), worker("idle-1", 0), worker("idle-2", 0)],
+            ..obs(100, 0, 1)
+        };
+        let seen = run(
+            p.clone(),
+            vec![
+                get_deployment(existing(&p, 3)),
+                Exchange::new(Method::GET, PODS)
+                    .query("labelSelector=ragpool.io%2Fpool%3Dpool")
+                    .reply(StatusCode::OK, list),
+                Exchange::new(Method::PATCH, &format!("{PODS}/busy"))
+                    .query(FM)
+                    .check(cost("1")),
+                Exchange::new(Method::PATCH, &format!("{PODS}/idle-1"))
+                    .query(FM)
+                    .check(cost("0")),
+                Exchange::new(Method::PATCH, &format!("{PODS}/idle-2"))
+                    .query(FM)
+                    .check(cost("0")),
+                Exchange::new(Method::PATCH, SCALE)
+                    .check(|body| assert_eq!(body["spec"]["replicas"], 1)),
+                event("ScaledDown", "Normal", "3 → 1 replicas"),
+                status_patch().check(|body| {
+                    assert_eq!(body["status"]["desiredReplicas"], 1);
+                }),
+            ],
+            vec![Ok(observation)],
+        )
+        .await;
+        assert_eq!(seen.len(), 8);
+    }
+
+    #[tokio::test]
+    async fn redis_down_keeps_replicas_and_reports_it() {
+        let p = pool(spec());
+        let seen = run(
+            p.clone(),
+            vec![
+                get_deployment(existing(&p, 3)),
+                event("RedisUnreachable", "Warning", "keeping 3 replicas"),
+                status_patch().check(|body| {
+                    assert_eq!(body["status"]["desiredReplicas"], 3);
+                    assert_eq!(condition(body, "RedisReachable")["status"], "False");
+                    assert_eq!(
+                        condition(body, "RedisReachable")["reason"],
+                        "RedisUnreachable"
+                    );
+                    assert_eq!(condition(body, "ScalingActive")["status"], "False");
+                }),
+            ],
+            vec![Err(ObserveError::Unreachable("connection refused".into()))],
+        )
+        .await;
+        // No scale patch between the read and the event.
+        assert_eq!(seen.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn capped_at_max_reports_scaling_limited() {
+        let mut s: RagWorkerPoolSpec = spec();
+        s.scaling.max_replicas = 3;
+        let p = pool(s);
+        run(
+            p.clone(),
+            vec![
+                get_deployment(existing(&p, 3)),
+                status_patch().check(|body| {
+                    assert_eq!(body["status"]["desiredReplicas"], 3);
+                    assert_eq!(condition(body, "ScalingLimited")["status"], "True");
+                }),
+            ],
+            vec![Ok(obs(100, 100, 0))],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn invalid_spec_is_reported_and_not_acted_on() {
+        let mut s = spec();
+        s.scaling.min_replicas = 50;
+        let p = pool(s);
+        let (client, server) = mock_api(vec![
+            event("InvalidSpec", "Warning", "minReplicas"),
+            status_patch().check(|body| {
+                assert_eq!(condition(body, "Ready")["reason"], "InvalidSpec");
+            }),
+        ]);
+        let action = reconcile(Arc::new(p), context(client, vec![Ok(obs(0, 0, 0))])).await;
+        assert_eq!(action.ok(), Some(Action::await_change()));
+        assert_eq!(server.await.map(|s| s.len()).ok(), Some(2));
+    }
+
+    #[tokio::test]
+    async fn steady_state_writes_nothing() {
+        let p = pool(spec());
+        let written = Arc::new(StdMutex::new(Value::Null));
+        let capture = |into: Arc<StdMutex<Value>>| {
+            move |body: &Value| {
+                if let Ok(mut w) = into.lock() {
+                    *w = body["status"].clone();
+                }
+            }
+        };
+        let (client, server) = mock_api(vec![
+            get_deployment(existing(&p, 2)),
+            status_patch().check(capture(written.clone())),
+            // The second look adds the arrival rate (0/s) to the status.
+            get_deployment(existing(&p, 2)),
+            status_patch().check(capture(written.clone())),
+            // The third changes nothing: no scale, no apply, no status write.
+            get_deployment(existing(&p, 2)),
+        ]);
+        let ctx = context(
+            client,
+            vec![
+                Ok(obs(100, 10, 0)),
+                Ok(obs(102, 10, 0)),
+                Ok(obs(104, 10, 0)),
+            ],
+        );
+        let mut current = p;
+        for pass in 0..3 {
+            assert!(
+                reconcile(Arc::new(current.clone()), ctx.clone())
+                    .await
+                    .is_ok(),
+                "pass {pass}"
+            );
+            let status: RagWorkerPoolStatus =
+                serde_json::from_value(written.lock().map(|w| w.clone()).unwrap_or_default())
+                    .unwrap_or_default();
+            assert_eq!(status.desired_replicas, 2);
+            current.status = Some(status);
+        }
+        assert_eq!(current.status.and_then(|s| s.arrival_rate), Some(0.0));
+        assert_eq!(server.await.map(|s| s.len()).ok(), Some(5));
+    }
+
+    #[tokio::test]
+    async fn api_errors_fail_the_pass_with_an_event() {
+        let p = pool(spec());
+        let (client, server) =
+            mock_api(vec![
+            Exchange::new(Method::GET, DEPLOYMENT).reply(
+                StatusCode::FORBIDDEN,
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+                       "message": "forbidden", "reason": "Forbidden", "code": 403}),
+            ),
+            event("ReconcileFailed", "Warning", "reading Deployment ns/pool-executor"),
+        ]);
+        let ctx = context(client, vec![Ok(obs(0, 0, 0))]);
+        let result = reconcile(Arc::new(p.clone()), ctx.clone()).await;
+        assert!(matches!(result, Err(Error::Kube { .. })), "{result:?}");
+        assert_eq!(server.await.map(|s| s.len()).ok(), Some(2));
+        let text = ctx.metrics.encode().unwrap_or_default();
+        assert!(text.contains(r#"ragpool_operator_reconcile_errors_total{namespace="ns",pool="pool",error="kube"} 1"#), "{text}");
+    }
+}

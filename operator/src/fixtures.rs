@@ -101,6 +101,8 @@ pub struct Exchange {
     /// Called with the request body (JSON, `Null` when empty) to assert on it.
     pub check: Box<dyn Fn(&Value) + Send>,
     pub status: StatusCode,
+    /// The reply body; `Null` echoes the request body (what the API server does for a
+    /// successful apply or create, near enough).
     pub reply: Value,
 }
 
@@ -112,7 +114,7 @@ impl Exchange {
             query: Vec::new(),
             check: Box::new(|_| {}),
             status: StatusCode::OK,
-            reply: json!({}),
+            reply: Value::Null,
         }
     }
 
@@ -184,7 +186,8 @@ pub fn mock_api(script: Vec<Exchange>) -> (Client, tokio::task::JoinHandle<Vec<S
             };
             (ex.check)(&body);
             seen.push(line);
-            let reply = serde_json::to_vec(&ex.reply).unwrap_or_default();
+            let reply = if ex.reply.is_null() { &body } else { &ex.reply };
+            let reply = serde_json::to_vec(reply).unwrap_or_default();
             let mut response = Response::new(Body::from(reply));
             *response.status_mut() = ex.status;
             send.send_response(response);
