@@ -61,7 +61,7 @@ async fn many_consumers_each_task_once(env: Env) {
         busy_workers += usize::from(n > 0);
     }
     assert_eq!(completed, TASKS, "every task completed once");
-    let claims = claims.lock().unwrap();
+    let claims = std::mem::take(&mut *claims.lock().unwrap());
     assert_eq!(claims.len(), TASKS, "no task lost");
     let doubled: Vec<_> = claims.iter().filter(|(_, w)| w.len() != 1).collect();
     assert!(
