@@ -39,6 +39,12 @@ pub async fn run_with_backend(
     let queues = settings.queue_configs().map_err(anyhow::Error::msg)?;
     let mut broker_config =
         BrokerConfig::from_url(&settings.redis_url).context("--redis-url (RAGPOOL_REDIS_URL)")?;
+    if let Some(ca) = &settings.redis_ca_file {
+        broker_config.target = broker_config
+            .target
+            .with_ca_file(ca)
+            .context("--redis-ca-file (RAGPOOL_REDIS_CA_FILE)")?;
+    }
     broker_config.namespace = settings.namespace.clone();
     broker_config.queues = queues.clone();
     let broker = Broker::connect(broker_config)

@@ -20,6 +20,11 @@ pub struct ExecutorSettings {
     )]
     pub redis_url: String,
 
+    /// PEM file of the CA that signed the Redis server's TLS certificate (for rediss:// with
+    /// a private CA).
+    #[arg(long, env = "RAGPOOL_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
     /// Key namespace (and Redis Cluster hash tag) shared with the API.
     #[arg(long, env = "RAGPOOL_NAMESPACE", default_value = "ragpool")]
     pub namespace: String,

@@ -24,6 +24,27 @@ use crate::error::{QueueError, Result};
 pub struct RedisTarget {
     pub urls: Vec<String>,
     pub cluster: bool,
+    /// PEM root certificate(s) to trust for `rediss://` instead of the system's roots (a
+    /// private CA, as in most in-cluster Redis deployments).
+    pub ca_cert: Option<Vec<u8>>,
+}
+
+impl RedisTarget {
+    /// Trusts the CA certificate(s) in the PEM file at `path` for TLS connections.
+    pub fn with_ca_file(mut self, path: &std::path::Path) -> Result<Self> {
+        let pem = std::fs::read(path).map_err(|e| {
+            QueueError::Config(format!("reading Redis CA file {}: {e}", path.display()))
+        })?;
+        self.ca_cert = Some(pem);
+        Ok(self)
+    }
+
+    fn certificates(&self) -> Option<redis::TlsCertificates> {
+        self.ca_cert.as_ref().map(|pem| redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.clone()),
+        })
+    }
 }
 
 impl FromStr for RedisTarget {
@@ -54,7 +75,11 @@ impl FromStr for RedisTarget {
             return Err(QueueError::Config("empty Redis URL".into()));
         }
         cluster |= urls.len() > 1;
-        Ok(RedisTarget { urls, cluster })
+        Ok(RedisTarget {
+            urls,
+            cluster,
+            ca_cert: None,
+        })
     }
 }
 
@@ -80,10 +105,18 @@ impl Conn {
     /// Opens a multiplexed connection. For a single server this does not wait for Redis to be
     /// up: the first command connects, and a lost connection is re-established on the next.
     pub async fn open(target: &RedisTarget, response_timeout: Option<Duration>) -> Result<Conn> {
+        if target.urls.iter().any(|u| u.starts_with("rediss://")) {
+            // rustls needs one process-wide crypto provider; install ring's unless the
+            // application already chose one (then this is a no-op).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         if target.cluster {
             let mut builder = ClusterClientBuilder::new(target.urls.clone())
                 .connection_timeout(Duration::from_secs(5))
                 .retries(3);
+            if let Some(certs) = target.certificates() {
+                builder = builder.certs(certs);
+            }
             builder = match response_timeout {
                 Some(t) => builder.response_timeout(t),
                 // No per-response limit: large enough for any block time we use.
@@ -92,7 +125,11 @@ impl Conn {
             let client = builder.build()?;
             Ok(Conn::Cluster(client.get_async_connection().await?))
         } else {
-            let client = redis::Client::open(target.urls[0].as_str())?;
+            let url = target.urls[0].as_str();
+            let client = match target.certificates() {
+                Some(certs) => redis::Client::build_with_tls(url, certs)?,
+                None => redis::Client::open(url)?,
+            };
             let config = ConnectionManagerConfig::new()
                 .set_response_timeout(response_timeout)
                 .set_connection_timeout(Some(Duration::from_secs(5)))

@@ -64,6 +64,7 @@ impl Env {
         let target = RedisTarget {
             urls: cluster.urls(),
             cluster: true,
+            ca_cert: None,
         };
         let broker = broker_for(target, test_queues()).await;
         Env {
