@@ -1,1 +1,36 @@
-//! ragpool api.
+//! The ragpool HTTP API: a thin service that validates submissions, enqueues them through
+//! `ragpool-queue`, and reports task state. It never runs RAG work itself.
+//!
+//! [`serve`] runs it on a listener until a shutdown future resolves; [`router`] gives the
+//! axum router for embedding. The `ragpool-api` binary and `ragpool dev` are thin over these.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use ragpool_api::ApiConfig;
+//! let config = ApiConfig::default();
+//! let broker = ragpool_queue::Broker::connect(config.broker_config()?).await?;
+//! let listener = tokio::net::TcpListener::bind(config.listen).await?;
+//! ragpool_api::serve(config, broker, listener, async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await
+//! # }
+//! ```
+
+pub mod auth;
+pub mod config;
+pub mod error;
+mod extract;
+mod image;
+mod metrics;
+mod rates;
+mod routes;
+mod server;
+mod ssrf;
+mod state;
+
+pub use auth::{ApiKeys, Caller};
+pub use config::{ApiConfig, AuthConfig, Limits, QueueSettings};
+pub use error::ApiError;
+pub use server::{openapi, router, serve};
+pub use state::AppState;

@@ -1,0 +1,263 @@
+//! The API's settings: flags with `RAGPOOL_*` environment fallbacks, shared by the
+//! `ragpool-api` binary and by `ragpool dev`, and a [`Default`] for tests.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ragpool_queue::{BrokerConfig, QueueConfig, default_queues};
+
+/// Everything `ragpool-api` can be told. Every flag has an environment fallback.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ApiConfig {
+    /// Redis to use: `redis://[user:password@]host:port[/db]`, `rediss://…` for TLS, or a
+    /// comma-separated list of seed URLs (or `redis+cluster://…`) for Redis Cluster.
+    #[arg(
+        long,
+        env = "RAGPOOL_REDIS_URL",
+        default_value = DEFAULT_REDIS_URL,
+        hide_env_values = true
+    )]
+    pub redis_url: String,
+
+    /// Key prefix (and Redis Cluster hash tag) of every queue key; the executors must use the
+    /// same one.
+    #[arg(long, env = "RAGPOOL_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
+    pub namespace: String,
+
+    /// Address to listen on.
+    #[arg(long, env = "RAGPOOL_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub limits: Limits,
+
+    #[command(flatten)]
+    pub auth: AuthConfig,
+
+    /// Accept `image_url` in submissions (https only, never to loopback, private or
+    /// link-local addresses). Off by default: the executor would fetch the URL.
+    #[arg(long, env = "RAGPOOL_ALLOW_IMAGE_URLS")]
+    pub allow_image_urls: bool,
+
+    #[command(flatten)]
+    pub queues: QueueSettings,
+
+    /// Workers not heard from for this long are left out of `/api/queue/stats`.
+    #[arg(long, env = "RAGPOOL_WORKER_TTL_SECONDS", default_value_t = 30)]
+    pub worker_ttl_seconds: u64,
+}
+
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
+pub const DEFAULT_NAMESPACE: &str = "ragpool";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+/// Size and range limits of submissions.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Limits {
+    /// Largest request body in bytes (JSON or multipart).
+    #[arg(long, env = "RAGPOOL_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// Largest image in bytes, after base64 decoding.
+    #[arg(long, env = "RAGPOOL_MAX_IMAGE_BYTES", default_value_t = 10 * 1024 * 1024)]
+    pub max_image_bytes: usize,
+
+    /// Longest `question`, `context` or `prompt` in bytes (UTF-8).
+    #[arg(long, env = "RAGPOOL_MAX_QUESTION_BYTES", default_value_t = 8 * 1024)]
+    pub max_question_bytes: usize,
+
+    /// Largest `top_k` a submission may ask for.
+    #[arg(long, env = "RAGPOOL_MAX_TOP_K", default_value_t = 100)]
+    pub max_top_k: u32,
+
+    /// Longest `?wait=N` in seconds (at most 60).
+    #[arg(
+        long,
+        env = "RAGPOOL_MAX_WAIT_SECONDS",
+        default_value_t = 60,
+        value_parser = clap::value_parser!(u64).range(0..=60)
+    )]
+    pub max_wait_seconds: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: 16 * 1024 * 1024,
+            max_image_bytes: 10 * 1024 * 1024,
+            max_question_bytes: 8 * 1024,
+            max_top_k: 100,
+            max_wait_seconds: 60,
+        }
+    }
+}
+
+/// Where API keys come from. With no key configured, auth is off.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct AuthConfig {
+    /// API keys, comma- or newline-separated entries `NAME:KEY` or `NAME:KEY:admin`.
+    #[arg(long, env = "RAGPOOL_API_KEYS", hide_env_values = true)]
+    pub api_keys: Option<String>,
+
+    /// A file of API keys, one `NAME:KEY` or `NAME:KEY:admin` per line (`#` starts a
+    /// comment). Combined with `--api-keys`.
+    #[arg(long, env = "RAGPOOL_API_KEYS_FILE")]
+    pub api_keys_file: Option<PathBuf>,
+}
+
+/// The settings new tasks carry (timeouts, retention, attempts). Executors read them from
+/// each task, so only the API needs them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct QueueSettings {
+    /// Attempts before a retryable failure becomes final.
+    #[arg(long, env = "RAGPOOL_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+
+    /// How long a finished task and its result are kept.
+    #[arg(long, env = "RAGPOOL_RESULT_TTL_SECONDS", default_value_t = 3600)]
+    pub result_ttl_seconds: u64,
+
+    /// How long a failed or canceled task is kept.
+    #[arg(long, env = "RAGPOOL_FAILURE_TTL_SECONDS", default_value_t = 24 * 3600)]
+    pub failure_ttl_seconds: u64,
+
+    /// Time limit of one `analyze_image` attempt.
+    #[arg(
+        long,
+        env = "RAGPOOL_IMAGE_ANALYSIS_TIMEOUT_SECONDS",
+        default_value_t = 600
+    )]
+    pub image_analysis_timeout_seconds: u64,
+
+    /// Time limit of one `complete_answer` attempt.
+    #[arg(
+        long,
+        env = "RAGPOOL_ANSWER_GENERATION_TIMEOUT_SECONDS",
+        default_value_t = 600
+    )]
+    pub answer_generation_timeout_seconds: u64,
+
+    /// Time limit of one `full_query` attempt.
+    #[arg(
+        long,
+        env = "RAGPOOL_FULL_QUERY_TIMEOUT_SECONDS",
+        default_value_t = 900
+    )]
+    pub full_query_timeout_seconds: u64,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            max_attempts: 3,
+            result_ttl_seconds: 3600,
+            failure_ttl_seconds: 24 * 3600,
+            image_analysis_timeout_seconds: 600,
+            answer_generation_timeout_seconds: 600,
+            full_query_timeout_seconds: 900,
+        }
+    }
+}
+
+impl QueueSettings {
+    /// The three queues with these settings applied.
+    pub fn queue_configs(&self) -> Vec<QueueConfig> {
+        default_queues()
+            .into_iter()
+            .map(|mut q| {
+                q.max_attempts = self.max_attempts;
+                q.result_ttl = Duration::from_secs(self.result_ttl_seconds);
+                q.failure_ttl = Duration::from_secs(self.failure_ttl_seconds);
+                let timeout = match q.name.as_str() {
+                    "image_analysis" => self.image_analysis_timeout_seconds,
+                    "answer_generation" => self.answer_generation_timeout_seconds,
+                    "full_query" => self.full_query_timeout_seconds,
+                    _ => q.timeout.as_secs(),
+                };
+                q.timeout = Duration::from_secs(timeout);
+                q
+            })
+            .collect()
+    }
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            redis_url: DEFAULT_REDIS_URL.into(),
+            namespace: DEFAULT_NAMESPACE.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            limits: Limits::default(),
+            auth: AuthConfig::default(),
+            allow_image_urls: false,
+            queues: QueueSettings::default(),
+            worker_ttl_seconds: 30,
+        }
+    }
+}
+
+impl ApiConfig {
+    /// The broker settings these flags describe. Invalid values (a bad URL, a zero TTL) are
+    /// reported here or by [`ragpool_queue::Broker::connect`].
+    pub fn broker_config(&self) -> ragpool_queue::Result<BrokerConfig> {
+        let mut config = BrokerConfig::from_url(&self.redis_url)?;
+        config.namespace = self.namespace.clone();
+        config.queues = self.queues.queue_configs();
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: ApiConfig,
+    }
+
+    #[test]
+    fn flag_defaults_match_default() {
+        // Only meaningful without RAGPOOL_* in the environment, which tests do not set.
+        let parsed = Cli::try_parse_from(["ragpool-api"]).unwrap().config;
+        let default = ApiConfig::default();
+        assert_eq!(parsed.redis_url, default.redis_url);
+        assert_eq!(parsed.listen, default.listen);
+        assert_eq!(parsed.limits.max_body_bytes, default.limits.max_body_bytes);
+        assert_eq!(
+            parsed.limits.max_image_bytes,
+            default.limits.max_image_bytes
+        );
+        assert_eq!(
+            parsed.limits.max_question_bytes,
+            default.limits.max_question_bytes
+        );
+        assert_eq!(parsed.limits.max_wait_seconds, 60);
+        assert_eq!(parsed.queues.max_attempts, default.queues.max_attempts);
+        assert!(!parsed.allow_image_urls);
+    }
+
+    #[test]
+    fn wait_limit_is_capped_at_sixty() {
+        assert!(Cli::try_parse_from(["ragpool-api", "--max-wait-seconds", "61"]).is_err());
+    }
+
+    #[test]
+    fn queue_settings_reach_the_broker_config() {
+        let mut config = ApiConfig::default();
+        config.queues.full_query_timeout_seconds = 42;
+        config.namespace = "other".into();
+        let broker = config.broker_config().unwrap();
+        assert_eq!(broker.namespace, "other");
+        let fq = broker
+            .queues
+            .iter()
+            .find(|q| q.name == "full_query")
+            .unwrap();
+        assert_eq!(fq.timeout, Duration::from_secs(42));
+        assert_eq!(broker.queues.len(), 3);
+    }
+}

@@ -1,0 +1,202 @@
+//! Every failure the API answers with: a status, a stable machine-readable `code` and a
+//! message, always sent as `{"error": {"code": "...", "message": "..."}}`.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ragpool_queue::QueueError;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+/// Seconds a client is told to wait before retrying when Redis is unreachable. The broker
+/// reconnects within about a second, so a short hint avoids idle clients.
+pub const RETRY_AFTER_SECONDS: u32 = 1;
+
+/// The body of every error response.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, machine-readable: `malformed_json`, `missing_field`, `not_found`, … (see
+    /// docs/api.md for the full table).
+    pub code: String,
+    /// For people; wording may change.
+    pub message: String,
+}
+
+/// An error response. Construct with the named constructors so codes stay consistent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    pub fn malformed_json(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "malformed_json", message)
+    }
+
+    pub fn missing_field(field: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "missing_field",
+            format!("{field} is required"),
+        )
+    }
+
+    pub fn empty_field(field: &str) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "empty_field",
+            format!("{field} must not be empty"),
+        )
+    }
+
+    pub fn invalid_field(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_field", message)
+    }
+
+    pub fn out_of_range(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "out_of_range", message)
+    }
+
+    pub fn too_large(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, code, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: {}",
+            self.status.as_u16(),
+            self.code,
+            self.message
+        )
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<QueueError> for ApiError {
+    fn from(e: QueueError) -> Self {
+        match &e {
+            QueueError::Redis(_) => {
+                tracing::warn!(error = %e, "redis unavailable");
+                ApiError::unavailable("the task store is unreachable; try again shortly")
+            }
+            QueueError::InvalidTaskId(_) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_task_id", e.to_string())
+            }
+            QueueError::NotFound(id) => {
+                ApiError::not_found(format!("no task {id} (unknown or expired)"))
+            }
+            QueueError::WrongState { .. } => {
+                ApiError::new(StatusCode::CONFLICT, "wrong_state", e.to_string())
+            }
+            QueueError::LeaseLost(_)
+            | QueueError::UnknownQueue(_)
+            | QueueError::Config(_)
+            | QueueError::Corrupt(_) => {
+                tracing::error!(error = %e, "queue error");
+                ApiError::internal("internal error")
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_string(),
+                message: self.message,
+            },
+        };
+        let mut response = (self.status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"ragpool\""),
+            );
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_errors_map_to_statuses() {
+        let cases = [
+            (
+                QueueError::InvalidTaskId("x".into()),
+                400,
+                "invalid_task_id",
+            ),
+            (QueueError::NotFound("x".into()), 404, "not_found"),
+            (
+                QueueError::WrongState {
+                    id: "x".into(),
+                    state: "queued".into(),
+                    action: "retry",
+                },
+                409,
+                "wrong_state",
+            ),
+            (QueueError::Corrupt("x".into()), 500, "internal"),
+        ];
+        for (err, status, code) in cases {
+            let api = ApiError::from(err);
+            assert_eq!(api.status.as_u16(), status);
+            assert_eq!(api.code, code);
+        }
+    }
+
+    #[test]
+    fn unavailable_carries_retry_after() {
+        let response = ApiError::unavailable("down").into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+}

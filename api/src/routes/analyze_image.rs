@@ -1,0 +1,179 @@
+//! `POST /api/async/analyze-image`: queue an image for analysis (queue `image_analysis`).
+//!
+//! Takes JSON (`image` as base64, or `image_url`, with an optional `prompt`) or
+//! `multipart/form-data` with a file field `image` and an optional text field `prompt`.
+
+use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use ragpool_queue::TaskKind;
+use ragpool_queue::payload::AnalyzeImage;
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{self, IdempotencyKey, JsonBody};
+use crate::image;
+use crate::routes::submit::{self, image_error};
+use crate::routes::view::Submitted;
+use crate::state::AppState;
+
+/// JSON form of an image-analysis submission: exactly one of `image` and `image_url`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AnalyzeImageRequest {
+    /// The image (PNG, JPEG, WebP or GIF), standard base64; a `data:` URL prefix is accepted.
+    pub image: Option<String>,
+    /// An `https` URL to fetch the image from, when the server allows image URLs.
+    pub image_url: Option<String>,
+    /// What to look for in the image.
+    pub prompt: Option<String>,
+}
+
+/// Multipart form of an image-analysis submission.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)] // Documents the form; the handler reads the fields one by one.
+pub struct AnalyzeImageForm {
+    /// The image file (PNG, JPEG, WebP or GIF).
+    #[schema(value_type = String, format = Binary)]
+    image: Vec<u8>,
+    /// What to look for in the image.
+    prompt: Option<String>,
+}
+
+/// A submission in either form, before the image is checked.
+pub struct Submission {
+    image: Option<Vec<u8>>,
+    encoded: Option<String>,
+    image_url: Option<String>,
+    prompt: Option<String>,
+}
+
+impl FromRequest<AppState> for Submission {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        if extract::media_type(req.headers()).as_deref() == Some("multipart/form-data") {
+            let multipart = Multipart::from_request(req, state).await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "malformed_multipart",
+                    e.body_text(),
+                )
+            })?;
+            return read_form(multipart).await;
+        }
+        if !extract::is_json(req.headers()) {
+            return Err(extract::unsupported_media_type(
+                "application/json or multipart/form-data",
+            ));
+        }
+        let JsonBody(body) = JsonBody::<AnalyzeImageRequest>::from_request(req, state).await?;
+        Ok(Submission {
+            image: None,
+            encoded: body.image,
+            image_url: body.image_url,
+            prompt: body.prompt,
+        })
+    }
+}
+
+async fn read_form(mut multipart: Multipart) -> Result<Submission, ApiError> {
+    let mut image = None;
+    let mut prompt = None;
+    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+        match field.name() {
+            Some("image") => {
+                if image.is_some() {
+                    return Err(ApiError::invalid_field("the image field is given twice"));
+                }
+                image = Some(field.bytes().await.map_err(multipart_error)?.to_vec());
+            }
+            Some("prompt") => prompt = Some(field.text().await.map_err(multipart_error)?),
+            // Unknown fields are skipped; reading the next field discards this one.
+            _ => {}
+        }
+    }
+    Ok(Submission {
+        image: Some(image.ok_or_else(|| ApiError::missing_field("image"))?),
+        encoded: None,
+        image_url: None,
+        prompt,
+    })
+}
+
+fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large("body_too_large", "the request body is over the limit")
+    } else {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "malformed_multipart",
+            e.body_text(),
+        )
+    }
+}
+
+/// Queue an image for analysis.
+#[utoipa::path(
+    post,
+    path = "/api/async/analyze-image",
+    tag = "tasks",
+    request_body(
+        description = "JSON with `image` (base64) or `image_url`, or a multipart form with an `image` file",
+        content(
+            (AnalyzeImageRequest = "application/json"),
+            (AnalyzeImageForm = "multipart/form-data"),
+        ),
+    ),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Retrying with the same key returns the same task"),
+    ),
+    responses(
+        (status = 202, description = "Queued", body = Submitted,
+            headers(("Location" = String, description = "The task's status URL"))),
+        (status = 400, description = "Malformed body, bad base64, missing or empty field", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 413, description = "Body, image or text over the limit", body = ErrorBody),
+        (status = 415, description = "Not JSON or multipart, or not a PNG, JPEG, WebP or GIF image", body = ErrorBody),
+        (status = 422, description = "A field of the wrong type, or a refused image URL", body = ErrorBody),
+        (status = 503, description = "Redis unreachable; retry after the Retry-After seconds", body = ErrorBody,
+            headers(("Retry-After" = u32))),
+    ),
+    security((), ("bearer" = [])),
+)]
+pub async fn analyze_image(
+    caller: Caller,
+    State(state): State<AppState>,
+    idempotency: IdempotencyKey,
+    submission: Submission,
+) -> Result<Response, ApiError> {
+    let limits = state.limits();
+    let prompt = submit::optional_text(submission.prompt, "prompt", limits.max_question_bytes)?;
+    let checked = match submission.image {
+        Some(bytes) => {
+            image::check_bytes(&bytes, limits.max_image_bytes)
+                .map_err(|e| image_error(e, "image"))?;
+            submit::ImageInput {
+                image: Some(image::encode(&bytes)),
+                image_url: None,
+            }
+        }
+        None => submit::image_input(&state, submission.encoded, submission.image_url, true).await?,
+    };
+    let payload = AnalyzeImage {
+        image: checked.image,
+        image_url: checked.image_url,
+        prompt,
+    };
+    let payload = serde_json::to_value(payload)
+        .map_err(|e| ApiError::internal(format!("payload does not serialize: {e}")))?;
+    submit::enqueue(
+        &state,
+        &caller,
+        idempotency,
+        TaskKind::AnalyzeImage,
+        payload,
+    )
+    .await
+}

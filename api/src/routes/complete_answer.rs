@@ -1,0 +1,115 @@
+//! `POST /api/async/complete-answer`: queue an answer to a question (queue
+//! `answer_generation`), optionally from given context or from the result of an
+//! image-analysis task.
+
+use axum::extract::State;
+use axum::response::Response;
+use ragpool_queue::payload::CompleteAnswer;
+use ragpool_queue::{TaskId, TaskKind, TaskState};
+use serde::Deserialize;
+use utoipa::ToSchema;
+
+use crate::auth::Caller;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{IdempotencyKey, JsonBody};
+use crate::routes::submit;
+use crate::routes::view::Submitted;
+use crate::state::AppState;
+
+/// An answer submission.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CompleteAnswerRequest {
+    /// The question to answer.
+    #[schema(required = true, value_type = String, min_length = 1)]
+    pub question: Option<String>,
+    /// Free text to answer from, or the id of an image-analysis task (created with the same
+    /// key) whose result is the context.
+    pub context: Option<String>,
+    /// How many passages to retrieve.
+    #[schema(minimum = 1)]
+    pub top_k: Option<u32>,
+}
+
+/// Queue an answer to a question.
+#[utoipa::path(
+    post,
+    path = "/api/async/complete-answer",
+    tag = "tasks",
+    request_body = CompleteAnswerRequest,
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "Retrying with the same key returns the same task"),
+    ),
+    responses(
+        (status = 202, description = "Queued", body = Submitted,
+            headers(("Location" = String, description = "The task's status URL"))),
+        (status = 400, description = "Malformed JSON, missing or empty field", body = ErrorBody),
+        (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 413, description = "Body or text over the limit", body = ErrorBody),
+        (status = 415, description = "Not JSON", body = ErrorBody),
+        (status = 422, description = "A field of the wrong type or out of range, or a context task that is not an image analysis", body = ErrorBody),
+        (status = 503, description = "Redis unreachable; retry after the Retry-After seconds", body = ErrorBody,
+            headers(("Retry-After" = u32))),
+    ),
+    security((), ("bearer" = [])),
+)]
+pub async fn complete_answer(
+    caller: Caller,
+    State(state): State<AppState>,
+    idempotency: IdempotencyKey,
+    JsonBody(body): JsonBody<CompleteAnswerRequest>,
+) -> Result<Response, ApiError> {
+    let limits = state.limits();
+    let question = submit::required_text(body.question, "question", limits.max_question_bytes)?;
+    let top_k = submit::top_k(body.top_k, limits.max_top_k)?;
+    let context = submit::optional_text(body.context, "context", limits.max_question_bytes)?;
+    let (context, context_task_id) = match context {
+        Some(text) => match text.trim().parse::<TaskId>() {
+            Ok(id) => (None, Some(context_task(&state, &caller, &id).await?)),
+            Err(_) => (Some(text), None),
+        },
+        None => (None, None),
+    };
+    let payload = CompleteAnswer {
+        question,
+        context,
+        context_task_id,
+        top_k,
+    };
+    let payload = serde_json::to_value(payload)
+        .map_err(|e| ApiError::internal(format!("payload does not serialize: {e}")))?;
+    submit::enqueue(
+        &state,
+        &caller,
+        idempotency,
+        TaskKind::CompleteAnswer,
+        payload,
+    )
+    .await
+}
+
+/// Checks that a context given as a task id names an image-analysis task this caller may
+/// see and that has not failed or been canceled. It need not have finished yet: the
+/// executor reads its result when the answer task runs.
+async fn context_task(state: &AppState, caller: &Caller, id: &TaskId) -> Result<String, ApiError> {
+    let unusable = |why: &str| {
+        ApiError::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_context",
+            format!("context names task {id}, which {why}"),
+        )
+    };
+    match state.broker().get(id).await? {
+        Some(task) if caller.may_see(task.owner.as_deref()) => {
+            if task.kind != TaskKind::AnalyzeImage {
+                return Err(unusable("is not an image analysis"));
+            }
+            match task.state {
+                TaskState::Failed | TaskState::Canceled => {
+                    Err(unusable(&format!("has ended {}", task.state)))
+                }
+                _ => Ok(id.to_string()),
+            }
+        }
+        _ => Err(unusable("does not exist or has expired")),
+    }
+}

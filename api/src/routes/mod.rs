@@ -1,0 +1,87 @@
+//! The HTTP endpoints, one file per endpoint (the three submissions share `submit.rs`), and
+//! the router that joins them with the OpenAPI document generated from their annotations.
+
+pub mod analyze_image;
+pub mod cancel;
+pub mod complete_answer;
+pub mod events;
+pub mod health;
+pub mod query;
+pub mod retry;
+pub mod stats;
+pub mod submit;
+pub mod task;
+pub mod view;
+
+use axum::http::{Method, Uri};
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::error::{ApiError, ErrorBody};
+use crate::state::AppState;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "ragpool API",
+        description = "Submit RAG tasks (image analysis, answers, full queries) to Redis-backed \
+            queues and read their state and results. Errors are always \
+            `{\"error\": {\"code\": \"...\", \"message\": \"...\"}}`. When the server has API keys, \
+            send `Authorization: Bearer <key>`.",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(ErrorBody, view::EventView)),
+    tags(
+        (name = "tasks", description = "Submit tasks and follow them"),
+        (name = "queues", description = "Queue statistics and workers"),
+        (name = "operations", description = "Probes, metrics and this document"),
+    ),
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+    }
+}
+
+/// Every endpoint, with its OpenAPI description.
+pub fn api_router() -> OpenApiRouter<AppState> {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    OpenApiRouter::with_openapi(doc)
+        .routes(routes!(analyze_image::analyze_image))
+        .routes(routes!(complete_answer::complete_answer))
+        .routes(routes!(query::query))
+        .routes(routes!(task::get_task, cancel::cancel_task))
+        .routes(routes!(events::task_events))
+        .routes(routes!(retry::retry_task))
+        .routes(routes!(stats::queue_stats))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(health::openapi_json))
+}
+
+/// The answer for paths no endpoint has.
+pub async fn not_found(uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no endpoint at {}", uri.path()))
+}
+
+/// The answer for a known path with the wrong method.
+pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}

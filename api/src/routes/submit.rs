@@ -1,0 +1,233 @@
+//! What the three submission endpoints share: field checks, image checks, and enqueueing
+//! with the `202 Accepted` answer.
+
+use axum::Json;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use ragpool_queue::{NewTask, TaskKind};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::IdempotencyKey;
+use crate::image::{self, ImageError};
+use crate::routes::view::{Status, Submitted, status_url};
+use crate::ssrf::{self, UrlRefused};
+use crate::state::AppState;
+
+/// Set on the answer when an `Idempotency-Key` matched an existing task.
+pub const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// A required text field: present, not blank, within `max` bytes.
+pub fn required_text(value: Option<String>, field: &str, max: usize) -> Result<String, ApiError> {
+    let value = value.ok_or_else(|| ApiError::missing_field(field))?;
+    if value.trim().is_empty() {
+        return Err(ApiError::empty_field(field));
+    }
+    check_len(&value, field, max)?;
+    Ok(value)
+}
+
+/// An optional text field: blank counts as absent.
+pub fn optional_text(
+    value: Option<String>,
+    field: &str,
+    max: usize,
+) -> Result<Option<String>, ApiError> {
+    match value {
+        Some(v) if !v.trim().is_empty() => {
+            check_len(&v, field, max)?;
+            Ok(Some(v))
+        }
+        _ => Ok(None),
+    }
+}
+
+fn check_len(value: &str, field: &str, max: usize) -> Result<(), ApiError> {
+    if value.len() > max {
+        return Err(ApiError::too_large(
+            "text_too_large",
+            format!("{field} is longer than {max} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+/// `top_k`, when given, must be 1 to `max`.
+pub fn top_k(value: Option<u32>, max: u32) -> Result<Option<u32>, ApiError> {
+    match value {
+        Some(k) if k == 0 || k > max => Err(ApiError::out_of_range(format!(
+            "top_k must be between 1 and {max}"
+        ))),
+        other => Ok(other),
+    }
+}
+
+/// The checked image of a submission: canonical base64 or a checked URL.
+pub struct ImageInput {
+    pub image: Option<String>,
+    pub image_url: Option<String>,
+}
+
+/// Checks `image` / `image_url`: at most one, and exactly one when `required`.
+pub async fn image_input(
+    state: &AppState,
+    image: Option<String>,
+    image_url: Option<String>,
+    required: bool,
+) -> Result<ImageInput, ApiError> {
+    match (image, image_url) {
+        (Some(_), Some(_)) => Err(ApiError::invalid_field(
+            "give either image or image_url, not both",
+        )),
+        (Some(encoded), None) => {
+            let bytes = image::decode_base64(&encoded, state.limits().max_image_bytes)
+                .map_err(|e| image_error(e, "image"))?;
+            Ok(ImageInput {
+                image: Some(image::encode(&bytes)),
+                image_url: None,
+            })
+        }
+        (None, Some(url)) => Ok(ImageInput {
+            image: None,
+            image_url: Some(checked_url(state, &url).await?),
+        }),
+        (None, None) if required => Err(ApiError::missing_field("image or image_url")),
+        (None, None) => Ok(ImageInput {
+            image: None,
+            image_url: None,
+        }),
+    }
+}
+
+async fn checked_url(state: &AppState, url: &str) -> Result<String, ApiError> {
+    if !state.allow_image_urls() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "image_url_disabled",
+            "image_url is not enabled on this server; send the image itself",
+        ));
+    }
+    if url.trim().is_empty() {
+        return Err(ApiError::empty_field("image_url"));
+    }
+    match ssrf::check_image_url(url).await {
+        Ok(url) => Ok(url.to_string()),
+        Err(UrlRefused::TooLong) => Err(ApiError::too_large(
+            "text_too_large",
+            UrlRefused::TooLong.to_string(),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "image_url_refused",
+            e.to_string(),
+        )),
+    }
+}
+
+/// The API error for a refused image.
+pub fn image_error(e: ImageError, field: &str) -> ApiError {
+    match e {
+        ImageError::Empty => ApiError::empty_field(field),
+        ImageError::BadBase64(_) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_base64", e.to_string())
+        }
+        ImageError::TooLarge { .. } => ApiError::too_large("image_too_large", e.to_string()),
+        ImageError::UnsupportedType => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_image",
+            e.to_string(),
+        ),
+    }
+}
+
+/// Enqueues a checked payload and answers `202 Accepted` with a `Location` header.
+pub async fn enqueue(
+    state: &AppState,
+    caller: &Caller,
+    idempotency: IdempotencyKey,
+    kind: TaskKind,
+    payload: serde_json::Value,
+) -> Result<Response, ApiError> {
+    // Keys are scoped by owner: two clients choosing the same key get two tasks.
+    let idempotency_key = idempotency.0.map(|key| match &caller.name {
+        Some(owner) => format!("{owner}:{key}"),
+        None => key,
+    });
+    let enqueued = state
+        .broker()
+        .enqueue(NewTask {
+            kind,
+            queue: None,
+            payload,
+            idempotency_key,
+            owner: caller.name.clone(),
+        })
+        .await?;
+    tracing::Span::current().record("task_id", enqueued.id.as_str());
+    let status = if enqueued.created {
+        state.metrics().submitted(&enqueued.queue);
+        tracing::info!(task_id = %enqueued.id, queue = %enqueued.queue, "task queued");
+        Status::Queued
+    } else {
+        match state.broker().get(&enqueued.id).await? {
+            Some(existing) if existing.kind != kind => {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "idempotency_key_reused",
+                    format!(
+                        "this Idempotency-Key already names a {} task",
+                        existing.kind
+                    ),
+                ));
+            }
+            Some(existing) => existing.state.into(),
+            // Expired between the enqueue and this read: it was there a moment ago.
+            None => Status::Queued,
+        }
+    };
+    let mut headers = HeaderMap::new();
+    if let Ok(location) = HeaderValue::from_str(&status_url(&enqueued.id)) {
+        headers.insert(header::LOCATION, location);
+    }
+    if !enqueued.created {
+        headers.insert(
+            HeaderName::from_static(REPLAYED_HEADER),
+            HeaderValue::from_static("true"),
+        );
+    }
+    let body = Submitted::new(&enqueued.id, status, enqueued.queue);
+    Ok((StatusCode::ACCEPTED, headers, Json(body)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_checks() {
+        assert_eq!(
+            required_text(None, "question", 10).unwrap_err().code,
+            "missing_field"
+        );
+        assert_eq!(
+            required_text(Some("  ".into()), "question", 10)
+                .unwrap_err()
+                .code,
+            "empty_field"
+        );
+        let long = required_text(Some("x".repeat(11)), "question", 10).unwrap_err();
+        assert_eq!((long.status.as_u16(), long.code), (413, "text_too_large"));
+        assert_eq!(required_text(Some("ok".into()), "q", 10).unwrap(), "ok");
+        assert_eq!(optional_text(Some(" ".into()), "prompt", 10).unwrap(), None);
+    }
+
+    #[test]
+    fn top_k_range() {
+        assert_eq!(top_k(None, 10).unwrap(), None);
+        assert_eq!(top_k(Some(10), 10).unwrap(), Some(10));
+        for bad in [0, 11] {
+            let e = top_k(Some(bad), 10).unwrap_err();
+            assert_eq!((e.status.as_u16(), e.code), (422, "out_of_range"));
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! [`AppState`]: what every handler shares — the broker, the keys, the limits, the metrics
+//! and the shutdown signal. Cheap to clone.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ragpool_queue::Broker;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::{ApiKeys, KeyConfigError};
+use crate::config::{ApiConfig, Limits};
+use crate::metrics::Metrics;
+use crate::rates::RateWindow;
+
+/// Shared by every request.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    broker: Broker,
+    keys: ApiKeys,
+    limits: Limits,
+    allow_image_urls: bool,
+    worker_ttl: Duration,
+    metrics: Metrics,
+    /// Cancelled when the server begins shutting down: long waits and event streams end
+    /// early, so in-flight requests can finish.
+    shutdown: CancellationToken,
+    rates: Mutex<RateWindow>,
+}
+
+impl AppState {
+    /// State for `config`; loads the API keys it names.
+    pub fn new(config: &ApiConfig, broker: Broker) -> Result<AppState, KeyConfigError> {
+        let keys = ApiKeys::load(&config.auth)?;
+        Ok(AppState {
+            inner: Arc::new(Inner {
+                broker,
+                keys,
+                limits: config.limits.clone(),
+                allow_image_urls: config.allow_image_urls,
+                worker_ttl: Duration::from_secs(config.worker_ttl_seconds),
+                metrics: Metrics::new(),
+                shutdown: CancellationToken::new(),
+                rates: Mutex::new(RateWindow::default()),
+            }),
+        })
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.inner.broker
+    }
+
+    pub fn keys(&self) -> &ApiKeys {
+        &self.inner.keys
+    }
+
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    pub fn allow_image_urls(&self) -> bool {
+        self.inner.allow_image_urls
+    }
+
+    pub fn worker_ttl(&self) -> Duration {
+        self.inner.worker_ttl
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The token that [`crate::serve`] cancels when shutdown begins.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    pub(crate) fn rates(&self) -> &Mutex<RateWindow> {
+        &self.inner.rates
+    }
+}
