@@ -29,19 +29,11 @@ use serde::{Deserialize, Serialize};
     status = "RagWorkerPoolStatus",
     derive = "PartialEq",
     doc = "A pool of ragpool executors that the operator scales on the queues it serves.",
-    printcolumn(
-        name = "Desired",
-        type_ = "integer",
-        json_path = ".status.desiredReplicas"
-    ),
-    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
-    printcolumn(name = "Queued", type_ = "integer", json_path = ".status.queued"),
-    printcolumn(name = "In-flight", type_ = "integer", json_path = ".status.inFlight"),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredReplicas"}"#,
+    printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"Queued","type":"integer","jsonPath":".status.queued"}"#,
+    printcolumn = r#"{"name":"In-flight","type":"integer","jsonPath":".status.inFlight"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct RagWorkerPoolSpec {

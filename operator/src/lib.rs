@@ -13,11 +13,13 @@
 pub mod controller;
 pub mod crd;
 pub mod deletion_cost;
+pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod policy;
 pub mod redis_url;
 pub mod resources;
+pub mod server;
 pub mod status;
 
 #[cfg(test)]

@@ -1,6 +1,240 @@
-fn main() {
-    match ragpool_operator::crd::crd_yaml() {
-        Ok(y) => print!("{y}"),
-        Err(e) => eprintln!("{e}"),
+//! `ragpool-operator`: `run` (the default) watches RagWorkerPools and scales their executors;
+//! `crd` prints the CustomResourceDefinition YAML.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use kube::api::ListParams;
+use kube::runtime::events::Reporter;
+use kube::{Api, Client};
+use ragpool_operator::controller::{self, Context};
+use ragpool_operator::crd::{RagWorkerPool, crd_yaml};
+use ragpool_operator::leader::LeaseLock;
+use ragpool_operator::metrics::Metrics;
+use ragpool_operator::observe::{NotConnected, Observer};
+use ragpool_operator::resources::MANAGER;
+use ragpool_operator::server::{Health, router};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+#[derive(Parser)]
+#[command(
+    name = "ragpool-operator",
+    version,
+    about = "Scales ragpool executor pools on queue depth and wait."
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator (the default).
+    Run(RunArgs),
+    /// Print the RagWorkerPool CustomResourceDefinition as YAML.
+    Crd,
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "RAGPOOL_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Elect a leader with a Lease so several replicas can run; off for a single replica.
+    #[arg(long, env = "RAGPOOL_OPERATOR_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the Lease (the operator's own namespace).
+    #[arg(long, env = "RAGPOOL_OPERATOR_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Name of the Lease.
+    #[arg(
+        long,
+        env = "RAGPOOL_OPERATOR_LEASE_NAME",
+        default_value = "ragpool-operator"
+    )]
+    lease_name: String,
+    /// Seconds a leader holds the Lease without renewing; it renews every third of that.
+    #[arg(long, env = "RAGPOOL_OPERATOR_LEASE_SECONDS", default_value_t = 15)]
+    lease_seconds: u64,
+    /// This replica's identity in the Lease and in Events; the pod name (HOSTNAME) when unset.
+    #[arg(long, env = "RAGPOOL_OPERATOR_IDENTITY")]
+    identity: Option<String>,
+    /// Log format.
+    #[arg(long, env = "RAGPOOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// The observer the operator scales with.
+///
+/// The Redis-backed observer (resolve the URL with `ragpool_operator::redis_url::resolve`,
+/// connect a `ragpool_queue::Broker` once per URL, then
+/// `Observation::from_stats(&broker.stats().await?, &broker.workers().await?, &queues)`)
+/// goes here.
+fn observer(_client: &Client) -> Arc<dyn Observer> {
+    Arc::new(NotConnected)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_tracing(args.log_format);
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("{MANAGER}-{}", std::process::id()));
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in cluster or via KUBECONFIG)")?;
+    Api::<RagWorkerPool>::all(client.clone())
+        .list(&ListParams::default().limit(1))
+        .await
+        .context("listing RagWorkerPools; is the CRD installed? (kubectl apply -f crds/)")?;
+
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            signal().await;
+            info!("shutting down");
+            shutdown.cancel();
+        });
+    }
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(true));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    info!(listen = %args.listen, "serving /healthz, /readyz, /metrics");
+    let server = {
+        let shutdown = shutdown.clone();
+        let app = router(Health {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        });
+        tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await })
+                .await
+        })
+    };
+
+    // `stop` ends the controller on shutdown or when leadership is lost.
+    let stop = shutdown.child_token();
+    let lock = args.leader_election.then(|| {
+        LeaseLock::new(
+            client.clone(),
+            &args.lease_namespace,
+            &args.lease_name,
+            &identity,
+            Duration::from_secs(args.lease_seconds.max(3)),
+        )
+    });
+    if let Some(lock) = &lock
+        && lock
+            .acquire(Duration::from_secs(2), &shutdown)
+            .await
+            .is_none()
+    {
+        return Ok(());
+    }
+    let keeper = lock.map(|lock| {
+        let (shutdown, stop) = (shutdown.clone(), stop.clone());
+        let every = Duration::from_secs((args.lease_seconds / 3).max(1));
+        tokio::spawn(async move {
+            lock.keep(every, &shutdown, &stop).await;
+            lock
+        })
+    });
+
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        observer(&client),
+        metrics,
+        Reporter {
+            controller: MANAGER.into(),
+            instance: Some(identity),
+        },
+    ));
+    let controller_stop = stop.clone();
+    controller::run(ctx, async move { controller_stop.cancelled_owned().await }).await;
+
+    let lost = stop.is_cancelled() && !shutdown.is_cancelled();
+    shutdown.cancel();
+    ready.store(false, Ordering::Relaxed);
+    if let Some(keeper) = keeper {
+        match keeper.await {
+            Ok(lock) if !lost => {
+                if let Err(e) = lock.release().await {
+                    warn!(error = %e, "cannot release the lease; a standby takes over when it expires");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => error!(error = %e, "lease keeper failed"),
+        }
+    }
+    if let Ok(Err(e)) = server.await {
+        warn!(error = %e, "health server");
+    }
+    if lost {
+        bail!("lost leadership; exiting so a restart rejoins as a standby");
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Crd) => {
+            print!("{}", crd_yaml().context("rendering the CRD")?);
+            Ok(())
+        }
+        Some(Command::Run(args)) => run(args).await,
+        None => run(cli.run).await,
     }
 }

@@ -64,10 +64,7 @@ impl Observation {
     /// Sums the statistics of `queues` (a queue missing from `stats` has never been used and
     /// counts as empty) and keeps the workers that serve at least one of them.
     pub fn from_stats(stats: &[QueueStats], workers: &[WorkerInfo], queues: &[String]) -> Self {
-        let mine: Vec<&QueueStats> = stats
-            .iter()
-            .filter(|s| queues.iter().any(|q| *q == s.queue))
-            .collect();
+        let mine: Vec<&QueueStats> = stats.iter().filter(|s| queues.contains(&s.queue)).collect();
         let samples: u64 = mine.iter().map(|s| s.processing.samples).sum();
         let mean_service_ms = (samples > 0).then(|| {
             mine.iter()
@@ -162,6 +159,20 @@ impl ObserveError {
 pub trait Observer: Send + Sync {
     /// Reads the pool's queue statistics and worker registry.
     async fn observe(&self, pool: &RagWorkerPool) -> Result<Observation, ObserveError>;
+}
+
+/// The observer of a binary built without a queue connection: every look fails with
+/// [`ObserveError::Config`], so the operator manages Deployments and status but never
+/// changes replicas. The Redis-backed observer replaces it in `main.rs`.
+pub struct NotConnected;
+
+#[async_trait]
+impl Observer for NotConnected {
+    async fn observe(&self, _pool: &RagWorkerPool) -> Result<Observation, ObserveError> {
+        Err(ObserveError::Config(
+            "this build has no Redis observer; replicas are left as they are".into(),
+        ))
+    }
 }
 
 #[cfg(test)]
