@@ -1,4 +1,7 @@
-//! `ragpool`: the command-line entry point.
-fn main() {
-    println!("ragpool {}", env!("CARGO_PKG_VERSION"));
+//! `ragpool`: see the library for the subcommands.
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    ragpool_cli::run(ragpool_cli::Cli::parse())
 }

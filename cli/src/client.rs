@@ -1,0 +1,406 @@
+//! A small HTTP client for the ragpool API: one method per endpoint the CLI uses, each
+//! returning the API's JSON answer, and errors that say what to fix (the flag, the URL, or
+//! the API's own `{"error": {"code", "message"}}`).
+
+use std::time::{Duration, Instant};
+
+use reqwest::{Method, StatusCode, Url};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The API's longest `?wait=N`; longer waits are split into several requests.
+pub const MAX_WAIT_PER_REQUEST: u64 = 60;
+
+/// The header that makes a retried submission return the same task.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
+
+/// Why a call to the API did not return its JSON answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// `--api-url` is not an http(s) URL.
+    #[error("--api-url {url:?} is not a valid http(s) URL: {reason}")]
+    BadUrl { url: String, reason: String },
+
+    /// Nothing answered at the API URL (connection refused, DNS, TLS, …).
+    #[error(
+        "cannot reach the ragpool API at {url} ({reason}); start it with `ragpool dev`, or point \
+         --api-url / RAGPOOL_API_URL at a running API"
+    )]
+    Unreachable { url: String, reason: String },
+
+    /// The API answered with an error status and its error body.
+    #[error("the API answered {status}: {code}: {message}")]
+    Api {
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
+
+    /// The API answered something that is not the JSON it documents.
+    #[error("the API at {url} answered {status} with a body that is not the expected JSON: {body}")]
+    UnexpectedBody {
+        url: String,
+        status: StatusCode,
+        body: String,
+    },
+
+    /// The request failed half-way (timeout, connection reset, …).
+    #[error("request to {url} failed: {reason}")]
+    Request { url: String, reason: String },
+}
+
+impl ClientError {
+    /// The HTTP status of an API error, when the API answered one.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Api { status, .. } | ClientError::UnexpectedBody { status, .. } => {
+                Some(*status)
+            }
+            _ => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(Deserialize)]
+struct ErrorDetail {
+    code: String,
+    message: String,
+}
+
+/// A connection to one ragpool API.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    http: reqwest::Client,
+    base: Url,
+    api_key: Option<String>,
+}
+
+impl ApiClient {
+    /// A client for the API at `base_url`, sending `api_key` as a bearer token when given.
+    pub fn new(base_url: &str, api_key: Option<String>) -> Result<Self, ClientError> {
+        let bad = |reason: String| ClientError::BadUrl {
+            url: base_url.to_owned(),
+            reason,
+        };
+        let mut base = Url::parse(base_url).map_err(|e| bad(e.to_string()))?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(bad(format!(
+                "scheme {:?} is not http or https",
+                base.scheme()
+            )));
+        }
+        if base.cannot_be_a_base() {
+            return Err(bad("it cannot hold a path".into()));
+        }
+        // Paths are appended as segments, so a base path such as `/ragpool` must end in `/`
+        // to be kept rather than replaced.
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            // Local development APIs are plain HTTP on loopback; a system proxy would only get
+            // in the way, as it does for the executor's fetches.
+            .no_proxy()
+            .user_agent(concat!("ragpool-cli/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ClientError::Request {
+                url: base.to_string(),
+                reason: e.to_string(),
+            })?;
+        let api_key = api_key.filter(|k| !k.trim().is_empty());
+        Ok(ApiClient {
+            http,
+            base,
+            api_key,
+        })
+    }
+
+    /// The API's base URL.
+    pub fn base_url(&self) -> &Url {
+        &self.base
+    }
+
+    /// `POST /api/async/analyze-image` with the image bytes (sent as base64 JSON).
+    pub async fn analyze_image(
+        &self,
+        image: &[u8],
+        prompt: Option<&str>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        use base64::Engine as _;
+        let mut body = serde_json::json!({
+            "image": base64::engine::general_purpose::STANDARD.encode(image),
+        });
+        if let Some(p) = prompt {
+            body["prompt"] = Value::from(p);
+        }
+        self.submit("analyze-image", body, idempotency_key).await
+    }
+
+    /// `POST /api/async/complete-answer`. `context` is text, or the id of a finished image
+    /// analysis task.
+    pub async fn complete_answer(
+        &self,
+        question: &str,
+        context: Option<&str>,
+        top_k: Option<u32>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let mut body = serde_json::json!({ "question": question });
+        if let Some(c) = context {
+            body["context"] = Value::from(c);
+        }
+        if let Some(k) = top_k {
+            body["top_k"] = Value::from(k);
+        }
+        self.submit("complete-answer", body, idempotency_key).await
+    }
+
+    /// `POST /api/async/query`, with an image (sent as base64) when given.
+    pub async fn query(
+        &self,
+        question: &str,
+        image: Option<&[u8]>,
+        top_k: Option<u32>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        use base64::Engine as _;
+        let mut body = serde_json::json!({ "question": question });
+        if let Some(bytes) = image {
+            body["image"] = Value::from(base64::engine::general_purpose::STANDARD.encode(bytes));
+        }
+        if let Some(k) = top_k {
+            body["top_k"] = Value::from(k);
+        }
+        self.submit("query", body, idempotency_key).await
+    }
+
+    async fn submit(
+        &self,
+        endpoint: &str,
+        body: Value,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let url = self.url(&["api", "async", endpoint], None);
+        let mut request = self.request(Method::POST, url.clone()).json(&body);
+        if let Some(key) = idempotency_key {
+            request = request.header(IDEMPOTENCY_KEY_HEADER, key);
+        }
+        self.send(url, request).await
+    }
+
+    /// `GET /api/async/task/{id}`, held by the API for up to `wait` seconds (at most
+    /// [`MAX_WAIT_PER_REQUEST`]) until the task ends.
+    pub async fn task(&self, id: &str, wait: Option<u64>) -> Result<Value, ClientError> {
+        let wait = wait.map(|w| w.min(MAX_WAIT_PER_REQUEST));
+        let query = wait.map(|w| format!("wait={w}"));
+        let url = self.url(&["api", "async", "task", id], query.as_deref());
+        let mut request = self.request(Method::GET, url.clone());
+        if let Some(w) = wait {
+            // The API holds the request for up to `w` seconds; leave room for the answer.
+            request = request.timeout(Duration::from_secs(w + 30));
+        }
+        self.send(url, request).await
+    }
+
+    /// Reads the task, holding requests open until it ends or `wait` seconds have passed in
+    /// all; returns its last state.
+    pub async fn wait_for_task(&self, id: &str, wait: u64) -> Result<Value, ClientError> {
+        let deadline = Instant::now() + Duration::from_secs(wait);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now()).as_secs();
+            let task = self.task(id, Some(left)).await?;
+            if task_has_ended(&task) || left == 0 {
+                return Ok(task);
+            }
+        }
+    }
+
+    /// `GET /api/queue/stats`.
+    pub async fn stats(&self) -> Result<Value, ClientError> {
+        let url = self.url(&["api", "queue", "stats"], None);
+        let request = self.request(Method::GET, url.clone());
+        self.send(url, request).await
+    }
+
+    /// `DELETE /api/async/task/{id}`: cancel.
+    pub async fn cancel(&self, id: &str) -> Result<Value, ClientError> {
+        let url = self.url(&["api", "async", "task", id], None);
+        let request = self.request(Method::DELETE, url.clone());
+        self.send(url, request).await
+    }
+
+    /// `POST /api/async/task/{id}/retry`: requeue a failed task.
+    pub async fn retry(&self, id: &str) -> Result<Value, ClientError> {
+        let url = self.url(&["api", "async", "task", id, "retry"], None);
+        let request = self.request(Method::POST, url.clone());
+        self.send(url, request).await
+    }
+
+    /// The base URL with `segments` appended, each percent-encoded, so a task id can never
+    /// reach another path.
+    fn url(&self, segments: &[&str], query: Option<&str>) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url.set_query(query);
+        url
+    }
+
+    fn request(&self, method: Method, url: Url) -> reqwest::RequestBuilder {
+        let request = self.http.request(method, url);
+        match &self.api_key {
+            Some(key) => request.bearer_auth(key),
+            None => request,
+        }
+    }
+
+    async fn send(&self, url: Url, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&url, e))?;
+        let status = response.status();
+        let text = response
+            .text()
+            .await
+            .map_err(|e| self.transport_error(&url, e))?;
+        let unexpected = || ClientError::UnexpectedBody {
+            url: url.to_string(),
+            status,
+            body: shorten(&text),
+        };
+        if status.is_success() {
+            if text.trim().is_empty() {
+                // 204 No Content and the like: report the status rather than nothing.
+                return Ok(serde_json::json!({ "status": status.as_u16() }));
+            }
+            return serde_json::from_str(&text).map_err(|_| unexpected());
+        }
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => Err(ClientError::Api {
+                status,
+                code: body.error.code,
+                message: body.error.message,
+            }),
+            Err(_) => Err(unexpected()),
+        }
+    }
+
+    fn transport_error(&self, url: &Url, e: reqwest::Error) -> ClientError {
+        let reason = error_chain(&e);
+        if e.is_connect() {
+            ClientError::Unreachable {
+                url: self.base.to_string(),
+                reason,
+            }
+        } else {
+            ClientError::Request {
+                url: url.to_string(),
+                reason,
+            }
+        }
+    }
+}
+
+/// Whether a task as the API shows it is finished, failed or canceled.
+pub fn task_has_ended(task: &Value) -> bool {
+    matches!(
+        task.get("status").and_then(Value::as_str),
+        Some("finished" | "failed" | "canceled")
+    )
+}
+
+/// reqwest's own message is "error sending request"; the cause says what went wrong.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        source = s.source();
+    }
+    parts.join(": ")
+}
+
+fn shorten(text: &str) -> String {
+    const MAX: usize = 300;
+    let text = text.trim();
+    if text.len() <= MAX {
+        return text.to_owned();
+    }
+    let mut end = MAX;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_a_base_path() {
+        let c = ApiClient::new("http://example.test:8080/ragpool", None).unwrap();
+        let url = c.url(&["api", "queue", "stats"], None);
+        assert_eq!(
+            url.as_str(),
+            "http://example.test:8080/ragpool/api/queue/stats"
+        );
+    }
+
+    #[test]
+    fn task_ids_cannot_escape_their_path() {
+        let c = ApiClient::new("http://127.0.0.1:8080", None).unwrap();
+        let url = c.url(&["api", "async", "task", "../queue/stats"], Some("wait=5"));
+        assert_eq!(
+            url.as_str(),
+            "http://127.0.0.1:8080/api/async/task/..%2Fqueue%2Fstats?wait=5"
+        );
+    }
+
+    #[test]
+    fn rejects_urls_that_are_not_http() {
+        let err = ApiClient::new("ftp://example.test", None).unwrap_err();
+        assert!(err.to_string().contains("--api-url"), "{err}");
+        let err = ApiClient::new("127.0.0.1:8080", None).unwrap_err();
+        assert!(err.to_string().contains("--api-url"), "{err}");
+    }
+
+    #[test]
+    fn ended_states() {
+        for (status, ended) in [
+            ("queued", false),
+            ("started", false),
+            ("delayed", false),
+            ("finished", true),
+            ("failed", true),
+            ("canceled", true),
+        ] {
+            assert_eq!(
+                task_has_ended(&serde_json::json!({ "status": status })),
+                ended,
+                "{status}"
+            );
+        }
+    }
+
+    #[test]
+    fn shortens_on_char_boundaries() {
+        let long = "é".repeat(400);
+        let short = shorten(&long);
+        assert!(short.ends_with('…'));
+        assert!(short.len() <= 300 + '…'.len_utf8());
+    }
+}

@@ -1,0 +1,291 @@
+//! The client subcommands (`submit`, `status`, `stats`, `cancel`, `retry`): their flags, and
+//! how each turns into one or two API calls whose JSON answer is printed.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use serde_json::Value;
+
+use crate::client::{ApiClient, ClientError, task_has_ended};
+
+/// Exit status when `--wait` passed before the task ended.
+pub const EXIT_STILL_RUNNING: u8 = 3;
+/// Exit status when the awaited task failed or was canceled.
+pub const EXIT_TASK_FAILED: u8 = 4;
+
+/// Where the API is and how to authenticate.
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    /// Base URL of the ragpool API.
+    #[arg(long, env = "RAGPOOL_API_URL", default_value = "http://127.0.0.1:8080")]
+    pub api_url: String,
+
+    /// API key, sent as `Authorization: Bearer <key>` (needed when the API has keys).
+    #[arg(long, env = "RAGPOOL_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+}
+
+impl ApiArgs {
+    pub fn client(&self) -> Result<ApiClient, ClientError> {
+        ApiClient::new(&self.api_url, self.api_key.clone())
+    }
+}
+
+/// Flags every `submit` form shares.
+#[derive(Debug, Clone, Args)]
+pub struct SubmitOptions {
+    #[command(flatten)]
+    pub api: ApiArgs,
+
+    /// After submitting, wait up to this many seconds for the task to end and print it
+    /// instead of the submission answer. Exit status 3 if it is still running then, 4 if it
+    /// failed or was canceled.
+    #[arg(long, value_name = "SECONDS")]
+    pub wait: Option<u64>,
+
+    /// Makes a retried submission return the task of the first one.
+    #[arg(long, value_name = "KEY")]
+    pub idempotency_key: Option<String>,
+}
+
+/// `ragpool submit …`: what to submit.
+#[derive(Debug, Clone, Subcommand)]
+pub enum SubmitCommand {
+    /// Analyse an image (PNG, JPEG, WebP or GIF): queue `image_analysis`.
+    Image {
+        /// The image file.
+        file: PathBuf,
+        /// What to look for in the image.
+        #[arg(long)]
+        prompt: Option<String>,
+        #[command(flatten)]
+        options: SubmitOptions,
+    },
+    /// Answer a question from the documents: queue `answer_generation`.
+    Answer {
+        /// The question.
+        question: String,
+        /// Extra context: text, or the id of a finished image-analysis task.
+        #[arg(long, value_name = "TEXT|TASK_ID")]
+        context: Option<String>,
+        /// How many passages to retrieve.
+        #[arg(long, value_name = "N")]
+        top_k: Option<u32>,
+        #[command(flatten)]
+        options: SubmitOptions,
+    },
+    /// Run a full query (image analysis when an image is given, retrieval, answer): queue
+    /// `full_query`.
+    Query {
+        /// The question.
+        question: String,
+        /// An image file to analyse first.
+        #[arg(long, value_name = "FILE")]
+        image: Option<PathBuf>,
+        /// How many passages to retrieve.
+        #[arg(long, value_name = "N")]
+        top_k: Option<u32>,
+        #[command(flatten)]
+        options: SubmitOptions,
+    },
+}
+
+/// `ragpool status ID`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// The task id.
+    pub id: String,
+    /// Wait up to this many seconds for the task to end. Exit status 3 if it is still
+    /// running then, 4 if it failed or was canceled.
+    #[arg(long, value_name = "SECONDS")]
+    pub wait: Option<u64>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `ragpool cancel ID` / `ragpool retry ID`.
+#[derive(Debug, Clone, Args)]
+pub struct TaskArgs {
+    /// The task id.
+    pub id: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `ragpool stats`.
+#[derive(Debug, Clone, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// Why a client subcommand failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+
+    /// A file named on the command line could not be read.
+    #[error("cannot read {what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The submission answer had no task id to wait for.
+    #[error("the API's answer has no task_id: {0}")]
+    NoTaskId(String),
+
+    /// Printing the answer failed (stdout closed).
+    #[error("writing the answer: {0}")]
+    Output(#[source] std::io::Error),
+}
+
+/// Runs `ragpool submit …`.
+pub async fn submit(command: SubmitCommand) -> Result<ExitCode, CommandError> {
+    let (answer, options) = match command {
+        SubmitCommand::Image {
+            file,
+            prompt,
+            options,
+        } => {
+            let image = read_file("the image file", &file)?;
+            let client = options.api.client()?;
+            let answer = client
+                .analyze_image(
+                    &image,
+                    prompt.as_deref(),
+                    options.idempotency_key.as_deref(),
+                )
+                .await?;
+            (answer, options)
+        }
+        SubmitCommand::Answer {
+            question,
+            context,
+            top_k,
+            options,
+        } => {
+            let client = options.api.client()?;
+            let answer = client
+                .complete_answer(
+                    &question,
+                    context.as_deref(),
+                    top_k,
+                    options.idempotency_key.as_deref(),
+                )
+                .await?;
+            (answer, options)
+        }
+        SubmitCommand::Query {
+            question,
+            image,
+            top_k,
+            options,
+        } => {
+            let image = image.map(|path| read_file("--image", &path)).transpose()?;
+            let client = options.api.client()?;
+            let answer = client
+                .query(
+                    &question,
+                    image.as_deref(),
+                    top_k,
+                    options.idempotency_key.as_deref(),
+                )
+                .await?;
+            (answer, options)
+        }
+    };
+    let Some(wait) = options.wait else {
+        print_json(&answer)?;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let id = answer
+        .get("task_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| CommandError::NoTaskId(answer.to_string()))?;
+    eprintln!(
+        "submitted task {id} to queue {}; waiting up to {wait}s",
+        answer.get("queue").and_then(Value::as_str).unwrap_or("?")
+    );
+    let task = options.api.client()?.wait_for_task(id, wait).await?;
+    report_task(&task)
+}
+
+/// Runs `ragpool status ID [--wait N]`.
+pub async fn status(args: StatusArgs) -> Result<ExitCode, CommandError> {
+    let client = args.api.client()?;
+    match args.wait {
+        None => {
+            let task = client.task(&args.id, None).await?;
+            print_json(&task)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(wait) => {
+            let task = client.wait_for_task(&args.id, wait).await?;
+            report_task(&task)
+        }
+    }
+}
+
+/// Runs `ragpool stats`.
+pub async fn stats(args: StatsArgs) -> Result<ExitCode, CommandError> {
+    print_json(&args.api.client()?.stats().await?)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `ragpool cancel ID`.
+pub async fn cancel(args: TaskArgs) -> Result<ExitCode, CommandError> {
+    print_json(&args.api.client()?.cancel(&args.id).await?)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `ragpool retry ID`.
+pub async fn retry(args: TaskArgs) -> Result<ExitCode, CommandError> {
+    print_json(&args.api.client()?.retry(&args.id).await?)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints an awaited task; the exit status says whether it finished.
+fn report_task(task: &Value) -> Result<ExitCode, CommandError> {
+    print_json(task)?;
+    let status = task.get("status").and_then(Value::as_str).unwrap_or("?");
+    if !task_has_ended(task) {
+        eprintln!("task is still {status}");
+        return Ok(ExitCode::from(EXIT_STILL_RUNNING));
+    }
+    if status != "finished" {
+        let reason = task
+            .get("error")
+            .map(|e| {
+                format!(
+                    ": {}: {}",
+                    e.get("kind").and_then(Value::as_str).unwrap_or("?"),
+                    e.get("message").and_then(Value::as_str).unwrap_or("")
+                )
+            })
+            .unwrap_or_default();
+        eprintln!("task {status}{reason}");
+        return Ok(ExitCode::from(EXIT_TASK_FAILED));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, CommandError> {
+    std::fs::read(path).map_err(|source| CommandError::File {
+        what,
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn print_json(value: &Value) -> Result<(), CommandError> {
+    use std::io::Write as _;
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| CommandError::Output(std::io::Error::other(e)))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}").map_err(CommandError::Output)
+}

@@ -1,0 +1,104 @@
+//! `ragpool`, the command line: `ragpool dev` runs ragpool on one machine, and `submit`,
+//! `status`, `stats`, `cancel` and `retry` are thin clients of its HTTP API.
+
+pub mod client;
+pub mod commands;
+pub mod dev;
+pub mod redis_server;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use commands::{StatsArgs, StatusArgs, SubmitCommand, TaskArgs};
+use dev::DevArgs;
+
+/// The `ragpool` command line.
+#[derive(Debug, Parser)]
+#[command(
+    name = "ragpool",
+    version,
+    about = "Asynchronous RAG tasks: run ragpool locally and talk to its API"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the API and an executor (built-in RAG backend) in one process, with a private
+    /// redis-server unless RAGPOOL_REDIS_URL is set.
+    Dev(DevArgs),
+    /// Submit a task; prints the API's answer (or, with --wait, the ended task).
+    #[command(subcommand)]
+    Submit(SubmitCommand),
+    /// Show a task: status, progress, result or error.
+    Status(StatusArgs),
+    /// Show every queue's counts, rates and times, and the workers.
+    Stats(StatsArgs),
+    /// Cancel a task (a running one stops at its next heartbeat).
+    Cancel(TaskArgs),
+    /// Queue a failed task again.
+    Retry(TaskArgs),
+}
+
+/// Runs a parsed command line to its exit status. Errors are printed to stderr.
+pub fn run(cli: Cli) -> ExitCode {
+    if matches!(cli.command, Command::Dev(_)) {
+        init_tracing();
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        // CPU-heavy work of the built-in backend (indexing, image decoding) runs on the
+        // blocking pool; keep it to the machine's size.
+        .max_blocking_threads(
+            std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .max(2),
+        )
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result: anyhow::Result<ExitCode> = runtime.block_on(async {
+        Ok(match cli.command {
+            Command::Dev(args) => {
+                dev::run(args).await?;
+                ExitCode::SUCCESS
+            }
+            Command::Submit(c) => commands::submit(c).await?,
+            Command::Status(a) => commands::status(a).await?,
+            Command::Stats(a) => commands::stats(a).await?,
+            Command::Cancel(a) => commands::cancel(a).await?,
+            Command::Retry(a) => commands::retry(a).await?,
+        })
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Logs to stderr (stdout carries the URL and examples); `RAGPOOL_LOG` filters,
+/// `RAGPOOL_LOG_FORMAT=json` switches to JSON lines.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RAGPOOL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tantivy=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    if std::env::var("RAGPOOL_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
