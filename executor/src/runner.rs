@@ -290,10 +290,11 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
         let backend = shared.backend.clone();
         let broker = shared.broker.clone();
         let payload = task.payload.clone();
+        let timeout = task.timeout;
         // On its own task so a panicking backend fails this task instead of the executor.
-        tokio::spawn(
-            async move { call_backend(&broker, backend.as_ref(), kind, payload, &cx).await },
-        )
+        tokio::spawn(async move {
+            call_backend(&broker, backend.as_ref(), kind, payload, &cx, timeout).await
+        })
     };
     let abort = work.abort_handle();
 
@@ -427,13 +428,15 @@ fn parse<T: DeserializeOwned>(payload: serde_json::Value) -> Result<T, BackendEr
         .map_err(|e| BackendError::bad_input(format!("payload does not match the task kind: {e}")))
 }
 
-/// Decodes the payload for its kind and calls the backend.
+/// Decodes the payload for its kind and calls the backend. `timeout` bounds the wait for a
+/// context task.
 async fn call_backend(
     broker: &Broker,
     backend: &dyn Backend,
     kind: TaskKind,
     payload: serde_json::Value,
     cx: &TaskContext,
+    timeout: Duration,
 ) -> Result<serde_json::Value, BackendError> {
     match kind {
         TaskKind::AnalyzeImage => {
@@ -444,7 +447,7 @@ async fn call_backend(
         TaskKind::CompleteAnswer => {
             let mut req = parse::<CompleteAnswer>(payload)?;
             if let Some(id) = req.context_task_id.clone() {
-                let context = context_from_task(broker, &id).await?;
+                let context = context_from_task(broker, &id, cx, timeout).await?;
                 req.context = Some(match req.context.take() {
                     Some(own) => format!("{own}\n\n{context}"),
                     None => context,
@@ -456,25 +459,43 @@ async fn call_backend(
     }
 }
 
-/// The text of a finished image-analysis task, used as an answer's context. Waits (by retry)
-/// while that task is still running: answers depend on analyses.
-async fn context_from_task(broker: &Broker, id: &str) -> Result<String, BackendError> {
+/// The text of an image-analysis task, used as an answer's context.
+///
+/// An analysis that is still queued or running is waited for (woken by its events, not by
+/// polling) while this task keeps its lease. Retrying instead would spend this task's attempts
+/// on the analysis's running time, and the API accepts answers whose analysis has not
+/// finished. The task's own timeout, a cancel and a drain stop the wait like any backend call.
+async fn context_from_task(
+    broker: &Broker,
+    id: &str,
+    cx: &TaskContext,
+    wait: Duration,
+) -> Result<String, BackendError> {
     let id: TaskId = id
         .parse()
         .map_err(|_| BackendError::bad_input(format!("context task id {id:?} is not a task id")))?;
-    let task = broker
+    let unavailable = |e: QueueError| {
+        BackendError::retryable(
+            kinds::BACKEND_UNAVAILABLE,
+            format!("reading context task {id}: {e}"),
+            None,
+        )
+    };
+    let missing =
+        || BackendError::bad_input(format!("context task {id} does not exist or has expired"));
+    let mut task = broker
         .get(&id)
         .await
-        .map_err(|e| {
-            BackendError::retryable(
-                kinds::BACKEND_UNAVAILABLE,
-                format!("reading context task: {e}"),
-                None,
-            )
-        })?
-        .ok_or_else(|| {
-            BackendError::bad_input(format!("context task {id} does not exist or has expired"))
-        })?;
+        .map_err(unavailable)?
+        .ok_or_else(missing)?;
+    if !task.state.is_terminal() {
+        cx.progress(0, &format!("waiting for image analysis {id}"));
+        task = broker
+            .wait_for_end(&id, wait)
+            .await
+            .map_err(unavailable)?
+            .ok_or_else(missing)?;
+    }
     match task.state {
         TaskState::Finished => {
             let result = task.result.unwrap_or_default();
@@ -490,8 +511,8 @@ async fn context_from_task(broker: &Broker, id: &str) -> Result<String, BackendE
         )),
         _ => Err(BackendError::retryable(
             "dependency_pending",
-            format!("context task {id} has not finished yet"),
-            Some(Duration::from_secs(1)),
+            format!("context task {id} did not finish within this task's timeout"),
+            None,
         )),
     }
 }

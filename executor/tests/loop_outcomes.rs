@@ -2,11 +2,13 @@
 //! answers built on another task's analysis. Executors run in-process against a real Redis
 //! and a fake RAG service over the `http` backend.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ragpool_executor::backend::{self, BackendConfig, HttpConfig, RetryPolicy};
 use ragpool_queue::{CancelOutcome, TaskKind, TaskState};
 use serde_json::json;
+use tokio::sync::Notify;
 
 mod loop_support;
 use loop_support::{
@@ -223,5 +225,72 @@ async fn an_answer_with_a_context_task_gets_that_analysis_summary() {
         .filter(|r| r.path == "/complete-answer")
         .count();
     assert_eq!(answers, 1, "only the first answer reached the service");
+    executor.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_waits_for_its_running_analysis_without_spending_an_attempt() {
+    // One attempt per answer: waiting for the analysis must not cost it.
+    let queues = quick_queues()
+        .into_iter()
+        .map(|mut q| {
+            if q.name == "answer_generation" {
+                q.max_attempts = 1;
+            }
+            q
+        })
+        .collect();
+    let env = Env::start(queues).await;
+    let analysed = Arc::new(Notify::new());
+    let rag = {
+        let analysed = analysed.clone();
+        FakeRag::start(move |request, _| match request.path.as_str() {
+            "/analyze-image" => {
+                Behaviour::AnswerWhen(analysed.clone(), 200, json!({"summary": "A slow picture."}))
+            }
+            _ => Behaviour::Answer(200, json!({"answer": "done"})),
+        })
+        .await
+    };
+    let mut events = Events::follow(&env.broker).await;
+    let executor = InProcess::start(settings(
+        &env.url(),
+        &[
+            "--concurrency",
+            "2",
+            "--lease-seconds",
+            "1",
+            "--backend",
+            "http",
+            "--http-url",
+            &rag.url,
+        ],
+    ));
+
+    let analysis = env
+        .enqueue(TaskKind::AnalyzeImage, json!({"image": "aGk="}))
+        .await
+        .id;
+    rag.next_request().await;
+    let answer = env
+        .enqueue(
+            TaskKind::CompleteAnswer,
+            json!({"question": "What is in it?", "context_task_id": analysis.to_string()}),
+        )
+        .await
+        .id;
+    events.until_state(&answer, TaskState::Started).await;
+    // Only now, with the answer running, does the analysis finish.
+    analysed.notify_one();
+    let task = env.ended(&answer).await;
+
+    assert_eq!(task.state, TaskState::Finished, "{task:?}");
+    assert_eq!(task.attempts, 1);
+    let requests = rag.requests();
+    let sent = requests
+        .iter()
+        .find(|r| r.path == "/complete-answer")
+        .expect("the answer was forwarded");
+    assert_eq!(sent.body["context"], "A slow picture.");
     executor.shutdown().await;
 }

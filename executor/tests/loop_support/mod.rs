@@ -24,6 +24,7 @@ use ragpool_executor::settings::ExecutorSettings;
 use ragpool_queue::testing::RedisServer;
 use ragpool_queue::{
     Broker, BrokerConfig, Enqueued, NewTask, QueueConfig, Task, TaskEvent, TaskId, TaskKind,
+    TaskState,
 };
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -130,14 +131,20 @@ impl Events {
 
     /// Every event of task `id` up to and including the one that ended it.
     pub async fn until_end(&mut self, id: &TaskId) -> Vec<TaskEvent> {
-        let ended = |seen: &[TaskEvent]| {
-            seen.iter()
-                .any(|e| e.task_id == id.as_str() && e.state.is_terminal())
-        };
-        while !ended(&self.seen) {
+        self.until(id, |e| e.state.is_terminal()).await
+    }
+
+    /// Every event of task `id` up to and including the first one in `state`.
+    pub async fn until_state(&mut self, id: &TaskId, state: TaskState) -> Vec<TaskEvent> {
+        self.until(id, |e| e.state == state).await
+    }
+
+    async fn until(&mut self, id: &TaskId, done: impl Fn(&TaskEvent) -> bool) -> Vec<TaskEvent> {
+        let reached = |seen: &[TaskEvent]| seen.iter().any(|e| e.task_id == id.as_str() && done(e));
+        while !reached(&self.seen) {
             let event = tokio::time::timeout(PATIENCE, self.rx.recv())
                 .await
-                .unwrap_or_else(|_| panic!("task {id} did not end; saw {:?}", self.seen))
+                .unwrap_or_else(|_| panic!("task {id}: awaited event missing; saw {:?}", self.seen))
                 .expect("events stream");
             self.seen.push(event);
         }
