@@ -20,6 +20,11 @@ pub struct ApiConfig {
     )]
     pub redis_url: String,
 
+    /// PEM file of the CA that signed the Redis server's TLS certificate (for `rediss://`
+    /// with a private CA).
+    #[arg(long, env = "RAGPOOL_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
+
     /// Key prefix (and Redis Cluster hash tag) of every queue key; the executors must use the
     /// same one.
     #[arg(long, env = "RAGPOOL_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
@@ -186,6 +191,7 @@ impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
             redis_url: DEFAULT_REDIS_URL.into(),
+            redis_ca_file: None,
             namespace: DEFAULT_NAMESPACE.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             limits: Limits::default(),
@@ -202,6 +208,9 @@ impl ApiConfig {
     /// reported here or by [`ragpool_queue::Broker::connect`].
     pub fn broker_config(&self) -> ragpool_queue::Result<BrokerConfig> {
         let mut config = BrokerConfig::from_url(&self.redis_url)?;
+        if let Some(ca) = &self.redis_ca_file {
+            config.target = config.target.with_ca_file(ca)?;
+        }
         config.namespace = self.namespace.clone();
         config.queues = self.queues.queue_configs();
         Ok(config)

@@ -1,0 +1,180 @@
+//! Auth on: keys are required, a task is visible only to the key that created it, and an
+//! admin key may read stats and see, retry and cancel any task.
+
+use ragpool_api::{ApiConfig, AuthConfig};
+use ragpool_queue::testing::ServerOptions;
+use ragpool_queue::{Retry, TaskError};
+use serde_json::json;
+
+use crate::support::{TestApi, json};
+
+const ALICE: &str = "alice-key-0123456789";
+const BOB: &str = "bob-key-0123456789ab";
+const ROOT: &str = "root-key-0123456789a";
+
+/// The API with keys from both sources; the file must outlive the server's start.
+async fn start() -> (TestApi, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("keys");
+    std::fs::write(&file, format!("# admins\nroot:{ROOT}:admin\n")).unwrap();
+    let config = ApiConfig {
+        auth: AuthConfig {
+            api_keys: Some(format!("alice:{ALICE},bob:{BOB}")),
+            api_keys_file: Some(file),
+        },
+        ..ApiConfig::default()
+    };
+    (
+        TestApi::start_with(config, ServerOptions::default()).await,
+        dir,
+    )
+}
+
+fn as_key(api: &mut TestApi, key: &str) {
+    api.key = Some(key.to_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_are_required_and_tasks_are_private() {
+    let (mut api, _keys) = start().await;
+
+    // No key, a wrong key, a wrong scheme.
+    let r = api
+        .client
+        .post(api.url("/api/async/query"))
+        .json(&json!({ "question": "q" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"ragpool\"");
+    let (status, body) = json(r).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    for header in ["Bearer not-a-key-at-all-xx", "Basic YWxpY2U6eA==", ALICE] {
+        let r = api
+            .client
+            .get(api.url("/api/queue/stats"))
+            .header("authorization", header)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{header}");
+    }
+    // Probes, metrics and the API description need no key.
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        let r = api.client.get(api.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+
+    as_key(&mut api, ALICE);
+    let alices = api.submit_query("alice's question").await;
+    let task = api
+        .broker
+        .get(&alices.parse().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        task.owner.as_deref(),
+        Some("alice"),
+        "the key's name, never the key"
+    );
+    let (status, _) = json(
+        api.get(&format!("/api/async/task/{alices}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = json(api.get("/api/queue/stats").send().await.unwrap()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden"))
+    );
+
+    // Bob cannot see, follow, cancel or retry Alice's task, nor use it as context.
+    as_key(&mut api, BOB);
+    for (method, path) in [
+        (reqwest::Method::GET, format!("/api/async/task/{alices}")),
+        (
+            reqwest::Method::GET,
+            format!("/api/async/task/{alices}/events"),
+        ),
+        (reqwest::Method::DELETE, format!("/api/async/task/{alices}")),
+        (
+            reqwest::Method::POST,
+            format!("/api/async/task/{alices}/retry"),
+        ),
+    ] {
+        let (status, body) = json(api.req(method.clone(), &path).send().await.unwrap()).await;
+        assert_eq!(status, 404, "{method} {path}: {body}");
+        assert_eq!(body["error"]["code"], "not_found");
+    }
+    let r = api
+        .post("/api/async/complete-answer")
+        .json(&json!({ "question": "q", "context": alices }))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json(r).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("invalid_context"))
+    );
+
+    // Idempotency keys are per key: the same key from Bob makes Bob's own task.
+    let send = |api: &TestApi| {
+        api.post("/api/async/query")
+            .header("Idempotency-Key", "same")
+            .json(&json!({ "question": "q" }))
+            .send()
+    };
+    let bobs = json(send(&api).await.unwrap()).await.1["task_id"].clone();
+    as_key(&mut api, ALICE);
+    let alices_idem = json(send(&api).await.unwrap()).await.1["task_id"].clone();
+    assert_ne!(bobs, alices_idem);
+
+    // The admin sees stats and anyone's task, and can cancel and retry it.
+    as_key(&mut api, ROOT);
+    let (status, body) = json(api.get("/api/queue/stats").send().await.unwrap()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["queues"][2]["total_enqueued"], 3);
+    let (status, _) = json(
+        api.get(&format!("/api/async/task/{alices}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (status, body) = json(
+        api.delete(&format!("/api/async/task/{alices}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("canceled")));
+
+    let claimed = api.claim("full_query").await;
+    api.broker
+        .fail(
+            &claimed.lease,
+            &TaskError::new("bad_input", "x"),
+            Retry::Permanent,
+        )
+        .await
+        .unwrap();
+    let failed = claimed.task.id.to_string();
+    let (status, body) = json(
+        api.post(&format!("/api/async/task/{failed}/retry"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body["status"].as_str()), (202, Some("queued")));
+}

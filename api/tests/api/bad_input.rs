@@ -1,0 +1,482 @@
+//! Bad input and misuse: each case's status and `error.code`.
+
+use ragpool_api::{ApiConfig, Limits};
+use ragpool_queue::TaskId;
+use ragpool_queue::testing::ServerOptions;
+use reqwest::Method;
+use serde_json::json;
+
+use crate::support::{PNG_1X1, TestApi, b64, json};
+
+/// A request body in the table.
+enum Body {
+    None,
+    Json(serde_json::Value),
+    Raw(&'static str, Vec<u8>),
+    Form(Vec<(&'static str, Vec<u8>)>),
+}
+
+struct Case {
+    name: &'static str,
+    method: Method,
+    path: String,
+    body: Body,
+    headers: Vec<(&'static str, String)>,
+    status: u16,
+    code: &'static str,
+}
+
+fn case(
+    name: &'static str,
+    method: Method,
+    path: &str,
+    body: Body,
+    status: u16,
+    code: &'static str,
+) -> Case {
+    Case {
+        name,
+        method,
+        path: path.to_string(),
+        body,
+        headers: Vec::new(),
+        status,
+        code,
+    }
+}
+
+const QUERY: &str = "/api/async/query";
+const IMAGE: &str = "/api/async/analyze-image";
+const ANSWER: &str = "/api/async/complete-answer";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_get_the_right_status_and_code() {
+    // Small limits keep the oversized bodies small.
+    let config = ApiConfig {
+        limits: Limits {
+            max_body_bytes: 64 * 1024,
+            max_image_bytes: 1024,
+            max_question_bytes: 100,
+            max_top_k: 20,
+            max_wait_seconds: 60,
+        },
+        ..ApiConfig::default()
+    };
+    let api = TestApi::start_with(config, ServerOptions::default()).await;
+
+    let full_query = api.submit_query("done first").await;
+    let finished = api.submit_query("done").await;
+    let claimed = api.claim("full_query").await;
+    assert_eq!(claimed.task.id.as_str(), full_query);
+    api.broker
+        .complete(&claimed.lease, &json!({}))
+        .await
+        .unwrap();
+    let claimed = api.claim("full_query").await;
+    assert_eq!(claimed.task.id.as_str(), finished);
+    api.broker
+        .complete(&claimed.lease, &json!({}))
+        .await
+        .unwrap();
+    let unknown = TaskId::new();
+    let queued_task = api.submit_query("waiting").await;
+
+    let mut big_png = PNG_1X1.to_vec();
+    big_png.resize(2048, 0);
+    let text_file = b"just some text, not an image".to_vec();
+
+    let mut cases = vec![
+        case(
+            "syntax error",
+            Method::POST,
+            QUERY,
+            Body::Raw("application/json", b"{not json".to_vec()),
+            400,
+            "malformed_json",
+        ),
+        case(
+            "empty body",
+            Method::POST,
+            QUERY,
+            Body::Raw("application/json", Vec::new()),
+            400,
+            "malformed_json",
+        ),
+        case(
+            "missing question",
+            Method::POST,
+            QUERY,
+            Body::Json(json!({})),
+            400,
+            "missing_field",
+        ),
+        case(
+            "blank question",
+            Method::POST,
+            QUERY,
+            Body::Json(json!({"question": "   "})),
+            400,
+            "empty_field",
+        ),
+        case(
+            "question of the wrong type",
+            Method::POST,
+            QUERY,
+            Body::Json(json!({"question": 5})),
+            422,
+            "invalid_field",
+        ),
+        case(
+            "body not an object",
+            Method::POST,
+            QUERY,
+            Body::Json(json!(["q"])),
+            422,
+            "invalid_field",
+        ),
+        case(
+            "top_k zero",
+            Method::POST,
+            QUERY,
+            Body::Json(json!({"question": "q", "top_k": 0})),
+            422,
+            "out_of_range",
+        ),
+        case(
+            "top_k too big",
+            Method::POST,
+            QUERY,
+            Body::Json(json!({"question": "q", "top_k": 21})),
+            422,
+            "out_of_range",
+        ),
+        case(
+            "top_k negative",
+            Method::POST,
+            QUERY,
+            Body::Json(json!({"question": "q", "top_k": -1})),
+            422,
+            "invalid_field",
+        ),
+        case(
+            "top_k a string",
+            Method::POST,
+            QUERY,
+            Body::Json(json!({"question": "q", "top_k": "3"})),
+            422,
+            "invalid_field",
+        ),
+        case(
+            "question too long",
+            Method::POST,
+            QUERY,
+            Body::Json(json!({"question": "x".repeat(101)})),
+            413,
+            "text_too_large",
+        ),
+        case(
+            "body over the limit",
+            Method::POST,
+            QUERY,
+            Body::Json(json!({"question": "q", "pad": "x".repeat(70_000)})),
+            413,
+            "body_too_large",
+        ),
+        case(
+            "not JSON at all",
+            Method::POST,
+            QUERY,
+            Body::Raw("text/plain", b"question=q".to_vec()),
+            415,
+            "unsupported_media_type",
+        ),
+        case(
+            "image and image_url",
+            Method::POST,
+            QUERY,
+            Body::Json(
+                json!({"question": "q", "image": b64(PNG_1X1), "image_url": "https://93.184.216.34/a.png"}),
+            ),
+            422,
+            "invalid_field",
+        ),
+        case(
+            "bad base64",
+            Method::POST,
+            IMAGE,
+            Body::Json(json!({"image": "@@not base64@@"})),
+            400,
+            "bad_base64",
+        ),
+        case(
+            "bad base64 in a query",
+            Method::POST,
+            QUERY,
+            Body::Json(json!({"question": "q", "image": "%%%"})),
+            400,
+            "bad_base64",
+        ),
+        case(
+            "not an image",
+            Method::POST,
+            IMAGE,
+            Body::Json(json!({"image": b64(&text_file)})),
+            415,
+            "unsupported_image",
+        ),
+        case(
+            "image over the limit",
+            Method::POST,
+            IMAGE,
+            Body::Json(json!({"image": b64(&big_png)})),
+            413,
+            "image_too_large",
+        ),
+        case(
+            "empty image",
+            Method::POST,
+            IMAGE,
+            Body::Json(json!({"image": ""})),
+            400,
+            "empty_field",
+        ),
+        case(
+            "no image at all",
+            Method::POST,
+            IMAGE,
+            Body::Json(json!({"prompt": "p"})),
+            400,
+            "missing_field",
+        ),
+        case(
+            "image URLs off",
+            Method::POST,
+            IMAGE,
+            Body::Json(json!({"image_url": "https://93.184.216.34/a.png"})),
+            422,
+            "image_url_disabled",
+        ),
+        case(
+            "uploaded text file",
+            Method::POST,
+            IMAGE,
+            Body::Form(vec![("image", text_file.clone())]),
+            415,
+            "unsupported_image",
+        ),
+        case(
+            "uploaded image over the limit",
+            Method::POST,
+            IMAGE,
+            Body::Form(vec![("image", big_png.clone())]),
+            413,
+            "image_too_large",
+        ),
+        case(
+            "form without image",
+            Method::POST,
+            IMAGE,
+            Body::Form(vec![("prompt", b"p".to_vec())]),
+            400,
+            "missing_field",
+        ),
+        case(
+            "multipart without boundary",
+            Method::POST,
+            IMAGE,
+            Body::Raw("multipart/form-data", b"x".to_vec()),
+            400,
+            "malformed_multipart",
+        ),
+        case(
+            "context task unknown",
+            Method::POST,
+            ANSWER,
+            Body::Json(json!({"question": "q", "context": unknown.to_string()})),
+            422,
+            "invalid_context",
+        ),
+        case(
+            "context task not an image analysis",
+            Method::POST,
+            ANSWER,
+            Body::Json(json!({"question": "q", "context": full_query.clone()})),
+            422,
+            "invalid_context",
+        ),
+        case(
+            "malformed task id",
+            Method::GET,
+            "/api/async/task/not-a-uuid",
+            Body::None,
+            400,
+            "invalid_task_id",
+        ),
+        case(
+            "malformed id on cancel",
+            Method::DELETE,
+            "/api/async/task/1234",
+            Body::None,
+            400,
+            "invalid_task_id",
+        ),
+        case(
+            "malformed id on events",
+            Method::GET,
+            "/api/async/task/zz/events",
+            Body::None,
+            400,
+            "invalid_task_id",
+        ),
+        case(
+            "unknown task",
+            Method::GET,
+            &format!("/api/async/task/{unknown}"),
+            Body::None,
+            404,
+            "not_found",
+        ),
+        case(
+            "cancel unknown",
+            Method::DELETE,
+            &format!("/api/async/task/{unknown}"),
+            Body::None,
+            404,
+            "not_found",
+        ),
+        case(
+            "retry unknown",
+            Method::POST,
+            &format!("/api/async/task/{unknown}/retry"),
+            Body::None,
+            404,
+            "not_found",
+        ),
+        case(
+            "events of unknown",
+            Method::GET,
+            &format!("/api/async/task/{unknown}/events"),
+            Body::None,
+            404,
+            "not_found",
+        ),
+        case(
+            "retry a queued task",
+            Method::POST,
+            &format!("/api/async/task/{queued_task}/retry"),
+            Body::None,
+            409,
+            "wrong_state",
+        ),
+        case(
+            "retry a finished task",
+            Method::POST,
+            &format!("/api/async/task/{finished}/retry"),
+            Body::None,
+            409,
+            "wrong_state",
+        ),
+        case(
+            "cancel a finished task",
+            Method::DELETE,
+            &format!("/api/async/task/{finished}"),
+            Body::None,
+            409,
+            "wrong_state",
+        ),
+        case(
+            "wait too long",
+            Method::GET,
+            &format!("/api/async/task/{queued_task}?wait=61"),
+            Body::None,
+            422,
+            "out_of_range",
+        ),
+        case(
+            "wait not a number",
+            Method::GET,
+            &format!("/api/async/task/{queued_task}?wait=soon"),
+            Body::None,
+            422,
+            "invalid_field",
+        ),
+        case(
+            "unknown path",
+            Method::GET,
+            "/api/async/nothing",
+            Body::None,
+            404,
+            "not_found",
+        ),
+        case(
+            "wrong method",
+            Method::PUT,
+            QUERY,
+            Body::None,
+            405,
+            "method_not_allowed",
+        ),
+    ];
+    let mut long_key = case(
+        "idempotency key too long",
+        Method::POST,
+        QUERY,
+        Body::Json(json!({"question": "q"})),
+        400,
+        "invalid_header",
+    );
+    long_key.headers.push(("Idempotency-Key", "k".repeat(256)));
+    cases.push(long_key);
+
+    let mut failures = Vec::new();
+    for c in cases {
+        let mut request = api.req(c.method.clone(), &c.path);
+        for (name, value) in &c.headers {
+            request = request.header(*name, value);
+        }
+        request = match c.body {
+            Body::None => request,
+            Body::Json(v) => request.json(&v),
+            Body::Raw(content_type, bytes) => {
+                request.header("content-type", content_type).body(bytes)
+            }
+            Body::Form(fields) => {
+                let mut form = reqwest::multipart::Form::new();
+                for (name, bytes) in fields {
+                    form = form.part(name, reqwest::multipart::Part::bytes(bytes).file_name("f"));
+                }
+                request.multipart(form)
+            }
+        };
+        let r = request.send().await.unwrap();
+        let content_type = r
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_string());
+        let (status, body) = json(r).await;
+        let code = body["error"]["code"].as_str().unwrap_or("<no error code>");
+        let has_message = body["error"]["message"].is_string();
+        if status != c.status
+            || code != c.code
+            || !has_message
+            || content_type.as_deref() != Some("application/json")
+        {
+            failures.push(format!(
+                "{}: expected {} {}, got {} {} ({:?}) {}",
+                c.name, c.status, c.code, status, code, content_type, body
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+
+    // None of the refused submissions left a task behind.
+    let total: u64 = api
+        .broker
+        .stats()
+        .await
+        .unwrap()
+        .iter()
+        .map(|q| q.total_enqueued)
+        .sum();
+    assert_eq!(total, 3);
+}

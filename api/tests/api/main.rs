@@ -1,0 +1,9 @@
+//! End-to-end tests of the API: a real `redis-server` per test and the server in-process on
+//! 127.0.0.1:0, driven over HTTP.
+
+mod auth;
+mod bad_input;
+mod endpoints;
+mod faults;
+mod support;
+mod wait_events;
