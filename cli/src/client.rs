@@ -72,6 +72,32 @@ struct ErrorDetail {
     message: String,
 }
 
+/// A JSON answer of the API, parsed, and as sent so it prints with the API's key order.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub json: Value,
+    raw: String,
+}
+
+impl Reply {
+    fn parse(raw: String) -> Result<Reply, serde_json::Error> {
+        let json = serde_json::from_str(&raw)?;
+        Ok(Reply { json, raw })
+    }
+
+    /// Indented JSON, keys in the order the API sent them.
+    pub fn pretty(&self) -> String {
+        let mut out = Vec::new();
+        let mut de = serde_json::Deserializer::from_str(&self.raw);
+        let mut ser = serde_json::Serializer::pretty(&mut out);
+        match serde_transcode::transcode(&mut de, &mut ser) {
+            Ok(()) => String::from_utf8(out).unwrap_or_else(|_| self.json.to_string()),
+            // `raw` parsed once already, so this is out of reach; fall back to sorted keys.
+            Err(_) => serde_json::to_string_pretty(&self.json).unwrap_or_default(),
+        }
+    }
+}
+
 /// A connection to one ragpool API.
 #[derive(Debug, Clone)]
 pub struct ApiClient {
@@ -133,7 +159,7 @@ impl ApiClient {
         image: &[u8],
         prompt: Option<&str>,
         idempotency_key: Option<&str>,
-    ) -> Result<Value, ClientError> {
+    ) -> Result<Reply, ClientError> {
         use base64::Engine as _;
         let mut body = serde_json::json!({
             "image": base64::engine::general_purpose::STANDARD.encode(image),
@@ -152,7 +178,7 @@ impl ApiClient {
         context: Option<&str>,
         top_k: Option<u32>,
         idempotency_key: Option<&str>,
-    ) -> Result<Value, ClientError> {
+    ) -> Result<Reply, ClientError> {
         let mut body = serde_json::json!({ "question": question });
         if let Some(c) = context {
             body["context"] = Value::from(c);
@@ -170,7 +196,7 @@ impl ApiClient {
         image: Option<&[u8]>,
         top_k: Option<u32>,
         idempotency_key: Option<&str>,
-    ) -> Result<Value, ClientError> {
+    ) -> Result<Reply, ClientError> {
         use base64::Engine as _;
         let mut body = serde_json::json!({ "question": question });
         if let Some(bytes) = image {
@@ -187,7 +213,7 @@ impl ApiClient {
         endpoint: &str,
         body: Value,
         idempotency_key: Option<&str>,
-    ) -> Result<Value, ClientError> {
+    ) -> Result<Reply, ClientError> {
         let url = self.url(&["api", "async", endpoint], None);
         let mut request = self.request(Method::POST, url.clone()).json(&body);
         if let Some(key) = idempotency_key {
@@ -198,7 +224,7 @@ impl ApiClient {
 
     /// `GET /api/async/task/{id}`, held by the API for up to `wait` seconds (at most
     /// [`MAX_WAIT_PER_REQUEST`]) until the task ends.
-    pub async fn task(&self, id: &str, wait: Option<u64>) -> Result<Value, ClientError> {
+    pub async fn task(&self, id: &str, wait: Option<u64>) -> Result<Reply, ClientError> {
         let wait = wait.map(|w| w.min(MAX_WAIT_PER_REQUEST));
         let query = wait.map(|w| format!("wait={w}"));
         let url = self.url(&["api", "async", "task", id], query.as_deref());
@@ -212,33 +238,33 @@ impl ApiClient {
 
     /// Reads the task, holding requests open until it ends or `wait` seconds have passed in
     /// all; returns its last state.
-    pub async fn wait_for_task(&self, id: &str, wait: u64) -> Result<Value, ClientError> {
+    pub async fn wait_for_task(&self, id: &str, wait: u64) -> Result<Reply, ClientError> {
         let deadline = Instant::now() + Duration::from_secs(wait);
         loop {
             let left = deadline.saturating_duration_since(Instant::now()).as_secs();
             let task = self.task(id, Some(left)).await?;
-            if task_has_ended(&task) || left == 0 {
+            if task_has_ended(&task.json) || left == 0 {
                 return Ok(task);
             }
         }
     }
 
     /// `GET /api/queue/stats`.
-    pub async fn stats(&self) -> Result<Value, ClientError> {
+    pub async fn stats(&self) -> Result<Reply, ClientError> {
         let url = self.url(&["api", "queue", "stats"], None);
         let request = self.request(Method::GET, url.clone());
         self.send(url, request).await
     }
 
     /// `DELETE /api/async/task/{id}`: cancel.
-    pub async fn cancel(&self, id: &str) -> Result<Value, ClientError> {
+    pub async fn cancel(&self, id: &str) -> Result<Reply, ClientError> {
         let url = self.url(&["api", "async", "task", id], None);
         let request = self.request(Method::DELETE, url.clone());
         self.send(url, request).await
     }
 
     /// `POST /api/async/task/{id}/retry`: requeue a failed task.
-    pub async fn retry(&self, id: &str) -> Result<Value, ClientError> {
+    pub async fn retry(&self, id: &str) -> Result<Reply, ClientError> {
         let url = self.url(&["api", "async", "task", id, "retry"], None);
         let request = self.request(Method::POST, url.clone());
         self.send(url, request).await
@@ -263,7 +289,7 @@ impl ApiClient {
         }
     }
 
-    async fn send(&self, url: Url, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
+    async fn send(&self, url: Url, request: reqwest::RequestBuilder) -> Result<Reply, ClientError> {
         let response = request
             .send()
             .await
@@ -281,9 +307,10 @@ impl ApiClient {
         if status.is_success() {
             if text.trim().is_empty() {
                 // 204 No Content and the like: report the status rather than nothing.
-                return Ok(serde_json::json!({ "status": status.as_u16() }));
+                return Reply::parse(format!("{{\"status\": {}}}", status.as_u16()))
+                    .map_err(|_| unexpected());
             }
-            return serde_json::from_str(&text).map_err(|_| unexpected());
+            return Reply::parse(text.clone()).map_err(|_| unexpected());
         }
         match serde_json::from_str::<ErrorBody>(&text) {
             Ok(body) => Err(ClientError::Api {
@@ -394,6 +421,20 @@ mod tests {
                 "{status}"
             );
         }
+    }
+
+    #[test]
+    fn pretty_output_keeps_the_key_order() {
+        let reply =
+            Reply::parse(r#"{"task_id":"x","status":"queued","a":[1,{"z":1,"b":2}]}"#.into())
+                .unwrap();
+        let pretty = reply.pretty();
+        let order: Vec<usize> = ["task_id", "status", "\"a\"", "\"z\"", "\"b\""]
+            .iter()
+            .map(|k| pretty.find(k).unwrap())
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{pretty}");
+        assert!(pretty.contains("\n  \"status\": \"queued\""), "{pretty}");
     }
 
     #[test]

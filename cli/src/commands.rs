@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use clap::{Args, Subcommand};
 use serde_json::Value;
 
-use crate::client::{ApiClient, ClientError, task_has_ended};
+use crate::client::{ApiClient, ClientError, Reply, task_has_ended};
 
 /// Exit status when `--wait` passed before the task ended.
 pub const EXIT_STILL_RUNNING: u8 = 3;
@@ -204,12 +204,17 @@ pub async fn submit(command: SubmitCommand) -> Result<ExitCode, CommandError> {
         return Ok(ExitCode::SUCCESS);
     };
     let id = answer
+        .json
         .get("task_id")
         .and_then(Value::as_str)
-        .ok_or_else(|| CommandError::NoTaskId(answer.to_string()))?;
+        .ok_or_else(|| CommandError::NoTaskId(answer.json.to_string()))?;
     eprintln!(
         "submitted task {id} to queue {}; waiting up to {wait}s",
-        answer.get("queue").and_then(Value::as_str).unwrap_or("?")
+        answer
+            .json
+            .get("queue")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
     );
     let task = options.api.client()?.wait_for_task(id, wait).await?;
     report_task(&task)
@@ -250,8 +255,9 @@ pub async fn retry(args: TaskArgs) -> Result<ExitCode, CommandError> {
 }
 
 /// Prints an awaited task; the exit status says whether it finished.
-fn report_task(task: &Value) -> Result<ExitCode, CommandError> {
-    print_json(task)?;
+fn report_task(reply: &Reply) -> Result<ExitCode, CommandError> {
+    print_json(reply)?;
+    let task = &reply.json;
     let status = task.get("status").and_then(Value::as_str).unwrap_or("?");
     if !task_has_ended(task) {
         eprintln!("task is still {status}");
@@ -282,10 +288,8 @@ fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, CommandError> {
     })
 }
 
-fn print_json(value: &Value) -> Result<(), CommandError> {
+fn print_json(reply: &Reply) -> Result<(), CommandError> {
     use std::io::Write as _;
-    let text = serde_json::to_string_pretty(value)
-        .map_err(|e| CommandError::Output(std::io::Error::other(e)))?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{text}").map_err(CommandError::Output)
+    writeln!(out, "{}", reply.pretty()).map_err(CommandError::Output)
 }

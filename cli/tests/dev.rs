@@ -38,7 +38,9 @@ impl Dev {
                 command.env_remove(key);
             }
         }
-        command.env("RAGPOOL_LOG", "error").envs(env.iter().copied());
+        command
+            .env("RAGPOOL_LOG", "error")
+            .envs(env.iter().copied());
         let mut child = command.spawn().expect("starting ragpool dev");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, lines) = mpsc::channel();
