@@ -905,6 +905,108 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn redis_still_down_adds_no_event() {
+        let mut p = pool(spec());
+        let mut conditions = Conditions::new(&[], Some(1), Time(Timestamp::UNIX_EPOCH));
+        conditions.set(
+            status::REDIS_REACHABLE,
+            false,
+            "RedisUnreachable",
+            "refused",
+        );
+        p.status = Some(RagWorkerPoolStatus {
+            conditions: conditions.into_vec(),
+            ..RagWorkerPoolStatus::default()
+        });
+        let seen = run(
+            p.clone(),
+            vec![
+                get_deployment(existing(&p, 3)),
+                status_patch().check(|body| {
+                    assert_eq!(condition(body, "RedisReachable")["status"], "False");
+                    assert_eq!(body["status"]["desiredReplicas"], 3);
+                }),
+            ],
+            vec![Err(ObserveError::Unreachable("connection refused".into()))],
+        )
+        .await;
+        assert_eq!(seen.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_changed_spec_is_reapplied_keeping_the_replicas() {
+        let p = pool(spec());
+        let mut old = spec();
+        old.executor.concurrency = 2;
+        let seen = run(
+            p.clone(),
+            vec![
+                get_deployment(existing(&pool(old), 4)),
+                Exchange::new(Method::PATCH, CONFIG_MAP).check(|body| {
+                    assert_eq!(body["data"]["RAGPOOL_CONCURRENCY"], "4");
+                }),
+                Exchange::new(Method::PATCH, DEPLOYMENT).check(|body| {
+                    // The apply keeps the count; only the scale step changes it.
+                    assert_eq!(body["spec"]["replicas"], 4);
+                }),
+                status_patch(),
+            ],
+            // 20 tasks / 5 = 4: no scale.
+            vec![Ok(obs(100, 20, 0))],
+        )
+        .await;
+        assert_eq!(seen.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn deletion_costs_follow_the_busy_set_after_a_scale_down() {
+        let p = pool(spec());
+        let pod = |name: &str, cost: &str| {
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "ns",
+                   "annotations": {"controller.kubernetes.io/pod-deletion-cost": cost}}})
+        };
+        let list = |a: &str, b: &str| json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod("a", a), pod("b", b)]});
+        let first = Observation {
+            workers: vec![worker("a", 2), worker("b", 0)],
+            ..obs(100, 0, 2)
+        };
+        // Same load, but now b is the busy one: costs must swap, without any scale.
+        let second = Observation {
+            workers: vec![worker("a", 0), worker("b", 2)],
+            ..obs(102, 0, 2)
+        };
+        let (client, server) = mock_api(vec![
+            get_deployment(existing(&p, 3)),
+            Exchange::new(Method::GET, PODS).reply(StatusCode::OK, list("5", "5")),
+            Exchange::new(Method::PATCH, &format!("{PODS}/a")),
+            Exchange::new(Method::PATCH, &format!("{PODS}/b")),
+            Exchange::new(Method::PATCH, SCALE)
+                .check(|body| assert_eq!(body["spec"]["replicas"], 1)),
+            event("ScaledDown", "Normal", "3 → 1"),
+            status_patch(),
+            get_deployment(existing(&p, 1)),
+            Exchange::new(Method::GET, PODS).reply(StatusCode::OK, list("2", "0")),
+            Exchange::new(Method::PATCH, &format!("{PODS}/a")).check(|body| {
+                assert_eq!(
+                    body["metadata"]["annotations"]["controller.kubernetes.io/pod-deletion-cost"],
+                    "0"
+                );
+            }),
+            Exchange::new(Method::PATCH, &format!("{PODS}/b")).check(|body| {
+                assert_eq!(
+                    body["metadata"]["annotations"]["controller.kubernetes.io/pod-deletion-cost"],
+                    "2"
+                );
+            }),
+            status_patch(),
+        ]);
+        let ctx = context(client, vec![Ok(first), Ok(second)]);
+        assert!(reconcile(Arc::new(p.clone()), ctx.clone()).await.is_ok());
+        assert!(reconcile(Arc::new(p), ctx).await.is_ok());
+        assert_eq!(server.await.map(|s| s.len()).ok(), Some(12));
+    }
+
+    #[tokio::test]
     async fn api_errors_fail_the_pass_with_an_event() {
         let p = pool(spec());
         let (client, server) =
