@@ -14,8 +14,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use ragpool_queue::payload::{AnalyzeImage, CompleteAnswer, FullQuery};
 use ragpool_queue::{
-    Broker, Claimed, ConsumerConfig, QueueError, Retry, TaskError, TaskId, TaskKind, TaskState,
-    WorkerInfo,
+    Broker, Claimed, ConsumerConfig, FailOutcome, QueueError, ReleaseOutcome, Retry, TaskError,
+    TaskId, TaskKind, TaskState, WorkerInfo,
 };
 use serde::de::DeserializeOwned;
 use tokio::task::JoinSet;
@@ -334,17 +334,19 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
 }
 
 /// Tells the queue how the task ended; returns the outcome label for metrics.
+///
+/// The label is where the task went, as the queue decided it: a retryable error on the last
+/// attempt is `failed`, not `retried`, and anything stopped after a cancel is `canceled`.
 async fn report(
     shared: &Shared,
     lease: &ragpool_queue::Lease,
     outcome: Result<Result<serde_json::Value, BackendError>, Interrupted>,
 ) -> &'static str {
     let b = &shared.broker;
-    let (result, label) = match outcome {
-        Ok(Ok(value)) => (
-            retry_redis(|| b.complete(lease, &value)).await.map(|_| ()),
-            "finished",
-        ),
+    let result = match outcome {
+        Ok(Ok(value)) => retry_redis(|| b.complete(lease, &value))
+            .await
+            .map(|_| "finished"),
         Ok(Err(e)) => {
             let retry = match &e {
                 BackendError::Retryable { retry_after, .. } => Retry::Retryable(*retry_after),
@@ -352,43 +354,41 @@ async fn report(
             };
             let error = TaskError::new(e.kind(), e.message());
             tracing::warn!(kind = e.kind(), message = e.message(), "task failed");
-            (
-                retry_redis(|| b.fail(lease, &error, retry))
-                    .await
-                    .map(|_| ()),
-                if e.is_retryable() {
-                    "retried"
-                } else {
-                    "failed"
-                },
-            )
+            retry_redis(|| b.fail(lease, &error, retry))
+                .await
+                .map(|outcome| match outcome {
+                    FailOutcome::Delayed { .. } => "retried",
+                    FailOutcome::Failed => "failed",
+                    FailOutcome::Canceled => "canceled",
+                })
         }
         Err(Interrupted::Timeout) => {
             let error = TaskError::new("timeout", "the task ran past its timeout");
-            (
-                retry_redis(|| b.fail(lease, &error, Retry::Retryable(None)))
-                    .await
-                    .map(|_| ()),
-                "timeout",
-            )
+            retry_redis(|| b.fail(lease, &error, Retry::Retryable(None)))
+                .await
+                .map(|outcome| match outcome {
+                    FailOutcome::Delayed { .. } | FailOutcome::Failed => "timeout",
+                    FailOutcome::Canceled => "canceled",
+                })
         }
         Err(Interrupted::Canceled) => {
             let error = TaskError::new("canceled", "canceled while running");
-            (
-                retry_redis(|| b.fail(lease, &error, Retry::Permanent))
-                    .await
-                    .map(|_| ()),
-                "canceled",
-            )
+            retry_redis(|| b.fail(lease, &error, Retry::Permanent))
+                .await
+                .map(|_| "canceled")
         }
-        Err(Interrupted::Released) => (
-            retry_redis(|| b.release(lease)).await.map(|_| ()),
-            "released",
-        ),
-        Err(Interrupted::LeaseLost) => (Ok(()), "lease_lost"),
+        Err(Interrupted::Released) => {
+            retry_redis(|| b.release(lease))
+                .await
+                .map(|outcome| match outcome {
+                    ReleaseOutcome::Requeued => "released",
+                    ReleaseOutcome::Canceled => "canceled",
+                })
+        }
+        Err(Interrupted::LeaseLost) => Ok("lease_lost"),
     };
     match result {
-        Ok(()) => label,
+        Ok(label) => label,
         Err(QueueError::LeaseLost(_)) => {
             tracing::warn!(
                 "lease lost before the outcome was stored; another executor has the task"

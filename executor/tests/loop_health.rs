@@ -40,11 +40,20 @@ async fn poll(url: &str, until: impl Fn(u16, &str) -> bool) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_readiness_and_task_metrics() {
-    let mut env = Env::start(quick_queues()).await;
+    // One attempt per task, so a retryable error ends the task `failed` at once.
+    let queues = quick_queues()
+        .into_iter()
+        .map(|mut q| {
+            q.max_attempts = 1;
+            q
+        })
+        .collect();
+    let mut env = Env::start(queues).await;
     let url = env.url();
     let rag = FakeRag::start(|request, _| match request.question() {
         "good?" => Behaviour::Answer(200, json!({"answer": "yes"})),
         "slow?" => Behaviour::Hang,
+        "down?" => Behaviour::Answer(503, json!({"detail": "overloaded"})),
         _ => Behaviour::Answer(400, json!({"detail": "malformed"})),
     })
     .await;
@@ -60,16 +69,21 @@ async fn health_readiness_and_task_metrics() {
     let bad = env.ask("bad").await;
     assert_eq!(env.ended(&good).await.state, TaskState::Finished);
     assert_eq!(env.ended(&bad).await.state, TaskState::Failed);
+    let down = env.ask("down?").await;
+    let down = env.ended(&down).await;
+    assert_eq!(down.state, TaskState::Failed);
+    assert_eq!(down.error.expect("an error").kind, "backend_unavailable");
     let slow = env.ask("slow?").await;
-    rag.next_request().await;
-    rag.next_request().await;
-    rag.next_request().await;
+    // good, bad, three tries of down (the backend retries twice in-process), then slow.
+    for _ in 0..6 {
+        rag.next_request().await;
+    }
     env.broker.cancel(&slow).await.expect("cancel");
     assert_eq!(env.ended(&slow).await.state, TaskState::Canceled);
 
     let expected = [
         r#"ragpool_executor_tasks_total{kind="complete_answer",outcome="finished"} 1"#,
-        r#"ragpool_executor_tasks_total{kind="complete_answer",outcome="failed"} 1"#,
+        r#"ragpool_executor_tasks_total{kind="complete_answer",outcome="failed"} 2"#,
         r#"ragpool_executor_tasks_total{kind="complete_answer",outcome="canceled"} 1"#,
     ];
     let (_, metrics) = poll(&executor.metrics_url("/metrics"), |s, body| {
@@ -77,16 +91,20 @@ async fn health_readiness_and_task_metrics() {
     })
     .await;
     assert!(
+        !metrics.contains(r#"outcome="retried""#),
+        "a retryable error on the last attempt is a failure: {metrics}"
+    );
+    assert!(
         metrics.contains("ragpool_executor_in_flight 0"),
         "{metrics}"
     );
     assert!(
         metrics
-            .contains(r#"ragpool_executor_task_duration_seconds_count{kind="complete_answer"} 3"#),
+            .contains(r#"ragpool_executor_task_duration_seconds_count{kind="complete_answer"} 4"#),
         "{metrics}"
     );
     assert!(
-        metrics.contains("ragpool_executor_claim_latency_seconds_count 3"),
+        metrics.contains("ragpool_executor_claim_latency_seconds_count 4"),
         "{metrics}"
     );
 
