@@ -30,7 +30,7 @@ pub struct ExecutorSettings {
     pub namespace: String,
 
     /// Queues to claim from, highest priority first, each optionally with a weight for the
-    /// weighted policy: `image_analysis:6,answer_generation:3,full_query:1`.
+    /// weighted policy: `image_analysis=6,answer_generation=3,full_query=1` (`:` works too).
     #[arg(
         long,
         env = "RAGPOOL_QUEUES",
@@ -184,7 +184,7 @@ impl ExecutorSettings {
             .map(|q| q.trim())
             .filter(|q| !q.is_empty())
         {
-            let (name, weight) = match item.split_once(':') {
+            let (name, weight) = match item.split_once([':', '=']) {
                 Some((name, w)) => {
                     let w: u32 = w.parse().ok().filter(|w| *w > 0).ok_or_else(|| {
                         format!(

@@ -2,7 +2,8 @@
 //! queues each `RagWorkerPool` serves, without killing a task in flight.
 //!
 //! - [`crd`]: the `RagWorkerPool` resource.
-//! - [`observe`]: what the queues look like ([`observe::Observer`], [`observe::Observation`]).
+//! - [`observe`]: what the queues look like ([`observe::Observer`], [`observe::Observation`]);
+//!   [`redis_observer`] reads it from Redis.
 //! - [`policy`]: the pure scaling policy, [`policy::desired_replicas`].
 //! - [`resources`]: the Deployment and ConfigMap a pool owns.
 //! - [`deletion_cost`]: which pods a scale-down removes.
@@ -17,6 +18,7 @@ pub mod leader;
 pub mod metrics;
 pub mod observe;
 pub mod policy;
+pub mod redis_observer;
 pub mod redis_url;
 pub mod resources;
 pub mod server;

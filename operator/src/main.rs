@@ -15,7 +15,8 @@ use ragpool_operator::controller::{self, Context};
 use ragpool_operator::crd::{RagWorkerPool, crd_yaml};
 use ragpool_operator::leader::LeaseLock;
 use ragpool_operator::metrics::Metrics;
-use ragpool_operator::observe::{NotConnected, Observer};
+use ragpool_operator::observe::Observer;
+use ragpool_operator::redis_observer::RedisObserver;
 use ragpool_operator::resources::MANAGER;
 use ragpool_operator::server::{Health, router};
 use tokio_util::sync::CancellationToken;
@@ -88,14 +89,9 @@ fn init_tracing(format: LogFormat) {
     }
 }
 
-/// The observer the operator scales with.
-///
-/// The Redis-backed observer (resolve the URL with `ragpool_operator::redis_url::resolve`,
-/// connect a `ragpool_queue::Broker` once per URL, then
-/// `Observation::from_stats(&broker.stats().await?, &broker.workers().await?, &queues)`)
-/// goes here.
-fn observer(_client: &Client) -> Arc<dyn Observer> {
-    Arc::new(NotConnected)
+/// Reads each pool's queues and worker registry from the Redis the pool names.
+fn observer(client: &Client) -> Arc<dyn Observer> {
+    Arc::new(RedisObserver::new(client.clone()))
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -94,7 +94,7 @@ pub fn settings(pool: &RagWorkerPool) -> BTreeMap<String, String> {
         .join(",");
     set("RAGPOOL_QUEUES", queues);
     set(
-        "RAGPOOL_QUEUE_POLICY",
+        "RAGPOOL_PRIORITY",
         match spec.queues.priority {
             PriorityPolicy::Strict => "strict",
             PriorityPolicy::Weighted => "weighted",
@@ -127,7 +127,7 @@ pub fn settings(pool: &RagWorkerPool) -> BTreeMap<String, String> {
                     set("RAGPOOL_OPENAI_VISION_MODEL", vision.clone());
                 }
                 if let Some(t) = openai.timeout_seconds {
-                    set("RAGPOOL_OPENAI_TIMEOUT_SECONDS", t.to_string());
+                    set("RAGPOOL_REQUEST_TIMEOUT_SECONDS", t.to_string());
                 }
             }
         }
@@ -136,7 +136,7 @@ pub fn settings(pool: &RagWorkerPool) -> BTreeMap<String, String> {
             if let Some(http) = &backend.http {
                 set("RAGPOOL_HTTP_URL", http.url.clone());
                 if let Some(t) = http.timeout_seconds {
-                    set("RAGPOOL_HTTP_TIMEOUT_SECONDS", t.to_string());
+                    set("RAGPOOL_REQUEST_TIMEOUT_SECONDS", t.to_string());
                 }
             }
         }
@@ -499,12 +499,12 @@ mod tests {
         let data = cm.data.unwrap_or_default();
         let get = |k: &str| data.get(k).cloned().unwrap_or_default();
         assert_eq!(get("RAGPOOL_QUEUES"), "a=5,b=1");
-        assert_eq!(get("RAGPOOL_QUEUE_POLICY"), "weighted");
+        assert_eq!(get("RAGPOOL_PRIORITY"), "weighted");
         assert_eq!(get("RAGPOOL_CONCURRENCY"), "8");
         assert_eq!(get("RAGPOOL_DRAIN_SECONDS"), "20");
         assert_eq!(get("RAGPOOL_BACKEND"), "http");
         assert_eq!(get("RAGPOOL_HTTP_URL"), "http://rag:8000");
-        assert_eq!(get("RAGPOOL_HTTP_TIMEOUT_SECONDS"), "60");
+        assert_eq!(get("RAGPOOL_REQUEST_TIMEOUT_SECONDS"), "60");
         assert_eq!(get("RAGPOOL_METRICS_LISTEN"), "0.0.0.0:9090");
     }
 

@@ -1,0 +1,74 @@
+//! The observer that reads a pool's queues and worker registry from Redis, through the same
+//! protocol crate the API and executors use.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use kube::Client;
+use ragpool_queue::{Broker, BrokerConfig, QueueError};
+use tokio::sync::Mutex;
+
+use crate::crd::RagWorkerPool;
+use crate::observe::{Observation, ObserveError, Observer};
+use crate::redis_url;
+
+/// Workers not heard from within this long are left out (their registry records expire on
+/// their own after two lease lengths).
+const WORKER_SILENCE: Duration = Duration::from_secs(60);
+
+/// Reads observations from the Redis each pool names, keeping one connection per URL.
+pub struct RedisObserver {
+    client: Client,
+    brokers: Mutex<HashMap<String, Broker>>,
+}
+
+impl RedisObserver {
+    pub fn new(client: Client) -> Self {
+        RedisObserver {
+            client,
+            brokers: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn broker(&self, url: &str) -> Result<Broker, ObserveError> {
+        let mut brokers = self.brokers.lock().await;
+        if let Some(b) = brokers.get(url) {
+            return Ok(b.clone());
+        }
+        let config =
+            BrokerConfig::from_url(url).map_err(|e| ObserveError::Config(e.to_string()))?;
+        let broker = Broker::connect(config).await.map_err(unreachable)?;
+        brokers.insert(url.to_string(), broker.clone());
+        Ok(broker)
+    }
+}
+
+#[async_trait]
+impl Observer for RedisObserver {
+    async fn observe(&self, pool: &RagWorkerPool) -> Result<Observation, ObserveError> {
+        let url = redis_url::resolve(&self.client, pool).await?;
+        let broker = self.broker(&url).await?;
+        observe_queues(&broker, &pool.spec.queue_names()).await
+    }
+}
+
+/// One observation of `queues` and the workers serving them.
+pub async fn observe_queues(
+    broker: &Broker,
+    queues: &[String],
+) -> Result<Observation, ObserveError> {
+    let mut stats = Vec::with_capacity(queues.len());
+    for queue in queues {
+        stats.push(broker.queue_stats(queue).await.map_err(unreachable)?);
+    }
+    let workers = broker.workers(WORKER_SILENCE).await.map_err(unreachable)?;
+    Ok(Observation::from_stats(&stats, &workers, queues))
+}
+
+fn unreachable(e: QueueError) -> ObserveError {
+    match e {
+        QueueError::Config(m) => ObserveError::Config(m),
+        other => ObserveError::Unreachable(other.to_string()),
+    }
+}

@@ -1,0 +1,91 @@
+//! The operator's view of a pool's queues, read from a real Redis with tasks queued and in
+//! flight and executors registered.
+
+use std::time::Duration;
+
+use ragpool_operator::redis_observer::observe_queues;
+use ragpool_queue::testing::RedisServer;
+use ragpool_queue::{Broker, BrokerConfig, ConsumerConfig, NewTask, TaskKind, WorkerInfo};
+use serde_json::json;
+
+#[tokio::test]
+async fn observes_queued_in_flight_and_busy_pods() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let broker = Broker::connect(BrokerConfig::from_url(&server.url()).unwrap())
+        .await
+        .unwrap();
+    for n in 0..5 {
+        broker
+            .enqueue(NewTask::new(TaskKind::AnalyzeImage, json!({ "n": n })))
+            .await
+            .unwrap();
+    }
+    // Work on another queue the pool does not serve.
+    broker
+        .enqueue(NewTask::new(TaskKind::FullQuery, json!({})))
+        .await
+        .unwrap();
+    let consumer = broker
+        .consumer(ConsumerConfig {
+            worker_id: "w-busy".into(),
+            queues: vec!["image_analysis".into()],
+            policy: Default::default(),
+            lease: Duration::from_secs(30),
+        })
+        .await
+        .unwrap();
+    let first = consumer.try_claim().await.unwrap().unwrap();
+    consumer.try_claim().await.unwrap().unwrap();
+    broker.complete(&first.lease, &json!("done")).await.unwrap();
+    consumer.try_claim().await.unwrap().unwrap();
+
+    let worker = |id: &str, pod: &str, in_flight, queue: &str| WorkerInfo {
+        id: id.into(),
+        host: "node".into(),
+        pod: Some(pod.into()),
+        queues: vec![queue.into()],
+        concurrency: 4,
+        in_flight,
+        ..Default::default()
+    };
+    let ttl = Duration::from_secs(30);
+    broker
+        .register_worker(&worker("w-busy", "pool-a", 2, "image_analysis"), ttl)
+        .await
+        .unwrap();
+    broker
+        .register_worker(&worker("w-idle", "pool-b", 0, "image_analysis"), ttl)
+        .await
+        .unwrap();
+    broker
+        .register_worker(&worker("w-other", "other-c", 1, "full_query"), ttl)
+        .await
+        .unwrap();
+
+    let obs = observe_queues(&broker, &["image_analysis".to_string()])
+        .await
+        .unwrap();
+    assert_eq!((obs.queued, obs.in_flight, obs.delayed), (2, 2, 0));
+    assert_eq!(obs.total_enqueued, 5);
+    assert!(
+        obs.mean_service_ms.is_some(),
+        "one task finished, so service time is known"
+    );
+    let mut ids: Vec<&str> = obs.workers.iter().map(|w| w.id.as_str()).collect();
+    ids.sort();
+    assert_eq!(ids, vec!["w-busy", "w-idle"], "only this pool's workers");
+    assert_eq!(
+        obs.busy_pods().into_iter().collect::<Vec<_>>(),
+        vec!["pool-a".to_string()]
+    );
+    assert!(obs.has_work());
+
+    drop(server);
+    let err = observe_queues(&broker, &["image_analysis".to_string()])
+        .await
+        .unwrap_err();
+    assert_eq!(err.reason(), "RedisUnreachable");
+}
