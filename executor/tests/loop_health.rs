@@ -112,4 +112,10 @@ async fn health_readiness_and_task_metrics() {
     poll(&executor.metrics_url("/readyz"), |s, _| s == 503).await;
     let (status, _) = get(&executor.metrics_url("/healthz")).await;
     assert_eq!(status, 200, "the process itself is fine");
+
+    // Redis back on the same port: the executor is ready again and runs new tasks.
+    env.restart_redis().await;
+    poll(&executor.metrics_url("/readyz"), |s, _| s == 200).await;
+    let again = env.ask("good?").await;
+    assert_eq!(env.ended(&again).await.state, TaskState::Finished);
 }

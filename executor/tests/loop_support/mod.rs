@@ -91,6 +91,21 @@ impl Env {
     pub fn kill_redis(&mut self) {
         tokio::task::block_in_place(|| self.redis.kill().expect("redis-server dies"));
     }
+
+    /// Starts the killed Redis again on its port (empty: the test server keeps no data).
+    pub async fn restart_redis(&mut self) {
+        tokio::task::block_in_place(|| self.redis.start_again().expect("redis-server restarts"));
+        // The broker's connection learns that its socket died from the first command it
+        // sends, which fails; the next one reconnects.
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while let Err(e) = self.broker.ping().await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "broker never reconnected: {e}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// The `answer_generation` queue with quick retries, and `attempts`/`timeout` as given.
