@@ -148,7 +148,7 @@ async fn dev_answers_from_its_docs_and_stops_cleanly_on_sigint() {
         .trim()
         .to_owned();
     let (redis_pid, redis_port) = redis_pid_and_port(&dev.line_with("Redis:"));
-    assert!(Path::new(&format!("/proc/{redis_pid}")).exists());
+    assert!(!process_gone(redis_pid));
     let curl = dev.line_with("curl -s -X POST");
     assert!(curl.contains(&format!("{url}/api/async/query")), "{curl}");
     assert!(dev.line_with("?wait=30").contains(&url));
@@ -201,7 +201,7 @@ async fn dev_answers_from_its_docs_and_stops_cleanly_on_sigint() {
     let status = dev.wait();
     assert_eq!(status.code(), Some(0), "ragpool dev exit: {status}");
     assert!(
-        !Path::new(&format!("/proc/{redis_pid}")).exists(),
+        process_gone(redis_pid),
         "redis-server (pid {redis_pid}) outlived ragpool dev"
     );
     assert!(
@@ -252,4 +252,88 @@ fn dev_says_how_to_get_redis_when_it_is_missing() {
             && stderr.contains("RAGPOOL_REDIS_URL"),
         "{stderr}"
     );
+}
+
+/// Whether a process is gone (a zombie nobody reaped counts as gone).
+fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+    }
+}
+
+/// The banner's API URL and the private Redis's pid.
+fn banner(dev: &Dev) -> (String, u32) {
+    let url = dev
+        .line_with("API listening on ")
+        .split("API listening on ")
+        .nth(1)
+        .expect("url")
+        .trim()
+        .to_owned();
+    let (pid, _) = redis_pid_and_port(&dev.line_with("Redis:"));
+    (url, pid)
+}
+
+#[tokio::test]
+async fn a_killed_dev_leaves_nothing_behind_for_the_next_one() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    write_docs(&cwd.path().join("corpus"));
+    let args = ["--listen", "127.0.0.1:0", "--docs", "corpus"];
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client");
+
+    let mut first = Dev::start(cwd.path(), &args, &[]);
+    let (url, first_redis) = banner(&first);
+    let submitted: Value = http
+        .post(format!("{url}/api/async/complete-answer"))
+        .json(&serde_json::json!({ "question": QUESTION }))
+        .send()
+        .await
+        .expect("submitting")
+        .json()
+        .await
+        .expect("JSON");
+    let id = submitted["task_id"].as_str().expect("task_id").to_owned();
+    let task: Value = http
+        .get(format!("{url}/api/async/task/{id}?wait=30"))
+        .send()
+        .await
+        .expect("reading the task")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(task["status"], "finished", "{task:#}");
+
+    // SIGKILL gives no chance to stop Redis: it keeps running on the data folder.
+    first.signal("KILL");
+    first.wait();
+    assert!(!process_gone(first_redis), "Redis runs on after a SIGKILL");
+
+    let mut second = Dev::start(cwd.path(), &args, &[]);
+    let (url, second_redis) = banner(&second);
+    assert_ne!(first_redis, second_redis);
+    assert!(
+        process_gone(first_redis),
+        "the leftover redis-server (pid {first_redis}) was stopped before a new one started"
+    );
+    // The task finished before the kill is still there: same data, append-only file.
+    let again: Value = http
+        .get(format!("{url}/api/async/task/{id}"))
+        .send()
+        .await
+        .expect("reading the task")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(again["status"], "finished", "{again:#}");
+    assert_eq!(again["result"], task["result"]);
+
+    second.signal("INT");
+    assert_eq!(second.wait().code(), Some(0));
+    assert!(process_gone(second_redis));
 }
