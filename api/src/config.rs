@@ -84,6 +84,11 @@ pub struct Limits {
         value_parser = clap::value_parser!(u64).range(0..=60)
     )]
     pub max_wait_seconds: u64,
+
+    /// Longest life of one event stream in seconds; the client reconnects (browsers'
+    /// `EventSource` does so by itself) and gets the current state first.
+    #[arg(long, env = "RAGPOOL_MAX_STREAM_SECONDS", default_value_t = 1800)]
+    pub max_stream_seconds: u64,
 }
 
 impl Default for Limits {
@@ -94,6 +99,7 @@ impl Default for Limits {
             max_question_bytes: 8 * 1024,
             max_top_k: 100,
             max_wait_seconds: 60,
+            max_stream_seconds: 1800,
         }
     }
 }

@@ -23,12 +23,18 @@ use crate::state::AppState;
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct AnalyzeImageRequest {
     /// The image (PNG, JPEG, WebP or GIF), standard base64; a `data:` URL prefix is accepted.
+    #[schema(content_encoding = "base64", example = json!(EXAMPLE_PNG))]
     pub image: Option<String>,
     /// An `https` URL to fetch the image from, when the server allows image URLs.
     pub image_url: Option<String>,
     /// What to look for in the image.
+    #[schema(example = "What does the chart show?")]
     pub prompt: Option<String>,
 }
+
+/// A 1×1 PNG, the example image of the OpenAPI document.
+const EXAMPLE_PNG: &str =
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAACklEQVR4nGMAAQAABQABDQottAAAAABJRU5ErkJggg==";
 
 /// Multipart form of an image-analysis submission.
 #[derive(Debug, ToSchema)]
@@ -127,7 +133,7 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
         ),
     ),
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Retrying with the same key returns the same task"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Retrying with the same key returns the same task"),
     ),
     responses(
         (status = 202, description = "Queued", body = Submitted,

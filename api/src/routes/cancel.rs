@@ -18,7 +18,7 @@ use crate::state::AppState;
     delete,
     path = "/api/async/task/{task_id}",
     tag = "tasks",
-    params(("task_id" = String, Path, description = "The task id (a UUID)")),
+    params(("task_id" = String, Path, format = "uuid", description = "The task id (a UUID)")),
     responses(
         (status = 200, description = "Canceled (it was waiting)", body = TaskView),
         (status = 202, description = "Cancel requested: the running task stops at its worker's next heartbeat", body = TaskView),

@@ -20,13 +20,19 @@ use crate::state::AppState;
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CompleteAnswerRequest {
     /// The question to answer.
-    #[schema(required = true, value_type = String, min_length = 1)]
+    #[schema(
+        required = true,
+        value_type = String,
+        min_length = 1,
+        example = "Which region grew fastest?"
+    )]
     pub question: Option<String>,
     /// Free text to answer from, or the id of an image-analysis task (created with the same
     /// key) whose result is the context.
+    #[schema(example = "Revenue by region: north +12 %, south +3 %.")]
     pub context: Option<String>,
     /// How many passages to retrieve.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, example = 5)]
     pub top_k: Option<u32>,
 }
 
@@ -37,7 +43,7 @@ pub struct CompleteAnswerRequest {
     tag = "tasks",
     request_body = CompleteAnswerRequest,
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Retrying with the same key returns the same task"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Retrying with the same key returns the same task"),
     ),
     responses(
         (status = 202, description = "Queued", body = Submitted,

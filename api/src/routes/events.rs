@@ -4,7 +4,8 @@
 //! The first event is the task's state when the stream opens; each later one is a change
 //! read from the queue's events stream. The subscription starts before that first read, so
 //! no change falls between the two. A change that repeats the state just sent (and carries
-//! no progress) is dropped: it was already in the first event.
+//! no progress) is dropped: it was already in the first event. A stream also ends when the
+//! server shuts down or after `--max-stream-seconds`; the client reconnects.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -19,22 +20,36 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::TaskIdParam;
 use crate::routes::task::visible_task;
-use crate::routes::view::EventView;
+use crate::routes::view::{EventView, Status};
 use crate::state::AppState;
 
 /// How often an idle stream sends a comment, so proxies keep it open.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// One server-sent event, described the way OpenAPI describes event streams: each event an
+/// object of its fields.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // Documents the stream; events are built with axum's `Event`.
+pub struct SseEvent {
+    /// The task's state after the change.
+    event: Status,
+    /// An `EventView` as JSON.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+    /// The events stream entry id; absent on the first event.
+    id: Option<String>,
+}
 
 /// Follow a task's state changes.
 #[utoipa::path(
     get,
     path = "/api/async/task/{task_id}/events",
     tag = "tasks",
-    params(("task_id" = String, Path, description = "The task id (a UUID)")),
+    params(("task_id" = String, Path, format = "uuid", description = "The task id (a UUID)")),
     responses(
         (status = 200, description = "Server-sent events: `event:` is the state (`queued`, `started`, …), \
             `data:` an EventView as JSON; the stream ends after the task ends",
-            content_type = "text/event-stream", body = String),
+            content_type = "text/event-stream", body = SseEvent),
         (status = 400, description = "Not a valid task id", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 404, description = "Unknown, expired, or another key's task", body = ErrorBody),
@@ -52,6 +67,8 @@ pub async fn task_events(
     let task = visible_task(&state, &caller, &id).await?;
     let broker = state.broker().clone();
     let shutdown = state.shutdown_token();
+    let deadline =
+        tokio::time::Instant::now() + Duration::from_secs(state.limits().max_stream_seconds);
     let stream = async_stream::stream! {
         let mut last = task.state;
         yield Ok(snapshot(&task));
@@ -62,6 +79,7 @@ pub async fn task_events(
             let received = tokio::select! {
                 received = rx.recv() => received,
                 () = shutdown.cancelled() => break,
+                () = tokio::time::sleep_until(deadline) => break,
             };
             match received {
                 Ok(event) if event.task_id == id.as_str() => {

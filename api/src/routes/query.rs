@@ -19,14 +19,20 @@ use crate::state::AppState;
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct QueryRequest {
     /// The question to answer.
-    #[schema(required = true, value_type = String, min_length = 1)]
+    #[schema(
+        required = true,
+        value_type = String,
+        min_length = 1,
+        example = "When is the task of a dead worker re-delivered?"
+    )]
     pub question: Option<String>,
     /// An image (PNG, JPEG, WebP or GIF), standard base64.
+    #[schema(content_encoding = "base64")]
     pub image: Option<String>,
     /// An `https` URL of an image, when the server allows image URLs.
     pub image_url: Option<String>,
     /// How many passages to retrieve.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, example = 5)]
     pub top_k: Option<u32>,
 }
 
@@ -37,7 +43,7 @@ pub struct QueryRequest {
     tag = "tasks",
     request_body = QueryRequest,
     params(
-        ("Idempotency-Key" = Option<String>, Header, description = "Retrying with the same key returns the same task"),
+        ("Idempotency-Key" = Option<String>, Header, min_length = 1, max_length = 255, description = "Retrying with the same key returns the same task"),
     ),
     responses(
         (status = 202, description = "Queued", body = Submitted,

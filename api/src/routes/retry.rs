@@ -17,7 +17,7 @@ use crate::state::AppState;
     post,
     path = "/api/async/task/{task_id}/retry",
     tag = "tasks",
-    params(("task_id" = String, Path, description = "The task id (a UUID)")),
+    params(("task_id" = String, Path, format = "uuid", description = "The task id (a UUID)")),
     responses(
         (status = 202, description = "Queued again", body = TaskView),
         (status = 400, description = "Not a valid task id", body = ErrorBody),

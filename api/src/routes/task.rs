@@ -20,7 +20,7 @@ use crate::state::AppState;
     path = "/api/async/task/{task_id}",
     tag = "tasks",
     params(
-        ("task_id" = String, Path, description = "The task id (a UUID)"),
+        ("task_id" = String, Path, format = "uuid", description = "The task id (a UUID)"),
         ("wait" = Option<u64>, Query, minimum = 0, maximum = 60,
             description = "Hold the request up to this many seconds until the task ends"),
     ),

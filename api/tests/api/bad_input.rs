@@ -58,7 +58,7 @@ async fn bad_inputs_get_the_right_status_and_code() {
             max_image_bytes: 1024,
             max_question_bytes: 100,
             max_top_k: 20,
-            max_wait_seconds: 60,
+            ..Limits::default()
         },
         ..ApiConfig::default()
     };

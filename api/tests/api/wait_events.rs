@@ -2,7 +2,9 @@
 //! and graceful shutdown ending both.
 
 use futures::StreamExt;
+use ragpool_api::{ApiConfig, Limits};
 use ragpool_queue::Progress;
+use ragpool_queue::testing::ServerOptions;
 use serde_json::{Value, json};
 
 use crate::support::{TestApi, json, until};
@@ -164,6 +166,28 @@ async fn events_of_an_ended_task_are_one_event() {
     let events = read_events(r).await;
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0].0, "canceled");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_end_at_their_time_limit() {
+    let config = ApiConfig {
+        limits: Limits {
+            max_stream_seconds: 0,
+            ..Limits::default()
+        },
+        ..ApiConfig::default()
+    };
+    let api = TestApi::start_with(config, ServerOptions::default()).await;
+    let id = api.submit_query("nobody works on this").await;
+    let r = api
+        .get(&format!("/api/async/task/{id}/events"))
+        .send()
+        .await
+        .unwrap();
+    // Only the opening state, then the stream closes although the task is still queued.
+    let events = read_events(r).await;
+    assert_eq!(events.len(), 1, "{events:?}");
+    assert_eq!(events[0].0, "queued");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Contract check of the API: starts a private redis-server and the given ragpool-api binary
+# on free loopback ports, then lets schemathesis (from PyPI, cached in a venv) generate
+# requests from /openapi.json and check that no answer is a 5xx and every answer matches
+# the document (status, content type, headers, body schema).
+#
+#   scripts/schemathesis.sh target/debug/ragpool-api [extra schemathesis args...]
+#
+# Environment: SCHEMATHESIS_MAX_EXAMPLES (default 30) bounds the cases per operation.
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+
+if [ $# -lt 1 ] || [ ! -x "$1" ]; then
+  echo "usage: $0 PATH/TO/ragpool-api [schemathesis args...]" >&2
+  exit 2
+fi
+api_bin=$(cd "$(dirname "$1")" && pwd)/$(basename "$1")
+shift
+
+SCHEMATHESIS_VERSION=4.32.5
+max_examples=${SCHEMATHESIS_MAX_EXAMPLES:-30}
+
+ensure_apt_packages redis-server redis-server redis-cli redis-tools curl curl python3 python3
+if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+  # Debian ships venv support apart from python3.
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "missing: the Python venv module (python3-venv)" >&2
+    exit 1
+  fi
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+fi
+
+venv=${XDG_CACHE_HOME:-$HOME/.cache}/ragpool/venv
+if [ "$("$venv/bin/schemathesis" --version 2>/dev/null || true)" != "schemathesis, version $SCHEMATHESIS_VERSION" ]; then
+  echo "installing schemathesis $SCHEMATHESIS_VERSION into $venv" >&2
+  rm -rf "$venv"
+  mkdir -p "$(dirname "$venv")"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/ragpool-schemathesis.XXXXXX")
+redis_pid=""
+api_pid=""
+cleanup() {
+  [ -n "$api_pid" ] && kill "$api_pid" 2>/dev/null && wait "$api_pid" 2>/dev/null
+  [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# Waits up to ~10 s for a command to succeed.
+wait_for() {
+  local what=$1
+  shift
+  for _ in $(seq 1 100); do
+    if "$@" >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "timed out waiting for $what" >&2
+  return 1
+}
+
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$work" --save "" --appendonly no \
+  --daemonize no >"$work/redis.log" 2>&1 &
+redis_pid=$!
+wait_for "redis-server on port $redis_port" redis-cli -p "$redis_port" ping \
+  || { cat "$work/redis.log" >&2; exit 1; }
+
+api_port=$(free_port)
+# No executor runs here, so tasks never end: short wait and stream limits keep requests
+# on real tasks quick (`?wait=` above the limit is a documented 422).
+RAGPOOL_REDIS_URL="redis://127.0.0.1:$redis_port" \
+RAGPOOL_LISTEN="127.0.0.1:$api_port" \
+RAGPOOL_MAX_WAIT_SECONDS=2 \
+RAGPOOL_MAX_STREAM_SECONDS=2 \
+RUST_LOG=warn \
+  "$api_bin" >"$work/api.log" 2>&1 &
+api_pid=$!
+wait_for "ragpool-api on port $api_port" curl -fsS "http://127.0.0.1:$api_port/readyz" \
+  || { cat "$work/api.log" >&2; exit 1; }
+
+echo "schemathesis $SCHEMATHESIS_VERSION against ragpool-api on 127.0.0.1:$api_port" >&2
+status=0
+"$venv/bin/schemathesis" run "http://127.0.0.1:$api_port/openapi.json" \
+  --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
+  --max-examples "$max_examples" \
+  --phases examples,coverage,fuzzing,stateful \
+  --request-timeout 10 \
+  --seed 1 \
+  --workers 1 \
+  --generation-database none \
+  --no-color \
+  "$@" || status=$?
+
+if [ "$status" -ne 0 ]; then
+  echo "--- ragpool-api log (last 50 lines) ---" >&2
+  tail -n 50 "$work/api.log" >&2
+fi
+exit "$status"
