@@ -95,7 +95,7 @@ async fn sigterm_finishes_short_tasks_and_releases_long_ones_without_spending_at
     let mut env_a = http_executor_env(&url, &rag, "executor-a");
     env_a.extend([
         ("RAGPOOL_CONCURRENCY", "2"),
-        ("RAGPOOL_DRAIN_SECONDS", "2"),
+        ("RAGPOOL_DRAIN_SECONDS", "3"),
         ("RAGPOOL_LEASE_SECONDS", "1"),
     ]);
     let mut a = ExecutorProcess::start(&env_a).await;
