@@ -64,9 +64,9 @@ impl QueueConfig {
             || !self
                 .name
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
         {
-            return bad("name must be non-empty ASCII letters, digits, '_' or '-'");
+            return bad("name must be non-empty ASCII letters, digits, '_', '-' or '.'");
         }
         if self.max_attempts == 0 {
             return bad("max_attempts must be at least 1");

@@ -145,7 +145,16 @@ impl Conn {
 impl ConnectionLike for Conn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
-            Conn::Single(c) => c.req_packed_command(cmd),
+            // The connection manager learns that its socket died (Redis restarted) only when a
+            // command fails on it. When that failure was on writing, Redis never saw the
+            // command, so sending it once more on the new connection is safe and saves the
+            // caller a spurious error.
+            Conn::Single(c) => Box::pin(async move {
+                match c.req_packed_command(cmd).await {
+                    Err(e) if never_sent(&e) => c.req_packed_command(cmd).await,
+                    other => other,
+                }
+            }),
             Conn::Cluster(c) => c.req_packed_command(cmd),
         }
     }
@@ -168,6 +177,15 @@ impl ConnectionLike for Conn {
             Conn::Cluster(c) => c.get_db(),
         }
     }
+}
+
+/// True when the connection was found closed before the command went out: redis-rs reports
+/// that as an I/O "broken pipe" (it does not expose the `io::Error` itself, so the kind is read
+/// from the message). A reply lost after the command was sent is indistinguishable from it,
+/// but retrying then only succeeds if Redis came back within that instant, and every script
+/// either refuses a repeat (a lease transition answers `LeaseLost`) or repeats harmlessly.
+fn never_sent(e: &redis::RedisError) -> bool {
+    e.is_io_error() && e.is_connection_dropped() && e.to_string().contains("broken pipe")
 }
 
 #[cfg(test)]

@@ -185,3 +185,22 @@ async fn blocked_consumer_survives_a_restart() {
     };
     assert_eq!(claimed.task.id, q.id);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_command_after_a_redis_restart_succeeds() {
+    let mut env = Env::single().await;
+    env.broker.ping().await.unwrap();
+    env.server().kill().unwrap();
+    env.server().start_again().unwrap();
+    // The old socket is dead; the command must go out on a new one, not fail.
+    env.broker
+        .ping()
+        .await
+        .expect("the first command after Redis is back");
+    let q = env
+        .broker
+        .enqueue(NewTask::new(TaskKind::AnalyzeImage, json!({})))
+        .await
+        .unwrap();
+    assert!(env.broker.get(&q.id).await.unwrap().is_some());
+}
