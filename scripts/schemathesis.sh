@@ -95,7 +95,9 @@ wait_for "ragpool-api on port $api_port" curl -fsS "http://127.0.0.1:$api_port/r
 
 echo "schemathesis $SCHEMATHESIS_VERSION against ragpool-api on 127.0.0.1:$api_port" >&2
 status=0
-"$venv/bin/schemathesis" run "http://127.0.0.1:$api_port/openapi.json" \
+# From the temporary directory: schemathesis and hypothesis leave caches in the working
+# directory.
+(cd "$work" && "$venv/bin/schemathesis" run "http://127.0.0.1:$api_port/openapi.json" \
   --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
   --max-examples "$max_examples" \
   --phases examples,coverage,fuzzing,stateful \
@@ -104,7 +106,7 @@ status=0
   --workers 1 \
   --generation-database none \
   --no-color \
-  "$@" || status=$?
+  "$@") || status=$?
 
 if [ "$status" -ne 0 ]; then
   echo "--- ragpool-api log (last 50 lines) ---" >&2
