@@ -622,3 +622,48 @@ async fn stats_counts_every_state(env: Env) {
     assert_eq!(names, ALL.to_vec());
 }
 on_both!(stats_t, stats_counts_every_state);
+
+async fn concurrent_reapers_handle_each_lease_once(env: Env) {
+    let b = &env.broker;
+    for n in 0..20 {
+        b.enqueue(new(TaskKind::AnalyzeImage, n)).await.unwrap();
+    }
+    let dead = env.consumer("dead", &ALL, Duration::from_millis(150)).await;
+    while dead.try_claim().await.unwrap().is_some() {}
+    // Eight reapers race over the same expired leases until all twenty are back.
+    let requeued = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut reapers = Vec::new();
+    for _ in 0..8 {
+        let (b, requeued) = (b.clone(), requeued.clone());
+        reapers.push(tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            while requeued.load(std::sync::atomic::Ordering::SeqCst) < 20 {
+                let m = b.maintain().await.unwrap();
+                requeued.fetch_add(m.requeued, std::sync::atomic::Ordering::SeqCst);
+                assert!(tokio::time::Instant::now() < deadline, "leases not reaped");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    for r in reapers {
+        r.await.unwrap();
+    }
+    assert_eq!(
+        requeued.load(std::sync::atomic::Ordering::SeqCst),
+        20,
+        "each lease reaped once"
+    );
+    let s = b.queue_stats("image_analysis").await.unwrap();
+    assert_eq!((s.queued, s.started, s.total_lease_expired), (20, 0, 20));
+    let alive = env.consumer("alive", &ALL, LEASE).await;
+    let mut seen = std::collections::HashSet::new();
+    while let Some(c) = alive.try_claim().await.unwrap() {
+        assert_eq!(c.task.attempts, 2);
+        assert!(seen.insert(c.task.id), "a task was queued twice");
+    }
+    assert_eq!(seen.len(), 20);
+}
+on_both!(
+    concurrent_reapers_t,
+    concurrent_reapers_handle_each_lease_once
+);
