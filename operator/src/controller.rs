@@ -24,7 +24,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use crate::crd::{RagWorkerPool, RagWorkerPoolStatus};
+use crate::crd::{RagWorkerPool, RagWorkerPoolSpec, RagWorkerPoolStatus};
 use crate::deletion_cost::{DELETION_COST, cost_changes};
 use crate::metrics::{ErrorLabels, Metrics, PoolLabels};
 use crate::observe::{Observation, Observer};
@@ -69,6 +69,29 @@ struct Memory {
     /// first needed them.
     costs_written_for: Option<BTreeSet<String>>,
     touched: Instant,
+}
+
+impl Memory {
+    /// Remembers a pass whether or not its decision was carried out: its recommendation
+    /// belongs in the stabilisation windows either way, but only a decision carried out is a
+    /// replica change (a phantom one would skew the step limits).
+    fn remember(
+        &mut self,
+        observation: Option<&Observation>,
+        spec: &RagWorkerPoolSpec,
+        decision: &Decision,
+        carried_out: bool,
+    ) {
+        if carried_out {
+            self.history.record(observation, spec, decision);
+        } else {
+            let kept = Decision {
+                replicas: self.history.current_replicas,
+                ..decision.clone()
+            };
+            self.history.record(observation, spec, &kept);
+        }
+    }
 }
 
 /// Memory of a pool not reconciled for this long belongs to a deleted pool.
@@ -244,53 +267,62 @@ impl RagWorkerPool {
             .ok()
             .and_then(|o| memory.history.arrival_rate(o));
 
-        // A new Deployment starts at the decided size; an existing one keeps its size here
-        // and is scaled below, after the deletion costs.
-        let rendered = resources::deployment(
-            self,
-            if existing.is_some() {
-                current
-            } else {
-                decision.replicas
-            },
-        );
-        if existing.as_ref().and_then(spec_hash) != spec_hash(&rendered) {
-            let apply = PatchParams::apply(MANAGER).force();
-            let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-            config_maps
-                .patch(&exec, &apply, &Patch::Apply(&resources::config_map(self)))
-                .await
-                .map_err(kube_err(format!("applying ConfigMap {ns}/{exec}")))?;
-            deployments
-                .patch(&exec, &apply, &Patch::Apply(&rendered))
-                .await
-                .map_err(kube_err(format!("applying Deployment {ns}/{exec}")))?;
-            info!(pool = %key, created = existing.is_none(), "applied executor Deployment");
-        }
+        // The memory goes back on every path below: a failed call must not forget the
+        // stabilisation window.
+        let acted: Result<_, Error> = async {
+            // A new Deployment starts at the decided size; an existing one keeps its size here
+            // and is scaled below, after the deletion costs.
+            let rendered = resources::deployment(
+                self,
+                if existing.is_some() {
+                    current
+                } else {
+                    decision.replicas
+                },
+            );
+            if existing.as_ref().and_then(spec_hash) != spec_hash(&rendered) {
+                let apply = PatchParams::apply(MANAGER).force();
+                let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+                config_maps
+                    .patch(&exec, &apply, &Patch::Apply(&resources::config_map(self)))
+                    .await
+                    .map_err(kube_err(format!("applying ConfigMap {ns}/{exec}")))?;
+                deployments
+                    .patch(&exec, &apply, &Patch::Apply(&rendered))
+                    .await
+                    .map_err(kube_err(format!("applying Deployment {ns}/{exec}")))?;
+                info!(pool = %key, created = existing.is_none(), "applied executor Deployment");
+            }
 
-        let mut last_scale = (
-            previous.last_scale_time.clone(),
-            previous.last_scale_reason.clone(),
-        );
-        if let Ok(obs) = &observed {
-            if existing.is_some() && decision.replicas != current {
-                if decision.replicas < current {
-                    // Steer the ReplicaSet to idle pods before it picks any.
+            let mut last_scale = (
+                previous.last_scale_time.clone(),
+                previous.last_scale_reason.clone(),
+            );
+            if let Ok(obs) = &observed {
+                if existing.is_some() && decision.replicas != current {
+                    if decision.replicas < current {
+                        // Steer the ReplicaSet to idle pods before it picks any.
+                        self.write_deletion_costs(ctx, &ns, obs, &mut memory)
+                            .await?;
+                    }
+                    self.scale(ctx, &deployments, &exec, current, &decision)
+                        .await?;
+                    last_scale = (Some(now.clone()), Some(decision.reason.clone()));
+                } else if memory
+                    .costs_written_for
+                    .as_ref()
+                    .is_some_and(|written| *written != obs.busy_pods())
+                {
                     self.write_deletion_costs(ctx, &ns, obs, &mut memory)
                         .await?;
                 }
-                self.scale(ctx, &deployments, &exec, current, &decision)
-                    .await?;
-                last_scale = (Some(now.clone()), Some(decision.reason.clone()));
-            } else if memory
-                .costs_written_for
-                .as_ref()
-                .is_some_and(|written| *written != obs.busy_pods())
-            {
-                self.write_deletion_costs(ctx, &ns, obs, &mut memory)
-                    .await?;
             }
+            Ok(last_scale)
         }
+        .await;
+        memory.remember(observed.as_ref().ok(), &self.spec, &decision, acted.is_ok());
+        ctx.put_memory(key, memory);
+        let last_scale = acted?;
         if let Err(e) = &observed
             && !status::is_false(&previous.conditions, status::REDIS_REACHABLE)
         {
@@ -302,10 +334,6 @@ impl RagWorkerPool {
             )
             .await;
         }
-        memory
-            .history
-            .record(observed.as_ref().ok(), &self.spec, &decision);
-        ctx.put_memory(key, memory);
 
         let status = self.next_status(
             &previous,
@@ -1004,6 +1032,118 @@ mod tests {
         assert!(reconcile(Arc::new(p.clone()), ctx.clone()).await.is_ok());
         assert!(reconcile(Arc::new(p), ctx).await.is_ok());
         assert_eq!(server.await.map(|s| s.len()).ok(), Some(12));
+    }
+
+    /// An API server error reply.
+    fn server_error(message: &str) -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": message, "reason": "InternalError", "code": 500})
+    }
+
+    /// Runs one pass per observation against one scripted API server and returns each
+    /// pass's result.
+    async fn passes(
+        pool: &RagWorkerPool,
+        script: Vec<Exchange>,
+        observed: Vec<Result<Observation, ObserveError>>,
+    ) -> (Vec<Result<Action, Error>>, Option<Vec<String>>) {
+        let count = observed.len();
+        let (client, server) = mock_api(script);
+        let ctx = context(client, observed);
+        let mut results = Vec::new();
+        for _ in 0..count {
+            results.push(reconcile(Arc::new(pool.clone()), ctx.clone()).await);
+        }
+        (results, server.await.ok())
+    }
+
+    #[tokio::test]
+    async fn a_failed_scale_call_keeps_the_scale_down_window() {
+        let p = pool(spec());
+        let (results, seen) = passes(
+            &p,
+            vec![
+                // 40 tasks at 4 replicas: up to 8, but the scale call fails.
+                get_deployment(existing(&p, 4)),
+                Exchange::new(Method::PATCH, SCALE)
+                    .check(|body| assert_eq!(body["spec"]["replicas"], 8))
+                    .reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        server_error("etcd timeout"),
+                    ),
+                event(
+                    "ReconcileFailed",
+                    "Warning",
+                    "scaling Deployment pool-executor to 8",
+                ),
+                // 2 s later 10 tasks recommend 2, but the 60 s scale-down window still
+                // holds the 8 of the failed pass: no deletion costs, no scale, only status.
+                get_deployment(existing(&p, 4)),
+                status_patch().check(|body| {
+                    assert_eq!(body["status"]["desiredReplicas"], 4);
+                    let active = condition(body, "ScalingActive")["message"]
+                        .as_str()
+                        .unwrap_or_default();
+                    assert!(
+                        active.contains("scale-down window 60s holds at 4"),
+                        "{active}"
+                    );
+                }),
+            ],
+            vec![Ok(obs(100, 40, 0)), Ok(obs(102, 10, 0))],
+        )
+        .await;
+        assert!(matches!(results[0], Err(Error::Kube { .. })), "{results:?}");
+        assert!(results[1].is_ok(), "{results:?}");
+        assert_eq!(seen.map(|s| s.len()), Some(5));
+    }
+
+    #[tokio::test]
+    async fn a_failed_deletion_cost_patch_keeps_the_scale_down_window() {
+        let p = pool(spec());
+        let pod = |name: &str| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "ns"}});
+        let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod("a"), pod("b")]});
+        let idle = Observation {
+            workers: vec![worker("a", 0), worker("b", 0)],
+            ..obs(100, 20, 0)
+        };
+        let (results, seen) = passes(
+            &p,
+            vec![
+                // 20 tasks at 8 replicas recommend 4; the first deletion cost fails.
+                get_deployment(existing(&p, 8)),
+                Exchange::new(Method::GET, PODS).reply(StatusCode::OK, list.clone()),
+                Exchange::new(Method::PATCH, &format!("{PODS}/a")).reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    server_error("etcd timeout"),
+                ),
+                event("ReconcileFailed", "Warning", "annotating pod ns/a"),
+                // 2 s later 5 tasks recommend 1, but the window still holds the failed
+                // pass's 4: down to 4, not to 1.
+                get_deployment(existing(&p, 8)),
+                Exchange::new(Method::GET, PODS).reply(StatusCode::OK, list),
+                Exchange::new(Method::PATCH, &format!("{PODS}/a")),
+                Exchange::new(Method::PATCH, &format!("{PODS}/b")),
+                Exchange::new(Method::PATCH, SCALE)
+                    .check(|body| assert_eq!(body["spec"]["replicas"], 4)),
+                event("ScaledDown", "Normal", "8 → 4 replicas"),
+                status_patch().check(|body| {
+                    assert_eq!(body["status"]["desiredReplicas"], 4);
+                }),
+            ],
+            vec![
+                Ok(idle.clone()),
+                Ok(Observation {
+                    at_ms: 102_000,
+                    queued: 5,
+                    ..idle
+                }),
+            ],
+        )
+        .await;
+        assert!(matches!(results[0], Err(Error::Kube { .. })), "{results:?}");
+        assert!(results[1].is_ok(), "{results:?}");
+        assert_eq!(seen.map(|s| s.len()), Some(11));
     }
 
     #[tokio::test]

@@ -144,8 +144,10 @@ impl History {
         arrival_rate(*oldest, observation.arrival_sample())
     }
 
-    /// Remembers an observation and the decision taken on it. Call after the decision was
-    /// carried out (the replica patch succeeded).
+    /// Remembers an observation and the decision taken on it, with `decision.replicas` as
+    /// the count the Deployment has now: a decision that could not be carried out is
+    /// recorded with the current count, so its recommendation stays in the windows without
+    /// counting as a replica change.
     pub fn record(
         &mut self,
         observation: Option<&Observation>,
