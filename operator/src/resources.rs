@@ -70,44 +70,53 @@ fn meta(pool: &RagWorkerPool) -> ObjectMeta {
 pub fn settings(pool: &RagWorkerPool) -> BTreeMap<String, String> {
     let spec = &pool.spec;
     let executor = &spec.executor;
+    let priority = match spec.queues.priority {
+        PriorityPolicy::Strict => "strict",
+        PriorityPolicy::Weighted => "weighted",
+    };
     let mut env = BTreeMap::new();
     let mut set = |k: &str, v: String| {
         env.insert(k.to_owned(), v);
     };
-    let queues = spec
-        .queues
-        .names
-        .iter()
-        .map(|q| match spec.queues.priority {
-            PriorityPolicy::Strict => q.0.clone(),
-            PriorityPolicy::Weighted => {
-                let weight = spec
-                    .queues
-                    .weights
-                    .as_ref()
-                    .and_then(|w| w.get(&q.0))
-                    .map_or(1, |w| w.0);
-                format!("{}={weight}", q.0)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",");
-    set("RAGPOOL_QUEUES", queues);
-    set(
-        "RAGPOOL_PRIORITY",
-        match spec.queues.priority {
-            PriorityPolicy::Strict => "strict",
-            PriorityPolicy::Weighted => "weighted",
-        }
-        .into(),
-    );
+    set("RAGPOOL_QUEUES", queue_list(pool));
+    set("RAGPOOL_PRIORITY", priority.into());
     set("RAGPOOL_CONCURRENCY", executor.concurrency.to_string());
     set("RAGPOOL_DRAIN_SECONDS", executor.drain_seconds.to_string());
     set("RAGPOOL_METRICS_LISTEN", format!("0.0.0.0:{METRICS_PORT}"));
     if let Some(lease) = executor.lease_seconds {
         set("RAGPOOL_LEASE_SECONDS", lease.to_string());
     }
-    let backend = &executor.backend;
+    env.extend(backend_settings(pool));
+    env
+}
+
+/// `RAGPOOL_QUEUES`: the queue names, highest priority first; weighted, each as
+/// `name=weight` (1 when the spec gives none).
+fn queue_list(pool: &RagWorkerPool) -> String {
+    let queues = &pool.spec.queues;
+    let weight = |name: &str| {
+        queues
+            .weights
+            .as_ref()
+            .and_then(|w| w.get(name))
+            .map_or(1, |w| w.0)
+    };
+    queues
+        .names
+        .iter()
+        .map(|q| match queues.priority {
+            PriorityPolicy::Strict => q.0.clone(),
+            PriorityPolicy::Weighted => format!("{}={}", q.0, weight(&q.0)),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `RAGPOOL_BACKEND` and the settings of the chosen backend.
+fn backend_settings(pool: &RagWorkerPool) -> Vec<(String, String)> {
+    let backend = &pool.spec.executor.backend;
+    let mut env = Vec::new();
+    let mut set = |k: &str, v: String| env.push((k.to_owned(), v));
     match backend.kind {
         BackendKind::Builtin => {
             set("RAGPOOL_BACKEND", "builtin".into());
