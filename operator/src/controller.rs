@@ -1,11 +1,19 @@
 //! The reconciler: one pass over a pool every `pollSeconds`.
 //!
-//! A pass reads the executor Deployment, looks at the queues through the [`Observer`],
-//! asks the policy for a replica count, applies the Deployment and ConfigMap when the spec
-//! changed, sets pod deletion costs before any scale-down, patches the replicas only when
-//! the decision differs from what the Deployment has, emits an Event for every scale and
-//! every error, and server-side applies the status. Everything the pass needs lives in
-//! [`Context`].
+//! [`reconcile`] is the entry point the [`Controller`] calls; it counts, times and reports
+//! the pass that `RagWorkerPool::reconcile` runs in named steps:
+//!
+//! 1. `observe`: read the executor Deployment and look at the queues through the
+//!    [`Observer`];
+//! 2. `decide`: ask the policy ([`desired_replicas`]) for a replica count, given the pool's
+//!    history;
+//! 3. `apply_owned`: apply the Deployment and ConfigMap when their rendered spec changed;
+//! 4. `scale`: set pod deletion costs before any scale-down, then patch the replicas when
+//!    the decision differs from what the Deployment has (and emit an Event);
+//! 5. `write_status`: server-side apply the status when it changed.
+//!
+//! The pool's history is held in [`Context`] between passes and goes back there whether or
+//! not steps 3 and 4 succeed. A failed pass becomes an Event and a retry ([`error_policy`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
@@ -14,7 +22,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
@@ -24,10 +32,10 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use crate::crd::{RagWorkerPool, RagWorkerPoolStatus};
+use crate::crd::{RagWorkerPool, RagWorkerPoolSpec, RagWorkerPoolStatus, SpecError};
 use crate::deletion_cost::{DELETION_COST, cost_changes};
 use crate::metrics::{ErrorLabels, Metrics, PoolLabels};
-use crate::observe::{Observation, Observer};
+use crate::observe::{Observation, ObserveError, Observer};
 use crate::policy::{Decision, History, desired_replicas};
 use crate::resources::{self, MANAGER, executor_name, pod_selector, spec_hash};
 use crate::status::{self, Conditions};
@@ -69,6 +77,29 @@ struct Memory {
     /// first needed them.
     costs_written_for: Option<BTreeSet<String>>,
     touched: Instant,
+}
+
+impl Memory {
+    /// Remembers a pass whether or not its decision was carried out: its recommendation
+    /// belongs in the stabilisation windows either way, but only a decision carried out is a
+    /// replica change (a phantom one would skew the step limits).
+    fn remember(
+        &mut self,
+        observation: Option<&Observation>,
+        spec: &RagWorkerPoolSpec,
+        decision: &Decision,
+        carried_out: bool,
+    ) {
+        if carried_out {
+            self.history.record(observation, spec, decision);
+        } else {
+            let kept = Decision {
+                replicas: self.history.current_replicas,
+                ..decision.clone()
+            };
+            self.history.record(observation, spec, &kept);
+        }
+    }
 }
 
 /// Memory of a pool not reconciled for this long belongs to a deleted pool.
@@ -117,12 +148,12 @@ impl Context {
         memory
     }
 
-    fn put_memory(&self, key: String, memory: Memory) {
+    fn put_memory(&self, key: &str, memory: Memory) {
         let mut all = self
             .memory
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        all.insert(key, memory);
+        all.insert(key.to_owned(), memory);
     }
 
     /// Publishes an Event about `pool`; a failure is logged, never fatal.
@@ -189,178 +220,239 @@ pub fn error_policy(pool: Arc<RagWorkerPool>, error: &Error, _ctx: Arc<Context>)
     Action::requeue(Duration::from_secs(poll.max(5)))
 }
 
+/// What a pass found: the executor Deployment and the pool's queues.
+struct Seen {
+    ns: String,
+    /// `namespace/name`: the pool's key in the operator's memory and in logs.
+    key: String,
+    /// The name of the executor Deployment and of its ConfigMap.
+    exec: String,
+    deployment: Option<Deployment>,
+    /// The Deployment's replicas; 0 while it does not exist.
+    current: i32,
+    observed: Result<Observation, ObserveError>,
+    /// When the pass began: the time conditions and `lastScaleTime` carry.
+    now: Time,
+}
+
+impl Seen {
+    fn observation(&self) -> Option<&Observation> {
+        self.observed.as_ref().ok()
+    }
+}
+
+/// What a pass decided, and whether it scaled: with [`Seen`], what the status is made of.
+struct Plan {
+    decision: Decision,
+    /// Tasks per second arriving, once the history spans some time.
+    arrival_rate: Option<f64>,
+    /// The scale step changed the Deployment's replicas.
+    scaled: bool,
+}
+
 impl RagWorkerPool {
+    /// One pass: observe → decide → apply owned objects → scale → write status.
     async fn reconcile(&self, ctx: &Context) -> Result<Action, Error> {
         let ns = self.namespace().ok_or(Error::NoNamespace)?;
-        let name = self.name_any();
-        let exec = executor_name(self);
-        let poll =
-            Duration::from_secs(u64::try_from(self.spec.scaling.poll_seconds.max(1)).unwrap_or(2));
-        let previous = self.status.clone().unwrap_or_default();
-        let now = Time(Timestamp::now());
-        let generation = self.metadata.generation;
-
         if let Err(invalid) = self.spec.validate() {
-            if !status::is_false(&previous.conditions, status::SCALING_ACTIVE)
-                || previous.observed_generation != generation
-            {
-                ctx.publish(self, EventType::Warning, "InvalidSpec", invalid.to_string())
-                    .await;
-            }
-            let mut conditions = Conditions::new(&previous.conditions, generation, now);
-            conditions
-                .set(status::READY, false, "InvalidSpec", invalid.to_string())
-                .set(
-                    status::SCALING_ACTIVE,
-                    false,
-                    "InvalidSpec",
-                    invalid.to_string(),
-                );
-            let status = RagWorkerPoolStatus {
-                observed_generation: generation,
-                conditions: conditions.into_vec(),
-                ..previous.clone()
-            };
-            self.apply_status(ctx, &ns, status).await?;
+            self.report_invalid(ctx, &ns, &invalid).await?;
             return Ok(Action::await_change());
         }
+        let seen = self.observe(ctx, ns).await?;
+        // The memory goes back on every path: a failed call must not forget the
+        // stabilisation window.
+        let mut memory = ctx.take_memory(&seen.key, seen.current);
+        let mut plan = self.decide(&seen, &memory.history);
+        let acted = self
+            .apply_and_scale(ctx, &seen, &mut plan, &mut memory)
+            .await;
+        memory.remember(
+            seen.observation(),
+            &self.spec,
+            &plan.decision,
+            acted.is_ok(),
+        );
+        ctx.put_memory(&seen.key, memory);
+        acted?;
+        self.write_status(ctx, &seen, &plan).await?;
+        Ok(Action::requeue(self.poll_interval()))
+    }
 
-        let deployments: Api<Deployment> = Api::namespaced(ctx.client.clone(), &ns);
-        let existing = deployments
+    fn poll_interval(&self) -> Duration {
+        Duration::from_secs(u64::try_from(self.spec.scaling.poll_seconds.max(1)).unwrap_or(2))
+    }
+
+    /// The conditions the last status write left.
+    fn previous_conditions(&self) -> &[Condition] {
+        self.status
+            .as_ref()
+            .map_or(&[], |s| s.conditions.as_slice())
+    }
+
+    /// Reports an invalid spec with `InvalidSpec` conditions, and with a Warning Event when
+    /// the spec became invalid or changed while invalid. Nothing else is touched until the
+    /// pool changes.
+    async fn report_invalid(
+        &self,
+        ctx: &Context,
+        ns: &str,
+        invalid: &SpecError,
+    ) -> Result<(), Error> {
+        let previous = self.status.clone().unwrap_or_default();
+        let generation = self.metadata.generation;
+        if !status::is_false(&previous.conditions, status::SCALING_ACTIVE)
+            || previous.observed_generation != generation
+        {
+            ctx.publish(self, EventType::Warning, "InvalidSpec", invalid.to_string())
+                .await;
+        }
+        let mut conditions =
+            Conditions::new(&previous.conditions, generation, Time(Timestamp::now()));
+        conditions.invalid_spec(&invalid.to_string());
+        let status = RagWorkerPoolStatus {
+            observed_generation: generation,
+            conditions: conditions.into_vec(),
+            ..previous.clone()
+        };
+        self.apply_status(ctx, ns, status).await
+    }
+
+    /// Observe: reads the executor Deployment and looks at the pool's queues.
+    async fn observe(&self, ctx: &Context, ns: String) -> Result<Seen, Error> {
+        let now = Time(Timestamp::now());
+        let exec = executor_name(self);
+        let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
             .get_opt(&exec)
             .await
             .map_err(kube_err(format!("reading Deployment {ns}/{exec}")))?;
-        let current = existing
+        let current = deployment
             .as_ref()
             .and_then(|d| d.spec.as_ref()?.replicas)
             .unwrap_or(0);
+        Ok(Seen {
+            key: format!("{ns}/{}", self.name_any()),
+            observed: ctx.observer.observe(self).await,
+            ns,
+            exec,
+            deployment,
+            current,
+            now,
+        })
+    }
 
-        let observed = ctx.observer.observe(self).await;
-        let key = format!("{ns}/{name}");
-        let mut memory = ctx.take_memory(&key, current);
-        let decision = desired_replicas(observed.as_ref().ok(), &self.spec, &memory.history);
-        let arrival_rate = observed
-            .as_ref()
-            .ok()
-            .and_then(|o| memory.history.arrival_rate(o));
-
-        // A new Deployment starts at the decided size; an existing one keeps its size here
-        // and is scaled below, after the deletion costs.
-        let rendered = resources::deployment(
-            self,
-            if existing.is_some() {
-                current
-            } else {
-                decision.replicas
-            },
-        );
-        if existing.as_ref().and_then(spec_hash) != spec_hash(&rendered) {
-            let apply = PatchParams::apply(MANAGER).force();
-            let config_maps: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-            config_maps
-                .patch(&exec, &apply, &Patch::Apply(&resources::config_map(self)))
-                .await
-                .map_err(kube_err(format!("applying ConfigMap {ns}/{exec}")))?;
-            deployments
-                .patch(&exec, &apply, &Patch::Apply(&rendered))
-                .await
-                .map_err(kube_err(format!("applying Deployment {ns}/{exec}")))?;
-            info!(pool = %key, created = existing.is_none(), "applied executor Deployment");
+    /// Decide: asks the policy for a replica count, given the pool's history.
+    fn decide(&self, seen: &Seen, history: &History) -> Plan {
+        Plan {
+            decision: desired_replicas(seen.observation(), &self.spec, history),
+            arrival_rate: seen.observation().and_then(|o| history.arrival_rate(o)),
+            scaled: false,
         }
+    }
 
-        let mut last_scale = (
-            previous.last_scale_time.clone(),
-            previous.last_scale_reason.clone(),
-        );
-        if let Ok(obs) = &observed {
-            if existing.is_some() && decision.replicas != current {
-                if decision.replicas < current {
-                    // Steer the ReplicaSet to idle pods before it picks any.
-                    self.write_deletion_costs(ctx, &ns, obs, &mut memory)
-                        .await?;
-                }
-                self.scale(ctx, &deployments, &exec, current, &decision)
-                    .await?;
-                last_scale = (Some(now.clone()), Some(decision.reason.clone()));
-            } else if memory
-                .costs_written_for
-                .as_ref()
-                .is_some_and(|written| *written != obs.busy_pods())
-            {
-                self.write_deletion_costs(ctx, &ns, obs, &mut memory)
+    /// The steps that change the cluster, in order; the first failure ends the pass.
+    async fn apply_and_scale(
+        &self,
+        ctx: &Context,
+        seen: &Seen,
+        plan: &mut Plan,
+        memory: &mut Memory,
+    ) -> Result<(), Error> {
+        self.apply_owned(ctx, seen, &plan.decision).await?;
+        plan.scaled = self.scale(ctx, seen, &plan.decision, memory).await?;
+        Ok(())
+    }
+
+    /// Apply owned objects: server-side applies the ConfigMap and the Deployment when the
+    /// rendered spec changed. A new Deployment starts at the decided size; an existing one
+    /// keeps its size here and is resized by [`Self::scale`], after the deletion costs.
+    async fn apply_owned(
+        &self,
+        ctx: &Context,
+        seen: &Seen,
+        decision: &Decision,
+    ) -> Result<(), Error> {
+        let replicas = match seen.deployment {
+            Some(_) => seen.current,
+            None => decision.replicas,
+        };
+        let rendered = resources::deployment(self, replicas);
+        if seen.deployment.as_ref().and_then(spec_hash) == spec_hash(&rendered) {
+            return Ok(());
+        }
+        let (ns, exec) = (&seen.ns, &seen.exec);
+        let apply = PatchParams::apply(MANAGER).force();
+        Api::<ConfigMap>::namespaced(ctx.client.clone(), ns)
+            .patch(exec, &apply, &Patch::Apply(&resources::config_map(self)))
+            .await
+            .map_err(kube_err(format!("applying ConfigMap {ns}/{exec}")))?;
+        Api::<Deployment>::namespaced(ctx.client.clone(), ns)
+            .patch(exec, &apply, &Patch::Apply(&rendered))
+            .await
+            .map_err(kube_err(format!("applying Deployment {ns}/{exec}")))?;
+        info!(pool = %seen.key, created = seen.deployment.is_none(), "applied executor Deployment");
+        Ok(())
+    }
+
+    /// Scale: moves an existing Deployment to the decided count, writing deletion costs
+    /// first on the way down. Without a scale, rewrites the costs when the busy pods changed
+    /// since they were last written, so a scale-down made by someone else also spares busy
+    /// pods. Returns whether it scaled.
+    async fn scale(
+        &self,
+        ctx: &Context,
+        seen: &Seen,
+        decision: &Decision,
+        memory: &mut Memory,
+    ) -> Result<bool, Error> {
+        let Ok(obs) = &seen.observed else {
+            return Ok(false);
+        };
+        if seen.deployment.is_some() && decision.replicas != seen.current {
+            if decision.replicas < seen.current {
+                // Steer the ReplicaSet to idle pods before it picks any.
+                self.write_deletion_costs(ctx, &seen.ns, obs, memory)
                     .await?;
             }
+            self.patch_replicas(ctx, seen, decision).await?;
+            return Ok(true);
         }
-        if let Err(e) = &observed
-            && !status::is_false(&previous.conditions, status::REDIS_REACHABLE)
+        if memory
+            .costs_written_for
+            .as_ref()
+            .is_some_and(|written| *written != obs.busy_pods())
         {
-            ctx.publish(
-                self,
-                EventType::Warning,
-                e.reason(),
-                format!("{e}; keeping {current} replicas"),
-            )
-            .await;
+            self.write_deletion_costs(ctx, &seen.ns, obs, memory)
+                .await?;
         }
-        memory
-            .history
-            .record(observed.as_ref().ok(), &self.spec, &decision);
-        ctx.put_memory(key, memory);
-
-        let status = self.next_status(
-            &previous,
-            existing.as_ref(),
-            &observed,
-            &decision,
-            arrival_rate,
-            last_scale,
-            now,
-        );
-        self.record_metrics(ctx, &decision, observed.as_ref().ok());
-        if self.status.as_ref() != Some(&status) {
-            self.apply_status(ctx, &ns, status).await?;
-        }
-        Ok(Action::requeue(poll))
+        Ok(false)
     }
 
     /// Patches the Deployment's replicas through the scale subresource and tells the pool's
     /// Events about it.
-    async fn scale(
+    async fn patch_replicas(
         &self,
         ctx: &Context,
-        deployments: &Api<Deployment>,
-        exec: &str,
-        from: i32,
+        seen: &Seen,
         decision: &Decision,
     ) -> Result<(), Error> {
+        let (exec, from, to) = (&seen.exec, seen.current, decision.replicas);
         let params = PatchParams {
             field_manager: Some(MANAGER.into()),
             ..PatchParams::default()
         };
-        deployments
+        Api::<Deployment>::namespaced(ctx.client.clone(), &seen.ns)
             .patch_scale(
                 exec,
                 &params,
-                &Patch::Merge(json!({"spec": {"replicas": decision.replicas}})),
+                &Patch::Merge(json!({"spec": {"replicas": to}})),
             )
             .await
-            .map_err(kube_err(format!(
-                "scaling Deployment {exec} to {}",
-                decision.replicas
-            )))?;
-        let up = decision.replicas > from;
-        info!(pool = %self.name_any(), from, to = decision.replicas, reason = %decision.reason, "scaled");
+            .map_err(kube_err(format!("scaling Deployment {exec} to {to}")))?;
+        info!(pool = %self.name_any(), from, to, reason = %decision.reason, "scaled");
         ctx.metrics.scale_events.get_or_create(&labels(self)).inc();
-        ctx.publish(
-            self,
-            EventType::Normal,
-            if up { "ScaledUp" } else { "ScaledDown" },
-            format!(
-                "{from} → {} replicas: {}",
-                decision.replicas, decision.reason
-            ),
-        )
-        .await;
+        let reason = if to > from { "ScaledUp" } else { "ScaledDown" };
+        let note = format!("{from} → {to} replicas: {}", decision.reason);
+        ctx.publish(self, EventType::Normal, reason, note).await;
         Ok(())
     }
 
@@ -397,111 +489,73 @@ impl RagWorkerPool {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn next_status(
-        &self,
-        previous: &RagWorkerPoolStatus,
-        deployment: Option<&Deployment>,
-        observed: &Result<Observation, crate::observe::ObserveError>,
-        decision: &Decision,
-        arrival_rate: Option<f64>,
-        last_scale: (Option<Time>, Option<String>),
-        now: Time,
-    ) -> RagWorkerPoolStatus {
-        let generation = self.metadata.generation;
-        let dstatus = deployment
+    /// Write status: a Warning Event when the queues became unreadable, the pool's gauges,
+    /// and the status, applied only when it changed.
+    async fn write_status(&self, ctx: &Context, seen: &Seen, plan: &Plan) -> Result<(), Error> {
+        if let Err(e) = &seen.observed
+            && !status::is_false(self.previous_conditions(), status::REDIS_REACHABLE)
+        {
+            let note = format!("{e}; keeping {} replicas", seen.current);
+            ctx.publish(self, EventType::Warning, e.reason(), note)
+                .await;
+        }
+        self.record_metrics(ctx, &plan.decision, seen.observation());
+        let status = self.next_status(seen, plan);
+        if self.status.as_ref() != Some(&status) {
+            self.apply_status(ctx, &seen.ns, status).await?;
+        }
+        Ok(())
+    }
+
+    /// The status after a pass. Queue figures a failed look could not read keep their last
+    /// values, flagged by `RedisReachable=False`.
+    fn next_status(&self, seen: &Seen, plan: &Plan) -> RagWorkerPoolStatus {
+        let previous = self.status.clone().unwrap_or_default();
+        let counts = seen
+            .deployment
+            .as_ref()
             .and_then(|d| d.status.clone())
             .unwrap_or_default();
-        let ready = dstatus.ready_replicas.unwrap_or(0);
-        let mut conditions = Conditions::new(&previous.conditions, generation, now);
-        if deployment.is_none() {
-            conditions.set(
-                status::READY,
-                false,
-                "DeploymentCreated",
-                "the executor Deployment was just created",
-            );
-        } else if ready >= decision.replicas {
-            conditions.set(
-                status::READY,
-                true,
-                "ReplicasReady",
-                format!("{ready} of {} replicas ready", decision.replicas),
-            );
+        let ready = counts.ready_replicas.unwrap_or(0);
+        let (last_scale_time, last_scale_reason) = if plan.scaled {
+            (Some(seen.now.clone()), Some(plan.decision.reason.clone()))
         } else {
-            conditions.set(
-                status::READY,
-                false,
-                "ReplicasNotReady",
-                format!("{ready} of {} replicas ready", decision.replicas),
-            );
-        }
-        match observed {
-            Ok(_) => conditions.set(
-                status::REDIS_REACHABLE,
-                true,
-                "Observed",
-                "queue statistics read",
-            ),
-            Err(e) => conditions.set(status::REDIS_REACHABLE, false, e.reason(), e.to_string()),
+            (
+                previous.last_scale_time.clone(),
+                previous.last_scale_reason.clone(),
+            )
         };
-        if self.spec.scaling.paused {
-            conditions.set(
-                status::SCALING_ACTIVE,
-                false,
-                "Paused",
-                "scaling.paused is set",
-            );
-        } else if let Err(e) = observed {
-            conditions.set(
-                status::SCALING_ACTIVE,
-                false,
-                e.reason(),
-                "no queue data; replicas kept",
-            );
-        } else {
-            conditions.set(
-                status::SCALING_ACTIVE,
-                true,
-                "Computed",
-                decision.reason.clone(),
-            );
-        }
-        if decision.limited {
-            conditions.set(
-                status::SCALING_LIMITED,
-                true,
-                "Limited",
-                decision.reason.clone(),
-            );
-        } else {
-            conditions.set(
-                status::SCALING_LIMITED,
-                false,
-                "WithinLimits",
-                "the desired count is within bounds and step limits",
-            );
-        }
         let mut status = RagWorkerPoolStatus {
-            replicas: dstatus.replicas.unwrap_or(0),
+            replicas: counts.replicas.unwrap_or(0),
             ready_replicas: ready,
-            desired_replicas: decision.replicas,
-            last_scale_time: last_scale.0,
-            last_scale_reason: last_scale.1,
-            observed_generation: generation,
-            conditions: conditions.into_vec(),
-            // With no fresh data the last figures stay, flagged by RedisReachable=False.
-            ..previous.clone()
+            desired_replicas: plan.decision.replicas,
+            last_scale_time,
+            last_scale_reason,
+            observed_generation: self.metadata.generation,
+            conditions: self.conditions(seen, plan, ready),
+            ..previous
         };
-        if let Ok(obs) = observed {
-            status.queued = i64::try_from(obs.queued).unwrap_or(i64::MAX);
-            status.in_flight = i64::try_from(obs.in_flight).unwrap_or(i64::MAX);
-            status.delayed = i64::try_from(obs.delayed).unwrap_or(i64::MAX);
-            status.oldest_queued_age_seconds = obs.oldest_queued_age_ms as f64 / 1000.0;
-            status.arrival_rate = arrival_rate.map(round3);
-            status.mean_service_seconds = obs.mean_service_ms.map(|ms| round3(ms / 1000.0));
+        if let Ok(obs) = &seen.observed {
+            set_queue_figures(&mut status, obs, plan.arrival_rate);
         }
         status
+    }
+
+    /// The four conditions after a pass, `ready` being the Deployment's ready replicas.
+    fn conditions(&self, seen: &Seen, plan: &Plan, ready: i32) -> Vec<Condition> {
+        let decision = &plan.decision;
+        let failure = seen.observed.as_ref().err();
+        let mut conditions = Conditions::new(
+            self.previous_conditions(),
+            self.metadata.generation,
+            seen.now.clone(),
+        );
+        conditions
+            .ready(seen.deployment.is_some(), ready, decision.replicas)
+            .redis_reachable(failure)
+            .scaling_active(self.spec.scaling.paused, failure, &decision.reason)
+            .scaling_limited(decision.limited, &decision.reason);
+        conditions.into_vec()
     }
 
     fn record_metrics(&self, ctx: &Context, decision: &Decision, obs: Option<&Observation>) {
@@ -553,6 +607,20 @@ impl RagWorkerPool {
     }
 }
 
+/// Copies the queue figures of `obs` into `status`.
+fn set_queue_figures(
+    status: &mut RagWorkerPoolStatus,
+    obs: &Observation,
+    arrival_rate: Option<f64>,
+) {
+    status.queued = i64::try_from(obs.queued).unwrap_or(i64::MAX);
+    status.in_flight = i64::try_from(obs.in_flight).unwrap_or(i64::MAX);
+    status.delayed = i64::try_from(obs.delayed).unwrap_or(i64::MAX);
+    status.oldest_queued_age_seconds = obs.oldest_queued_age_ms as f64 / 1000.0;
+    status.arrival_rate = arrival_rate.map(round3);
+    status.mean_service_seconds = obs.mean_service_ms.map(|ms| round3(ms / 1000.0));
+}
+
 /// Three decimals are plenty for rates and seconds, and keep the status from changing on
 /// every float wobble.
 fn round3(x: f64) -> f64 {
@@ -586,9 +654,7 @@ mod tests {
     use serde_json::{Value, json};
 
     use super::*;
-    use crate::crd::RagWorkerPoolSpec;
     use crate::fixtures::{Exchange, FakeObserver, mock_api, not_found, obs, pool, spec, worker};
-    use crate::observe::ObserveError;
 
     const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/ns/deployments/pool-executor";
     const CONFIG_MAP: &str = "/api/v1/namespaces/ns/configmaps/pool-executor";
@@ -1004,6 +1070,118 @@ mod tests {
         assert!(reconcile(Arc::new(p.clone()), ctx.clone()).await.is_ok());
         assert!(reconcile(Arc::new(p), ctx).await.is_ok());
         assert_eq!(server.await.map(|s| s.len()).ok(), Some(12));
+    }
+
+    /// An API server error reply.
+    fn server_error(message: &str) -> Value {
+        json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+               "message": message, "reason": "InternalError", "code": 500})
+    }
+
+    /// Runs one pass per observation against one scripted API server and returns each
+    /// pass's result.
+    async fn passes(
+        pool: &RagWorkerPool,
+        script: Vec<Exchange>,
+        observed: Vec<Result<Observation, ObserveError>>,
+    ) -> (Vec<Result<Action, Error>>, Option<Vec<String>>) {
+        let count = observed.len();
+        let (client, server) = mock_api(script);
+        let ctx = context(client, observed);
+        let mut results = Vec::new();
+        for _ in 0..count {
+            results.push(reconcile(Arc::new(pool.clone()), ctx.clone()).await);
+        }
+        (results, server.await.ok())
+    }
+
+    #[tokio::test]
+    async fn a_failed_scale_call_keeps_the_scale_down_window() {
+        let p = pool(spec());
+        let (results, seen) = passes(
+            &p,
+            vec![
+                // 40 tasks at 4 replicas: up to 8, but the scale call fails.
+                get_deployment(existing(&p, 4)),
+                Exchange::new(Method::PATCH, SCALE)
+                    .check(|body| assert_eq!(body["spec"]["replicas"], 8))
+                    .reply(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        server_error("etcd timeout"),
+                    ),
+                event(
+                    "ReconcileFailed",
+                    "Warning",
+                    "scaling Deployment pool-executor to 8",
+                ),
+                // 2 s later 10 tasks recommend 2, but the 60 s scale-down window still
+                // holds the 8 of the failed pass: no deletion costs, no scale, only status.
+                get_deployment(existing(&p, 4)),
+                status_patch().check(|body| {
+                    assert_eq!(body["status"]["desiredReplicas"], 4);
+                    let active = condition(body, "ScalingActive")["message"]
+                        .as_str()
+                        .unwrap_or_default();
+                    assert!(
+                        active.contains("scale-down window 60s holds at 4"),
+                        "{active}"
+                    );
+                }),
+            ],
+            vec![Ok(obs(100, 40, 0)), Ok(obs(102, 10, 0))],
+        )
+        .await;
+        assert!(matches!(results[0], Err(Error::Kube { .. })), "{results:?}");
+        assert!(results[1].is_ok(), "{results:?}");
+        assert_eq!(seen.map(|s| s.len()), Some(5));
+    }
+
+    #[tokio::test]
+    async fn a_failed_deletion_cost_patch_keeps_the_scale_down_window() {
+        let p = pool(spec());
+        let pod = |name: &str| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "ns"}});
+        let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod("a"), pod("b")]});
+        let idle = Observation {
+            workers: vec![worker("a", 0), worker("b", 0)],
+            ..obs(100, 20, 0)
+        };
+        let (results, seen) = passes(
+            &p,
+            vec![
+                // 20 tasks at 8 replicas recommend 4; the first deletion cost fails.
+                get_deployment(existing(&p, 8)),
+                Exchange::new(Method::GET, PODS).reply(StatusCode::OK, list.clone()),
+                Exchange::new(Method::PATCH, &format!("{PODS}/a")).reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    server_error("etcd timeout"),
+                ),
+                event("ReconcileFailed", "Warning", "annotating pod ns/a"),
+                // 2 s later 5 tasks recommend 1, but the window still holds the failed
+                // pass's 4: down to 4, not to 1.
+                get_deployment(existing(&p, 8)),
+                Exchange::new(Method::GET, PODS).reply(StatusCode::OK, list),
+                Exchange::new(Method::PATCH, &format!("{PODS}/a")),
+                Exchange::new(Method::PATCH, &format!("{PODS}/b")),
+                Exchange::new(Method::PATCH, SCALE)
+                    .check(|body| assert_eq!(body["spec"]["replicas"], 4)),
+                event("ScaledDown", "Normal", "8 → 4 replicas"),
+                status_patch().check(|body| {
+                    assert_eq!(body["status"]["desiredReplicas"], 4);
+                }),
+            ],
+            vec![
+                Ok(idle.clone()),
+                Ok(Observation {
+                    at_ms: 102_000,
+                    queued: 5,
+                    ..idle
+                }),
+            ],
+        )
+        .await;
+        assert!(matches!(results[0], Err(Error::Kube { .. })), "{results:?}");
+        assert!(results[1].is_ok(), "{results:?}");
+        assert_eq!(seen.map(|s| s.len()), Some(11));
     }
 
     #[tokio::test]

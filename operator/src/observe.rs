@@ -161,20 +161,6 @@ pub trait Observer: Send + Sync {
     async fn observe(&self, pool: &RagWorkerPool) -> Result<Observation, ObserveError>;
 }
 
-/// The observer of a binary built without a queue connection: every look fails with
-/// [`ObserveError::Config`], so the operator manages Deployments and status but never
-/// changes replicas. The Redis-backed observer replaces it in `main.rs`.
-pub struct NotConnected;
-
-#[async_trait]
-impl Observer for NotConnected {
-    async fn observe(&self, _pool: &RagWorkerPool) -> Result<Observation, ObserveError> {
-        Err(ObserveError::Config(
-            "this build has no Redis observer; replicas are left as they are".into(),
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use ragpool_queue::DurationSummary;

@@ -12,12 +12,16 @@
 //! 6. From zero at once: a pool at zero with work skips the scale-up window.
 //! 7. Step limits per period.
 //!
+//! [`desired_replicas`] runs steps 2 to 7 as methods of one decision in the making
+//! (`raw_recommendation`, `tolerate`, `bound`, `stabilise`, `start_from_zero`,
+//! `step_limit`), each adding its part of the reason.
+//!
 //! All times come from the observations (the Redis server clock), so the function is
 //! deterministic and the same inputs always give the same decision.
 
 use std::collections::VecDeque;
 
-use crate::crd::{RagWorkerPoolSpec, ScalingMode, ScalingRules};
+use crate::crd::{RagWorkerPoolSpec, ScalingMode, ScalingRules, ScalingSpec};
 use crate::observe::{ArrivalSample, Observation, arrival_rate};
 
 /// Defaults of the scale-up rules.
@@ -144,8 +148,10 @@ impl History {
         arrival_rate(*oldest, observation.arrival_sample())
     }
 
-    /// Remembers an observation and the decision taken on it. Call after the decision was
-    /// carried out (the replica patch succeeded).
+    /// Remembers an observation and the decision taken on it, with `decision.replicas` as
+    /// the count the Deployment has now: a decision that could not be carried out is
+    /// recorded with the current count, so its recommendation stays in the windows without
+    /// counting as a replica change.
     pub fn record(
         &mut self,
         observation: Option<&Observation>,
@@ -232,201 +238,293 @@ pub fn desired_replicas(
     spec: &RagWorkerPoolSpec,
     history: &History,
 ) -> Decision {
-    let scaling = &spec.scaling;
     let current = history.current_replicas;
-    let keep = |reason: String| Decision {
-        replicas: current,
-        reason,
-        limited: false,
-        recommendation: None,
-    };
-    if scaling.paused {
-        return keep(format!("scaling paused; keeping {current} replicas"));
+    // 1. Paused, or no data.
+    if spec.scaling.paused {
+        return Decision::keep(
+            current,
+            format!("scaling paused; keeping {current} replicas"),
+        );
     }
     let Some(obs) = observation else {
-        return keep(format!("no queue data; keeping {current} replicas"));
+        return Decision::keep(
+            current,
+            format!("no queue data; keeping {current} replicas"),
+        );
     };
-    let now = obs.at_ms;
-    let mut why = Vec::new();
+    let mut d = Deciding::new(obs, spec, history);
+    let raw = d.raw_recommendation();
+    let tolerated = d.tolerate(raw);
+    let recommendation = d.bound(tolerated);
+    let stable = d.stabilise(recommendation);
+    let started = d.start_from_zero(stable, recommendation);
+    let desired = d.step_limit(started);
+    d.decide(desired, recommendation)
+}
 
-    // 2. Raw recommendation.
-    let raw = match scaling.mode {
-        ScalingMode::QueueLength => {
-            let tasks = obs.queued + obs.in_flight;
-            let target = scaling.target_queue_length.max(1);
-            why.push(format!(
-                "queueLength: ({} queued + {} in flight) / {target} per replica",
-                obs.queued, obs.in_flight
-            ));
-            tasks as f64 / f64::from(target)
+impl Decision {
+    /// Keep the current replicas, for `reason`, without a recommendation.
+    fn keep(current: i32, reason: String) -> Self {
+        Self {
+            replicas: current,
+            reason,
+            limited: false,
+            recommendation: None,
         }
-        ScalingMode::TargetWait => {
-            let per_pod = f64::from(spec.executor.concurrency.max(1));
-            match obs.mean_service_ms {
-                Some(service_ms) if service_ms > 0.0 => {
-                    let s = service_ms / 1000.0;
-                    let lambda = history.arrival_rate(obs).unwrap_or(0.0);
-                    let wait = scaling.target_wait_seconds.max(0.001);
-                    // Little's law: λ·S slots are busy keeping up with arrivals; the backlog
-                    // needs queued/W tasks per second more, each holding a slot for S.
-                    let slots =
-                        (lambda * s + obs.queued as f64 * s / wait).max(obs.in_flight as f64);
-                    why.push(format!(
-                        "targetWait: ({lambda:.2}/s × {s:.2}s + {} queued × {s:.2}s / {wait}s) = {slots:.1} slots / {per_pod} per replica",
-                        obs.queued
-                    ));
-                    slots / per_pod
-                }
-                _ => {
-                    why.push(format!(
-                        "targetWait (no service time measured yet): ({} queued + {} in flight) / {per_pod} per replica",
-                        obs.queued, obs.in_flight
-                    ));
-                    (obs.queued + obs.in_flight) as f64 / per_pod
-                }
-            }
-        }
-    };
+    }
+}
 
-    // 3. Tolerance.
-    let mut rec = if current > 0
-        && raw > 0.0
-        && (raw / f64::from(current) - 1.0).abs() <= scaling.tolerance
-    {
-        why.push(format!(
-            "{raw:.2} is within {:.0} % of {current}",
-            scaling.tolerance * 100.0
+/// One decision in the making: what it is made from, and the reasons and limits found on
+/// the way. Each step of [`desired_replicas`] is one method.
+struct Deciding<'a> {
+    obs: &'a Observation,
+    scaling: &'a ScalingSpec,
+    /// Tasks one replica runs at once, for `targetWait`.
+    per_pod: f64,
+    history: &'a History,
+    current: i32,
+    /// The observation's time: the clock every comparison uses.
+    now: u64,
+    up: Rules,
+    down: Rules,
+    why: Vec<String>,
+    limited: bool,
+}
+
+impl<'a> Deciding<'a> {
+    fn new(obs: &'a Observation, spec: &'a RagWorkerPoolSpec, history: &'a History) -> Self {
+        Self {
+            obs,
+            scaling: &spec.scaling,
+            per_pod: f64::from(spec.executor.concurrency.max(1)),
+            history,
+            current: history.current_replicas,
+            now: obs.at_ms,
+            up: Rules::up(spec),
+            down: Rules::down(spec),
+            why: Vec::new(),
+            limited: false,
+        }
+    }
+
+    /// Step 2, the raw recommendation, in replicas' worth of work.
+    fn raw_recommendation(&mut self) -> f64 {
+        match self.scaling.mode {
+            ScalingMode::QueueLength => self.by_queue_length(),
+            ScalingMode::TargetWait => match self.obs.mean_service_ms {
+                Some(service_ms) if service_ms > 0.0 => self.by_target_wait(service_ms / 1000.0),
+                _ => self.by_task_count(),
+            },
+        }
+    }
+
+    fn by_queue_length(&mut self) -> f64 {
+        let (queued, in_flight) = (self.obs.queued, self.obs.in_flight);
+        let target = self.scaling.target_queue_length.max(1);
+        self.why.push(format!(
+            "queueLength: ({queued} queued + {in_flight} in flight) / {target} per replica"
         ));
-        current
-    } else {
-        (raw - EPSILON).ceil().max(0.0) as i32
-    };
-    why.push(format!("→ {rec}"));
+        (queued + in_flight) as f64 / f64::from(target)
+    }
 
-    // 4. Bounds.
-    let mut limited = false;
-    let idle_for = history
-        .last_busy_ms
-        .map(|t| now.saturating_sub(t))
-        .unwrap_or(0);
-    let cooled = !obs.has_work() && idle_for >= seconds_ms(scaling.cooldown_seconds);
-    let (floor, source) = if obs.has_work() {
-        if scaling.min_replicas >= 1 {
+    /// `targetWait` with a mean service time of `s` seconds, by Little's law: λ·S slots are
+    /// busy keeping up with arrivals; the backlog needs queued/W tasks per second more, each
+    /// holding a slot for S.
+    fn by_target_wait(&mut self, s: f64) -> f64 {
+        let lambda = self.history.arrival_rate(self.obs).unwrap_or(0.0);
+        let wait = self.scaling.target_wait_seconds.max(0.001);
+        let queued = self.obs.queued;
+        let slots = (lambda * s + queued as f64 * s / wait).max(self.obs.in_flight as f64);
+        let per_pod = self.per_pod;
+        self.why.push(format!(
+            "targetWait: ({lambda:.2}/s × {s:.2}s + {queued} queued × {s:.2}s / {wait}s) = {slots:.1} slots / {per_pod} per replica"
+        ));
+        slots / per_pod
+    }
+
+    /// `targetWait` before any task finished: one slot per task.
+    fn by_task_count(&mut self) -> f64 {
+        let (queued, in_flight, per_pod) = (self.obs.queued, self.obs.in_flight, self.per_pod);
+        self.why.push(format!(
+            "targetWait (no service time measured yet): ({queued} queued + {in_flight} in flight) / {per_pod} per replica"
+        ));
+        (queued + in_flight) as f64 / per_pod
+    }
+
+    /// Step 3, tolerance: a change within `tolerance` of the current count is noise.
+    fn tolerate(&mut self, raw: f64) -> i32 {
+        let current = self.current;
+        let rec = if current > 0
+            && raw > 0.0
+            && (raw / f64::from(current) - 1.0).abs() <= self.scaling.tolerance
+        {
+            self.why.push(format!(
+                "{raw:.2} is within {:.0} % of {current}",
+                self.scaling.tolerance * 100.0
+            ));
+            current
+        } else {
+            (raw - EPSILON).ceil().max(0.0) as i32
+        };
+        self.why.push(format!("→ {rec}"));
+        rec
+    }
+
+    /// Milliseconds since the pool last had work.
+    fn idle_for(&self) -> u64 {
+        self.history
+            .last_busy_ms
+            .map(|t| self.now.saturating_sub(t))
+            .unwrap_or(0)
+    }
+
+    /// Idle for the whole cooldown.
+    fn cooled(&self) -> bool {
+        !self.obs.has_work() && self.idle_for() >= seconds_ms(self.scaling.cooldown_seconds)
+    }
+
+    /// The lowest count the pool may have now, and where that comes from.
+    fn floor(&self) -> (i32, Floor) {
+        let scaling = self.scaling;
+        if self.obs.has_work() {
+            if scaling.min_replicas >= 1 {
+                (scaling.min_replicas, Floor::MinReplicas)
+            } else {
+                (1, Floor::Work)
+            }
+        } else if self.cooled() {
+            match scaling.idle_replicas {
+                Some(idle) => (idle, Floor::Idle),
+                None => (scaling.min_replicas, Floor::MinReplicas),
+            }
+        } else if scaling.min_replicas >= self.current.min(1) {
             (scaling.min_replicas, Floor::MinReplicas)
         } else {
-            (1, Floor::Work)
+            (1, Floor::Cooldown)
         }
-    } else if cooled {
-        match scaling.idle_replicas {
-            Some(idle) => (idle, Floor::Idle),
-            None => (scaling.min_replicas, Floor::MinReplicas),
-        }
-    } else if scaling.min_replicas >= current.min(1) {
-        (scaling.min_replicas, Floor::MinReplicas)
-    } else {
-        (1, Floor::Cooldown)
-    };
-    if rec > scaling.max_replicas {
-        rec = scaling.max_replicas;
-        limited = true;
-        why.push(format!("capped at maxReplicas {}", scaling.max_replicas));
-    } else if rec < floor {
-        rec = floor;
-        match source {
-            Floor::MinReplicas => {
-                limited = true;
-                why.push(format!("raised to minReplicas {floor}"));
-            }
-            Floor::Work => why.push("work pending needs a replica".into()),
-            Floor::Cooldown => why.push(format!(
-                "idle {}s of {}s cooldown; keeping {floor}",
-                idle_for / 1000,
-                scaling.cooldown_seconds
-            )),
-            Floor::Idle => why.push(format!("idle past cooldown; idleReplicas {floor}")),
-        }
-    } else if cooled && source == Floor::MinReplicas && rec == floor && current > floor {
-        why.push(format!("idle past {}s cooldown", scaling.cooldown_seconds));
     }
-    let recommendation = rec;
 
-    // 5. Stabilisation windows.
-    let (up, down) = (Rules::up(spec), Rules::down(spec));
-    let up_rec = history
-        .recommendations_within(now, up.window_ms)
-        .fold(rec, i32::min);
-    // Past the cooldown the idle drop has already waited long enough; the scale-down window
-    // would only add to it.
-    let down_rec = if cooled {
+    /// Step 4, bounds: at most `maxReplicas`, at least the [floor](Self::floor).
+    fn bound(&mut self, rec: i32) -> i32 {
+        let max = self.scaling.max_replicas;
+        let (floor, source) = self.floor();
+        if rec > max {
+            self.limited = true;
+            self.why.push(format!("capped at maxReplicas {max}"));
+            return max;
+        }
+        if rec < floor {
+            let why = match source {
+                Floor::MinReplicas => {
+                    self.limited = true;
+                    format!("raised to minReplicas {floor}")
+                }
+                Floor::Work => "work pending needs a replica".into(),
+                Floor::Cooldown => format!(
+                    "idle {}s of {}s cooldown; keeping {floor}",
+                    self.idle_for() / 1000,
+                    self.scaling.cooldown_seconds
+                ),
+                Floor::Idle => format!("idle past cooldown; idleReplicas {floor}"),
+            };
+            self.why.push(why);
+            return floor;
+        }
+        if self.cooled() && source == Floor::MinReplicas && rec == floor && self.current > floor {
+            self.why.push(format!(
+                "idle past {}s cooldown",
+                self.scaling.cooldown_seconds
+            ));
+        }
         rec
-    } else {
-        history
-            .recommendations_within(now, down.window_ms)
-            .fold(rec, i32::max)
-    };
-    let mut desired = current;
-    if desired < up_rec {
-        desired = up_rec;
-    }
-    if desired > down_rec {
-        desired = down_rec;
-    }
-    if desired < rec && current < rec {
-        why.push(format!(
-            "scale-up window {}s holds at {desired}",
-            up.window_ms / 1000
-        ));
-    }
-    if desired > rec && current > rec {
-        why.push(format!(
-            "scale-down window {}s holds at {desired}",
-            down.window_ms / 1000
-        ));
     }
 
-    // 6. From zero at once.
-    if current == 0 && obs.has_work() && desired < rec.max(1) {
-        desired = rec.max(1);
-        why.push("from zero at once".into());
-    }
-
-    // 7. Step limits.
-    if desired > current {
-        let start = history.period_start(now, up.period_ms, true);
-        // At least one pod per period, or a pool whose limits are all percentages could
-        // never leave zero.
-        let limit = start + up.allowance(start).max(1);
-        if desired > limit {
-            desired = limit;
-            limited = true;
-            why.push(format!(
-                "scale-up step limit {limit} per {}s",
-                up.period_ms / 1000
+    /// Step 5, stabilisation windows: up to the lowest and down to the highest recommendation
+    /// within each direction's window.
+    fn stabilise(&mut self, rec: i32) -> i32 {
+        let (now, current) = (self.now, self.current);
+        let up_rec = self
+            .history
+            .recommendations_within(now, self.up.window_ms)
+            .fold(rec, i32::min);
+        // Past the cooldown the idle drop has already waited long enough; the scale-down
+        // window would only add to it.
+        let down_rec = if self.cooled() {
+            rec
+        } else {
+            self.history
+                .recommendations_within(now, self.down.window_ms)
+                .fold(rec, i32::max)
+        };
+        let desired = current.max(up_rec).min(down_rec);
+        if desired < rec && current < rec {
+            self.why.push(format!(
+                "scale-up window {}s holds at {desired}",
+                self.up.window_ms / 1000
             ));
         }
-    } else if desired < current {
-        let start = history.period_start(now, down.period_ms, false);
-        let limit = (start - down.allowance(start)).min(current);
-        if desired < limit {
-            desired = limit;
-            limited = true;
-            why.push(format!(
-                "scale-down step limit {limit} per {}s",
-                down.period_ms / 1000
+        if desired > rec && current > rec {
+            self.why.push(format!(
+                "scale-down window {}s holds at {desired}",
+                self.down.window_ms / 1000
             ));
         }
-    }
-    // A lowered maxReplicas applies at once, step limits or not.
-    if desired > scaling.max_replicas {
-        desired = scaling.max_replicas;
-        limited = true;
+        desired
     }
 
-    Decision {
-        replicas: desired,
-        reason: why.join("; "),
-        limited,
-        recommendation: Some(recommendation),
+    /// Step 6, from zero at once: a pool at zero with work skips the scale-up window.
+    fn start_from_zero(&mut self, desired: i32, rec: i32) -> i32 {
+        if self.current == 0 && self.obs.has_work() && desired < rec.max(1) {
+            self.why.push("from zero at once".into());
+            return rec.max(1);
+        }
+        desired
+    }
+
+    /// Step 7, step limits: how far the count may move within one period.
+    fn step_limit(&mut self, desired: i32) -> i32 {
+        let current = self.current;
+        let (limit, rules, direction) = if desired > current {
+            let start = self.history.period_start(self.now, self.up.period_ms, true);
+            // At least one pod per period, or a pool whose limits are all percentages could
+            // never leave zero.
+            let limit = start + self.up.allowance(start).max(1);
+            (limit.min(desired), self.up, "up")
+        } else if desired < current {
+            let start = self
+                .history
+                .period_start(self.now, self.down.period_ms, false);
+            let limit = (start - self.down.allowance(start)).min(current);
+            (limit.max(desired), self.down, "down")
+        } else {
+            return desired;
+        };
+        if limit != desired {
+            self.limited = true;
+            self.why.push(format!(
+                "scale-{direction} step limit {limit} per {}s",
+                rules.period_ms / 1000
+            ));
+        }
+        limit
+    }
+
+    /// The decision: `desired`, except that a lowered `maxReplicas` applies at once, step
+    /// limits or not.
+    fn decide(mut self, desired: i32, recommendation: i32) -> Decision {
+        let max = self.scaling.max_replicas;
+        let replicas = if desired > max {
+            self.limited = true;
+            max
+        } else {
+            desired
+        };
+        Decision {
+            replicas,
+            reason: self.why.join("; "),
+            limited: self.limited,
+            recommendation: Some(recommendation),
+        }
     }
 }
 
@@ -526,7 +624,8 @@ mod tests {
                 observation: Some(obs(0, 3, 0)),
                 replicas: 1,
                 limited: false,
-                reason: "",
+                // A fresh history has nothing in the window to hold the count at zero.
+                reason: "queueLength: (3 queued + 0 in flight) / 5 per replica; → 1",
             },
             Case {
                 name: "from zero is still step limited (4 pods per period by default)",
@@ -808,6 +907,29 @@ mod tests {
                 case.name
             );
         }
+    }
+
+    #[test]
+    fn from_zero_at_once_overrides_a_zero_in_the_scale_up_window() {
+        let spec = with(|s| {
+            s.scale_up = Some(ScalingRules {
+                stabilization_window_seconds: Some(120),
+                ..ScalingRules::default()
+            })
+        });
+        let mut history = History::new(0);
+        let idle = obs(0, 0, 0);
+        let first = desired_replicas(Some(&idle), &spec, &history);
+        assert_eq!((first.replicas, first.recommendation), (0, Some(0)));
+        history.record(Some(&idle), &spec, &first);
+        // The 0 from 10 s ago is within the window, which alone would hold the pool at zero.
+        let d = desired_replicas(Some(&obs(10, 3, 0)), &spec, &history);
+        assert_eq!(d.replicas, 1, "{}", d.reason);
+        assert_eq!(
+            d.reason,
+            "queueLength: (3 queued + 0 in flight) / 5 per replica; → 1; \
+             scale-up window 120s holds at 0; from zero at once"
+        );
     }
 
     #[test]

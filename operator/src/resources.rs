@@ -70,44 +70,53 @@ fn meta(pool: &RagWorkerPool) -> ObjectMeta {
 pub fn settings(pool: &RagWorkerPool) -> BTreeMap<String, String> {
     let spec = &pool.spec;
     let executor = &spec.executor;
+    let priority = match spec.queues.priority {
+        PriorityPolicy::Strict => "strict",
+        PriorityPolicy::Weighted => "weighted",
+    };
     let mut env = BTreeMap::new();
     let mut set = |k: &str, v: String| {
         env.insert(k.to_owned(), v);
     };
-    let queues = spec
-        .queues
-        .names
-        .iter()
-        .map(|q| match spec.queues.priority {
-            PriorityPolicy::Strict => q.0.clone(),
-            PriorityPolicy::Weighted => {
-                let weight = spec
-                    .queues
-                    .weights
-                    .as_ref()
-                    .and_then(|w| w.get(&q.0))
-                    .map_or(1, |w| w.0);
-                format!("{}={weight}", q.0)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",");
-    set("RAGPOOL_QUEUES", queues);
-    set(
-        "RAGPOOL_PRIORITY",
-        match spec.queues.priority {
-            PriorityPolicy::Strict => "strict",
-            PriorityPolicy::Weighted => "weighted",
-        }
-        .into(),
-    );
+    set("RAGPOOL_QUEUES", queue_list(pool));
+    set("RAGPOOL_PRIORITY", priority.into());
     set("RAGPOOL_CONCURRENCY", executor.concurrency.to_string());
     set("RAGPOOL_DRAIN_SECONDS", executor.drain_seconds.to_string());
     set("RAGPOOL_METRICS_LISTEN", format!("0.0.0.0:{METRICS_PORT}"));
     if let Some(lease) = executor.lease_seconds {
         set("RAGPOOL_LEASE_SECONDS", lease.to_string());
     }
-    let backend = &executor.backend;
+    env.extend(backend_settings(pool));
+    env
+}
+
+/// `RAGPOOL_QUEUES`: the queue names, highest priority first; weighted, each as
+/// `name=weight` (1 when the spec gives none).
+fn queue_list(pool: &RagWorkerPool) -> String {
+    let queues = &pool.spec.queues;
+    let weight = |name: &str| {
+        queues
+            .weights
+            .as_ref()
+            .and_then(|w| w.get(name))
+            .map_or(1, |w| w.0)
+    };
+    queues
+        .names
+        .iter()
+        .map(|q| match queues.priority {
+            PriorityPolicy::Strict => q.0.clone(),
+            PriorityPolicy::Weighted => format!("{}={}", q.0, weight(&q.0)),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// `RAGPOOL_BACKEND` and the settings of the chosen backend.
+fn backend_settings(pool: &RagWorkerPool) -> Vec<(String, String)> {
+    let backend = &pool.spec.executor.backend;
+    let mut env = Vec::new();
+    let mut set = |k: &str, v: String| env.push((k.to_owned(), v));
     match backend.kind {
         BackendKind::Builtin => {
             set("RAGPOOL_BACKEND", "builtin".into());
@@ -256,6 +265,32 @@ fn probe(path: &str, period: i32) -> Probe {
 
 /// The executor Deployment with `replicas` replicas.
 pub fn deployment(pool: &RagWorkerPool, replicas: i32) -> Deployment {
+    let spec = DeploymentSpec {
+        replicas: Some(replicas),
+        selector: LabelSelector {
+            match_labels: Some(BTreeMap::from([(POOL_LABEL.into(), pool.name_any())])),
+            match_expressions: None,
+        },
+        template: pod_template(pool),
+        ..DeploymentSpec::default()
+    };
+    // Everything but `replicas` goes into the hash: a scale is not a spec change.
+    let hash = fnv1a(&format!("{:?}{:?}", spec.template, spec.selector));
+    let mut metadata = meta(pool);
+    metadata.annotations = Some(BTreeMap::from([(
+        SPEC_HASH_ANNOTATION.into(),
+        format!("{hash:016x}"),
+    )]));
+    Deployment {
+        metadata,
+        spec: Some(spec),
+        ..Deployment::default()
+    }
+}
+
+/// The executor pods: the user's labels and annotations, the pool's labels, and a hash of
+/// the settings so a changed ConfigMap rolls the pods.
+fn pod_template(pool: &RagWorkerPool) -> PodTemplateSpec {
     let executor = &pool.spec.executor;
     let mut pod_labels = executor.pod_labels.clone().unwrap_or_default();
     pod_labels.extend(labels(pool));
@@ -264,6 +299,50 @@ pub fn deployment(pool: &RagWorkerPool, replicas: i32) -> Deployment {
         CONFIG_HASH_ANNOTATION.into(),
         format!("{:016x}", fnv1a(&format!("{:?}", settings(pool)))),
     );
+    PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(pod_labels),
+            annotations: Some(pod_annotations),
+            ..ObjectMeta::default()
+        }),
+        spec: Some(pod_spec(pool)),
+    }
+}
+
+/// One executor container, non-root, with the pod-wide settings the spec asks for.
+fn pod_spec(pool: &RagWorkerPool) -> PodSpec {
+    let executor = &pool.spec.executor;
+    let (volumes, mounts) = volumes(pool);
+    PodSpec {
+        containers: vec![container(pool, mounts)],
+        termination_grace_period_seconds: Some(executor.termination_grace_period()),
+        // Executors talk to Redis and model servers, never to the Kubernetes API.
+        automount_service_account_token: Some(false),
+        service_account_name: executor.service_account_name.clone(),
+        image_pull_secrets: executor.image_pull_secrets.clone(),
+        node_selector: executor.node_selector.clone(),
+        tolerations: executor.tolerations.clone(),
+        affinity: executor.affinity.clone(),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS),
+            run_as_group: Some(RUN_AS),
+            fs_group: Some(RUN_AS),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..PodSecurityContext::default()
+        }),
+        volumes: Some(volumes),
+        ..PodSpec::default()
+    }
+}
+
+/// The pod's volumes and the executor's mounts of them: a writable `/tmp` (the root
+/// filesystem is read-only) and, for the builtin backend, the documents ConfigMap.
+fn volumes(pool: &RagWorkerPool) -> (Vec<Volume>, Vec<VolumeMount>) {
+    let executor = &pool.spec.executor;
     let docs_map = executor
         .backend
         .builtin
@@ -296,7 +375,14 @@ pub fn deployment(pool: &RagWorkerPool, replicas: i32) -> Deployment {
             ..VolumeMount::default()
         });
     }
-    let container = Container {
+    (volumes, mounts)
+}
+
+/// The `ragpool-executor` container: settings from the pool's ConfigMap, secrets and the
+/// user's variables in `env`, probes on the metrics port, no privileges.
+fn container(pool: &RagWorkerPool, mounts: Vec<VolumeMount>) -> Container {
+    let executor = &pool.spec.executor;
+    Container {
         name: "executor".into(),
         image: Some(executor.image.clone()),
         image_pull_policy: executor.image_pull_policy.map(|p| format!("{p:?}")),
@@ -330,58 +416,6 @@ pub fn deployment(pool: &RagWorkerPool, replicas: i32) -> Deployment {
         }),
         volume_mounts: Some(mounts),
         ..Container::default()
-    };
-    let mut metadata = meta(pool);
-    let template_spec = PodSpec {
-        containers: vec![container],
-        termination_grace_period_seconds: Some(executor.termination_grace_period()),
-        // Executors talk to Redis and model servers, never to the Kubernetes API.
-        automount_service_account_token: Some(false),
-        service_account_name: executor.service_account_name.clone(),
-        image_pull_secrets: executor.image_pull_secrets.clone(),
-        node_selector: executor.node_selector.clone(),
-        tolerations: executor.tolerations.clone(),
-        affinity: executor.affinity.clone(),
-        security_context: Some(PodSecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS),
-            run_as_group: Some(RUN_AS),
-            fs_group: Some(RUN_AS),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                localhost_profile: None,
-            }),
-            ..PodSecurityContext::default()
-        }),
-        volumes: Some(volumes),
-        ..PodSpec::default()
-    };
-    let spec = DeploymentSpec {
-        replicas: Some(replicas),
-        selector: LabelSelector {
-            match_labels: Some(BTreeMap::from([(POOL_LABEL.into(), pool.name_any())])),
-            match_expressions: None,
-        },
-        template: PodTemplateSpec {
-            metadata: Some(ObjectMeta {
-                labels: Some(pod_labels),
-                annotations: Some(pod_annotations),
-                ..ObjectMeta::default()
-            }),
-            spec: Some(template_spec),
-        },
-        ..DeploymentSpec::default()
-    };
-    // Everything but `replicas` goes into the hash: a scale is not a spec change.
-    let hash = fnv1a(&format!("{:?}{:?}", spec.template, spec.selector));
-    metadata.annotations = Some(BTreeMap::from([(
-        SPEC_HASH_ANNOTATION.into(),
-        format!("{hash:016x}"),
-    )]));
-    Deployment {
-        metadata,
-        spec: Some(spec),
-        ..Deployment::default()
     }
 }
 

@@ -5,6 +5,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use crate::observe::ObserveError;
+
 /// The executor Deployment exists and has every replica the policy wants ready.
 pub const READY: &str = "Ready";
 /// The last look at the pool's queues succeeded.
@@ -55,6 +57,66 @@ impl<'a> Conditions<'a> {
             last_transition_time: since,
         });
         self
+    }
+
+    /// `Ready` after a pass: the Deployment `exists` and has `ready` of `desired` replicas
+    /// ready.
+    pub fn ready(&mut self, exists: bool, ready: i32, desired: i32) -> &mut Self {
+        let counts = format!("{ready} of {desired} replicas ready");
+        if !exists {
+            let message = "the executor Deployment was just created";
+            self.set(READY, false, "DeploymentCreated", message)
+        } else if ready >= desired {
+            self.set(READY, true, "ReplicasReady", counts)
+        } else {
+            self.set(READY, false, "ReplicasNotReady", counts)
+        }
+    }
+
+    /// `RedisReachable` after a pass whose look at the queues ended in `failure`, if any.
+    pub fn redis_reachable(&mut self, failure: Option<&ObserveError>) -> &mut Self {
+        match failure {
+            None => self.set(REDIS_REACHABLE, true, "Observed", "queue statistics read"),
+            Some(e) => self.set(REDIS_REACHABLE, false, e.reason(), e.to_string()),
+        }
+    }
+
+    /// `ScalingActive` after a pass: false while `paused` or without queue data, else true
+    /// with the policy's `reason`.
+    pub fn scaling_active(
+        &mut self,
+        paused: bool,
+        failure: Option<&ObserveError>,
+        reason: &str,
+    ) -> &mut Self {
+        match failure {
+            _ if paused => self.set(SCALING_ACTIVE, false, "Paused", "scaling.paused is set"),
+            Some(e) => {
+                let message = "no queue data; replicas kept";
+                self.set(SCALING_ACTIVE, false, e.reason(), message)
+            }
+            None => self.set(SCALING_ACTIVE, true, "Computed", reason),
+        }
+    }
+
+    /// `ScalingLimited` after a pass: whether the policy's count was `limited`, and why.
+    pub fn scaling_limited(&mut self, limited: bool, reason: &str) -> &mut Self {
+        if limited {
+            self.set(SCALING_LIMITED, true, "Limited", reason)
+        } else {
+            let message = "the desired count is within bounds and step limits";
+            self.set(SCALING_LIMITED, false, "WithinLimits", message)
+        }
+    }
+
+    /// `Ready` and `ScalingActive` false for a spec that breaks a rule.
+    pub fn invalid_spec(&mut self, message: &str) -> &mut Self {
+        self.set(READY, false, "InvalidSpec", message).set(
+            SCALING_ACTIVE,
+            false,
+            "InvalidSpec",
+            message,
+        )
     }
 
     pub fn into_vec(self) -> Vec<Condition> {
