@@ -1,5 +1,9 @@
 //! Every failure the API answers with: a status, a stable machine-readable `code` and a
 //! message, always sent as `{"error": {"code": "...", "message": "..."}}`.
+//!
+//! A `503` is an answer the service chose (Redis is unreachable, the client should retry), not
+//! a fault in the service: its response carries an [`ExpectedOutage`] so the request trace
+//! neither reports it as a failure nor logs it once per request (see `server.rs`).
 
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -34,6 +38,14 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// What the operator should see and the client should not (the Redis error).
+    cause: Option<String>,
+}
+
+/// Set on a `503` response: the outage it reports, for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExpectedOutage {
+    pub cause: String,
 }
 
 impl ApiError {
@@ -42,6 +54,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            cause: None,
         }
     }
 
@@ -116,8 +129,12 @@ impl From<QueueError> for ApiError {
     fn from(e: QueueError) -> Self {
         match &e {
             QueueError::Redis(_) => {
-                tracing::warn!(error = %e, "redis unavailable");
-                ApiError::unavailable("the task store is unreachable; try again shortly")
+                // Logged with the response, at most every few seconds: an outage fails every
+                // request at once.
+                ApiError {
+                    cause: Some(e.to_string()),
+                    ..ApiError::unavailable("the task store is unreachable; try again shortly")
+                }
             }
             QueueError::InvalidTaskId(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_task_id", e.to_string())
@@ -141,6 +158,9 @@ impl From<QueueError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        let outage = (self.status == StatusCode::SERVICE_UNAVAILABLE).then(|| ExpectedOutage {
+            cause: self.cause.unwrap_or_else(|| self.message.clone()),
+        });
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code.to_string(),
@@ -148,6 +168,9 @@ impl IntoResponse for ApiError {
             },
         };
         let mut response = (self.status, Json(body)).into_response();
+        if let Some(outage) = outage {
+            response.extensions_mut().insert(outage);
+        }
         let headers = response.headers_mut();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
@@ -198,5 +221,21 @@ mod tests {
         let response = ApiError::unavailable("down").into_response();
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+
+    #[test]
+    fn an_outage_is_marked_for_the_log_but_not_told_to_the_client() {
+        let redis = redis::RedisError::from(std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "connection refused",
+        ));
+        let api = ApiError::from(QueueError::Redis(redis));
+        assert_eq!((api.status.as_u16(), api.code), (503, "unavailable"));
+        assert!(!api.message.contains("refused"), "{}", api.message);
+        let response = api.into_response();
+        let outage = response.extensions().get::<ExpectedOutage>().unwrap();
+        assert!(outage.cause.contains("connection refused"), "{outage:?}");
+        let response = ApiError::internal("boom").into_response();
+        assert!(response.extensions().get::<ExpectedOutage>().is_none());
     }
 }

@@ -1,16 +1,19 @@
-//! Submitted images: base64 decoding within the size limit and the type check by magic
-//! bytes. Only PNG, JPEG, WebP and GIF are accepted; the file name or declared content type
-//! of an upload is never trusted.
+//! A submission's image: the `image` / `image_url` fields, base64 decoding within the size
+//! limit, the type check by magic bytes, and the `image_url` check. Only PNG, JPEG, WebP and
+//! GIF are accepted; the file name or declared content type of an upload is never trusted.
+//!
+//! The rules shared with the executor (one field at most, base64, which URLs and addresses
+//! are allowed) live in [`ragpool_queue::image_input`]; this module maps their refusals to
+//! API errors. The URL check here is the first of two: DNS answers can change between
+//! submission and fetch, so the executor checks again and pins the connection.
 
+use axum::http::StatusCode;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use base64::engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig};
+use ragpool_queue::image_input::{self, DecodeError, ImageSource, UrlRefused};
 
-/// Standard alphabet, padding optional: encoders differ on it.
-const LENIENT: GeneralPurpose = GeneralPurpose::new(
-    &base64::alphabet::STANDARD,
-    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
-);
+use crate::error::ApiError;
+use crate::state::AppState;
 
 /// An accepted image format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,30 +66,11 @@ pub fn check_bytes(bytes: &[u8], max_bytes: usize) -> Result<ImageFormat, ImageE
 /// Decodes base64 (standard alphabet, padding optional, a `data:…;base64,` prefix and line
 /// breaks tolerated) and checks the result. Oversized input is refused before decoding.
 pub fn decode_base64(encoded: &str, max_bytes: usize) -> Result<Vec<u8>, ImageError> {
-    let encoded = match encoded.split_once(";base64,") {
-        Some((prefix, rest)) if prefix.starts_with("data:") => rest,
-        _ => encoded,
-    };
-    let compact: String;
-    let encoded = if encoded.contains(['\n', '\r', ' ', '\t']) {
-        compact = encoded
-            .chars()
-            .filter(|c| !c.is_ascii_whitespace())
-            .collect();
-        compact.as_str()
-    } else {
-        encoded
-    };
-    if encoded.is_empty() {
-        return Err(ImageError::Empty);
-    }
-    // Every 4 characters decode to at most 3 bytes.
-    if encoded.len() / 4 * 3 > max_bytes.saturating_add(3) {
-        return Err(ImageError::TooLarge { limit: max_bytes });
-    }
-    let bytes = LENIENT
-        .decode(encoded)
-        .map_err(|e| ImageError::BadBase64(e.to_string()))?;
+    let bytes = image_input::decode_base64(encoded, max_bytes).map_err(|e| match e {
+        DecodeError::Empty => ImageError::Empty,
+        DecodeError::BadBase64(reason) => ImageError::BadBase64(reason),
+        DecodeError::TooLarge { limit } => ImageError::TooLarge { limit },
+    })?;
     check_bytes(&bytes, max_bytes)?;
     Ok(bytes)
 }
@@ -94,6 +78,91 @@ pub fn decode_base64(encoded: &str, max_bytes: usize) -> Result<Vec<u8>, ImageEr
 /// The canonical encoding stored in a task payload.
 pub fn encode(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
+}
+
+/// The checked image of a submission: canonical base64 or a checked URL.
+pub struct ImageInput {
+    pub image: Option<String>,
+    pub image_url: Option<String>,
+}
+
+/// Checks `image` / `image_url`: at most one, and exactly one when `required`.
+pub async fn image_input(
+    state: &AppState,
+    image: Option<String>,
+    image_url: Option<String>,
+    required: bool,
+) -> Result<ImageInput, ApiError> {
+    let source = image_input::image_source(image, image_url)
+        .map_err(|both| ApiError::invalid_field(both.to_string()))?;
+    match source {
+        Some(ImageSource::Inline(encoded)) => {
+            let bytes = decode_base64(&encoded, state.limits().max_image_bytes)
+                .map_err(|e| image_error(e, "image"))?;
+            Ok(ImageInput {
+                image: Some(encode(&bytes)),
+                image_url: None,
+            })
+        }
+        Some(ImageSource::Url(url)) => Ok(ImageInput {
+            image: None,
+            image_url: Some(checked_url(state, &url).await?),
+        }),
+        None if required => Err(ApiError::missing_field("image or image_url")),
+        None => Ok(ImageInput {
+            image: None,
+            image_url: None,
+        }),
+    }
+}
+
+async fn checked_url(state: &AppState, url: &str) -> Result<String, ApiError> {
+    if !state.allow_image_urls() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "image_url_disabled",
+            "image_url is not enabled on this server; send the image itself",
+        ));
+    }
+    if url.trim().is_empty() {
+        return Err(ApiError::empty_field("image_url"));
+    }
+    match check_image_url(url).await {
+        Ok(url) => Ok(url.to_string()),
+        Err(UrlRefused::TooLong) => Err(ApiError::too_large(
+            "text_too_large",
+            UrlRefused::TooLong.to_string(),
+        )),
+        Err(e) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "image_url_refused",
+            e.to_string(),
+        )),
+    }
+}
+
+/// Checks `raw` and returns it parsed: its form, then every address its host resolves to (an
+/// IP literal needs no lookup).
+pub async fn check_image_url(raw: &str) -> Result<image_input::Url, UrlRefused> {
+    let url = image_input::parse_url(raw)?;
+    image_input::resolve(&url).await?;
+    Ok(url)
+}
+
+/// The API error for a refused image.
+pub fn image_error(e: ImageError, field: &str) -> ApiError {
+    match e {
+        ImageError::Empty => ApiError::empty_field(field),
+        ImageError::BadBase64(_) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "bad_base64", e.to_string())
+        }
+        ImageError::TooLarge { .. } => ApiError::too_large("image_too_large", e.to_string()),
+        ImageError::UnsupportedType => ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_image",
+            e.to_string(),
+        ),
+    }
 }
 
 #[cfg(test)]
@@ -158,5 +227,31 @@ pub(crate) mod tests {
             Err(ImageError::TooLarge { limit: 100 })
         );
         assert_eq!(check_bytes(&[], 10), Err(ImageError::Empty));
+    }
+
+    #[tokio::test]
+    async fn checks_urls() {
+        // The address rules have their own table in the queue crate; this is the wiring.
+        for (url, refused) in [
+            ("http://93.184.216.34/x.png", "must use https"),
+            ("https://user:pw@93.184.216.34/", "credentials"),
+            ("https://[::1]:8443/x.png", "not a public address"),
+            ("https://2130706433/x.png", "not a public address"),
+            ("https://localhost/x.png", "localhost"),
+            ("not a url", "not a valid URL"),
+        ] {
+            let err = check_image_url(url).await.unwrap_err().to_string();
+            assert!(err.contains(refused), "{url}: {err}");
+        }
+        let long = format!(
+            "https://93.184.216.34/{}",
+            "a".repeat(image_input::MAX_URL_LEN)
+        );
+        assert_eq!(check_image_url(&long).await, Err(UrlRefused::TooLong));
+        // An IP literal needs no DNS, so this runs offline.
+        let ok = check_image_url("https://93.184.216.34/cat.png")
+            .await
+            .unwrap();
+        assert_eq!(ok.host_str(), Some("93.184.216.34"));
     }
 }

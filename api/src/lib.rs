@@ -26,7 +26,6 @@ mod metrics;
 mod rates;
 mod routes;
 mod server;
-mod ssrf;
 mod state;
 
 pub use auth::{ApiKeys, Caller};

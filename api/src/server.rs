@@ -1,32 +1,52 @@
 //! Assembling the service (routes, limits, tracing, request ids, metrics) and running it
 //! with a graceful shutdown.
 //!
+//! Request tracing: every response is logged at INFO. A `5xx` is logged at ERROR as a
+//! failure, except a `503` the service answered on purpose (an [`ExpectedOutage`]: Redis is
+//! unreachable). During an outage every request gets one, so those are logged at WARN by
+//! [`OutageLog`], at most once per [`OUTAGE_LOG_EVERY`] with a count of the ones in between.
+//!
 //! Shutdown: when the caller's shutdown future resolves, the listener stops accepting and
 //! the shared [`CancellationToken`](tokio_util::sync::CancellationToken) is cancelled, so
 //! `?wait` requests answer at once and event streams end; every request in flight then
 //! completes before [`serve`] returns.
 
+use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::Response;
 use axum::{Extension, middleware};
 use ragpool_queue::Broker;
 use tokio::net::TcpListener;
 use tower::ServiceBuilder;
+use tower_http::classify::{
+    ClassifiedResponse, ClassifyResponse, NeverClassifyEos, ServerErrorsAsFailures,
+    ServerErrorsFailureClass, SharedClassifier,
+};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::{DefaultOnResponse, TraceLayer};
-use tracing::Level;
+use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, OnResponse, TraceLayer};
+use tracing::{Level, Span};
 
 use crate::config::ApiConfig;
+use crate::error::ExpectedOutage;
 use crate::metrics;
 use crate::routes::{self, health::OpenApiJson};
 use crate::state::AppState;
 
+/// At most one WARN line per this long while Redis is unreachable.
+pub const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(5);
+
 /// The service's router with every layer, ready to serve.
 pub fn router(state: AppState) -> Router {
+    router_with(state, OutageLog::new(OUTAGE_LOG_EVERY))
+}
+
+fn router_with(state: AppState, outages: OutageLog) -> Router {
     let (api, doc) = routes::api_router().split_for_parts();
     let doc = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".to_string());
     api.route_layer(middleware::from_fn(metrics::tag_route))
@@ -37,11 +57,7 @@ pub fn router(state: AppState) -> Router {
         .layer(
             ServiceBuilder::new()
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(request_span)
-                        .on_response(DefaultOnResponse::new().level(Level::INFO)),
-                )
+                .layer(request_trace(outages))
                 .layer(PropagateRequestIdLayer::x_request_id())
                 .layer(middleware::from_fn_with_state(
                     state.clone(),
@@ -49,6 +65,21 @@ pub fn router(state: AppState) -> Router {
                 )),
         )
         .with_state(state)
+}
+
+type RequestTrace = TraceLayer<
+    SharedClassifier<UnexpectedServerErrors>,
+    fn(&Request) -> Span,
+    DefaultOnRequest,
+    LogResponse,
+>;
+
+/// The request trace: a span per request, every response at INFO, unexpected `5xx` at ERROR
+/// and expected outages at WARN, rate-limited.
+fn request_trace(outages: OutageLog) -> RequestTrace {
+    TraceLayer::new(SharedClassifier::new(UnexpectedServerErrors))
+        .make_span_with(request_span as fn(&Request) -> Span)
+        .on_response(LogResponse { outages })
 }
 
 /// One span per request; handlers fill in `task_id` and `caller` once known.
@@ -66,6 +97,98 @@ fn request_span(request: &Request) -> tracing::Span {
         task_id = tracing::field::Empty,
         caller = tracing::field::Empty,
     )
+}
+
+/// tower-http's `ServerErrorsAsFailures`, except that a response marked as an
+/// [`ExpectedOutage`] is not a failure: the service answered it on purpose, and a client is
+/// told to retry.
+#[derive(Debug, Clone, Copy)]
+struct UnexpectedServerErrors;
+
+impl ClassifyResponse for UnexpectedServerErrors {
+    type FailureClass = ServerErrorsFailureClass;
+    type ClassifyEos = NeverClassifyEos<ServerErrorsFailureClass>;
+
+    fn classify_response<B>(
+        self,
+        response: &Response<B>,
+    ) -> ClassifiedResponse<Self::FailureClass, Self::ClassifyEos> {
+        if response.extensions().get::<ExpectedOutage>().is_some() {
+            return ClassifiedResponse::Ready(Ok(()));
+        }
+        ServerErrorsAsFailures::new().classify_response(response)
+    }
+
+    fn classify_error<E>(self, error: &E) -> Self::FailureClass
+    where
+        E: fmt::Display + 'static,
+    {
+        ServerErrorsAsFailures::new().classify_error(error)
+    }
+}
+
+/// Logs every response at INFO, and an expected outage at WARN through [`OutageLog`].
+#[derive(Debug, Clone)]
+struct LogResponse {
+    outages: OutageLog,
+}
+
+impl<B> OnResponse<B> for LogResponse {
+    fn on_response(self, response: &Response<B>, latency: Duration, span: &Span) {
+        DefaultOnResponse::new()
+            .level(Level::INFO)
+            .on_response(response, latency, span);
+        if let Some(outage) = response.extensions().get::<ExpectedOutage>()
+            && let Some(suppressed) = self.outages.admit(Instant::now())
+        {
+            tracing::warn!(
+                error = %outage.cause,
+                status = response.status().as_u16(),
+                suppressed,
+                "redis unavailable"
+            );
+        }
+    }
+}
+
+/// Lets one outage line through per interval and counts the rest, shared by every request
+/// of a router.
+#[derive(Debug, Clone)]
+struct OutageLog {
+    every: Duration,
+    window: Arc<Mutex<OutageWindow>>,
+}
+
+#[derive(Debug, Default)]
+struct OutageWindow {
+    last_logged: Option<Instant>,
+    /// Outages not logged since `last_logged`.
+    suppressed: u64,
+}
+
+impl OutageLog {
+    fn new(every: Duration) -> Self {
+        Self {
+            every,
+            window: Arc::default(),
+        }
+    }
+
+    /// At `now`, whether to log, with the number of outages not logged since the last line.
+    fn admit(&self, now: Instant) -> Option<u64> {
+        // The window is two numbers: a panic elsewhere cannot leave it inconsistent.
+        let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
+        match window.last_logged {
+            Some(last) if now.saturating_duration_since(last) < self.every => {
+                window.suppressed += 1;
+                None
+            }
+            _ => {
+                window.last_logged = Some(now);
+                Some(std::mem::take(&mut window.suppressed))
+            }
+        }
+    }
 }
 
 /// The OpenAPI document of every endpoint.
@@ -103,4 +226,163 @@ pub async fn serve(
         .context("serving HTTP")?;
     tracing::info!("ragpool-api stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use axum::body::Body;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    use ragpool_queue::testing::RedisServer;
+    use tower::ServiceExt as _;
+    use tracing_subscriber::fmt::MakeWriter;
+
+    use super::*;
+    use crate::error::ApiError;
+
+    /// Log output, collected for assertions.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl MakeWriter<'_> for Captured {
+        type Writer = Captured;
+
+        fn make_writer(&self) -> Captured {
+            self.clone()
+        }
+    }
+
+    impl Captured {
+        /// Sends this thread's log events here until the guard is dropped. The tests run on
+        /// a current-thread runtime, so every task they spawn logs here too.
+        fn install(&self) -> tracing::subscriber::DefaultGuard {
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(self.clone())
+                .with_max_level(Level::INFO)
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::set_default(subscriber)
+        }
+
+        fn lines(&self) -> Vec<String> {
+            String::from_utf8_lossy(&self.0.lock().unwrap())
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        }
+
+        fn at(&self, level: &str) -> Vec<String> {
+            let level = format!(" {level} ");
+            self.lines()
+                .into_iter()
+                .filter(|l| l.contains(&level))
+                .collect()
+        }
+    }
+
+    async fn get_status(app: &Router, path: &str) -> StatusCode {
+        let request = Request::get(path).body(Body::empty()).unwrap();
+        app.clone().oneshot(request).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn an_outage_logs_one_warning_and_no_errors() {
+        let logs = Captured::default();
+        let _guard = logs.install();
+        let mut redis = RedisServer::start().unwrap();
+        let config = ApiConfig {
+            redis_url: redis.url(),
+            ..ApiConfig::default()
+        };
+        let broker = Broker::connect(config.broker_config().unwrap())
+            .await
+            .unwrap();
+        let state = AppState::new(&config, broker).unwrap();
+        // An interval no test run outlasts: the count of lines cannot depend on speed.
+        let app = router_with(state, OutageLog::new(Duration::from_secs(24 * 3600)));
+        assert_eq!(get_status(&app, "/readyz").await, StatusCode::OK);
+
+        redis.kill().unwrap();
+        for path in ["/readyz", "/api/queue/stats"].repeat(5) {
+            assert_eq!(
+                get_status(&app, path).await,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{path}"
+            );
+        }
+
+        let warnings = logs.at("WARN");
+        assert_eq!(warnings.len(), 1, "{warnings:#?}");
+        assert!(
+            warnings[0].contains("redis unavailable") && warnings[0].contains("suppressed=0"),
+            "{}",
+            warnings[0]
+        );
+        assert_eq!(logs.at("ERROR"), Vec::<String>::new());
+        // Each request is still in the access log.
+        let finished = logs
+            .lines()
+            .iter()
+            .filter(|l| l.contains("finished processing request"))
+            .count();
+        assert_eq!(finished, 11);
+    }
+
+    #[tokio::test]
+    async fn an_unexpected_server_error_is_still_logged_as_one() {
+        let logs = Captured::default();
+        let _guard = logs.install();
+        let app = Router::new()
+            .route("/boom", get(|| async { ApiError::internal("boom") }))
+            .route("/down", get(|| async { ApiError::unavailable("down") }))
+            .layer(request_trace(OutageLog::new(Duration::from_secs(
+                24 * 3600,
+            ))));
+        assert_eq!(
+            get_status(&app, "/boom").await,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+        assert_eq!(
+            get_status(&app, "/down").await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let errors = logs.at("ERROR");
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(
+            errors[0].contains("response failed") && errors[0].contains("500"),
+            "{}",
+            errors[0]
+        );
+        assert_eq!(logs.at("WARN").len(), 1);
+    }
+
+    #[test]
+    fn the_outage_log_lets_one_line_through_per_interval() {
+        let log = OutageLog::new(Duration::from_secs(5));
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        assert_eq!(log.admit(at(0)), Some(0));
+        assert_eq!(log.admit(at(1)), None);
+        assert_eq!(log.admit(at(4)), None);
+        assert_eq!(log.admit(at(5)), Some(2), "the two in between are counted");
+        assert_eq!(log.admit(at(9)), None);
+        assert_eq!(log.admit(at(60)), Some(1));
+        // A clone shares the window: every request of a router holds one.
+        let clone = log.clone();
+        assert_eq!(clone.admit(at(61)), None);
+        assert_eq!(log.admit(at(65)), Some(1));
+    }
 }

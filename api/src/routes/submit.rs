@@ -9,9 +9,8 @@ use ragpool_queue::{NewTask, TaskKind};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::IdempotencyKey;
-use crate::image::{self, ImageError};
+pub use crate::image::{ImageInput, image_error, image_input};
 use crate::routes::view::{Status, Submitted, status_url};
-use crate::ssrf::{self, UrlRefused};
 use crate::state::AppState;
 
 /// Set on the answer when an `Idempotency-Key` matched an existing task.
@@ -59,84 +58,6 @@ pub fn top_k(value: Option<u32>, max: u32) -> Result<Option<u32>, ApiError> {
             "top_k must be between 1 and {max}"
         ))),
         other => Ok(other),
-    }
-}
-
-/// The checked image of a submission: canonical base64 or a checked URL.
-pub struct ImageInput {
-    pub image: Option<String>,
-    pub image_url: Option<String>,
-}
-
-/// Checks `image` / `image_url`: at most one, and exactly one when `required`.
-pub async fn image_input(
-    state: &AppState,
-    image: Option<String>,
-    image_url: Option<String>,
-    required: bool,
-) -> Result<ImageInput, ApiError> {
-    match (image, image_url) {
-        (Some(_), Some(_)) => Err(ApiError::invalid_field(
-            "give either image or image_url, not both",
-        )),
-        (Some(encoded), None) => {
-            let bytes = image::decode_base64(&encoded, state.limits().max_image_bytes)
-                .map_err(|e| image_error(e, "image"))?;
-            Ok(ImageInput {
-                image: Some(image::encode(&bytes)),
-                image_url: None,
-            })
-        }
-        (None, Some(url)) => Ok(ImageInput {
-            image: None,
-            image_url: Some(checked_url(state, &url).await?),
-        }),
-        (None, None) if required => Err(ApiError::missing_field("image or image_url")),
-        (None, None) => Ok(ImageInput {
-            image: None,
-            image_url: None,
-        }),
-    }
-}
-
-async fn checked_url(state: &AppState, url: &str) -> Result<String, ApiError> {
-    if !state.allow_image_urls() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "image_url_disabled",
-            "image_url is not enabled on this server; send the image itself",
-        ));
-    }
-    if url.trim().is_empty() {
-        return Err(ApiError::empty_field("image_url"));
-    }
-    match ssrf::check_image_url(url).await {
-        Ok(url) => Ok(url.to_string()),
-        Err(UrlRefused::TooLong) => Err(ApiError::too_large(
-            "text_too_large",
-            UrlRefused::TooLong.to_string(),
-        )),
-        Err(e) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "image_url_refused",
-            e.to_string(),
-        )),
-    }
-}
-
-/// The API error for a refused image.
-pub fn image_error(e: ImageError, field: &str) -> ApiError {
-    match e {
-        ImageError::Empty => ApiError::empty_field(field),
-        ImageError::BadBase64(_) => {
-            ApiError::new(StatusCode::BAD_REQUEST, "bad_base64", e.to_string())
-        }
-        ImageError::TooLarge { .. } => ApiError::too_large("image_too_large", e.to_string()),
-        ImageError::UnsupportedType => ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported_image",
-            e.to_string(),
-        ),
     }
 }
 

@@ -5,6 +5,12 @@
 //! Colour statistics are computed on a copy at most [`STATS_EDGE`] pixels on its longer side:
 //! they describe proportions, which a downscaled copy keeps, and the cost stays flat however
 //! large the upload.
+//!
+//! Brightness, contrast and colours describe what is visible: each pixel counts in proportion
+//! to its alpha, so a fully transparent pixel counts not at all (not as black, which its
+//! colour channels usually say). The copy is downscaled with colours premultiplied by alpha,
+//! so an invisible pixel's colour does not bleed into a visible neighbour either. How much of
+//! the image is transparent is reported separately, and said in the summary.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -23,6 +29,10 @@ const MAX_DECODE_ALLOC: u64 = 256 * 1024 * 1024;
 const MAX_COLORS: usize = 5;
 /// Colours covering less of the image than this are noise (anti-aliased edges, compression).
 const MIN_COLOR_SHARE: f64 = 0.02;
+/// From this transparency on, the summary says the image is mostly transparent.
+const MOSTLY_TRANSPARENT: f64 = 0.5;
+/// From this transparency on, the summary says the image is partly transparent.
+const PARTLY_TRANSPARENT: f64 = 0.1;
 
 /// What the builtin backend reports about an image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -33,10 +43,14 @@ pub struct ImageAnalysis {
     pub height: u32,
     /// Most common colours, most common first.
     pub dominant_colors: Vec<DominantColor>,
-    /// Mean luma (Rec. 601), 0 = black, 1 = white.
+    /// Mean luma (Rec. 601) of the visible pixels, weighted by alpha: 0 = black, 1 = white.
     pub brightness: f64,
-    /// Standard deviation of luma, 0–1 (0 = one flat tone).
+    /// Standard deviation of that luma, 0–1 (0 = one flat tone).
     pub contrast: f64,
+    /// How see-through the image is, 0–1: one minus its mean alpha (0 = opaque, 1 = nothing
+    /// visible).
+    #[serde(default)]
+    pub transparency: f64,
     /// The EXIF `Orientation` tag (1–8) when the image carries one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub orientation: Option<u16>,
@@ -54,7 +68,7 @@ pub struct DominantColor {
     pub hex: String,
     /// A plain colour word (`red`, `dark blue`, `grey`…).
     pub name: String,
-    /// Fraction of the (opaque) image, 0–1.
+    /// Fraction of the visible image (pixels weighted by alpha), 0–1.
     pub share: f64,
 }
 
@@ -82,20 +96,22 @@ pub(crate) fn analyze(bytes: &[u8]) -> Result<ImageAnalysis, BackendError> {
         BackendError::bad_input(format!("decoding the {} image: {e}", name(format)))
     })?;
 
-    let small = image.thumbnail(STATS_EDGE, STATS_EDGE);
+    let (width, height) = (image.width(), image.height());
+    let small = stats_copy(image);
     let rgba = small.to_rgba8();
     let dominant_colors = dominant_colors(&rgba);
-    let (brightness, contrast) = luma_stats(&rgba);
+    let luma = luma_stats(&rgba);
     let orientation = exif_orientation(bytes);
     let perceptual_hash = perceptual_hash(&small);
 
     let mut analysis = ImageAnalysis {
         format: name(format).to_owned(),
-        width: image.width(),
-        height: image.height(),
+        width,
+        height,
         dominant_colors,
-        brightness: round3(brightness),
-        contrast: round3(contrast),
+        brightness: round3(luma.mean),
+        contrast: round3(luma.deviation),
+        transparency: round3(1.0 - luma.visible),
         orientation,
         perceptual_hash,
         summary: String::new(),
@@ -114,64 +130,127 @@ fn name(format: ImageFormat) -> &'static str {
     }
 }
 
+/// The copy statistics are computed on: at most [`STATS_EDGE`] a side (a smaller image is
+/// kept as it is: enlarging it would invent colours between its pixels) and, when the image
+/// has an alpha channel, with colours premultiplied by alpha, so that downscaling averages
+/// what is visible.
+fn stats_copy(image: DynamicImage) -> DynamicImage {
+    let image = if image.color().has_alpha() {
+        let mut rgba = image.into_rgba8();
+        for pixel in rgba.pixels_mut() {
+            let alpha = u16::from(pixel.0[3]);
+            for channel in &mut pixel.0[..3] {
+                *channel = premultiply(*channel, alpha);
+            }
+        }
+        DynamicImage::ImageRgba8(rgba)
+    } else {
+        image
+    };
+    if image.width() > STATS_EDGE || image.height() > STATS_EDGE {
+        image.thumbnail(STATS_EDGE, STATS_EDGE)
+    } else {
+        image
+    }
+}
+
+fn premultiply(channel: u8, alpha: u16) -> u8 {
+    u8::try_from((u16::from(channel) * alpha + 127) / 255).unwrap_or(u8::MAX)
+}
+
+/// A premultiplied pixel's colour as it was before premultiplying, and its alpha as a weight
+/// 0–1. `None` for a fully transparent pixel.
+fn unpremultiply([r, g, b, a]: [u8; 4]) -> Option<([f64; 3], f64)> {
+    if a == 0 {
+        return None;
+    }
+    let weight = f64::from(a) / 255.0;
+    let colour = [r, g, b].map(|c| (f64::from(c) / weight).min(255.0));
+    Some((colour, weight))
+}
+
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// Buckets pixels by their top three bits per channel (512 buckets), then reports the biggest
-/// buckets by their mean colour. Transparent pixels are not part of any colour.
+/// Buckets the visible pixels of a premultiplied image by the top three bits of each colour
+/// channel (512 buckets), each pixel weighted by its alpha, then reports the heaviest buckets
+/// by their mean colour.
 fn dominant_colors(image: &RgbaImage) -> Vec<DominantColor> {
-    let mut buckets: HashMap<u16, (u64, [u64; 3])> = HashMap::new();
-    let mut opaque = 0u64;
+    // Per bucket: total weight and the weighted sum of each channel.
+    let mut buckets: HashMap<u16, (f64, [f64; 3])> = HashMap::new();
+    let mut visible = 0.0f64;
     for pixel in image.pixels() {
-        let [r, g, b, a] = pixel.0;
-        if a < 128 {
+        let Some((colour, weight)) = unpremultiply(pixel.0) else {
             continue;
+        };
+        visible += weight;
+        let [r, g, b] = colour.map(|c| c as u8 >> 5);
+        let key = (u16::from(r) << 6) | (u16::from(g) << 3) | u16::from(b);
+        let entry = buckets.entry(key).or_insert((0.0, [0.0; 3]));
+        entry.0 += weight;
+        for (sum, c) in entry.1.iter_mut().zip(colour) {
+            *sum += weight * c;
         }
-        opaque += 1;
-        let key = (u16::from(r >> 5) << 6) | (u16::from(g >> 5) << 3) | u16::from(b >> 5);
-        let entry = buckets.entry(key).or_insert((0, [0; 3]));
-        entry.0 += 1;
-        entry.1[0] += u64::from(r);
-        entry.1[1] += u64::from(g);
-        entry.1[2] += u64::from(b);
     }
-    if opaque == 0 {
+    if visible == 0.0 {
         return Vec::new();
     }
     let mut ranked: Vec<_> = buckets.into_iter().collect();
-    ranked.sort_by(|(ka, (na, _)), (kb, (nb, _))| nb.cmp(na).then(ka.cmp(kb)));
+    ranked.sort_by(|(ka, (wa, _)), (kb, (wb, _))| wb.total_cmp(wa).then(ka.cmp(kb)));
     ranked
         .into_iter()
         .take(MAX_COLORS)
-        .map(|(_, (count, sums))| {
-            let mean = sums.map(|s| u8::try_from((s + count / 2) / count).unwrap_or(u8::MAX));
+        .map(|(_, (weight, sums))| {
+            let mean = sums.map(|s| (s / weight).round().clamp(0.0, 255.0) as u8);
             DominantColor {
                 hex: format!("#{:02x}{:02x}{:02x}", mean[0], mean[1], mean[2]),
                 name: color_name(mean),
-                share: round3(count as f64 / opaque as f64),
+                share: round3(weight / visible),
             }
         })
         .filter(|c| c.share >= MIN_COLOR_SHARE)
         .collect()
 }
 
-/// Mean and standard deviation of Rec. 601 luma, both scaled to 0–1.
-fn luma_stats(image: &RgbaImage) -> (f64, f64) {
+/// Luma over the visible pixels, and how much is visible.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct LumaStats {
+    /// Mean Rec. 601 luma, 0–1, each pixel weighted by its alpha; 0 when nothing is visible.
+    mean: f64,
+    /// Its standard deviation, 0–1, weighted the same way.
+    deviation: f64,
+    /// Mean alpha, 0–1.
+    visible: f64,
+}
+
+/// [`LumaStats`] of a premultiplied image.
+fn luma_stats(image: &RgbaImage) -> LumaStats {
     let n = f64::from(image.width()) * f64::from(image.height());
-    if n == 0.0 {
-        return (0.0, 0.0);
-    }
-    let (mut sum, mut sum_sq) = (0.0f64, 0.0f64);
+    let (mut weight, mut sum, mut sum_sq) = (0.0f64, 0.0f64, 0.0f64);
     for pixel in image.pixels() {
-        let [r, g, b, _] = pixel.0;
-        let y = (0.299 * f64::from(r) + 0.587 * f64::from(g) + 0.114 * f64::from(b)) / 255.0;
-        sum += y;
-        sum_sq += y * y;
+        let Some(([r, g, b], w)) = unpremultiply(pixel.0) else {
+            continue;
+        };
+        let y = (0.299 * r + 0.587 * g + 0.114 * b) / 255.0;
+        weight += w;
+        sum += w * y;
+        sum_sq += w * y * y;
     }
-    let mean = sum / n;
-    let variance = (sum_sq / n - mean * mean).max(0.0);
-    (mean, variance.sqrt())
+    if weight == 0.0 {
+        return LumaStats {
+            mean: 0.0,
+            deviation: 0.0,
+            visible: 0.0,
+        };
+    }
+    let mean = sum / weight;
+    let variance = (sum_sq / weight - mean * mean).max(0.0);
+    LumaStats {
+        mean,
+        deviation: variance.sqrt(),
+        visible: weight / n,
+    }
 }
 
 /// A hue word for an RGB colour, with "dark"/"light" where that helps.
@@ -283,13 +362,32 @@ fn summary(a: &ImageAnalysis) -> String {
     if a.dominant_colors.is_empty() {
         s.push_str(" It is fully transparent.");
     } else {
+        let transparent = a.transparency * 100.0;
+        if a.transparency >= MOSTLY_TRANSPARENT {
+            let _ = write!(
+                s,
+                " It is mostly transparent ({transparent:.0}%); what follows describes its visible part."
+            );
+        } else if a.transparency >= PARTLY_TRANSPARENT {
+            let _ = write!(s, " It is partly transparent ({transparent:.0}%).");
+        }
         let colors: Vec<String> = a
             .dominant_colors
             .iter()
             .map(|c| format!("{} {} ({:.0}%)", c.name, c.hex, c.share * 100.0))
             .collect();
         let _ = write!(s, " Dominant colours: {}.", colors.join(", "));
+        tone(&mut s, a);
     }
+    if let Some(o) = a.orientation {
+        let _ = write!(s, " EXIF orientation {o}: {}.", orientation_text(o));
+    }
+    let _ = write!(s, " Perceptual hash {}.", a.perceptual_hash);
+    s
+}
+
+/// The brightness and contrast sentence.
+fn tone(s: &mut String, a: &ImageAnalysis) {
     let tone = match a.brightness {
         b if b < 0.25 => "dark",
         b if b < 0.45 => "fairly dark",
@@ -309,11 +407,6 @@ fn summary(a: &ImageAnalysis) -> String {
         a.brightness * 100.0,
         a.contrast * 100.0
     );
-    if let Some(o) = a.orientation {
-        let _ = write!(s, " EXIF orientation {o}: {}.", orientation_text(o));
-    }
-    let _ = write!(s, " Perceptual hash {}.", a.perceptual_hash);
-    s
 }
 
 #[cfg(test)]
@@ -340,8 +433,101 @@ mod tests {
     #[test]
     fn flat_image_has_no_contrast() {
         let img = RgbaImage::from_pixel(10, 10, image::Rgba([255, 255, 255, 255]));
-        let (brightness, contrast) = luma_stats(&img);
-        assert!((brightness - 1.0).abs() < 1e-9);
-        assert!(contrast < 1e-6);
+        let stats = luma_stats(&img);
+        assert!((stats.mean - 1.0).abs() < 1e-9);
+        assert!(stats.deviation < 1e-6);
+        assert!((stats.visible - 1.0).abs() < 1e-9);
+    }
+
+    fn png(image: RgbaImage) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        DynamicImage::ImageRgba8(image)
+            .write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)
+            .unwrap();
+        bytes
+    }
+
+    /// A 256×256 PNG, invisible except for a light grey 64×64 square at an odd offset, so
+    /// downscaling mixes its edges with the invisible background.
+    fn grey_square_on(background: [u8; 4]) -> Vec<u8> {
+        let mut image = RgbaImage::from_pixel(256, 256, image::Rgba(background));
+        for y in 33..97 {
+            for x in 33..97 {
+                image.put_pixel(x, y, image::Rgba([200, 200, 200, 255]));
+            }
+        }
+        png(image)
+    }
+
+    #[test]
+    fn transparent_pixels_are_not_black() {
+        // Black and white invisible backgrounds must give the same answer.
+        for background in [[0, 0, 0, 0], [255, 255, 255, 0]] {
+            let a = analyze(&grey_square_on(background)).unwrap();
+            // 1/16 of the area is visible; the mixed edges make it a little more.
+            assert!(
+                (0.93..=0.94).contains(&a.transparency),
+                "{}",
+                a.transparency
+            );
+            assert!((a.brightness - 0.784).abs() < 0.002, "{}", a.brightness);
+            assert!(a.contrast < 0.01, "{background:?}: {}", a.contrast);
+            assert_eq!(a.dominant_colors.len(), 1, "{:?}", a.dominant_colors);
+            let grey = &a.dominant_colors[0];
+            assert_eq!((grey.name.as_str(), grey.share), ("light grey", 1.0));
+            assert_eq!(grey.hex, "#c8c8c8");
+            let expected = "A 256×256 pixel PNG square image. It is mostly transparent (94%); \
+                 what follows describes its visible part. Dominant colours: light grey #c8c8c8 \
+                 (100%). It is bright overall (mean brightness 78%) with almost no contrast \
+                 (luma standard deviation 0%).";
+            assert!(a.summary.starts_with(expected), "{}", a.summary);
+        }
+    }
+
+    #[test]
+    fn half_visible_pixels_count_half() {
+        // Black at full alpha beside white at a third of it: white is a quarter of what is
+        // visible.
+        let mut image = RgbaImage::from_pixel(2, 1, image::Rgba([0, 0, 0, 255]));
+        image.put_pixel(1, 0, image::Rgba([255, 255, 255, 85]));
+        let a = analyze(&png(image)).unwrap();
+        assert_eq!(a.brightness, 0.25);
+        assert_eq!(a.transparency, 0.333);
+        let shares: Vec<_> = a
+            .dominant_colors
+            .iter()
+            .map(|c| (c.name.as_str(), c.share))
+            .collect();
+        assert_eq!(shares, [("black", 0.75), ("white", 0.25)]);
+        assert!(
+            a.summary.contains("It is partly transparent (33%)."),
+            "{}",
+            a.summary
+        );
+    }
+
+    #[test]
+    fn fully_transparent_image() {
+        let a = analyze(&png(RgbaImage::from_pixel(4, 4, image::Rgba([9, 9, 9, 0])))).unwrap();
+        assert_eq!(a.transparency, 1.0);
+        assert!(a.dominant_colors.is_empty());
+        assert!(
+            a.summary.contains("It is fully transparent."),
+            "{}",
+            a.summary
+        );
+        assert!(!a.summary.contains("brightness"), "{}", a.summary);
+    }
+
+    #[test]
+    fn opaque_images_report_no_transparency() {
+        let a = analyze(&png(RgbaImage::from_pixel(
+            8,
+            8,
+            image::Rgba([200, 30, 30, 255]),
+        )))
+        .unwrap();
+        assert_eq!(a.transparency, 0.0);
+        assert!(!a.summary.contains("transparent"), "{}", a.summary);
     }
 }

@@ -1,15 +1,18 @@
 //! Fetching a task's `image_url` without letting a submitter reach inside the cluster.
 //!
 //! The URL comes from whoever submitted the task, and the executor runs next to Redis, the
-//! model servers and the cloud metadata endpoint. So: `https` only; the host is resolved
-//! here and refused if any address is loopback, private, link-local, unspecified or otherwise
-//! not globally routable; the connection is pinned to the addresses that were checked (no
-//! second DNS answer can swap them, and no proxy from the environment is used); redirects are followed by hand, each hop checked the same
-//! way; and the body is capped while it streams.
+//! model servers and the cloud metadata endpoint. Which URLs and addresses are allowed is
+//! decided by [`ragpool_queue::image_input`], the rules the API applied at submission; here
+//! they are applied again at fetch time, because a DNS answer can change in between. The
+//! host is resolved and judged before every request; the connection is pinned to the
+//! addresses that were checked (no second DNS answer can swap them, and no proxy from the
+//! environment is used); redirects are followed by hand, each hop checked the same way; and
+//! the body is capped while it streams.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::Duration;
 
+use ragpool_queue::image_input::{self, UrlRefused};
 use reqwest::Url;
 
 use super::config::FetchConfig;
@@ -38,8 +41,7 @@ impl ImageFetcher {
 
     /// The body at `url`, following up to five checked redirects.
     pub async fn fetch(&self, url: &str) -> Result<Vec<u8>, BackendError> {
-        let mut url = Url::parse(url)
-            .map_err(|e| BackendError::bad_input(format!("image_url is not a URL: {e}")))?;
+        let mut url = image_input::parse_url(url).map_err(refused)?;
         for _ in 0..=MAX_REDIRECTS {
             let response = self.request(&url).await?;
             let status = response.status();
@@ -51,9 +53,7 @@ impl ImageFetcher {
                     .ok_or_else(|| {
                         BackendError::bad_input(format!("{url} redirected without a location"))
                     })?;
-                url = url.join(location).map_err(|e| {
-                    BackendError::bad_input(format!("{url} redirected to a bad location: {e}"))
-                })?;
+                url = next_hop(&url, location)?;
                 continue;
             }
             if status == reqwest::StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
@@ -123,163 +123,34 @@ impl ImageFetcher {
     }
 }
 
+/// Where a redirect from `url` leads, if that is a URL an image may be fetched from. Its host
+/// is resolved and judged again when it is requested.
+fn next_hop(url: &Url, location: &str) -> Result<Url, BackendError> {
+    let next = url
+        .join(location)
+        .map_err(|e| BackendError::bad_input(format!("{url} redirected to a bad location: {e}")))?;
+    image_input::check_url(&next).map_err(refused)?;
+    Ok(next)
+}
+
 /// The addresses `url`'s host resolves to, if it is `https` and all of them are public.
 async fn checked_addrs(url: &Url) -> Result<Vec<SocketAddr>, BackendError> {
-    if url.scheme() != "https" {
-        return Err(BackendError::bad_input(format!(
-            "image_url must use https, not {}",
-            url.scheme()
-        )));
-    }
-    let host = url
-        .host()
-        .ok_or_else(|| BackendError::bad_input("image_url has no host"))?;
-    let port = url.port_or_known_default().unwrap_or(443);
-    let addrs: Vec<SocketAddr> = match host {
-        url::Host::Ipv4(ip) => vec![SocketAddr::new(IpAddr::V4(ip), port)],
-        url::Host::Ipv6(ip) => vec![SocketAddr::new(IpAddr::V6(ip), port)],
-        url::Host::Domain(name) => tokio::net::lookup_host((name, port))
-            .await
-            .map_err(|e| {
-                BackendError::retryable(kinds::FETCH_FAILED, format!("resolving {name}: {e}"), None)
-            })?
-            .collect(),
-    };
-    if addrs.is_empty() {
-        return Err(BackendError::retryable(
-            kinds::FETCH_FAILED,
-            format!("{host} resolved to no address"),
-            None,
-        ));
-    }
-    if let Some(bad) = addrs.iter().find(|a| !is_public(a.ip())) {
-        return Err(BackendError::bad_input(format!(
-            "image_url host {host} resolves to {}, which is not a public address",
-            bad.ip()
-        )));
-    }
-    Ok(addrs)
+    image_input::resolve(url).await.map_err(refused)
 }
 
-/// Whether `ip` is a globally routable unicast address an image could legitimately live on.
-pub(crate) fn is_public(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => is_public_v4(v4),
-        IpAddr::V6(v6) => is_public_v6(v6),
+/// A refused URL is the submitter's mistake, except a failed lookup, which may pass later.
+fn refused(e: UrlRefused) -> BackendError {
+    match e {
+        UrlRefused::Unresolvable { .. } => {
+            BackendError::retryable(kinds::FETCH_FAILED, e.to_string(), None)
+        }
+        _ => BackendError::bad_input(e.to_string()),
     }
-}
-
-fn is_public_v4(ip: Ipv4Addr) -> bool {
-    let [a, b, c, _] = ip.octets();
-    !(ip.is_unspecified()
-        || ip.is_loopback()
-        || ip.is_private()
-        || ip.is_link_local()
-        || ip.is_broadcast()
-        || ip.is_documentation()
-        || ip.is_multicast()
-        || a == 0 // "this network"
-        || (a == 100 && (64..128).contains(&b)) // carrier-grade NAT, 100.64/10
-        || (a == 192 && b == 0 && c == 0) // IETF protocol assignments
-        || (a == 198 && (b == 18 || b == 19)) // benchmarking, 198.18/15
-        || a >= 240) // reserved
-}
-
-fn is_public_v6(ip: Ipv6Addr) -> bool {
-    let segments = ip.segments();
-    if ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() {
-        return false;
-    }
-    // Addresses that embed an IPv4 address reach that address: judge the embedded one.
-    if let Some(v4) = ip.to_ipv4_mapped() {
-        return is_public_v4(v4);
-    }
-    if segments[..6] == [0, 0, 0, 0, 0, 0] {
-        // IPv4-compatible (deprecated): ::a.b.c.d
-        return is_public_v4(embedded_v4(segments[6], segments[7]));
-    }
-    if segments[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-        // NAT64: 64:ff9b::a.b.c.d
-        return is_public_v4(embedded_v4(segments[6], segments[7]));
-    }
-    if segments[0] == 0x2002 {
-        // 6to4: 2002:aabb:ccdd::/48
-        return is_public_v4(embedded_v4(segments[1], segments[2]));
-    }
-    !(ip.is_unique_local()
-        || ip.is_unicast_link_local()
-        || (segments[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
-        || (segments[0] == 0x2001 && segments[1] == 0x0db8) // documentation
-        || (segments[0] == 0x0100 && segments[1..4] == [0, 0, 0])) // discard-only 100::/64
-}
-
-fn embedded_v4(high: u16, low: u16) -> Ipv4Addr {
-    let [a, b] = high.to_be_bytes();
-    let [c, d] = low.to_be_bytes();
-    Ipv4Addr::new(a, b, c, d)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ip(s: &str) -> IpAddr {
-        s.parse().unwrap()
-    }
-
-    #[test]
-    fn internal_addresses_are_refused() {
-        for s in [
-            "127.0.0.1",
-            "127.8.9.10",
-            "10.1.2.3",
-            "172.16.0.1",
-            "172.31.255.255",
-            "192.168.1.1",
-            "169.254.169.254",
-            "0.0.0.0",
-            "0.1.2.3",
-            "100.64.0.1",
-            "255.255.255.255",
-            "224.0.0.1",
-            "240.0.0.1",
-            "192.0.2.1",
-            "198.18.0.1",
-            "::",
-            "::1",
-            "fe80::1",
-            "fc00::1",
-            "fd12:3456::1",
-            "ff02::1",
-            "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1",
-            "::ffff:169.254.169.254",
-            "::127.0.0.1",
-            "64:ff9b::10.0.0.1",
-            "2002:7f00:1::1",
-            "2001:db8::1",
-            "fec0::1",
-        ] {
-            assert!(!is_public(ip(s)), "{s} should be refused");
-        }
-    }
-
-    #[test]
-    fn public_addresses_are_allowed() {
-        for s in [
-            "1.1.1.1",
-            "8.8.8.8",
-            "172.32.0.1",
-            "100.128.0.1",
-            "93.184.216.34",
-            "2606:4700:4700::1111",
-            "::ffff:8.8.8.8",
-            "64:ff9b::8.8.8.8",
-            "2002:0808:0808::1",
-        ] {
-            assert!(is_public(ip(s)), "{s} should be allowed");
-        }
-    }
 
     #[tokio::test]
     async fn only_https_to_public_hosts_is_fetched() {
@@ -291,11 +162,39 @@ mod tests {
             "https://[::1]:8443/a.png",
             "https://169.254.169.254/latest/meta-data/",
             "https://localhost/a.png",
+            "https://0x7f000001/a.png",
+            "https://[64:ff9b:1::a9fe:a9fe]/a.png",
+            "https://user:pw@example.com/a.png",
             "not a url",
         ] {
             let err = fetcher.fetch(url).await.unwrap_err();
             assert_eq!(err.kind(), kinds::BAD_INPUT, "{url}: {err}");
             assert!(!err.is_retryable(), "{url}");
         }
+    }
+
+    #[test]
+    fn redirects_are_checked() {
+        let from = Url::parse("https://93.184.216.34/a.png").unwrap();
+        for location in [
+            "http://93.184.216.34/b.png",
+            "//169.254.169.254/latest/meta-data/",
+            "https://127.1/b.png",
+            "https://[::ffff:10.0.0.1]/b.png",
+            "file:///etc/passwd",
+        ] {
+            let err = next_hop(&from, location).unwrap_err();
+            assert_eq!(err.kind(), kinds::BAD_INPUT, "{location}: {err}");
+        }
+        assert_eq!(
+            next_hop(&from, "/b.png").unwrap().as_str(),
+            "https://93.184.216.34/b.png"
+        );
+        assert_eq!(
+            next_hop(&from, "https://images.example.com/c.png")
+                .unwrap()
+                .as_str(),
+            "https://images.example.com/c.png"
+        );
     }
 }
