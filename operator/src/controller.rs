@@ -72,7 +72,12 @@ fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
 
 /// What the operator remembers about a pool between passes.
 struct Memory {
+    /// The pool's uid: a pool deleted and created again under the same name starts afresh.
+    uid: Option<String>,
     history: History,
+    /// The status this operator last wrote. The controller's cache can hand a pass an older
+    /// copy of the pool than that write; building on the copy would put old values back.
+    written: Option<RagWorkerPoolStatus>,
     /// The busy pods the deletion costs were last written for; `None` until a scale-down
     /// first needed them.
     costs_written_for: Option<BTreeSet<String>>,
@@ -131,21 +136,48 @@ impl Context {
     }
 
     /// Takes a pool's memory out for one pass (a pool is never reconciled twice at once).
-    fn take_memory(&self, key: &str, current: i32) -> Memory {
+    fn take_memory(&self, key: &str, uid: Option<&str>, current: i32) -> Memory {
         let mut all = self
             .memory
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         all.retain(|_, m| m.touched.elapsed() < FORGET_AFTER);
-        let mut memory = all.remove(key).unwrap_or_else(|| Memory {
-            history: History::new(current),
-            costs_written_for: None,
-            touched: Instant::now(),
-        });
+        let mut memory = all
+            .remove(key)
+            .filter(|m| m.uid.as_deref() == uid)
+            .unwrap_or_else(|| Memory {
+                uid: uid.map(str::to_owned),
+                history: History::new(current),
+                written: None,
+                costs_written_for: None,
+                touched: Instant::now(),
+            });
         // The Deployment is the truth: someone may have scaled it by hand.
         memory.history.current_replicas = current;
         memory.touched = Instant::now();
         memory
+    }
+
+    /// The status last written for the pool `key` with `uid`, if this operator wrote one.
+    fn written_status(&self, key: &str, uid: Option<&str>) -> Option<RagWorkerPoolStatus> {
+        let all = self
+            .memory
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        all.get(key)
+            .filter(|m| m.uid.as_deref() == uid)
+            .and_then(|m| m.written.clone())
+    }
+
+    /// Records a status written outside a full pass, for a pool already remembered.
+    fn note_written(&self, key: &str, uid: Option<&str>, status: RagWorkerPoolStatus) {
+        let mut all = self
+            .memory
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(m) = all.get_mut(key).filter(|m| m.uid.as_deref() == uid) {
+            m.written = Some(status);
+        }
     }
 
     fn put_memory(&self, key: &str, memory: Memory) {
@@ -169,6 +201,13 @@ impl Context {
             warn!(pool = %pool.name_any(), error = %e, "cannot publish event {reason}");
         }
     }
+}
+
+/// The time now, in whole seconds: what the API server keeps of a `Time`, so the status
+/// this operator remembers equals the one it reads back.
+fn now() -> Time {
+    let now = Timestamp::now();
+    Time(Timestamp::from_second(now.as_second()).unwrap_or(now))
 }
 
 fn truncate(mut text: String, max: usize) -> String {
@@ -261,7 +300,7 @@ impl RagWorkerPool {
         let seen = self.observe(ctx, ns).await?;
         // The memory goes back on every path: a failed call must not forget the
         // stabilisation window.
-        let mut memory = ctx.take_memory(&seen.key, seen.current);
+        let mut memory = ctx.take_memory(&seen.key, self.uid().as_deref(), seen.current);
         let mut plan = self.decide(&seen, &memory.history);
         let acted = self
             .apply_and_scale(ctx, &seen, &mut plan, &mut memory)
@@ -272,21 +311,25 @@ impl RagWorkerPool {
             &plan.decision,
             acted.is_ok(),
         );
+        let result = match acted {
+            Ok(()) => self.write_status(ctx, &seen, &plan, &mut memory).await,
+            Err(e) => Err(e),
+        };
         ctx.put_memory(&seen.key, memory);
-        acted?;
-        self.write_status(ctx, &seen, &plan).await?;
-        Ok(Action::requeue(self.poll_interval()))
+        result.map(|()| Action::requeue(self.poll_interval()))
     }
 
     fn poll_interval(&self) -> Duration {
         Duration::from_secs(u64::try_from(self.spec.scaling.poll_seconds.max(1)).unwrap_or(2))
     }
 
-    /// The conditions the last status write left.
-    fn previous_conditions(&self) -> &[Condition] {
-        self.status
-            .as_ref()
-            .map_or(&[], |s| s.conditions.as_slice())
+    /// The status a pass builds on: what this operator last wrote, or, when it wrote
+    /// nothing yet (a new pool, a restart, a new leader), the pool's own.
+    fn previous_status(&self, written: Option<&RagWorkerPoolStatus>) -> RagWorkerPoolStatus {
+        written
+            .or(self.status.as_ref())
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Reports an invalid spec with `InvalidSpec` conditions, and with a Warning Event when
@@ -298,7 +341,8 @@ impl RagWorkerPool {
         ns: &str,
         invalid: &SpecError,
     ) -> Result<(), Error> {
-        let previous = self.status.clone().unwrap_or_default();
+        let (key, uid) = (format!("{ns}/{}", self.name_any()), self.uid());
+        let previous = self.previous_status(ctx.written_status(&key, uid.as_deref()).as_ref());
         let generation = self.metadata.generation;
         if !status::is_false(&previous.conditions, status::SCALING_ACTIVE)
             || previous.observed_generation != generation
@@ -306,20 +350,21 @@ impl RagWorkerPool {
             ctx.publish(self, EventType::Warning, "InvalidSpec", invalid.to_string())
                 .await;
         }
-        let mut conditions =
-            Conditions::new(&previous.conditions, generation, Time(Timestamp::now()));
+        let mut conditions = Conditions::new(&previous.conditions, generation, now());
         conditions.invalid_spec(&invalid.to_string());
         let status = RagWorkerPoolStatus {
             observed_generation: generation,
             conditions: conditions.into_vec(),
             ..previous.clone()
         };
-        self.apply_status(ctx, ns, status).await
+        self.apply_status(ctx, ns, status.clone()).await?;
+        ctx.note_written(&key, uid.as_deref(), status);
+        Ok(())
     }
 
     /// Observe: reads the executor Deployment and looks at the pool's queues.
     async fn observe(&self, ctx: &Context, ns: String) -> Result<Seen, Error> {
-        let now = Time(Timestamp::now());
+        let now = now();
         let exec = executor_name(self);
         let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
             .get_opt(&exec)
@@ -490,27 +535,39 @@ impl RagWorkerPool {
     }
 
     /// Write status: a Warning Event when the queues became unreadable, the pool's gauges,
-    /// and the status, applied only when it changed.
-    async fn write_status(&self, ctx: &Context, seen: &Seen, plan: &Plan) -> Result<(), Error> {
+    /// and the status, applied only when it differs from the pool's, and remembered.
+    async fn write_status(
+        &self,
+        ctx: &Context,
+        seen: &Seen,
+        plan: &Plan,
+        memory: &mut Memory,
+    ) -> Result<(), Error> {
+        let previous = self.previous_status(memory.written.as_ref());
         if let Err(e) = &seen.observed
-            && !status::is_false(self.previous_conditions(), status::REDIS_REACHABLE)
+            && !status::is_false(&previous.conditions, status::REDIS_REACHABLE)
         {
             let note = format!("{e}; keeping {} replicas", seen.current);
             ctx.publish(self, EventType::Warning, e.reason(), note)
                 .await;
         }
         self.record_metrics(ctx, &plan.decision, seen.observation());
-        let status = self.next_status(seen, plan);
+        let status = self.next_status(seen, plan, previous);
         if self.status.as_ref() != Some(&status) {
-            self.apply_status(ctx, &seen.ns, status).await?;
+            self.apply_status(ctx, &seen.ns, status.clone()).await?;
         }
+        memory.written = Some(status);
         Ok(())
     }
 
-    /// The status after a pass. Queue figures a failed look could not read keep their last
-    /// values, flagged by `RedisReachable=False`.
-    fn next_status(&self, seen: &Seen, plan: &Plan) -> RagWorkerPoolStatus {
-        let previous = self.status.clone().unwrap_or_default();
+    /// The status after a pass, built on `previous`. Queue figures a failed look could not
+    /// read keep their last values, flagged by `RedisReachable=False`.
+    fn next_status(
+        &self,
+        seen: &Seen,
+        plan: &Plan,
+        previous: RagWorkerPoolStatus,
+    ) -> RagWorkerPoolStatus {
         let counts = seen
             .deployment
             .as_ref()
@@ -532,7 +589,7 @@ impl RagWorkerPool {
             last_scale_time,
             last_scale_reason,
             observed_generation: self.metadata.generation,
-            conditions: self.conditions(seen, plan, ready),
+            conditions: self.conditions(seen, plan, ready, &previous.conditions),
             ..previous
         };
         if let Ok(obs) = &seen.observed {
@@ -542,14 +599,16 @@ impl RagWorkerPool {
     }
 
     /// The four conditions after a pass, `ready` being the Deployment's ready replicas.
-    fn conditions(&self, seen: &Seen, plan: &Plan, ready: i32) -> Vec<Condition> {
+    fn conditions(
+        &self,
+        seen: &Seen,
+        plan: &Plan,
+        ready: i32,
+        previous: &[Condition],
+    ) -> Vec<Condition> {
         let decision = &plan.decision;
         let failure = seen.observed.as_ref().err();
-        let mut conditions = Conditions::new(
-            self.previous_conditions(),
-            self.metadata.generation,
-            seen.now.clone(),
-        );
+        let mut conditions = Conditions::new(previous, self.metadata.generation, seen.now.clone());
         conditions
             .ready(seen.deployment.is_some(), ready, decision.replicas)
             .redis_reachable(failure)
@@ -968,6 +1027,60 @@ mod tests {
         }
         assert_eq!(current.status.and_then(|s| s.arrival_rate), Some(0.0));
         assert_eq!(server.await.map(|s| s.len()).ok(), Some(5));
+    }
+
+    /// The controller's cache can hand a pass a pool older than the operator's own last
+    /// status write; the status must not go back to what that old copy says.
+    #[tokio::test]
+    async fn a_stale_cached_status_does_not_undo_the_last_write() {
+        let mut s = spec();
+        s.scaling.cooldown_seconds = 0;
+        let mut p = pool(s);
+        let long_ago = Time(Timestamp::UNIX_EPOCH);
+        p.status = Some(RagWorkerPoolStatus {
+            desired_replicas: 1,
+            last_scale_time: Some(long_ago.clone()),
+            last_scale_reason: Some("an older scale-up".into()),
+            ..RagWorkerPoolStatus::default()
+        });
+        let written = Arc::new(StdMutex::new(Vec::<Value>::new()));
+        let capture = |into: Arc<StdMutex<Vec<Value>>>| {
+            move |body: &Value| {
+                if let Ok(mut w) = into.lock() {
+                    w.push(body["status"].clone());
+                }
+            }
+        };
+        let (client, server) = mock_api(vec![
+            // Idle past the cooldown: 1 → 0.
+            get_deployment(existing(&p, 1)),
+            Exchange::new(Method::GET, PODS).reply(
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+            ),
+            Exchange::new(Method::PATCH, SCALE)
+                .check(|body| assert_eq!(body["spec"]["replicas"], 0)),
+            event("ScaledDown", "Normal", "1 → 0 replicas"),
+            status_patch().check(capture(written.clone())),
+            // The next pass is handed the same old copy of the pool: nothing to scale.
+            get_deployment(existing(&p, 0)),
+            status_patch().check(capture(written.clone())),
+        ]);
+        let ctx = context(client, vec![Ok(obs(100, 0, 0)), Ok(obs(102, 0, 0))]);
+        for pass in 0..2 {
+            let result = reconcile(Arc::new(p.clone()), ctx.clone()).await;
+            assert!(result.is_ok(), "pass {pass}: {result:?}");
+        }
+        assert_eq!(server.await.map(|s| s.len()).ok(), Some(7));
+        let written = written.lock().map(|w| w.clone()).unwrap_or_default();
+        let (scaled, after) = (&written[0], &written[1]);
+        assert_ne!(scaled["lastScaleTime"], json!(long_ago), "{scaled}");
+        assert_eq!(after["lastScaleTime"], scaled["lastScaleTime"], "{after}");
+        assert_eq!(
+            after["lastScaleReason"], scaled["lastScaleReason"],
+            "{after}"
+        );
+        assert_eq!(after["desiredReplicas"], 0);
     }
 
     #[tokio::test]
