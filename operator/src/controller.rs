@@ -32,7 +32,10 @@ use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use crate::crd::{RagWorkerPool, RagWorkerPoolSpec, RagWorkerPoolStatus, SpecError};
+use crate::crd::{
+    DECISION_MESSAGE_MAX, RagWorkerPool, RagWorkerPoolSpec, RagWorkerPoolStatus, ScalingDecision,
+    SpecError,
+};
 use crate::deletion_cost::{DELETION_COST, cost_changes};
 use crate::metrics::{ErrorLabels, Metrics, PoolLabels};
 use crate::observe::{Observation, ObserveError, Observer};
@@ -285,8 +288,52 @@ struct Plan {
     decision: Decision,
     /// Tasks per second arriving, once the history spans some time.
     arrival_rate: Option<f64>,
-    /// The scale step changed the Deployment's replicas.
+    /// The pass changed the Deployment's replicas (or created it with some).
     scaled: bool,
+}
+
+impl Plan {
+    /// The entry for `status.recentDecisions`, if this pass's decision belongs there: it
+    /// changed the replicas, or a bound, window or limit held them back and that is news
+    /// (`newest` is not already the same hold, so a hold lasting many passes is one entry).
+    fn recent_decision(
+        &self,
+        seen: &Seen,
+        newest: Option<&ScalingDecision>,
+    ) -> Option<ScalingDecision> {
+        let decision = &self.decision;
+        let entry = ScalingDecision {
+            time: seen.now.clone(),
+            from: seen.current,
+            to: if self.scaled {
+                decision.replicas
+            } else {
+                seen.current
+            },
+            reason: decision.cause.name().to_owned(),
+            message: truncate(decision.reason.clone(), DECISION_MESSAGE_MAX),
+        };
+        if self.scaled {
+            return Some(entry);
+        }
+        let repeated = newest.is_some_and(|n| {
+            (n.from, n.to, n.reason.as_str()) == (entry.from, entry.to, entry.reason.as_str())
+        });
+        (seen.observed.is_ok() && decision.held(seen.current) && !repeated).then_some(entry)
+    }
+}
+
+/// `decisions` with `entry` appended, keeping the newest `limit`.
+fn push_bounded(
+    mut decisions: Vec<ScalingDecision>,
+    entry: Option<ScalingDecision>,
+    limit: i32,
+) -> Vec<ScalingDecision> {
+    decisions.extend(entry);
+    let limit = usize::try_from(limit.clamp(0, 100)).unwrap_or(0);
+    let excess = decisions.len().saturating_sub(limit);
+    decisions.drain(..excess);
+    decisions
 }
 
 impl RagWorkerPool {
@@ -403,7 +450,10 @@ impl RagWorkerPool {
         memory: &mut Memory,
     ) -> Result<(), Error> {
         self.apply_owned(ctx, seen, &plan.decision).await?;
-        plan.scaled = self.scale(ctx, seen, &plan.decision, memory).await?;
+        let scaled = self.scale(ctx, seen, &plan.decision, memory).await?;
+        // A Deployment created at a non-zero size is a scale from nothing.
+        let created = seen.deployment.is_none() && plan.decision.replicas != seen.current;
+        plan.scaled = scaled || created;
         Ok(())
     }
 
@@ -582,7 +632,14 @@ impl RagWorkerPool {
                 previous.last_scale_reason.clone(),
             )
         };
+        let entry = plan.recent_decision(seen, previous.recent_decisions.last());
+        let recent_decisions = push_bounded(
+            previous.recent_decisions.clone(),
+            entry,
+            self.spec.scaling.decision_history_limit,
+        );
         let mut status = RagWorkerPoolStatus {
+            recent_decisions,
             replicas: counts.replicas.unwrap_or(0),
             ready_replicas: ready,
             desired_replicas: plan.decision.replicas,
@@ -869,6 +926,16 @@ mod tests {
                         .unwrap_or_default();
                     assert!(reason.contains("queueLength"), "{reason}");
                     assert!(body["status"]["lastScaleTime"].is_string());
+                    let recent = &body["status"]["recentDecisions"];
+                    assert_eq!(recent.as_array().map(Vec::len), Some(1), "{recent}");
+                    assert_eq!(recent[0]["from"], 1);
+                    assert_eq!(recent[0]["to"], 5);
+                    assert_eq!(recent[0]["reason"], "Load");
+                    assert_eq!(recent[0]["time"], body["status"]["lastScaleTime"]);
+                    assert_eq!(
+                        recent[0]["message"],
+                        "queueLength: (18 queued + 5 in flight) / 5 per replica = 4.60; → 5"
+                    );
                 }),
             ],
             vec![Ok(obs(100, 18, 5))],
@@ -960,6 +1027,18 @@ mod tests {
                 status_patch().check(|body| {
                     assert_eq!(body["status"]["desiredReplicas"], 3);
                     assert_eq!(condition(body, "ScalingLimited")["status"], "True");
+                    // Held back, not scaled: an entry from 3 to 3, and no lastScaleTime.
+                    let recent = &body["status"]["recentDecisions"][0];
+                    assert_eq!((&recent["from"], &recent["to"]), (&json!(3), &json!(3)));
+                    assert_eq!(recent["reason"], "MaxReplicas");
+                    let message = recent["message"].as_str().unwrap_or_default();
+                    assert!(
+                        message.starts_with(
+                            "queueLength: (100 queued + 0 in flight) / 5 per replica = 20.00"
+                        ) && message.ends_with("capped at maxReplicas 3"),
+                        "{message}"
+                    );
+                    assert!(body["status"].get("lastScaleTime").is_none());
                 }),
             ],
             vec![Ok(obs(100, 100, 0))],
@@ -1081,6 +1160,114 @@ mod tests {
             "{after}"
         );
         assert_eq!(after["desiredReplicas"], 0);
+    }
+
+    /// Runs one pass per observation with the pool carrying the status the previous pass
+    /// wrote, and returns every status written.
+    async fn statuses(
+        pool: &RagWorkerPool,
+        script: impl FnOnce(&dyn Fn() -> Exchange) -> Vec<Exchange>,
+        observed: Vec<Result<Observation, ObserveError>>,
+    ) -> Vec<RagWorkerPoolStatus> {
+        let written = Arc::new(StdMutex::new(Vec::<Value>::new()));
+        let capture = {
+            let written = written.clone();
+            move || {
+                let into = written.clone();
+                status_patch().check(move |body| {
+                    if let Ok(mut w) = into.lock() {
+                        w.push(body["status"].clone());
+                    }
+                })
+            }
+        };
+        let passes = observed.len();
+        let (client, server) = mock_api(script(&capture));
+        let ctx = context(client, observed);
+        let mut current = pool.clone();
+        for pass in 0..passes {
+            let result = reconcile(Arc::new(current.clone()), ctx.clone()).await;
+            assert!(result.is_ok(), "pass {pass}: {result:?}");
+            let last = written.lock().ok().and_then(|w| w.last().cloned());
+            current.status = last.and_then(|s| serde_json::from_value(s).ok());
+        }
+        assert!(server.await.is_ok(), "the API server saw other requests");
+        let all = written.lock().map(|w| w.clone()).unwrap_or_default();
+        all.into_iter()
+            .filter_map(|s| serde_json::from_value(s).ok())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn recent_decisions_keep_scales_and_new_holds_up_to_the_limit() {
+        let mut s = spec();
+        s.scaling.max_replicas = 6;
+        s.scaling.decision_history_limit = 2;
+        let p = pool(s);
+        let scale = |to: i32| {
+            Exchange::new(Method::PATCH, SCALE)
+                .check(move |body| assert_eq!(body["spec"]["replicas"], to))
+        };
+        let written = statuses(
+            &p,
+            |status| {
+                vec![
+                    // 40 tasks want 8, capped at 6; +4 pods per 15 s: 1 → 5.
+                    get_deployment(existing(&p, 1)),
+                    scale(5),
+                    event("ScaledUp", "Normal", "1 → 5 replicas"),
+                    status(),
+                    // Still within the period: held at 5 by the step limit.
+                    get_deployment(existing(&p, 5)),
+                    status(),
+                    // The same hold again: no new entry, so nothing to write.
+                    get_deployment(existing(&p, 5)),
+                    // A new period: up to maxReplicas.
+                    get_deployment(existing(&p, 5)),
+                    scale(6),
+                    // The recorder makes a repeated Event a series: a patch of the first.
+                    Exchange::new(Method::PATCH, &format!("{EVENTS}/")).prefix(),
+                    status(),
+                ]
+            },
+            vec![
+                Ok(obs(100, 40, 0)),
+                Ok(obs(102, 40, 0)),
+                Ok(obs(104, 40, 0)),
+                Ok(obs(120, 40, 0)),
+            ],
+        )
+        .await;
+        let summary = |s: &RagWorkerPoolStatus| -> Vec<(i32, i32, String)> {
+            s.recent_decisions
+                .iter()
+                .map(|d| (d.from, d.to, d.reason.clone()))
+                .collect()
+        };
+        let lists: Vec<_> = written.iter().map(summary).collect();
+        assert_eq!(
+            lists,
+            [
+                vec![(1, 5, "ScaleUpLimit".to_string())],
+                vec![
+                    (1, 5, "ScaleUpLimit".to_string()),
+                    (5, 5, "ScaleUpLimit".to_string())
+                ],
+                vec![
+                    (5, 5, "ScaleUpLimit".to_string()),
+                    (5, 6, "MaxReplicas".to_string())
+                ],
+            ]
+        );
+        let last = &written[2];
+        assert_eq!(
+            last.recent_decisions[1].message,
+            "queueLength: (40 queued + 0 in flight) / 5 per replica = 8.00 (0.00/s arriving); → 8; capped at maxReplicas 6"
+        );
+        assert_eq!(
+            last.last_scale_time.as_ref(),
+            Some(&last.recent_decisions[1].time)
+        );
     }
 
     #[tokio::test]
