@@ -29,6 +29,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
+use prometheus_client::metrics::family::Family;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
@@ -37,7 +38,7 @@ use crate::crd::{
     SpecError,
 };
 use crate::deletion_cost::{DELETION_COST, cost_changes};
-use crate::metrics::{ErrorLabels, Metrics, PoolLabels};
+use crate::metrics::{ErrorLabels, FloatGauge, Metrics, PoolLabels};
 use crate::observe::{Observation, ObserveError, Observer};
 use crate::policy::{Decision, History, desired_replicas};
 use crate::resources::{self, MANAGER, executor_name, pod_selector, spec_hash};
@@ -120,6 +121,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     memory: Mutex<HashMap<String, Memory>>,
+    /// The time a pass stamps on conditions and decisions; [`now`] outside tests.
+    clock: Box<dyn Fn() -> Time + Send + Sync>,
 }
 
 impl Context {
@@ -135,7 +138,15 @@ impl Context {
             observer,
             metrics,
             memory: Mutex::new(HashMap::new()),
+            clock: Box::new(now),
         }
+    }
+
+    /// Replaces the clock, so a test's passes can be minutes apart.
+    #[cfg(test)]
+    fn with_clock(mut self, clock: impl Fn() -> Time + Send + Sync + 'static) -> Self {
+        self.clock = Box::new(clock);
+        self
     }
 
     /// Takes a pool's memory out for one pass (a pool is never reconciled twice at once).
@@ -397,7 +408,7 @@ impl RagWorkerPool {
             ctx.publish(self, EventType::Warning, "InvalidSpec", invalid.to_string())
                 .await;
         }
-        let mut conditions = Conditions::new(&previous.conditions, generation, now());
+        let mut conditions = Conditions::new(&previous.conditions, generation, (ctx.clock)());
         conditions.invalid_spec(&invalid.to_string());
         let status = RagWorkerPoolStatus {
             observed_generation: generation,
@@ -411,7 +422,7 @@ impl RagWorkerPool {
 
     /// Observe: reads the executor Deployment and looks at the pool's queues.
     async fn observe(&self, ctx: &Context, ns: String) -> Result<Seen, Error> {
-        let now = now();
+        let now = (ctx.clock)();
         let exec = executor_name(self);
         let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
             .get_opt(&exec)
@@ -601,7 +612,7 @@ impl RagWorkerPool {
             ctx.publish(self, EventType::Warning, e.reason(), note)
                 .await;
         }
-        self.record_metrics(ctx, &plan.decision, seen.observation());
+        self.record_metrics(ctx, seen, plan);
         let status = self.next_status(seen, plan, previous);
         if self.status.as_ref() != Some(&status) {
             self.apply_status(ctx, &seen.ns, status.clone()).await?;
@@ -674,13 +685,32 @@ impl RagWorkerPool {
         conditions.into_vec()
     }
 
-    fn record_metrics(&self, ctx: &Context, decision: &Decision, obs: Option<&Observation>) {
-        let l = labels(self);
-        ctx.metrics
-            .desired_replicas
+    /// Sets the pool's gauges to what this pass saw and chose, and counts the decision. A
+    /// figure the pass could not read keeps its last value, as in the status.
+    fn record_metrics(&self, ctx: &Context, seen: &Seen, plan: &Plan) {
+        let (l, decision, m) = (labels(self), &plan.decision, &ctx.metrics);
+        m.desired_replicas
             .get_or_create(&l)
             .set(i64::from(decision.replicas));
-        if let Some(obs) = obs {
+        let current = if plan.scaled {
+            decision.replicas
+        } else {
+            seen.current
+        };
+        m.current_replicas.get_or_create(&l).set(i64::from(current));
+        m.count_decision(&l, decision.cause);
+        match decision.raw {
+            Some(raw) => {
+                m.raw_recommendation.get_or_create(&l).set(raw);
+            }
+            None => {
+                m.raw_recommendation.remove(&l);
+            }
+        }
+        if let Some(obs) = seen.observation() {
+            set_or_remove(&m.arrival_rate, &l, plan.arrival_rate);
+            let service = obs.mean_service_ms.map(|ms| ms / 1000.0);
+            set_or_remove(&m.mean_service_seconds, &l, service);
             ctx.metrics
                 .queued
                 .get_or_create(&l)
@@ -720,6 +750,18 @@ impl RagWorkerPool {
                 self.name_any()
             )))?;
         Ok(())
+    }
+}
+
+/// Sets a pool's float gauge to `value`, or removes the series while there is none.
+fn set_or_remove(family: &Family<PoolLabels, FloatGauge>, pool: &PoolLabels, value: Option<f64>) {
+    match value {
+        Some(v) => {
+            family.get_or_create(pool).set(v);
+        }
+        None => {
+            family.remove(pool);
+        }
     }
 }
 
@@ -1169,6 +1211,16 @@ mod tests {
         script: impl FnOnce(&dyn Fn() -> Exchange) -> Vec<Exchange>,
         observed: Vec<Result<Observation, ObserveError>>,
     ) -> Vec<RagWorkerPoolStatus> {
+        statuses_at(pool, script, observed, now).await
+    }
+
+    /// [`statuses`] with the passes stamped by `clock`.
+    async fn statuses_at(
+        pool: &RagWorkerPool,
+        script: impl FnOnce(&dyn Fn() -> Exchange) -> Vec<Exchange>,
+        observed: Vec<Result<Observation, ObserveError>>,
+        clock: impl Fn() -> Time + Send + Sync + 'static,
+    ) -> Vec<RagWorkerPoolStatus> {
         let written = Arc::new(StdMutex::new(Vec::<Value>::new()));
         let capture = {
             let written = written.clone();
@@ -1183,7 +1235,18 @@ mod tests {
         };
         let passes = observed.len();
         let (client, server) = mock_api(script(&capture));
-        let ctx = context(client, observed);
+        let ctx = Arc::new(
+            Context::new(
+                client,
+                Arc::new(FakeObserver::new(observed)),
+                Arc::new(Metrics::default()),
+                Reporter {
+                    controller: MANAGER.into(),
+                    instance: None,
+                },
+            )
+            .with_clock(clock),
+        );
         let mut current = pool.clone();
         for pass in 0..passes {
             let result = reconcile(Arc::new(current.clone()), ctx.clone()).await;
@@ -1268,6 +1331,251 @@ mod tests {
             last.last_scale_time.as_ref(),
             Some(&last.recent_decisions[1].time)
         );
+    }
+
+    #[tokio::test]
+    async fn metrics_show_what_the_operator_saw_and_chose() {
+        let p = pool(spec());
+        let busy = Observation {
+            total_enqueued: 10,
+            mean_service_ms: Some(2_500.0),
+            ..obs(102, 18, 5)
+        };
+        let (client, server) = mock_api(vec![
+            // 10 tasks at 2 replicas: exactly 2, nothing to do.
+            get_deployment(existing(&p, 2)),
+            status_patch(),
+            // 10 tasks arrived in 2 s; 23 tasks want 4.6 replicas: 2 → 5.
+            get_deployment(existing(&p, 2)),
+            Exchange::new(Method::PATCH, SCALE),
+            event("ScaledUp", "Normal", "2 → 5 replicas"),
+            status_patch(),
+        ]);
+        let ctx = context(client, vec![Ok(obs(100, 10, 0)), Ok(busy)]);
+        for pass in 0..2 {
+            let result = reconcile(Arc::new(p.clone()), ctx.clone()).await;
+            assert!(result.is_ok(), "pass {pass}: {result:?}");
+        }
+        assert_eq!(server.await.map(|s| s.len()).ok(), Some(6));
+        let text = ctx.metrics.encode().unwrap_or_default();
+        let pool = r#"{namespace="ns",pool="pool"}"#;
+        for (name, value) in [
+            ("desired_replicas", "5"),
+            ("current_replicas", "5"),
+            ("raw_recommended_replicas", "4.6"),
+            ("queue_depth", "18"),
+            ("in_flight", "5"),
+            ("arrival_rate", "5.0"),
+            ("mean_service_seconds", "2.5"),
+            ("scale_events_total", "1"),
+        ] {
+            let line = format!("ragpool_operator_{name}{pool} {value}");
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        for (reason, count) in [("load", 2), ("tolerance", 0), ("scale_up_limit", 0)] {
+            let line = format!(
+                r#"ragpool_operator_decisions_total{{namespace="ns",pool="pool",reason="{reason}"}} {count}"#
+            );
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+    }
+
+    /// Renders a JSON object the way `kubectl describe` prints a custom resource: keys
+    /// sorted, camelCase turned into words, nested objects indented, list items one after
+    /// the other, and the values of each run of plain fields aligned two spaces apart.
+    fn describe(field: &str, value: &Value) -> String {
+        fn label(key: &str) -> String {
+            let mut out = String::new();
+            for (i, c) in key.chars().enumerate() {
+                if i == 0 {
+                    out.extend(c.to_uppercase());
+                } else if c.is_uppercase() {
+                    out.push(' ');
+                    out.push(c);
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        }
+        fn walk(
+            indent: usize,
+            key: &str,
+            value: &Value,
+            lines: &mut Vec<(String, Option<String>)>,
+        ) {
+            let head = format!("{}{}:", "  ".repeat(indent), label(key));
+            match value {
+                Value::Object(map) => {
+                    lines.push((head, None));
+                    for (k, v) in map {
+                        walk(indent + 1, k, v, lines);
+                    }
+                }
+                Value::Array(items) => {
+                    lines.push((head, None));
+                    for item in items {
+                        match item {
+                            Value::Object(map) => {
+                                for (k, v) in map {
+                                    walk(indent + 1, k, v, lines);
+                                }
+                            }
+                            other => {
+                                lines.push((format!("{}{other}", "  ".repeat(indent + 1)), None))
+                            }
+                        }
+                    }
+                }
+                Value::String(text) => lines.push((head, Some(text.clone()))),
+                other => lines.push((head, Some(other.to_string()))),
+            }
+        }
+        let mut lines = Vec::new();
+        walk(0, field, value, &mut lines);
+        let mut out = String::new();
+        let mut i = 0;
+        while i < lines.len() {
+            let run = lines[i..].iter().take_while(|(_, v)| v.is_some()).count();
+            if run == 0 {
+                out.push_str(&lines[i].0);
+                out.push('\n');
+                i += 1;
+                continue;
+            }
+            let width = lines[i..i + run]
+                .iter()
+                .map(|(k, _)| k.chars().count())
+                .max()
+                .unwrap_or(0)
+                + 2;
+            for (k, v) in &lines[i..i + run] {
+                let pad = width - k.chars().count();
+                out.push_str(&format!(
+                    "{k}{}{}\n",
+                    " ".repeat(pad),
+                    v.as_deref().unwrap_or_default()
+                ));
+            }
+            i += run;
+        }
+        out
+    }
+
+    /// A burst and its end, pass by pass, as `kubectl describe rwp` shows it afterwards
+    /// (`cargo test -p ragpool-operator describe -- --nocapture` prints it; docs/operator.md
+    /// quotes it).
+    #[tokio::test]
+    async fn describe_shows_the_recent_decisions_of_a_burst() {
+        let p = pool(spec());
+        let pods = || {
+            Exchange::new(Method::GET, PODS).reply(
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+            )
+        };
+        let scale = |to: i32| {
+            Exchange::new(Method::PATCH, SCALE)
+                .check(move |body| assert_eq!(body["spec"]["replicas"], to))
+        };
+        let series = || Exchange::new(Method::PATCH, &format!("{EVENTS}/")).prefix();
+        let at = |t: u64, queued: u64, in_flight: u64, total: u64| {
+            Ok(Observation {
+                total_enqueued: total,
+                mean_service_ms: Some(4_000.0),
+                ..obs(t, queued, in_flight)
+            })
+        };
+        // The passes' wall-clock times follow the observations' Redis clock.
+        let times = [100, 102, 116, 130, 200, 500];
+        let pass = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let clock = move || {
+            let i = pass.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let base = Timestamp::from_second(1_777_888_800).unwrap_or(Timestamp::UNIX_EPOCH);
+            let t = times.get(i).copied().unwrap_or(0);
+            Time(base + k8s_openapi::jiff::SignedDuration::from_secs(t))
+        };
+        let written = statuses_at(
+            &p,
+            |status| {
+                vec![
+                    // 40 tasks land on one replica: +4 pods per 15 s.
+                    get_deployment(existing(&p, 1)),
+                    scale(5),
+                    event("ScaledUp", "Normal", "1 → 5 replicas"),
+                    status(),
+                    // The next pass wants 8 but the period's step is used up.
+                    get_deployment(existing(&p, 5)),
+                    status(),
+                    // A new period: to 8.
+                    get_deployment(existing(&p, 5)),
+                    scale(8),
+                    series(),
+                    status(),
+                    // Four tasks left: the 60 s scale-down window keeps 8.
+                    get_deployment(existing(&p, 8)),
+                    status(),
+                    // Idle, the window passed: one replica through the cooldown.
+                    get_deployment(existing(&p, 8)),
+                    pods(),
+                    scale(1),
+                    event("ScaledDown", "Normal", "8 → 1 replicas"),
+                    status(),
+                    // Idle past the 300 s cooldown: to zero.
+                    get_deployment(existing(&p, 1)),
+                    pods(),
+                    scale(0),
+                    series(),
+                    status(),
+                ]
+            },
+            vec![
+                at(100, 40, 0, 40),
+                at(102, 36, 4, 40),
+                at(116, 20, 16, 40),
+                at(130, 0, 4, 40),
+                at(200, 0, 0, 40),
+                at(500, 0, 0, 40),
+            ],
+            clock,
+        )
+        .await;
+        let last = written.last().cloned().unwrap_or_default();
+        let reasons: Vec<(i32, i32, &str)> = last
+            .recent_decisions
+            .iter()
+            .map(|d| (d.from, d.to, d.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (1, 5, "ScaleUpLimit"),
+                (5, 5, "ScaleUpLimit"),
+                (5, 8, "Load"),
+                (8, 8, "ScaleDownWindow"),
+                (8, 1, "Cooldown"),
+                (1, 0, "Idle"),
+            ]
+        );
+        let mut status = serde_json::to_value(&last).unwrap_or_default();
+        // kubectl describe shows the whole status; the excerpt leaves the conditions out.
+        if let Some(map) = status.as_object_mut() {
+            map.remove("conditions");
+        }
+        let text = describe("status", &status);
+        println!("{text}");
+        assert!(
+            text.contains("  Recent Decisions:\n    From:     1\n"),
+            "{text}"
+        );
+        assert!(text.contains("    Reason:   ScaleDownWindow\n"), "{text}");
+        assert!(
+            text.contains(
+                "    Message:  queueLength: (0 queued + 4 in flight) / 5 per replica = 0.80"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("  Last Scale Reason:"), "{text}");
     }
 
     #[tokio::test]
