@@ -212,7 +212,8 @@ impl Context {
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, &pool.object_ref(&())).await {
-            warn!(pool = %pool.name_any(), error = %e, "cannot publish event {reason}");
+            let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
+            warn!(%namespace, pool = %name, error = %e, "cannot publish event {reason}");
         }
     }
 }
@@ -268,7 +269,8 @@ pub async fn reconcile(pool: Arc<RagWorkerPool>, ctx: Arc<Context>) -> Result<Ac
 /// Retries a failed pool after its poll interval (at least 5 s, so a broken API server is
 /// not hammered).
 pub fn error_policy(pool: Arc<RagWorkerPool>, error: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(pool = %pool.name_any(), %error, "reconcile failed");
+    let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
+    warn!(%namespace, pool = %name, %error, "reconcile failed");
     let poll = u64::try_from(pool.spec.scaling.poll_seconds).unwrap_or(5);
     Action::requeue(Duration::from_secs(poll.max(5)))
 }
@@ -276,6 +278,8 @@ pub fn error_policy(pool: Arc<RagWorkerPool>, error: &Error, _ctx: Arc<Context>)
 /// What a pass found: the executor Deployment and the pool's queues.
 struct Seen {
     ns: String,
+    /// The pool's name.
+    name: String,
     /// `namespace/name`: the pool's key in the operator's memory and in logs.
     key: String,
     /// The name of the executor Deployment and of its ConfigMap.
@@ -434,6 +438,7 @@ impl RagWorkerPool {
             .unwrap_or(0);
         Ok(Seen {
             key: format!("{ns}/{}", self.name_any()),
+            name: self.name_any(),
             observed: ctx.observer.observe(self).await,
             ns,
             exec,
@@ -445,8 +450,18 @@ impl RagWorkerPool {
 
     /// Decide: asks the policy for a replica count, given the pool's history.
     fn decide(&self, seen: &Seen, history: &History) -> Plan {
+        let decision = desired_replicas(seen.observation(), &self.spec, history);
+        debug!(
+            namespace = %seen.ns,
+            pool = %seen.name,
+            current = seen.current,
+            replicas = decision.replicas,
+            cause = decision.cause.label(),
+            reason = %decision.reason,
+            "decided"
+        );
         Plan {
-            decision: desired_replicas(seen.observation(), &self.spec, history),
+            decision,
             arrival_rate: seen.observation().and_then(|o| history.arrival_rate(o)),
             scaled: false,
         }
@@ -495,7 +510,12 @@ impl RagWorkerPool {
             .patch(exec, &apply, &Patch::Apply(&rendered))
             .await
             .map_err(kube_err(format!("applying Deployment {ns}/{exec}")))?;
-        info!(pool = %seen.key, created = seen.deployment.is_none(), "applied executor Deployment");
+        info!(
+            namespace = %seen.ns,
+            pool = %seen.name,
+            created = seen.deployment.is_none(),
+            "applied executor Deployment"
+        );
         Ok(())
     }
 
@@ -554,7 +574,7 @@ impl RagWorkerPool {
             )
             .await
             .map_err(kube_err(format!("scaling Deployment {exec} to {to}")))?;
-        info!(pool = %self.name_any(), from, to, reason = %decision.reason, "scaled");
+        info!(namespace = %seen.ns, pool = %seen.name, from, to, reason = %decision.reason, "scaled");
         ctx.metrics.scale_events.get_or_create(&labels(self)).inc();
         let reason = if to > from { "ScaledUp" } else { "ScaledDown" };
         let note = format!("{from} → {to} replicas: {}", decision.reason);
@@ -585,7 +605,9 @@ impl RagWorkerPool {
         for (pod, cost) in cost_changes(&list.items, &obs.workers) {
             let patch = json!({"metadata": {"annotations": {DELETION_COST: cost.to_string()}}});
             match pods.patch(&pod, &params, &Patch::Merge(&patch)).await {
-                Ok(_) => debug!(%pod, cost, "set deletion cost"),
+                Ok(_) => {
+                    debug!(namespace = %ns, pool = %self.name_any(), %pod, cost, "set deletion cost")
+                }
                 // The pod went away between the list and the patch: nothing to steer.
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(kube_err(format!("annotating pod {ns}/{pod}"))(e)),
@@ -797,7 +819,16 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {
-                Ok((pool, _)) => debug!(pool = %pool, "reconciled"),
+                Ok((pool, _)) => {
+                    let namespace = pool.namespace.as_deref().unwrap_or_default();
+                    debug!(namespace, pool = %pool.name, "reconciled");
+                }
+                // error_policy has logged a failed reconcile with its pool.
+                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                Err(kube::runtime::controller::Error::ObjectNotFound(pool)) => {
+                    let namespace = pool.namespace.as_deref().unwrap_or_default();
+                    debug!(namespace, pool = %pool.name, "pool gone before its reconcile");
+                }
                 Err(e) => warn!(error = %e, "reconcile stream"),
             }
         })
@@ -1576,6 +1607,105 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("  Last Scale Reason:"), "{text}");
+    }
+
+    /// A logged message and the names of its fields.
+    type Logged = (String, Vec<String>);
+
+    /// Records the message and field names of every event this crate logs.
+    #[derive(Clone, Default)]
+    struct LogFields(Arc<StdMutex<Vec<Logged>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogFields {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Visit(String, Vec<String>);
+            impl tracing::field::Visit for Visit {
+                fn record_debug(
+                    &mut self,
+                    field: &tracing::field::Field,
+                    value: &dyn std::fmt::Debug,
+                ) {
+                    if field.name() == "message" {
+                        self.0 = format!("{value:?}");
+                    } else {
+                        self.1.push(field.name().to_owned());
+                    }
+                }
+            }
+            if !event.metadata().target().starts_with("ragpool_operator") {
+                return;
+            }
+            let mut visit = Visit(String::new(), Vec::new());
+            event.record(&mut visit);
+            if let Ok(mut all) = self.0.lock() {
+                all.push((visit.0, visit.1));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_log_line_about_a_pool_names_its_namespace_and_pool() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let logs = LogFields::default();
+        let _guard =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(logs.clone()));
+        let p = pool(spec());
+        let pod = |name: &str| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "ns"}});
+        let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod("a"), pod("b")]});
+        let winding_down = Observation {
+            workers: vec![worker("a", 1), worker("b", 0)],
+            ..obs(102, 0, 1)
+        };
+        let (client, server) = mock_api(vec![
+            // Created at 1 replica.
+            get_deployment(not_found("deployments.apps", "pool-executor")),
+            Exchange::new(Method::PATCH, CONFIG_MAP),
+            Exchange::new(Method::PATCH, DEPLOYMENT),
+            status_patch(),
+            // Scaled to 3 by hand, back to 1 with deletion costs; the Event fails.
+            get_deployment(existing(&p, 3)),
+            Exchange::new(Method::GET, PODS).reply(StatusCode::OK, list),
+            Exchange::new(Method::PATCH, &format!("{PODS}/a")),
+            Exchange::new(Method::PATCH, &format!("{PODS}/b")),
+            Exchange::new(Method::PATCH, SCALE),
+            Exchange::new(Method::POST, EVENTS).reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                server_error("etcd timeout"),
+            ),
+            status_patch(),
+        ]);
+        let ctx = context(client, vec![Ok(obs(100, 3, 0)), Ok(winding_down)]);
+        for pass in 0..2 {
+            let result = reconcile(Arc::new(p.clone()), ctx.clone()).await;
+            assert!(result.is_ok(), "pass {pass}: {result:?}");
+        }
+        error_policy(Arc::new(p), &Error::NoNamespace, ctx);
+        assert_eq!(server.await.map(|s| s.len()).ok(), Some(11));
+        let logged = logs.0.lock().map(|l| l.clone()).unwrap_or_default();
+        let messages: Vec<&str> = logged.iter().map(|(m, _)| m.as_str()).collect();
+        for expected in [
+            "decided",
+            "applied executor Deployment",
+            "set deletion cost",
+            "scaled",
+            "cannot publish event ScaledDown",
+            "reconcile failed",
+        ] {
+            assert!(
+                messages.contains(&expected),
+                "no {expected:?} in {messages:?}"
+            );
+        }
+        for (message, fields) in &logged {
+            assert!(
+                fields.iter().any(|f| f == "namespace") && fields.iter().any(|f| f == "pool"),
+                "{message:?} has only {fields:?}"
+            );
+        }
     }
 
     #[tokio::test]
