@@ -34,15 +34,14 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::crd::{
-    DECISION_MESSAGE_MAX, RagWorkerPool, RagWorkerPoolSpec, RagWorkerPoolStatus, ScalingDecision,
-    SpecError,
+    RagWorkerPool, RagWorkerPoolSpec, RagWorkerPoolStatus, ScalingDecision, SpecError,
 };
 use crate::deletion_cost::{DELETION_COST, cost_changes};
 use crate::metrics::{ErrorLabels, FloatGauge, Metrics, PoolLabels};
 use crate::observe::{Observation, ObserveError, Observer};
 use crate::policy::{Decision, History, desired_replicas};
 use crate::resources::{self, MANAGER, executor_name, pod_selector, spec_hash};
-use crate::status::{self, Conditions};
+use crate::status::{self, Conditions, truncate};
 
 /// A failed reconcile.
 #[derive(Debug, thiserror::Error)]
@@ -225,17 +224,6 @@ fn now() -> Time {
     Time(Timestamp::from_second(now.as_second()).unwrap_or(now))
 }
 
-fn truncate(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
-    text
-}
-
 fn labels(pool: &RagWorkerPool) -> PoolLabels {
     PoolLabels {
         namespace: pool.namespace().unwrap_or_default(),
@@ -326,7 +314,7 @@ impl Plan {
                 seen.current
             },
             reason: decision.cause.name().to_owned(),
-            message: truncate(decision.reason.clone(), DECISION_MESSAGE_MAX),
+            message: decision.message(),
         };
         if self.scaled {
             return Some(entry);

@@ -24,8 +24,9 @@
 
 use std::collections::VecDeque;
 
-use crate::crd::{RagWorkerPoolSpec, ScalingMode, ScalingRules, ScalingSpec};
+use crate::crd::{DECISION_MESSAGE_MAX, RagWorkerPoolSpec, ScalingMode, ScalingRules, ScalingSpec};
 use crate::observe::{ArrivalSample, Observation, arrival_rate};
+use crate::status::truncate;
 
 /// Defaults of the scale-up rules.
 const UP_WINDOW_SECONDS: i32 = 0;
@@ -428,6 +429,12 @@ impl Decision {
             raw: None,
             cause,
         }
+    }
+
+    /// The reason as `status.recentDecisions` keeps it (cut to
+    /// [`DECISION_MESSAGE_MAX`] bytes).
+    pub fn message(&self) -> String {
+        truncate(self.reason.clone(), DECISION_MESSAGE_MAX)
     }
 
     /// A bound, window or limit kept a pool of `current` replicas where it is, although the
