@@ -1,9 +1,11 @@
-//! `ragpool`, the command line: `ragpool dev` runs ragpool on one machine, and `submit`,
-//! `status`, `stats`, `cancel` and `retry` are thin clients of its HTTP API.
+//! `ragpool`, the command line: `ragpool dev` runs ragpool on one machine, `submit`,
+//! `status`, `stats`, `cancel` and `retry` are thin clients of its HTTP API, and `explain`
+//! shows what the operator's scaling policy would decide for a pool now.
 
 pub mod client;
 pub mod commands;
 pub mod dev;
+pub mod explain;
 pub mod redis_server;
 
 use std::process::ExitCode;
@@ -12,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 use commands::{StatsArgs, StatusArgs, SubmitCommand, TaskArgs};
 use dev::DevArgs;
+use explain::ExplainArgs;
 
 /// The `ragpool` command line.
 #[derive(Debug, Parser)]
@@ -41,6 +44,9 @@ pub enum Command {
     Cancel(TaskArgs),
     /// Queue a failed task again.
     Retry(TaskArgs),
+    /// Show what the operator's scaling policy would decide for a RagWorkerPool now, and
+    /// why, step by step (from the cluster, or --file plus --redis-url).
+    Explain(ExplainArgs),
 }
 
 /// Runs a parsed command line to its exit status. Errors are printed to stderr.
@@ -76,6 +82,10 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Stats(a) => commands::stats(a).await?,
             Command::Cancel(a) => commands::cancel(a).await?,
             Command::Retry(a) => commands::retry(a).await?,
+            Command::Explain(a) => {
+                explain::explain(a).await?;
+                ExitCode::SUCCESS
+            }
         })
     });
     match result {

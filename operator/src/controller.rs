@@ -29,16 +29,19 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
 use kube::{Api, Client, Resource, ResourceExt};
+use prometheus_client::metrics::family::Family;
 use serde_json::json;
 use tracing::{debug, info, warn};
 
-use crate::crd::{RagWorkerPool, RagWorkerPoolSpec, RagWorkerPoolStatus, SpecError};
+use crate::crd::{
+    RagWorkerPool, RagWorkerPoolSpec, RagWorkerPoolStatus, ScalingDecision, SpecError,
+};
 use crate::deletion_cost::{DELETION_COST, cost_changes};
-use crate::metrics::{ErrorLabels, Metrics, PoolLabels};
+use crate::metrics::{ErrorLabels, FloatGauge, Metrics, PoolLabels};
 use crate::observe::{Observation, ObserveError, Observer};
 use crate::policy::{Decision, History, desired_replicas};
 use crate::resources::{self, MANAGER, executor_name, pod_selector, spec_hash};
-use crate::status::{self, Conditions};
+use crate::status::{self, Conditions, truncate};
 
 /// A failed reconcile.
 #[derive(Debug, thiserror::Error)]
@@ -72,7 +75,12 @@ fn kube_err(action: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
 
 /// What the operator remembers about a pool between passes.
 struct Memory {
+    /// The pool's uid: a pool deleted and created again under the same name starts afresh.
+    uid: Option<String>,
     history: History,
+    /// The status this operator last wrote. The controller's cache can hand a pass an older
+    /// copy of the pool than that write; building on the copy would put old values back.
+    written: Option<RagWorkerPoolStatus>,
     /// The busy pods the deletion costs were last written for; `None` until a scale-down
     /// first needed them.
     costs_written_for: Option<BTreeSet<String>>,
@@ -112,6 +120,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub metrics: Arc<Metrics>,
     memory: Mutex<HashMap<String, Memory>>,
+    /// The time a pass stamps on conditions and decisions; [`now`] outside tests.
+    clock: Box<dyn Fn() -> Time + Send + Sync>,
 }
 
 impl Context {
@@ -127,25 +137,60 @@ impl Context {
             observer,
             metrics,
             memory: Mutex::new(HashMap::new()),
+            clock: Box::new(now),
         }
     }
 
+    /// Replaces the clock, so a test's passes can be minutes apart.
+    #[cfg(test)]
+    fn with_clock(mut self, clock: impl Fn() -> Time + Send + Sync + 'static) -> Self {
+        self.clock = Box::new(clock);
+        self
+    }
+
     /// Takes a pool's memory out for one pass (a pool is never reconciled twice at once).
-    fn take_memory(&self, key: &str, current: i32) -> Memory {
+    fn take_memory(&self, key: &str, uid: Option<&str>, current: i32) -> Memory {
         let mut all = self
             .memory
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         all.retain(|_, m| m.touched.elapsed() < FORGET_AFTER);
-        let mut memory = all.remove(key).unwrap_or_else(|| Memory {
-            history: History::new(current),
-            costs_written_for: None,
-            touched: Instant::now(),
-        });
+        let mut memory = all
+            .remove(key)
+            .filter(|m| m.uid.as_deref() == uid)
+            .unwrap_or_else(|| Memory {
+                uid: uid.map(str::to_owned),
+                history: History::new(current),
+                written: None,
+                costs_written_for: None,
+                touched: Instant::now(),
+            });
         // The Deployment is the truth: someone may have scaled it by hand.
         memory.history.current_replicas = current;
         memory.touched = Instant::now();
         memory
+    }
+
+    /// The status last written for the pool `key` with `uid`, if this operator wrote one.
+    fn written_status(&self, key: &str, uid: Option<&str>) -> Option<RagWorkerPoolStatus> {
+        let all = self
+            .memory
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        all.get(key)
+            .filter(|m| m.uid.as_deref() == uid)
+            .and_then(|m| m.written.clone())
+    }
+
+    /// Records a status written outside a full pass, for a pool already remembered.
+    fn note_written(&self, key: &str, uid: Option<&str>, status: RagWorkerPoolStatus) {
+        let mut all = self
+            .memory
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(m) = all.get_mut(key).filter(|m| m.uid.as_deref() == uid) {
+            m.written = Some(status);
+        }
     }
 
     fn put_memory(&self, key: &str, memory: Memory) {
@@ -166,20 +211,17 @@ impl Context {
             secondary: None,
         };
         if let Err(e) = self.recorder.publish(&event, &pool.object_ref(&())).await {
-            warn!(pool = %pool.name_any(), error = %e, "cannot publish event {reason}");
+            let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
+            warn!(%namespace, pool = %name, error = %e, "cannot publish event {reason}");
         }
     }
 }
 
-fn truncate(mut text: String, max: usize) -> String {
-    if text.len() > max {
-        let mut cut = max;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-    }
-    text
+/// The time now, in whole seconds: what the API server keeps of a `Time`, so the status
+/// this operator remembers equals the one it reads back.
+fn now() -> Time {
+    let now = Timestamp::now();
+    Time(Timestamp::from_second(now.as_second()).unwrap_or(now))
 }
 
 fn labels(pool: &RagWorkerPool) -> PoolLabels {
@@ -215,7 +257,8 @@ pub async fn reconcile(pool: Arc<RagWorkerPool>, ctx: Arc<Context>) -> Result<Ac
 /// Retries a failed pool after its poll interval (at least 5 s, so a broken API server is
 /// not hammered).
 pub fn error_policy(pool: Arc<RagWorkerPool>, error: &Error, _ctx: Arc<Context>) -> Action {
-    warn!(pool = %pool.name_any(), %error, "reconcile failed");
+    let (namespace, name) = (pool.namespace().unwrap_or_default(), pool.name_any());
+    warn!(%namespace, pool = %name, %error, "reconcile failed");
     let poll = u64::try_from(pool.spec.scaling.poll_seconds).unwrap_or(5);
     Action::requeue(Duration::from_secs(poll.max(5)))
 }
@@ -223,6 +266,8 @@ pub fn error_policy(pool: Arc<RagWorkerPool>, error: &Error, _ctx: Arc<Context>)
 /// What a pass found: the executor Deployment and the pool's queues.
 struct Seen {
     ns: String,
+    /// The pool's name.
+    name: String,
     /// `namespace/name`: the pool's key in the operator's memory and in logs.
     key: String,
     /// The name of the executor Deployment and of its ConfigMap.
@@ -246,8 +291,52 @@ struct Plan {
     decision: Decision,
     /// Tasks per second arriving, once the history spans some time.
     arrival_rate: Option<f64>,
-    /// The scale step changed the Deployment's replicas.
+    /// The pass changed the Deployment's replicas (or created it with some).
     scaled: bool,
+}
+
+impl Plan {
+    /// The entry for `status.recentDecisions`, if this pass's decision belongs there: it
+    /// changed the replicas, or a bound, window or limit held them back and that is news
+    /// (`newest` is not already the same hold, so a hold lasting many passes is one entry).
+    fn recent_decision(
+        &self,
+        seen: &Seen,
+        newest: Option<&ScalingDecision>,
+    ) -> Option<ScalingDecision> {
+        let decision = &self.decision;
+        let entry = ScalingDecision {
+            time: seen.now.clone(),
+            from: seen.current,
+            to: if self.scaled {
+                decision.replicas
+            } else {
+                seen.current
+            },
+            reason: decision.cause.name().to_owned(),
+            message: decision.message(),
+        };
+        if self.scaled {
+            return Some(entry);
+        }
+        let repeated = newest.is_some_and(|n| {
+            (n.from, n.to, n.reason.as_str()) == (entry.from, entry.to, entry.reason.as_str())
+        });
+        (seen.observed.is_ok() && decision.held(seen.current) && !repeated).then_some(entry)
+    }
+}
+
+/// `decisions` with `entry` appended, keeping the newest `limit`.
+fn push_bounded(
+    mut decisions: Vec<ScalingDecision>,
+    entry: Option<ScalingDecision>,
+    limit: i32,
+) -> Vec<ScalingDecision> {
+    decisions.extend(entry);
+    let limit = usize::try_from(limit.clamp(0, 100)).unwrap_or(0);
+    let excess = decisions.len().saturating_sub(limit);
+    decisions.drain(..excess);
+    decisions
 }
 
 impl RagWorkerPool {
@@ -261,7 +350,7 @@ impl RagWorkerPool {
         let seen = self.observe(ctx, ns).await?;
         // The memory goes back on every path: a failed call must not forget the
         // stabilisation window.
-        let mut memory = ctx.take_memory(&seen.key, seen.current);
+        let mut memory = ctx.take_memory(&seen.key, self.uid().as_deref(), seen.current);
         let mut plan = self.decide(&seen, &memory.history);
         let acted = self
             .apply_and_scale(ctx, &seen, &mut plan, &mut memory)
@@ -272,21 +361,25 @@ impl RagWorkerPool {
             &plan.decision,
             acted.is_ok(),
         );
+        let result = match acted {
+            Ok(()) => self.write_status(ctx, &seen, &plan, &mut memory).await,
+            Err(e) => Err(e),
+        };
         ctx.put_memory(&seen.key, memory);
-        acted?;
-        self.write_status(ctx, &seen, &plan).await?;
-        Ok(Action::requeue(self.poll_interval()))
+        result.map(|()| Action::requeue(self.poll_interval()))
     }
 
     fn poll_interval(&self) -> Duration {
         Duration::from_secs(u64::try_from(self.spec.scaling.poll_seconds.max(1)).unwrap_or(2))
     }
 
-    /// The conditions the last status write left.
-    fn previous_conditions(&self) -> &[Condition] {
-        self.status
-            .as_ref()
-            .map_or(&[], |s| s.conditions.as_slice())
+    /// The status a pass builds on: what this operator last wrote, or, when it wrote
+    /// nothing yet (a new pool, a restart, a new leader), the pool's own.
+    fn previous_status(&self, written: Option<&RagWorkerPoolStatus>) -> RagWorkerPoolStatus {
+        written
+            .or(self.status.as_ref())
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// Reports an invalid spec with `InvalidSpec` conditions, and with a Warning Event when
@@ -298,7 +391,8 @@ impl RagWorkerPool {
         ns: &str,
         invalid: &SpecError,
     ) -> Result<(), Error> {
-        let previous = self.status.clone().unwrap_or_default();
+        let (key, uid) = (format!("{ns}/{}", self.name_any()), self.uid());
+        let previous = self.previous_status(ctx.written_status(&key, uid.as_deref()).as_ref());
         let generation = self.metadata.generation;
         if !status::is_false(&previous.conditions, status::SCALING_ACTIVE)
             || previous.observed_generation != generation
@@ -306,20 +400,21 @@ impl RagWorkerPool {
             ctx.publish(self, EventType::Warning, "InvalidSpec", invalid.to_string())
                 .await;
         }
-        let mut conditions =
-            Conditions::new(&previous.conditions, generation, Time(Timestamp::now()));
+        let mut conditions = Conditions::new(&previous.conditions, generation, (ctx.clock)());
         conditions.invalid_spec(&invalid.to_string());
         let status = RagWorkerPoolStatus {
             observed_generation: generation,
             conditions: conditions.into_vec(),
             ..previous.clone()
         };
-        self.apply_status(ctx, ns, status).await
+        self.apply_status(ctx, ns, status.clone()).await?;
+        ctx.note_written(&key, uid.as_deref(), status);
+        Ok(())
     }
 
     /// Observe: reads the executor Deployment and looks at the pool's queues.
     async fn observe(&self, ctx: &Context, ns: String) -> Result<Seen, Error> {
-        let now = Time(Timestamp::now());
+        let now = (ctx.clock)();
         let exec = executor_name(self);
         let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &ns)
             .get_opt(&exec)
@@ -331,6 +426,7 @@ impl RagWorkerPool {
             .unwrap_or(0);
         Ok(Seen {
             key: format!("{ns}/{}", self.name_any()),
+            name: self.name_any(),
             observed: ctx.observer.observe(self).await,
             ns,
             exec,
@@ -342,8 +438,18 @@ impl RagWorkerPool {
 
     /// Decide: asks the policy for a replica count, given the pool's history.
     fn decide(&self, seen: &Seen, history: &History) -> Plan {
+        let decision = desired_replicas(seen.observation(), &self.spec, history);
+        debug!(
+            namespace = %seen.ns,
+            pool = %seen.name,
+            current = seen.current,
+            replicas = decision.replicas,
+            cause = decision.cause.label(),
+            reason = %decision.reason,
+            "decided"
+        );
         Plan {
-            decision: desired_replicas(seen.observation(), &self.spec, history),
+            decision,
             arrival_rate: seen.observation().and_then(|o| history.arrival_rate(o)),
             scaled: false,
         }
@@ -358,7 +464,10 @@ impl RagWorkerPool {
         memory: &mut Memory,
     ) -> Result<(), Error> {
         self.apply_owned(ctx, seen, &plan.decision).await?;
-        plan.scaled = self.scale(ctx, seen, &plan.decision, memory).await?;
+        let scaled = self.scale(ctx, seen, &plan.decision, memory).await?;
+        // A Deployment created at a non-zero size is a scale from nothing.
+        let created = seen.deployment.is_none() && plan.decision.replicas != seen.current;
+        plan.scaled = scaled || created;
         Ok(())
     }
 
@@ -389,7 +498,12 @@ impl RagWorkerPool {
             .patch(exec, &apply, &Patch::Apply(&rendered))
             .await
             .map_err(kube_err(format!("applying Deployment {ns}/{exec}")))?;
-        info!(pool = %seen.key, created = seen.deployment.is_none(), "applied executor Deployment");
+        info!(
+            namespace = %seen.ns,
+            pool = %seen.name,
+            created = seen.deployment.is_none(),
+            "applied executor Deployment"
+        );
         Ok(())
     }
 
@@ -448,7 +562,7 @@ impl RagWorkerPool {
             )
             .await
             .map_err(kube_err(format!("scaling Deployment {exec} to {to}")))?;
-        info!(pool = %self.name_any(), from, to, reason = %decision.reason, "scaled");
+        info!(namespace = %seen.ns, pool = %seen.name, from, to, reason = %decision.reason, "scaled");
         ctx.metrics.scale_events.get_or_create(&labels(self)).inc();
         let reason = if to > from { "ScaledUp" } else { "ScaledDown" };
         let note = format!("{from} → {to} replicas: {}", decision.reason);
@@ -479,7 +593,9 @@ impl RagWorkerPool {
         for (pod, cost) in cost_changes(&list.items, &obs.workers) {
             let patch = json!({"metadata": {"annotations": {DELETION_COST: cost.to_string()}}});
             match pods.patch(&pod, &params, &Patch::Merge(&patch)).await {
-                Ok(_) => debug!(%pod, cost, "set deletion cost"),
+                Ok(_) => {
+                    debug!(namespace = %ns, pool = %self.name_any(), %pod, cost, "set deletion cost")
+                }
                 // The pod went away between the list and the patch: nothing to steer.
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
                 Err(e) => return Err(kube_err(format!("annotating pod {ns}/{pod}"))(e)),
@@ -490,27 +606,39 @@ impl RagWorkerPool {
     }
 
     /// Write status: a Warning Event when the queues became unreadable, the pool's gauges,
-    /// and the status, applied only when it changed.
-    async fn write_status(&self, ctx: &Context, seen: &Seen, plan: &Plan) -> Result<(), Error> {
+    /// and the status, applied only when it differs from the pool's, and remembered.
+    async fn write_status(
+        &self,
+        ctx: &Context,
+        seen: &Seen,
+        plan: &Plan,
+        memory: &mut Memory,
+    ) -> Result<(), Error> {
+        let previous = self.previous_status(memory.written.as_ref());
         if let Err(e) = &seen.observed
-            && !status::is_false(self.previous_conditions(), status::REDIS_REACHABLE)
+            && !status::is_false(&previous.conditions, status::REDIS_REACHABLE)
         {
             let note = format!("{e}; keeping {} replicas", seen.current);
             ctx.publish(self, EventType::Warning, e.reason(), note)
                 .await;
         }
-        self.record_metrics(ctx, &plan.decision, seen.observation());
-        let status = self.next_status(seen, plan);
+        self.record_metrics(ctx, seen, plan);
+        let status = self.next_status(seen, plan, previous);
         if self.status.as_ref() != Some(&status) {
-            self.apply_status(ctx, &seen.ns, status).await?;
+            self.apply_status(ctx, &seen.ns, status.clone()).await?;
         }
+        memory.written = Some(status);
         Ok(())
     }
 
-    /// The status after a pass. Queue figures a failed look could not read keep their last
-    /// values, flagged by `RedisReachable=False`.
-    fn next_status(&self, seen: &Seen, plan: &Plan) -> RagWorkerPoolStatus {
-        let previous = self.status.clone().unwrap_or_default();
+    /// The status after a pass, built on `previous`. Queue figures a failed look could not
+    /// read keep their last values, flagged by `RedisReachable=False`.
+    fn next_status(
+        &self,
+        seen: &Seen,
+        plan: &Plan,
+        previous: RagWorkerPoolStatus,
+    ) -> RagWorkerPoolStatus {
         let counts = seen
             .deployment
             .as_ref()
@@ -525,14 +653,21 @@ impl RagWorkerPool {
                 previous.last_scale_reason.clone(),
             )
         };
+        let entry = plan.recent_decision(seen, previous.recent_decisions.last());
+        let recent_decisions = push_bounded(
+            previous.recent_decisions.clone(),
+            entry,
+            self.spec.scaling.decision_history_limit,
+        );
         let mut status = RagWorkerPoolStatus {
+            recent_decisions,
             replicas: counts.replicas.unwrap_or(0),
             ready_replicas: ready,
             desired_replicas: plan.decision.replicas,
             last_scale_time,
             last_scale_reason,
             observed_generation: self.metadata.generation,
-            conditions: self.conditions(seen, plan, ready),
+            conditions: self.conditions(seen, plan, ready, &previous.conditions),
             ..previous
         };
         if let Ok(obs) = &seen.observed {
@@ -542,14 +677,16 @@ impl RagWorkerPool {
     }
 
     /// The four conditions after a pass, `ready` being the Deployment's ready replicas.
-    fn conditions(&self, seen: &Seen, plan: &Plan, ready: i32) -> Vec<Condition> {
+    fn conditions(
+        &self,
+        seen: &Seen,
+        plan: &Plan,
+        ready: i32,
+        previous: &[Condition],
+    ) -> Vec<Condition> {
         let decision = &plan.decision;
         let failure = seen.observed.as_ref().err();
-        let mut conditions = Conditions::new(
-            self.previous_conditions(),
-            self.metadata.generation,
-            seen.now.clone(),
-        );
+        let mut conditions = Conditions::new(previous, self.metadata.generation, seen.now.clone());
         conditions
             .ready(seen.deployment.is_some(), ready, decision.replicas)
             .redis_reachable(failure)
@@ -558,13 +695,32 @@ impl RagWorkerPool {
         conditions.into_vec()
     }
 
-    fn record_metrics(&self, ctx: &Context, decision: &Decision, obs: Option<&Observation>) {
-        let l = labels(self);
-        ctx.metrics
-            .desired_replicas
+    /// Sets the pool's gauges to what this pass saw and chose, and counts the decision. A
+    /// figure the pass could not read keeps its last value, as in the status.
+    fn record_metrics(&self, ctx: &Context, seen: &Seen, plan: &Plan) {
+        let (l, decision, m) = (labels(self), &plan.decision, &ctx.metrics);
+        m.desired_replicas
             .get_or_create(&l)
             .set(i64::from(decision.replicas));
-        if let Some(obs) = obs {
+        let current = if plan.scaled {
+            decision.replicas
+        } else {
+            seen.current
+        };
+        m.current_replicas.get_or_create(&l).set(i64::from(current));
+        m.count_decision(&l, decision.cause);
+        match decision.raw {
+            Some(raw) => {
+                m.raw_recommendation.get_or_create(&l).set(raw);
+            }
+            None => {
+                m.raw_recommendation.remove(&l);
+            }
+        }
+        if let Some(obs) = seen.observation() {
+            set_or_remove(&m.arrival_rate, &l, plan.arrival_rate);
+            let service = obs.mean_service_ms.map(|ms| ms / 1000.0);
+            set_or_remove(&m.mean_service_seconds, &l, service);
             ctx.metrics
                 .queued
                 .get_or_create(&l)
@@ -607,6 +763,18 @@ impl RagWorkerPool {
     }
 }
 
+/// Sets a pool's float gauge to `value`, or removes the series while there is none.
+fn set_or_remove(family: &Family<PoolLabels, FloatGauge>, pool: &PoolLabels, value: Option<f64>) {
+    match value {
+        Some(v) => {
+            family.get_or_create(pool).set(v);
+        }
+        None => {
+            family.remove(pool);
+        }
+    }
+}
+
 /// Copies the queue figures of `obs` into `status`.
 fn set_queue_figures(
     status: &mut RagWorkerPoolStatus,
@@ -639,7 +807,16 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl Future<Output = ()> + Send + 
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
             match result {
-                Ok((pool, _)) => debug!(pool = %pool, "reconciled"),
+                Ok((pool, _)) => {
+                    let namespace = pool.namespace.as_deref().unwrap_or_default();
+                    debug!(namespace, pool = %pool.name, "reconciled");
+                }
+                // error_policy has logged a failed reconcile with its pool.
+                Err(kube::runtime::controller::Error::ReconcilerFailed(..)) => {}
+                Err(kube::runtime::controller::Error::ObjectNotFound(pool)) => {
+                    let namespace = pool.namespace.as_deref().unwrap_or_default();
+                    debug!(namespace, pool = %pool.name, "pool gone before its reconcile");
+                }
                 Err(e) => warn!(error = %e, "reconcile stream"),
             }
         })
@@ -810,6 +987,16 @@ mod tests {
                         .unwrap_or_default();
                     assert!(reason.contains("queueLength"), "{reason}");
                     assert!(body["status"]["lastScaleTime"].is_string());
+                    let recent = &body["status"]["recentDecisions"];
+                    assert_eq!(recent.as_array().map(Vec::len), Some(1), "{recent}");
+                    assert_eq!(recent[0]["from"], 1);
+                    assert_eq!(recent[0]["to"], 5);
+                    assert_eq!(recent[0]["reason"], "Load");
+                    assert_eq!(recent[0]["time"], body["status"]["lastScaleTime"]);
+                    assert_eq!(
+                        recent[0]["message"],
+                        "queueLength: (18 queued + 5 in flight) / 5 per replica = 4.60; → 5"
+                    );
                 }),
             ],
             vec![Ok(obs(100, 18, 5))],
@@ -901,6 +1088,18 @@ mod tests {
                 status_patch().check(|body| {
                     assert_eq!(body["status"]["desiredReplicas"], 3);
                     assert_eq!(condition(body, "ScalingLimited")["status"], "True");
+                    // Held back, not scaled: an entry from 3 to 3, and no lastScaleTime.
+                    let recent = &body["status"]["recentDecisions"][0];
+                    assert_eq!((&recent["from"], &recent["to"]), (&json!(3), &json!(3)));
+                    assert_eq!(recent["reason"], "MaxReplicas");
+                    let message = recent["message"].as_str().unwrap_or_default();
+                    assert!(
+                        message.starts_with(
+                            "queueLength: (100 queued + 0 in flight) / 5 per replica = 20.00"
+                        ) && message.ends_with("capped at maxReplicas 3"),
+                        "{message}"
+                    );
+                    assert!(body["status"].get("lastScaleTime").is_none());
                 }),
             ],
             vec![Ok(obs(100, 100, 0))],
@@ -968,6 +1167,533 @@ mod tests {
         }
         assert_eq!(current.status.and_then(|s| s.arrival_rate), Some(0.0));
         assert_eq!(server.await.map(|s| s.len()).ok(), Some(5));
+    }
+
+    /// The controller's cache can hand a pass a pool older than the operator's own last
+    /// status write; the status must not go back to what that old copy says.
+    #[tokio::test]
+    async fn a_stale_cached_status_does_not_undo_the_last_write() {
+        let mut s = spec();
+        s.scaling.cooldown_seconds = 0;
+        let mut p = pool(s);
+        let long_ago = Time(Timestamp::UNIX_EPOCH);
+        p.status = Some(RagWorkerPoolStatus {
+            desired_replicas: 1,
+            last_scale_time: Some(long_ago.clone()),
+            last_scale_reason: Some("an older scale-up".into()),
+            ..RagWorkerPoolStatus::default()
+        });
+        let written = Arc::new(StdMutex::new(Vec::<Value>::new()));
+        let capture = |into: Arc<StdMutex<Vec<Value>>>| {
+            move |body: &Value| {
+                if let Ok(mut w) = into.lock() {
+                    w.push(body["status"].clone());
+                }
+            }
+        };
+        let (client, server) = mock_api(vec![
+            // Idle past the cooldown: 1 → 0.
+            get_deployment(existing(&p, 1)),
+            Exchange::new(Method::GET, PODS).reply(
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+            ),
+            Exchange::new(Method::PATCH, SCALE)
+                .check(|body| assert_eq!(body["spec"]["replicas"], 0)),
+            event("ScaledDown", "Normal", "1 → 0 replicas"),
+            status_patch().check(capture(written.clone())),
+            // The next pass is handed the same old copy of the pool: nothing to scale.
+            get_deployment(existing(&p, 0)),
+            status_patch().check(capture(written.clone())),
+        ]);
+        let ctx = context(client, vec![Ok(obs(100, 0, 0)), Ok(obs(102, 0, 0))]);
+        for pass in 0..2 {
+            let result = reconcile(Arc::new(p.clone()), ctx.clone()).await;
+            assert!(result.is_ok(), "pass {pass}: {result:?}");
+        }
+        assert_eq!(server.await.map(|s| s.len()).ok(), Some(7));
+        let written = written.lock().map(|w| w.clone()).unwrap_or_default();
+        let (scaled, after) = (&written[0], &written[1]);
+        assert_ne!(scaled["lastScaleTime"], json!(long_ago), "{scaled}");
+        assert_eq!(after["lastScaleTime"], scaled["lastScaleTime"], "{after}");
+        assert_eq!(
+            after["lastScaleReason"], scaled["lastScaleReason"],
+            "{after}"
+        );
+        assert_eq!(after["desiredReplicas"], 0);
+    }
+
+    /// Runs one pass per observation with the pool carrying the status the previous pass
+    /// wrote, and returns every status written.
+    async fn statuses(
+        pool: &RagWorkerPool,
+        script: impl FnOnce(&dyn Fn() -> Exchange) -> Vec<Exchange>,
+        observed: Vec<Result<Observation, ObserveError>>,
+    ) -> Vec<RagWorkerPoolStatus> {
+        statuses_at(pool, script, observed, now).await
+    }
+
+    /// [`statuses`] with the passes stamped by `clock`.
+    async fn statuses_at(
+        pool: &RagWorkerPool,
+        script: impl FnOnce(&dyn Fn() -> Exchange) -> Vec<Exchange>,
+        observed: Vec<Result<Observation, ObserveError>>,
+        clock: impl Fn() -> Time + Send + Sync + 'static,
+    ) -> Vec<RagWorkerPoolStatus> {
+        let written = Arc::new(StdMutex::new(Vec::<Value>::new()));
+        let capture = {
+            let written = written.clone();
+            move || {
+                let into = written.clone();
+                status_patch().check(move |body| {
+                    if let Ok(mut w) = into.lock() {
+                        w.push(body["status"].clone());
+                    }
+                })
+            }
+        };
+        let passes = observed.len();
+        let (client, server) = mock_api(script(&capture));
+        let ctx = Arc::new(
+            Context::new(
+                client,
+                Arc::new(FakeObserver::new(observed)),
+                Arc::new(Metrics::default()),
+                Reporter {
+                    controller: MANAGER.into(),
+                    instance: None,
+                },
+            )
+            .with_clock(clock),
+        );
+        let mut current = pool.clone();
+        for pass in 0..passes {
+            let result = reconcile(Arc::new(current.clone()), ctx.clone()).await;
+            assert!(result.is_ok(), "pass {pass}: {result:?}");
+            let last = written.lock().ok().and_then(|w| w.last().cloned());
+            current.status = last.and_then(|s| serde_json::from_value(s).ok());
+        }
+        assert!(server.await.is_ok(), "the API server saw other requests");
+        let all = written.lock().map(|w| w.clone()).unwrap_or_default();
+        all.into_iter()
+            .filter_map(|s| serde_json::from_value(s).ok())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn recent_decisions_keep_scales_and_new_holds_up_to_the_limit() {
+        let mut s = spec();
+        s.scaling.max_replicas = 6;
+        s.scaling.decision_history_limit = 2;
+        let p = pool(s);
+        let scale = |to: i32| {
+            Exchange::new(Method::PATCH, SCALE)
+                .check(move |body| assert_eq!(body["spec"]["replicas"], to))
+        };
+        let written = statuses(
+            &p,
+            |status| {
+                vec![
+                    // 40 tasks want 8, capped at 6; +4 pods per 15 s: 1 → 5.
+                    get_deployment(existing(&p, 1)),
+                    scale(5),
+                    event("ScaledUp", "Normal", "1 → 5 replicas"),
+                    status(),
+                    // Still within the period: held at 5 by the step limit.
+                    get_deployment(existing(&p, 5)),
+                    status(),
+                    // The same hold again: no new entry, so nothing to write.
+                    get_deployment(existing(&p, 5)),
+                    // A new period: up to maxReplicas.
+                    get_deployment(existing(&p, 5)),
+                    scale(6),
+                    // The recorder makes a repeated Event a series: a patch of the first.
+                    Exchange::new(Method::PATCH, &format!("{EVENTS}/")).prefix(),
+                    status(),
+                ]
+            },
+            vec![
+                Ok(obs(100, 40, 0)),
+                Ok(obs(102, 40, 0)),
+                Ok(obs(104, 40, 0)),
+                Ok(obs(120, 40, 0)),
+            ],
+        )
+        .await;
+        let summary = |s: &RagWorkerPoolStatus| -> Vec<(i32, i32, String)> {
+            s.recent_decisions
+                .iter()
+                .map(|d| (d.from, d.to, d.reason.clone()))
+                .collect()
+        };
+        let lists: Vec<_> = written.iter().map(summary).collect();
+        assert_eq!(
+            lists,
+            [
+                vec![(1, 5, "ScaleUpLimit".to_string())],
+                vec![
+                    (1, 5, "ScaleUpLimit".to_string()),
+                    (5, 5, "ScaleUpLimit".to_string())
+                ],
+                vec![
+                    (5, 5, "ScaleUpLimit".to_string()),
+                    (5, 6, "MaxReplicas".to_string())
+                ],
+            ]
+        );
+        let last = &written[2];
+        assert_eq!(
+            last.recent_decisions[1].message,
+            "queueLength: (40 queued + 0 in flight) / 5 per replica = 8.00 (0.00/s arriving); → 8; capped at maxReplicas 6"
+        );
+        assert_eq!(
+            last.last_scale_time.as_ref(),
+            Some(&last.recent_decisions[1].time)
+        );
+    }
+
+    #[tokio::test]
+    async fn metrics_show_what_the_operator_saw_and_chose() {
+        let p = pool(spec());
+        let busy = Observation {
+            total_enqueued: 10,
+            mean_service_ms: Some(2_500.0),
+            ..obs(102, 18, 5)
+        };
+        let (client, server) = mock_api(vec![
+            // 10 tasks at 2 replicas: exactly 2, nothing to do.
+            get_deployment(existing(&p, 2)),
+            status_patch(),
+            // 10 tasks arrived in 2 s; 23 tasks want 4.6 replicas: 2 → 5.
+            get_deployment(existing(&p, 2)),
+            Exchange::new(Method::PATCH, SCALE),
+            event("ScaledUp", "Normal", "2 → 5 replicas"),
+            status_patch(),
+        ]);
+        let ctx = context(client, vec![Ok(obs(100, 10, 0)), Ok(busy)]);
+        for pass in 0..2 {
+            let result = reconcile(Arc::new(p.clone()), ctx.clone()).await;
+            assert!(result.is_ok(), "pass {pass}: {result:?}");
+        }
+        assert_eq!(server.await.map(|s| s.len()).ok(), Some(6));
+        let text = ctx.metrics.encode().unwrap_or_default();
+        let pool = r#"{namespace="ns",pool="pool"}"#;
+        for (name, value) in [
+            ("desired_replicas", "5"),
+            ("current_replicas", "5"),
+            ("raw_recommended_replicas", "4.6"),
+            ("queue_depth", "18"),
+            ("in_flight", "5"),
+            ("arrival_rate", "5.0"),
+            ("mean_service_seconds", "2.5"),
+            ("scale_events_total", "1"),
+        ] {
+            let line = format!("ragpool_operator_{name}{pool} {value}");
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+        for (reason, count) in [("load", 2), ("tolerance", 0), ("scale_up_limit", 0)] {
+            let line = format!(
+                r#"ragpool_operator_decisions_total{{namespace="ns",pool="pool",reason="{reason}"}} {count}"#
+            );
+            assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+        }
+    }
+
+    /// Renders a JSON object the way `kubectl describe` prints a custom resource: keys
+    /// sorted, camelCase turned into words, nested objects indented, list items one after
+    /// the other, and the values of each run of plain fields aligned two spaces apart.
+    fn describe(field: &str, value: &Value) -> String {
+        fn label(key: &str) -> String {
+            let mut out = String::new();
+            for (i, c) in key.chars().enumerate() {
+                if i == 0 {
+                    out.extend(c.to_uppercase());
+                } else if c.is_uppercase() {
+                    out.push(' ');
+                    out.push(c);
+                } else {
+                    out.push(c);
+                }
+            }
+            out
+        }
+        fn walk(
+            indent: usize,
+            key: &str,
+            value: &Value,
+            lines: &mut Vec<(String, Option<String>)>,
+        ) {
+            let head = format!("{}{}:", "  ".repeat(indent), label(key));
+            match value {
+                Value::Object(map) => {
+                    lines.push((head, None));
+                    for (k, v) in map {
+                        walk(indent + 1, k, v, lines);
+                    }
+                }
+                Value::Array(items) => {
+                    lines.push((head, None));
+                    for item in items {
+                        match item {
+                            Value::Object(map) => {
+                                for (k, v) in map {
+                                    walk(indent + 1, k, v, lines);
+                                }
+                            }
+                            other => {
+                                lines.push((format!("{}{other}", "  ".repeat(indent + 1)), None))
+                            }
+                        }
+                    }
+                }
+                Value::String(text) => lines.push((head, Some(text.clone()))),
+                other => lines.push((head, Some(other.to_string()))),
+            }
+        }
+        let mut lines = Vec::new();
+        walk(0, field, value, &mut lines);
+        let mut out = String::new();
+        let mut i = 0;
+        while i < lines.len() {
+            let run = lines[i..].iter().take_while(|(_, v)| v.is_some()).count();
+            if run == 0 {
+                out.push_str(&lines[i].0);
+                out.push('\n');
+                i += 1;
+                continue;
+            }
+            let width = lines[i..i + run]
+                .iter()
+                .map(|(k, _)| k.chars().count())
+                .max()
+                .unwrap_or(0)
+                + 2;
+            for (k, v) in &lines[i..i + run] {
+                let pad = width - k.chars().count();
+                out.push_str(&format!(
+                    "{k}{}{}\n",
+                    " ".repeat(pad),
+                    v.as_deref().unwrap_or_default()
+                ));
+            }
+            i += run;
+        }
+        out
+    }
+
+    /// A burst and its end, pass by pass, as `kubectl describe rwp` shows it afterwards
+    /// (`cargo test -p ragpool-operator describe -- --nocapture` prints it; docs/operator.md
+    /// quotes it).
+    #[tokio::test]
+    async fn describe_shows_the_recent_decisions_of_a_burst() {
+        let p = pool(spec());
+        let pods = || {
+            Exchange::new(Method::GET, PODS).reply(
+                StatusCode::OK,
+                json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
+            )
+        };
+        let scale = |to: i32| {
+            Exchange::new(Method::PATCH, SCALE)
+                .check(move |body| assert_eq!(body["spec"]["replicas"], to))
+        };
+        let series = || Exchange::new(Method::PATCH, &format!("{EVENTS}/")).prefix();
+        let at = |t: u64, queued: u64, in_flight: u64, total: u64| {
+            Ok(Observation {
+                total_enqueued: total,
+                mean_service_ms: Some(4_000.0),
+                ..obs(t, queued, in_flight)
+            })
+        };
+        // The passes' wall-clock times follow the observations' Redis clock.
+        let times = [100, 102, 116, 130, 200, 500];
+        let pass = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let clock = move || {
+            let i = pass.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let base = Timestamp::from_second(1_777_888_800).unwrap_or(Timestamp::UNIX_EPOCH);
+            let t = times.get(i).copied().unwrap_or(0);
+            Time(base + k8s_openapi::jiff::SignedDuration::from_secs(t))
+        };
+        let written = statuses_at(
+            &p,
+            |status| {
+                vec![
+                    // 40 tasks land on one replica: +4 pods per 15 s.
+                    get_deployment(existing(&p, 1)),
+                    scale(5),
+                    event("ScaledUp", "Normal", "1 → 5 replicas"),
+                    status(),
+                    // The next pass wants 8 but the period's step is used up.
+                    get_deployment(existing(&p, 5)),
+                    status(),
+                    // A new period: to 8.
+                    get_deployment(existing(&p, 5)),
+                    scale(8),
+                    series(),
+                    status(),
+                    // Four tasks left: the 60 s scale-down window keeps 8.
+                    get_deployment(existing(&p, 8)),
+                    status(),
+                    // Idle, the window passed: one replica through the cooldown.
+                    get_deployment(existing(&p, 8)),
+                    pods(),
+                    scale(1),
+                    event("ScaledDown", "Normal", "8 → 1 replicas"),
+                    status(),
+                    // Idle past the 300 s cooldown: to zero.
+                    get_deployment(existing(&p, 1)),
+                    pods(),
+                    scale(0),
+                    series(),
+                    status(),
+                ]
+            },
+            vec![
+                at(100, 40, 0, 40),
+                at(102, 36, 4, 40),
+                at(116, 20, 16, 40),
+                at(130, 0, 4, 40),
+                at(200, 0, 0, 40),
+                at(500, 0, 0, 40),
+            ],
+            clock,
+        )
+        .await;
+        let last = written.last().cloned().unwrap_or_default();
+        let reasons: Vec<(i32, i32, &str)> = last
+            .recent_decisions
+            .iter()
+            .map(|d| (d.from, d.to, d.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (1, 5, "ScaleUpLimit"),
+                (5, 5, "ScaleUpLimit"),
+                (5, 8, "Load"),
+                (8, 8, "ScaleDownWindow"),
+                (8, 1, "Cooldown"),
+                (1, 0, "Idle"),
+            ]
+        );
+        let mut status = serde_json::to_value(&last).unwrap_or_default();
+        // kubectl describe shows the whole status; the excerpt leaves the conditions out.
+        if let Some(map) = status.as_object_mut() {
+            map.remove("conditions");
+        }
+        let text = describe("status", &status);
+        println!("{text}");
+        assert!(
+            text.contains("  Recent Decisions:\n    From:     1\n"),
+            "{text}"
+        );
+        assert!(text.contains("    Reason:   ScaleDownWindow\n"), "{text}");
+        assert!(
+            text.contains(
+                "    Message:  queueLength: (0 queued + 4 in flight) / 5 per replica = 0.80"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("  Last Scale Reason:"), "{text}");
+    }
+
+    /// A logged message and the names of its fields.
+    type Logged = (String, Vec<String>);
+
+    /// Records the message and field names of every event this crate logs.
+    #[derive(Clone, Default)]
+    struct LogFields(Arc<StdMutex<Vec<Logged>>>);
+
+    impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogFields {
+        fn on_event(
+            &self,
+            event: &tracing::Event<'_>,
+            _: tracing_subscriber::layer::Context<'_, S>,
+        ) {
+            struct Visit(String, Vec<String>);
+            impl tracing::field::Visit for Visit {
+                fn record_debug(
+                    &mut self,
+                    field: &tracing::field::Field,
+                    value: &dyn std::fmt::Debug,
+                ) {
+                    if field.name() == "message" {
+                        self.0 = format!("{value:?}");
+                    } else {
+                        self.1.push(field.name().to_owned());
+                    }
+                }
+            }
+            if !event.metadata().target().starts_with("ragpool_operator") {
+                return;
+            }
+            let mut visit = Visit(String::new(), Vec::new());
+            event.record(&mut visit);
+            if let Ok(mut all) = self.0.lock() {
+                all.push((visit.0, visit.1));
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_log_line_about_a_pool_names_its_namespace_and_pool() {
+        use tracing_subscriber::layer::SubscriberExt;
+        let logs = LogFields::default();
+        let _guard =
+            tracing::subscriber::set_default(tracing_subscriber::registry().with(logs.clone()));
+        let p = pool(spec());
+        let pod = |name: &str| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "ns"}});
+        let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod("a"), pod("b")]});
+        let winding_down = Observation {
+            workers: vec![worker("a", 1), worker("b", 0)],
+            ..obs(102, 0, 1)
+        };
+        let (client, server) = mock_api(vec![
+            // Created at 1 replica.
+            get_deployment(not_found("deployments.apps", "pool-executor")),
+            Exchange::new(Method::PATCH, CONFIG_MAP),
+            Exchange::new(Method::PATCH, DEPLOYMENT),
+            status_patch(),
+            // Scaled to 3 by hand, back to 1 with deletion costs; the Event fails.
+            get_deployment(existing(&p, 3)),
+            Exchange::new(Method::GET, PODS).reply(StatusCode::OK, list),
+            Exchange::new(Method::PATCH, &format!("{PODS}/a")),
+            Exchange::new(Method::PATCH, &format!("{PODS}/b")),
+            Exchange::new(Method::PATCH, SCALE),
+            Exchange::new(Method::POST, EVENTS).reply(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                server_error("etcd timeout"),
+            ),
+            status_patch(),
+        ]);
+        let ctx = context(client, vec![Ok(obs(100, 3, 0)), Ok(winding_down)]);
+        for pass in 0..2 {
+            let result = reconcile(Arc::new(p.clone()), ctx.clone()).await;
+            assert!(result.is_ok(), "pass {pass}: {result:?}");
+        }
+        error_policy(Arc::new(p), &Error::NoNamespace, ctx);
+        assert_eq!(server.await.map(|s| s.len()).ok(), Some(11));
+        let logged = logs.0.lock().map(|l| l.clone()).unwrap_or_default();
+        let messages: Vec<&str> = logged.iter().map(|(m, _)| m.as_str()).collect();
+        for expected in [
+            "decided",
+            "applied executor Deployment",
+            "set deletion cost",
+            "scaled",
+            "cannot publish event ScaledDown",
+            "reconcile failed",
+        ] {
+            assert!(
+                messages.contains(&expected),
+                "no {expected:?} in {messages:?}"
+            );
+        }
+        for (message, fields) in &logged {
+            assert!(
+                fields.iter().any(|f| f == "namespace") && fields.iter().any(|f| f == "pool"),
+                "{message:?} has only {fields:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -33,6 +33,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
     printcolumn = r#"{"name":"Queued","type":"integer","jsonPath":".status.queued"}"#,
     printcolumn = r#"{"name":"In-flight","type":"integer","jsonPath":".status.inFlight"}"#,
+    printcolumn = r#"{"name":"Last Scale","type":"date","jsonPath":".status.lastScaleTime"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -342,6 +343,10 @@ pub struct ScalingSpec {
     /// recommendation of the last 60 s wins), up to -100 % per 15 s.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_down: Option<ScalingRules>,
+    /// How many decisions `status.recentDecisions` keeps (0 keeps none).
+    #[serde(default = "default_decision_history_limit")]
+    #[schemars(range(min = 0, max = 100))]
+    pub decision_history_limit: i32,
 }
 
 /// Stabilisation and step limits for one direction. A field left unset takes the
@@ -419,6 +424,11 @@ pub struct RagWorkerPoolStatus {
     /// Why the operator last changed the replica count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_reason: Option<String>,
+    /// The last decisions that changed the replica count or were held back by a bound, a
+    /// window or a step limit, oldest first; at most `scaling.decisionHistoryLimit`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub recent_decisions: Vec<ScalingDecision>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
@@ -428,6 +438,33 @@ pub struct RagWorkerPoolStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// One decision of the operator: a change of the replica count, or a count held back.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingDecision {
+    /// When the operator decided.
+    pub time: Time,
+    /// Replicas before the decision.
+    pub from: i32,
+    /// Replicas after it; the same as `from` when a bound, window or limit held the count.
+    pub to: i32,
+    /// The policy step that settled the count: `Load`, `Tolerance`, `MaxReplicas`,
+    /// `MinReplicas`, `WorkPending`, `Cooldown`, `Idle`, `ScaleUpWindow`,
+    /// `ScaleDownWindow`, `FromZero`, `ScaleUpLimit` or `ScaleDownLimit`.
+    #[schemars(length(max = 64))]
+    pub reason: String,
+    /// The policy's reason in words and numbers: queued, in flight, arrival rate, service
+    /// time, the target, and the bound, window or limit that held the count.
+    #[schemars(length(max = 512))]
+    pub message: String,
+}
+
+/// The longest `ScalingDecision::message` kept.
+pub const DECISION_MESSAGE_MAX: usize = 512;
+
+fn default_decision_history_limit() -> i32 {
+    10
+}
 fn default_concurrency() -> i32 {
     4
 }
@@ -466,6 +503,7 @@ impl ScalingSpec {
             paused: false,
             scale_up: None,
             scale_down: None,
+            decision_history_limit: default_decision_history_limit(),
         }
     }
 }
@@ -770,7 +808,25 @@ mod tests {
             .flatten()
             .map(|c| c.name.clone())
             .collect();
-        assert_eq!(columns, ["Desired", "Ready", "Queued", "In-flight", "Age"]);
+        assert_eq!(
+            columns,
+            [
+                "Desired",
+                "Ready",
+                "Queued",
+                "In-flight",
+                "Last Scale",
+                "Age"
+            ]
+        );
+        let status = &schema()["properties"]["status"]["properties"];
+        let decision = &status["recentDecisions"]["items"];
+        assert_eq!(status["recentDecisions"]["maxItems"], 100);
+        assert_eq!(decision["properties"]["time"]["format"], "date-time");
+        assert_eq!(decision["properties"]["message"]["maxLength"], 512);
+        let required: Vec<String> =
+            serde_json::from_value(decision["required"].clone()).unwrap_or_default();
+        assert_eq!(required, ["from", "message", "reason", "time", "to"]);
     }
 
     #[test]

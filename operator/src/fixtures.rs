@@ -96,6 +96,9 @@ pub struct Exchange {
     pub method: Method,
     /// The path, without the query string.
     pub path: String,
+    /// `path` is only the start of the path (for names the client makes up, such as an
+    /// Event's).
+    pub prefix: bool,
     /// Substrings the query string must contain (for example `fieldManager=ragpool-operator`).
     pub query: Vec<String>,
     /// Called with the request body (JSON, `Null` when empty) to assert on it.
@@ -111,11 +114,18 @@ impl Exchange {
         Self {
             method,
             path: path.into(),
+            prefix: false,
             query: Vec::new(),
             check: Box::new(|_| {}),
             status: StatusCode::OK,
             reply: Value::Null,
         }
+    }
+
+    /// Accepts any path that starts with the given one.
+    pub fn prefix(mut self) -> Self {
+        self.prefix = true;
+        self
     }
 
     pub fn query(mut self, part: &str) -> Self {
@@ -162,11 +172,16 @@ pub fn mock_api(script: Vec<Exchange>) -> (Client, tokio::task::JoinHandle<Vec<S
                 ex.method,
                 "request {i}: {line}; before: {seen:?}"
             );
-            assert_eq!(
-                request.uri().path(),
-                ex.path,
-                "request {i}: {line}; before: {seen:?}"
-            );
+            let path = request.uri().path();
+            if ex.prefix {
+                assert!(
+                    path.starts_with(&ex.path),
+                    "request {i}: {line} is not under {}; before: {seen:?}",
+                    ex.path
+                );
+            } else {
+                assert_eq!(path, ex.path, "request {i}: {line}; before: {seen:?}");
+            }
             let query = request.uri().query().unwrap_or_default().to_owned();
             for part in &ex.query {
                 assert!(

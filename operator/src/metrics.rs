@@ -1,5 +1,8 @@
 //! Prometheus metrics of the operator: reconciles, errors, reconcile durations, and per pool
-//! the desired replicas and queue depth.
+//! (labels `namespace`, `pool`) what the operator saw and chose: the queue figures, the
+//! policy's raw recommendation, the desired and current replicas, and its decisions by the
+//! step that settled them (label `reason`, the closed set [`Cause`]). `docs/operator.md`
+//! lists them.
 
 use std::sync::atomic::AtomicU64;
 
@@ -9,6 +12,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::policy::Cause;
 
 /// Identifies a pool in metric labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -25,6 +30,18 @@ pub struct ErrorLabels {
     pub error: String,
 }
 
+/// A pool and the policy step that settled one of its decisions.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DecisionLabels {
+    pub namespace: String,
+    pub pool: String,
+    /// [`Cause::label`].
+    pub reason: &'static str,
+}
+
+/// A gauge of fractional values (rates, seconds, recommendations).
+pub type FloatGauge = Gauge<f64, AtomicU64>;
+
 /// The operator's metrics and the registry that exports them.
 pub struct Metrics {
     registry: Registry,
@@ -34,8 +51,13 @@ pub struct Metrics {
     pub desired_replicas: Family<PoolLabels, Gauge>,
     pub queued: Family<PoolLabels, Gauge>,
     pub in_flight: Family<PoolLabels, Gauge>,
-    pub oldest_queued_age_seconds: Family<PoolLabels, Gauge<f64, AtomicU64>>,
+    pub oldest_queued_age_seconds: Family<PoolLabels, FloatGauge>,
     pub scale_events: Family<PoolLabels, Counter>,
+    pub current_replicas: Family<PoolLabels, Gauge>,
+    pub raw_recommendation: Family<PoolLabels, FloatGauge>,
+    pub arrival_rate: Family<PoolLabels, FloatGauge>,
+    pub mean_service_seconds: Family<PoolLabels, FloatGauge>,
+    pub decisions: Family<DecisionLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -47,8 +69,13 @@ impl Default for Metrics {
         let desired_replicas = Family::<PoolLabels, Gauge>::default();
         let queued = Family::<PoolLabels, Gauge>::default();
         let in_flight = Family::<PoolLabels, Gauge>::default();
-        let oldest = Family::<PoolLabels, Gauge<f64, AtomicU64>>::default();
+        let oldest = Family::<PoolLabels, FloatGauge>::default();
         let scale_events = Family::<PoolLabels, Counter>::default();
+        let current_replicas = Family::<PoolLabels, Gauge>::default();
+        let raw_recommendation = Family::<PoolLabels, FloatGauge>::default();
+        let arrival_rate = Family::<PoolLabels, FloatGauge>::default();
+        let mean_service_seconds = Family::<PoolLabels, FloatGauge>::default();
+        let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register("reconciles", "Reconciles of a pool", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -85,8 +112,38 @@ impl Default for Metrics {
             "Replica changes made for a pool",
             scale_events.clone(),
         );
+        registry.register(
+            "current_replicas",
+            "Replicas of a pool's executor Deployment after the last pass",
+            current_replicas.clone(),
+        );
+        registry.register(
+            "raw_recommended_replicas",
+            "Replicas' worth of work in a pool, before tolerance, bounds, windows and step limits",
+            raw_recommendation.clone(),
+        );
+        registry.register(
+            "arrival_rate",
+            "Tasks per second arriving in a pool's queues (over the last 30 s)",
+            arrival_rate.clone(),
+        );
+        registry.register(
+            "mean_service_seconds",
+            "Mean claim-to-completion time of a pool's tasks",
+            mean_service_seconds.clone(),
+        );
+        registry.register(
+            "decisions",
+            "Scaling decisions for a pool, by the policy step that settled the count",
+            decisions.clone(),
+        );
         Self {
             registry,
+            current_replicas,
+            raw_recommendation,
+            arrival_rate,
+            mean_service_seconds,
+            decisions,
             reconciles,
             errors,
             reconcile_seconds,
@@ -100,6 +157,21 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Counts one decision for `pool`, settled by `cause`. Every reason of the pool exists
+    /// from its first decision on, so a rate over any of them starts at zero, not at absent.
+    pub fn count_decision(&self, pool: &PoolLabels, cause: Cause) {
+        for c in Cause::ALL {
+            let counter = self.decisions.get_or_create(&DecisionLabels {
+                namespace: pool.namespace.clone(),
+                pool: pool.pool.clone(),
+                reason: c.label(),
+            });
+            if c == cause {
+                counter.inc();
+            }
+        }
+    }
+
     /// The metrics in the Prometheus text format.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::new();
@@ -139,5 +211,16 @@ mod tests {
             text.contains("ragpool_operator_reconcile_duration_seconds_bucket"),
             "{text}"
         );
+        m.count_decision(&pool, Cause::ScaleDownWindow);
+        let text = m.encode().unwrap_or_default();
+        assert!(
+            text.contains(r#"ragpool_operator_decisions_total{namespace="ns",pool="p",reason="scale_down_window"} 1"#),
+            "{text}"
+        );
+        let zeros = text
+            .lines()
+            .filter(|l| l.starts_with("ragpool_operator_decisions_total{") && l.ends_with("} 0"))
+            .count();
+        assert_eq!(zeros, Cause::ALL.len() - 1, "{text}");
     }
 }

@@ -14,15 +14,19 @@
 //!
 //! [`desired_replicas`] runs steps 2 to 7 as methods of one decision in the making
 //! (`raw_recommendation`, `tolerate`, `bound`, `stabilise`, `start_from_zero`,
-//! `step_limit`), each adding its part of the reason.
+//! `step_limit`), each adding its part of the reason. The [`Decision`] keeps each step's
+//! count and words ([`Step`]), the raw recommendation, and the step that settled the count
+//! ([`Cause`], a closed set): the operator's status, metrics and `ragpool explain` all show
+//! the same decision.
 //!
 //! All times come from the observations (the Redis server clock), so the function is
 //! deterministic and the same inputs always give the same decision.
 
 use std::collections::VecDeque;
 
-use crate::crd::{RagWorkerPoolSpec, ScalingMode, ScalingRules, ScalingSpec};
+use crate::crd::{DECISION_MESSAGE_MAX, RagWorkerPoolSpec, ScalingMode, ScalingRules, ScalingSpec};
 use crate::observe::{ArrivalSample, Observation, arrival_rate};
+use crate::status::truncate;
 
 /// Defaults of the scale-up rules.
 const UP_WINDOW_SECONDS: i32 = 0;
@@ -43,13 +47,142 @@ const EPSILON: f64 = 1e-9;
 pub struct Decision {
     /// Replicas the Deployment should have.
     pub replicas: i32,
-    /// Human-readable reason, for status, events and logs.
+    /// Human-readable reason, in words and numbers, for status, events and logs: the notes of
+    /// every step, joined by `; `.
     pub reason: String,
     /// The count was held back by `minReplicas`/`maxReplicas` or a step limit.
     pub limited: bool,
     /// The bounded recommendation this decision started from, remembered for the
     /// stabilisation windows; `None` when no recommendation was computed (paused, no data).
     pub recommendation: Option<i32>,
+    /// The raw recommendation in replicas' worth of work, before tolerance, bounds, windows
+    /// and limits; `None` when none was computed.
+    pub raw: Option<f64>,
+    /// The step that settled the count.
+    pub cause: Cause,
+    /// Each step in order, with the count after it and what it added to the reason.
+    pub steps: Vec<Step>,
+}
+
+/// One step of a decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Step {
+    /// The step's name, as `docs/operator.md` numbers them.
+    pub name: &'static str,
+    /// The count after this step; `None` for the raw recommendation, which is a fraction
+    /// ([`Decision::raw`]).
+    pub replicas: Option<i32>,
+    /// What the step added to the reason; empty when it changed nothing.
+    pub notes: Vec<String>,
+}
+
+/// The step of the policy that settled a decision's count. A closed set: it labels the
+/// operator's decision metrics and names each entry of `status.recentDecisions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cause {
+    /// `scaling.paused`: the count is kept.
+    Paused,
+    /// The queues could not be read: the count is kept.
+    NoData,
+    /// The count follows the work.
+    Load,
+    /// The work is within `tolerance` of the current count: kept.
+    Tolerance,
+    /// Capped at `maxReplicas`.
+    MaxReplicas,
+    /// Raised to `minReplicas`.
+    MinReplicas,
+    /// Raised to one replica because work is queued, delayed or in flight.
+    WorkPending,
+    /// Idle, but within `cooldownSeconds` of the last work: kept.
+    Cooldown,
+    /// Idle past the cooldown: down to `idleReplicas` (or `minReplicas`).
+    Idle,
+    /// The scale-up stabilisation window held the count down.
+    ScaleUpWindow,
+    /// The scale-down stabilisation window held the count up.
+    ScaleDownWindow,
+    /// A pool at zero with work started at once, skipping the scale-up window.
+    FromZero,
+    /// The scale-up step limit of the period.
+    ScaleUpLimit,
+    /// The scale-down step limit of the period.
+    ScaleDownLimit,
+}
+
+impl Cause {
+    /// Every cause, in the order of the policy's steps.
+    pub const ALL: [Cause; 14] = [
+        Cause::Paused,
+        Cause::NoData,
+        Cause::Load,
+        Cause::Tolerance,
+        Cause::MaxReplicas,
+        Cause::MinReplicas,
+        Cause::WorkPending,
+        Cause::Cooldown,
+        Cause::Idle,
+        Cause::ScaleUpWindow,
+        Cause::ScaleDownWindow,
+        Cause::FromZero,
+        Cause::ScaleUpLimit,
+        Cause::ScaleDownLimit,
+    ];
+
+    /// The CamelCase name, as Kubernetes reasons are written (`status.recentDecisions`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Cause::Paused => "Paused",
+            Cause::NoData => "NoData",
+            Cause::Load => "Load",
+            Cause::Tolerance => "Tolerance",
+            Cause::MaxReplicas => "MaxReplicas",
+            Cause::MinReplicas => "MinReplicas",
+            Cause::WorkPending => "WorkPending",
+            Cause::Cooldown => "Cooldown",
+            Cause::Idle => "Idle",
+            Cause::ScaleUpWindow => "ScaleUpWindow",
+            Cause::ScaleDownWindow => "ScaleDownWindow",
+            Cause::FromZero => "FromZero",
+            Cause::ScaleUpLimit => "ScaleUpLimit",
+            Cause::ScaleDownLimit => "ScaleDownLimit",
+        }
+    }
+
+    /// The snake_case name, as Prometheus label values are written.
+    pub fn label(self) -> &'static str {
+        match self {
+            Cause::Paused => "paused",
+            Cause::NoData => "no_data",
+            Cause::Load => "load",
+            Cause::Tolerance => "tolerance",
+            Cause::MaxReplicas => "max_replicas",
+            Cause::MinReplicas => "min_replicas",
+            Cause::WorkPending => "work_pending",
+            Cause::Cooldown => "cooldown",
+            Cause::Idle => "idle",
+            Cause::ScaleUpWindow => "scale_up_window",
+            Cause::ScaleDownWindow => "scale_down_window",
+            Cause::FromZero => "from_zero",
+            Cause::ScaleUpLimit => "scale_up_limit",
+            Cause::ScaleDownLimit => "scale_down_limit",
+        }
+    }
+
+    /// A bound, window or limit that keeps the count from where the work alone puts it.
+    pub fn holds(self) -> bool {
+        matches!(
+            self,
+            Cause::MaxReplicas
+                | Cause::MinReplicas
+                | Cause::Cooldown
+                | Cause::Idle
+                | Cause::ScaleUpWindow
+                | Cause::ScaleDownWindow
+                | Cause::ScaleUpLimit
+                | Cause::ScaleDownLimit
+        )
+    }
 }
 
 /// Turns step rules with unset fields into numbers, per direction.
@@ -140,6 +273,16 @@ impl History {
             current_replicas,
             ..Self::default()
         }
+    }
+
+    /// Remembers only the point `observation` saw on the enqueued-tasks counter (and that the
+    /// pool was seen), for a decision made without the operator's history, such as
+    /// `ragpool explain`'s: windows and step limits stay empty.
+    pub fn sample(&mut self, observation: &Observation) {
+        if observation.has_work() || self.last_busy_ms.is_none() {
+            self.last_busy_ms = Some(observation.at_ms);
+        }
+        self.arrivals.push_back(observation.arrival_sample());
     }
 
     /// Tasks per second arriving, from the oldest remembered sample to `observation`.
@@ -243,34 +386,61 @@ pub fn desired_replicas(
     if spec.scaling.paused {
         return Decision::keep(
             current,
+            Cause::Paused,
             format!("scaling paused; keeping {current} replicas"),
         );
     }
     let Some(obs) = observation else {
         return Decision::keep(
             current,
+            Cause::NoData,
             format!("no queue data; keeping {current} replicas"),
         );
     };
     let mut d = Deciding::new(obs, spec, history);
     let raw = d.raw_recommendation();
+    d.end_step("recommend", None);
     let tolerated = d.tolerate(raw);
+    d.end_step("tolerance", Some(tolerated));
     let recommendation = d.bound(tolerated);
+    d.end_step("bounds", Some(recommendation));
     let stable = d.stabilise(recommendation);
+    d.end_step("stabilise", Some(stable));
     let started = d.start_from_zero(stable, recommendation);
+    d.end_step("from zero", Some(started));
     let desired = d.step_limit(started);
-    d.decide(desired, recommendation)
+    d.end_step("step limit", Some(desired));
+    d.decide(raw, desired, recommendation)
 }
 
 impl Decision {
     /// Keep the current replicas, for `reason`, without a recommendation.
-    fn keep(current: i32, reason: String) -> Self {
+    fn keep(current: i32, cause: Cause, reason: String) -> Self {
         Self {
             replicas: current,
+            steps: vec![Step {
+                name: "keep",
+                replicas: Some(current),
+                notes: vec![reason.clone()],
+            }],
             reason,
             limited: false,
             recommendation: None,
+            raw: None,
+            cause,
         }
+    }
+
+    /// The reason as `status.recentDecisions` keeps it (cut to
+    /// [`DECISION_MESSAGE_MAX`] bytes).
+    pub fn message(&self) -> String {
+        truncate(self.reason.clone(), DECISION_MESSAGE_MAX)
+    }
+
+    /// A bound, window or limit kept a pool of `current` replicas where it is, although the
+    /// work alone would move it.
+    pub fn held(&self, current: i32) -> bool {
+        self.replicas == current && self.cause.holds()
     }
 }
 
@@ -287,7 +457,10 @@ struct Deciding<'a> {
     now: u64,
     up: Rules,
     down: Rules,
+    /// Notes of the step in progress.
     why: Vec<String>,
+    steps: Vec<Step>,
+    cause: Cause,
     limited: bool,
 }
 
@@ -303,7 +476,30 @@ impl<'a> Deciding<'a> {
             up: Rules::up(spec),
             down: Rules::down(spec),
             why: Vec::new(),
+            steps: Vec::new(),
+            cause: Cause::Load,
             limited: false,
+        }
+    }
+
+    /// Closes the step in progress, with the count it left.
+    fn end_step(&mut self, name: &'static str, replicas: Option<i32>) {
+        self.steps.push(Step {
+            name,
+            replicas,
+            notes: std::mem::take(&mut self.why),
+        });
+    }
+
+    /// The arrival rate and service time, for the modes whose formula leaves them out.
+    fn context(&self) -> String {
+        let rate = self.history.arrival_rate(self.obs);
+        let service = self.obs.mean_service_ms.map(|ms| ms / 1000.0);
+        match (rate, service) {
+            (Some(l), Some(s)) => format!(" ({l:.2}/s arriving, {s:.2}s per task)"),
+            (Some(l), None) => format!(" ({l:.2}/s arriving)"),
+            (None, Some(s)) => format!(" ({s:.2}s per task)"),
+            (None, None) => String::new(),
         }
     }
 
@@ -321,10 +517,12 @@ impl<'a> Deciding<'a> {
     fn by_queue_length(&mut self) -> f64 {
         let (queued, in_flight) = (self.obs.queued, self.obs.in_flight);
         let target = self.scaling.target_queue_length.max(1);
+        let raw = (queued + in_flight) as f64 / f64::from(target);
+        let context = self.context();
         self.why.push(format!(
-            "queueLength: ({queued} queued + {in_flight} in flight) / {target} per replica"
+            "queueLength: ({queued} queued + {in_flight} in flight) / {target} per replica = {raw:.2}{context}"
         ));
-        (queued + in_flight) as f64 / f64::from(target)
+        raw
     }
 
     /// `targetWait` with a mean service time of `s` seconds, by Little's law: λ·S slots are
@@ -334,21 +532,25 @@ impl<'a> Deciding<'a> {
         let lambda = self.history.arrival_rate(self.obs).unwrap_or(0.0);
         let wait = self.scaling.target_wait_seconds.max(0.001);
         let queued = self.obs.queued;
-        let slots = (lambda * s + queued as f64 * s / wait).max(self.obs.in_flight as f64);
+        let in_flight = self.obs.in_flight;
+        let slots = (lambda * s + queued as f64 * s / wait).max(in_flight as f64);
         let per_pod = self.per_pod;
+        let raw = slots / per_pod;
         self.why.push(format!(
-            "targetWait: ({lambda:.2}/s × {s:.2}s + {queued} queued × {s:.2}s / {wait}s) = {slots:.1} slots / {per_pod} per replica"
+            "targetWait: max({lambda:.2}/s × {s:.2}s + {queued} queued × {s:.2}s / {wait}s, {in_flight} in flight) = {slots:.1} slots / {per_pod} per replica = {raw:.2}"
         ));
-        slots / per_pod
+        raw
     }
 
     /// `targetWait` before any task finished: one slot per task.
     fn by_task_count(&mut self) -> f64 {
         let (queued, in_flight, per_pod) = (self.obs.queued, self.obs.in_flight, self.per_pod);
+        let raw = (queued + in_flight) as f64 / per_pod;
+        let context = self.context();
         self.why.push(format!(
-            "targetWait (no service time measured yet): ({queued} queued + {in_flight} in flight) / {per_pod} per replica"
+            "targetWait (no service time measured yet): ({queued} queued + {in_flight} in flight) / {per_pod} per replica = {raw:.2}{context}"
         ));
-        (queued + in_flight) as f64 / per_pod
+        raw
     }
 
     /// Step 3, tolerance: a change within `tolerance` of the current count is noise.
@@ -362,6 +564,9 @@ impl<'a> Deciding<'a> {
                 "{raw:.2} is within {:.0} % of {current}",
                 self.scaling.tolerance * 100.0
             ));
+            if (raw - EPSILON).ceil() as i32 != current {
+                self.cause = Cause::Tolerance;
+            }
             current
         } else {
             (raw - EPSILON).ceil().max(0.0) as i32
@@ -410,27 +615,36 @@ impl<'a> Deciding<'a> {
         let (floor, source) = self.floor();
         if rec > max {
             self.limited = true;
+            self.cause = Cause::MaxReplicas;
             self.why.push(format!("capped at maxReplicas {max}"));
             return max;
         }
         if rec < floor {
-            let why = match source {
+            let (cause, why) = match source {
                 Floor::MinReplicas => {
                     self.limited = true;
-                    format!("raised to minReplicas {floor}")
+                    (Cause::MinReplicas, format!("raised to minReplicas {floor}"))
                 }
-                Floor::Work => "work pending needs a replica".into(),
-                Floor::Cooldown => format!(
-                    "idle {}s of {}s cooldown; keeping {floor}",
-                    self.idle_for() / 1000,
-                    self.scaling.cooldown_seconds
+                Floor::Work => (Cause::WorkPending, "work pending needs a replica".into()),
+                Floor::Cooldown => (
+                    Cause::Cooldown,
+                    format!(
+                        "idle {}s of {}s cooldown; keeping {floor}",
+                        self.idle_for() / 1000,
+                        self.scaling.cooldown_seconds
+                    ),
                 ),
-                Floor::Idle => format!("idle past cooldown; idleReplicas {floor}"),
+                Floor::Idle => (
+                    Cause::Idle,
+                    format!("idle past cooldown; idleReplicas {floor}"),
+                ),
             };
+            self.cause = cause;
             self.why.push(why);
             return floor;
         }
         if self.cooled() && source == Floor::MinReplicas && rec == floor && self.current > floor {
+            self.cause = Cause::Idle;
             self.why.push(format!(
                 "idle past {}s cooldown",
                 self.scaling.cooldown_seconds
@@ -458,12 +672,14 @@ impl<'a> Deciding<'a> {
         };
         let desired = current.max(up_rec).min(down_rec);
         if desired < rec && current < rec {
+            self.cause = Cause::ScaleUpWindow;
             self.why.push(format!(
                 "scale-up window {}s holds at {desired}",
                 self.up.window_ms / 1000
             ));
         }
         if desired > rec && current > rec {
+            self.cause = Cause::ScaleDownWindow;
             self.why.push(format!(
                 "scale-down window {}s holds at {desired}",
                 self.down.window_ms / 1000
@@ -475,6 +691,7 @@ impl<'a> Deciding<'a> {
     /// Step 6, from zero at once: a pool at zero with work skips the scale-up window.
     fn start_from_zero(&mut self, desired: i32, rec: i32) -> i32 {
         if self.current == 0 && self.obs.has_work() && desired < rec.max(1) {
+            self.cause = Cause::FromZero;
             self.why.push("from zero at once".into());
             return rec.max(1);
         }
@@ -484,23 +701,24 @@ impl<'a> Deciding<'a> {
     /// Step 7, step limits: how far the count may move within one period.
     fn step_limit(&mut self, desired: i32) -> i32 {
         let current = self.current;
-        let (limit, rules, direction) = if desired > current {
+        let (limit, rules, direction, cause) = if desired > current {
             let start = self.history.period_start(self.now, self.up.period_ms, true);
             // At least one pod per period, or a pool whose limits are all percentages could
             // never leave zero.
             let limit = start + self.up.allowance(start).max(1);
-            (limit.min(desired), self.up, "up")
+            (limit.min(desired), self.up, "up", Cause::ScaleUpLimit)
         } else if desired < current {
             let start = self
                 .history
                 .period_start(self.now, self.down.period_ms, false);
             let limit = (start - self.down.allowance(start)).min(current);
-            (limit.max(desired), self.down, "down")
+            (limit.max(desired), self.down, "down", Cause::ScaleDownLimit)
         } else {
             return desired;
         };
         if limit != desired {
             self.limited = true;
+            self.cause = cause;
             self.why.push(format!(
                 "scale-{direction} step limit {limit} per {}s",
                 rules.period_ms / 1000
@@ -511,19 +729,31 @@ impl<'a> Deciding<'a> {
 
     /// The decision: `desired`, except that a lowered `maxReplicas` applies at once, step
     /// limits or not.
-    fn decide(mut self, desired: i32, recommendation: i32) -> Decision {
+    fn decide(mut self, raw: f64, desired: i32, recommendation: i32) -> Decision {
         let max = self.scaling.max_replicas;
         let replicas = if desired > max {
             self.limited = true;
+            self.cause = Cause::MaxReplicas;
+            self.why.push(format!("maxReplicas {max} applies at once"));
             max
         } else {
             desired
         };
+        self.end_step("maxReplicas", Some(replicas));
+        let reason = self
+            .steps
+            .iter()
+            .flat_map(|s| s.notes.iter().map(String::as_str))
+            .collect::<Vec<_>>()
+            .join("; ");
         Decision {
             replicas,
-            reason: self.why.join("; "),
+            reason,
             limited: self.limited,
             recommendation: Some(recommendation),
+            raw: Some(raw),
+            cause: self.cause,
+            steps: self.steps,
         }
     }
 }
@@ -625,7 +855,7 @@ mod tests {
                 replicas: 1,
                 limited: false,
                 // A fresh history has nothing in the window to hold the count at zero.
-                reason: "queueLength: (3 queued + 0 in flight) / 5 per replica; → 1",
+                reason: "queueLength: (3 queued + 0 in flight) / 5 per replica = 0.60; → 1",
             },
             Case {
                 name: "from zero is still step limited (4 pods per period by default)",
@@ -734,6 +964,152 @@ mod tests {
                 case.reason
             );
         }
+    }
+
+    #[test]
+    fn each_decision_names_the_step_that_settled_it() {
+        let delayed_only = Observation {
+            delayed: 2,
+            ..obs(0, 0, 0)
+        };
+        // (name, spec, current, observation, cause, held at the current count)
+        let cases = vec![
+            (
+                "the work",
+                spec(),
+                2,
+                Some(obs(0, 18, 5)),
+                Cause::Load,
+                false,
+            ),
+            (
+                "noise",
+                spec(),
+                10,
+                Some(obs(0, 52, 0)),
+                Cause::Tolerance,
+                false,
+            ),
+            (
+                "maxReplicas",
+                with(|s| s.max_replicas = 8),
+                8,
+                Some(obs(0, 100, 0)),
+                Cause::MaxReplicas,
+                true,
+            ),
+            (
+                "minReplicas",
+                with(|s| s.min_replicas = 3),
+                3,
+                Some(obs(0, 1, 0)),
+                Cause::MinReplicas,
+                true,
+            ),
+            (
+                "retries",
+                spec(),
+                0,
+                Some(delayed_only),
+                Cause::WorkPending,
+                false,
+            ),
+            (
+                "cooldown",
+                spec(),
+                1,
+                Some(obs(0, 0, 0)),
+                Cause::Cooldown,
+                true,
+            ),
+            (
+                "idle",
+                with(|s| s.cooldown_seconds = 0),
+                2,
+                Some(obs(0, 0, 0)),
+                Cause::Idle,
+                false,
+            ),
+            (
+                "step",
+                spec(),
+                0,
+                Some(obs(0, 40, 0)),
+                Cause::ScaleUpLimit,
+                false,
+            ),
+            (
+                "paused",
+                with(|s| s.paused = true),
+                2,
+                Some(obs(0, 9, 0)),
+                Cause::Paused,
+                false,
+            ),
+            ("no data", spec(), 2, None, Cause::NoData, false),
+        ];
+        for (name, spec, current, observation, cause, held) in cases {
+            let d = desired_replicas(observation.as_ref(), &spec, &History::new(current));
+            assert_eq!(d.cause, cause, "{name}: {}", d.reason);
+            assert_eq!(d.held(current), held, "{name}: {}", d.reason);
+        }
+        let labels: std::collections::BTreeSet<&str> =
+            Cause::ALL.iter().map(|c| c.label()).collect();
+        assert_eq!(labels.len(), Cause::ALL.len(), "labels are distinct");
+    }
+
+    #[test]
+    fn a_decision_keeps_each_step_and_the_raw_recommendation() {
+        // 40 tasks / 5 per replica = 8 from zero, but at most 4 pods per 15 s.
+        let d = desired_replicas(Some(&obs(0, 40, 0)), &spec(), &History::new(0));
+        assert_eq!(d.raw, Some(8.0));
+        let steps: Vec<(&str, Option<i32>)> =
+            d.steps.iter().map(|s| (s.name, s.replicas)).collect();
+        assert_eq!(
+            steps,
+            [
+                ("recommend", None),
+                ("tolerance", Some(8)),
+                ("bounds", Some(8)),
+                ("stabilise", Some(8)),
+                ("from zero", Some(8)),
+                ("step limit", Some(4)),
+                ("maxReplicas", Some(4)),
+            ]
+        );
+        let notes: Vec<&str> = d
+            .steps
+            .iter()
+            .flat_map(|s| s.notes.iter().map(String::as_str))
+            .collect();
+        assert_eq!(notes.join("; "), d.reason);
+        assert_eq!(
+            d.reason,
+            "queueLength: (40 queued + 0 in flight) / 5 per replica = 8.00; → 8; \
+             scale-up step limit 4 per 15s"
+        );
+    }
+
+    #[test]
+    fn a_window_that_holds_the_count_is_the_cause() {
+        let spec = spec();
+        let mut history = History::new(10);
+        let busy = obs(0, 50, 0);
+        let first = desired_replicas(Some(&busy), &spec, &history);
+        history.record(Some(&busy), &spec, &first);
+        let d = desired_replicas(Some(&obs(10, 10, 0)), &spec, &history);
+        assert_eq!(
+            (d.replicas, d.cause),
+            (10, Cause::ScaleDownWindow),
+            "{}",
+            d.reason
+        );
+        assert!(d.held(10));
+        assert!(
+            d.reason.ends_with("scale-down window 60s holds at 10"),
+            "{}",
+            d.reason
+        );
     }
 
     /// Runs the policy over observations, carrying out every decision, and returns the
@@ -927,9 +1303,10 @@ mod tests {
         assert_eq!(d.replicas, 1, "{}", d.reason);
         assert_eq!(
             d.reason,
-            "queueLength: (3 queued + 0 in flight) / 5 per replica; → 1; \
-             scale-up window 120s holds at 0; from zero at once"
+            "queueLength: (3 queued + 0 in flight) / 5 per replica = 0.60 (0.00/s arriving); \
+             → 1; scale-up window 120s holds at 0; from zero at once"
         );
+        assert_eq!(d.cause, Cause::FromZero);
     }
 
     #[test]

@@ -124,6 +124,19 @@ impl<'a> Conditions<'a> {
     }
 }
 
+/// `text` cut to at most `max` bytes, at a character boundary: the API server limits Event
+/// notes and the status schema limits decision messages.
+pub fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+    }
+    text
+}
+
 /// Whether `conditions` hold `type_` with status `False`.
 pub fn is_false(conditions: &[Condition], type_: &str) -> bool {
     conditions
