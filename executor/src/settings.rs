@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use ragpool_queue::http_server::ServerArgs;
 use ragpool_queue::{ClaimPolicy, QueueConfig, default_queues};
 
 use crate::backend::{BackendConfig, BuiltinConfig, HttpConfig, OpenAiConfig, SecretString};
@@ -64,6 +65,10 @@ pub struct ExecutorSettings {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "RAGPOOL_METRICS_LISTEN", default_value = "127.0.0.1:9090")]
     pub metrics_listen: SocketAddr,
+
+    /// Header and body timeouts and the connection limit of the /metrics listener.
+    #[command(flatten)]
+    pub server: ServerArgs,
 
     /// This executor's id in the worker registry (default: host, pid and a random suffix).
     #[arg(long, env = "RAGPOOL_WORKER_ID")]

@@ -22,6 +22,8 @@ mod consumer;
 mod decode;
 pub mod error;
 pub mod events;
+#[cfg(feature = "http-server")]
+pub mod http_server;
 pub mod keys;
 pub mod payload;
 mod scripts;

@@ -1,6 +1,9 @@
 //! Hostile clients speaking raw HTTP/1.1 over TCP: what they send must not grow the server's
 //! state or hold its connections.
 
+use ragpool_api::ApiConfig;
+use ragpool_queue::http_server::ServerArgs;
+use ragpool_queue::testing::ServerOptions;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -73,4 +76,79 @@ async fn invented_methods_do_not_grow_the_metrics() {
         "{text}"
     );
     assert!(text.len() < 32 * 1024, "{} bytes", text.len());
+}
+
+/// A client that opens connections and never finishes a request head (slowloris) has each
+/// one closed after the header timeout, and cannot hold more than the connection limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_requests_are_closed_and_connections_are_capped() {
+    let config = ApiConfig {
+        server: ServerArgs {
+            header_timeout_seconds: 3,
+            max_connections: 3,
+            ..ServerArgs::default()
+        },
+        ..ApiConfig::default()
+    };
+    let api = TestApi::start_with(config, ServerOptions::default()).await;
+    let addr = api.base.trim_start_matches("http://").to_string();
+
+    // Three connections that stop in the middle of their headers fill the limit.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(&addr).await.expect("connect");
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .expect("write");
+        held.push(stream);
+    }
+    // The server accepts in order, so the three hold their permits when this one comes.
+    let mut refused = TcpStream::connect(&addr).await.expect("connect");
+    let _ = refused
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let answer = read_to_close(&mut refused).await;
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 503"),
+        "{answer}"
+    );
+
+    // Each half-sent request is closed without an answer.
+    for mut stream in held {
+        let answer = read_to_close(&mut stream).await;
+        assert!(!answer.contains("200 OK"), "{answer}");
+    }
+    // And the API serves again.
+    let mut status = 0;
+    for _ in 0..100 {
+        status = api
+            .get("/healthz")
+            .send()
+            .await
+            .map_or(0, |r| r.status().as_u16());
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(status, 200);
+}
+
+/// Everything sent until the server closes the connection (a reset counts as a close); a
+/// guard against a server that never closes it.
+async fn read_to_close(stream: &mut TcpStream) -> String {
+    let mut seen = Vec::new();
+    let closed = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server never closed the connection");
+    String::from_utf8_lossy(&seen).into_owned()
 }
