@@ -17,7 +17,8 @@ pub struct ExecutorSettings {
     #[arg(
         long,
         env = "RAGPOOL_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
     )]
     pub redis_url: String,
 
@@ -95,7 +96,7 @@ pub struct BackendSettings {
     pub docs: Option<PathBuf>,
 
     /// Base URL of the OpenAI-compatible API, e.g. http://vllm:8000/v1.
-    #[arg(long, env = "RAGPOOL_OPENAI_BASE_URL")]
+    #[arg(long, env = "RAGPOOL_OPENAI_BASE_URL", hide_env_values = true)]
     pub openai_base_url: Option<String>,
 
     /// Model for answers.
@@ -116,16 +117,16 @@ pub struct BackendSettings {
 
     /// Base URL of the RAG HTTP service; tasks go to {base}/analyze-image, /complete-answer
     /// and /query.
-    #[arg(long, env = "RAGPOOL_HTTP_URL")]
+    #[arg(long, env = "RAGPOOL_HTTP_URL", hide_env_values = true)]
     pub http_url: Option<String>,
 
-    #[arg(long, env = "RAGPOOL_HTTP_ANALYZE_IMAGE_URL")]
+    #[arg(long, env = "RAGPOOL_HTTP_ANALYZE_IMAGE_URL", hide_env_values = true)]
     pub http_analyze_image_url: Option<String>,
 
-    #[arg(long, env = "RAGPOOL_HTTP_COMPLETE_ANSWER_URL")]
+    #[arg(long, env = "RAGPOOL_HTTP_COMPLETE_ANSWER_URL", hide_env_values = true)]
     pub http_complete_answer_url: Option<String>,
 
-    #[arg(long, env = "RAGPOOL_HTTP_QUERY_URL")]
+    #[arg(long, env = "RAGPOOL_HTTP_QUERY_URL", hide_env_values = true)]
     pub http_query_url: Option<String>,
 
     /// Timeout of one request to a model server or RAG service.
