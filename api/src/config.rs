@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ragpool_queue::http_server::ServerArgs;
 use ragpool_queue::{BrokerConfig, QueueConfig, default_queues};
 
 /// Everything `ragpool-api` can be told. Every flag has an environment fallback.
@@ -36,6 +37,10 @@ pub struct ApiConfig {
 
     #[command(flatten)]
     pub limits: Limits,
+
+    /// Header and body timeouts and the connection limit of the listener.
+    #[command(flatten)]
+    pub server: ServerArgs,
 
     #[command(flatten)]
     pub auth: AuthConfig,
@@ -201,6 +206,7 @@ impl Default for ApiConfig {
             namespace: DEFAULT_NAMESPACE.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             limits: Limits::default(),
+            server: ServerArgs::default(),
             auth: AuthConfig::default(),
             allow_image_urls: false,
             queues: QueueSettings::default(),
@@ -252,6 +258,7 @@ mod tests {
         );
         assert_eq!(parsed.limits.max_wait_seconds, 60);
         assert_eq!(parsed.queues.max_attempts, default.queues.max_attempts);
+        assert_eq!(parsed.server, default.server);
         assert!(!parsed.allow_image_urls);
     }
 

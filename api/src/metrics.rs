@@ -1,13 +1,16 @@
 //! Prometheus metrics of the API: requests by route, method and status, a latency histogram
 //! by route, and accepted submissions by queue. Served as OpenMetrics text on `/metrics`.
 //!
-//! Routes are labelled by their template (`/api/async/task/{task_id}`), never by the raw
-//! path, so task ids cannot blow up the number of series.
+//! Every label comes from a closed set, so no client can add series (each series lives as
+//! long as the process): routes are labelled by their template (`/api/async/task/{task_id}`)
+//! or `unmatched`, never by the raw path; methods are the seven this API could answer, any
+//! other spelling is `other`; statuses are numbers.
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -103,7 +106,7 @@ impl Metrics {
             .inc();
     }
 
-    fn observe(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    fn observe(&self, method: &'static str, route: &str, status: u16, seconds: f64) {
         self.inner
             .requests
             .get_or_create(&RequestLabels {
@@ -140,9 +143,24 @@ pub async fn tag_route(request: Request, next: Next) -> Response {
     response
 }
 
+/// The method as a label: one of the standard methods a client could mean, else `other`.
+/// HTTP lets a client invent any token as a method, so the raw one must never be a label.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
 /// Outer middleware recording every request, including unmatched ones.
 pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let method = request.method().as_str().to_string();
+    let method = method_label(request.method());
     let started = Instant::now();
     let response = next.run(request).await;
     let route = response
@@ -151,7 +169,7 @@ pub async fn track(State(state): State<AppState>, request: Request, next: Next) 
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
     state.metrics().observe(
-        &method,
+        method,
         &route,
         response.status().as_u16(),
         started.elapsed().as_secs_f64(),
@@ -177,5 +195,20 @@ mod tests {
             "ragpool_api_http_requests_total{method=\"POST\",route=\"/api/async/query\",status=\"202\"} 1"
         ));
         assert!(text.contains("ragpool_api_http_request_duration_seconds_bucket"));
+    }
+
+    #[test]
+    fn invented_methods_share_one_label() {
+        for (raw, label) in [
+            ("GET", "GET"),
+            ("OPTIONS", "OPTIONS"),
+            ("get", "other"),
+            ("CONNECT", "other"),
+            ("TRACE", "other"),
+            ("M00001XXXXXXXX", "other"),
+        ] {
+            let method = Method::from_bytes(raw.as_bytes()).unwrap();
+            assert_eq!(method_label(&method), label, "{raw}");
+        }
     }
 }

@@ -197,7 +197,8 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes the requests in
-/// flight and returns. Fails when the key configuration is invalid or the server breaks.
+/// flight and returns. Fails when the key configuration is invalid. The listener's timeouts
+/// and connection limit are `config.server`'s (see [`ragpool_queue::http_server`]).
 pub async fn serve(
     config: ApiConfig,
     broker: Broker,
@@ -216,14 +217,13 @@ pub async fn serve(
         .local_addr()
         .context("reading the listen address")?;
     tracing::info!(%addr, "ragpool-api listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            tracing::info!("shutting down: finishing requests in flight");
-            token.cancel();
-        })
-        .await
-        .context("serving HTTP")?;
+    let limits = config.server.limits();
+    ragpool_queue::http_server::serve(listener, app, limits, async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing requests in flight");
+        token.cancel();
+    })
+    .await;
     tracing::info!("ragpool-api stopped");
     Ok(())
 }

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use ragpool_queue::conn::redact;
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::Value;
@@ -110,7 +111,7 @@ impl ApiClient {
     /// A client for the API at `base_url`, sending `api_key` as a bearer token when given.
     pub fn new(base_url: &str, api_key: Option<String>) -> Result<Self, ClientError> {
         let bad = |reason: String| ClientError::BadUrl {
-            url: base_url.to_owned(),
+            url: redact(base_url),
             reason,
         };
         let mut base = Url::parse(base_url).map_err(|e| bad(e.to_string()))?;
@@ -137,7 +138,7 @@ impl ApiClient {
             .user_agent(concat!("ragpool-cli/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ClientError::Request {
-                url: base.to_string(),
+                url: redact(base.as_str()),
                 reason: e.to_string(),
             })?;
         let api_key = api_key.filter(|k| !k.trim().is_empty());
@@ -300,7 +301,7 @@ impl ApiClient {
             .await
             .map_err(|e| self.transport_error(&url, e))?;
         let unexpected = || ClientError::UnexpectedBody {
-            url: url.to_string(),
+            url: redact(url.as_str()),
             status,
             body: shorten(&text),
         };
@@ -323,15 +324,17 @@ impl ApiClient {
     }
 
     fn transport_error(&self, url: &Url, e: reqwest::Error) -> ClientError {
+        // reqwest's message repeats the URL as given, password and all.
+        let e = e.without_url();
         let reason = error_chain(&e);
         if e.is_connect() {
             ClientError::Unreachable {
-                url: self.base.to_string(),
+                url: redact(self.base.as_str()),
                 reason,
             }
         } else {
             ClientError::Request {
-                url: url.to_string(),
+                url: redact(url.as_str()),
                 reason,
             }
         }

@@ -18,7 +18,12 @@ pub const EXIT_TASK_FAILED: u8 = 4;
 #[derive(Debug, Clone, Args)]
 pub struct ApiArgs {
     /// Base URL of the ragpool API.
-    #[arg(long, env = "RAGPOOL_API_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "RAGPOOL_API_URL",
+        default_value = "http://127.0.0.1:8080",
+        hide_env_values = true
+    )]
     pub api_url: String,
 
     /// API key, sent as `Authorization: Bearer <key>` (needed when the API has keys).

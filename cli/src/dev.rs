@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser};
 use ragpool_api::ApiConfig;
 use ragpool_executor::settings::ExecutorSettings;
+use ragpool_queue::conn::redact;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -290,17 +291,6 @@ fn lock_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
-/// Hides a password in a Redis URL before it is printed.
-fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((_, host)) => format!("{scheme}://***@{host}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
-    }
-}
-
 /// `stop` fires on the first SIGINT/SIGTERM, `force` on the second.
 struct Signals {
     stop: CancellationToken,
@@ -340,15 +330,6 @@ impl Signals {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(
-            redact("redis://user:secret@10.0.0.1:6379/0"),
-            "redis://***@10.0.0.1:6379/0"
-        );
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-    }
 
     #[test]
     fn docs_flag_must_be_a_folder() {

@@ -68,14 +68,12 @@ pub async fn run_with_backend(
     tracing::info!(addr = %listener.local_addr()?, "health and metrics listening");
     let app = health::router(health.clone(), metrics.clone());
     let server_stop = CancellationToken::new();
-    let server = {
-        let server_stop = server_stop.clone();
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { server_stop.cancelled().await })
-                .await
-        })
-    };
+    let server = tokio::spawn(ragpool_queue::http_server::serve(
+        listener,
+        app,
+        settings.server.limits(),
+        server_stop.clone().cancelled_owned(),
+    ));
 
     let runner = Runner::new(
         RunnerConfig {

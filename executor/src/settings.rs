@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use ragpool_queue::http_server::ServerArgs;
 use ragpool_queue::{ClaimPolicy, QueueConfig, default_queues};
 
 use crate::backend::{BackendConfig, BuiltinConfig, HttpConfig, OpenAiConfig, SecretString};
@@ -16,7 +17,8 @@ pub struct ExecutorSettings {
     #[arg(
         long,
         env = "RAGPOOL_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379"
+        default_value = "redis://127.0.0.1:6379",
+        hide_env_values = true
     )]
     pub redis_url: String,
 
@@ -65,6 +67,10 @@ pub struct ExecutorSettings {
     #[arg(long, env = "RAGPOOL_METRICS_LISTEN", default_value = "127.0.0.1:9090")]
     pub metrics_listen: SocketAddr,
 
+    /// Header and body timeouts and the connection limit of the /metrics listener.
+    #[command(flatten)]
+    pub server: ServerArgs,
+
     /// This executor's id in the worker registry (default: host, pid and a random suffix).
     #[arg(long, env = "RAGPOOL_WORKER_ID")]
     pub worker_id: Option<String>,
@@ -90,7 +96,7 @@ pub struct BackendSettings {
     pub docs: Option<PathBuf>,
 
     /// Base URL of the OpenAI-compatible API, e.g. http://vllm:8000/v1.
-    #[arg(long, env = "RAGPOOL_OPENAI_BASE_URL")]
+    #[arg(long, env = "RAGPOOL_OPENAI_BASE_URL", hide_env_values = true)]
     pub openai_base_url: Option<String>,
 
     /// Model for answers.
@@ -111,16 +117,16 @@ pub struct BackendSettings {
 
     /// Base URL of the RAG HTTP service; tasks go to {base}/analyze-image, /complete-answer
     /// and /query.
-    #[arg(long, env = "RAGPOOL_HTTP_URL")]
+    #[arg(long, env = "RAGPOOL_HTTP_URL", hide_env_values = true)]
     pub http_url: Option<String>,
 
-    #[arg(long, env = "RAGPOOL_HTTP_ANALYZE_IMAGE_URL")]
+    #[arg(long, env = "RAGPOOL_HTTP_ANALYZE_IMAGE_URL", hide_env_values = true)]
     pub http_analyze_image_url: Option<String>,
 
-    #[arg(long, env = "RAGPOOL_HTTP_COMPLETE_ANSWER_URL")]
+    #[arg(long, env = "RAGPOOL_HTTP_COMPLETE_ANSWER_URL", hide_env_values = true)]
     pub http_complete_answer_url: Option<String>,
 
-    #[arg(long, env = "RAGPOOL_HTTP_QUERY_URL")]
+    #[arg(long, env = "RAGPOOL_HTTP_QUERY_URL", hide_env_values = true)]
     pub http_query_url: Option<String>,
 
     /// Timeout of one request to a model server or RAG service.

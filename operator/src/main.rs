@@ -19,6 +19,7 @@ use ragpool_operator::observe::Observer;
 use ragpool_operator::redis_observer::RedisObserver;
 use ragpool_operator::resources::MANAGER;
 use ragpool_operator::server::{Health, router};
+use ragpool_queue::http_server::ServerArgs;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -49,6 +50,9 @@ struct RunArgs {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "RAGPOOL_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
     listen: SocketAddr,
+    /// Header and body timeouts and the connection limit of that listener.
+    #[command(flatten)]
+    server: ServerArgs,
     /// Elect a leader with a Lease so several replicas can run; off for a single replica.
     #[arg(long, env = "RAGPOOL_OPERATOR_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set)]
     leader_election: bool,
@@ -152,11 +156,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             ready: ready.clone(),
         });
-        tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.cancelled().await })
-                .await
-        })
+        tokio::spawn(ragpool_queue::http_server::serve(
+            listener,
+            app,
+            args.server.limits(),
+            shutdown.cancelled_owned(),
+        ))
     };
 
     // `stop` ends the controller on shutdown or when leadership is lost.
@@ -213,7 +218,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             Err(e) => error!(error = %e, "lease keeper failed"),
         }
     }
-    if let Ok(Err(e)) = server.await {
+    if let Err(e) = server.await {
         warn!(error = %e, "health server");
     }
     if lost {

@@ -20,13 +20,27 @@ use crate::error::{QueueError, Result};
 /// Parsed from a URL (`redis://`, `rediss://` for TLS, with `user:password@` when needed) or a
 /// comma-separated list of URLs, which means a cluster. `redis+cluster://` (or
 /// `rediss+cluster://`) selects cluster mode with a single seed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct RedisTarget {
     pub urls: Vec<String>,
     pub cluster: bool,
     /// PEM root certificate(s) to trust for `rediss://` instead of the system's roots (a
     /// private CA, as in most in-cluster Redis deployments).
     pub ca_cert: Option<Vec<u8>>,
+}
+
+/// Shows the URLs [`redact`]ed: a target is logged and printed in errors.
+impl std::fmt::Debug for RedisTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTarget")
+            .field(
+                "urls",
+                &self.urls.iter().map(|u| redact(u)).collect::<Vec<_>>(),
+            )
+            .field("cluster", &self.cluster)
+            .field("ca_cert", &self.ca_cert.as_ref().map(|pem| pem.len()))
+            .finish()
+    }
 }
 
 impl RedisTarget {
@@ -83,15 +97,98 @@ impl FromStr for RedisTarget {
     }
 }
 
-/// A URL with its password replaced, for messages and logs.
+/// A URL (a Redis URL, a comma-separated list of them, or any `scheme://` URL) fit to print:
+/// whatever may be a secret is replaced by `***`, the rest kept so that a reader can still
+/// tell which server is meant. Every URL in an error, a log line or a banner goes through it.
+///
+/// Hidden: everything before the last `@` of each URL (user and password, however spelled:
+/// percent-encoded, or with a raw `@`, `:` or `/` in the password), every query string
+/// (`?password=`), and an address that is not a plain `host[:port]` (a mistyped URL such as
+/// `user:pass` could be a password). The scheme, host, port and database number stay.
 pub fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((_, host)) => format!("{scheme}://***@{host}"),
-            None => url.to_string(),
-        },
-        None => url.to_string(),
+    url.split(',')
+        .map(|part| redact_one(part.trim()))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn redact_one(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let mut out = String::new();
+    if let Some(scheme) = scheme {
+        // A scheme is short and plain; anything else was not one.
+        if scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+        {
+            out.push_str(scheme);
+        } else {
+            out.push_str("***");
+        }
+        out.push_str("://");
     }
+    let rest = match rest.rsplit_once('@') {
+        Some((_, after)) => {
+            out.push_str("***@");
+            after
+        }
+        None => rest,
+    };
+    let (before_query, query) = match rest.split_once(['?', '#']) {
+        Some((before, _)) => (before, true),
+        None => (rest, false),
+    };
+    let (address, path) = match before_query.find('/') {
+        Some(i) => before_query.split_at(i),
+        None => (before_query, ""),
+    };
+    if is_plain_address(address) {
+        out.push_str(address);
+    } else {
+        out.push_str("***");
+    }
+    if path
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c))
+    {
+        out.push_str(path);
+    } else {
+        out.push_str("/***");
+    }
+    if query {
+        out.push_str("?***");
+    }
+    out
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`, or nothing (a Unix socket URL).
+fn is_plain_address(address: &str) -> bool {
+    let (host, port) = match address.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((ip, after))
+                if ip
+                    .chars()
+                    .all(|c| c.is_ascii_hexdigit() || ":.".contains(c)) =>
+            {
+                match after {
+                    "" => return true,
+                    _ => ("", after.strip_prefix(':').unwrap_or("x")),
+                }
+            }
+            _ => return false,
+        },
+        None => match address.split_once(':') {
+            Some((host, port)) => (host, port),
+            None => (address, "0"),
+        },
+    };
+    host.chars()
+        .all(|c| c.is_ascii_alphanumeric() || ".-_".contains(c))
+        && !port.is_empty()
+        && port.chars().all(|c| c.is_ascii_digit())
 }
 
 /// A connection to either kind of deployment. Cheap to clone; clones share the socket.
@@ -210,8 +307,69 @@ mod tests {
     }
 
     #[test]
-    fn redacts_passwords() {
-        assert_eq!(redact("redis://:secret@h:1"), "redis://***@h:1");
-        assert_eq!(redact("redis://h:1"), "redis://h:1");
+    fn redacts_every_spelling_of_a_secret() {
+        for (url, shown) in [
+            ("redis://h:1", "redis://h:1"),
+            ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+            ("redis://[::1]:6379", "redis://[::1]:6379"),
+            ("redis://:secret@h:1", "redis://***@h:1"),
+            ("rediss://user:secret@h/0", "rediss://***@h/0"),
+            (
+                "redis+cluster://:secret@h:6379",
+                "redis+cluster://***@h:6379",
+            ),
+            ("rediss+cluster://u:secret@a:1", "rediss+cluster://***@a:1"),
+            ("redis://:p%40ss%3Asecret@h:1", "redis://***@h:1"),
+            ("redis://:p@ss@secret@h:1", "redis://***@h:1"),
+            ("redis://u:se:cr:et@h:1", "redis://***@h:1"),
+            ("redis://:se/cret@h:1/2", "redis://***@h:1/2"),
+            ("redis://:se?cret@h:1", "redis://***@h:1"),
+            ("redis://:se#cret@h:1", "redis://***@h:1"),
+            ("redis://h:1/0?password=secret", "redis://h:1/0?***"),
+            (
+                "redis+unix:///tmp/r.sock?pass=secret",
+                "redis+unix:///tmp/r.sock?***",
+            ),
+            // No scheme: a mistyped URL is still redacted.
+            (":secret@h:1", "***@h:1"),
+            ("user:secret@h:1", "***@h:1"),
+            ("user:secret", "***"),
+            ("h:1", "h:1"),
+            // A password with no `@` after it reads as a bad port or host.
+            ("redis://user:secret", "redis://***"),
+            ("redis://h:1/secret:x", "redis://h:1/***"),
+            ("sec ret://h:1", "***://h:1"),
+            // Cluster seeds: each one redacted.
+            (
+                "redis://:secret@a:1, redis://:secret@b:2,c:3",
+                "redis://***@a:1,redis://***@b:2,c:3",
+            ),
+        ] {
+            let redacted = redact(url);
+            assert_eq!(redacted, shown, "{url}");
+            assert!(!redacted.contains("secret"), "{url} -> {redacted}");
+        }
+    }
+
+    #[test]
+    fn invalid_urls_are_reported_without_their_secrets() {
+        for url in [
+            ":secret@h:1",
+            "user:secret@h:1",
+            "http://:secret@h:1",
+            "redis://:secret@h:1, :secret@h:2",
+        ] {
+            let err = url.parse::<RedisTarget>().unwrap_err().to_string();
+            assert!(err.contains("invalid Redis URL"), "{err}");
+            assert!(!err.contains("secret"), "{url} -> {err}");
+        }
+    }
+
+    #[test]
+    fn debug_output_hides_passwords() {
+        let target: RedisTarget = "redis://:secret@a:1,redis://:secret@b:2".parse().unwrap();
+        let debug = format!("{target:?}");
+        assert!(debug.contains("redis://***@a:1"), "{debug}");
+        assert!(!debug.contains("secret"), "{debug}");
     }
 }

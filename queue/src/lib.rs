@@ -22,6 +22,8 @@ mod consumer;
 mod decode;
 pub mod error;
 pub mod events;
+#[cfg(feature = "http-server")]
+pub mod http_server;
 #[cfg(feature = "image-input")]
 pub mod image_input;
 pub mod keys;

@@ -5,5 +5,6 @@ mod auth;
 mod bad_input;
 mod endpoints;
 mod faults;
+mod hostile;
 mod support;
 mod wait_events;
