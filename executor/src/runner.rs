@@ -12,12 +12,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use ragpool_queue::payload::{AnalyzeImage, CompleteAnswer, FullQuery};
+use ragpool_queue::payload::Payload;
 use ragpool_queue::{
     Broker, Claimed, ConsumerConfig, FailOutcome, QueueError, ReleaseOutcome, Retry, TaskError,
-    TaskId, TaskKind, TaskState, WorkerInfo,
+    TaskId, TaskState, WorkerInfo,
 };
-use serde::de::DeserializeOwned;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -272,7 +271,7 @@ enum Interrupted {
 
 /// Runs one claimed task to exactly one reported outcome.
 async fn run_task(shared: &Shared, claimed: Claimed, lease_len: Duration) {
-    let span = tracing::info_span!("task", id = %claimed.task.id, kind = %claimed.task.kind, attempt = claimed.task.attempts);
+    let span = tracing::info_span!("task", id = %claimed.task.id, kind = %claimed.task.kind(), attempt = claimed.task.attempts);
     run_task_inner(shared, claimed, lease_len)
         .instrument(span)
         .await
@@ -280,7 +279,7 @@ async fn run_task(shared: &Shared, claimed: Claimed, lease_len: Duration) {
 
 async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) {
     let Claimed { task, lease } = claimed;
-    let kind = task.kind;
+    let kind = task.kind();
     shared.health.in_flight.fetch_add(1, Ordering::Relaxed);
     shared.metrics.in_flight.inc();
     let started = Instant::now();
@@ -292,9 +291,9 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
         let payload = task.payload.clone();
         let timeout = task.timeout;
         // On its own task so a panicking backend fails this task instead of the executor.
-        tokio::spawn(async move {
-            call_backend(&broker, backend.as_ref(), kind, payload, &cx, timeout).await
-        })
+        tokio::spawn(
+            async move { call_backend(&broker, backend.as_ref(), payload, &cx, timeout).await },
+        )
     };
     let abort = work.abort_handle();
 
@@ -303,10 +302,6 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
         loop {
             tokio::time::sleep(every).await;
             let p = progress.borrow_and_update().clone();
-            let p = ragpool_queue::Progress {
-                percent: p.percent,
-                message: p.message,
-            };
             match shared.broker.heartbeat(&lease, Some(&p)).await {
                 Ok(hb) if hb.cancel_requested => return Interrupted::Canceled,
                 Ok(_) => {}
@@ -423,29 +418,17 @@ where
     call().await
 }
 
-fn parse<T: DeserializeOwned>(payload: serde_json::Value) -> Result<T, BackendError> {
-    serde_json::from_value(payload)
-        .map_err(|e| BackendError::bad_input(format!("payload does not match the task kind: {e}")))
-}
-
-/// Decodes the payload for its kind and calls the backend. `timeout` bounds the wait for a
-/// context task.
+/// Calls the backend with the task's payload, after filling an answer's context from the
+/// analysis task it names. `timeout` bounds the wait for that task.
 async fn call_backend(
     broker: &Broker,
     backend: &dyn Backend,
-    kind: TaskKind,
-    payload: serde_json::Value,
+    payload: Payload,
     cx: &TaskContext,
     timeout: Duration,
 ) -> Result<serde_json::Value, BackendError> {
-    match kind {
-        TaskKind::AnalyzeImage => {
-            backend
-                .analyze_image(&parse::<AnalyzeImage>(payload)?, cx)
-                .await
-        }
-        TaskKind::CompleteAnswer => {
-            let mut req = parse::<CompleteAnswer>(payload)?;
+    let payload = match payload {
+        Payload::CompleteAnswer(mut req) => {
             if let Some(id) = req.context_task_id.clone() {
                 let context = context_from_task(broker, &id, cx, timeout).await?;
                 req.context = Some(match req.context.take() {
@@ -453,10 +436,11 @@ async fn call_backend(
                     None => context,
                 });
             }
-            backend.complete_answer(&req, cx).await
+            Payload::CompleteAnswer(req)
         }
-        TaskKind::FullQuery => backend.full_query(&parse::<FullQuery>(payload)?, cx).await,
-    }
+        other => other,
+    };
+    backend.run(&payload, cx).await
 }
 
 /// The text of an image-analysis task, used as an answer's context.

@@ -4,15 +4,8 @@
 //! percentage in its next heartbeat, so a `watch` channel fits and a slow reader never makes a
 //! backend wait.
 
+use ragpool_queue::Progress;
 use tokio::sync::watch;
-
-/// The latest progress a backend reported.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Progress {
-    /// 0–100.
-    pub percent: u8,
-    pub message: String,
-}
 
 /// Handed to every [`Backend`](super::Backend) call.
 #[derive(Debug)]
