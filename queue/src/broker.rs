@@ -305,7 +305,7 @@ impl Broker {
         };
         let reply: Value = scripts::HEARTBEAT
             .key(keys.task(lease.task.as_str()))
-            .key(keys.queue(&lease.queue).active)
+            .key(keys.queue(&lease.queue).started)
             .key(keys.events())
             .arg(lease.task.as_str())
             .arg(&lease.token)
@@ -331,7 +331,7 @@ impl Broker {
             .map_err(|e| QueueError::Corrupt(format!("result does not serialize: {e}")))?;
         let reply: Value = scripts::COMPLETE
             .key(keys.task(lease.task.as_str()))
-            .key(&qk.active)
+            .key(&qk.started)
             .key(&qk.finished)
             .key(&qk.counters)
             .key(&qk.processing)
@@ -364,7 +364,7 @@ impl Broker {
         let jitter: f64 = rand::rng().random_range(0.0..1.0);
         let reply: Value = scripts::FAIL
             .key(keys.task(lease.task.as_str()))
-            .key(&qk.active)
+            .key(&qk.started)
             .key(&qk.delayed)
             .key(&qk.failed)
             .key(&qk.canceled)
@@ -396,7 +396,7 @@ impl Broker {
         let qk = keys.queue(&lease.queue);
         let reply: Value = scripts::RELEASE
             .key(keys.task(lease.task.as_str()))
-            .key(&qk.active)
+            .key(&qk.started)
             .key(&qk.ready)
             .key(&qk.signal)
             .key(&qk.canceled)
@@ -481,7 +481,7 @@ impl Broker {
         let mut total = (0, 0);
         loop {
             let reply: Value = scripts::REAP
-                .key(&qk.active)
+                .key(&qk.started)
                 .key(&qk.ready)
                 .key(&qk.signal)
                 .key(&qk.finished)
@@ -569,7 +569,7 @@ impl Broker {
         let qk = keys.queue(queue);
         let reply: Value = scripts::STATS
             .key(&qk.ready)
-            .key(&qk.active)
+            .key(&qk.started)
             .key(&qk.delayed)
             .key(&qk.finished)
             .key(&qk.failed)

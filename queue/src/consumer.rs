@@ -141,7 +141,7 @@ impl Consumer {
             let qk = keys.queue(&self.config.queues[i]);
             invocation
                 .key(qk.ready)
-                .key(qk.active)
+                .key(qk.started)
                 .key(qk.signal)
                 .key(qk.wait);
         }
