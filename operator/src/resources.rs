@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
+use ragpool_queue::QueueEntry;
 
 use crate::crd::{BackendKind, PriorityPolicy, RagWorkerPool, SecretKeyRef};
 
@@ -74,25 +75,26 @@ pub fn settings(pool: &RagWorkerPool) -> BTreeMap<String, String> {
     let mut set = |k: &str, v: String| {
         env.insert(k.to_owned(), v);
     };
-    let queues = spec
+    let queues: Vec<QueueEntry> = spec
         .queues
         .names
         .iter()
-        .map(|q| match spec.queues.priority {
-            PriorityPolicy::Strict => q.0.clone(),
-            PriorityPolicy::Weighted => {
-                let weight = spec
-                    .queues
-                    .weights
-                    .as_ref()
-                    .and_then(|w| w.get(&q.0))
-                    .map_or(1, |w| w.0);
-                format!("{}={weight}", q.0)
-            }
+        .map(|q| QueueEntry {
+            name: q.0.clone(),
+            weight: match spec.queues.priority {
+                PriorityPolicy::Strict => None,
+                PriorityPolicy::Weighted => Some(
+                    spec.queues
+                        .weights
+                        .as_ref()
+                        .and_then(|w| w.get(&q.0))
+                        // The CRD admits 1 to 1000 only.
+                        .map_or(1, |w| u32::try_from(w.0).unwrap_or(1)),
+                ),
+            },
         })
-        .collect::<Vec<_>>()
-        .join(",");
-    set("RAGPOOL_QUEUES", queues);
+        .collect();
+    set("RAGPOOL_QUEUES", QueueEntry::format_list(&queues));
     set(
         "RAGPOOL_PRIORITY",
         match spec.queues.priority {

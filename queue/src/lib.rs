@@ -33,7 +33,7 @@ pub use broker::{
     Broker, BrokerConfig, CancelOutcome, Enqueued, FailOutcome, Heartbeat, Lease, Maintenance,
     NewTask, ReleaseOutcome, Retry,
 };
-pub use config::{ClaimPolicy, QueueConfig, default_queues};
+pub use config::{ClaimPolicy, QueueConfig, QueueEntry, QueueSettings, default_queues};
 pub use conn::RedisTarget;
 pub use consumer::{Claimed, Consumer, ConsumerConfig};
 pub use error::{QueueError, Result};
