@@ -284,7 +284,7 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
     shared.metrics.in_flight.inc();
     let started = Instant::now();
 
-    let (cx, mut progress) = TaskContext::new();
+    let (cx, mut progress) = TaskContext::for_task(task.id.clone(), task.attempts);
     let work = {
         let backend = shared.backend.clone();
         let broker = shared.broker.clone();
