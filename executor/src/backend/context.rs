@@ -51,11 +51,6 @@ impl TaskContext {
         });
     }
 
-    /// Another receiver of this context's progress.
-    pub fn subscribe(&self) -> watch::Receiver<Progress> {
-        self.progress.subscribe()
-    }
-
     /// The most recent report.
     pub fn current(&self) -> Progress {
         self.progress.borrow().clone()
