@@ -326,14 +326,19 @@ async fn permanent_failure(env: Env) {
 }
 on_both!(permanent_t, permanent_failure);
 
+/// A task's hash as Redis holds it.
+async fn task_hash(env: &Env, id: &TaskId) -> std::collections::HashMap<String, String> {
+    redis::cmd("HGETALL")
+        .arg(env.broker.keys().task(id.as_str()))
+        .query_async(&mut redis_conn(env).await)
+        .await
+        .unwrap()
+}
+
 async fn stored_payloads_read_back_by_kind(env: Env) {
     let b = &env.broker;
     let q = b.enqueue(new(TaskKind::FullQuery, 1)).await.unwrap();
-    let stored: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(b.keys().task(q.id.as_str()))
-        .query_async(&mut redis_conn(&env).await)
-        .await
-        .unwrap();
+    let stored = task_hash(&env, &q.id).await;
     // The stored fields keep their shape: the kind's name and the payload struct's JSON.
     assert_eq!(stored["kind"], "full_query");
     assert_eq!(stored["payload"], r#"{"question":"q1"}"#);
@@ -351,11 +356,7 @@ async fn stored_payloads_read_back_by_kind(env: Env) {
     let c = env.consumer("w", &ALL, LEASE).await;
     let claimed = c.try_claim().await.unwrap().expect("the next task");
     assert_eq!(claimed.task.id, next.id);
-    let fields: std::collections::HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(b.keys().task(q.id.as_str()))
-        .query_async(&mut redis_conn(&env).await)
-        .await
-        .unwrap();
+    let fields = task_hash(&env, &q.id).await;
     assert_eq!(fields["state"], "failed");
     assert_eq!(fields["error_kind"], "bad_input");
     assert!(
