@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ragpool_queue::http_server::ServerArgs;
-use ragpool_queue::{BrokerConfig, QueueConfig, default_queues};
+use ragpool_queue::{BrokerConfig, QueueConfig, QueueSettings, TaskKind};
 
 /// Everything `ragpool-api` can be told. Every flag has an environment fallback.
 #[derive(Debug, Clone, clap::Args)]
@@ -51,7 +51,7 @@ pub struct ApiConfig {
     pub allow_image_urls: bool,
 
     #[command(flatten)]
-    pub queues: QueueSettings,
+    pub queues: QueueFlags,
 
     /// Workers not heard from for this long are left out of `/api/queue/stats`.
     #[arg(long, env = "RAGPOOL_WORKER_TTL_SECONDS", default_value_t = 30)]
@@ -122,10 +122,11 @@ pub struct AuthConfig {
     pub api_keys_file: Option<PathBuf>,
 }
 
-/// The settings new tasks carry (timeouts, retention, attempts). Executors read them from
-/// each task, so only the API needs them.
+/// The settings new tasks carry (timeouts, retention, attempts), as flags. Executors read them
+/// from each task, so only the API needs them. They become a [`ragpool_queue::QueueSettings`],
+/// the form every binary hands its queue settings to the queue crate in.
 #[derive(Debug, Clone, clap::Args)]
-pub struct QueueSettings {
+pub struct QueueFlags {
     /// Attempts before a retryable failure becomes final.
     #[arg(long, env = "RAGPOOL_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
@@ -163,9 +164,9 @@ pub struct QueueSettings {
     pub full_query_timeout_seconds: u64,
 }
 
-impl Default for QueueSettings {
+impl Default for QueueFlags {
     fn default() -> Self {
-        QueueSettings {
+        QueueFlags {
             max_attempts: 3,
             result_ttl_seconds: 3600,
             failure_ttl_seconds: 24 * 3600,
@@ -176,25 +177,28 @@ impl Default for QueueSettings {
     }
 }
 
-impl QueueSettings {
+impl QueueFlags {
     /// The three queues with these settings applied.
-    pub fn queue_configs(&self) -> Vec<QueueConfig> {
-        default_queues()
-            .into_iter()
-            .map(|mut q| {
-                q.max_attempts = self.max_attempts;
-                q.result_ttl = Duration::from_secs(self.result_ttl_seconds);
-                q.failure_ttl = Duration::from_secs(self.failure_ttl_seconds);
-                let timeout = match q.name.as_str() {
-                    "image_analysis" => self.image_analysis_timeout_seconds,
-                    "answer_generation" => self.answer_generation_timeout_seconds,
-                    "full_query" => self.full_query_timeout_seconds,
-                    _ => q.timeout.as_secs(),
-                };
-                q.timeout = Duration::from_secs(timeout);
-                q
-            })
-            .collect()
+    pub fn queue_configs(&self) -> ragpool_queue::Result<Vec<QueueConfig>> {
+        let secs = Duration::from_secs;
+        QueueSettings {
+            queues: Vec::new(),
+            max_attempts: Some(self.max_attempts),
+            result_ttl: Some(secs(self.result_ttl_seconds)),
+            failure_ttl: Some(secs(self.failure_ttl_seconds)),
+            timeouts: vec![
+                (
+                    TaskKind::AnalyzeImage,
+                    secs(self.image_analysis_timeout_seconds),
+                ),
+                (
+                    TaskKind::CompleteAnswer,
+                    secs(self.answer_generation_timeout_seconds),
+                ),
+                (TaskKind::FullQuery, secs(self.full_query_timeout_seconds)),
+            ],
+        }
+        .resolve()
     }
 }
 
@@ -209,7 +213,7 @@ impl Default for ApiConfig {
             server: ServerArgs::default(),
             auth: AuthConfig::default(),
             allow_image_urls: false,
-            queues: QueueSettings::default(),
+            queues: QueueFlags::default(),
             worker_ttl_seconds: 30,
         }
     }
@@ -224,7 +228,7 @@ impl ApiConfig {
             config.target = config.target.with_ca_file(ca)?;
         }
         config.namespace = self.namespace.clone();
-        config.queues = self.queues.queue_configs();
+        config.queues = self.queues.queue_configs()?;
         Ok(config)
     }
 }

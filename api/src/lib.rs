@@ -29,7 +29,7 @@ mod server;
 mod state;
 
 pub use auth::{ApiKeys, Caller};
-pub use config::{ApiConfig, AuthConfig, Limits, QueueSettings};
+pub use config::{ApiConfig, AuthConfig, Limits, QueueFlags};
 pub use error::ApiError;
 pub use server::{openapi, router, serve};
 pub use state::AppState;

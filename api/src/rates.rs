@@ -21,7 +21,7 @@ pub struct Totals {
 }
 
 /// Per-second rates over `window_seconds`.
-#[derive(Debug, Clone, Copy, PartialEq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, serde::Serialize, utoipa::ToSchema)]
 pub struct Rates {
     pub window_seconds: f64,
     pub enqueued_per_second: f64,

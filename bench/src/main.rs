@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
+use ragpool_queue::payload::FullQuery;
 use ragpool_queue::testing::RedisServer;
-use ragpool_queue::{Broker, BrokerConfig, ConsumerConfig, NewTask, TaskKind};
+use ragpool_queue::{Broker, BrokerConfig, ConsumerConfig, NewTask};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -164,7 +165,10 @@ async fn ragpool(url: &str, tasks: usize, consumers: usize) -> anyhow::Result<f6
             let broker = broker.clone();
             async move {
                 broker
-                    .enqueue(NewTask::new(TaskKind::FullQuery, json!({ "n": n })))
+                    .enqueue(NewTask::new(FullQuery {
+                        question: format!("question {n}"),
+                        ..FullQuery::default()
+                    }))
                     .await
             }
         })

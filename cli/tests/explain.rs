@@ -6,9 +6,8 @@ use std::process::Command;
 use ragpool_operator::crd::RagWorkerPool;
 use ragpool_operator::policy::{History, desired_replicas};
 use ragpool_operator::redis_observer::observe_queues;
-use ragpool_queue::testing::RedisServer;
+use ragpool_queue::testing::{RedisServer, sample_payload};
 use ragpool_queue::{Broker, BrokerConfig, NewTask, TaskKind};
-use serde_json::json;
 
 const POOL: &str = "\
 apiVersion: ragpool.io/v1alpha1
@@ -38,7 +37,10 @@ async fn explains_a_backlog_with_the_operators_policy() {
         .expect("connects");
     for n in 0..40 {
         broker
-            .enqueue(NewTask::new(TaskKind::AnalyzeImage, json!({ "n": n })))
+            .enqueue(NewTask::new(sample_payload(
+                TaskKind::AnalyzeImage,
+                &format!("n{n}"),
+            )))
             .await
             .expect("enqueues");
     }

@@ -1,8 +1,9 @@
 //! The executor's HTTP endpoints: `/healthz` (the process answers), `/readyz` (Redis reachable
-//! and the claim loop turning) and `/metrics`.
+//! and the claim loop turning) and `/metrics`, and [`Health`], what the job loop tells them.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::State;
@@ -11,7 +12,64 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 
 use crate::metrics::Metrics;
-use crate::runner::Health;
+
+/// What the job loop reports for the health endpoints and the worker registry.
+#[derive(Debug, Default)]
+pub struct Health {
+    in_flight: AtomicU32,
+    draining: AtomicBool,
+    /// Milliseconds since the epoch of the claim loop's last turn.
+    loop_beat_ms: AtomicU64,
+    redis_ok: AtomicBool,
+}
+
+impl Health {
+    /// Tasks running now.
+    pub fn in_flight(&self) -> u32 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Redis answered the last time the loop talked to it, and the loop turned recently.
+    pub fn ready(&self, max_silence: Duration) -> bool {
+        let last = self.loop_beat_ms.load(Ordering::Relaxed);
+        self.redis_ok.load(Ordering::Relaxed)
+            && now_ms().saturating_sub(last) <= max_silence.as_millis() as u64
+    }
+
+    /// The claim loop turned.
+    pub(crate) fn beat(&self) {
+        self.loop_beat_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Whether the loop's last call to Redis got an answer.
+    pub(crate) fn redis_answered(&self, ok: bool) {
+        self.redis_ok.store(ok, Ordering::Relaxed);
+    }
+
+    pub(crate) fn task_started(&self) {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn task_ended(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Milliseconds since the epoch.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
 
 #[derive(Clone)]
 struct Probe {

@@ -17,8 +17,9 @@ use ragpool_queue::{Broker, BrokerConfig, ConsumerConfig};
 use tokio_util::sync::CancellationToken;
 
 use backend::Backend;
+use health::Health;
 use metrics::Metrics;
-use runner::{Health, Runner, RunnerConfig};
+use runner::{Runner, RunnerConfig};
 use settings::ExecutorSettings;
 
 /// Runs an executor with the backend its settings name until `stop` fires and it has drained.

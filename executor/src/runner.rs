@@ -9,20 +9,19 @@
 //! spending an attempt.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use ragpool_queue::payload::{AnalyzeImage, CompleteAnswer, FullQuery};
+use ragpool_queue::payload::Payload;
 use ragpool_queue::{
-    Broker, Claimed, ConsumerConfig, FailOutcome, QueueError, ReleaseOutcome, Retry, TaskError,
-    TaskId, TaskKind, TaskState, WorkerInfo,
+    Broker, Claimed, Consumer, ConsumerConfig, FailOutcome, QueueError, ReleaseOutcome, Retry,
+    TaskError, TaskId, TaskState, WorkerInfo,
 };
-use serde::de::DeserializeOwned;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::backend::{Backend, BackendError, TaskContext, kinds};
+use crate::health::{Health, now_ms};
 use crate::metrics::Metrics;
 
 /// How the job loop behaves; see [`crate::settings::ExecutorSettings`] for the meaning.
@@ -34,37 +33,6 @@ pub struct RunnerConfig {
     pub concurrency: u32,
     pub drain: Duration,
     pub maintenance_interval: Duration,
-}
-
-/// What the health endpoints read.
-#[derive(Debug, Default)]
-pub struct Health {
-    in_flight: AtomicU32,
-    draining: AtomicBool,
-    /// Milliseconds since the epoch of the claim loop's last turn.
-    loop_beat_ms: AtomicU64,
-    redis_ok: AtomicBool,
-}
-
-impl Health {
-    pub fn in_flight(&self) -> u32 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    pub fn draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-
-    /// Redis answered the last time the loop talked to it, and the loop turned recently.
-    pub fn ready(&self, max_silence: Duration) -> bool {
-        let last = self.loop_beat_ms.load(Ordering::Relaxed);
-        self.redis_ok.load(Ordering::Relaxed)
-            && now_ms().saturating_sub(last) <= max_silence.as_millis() as u64
-    }
-
-    fn beat(&self) {
-        self.loop_beat_ms.store(now_ms(), Ordering::Relaxed);
-    }
 }
 
 /// Everything a task runner needs, shared.
@@ -108,13 +76,10 @@ impl Runner {
     pub async fn run(self, stop: CancellationToken) -> Result<(), QueueError> {
         let Runner { config, shared } = self;
         let consumer = shared.broker.consumer(config.consumer.clone()).await?;
-        let lease = config.consumer.lease;
-        let started_at = now_ms();
-
         let registry = tokio::spawn(registry_loop(
             shared.clone(),
             config.clone(),
-            started_at,
+            now_ms(),
             stop.clone(),
         ));
         let maintenance = tokio::spawn(maintenance_loop(
@@ -122,76 +87,11 @@ impl Runner {
             config.maintenance_interval,
             shared.release.clone(),
         ));
-
-        let slots = Arc::new(tokio::sync::Semaphore::new(config.concurrency as usize));
-        let mut tasks = JoinSet::new();
-        shared.health.beat();
         tracing::info!(worker = %config.worker_id, queues = ?config.consumer.queues, "executor started");
 
-        while !stop.is_cancelled() {
-            // Reap finished runners so the set does not grow.
-            while tasks.try_join_next().is_some() {}
-            // Wait for a free slot, turning at least every 2 s so /readyz can tell a busy
-            // loop from a stalled one.
-            let permit = tokio::select! {
-                _ = stop.cancelled() => break,
-                permit = tokio::time::timeout(Duration::from_secs(2), slots.clone().acquire_owned()) => match permit {
-                    Ok(Ok(p)) => p,
-                    Ok(Err(_)) => break,
-                    Err(_) => {
-                        shared.health.beat();
-                        continue;
-                    }
-                },
-            };
-            shared.health.beat();
-            // The claim itself is never abandoned half-way: a task Redis handed out would
-            // otherwise sit under a lease nobody holds. Only the wait for work is cancellable.
-            let claim_started = Instant::now();
-            match consumer.try_claim().await {
-                Ok(Some(claimed)) => {
-                    shared.health.redis_ok.store(true, Ordering::Relaxed);
-                    shared
-                        .metrics
-                        .claim_latency
-                        .observe(claim_started.elapsed().as_secs_f64());
-                    let shared = shared.clone();
-                    tasks.spawn(async move {
-                        run_task(&shared, claimed, lease).await;
-                        drop(permit);
-                    });
-                }
-                Ok(None) => {
-                    shared.health.redis_ok.store(true, Ordering::Relaxed);
-                    drop(permit);
-                    tokio::select! {
-                        _ = stop.cancelled() => break,
-                        r = consumer.wait_for_work(Duration::from_secs(2)) => {
-                            if let Err(e) = r {
-                                redis_trouble(&shared, &e).await;
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    drop(permit);
-                    redis_trouble(&shared, &e).await;
-                }
-            }
-        }
+        let tasks = claim_loop(&shared, &config, &consumer, &stop).await;
+        drain(&shared, config.drain, tasks).await;
 
-        shared.health.draining.store(true, Ordering::Relaxed);
-        let in_flight = shared.health.in_flight();
-        tracing::info!(in_flight, drain = ?config.drain, "stopped claiming; draining");
-        let release = shared.release.clone();
-        let drain = config.drain;
-        let deadline = tokio::spawn(async move {
-            tokio::time::sleep(drain).await;
-            release.cancel();
-        });
-        while tasks.join_next().await.is_some() {}
-        deadline.abort();
-        shared.release.cancel();
         registry.abort();
         maintenance.abort();
         if let Err(e) = shared.broker.deregister_worker(&config.worker_id).await {
@@ -202,8 +102,93 @@ impl Runner {
     }
 }
 
+/// Claims tasks while a slot is free until `stop` fires, each task on a runner of its own.
+/// Returns the runners still going.
+async fn claim_loop(
+    shared: &Arc<Shared>,
+    config: &RunnerConfig,
+    consumer: &Consumer,
+    stop: &CancellationToken,
+) -> JoinSet<()> {
+    let lease = config.consumer.lease;
+    let slots = Arc::new(tokio::sync::Semaphore::new(config.concurrency as usize));
+    let mut tasks = JoinSet::new();
+    shared.health.beat();
+    while !stop.is_cancelled() {
+        // Reap finished runners so the set does not grow.
+        while tasks.try_join_next().is_some() {}
+        // Wait for a free slot, turning at least every 2 s so /readyz can tell a busy loop
+        // from a stalled one.
+        let permit = tokio::select! {
+            _ = stop.cancelled() => break,
+            permit = tokio::time::timeout(Duration::from_secs(2), slots.clone().acquire_owned()) => match permit {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    shared.health.beat();
+                    continue;
+                }
+            },
+        };
+        shared.health.beat();
+        // The claim itself is never abandoned half-way: a task Redis handed out would
+        // otherwise sit under a lease nobody holds. Only the wait for work is cancellable.
+        let claim_started = Instant::now();
+        match consumer.try_claim().await {
+            Ok(Some(claimed)) => {
+                shared.health.redis_answered(true);
+                shared
+                    .metrics
+                    .claim_latency
+                    .observe(claim_started.elapsed().as_secs_f64());
+                let shared = shared.clone();
+                tasks.spawn(async move {
+                    run_task(&shared, claimed, lease).await;
+                    drop(permit);
+                });
+            }
+            Ok(None) => {
+                shared.health.redis_answered(true);
+                drop(permit);
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = consumer.wait_for_work(Duration::from_secs(2)) => {
+                        if let Err(e) = r {
+                            redis_trouble(shared, &e).await;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                drop(permit);
+                redis_trouble(shared, &e).await;
+            }
+        }
+    }
+    tasks
+}
+
+/// Lets the running tasks finish for up to `drain`, then fires `release` so the rest are
+/// given back to their queues; returns when every runner has reported.
+async fn drain(shared: &Shared, drain: Duration, mut tasks: JoinSet<()>) {
+    shared.health.start_draining();
+    tracing::info!(
+        in_flight = shared.health.in_flight(),
+        ?drain,
+        "stopped claiming; draining"
+    );
+    let release = shared.release.clone();
+    let deadline = tokio::spawn(async move {
+        tokio::time::sleep(drain).await;
+        release.cancel();
+    });
+    while tasks.join_next().await.is_some() {}
+    deadline.abort();
+    shared.release.cancel();
+}
+
 async fn redis_trouble(shared: &Shared, e: &QueueError) {
-    shared.health.redis_ok.store(false, Ordering::Relaxed);
+    shared.health.redis_answered(false);
     tracing::warn!(error = %e, "claiming failed; retrying");
     tokio::time::sleep(Duration::from_millis(500)).await;
 }
@@ -262,17 +247,25 @@ async fn maintenance_loop(broker: Broker, every: Duration, done: CancellationTok
     }
 }
 
-/// Why a task stopped before its backend call returned.
-enum Interrupted {
-    Timeout,
+/// How one run of a task ended, before the queue is told.
+enum Outcome {
+    /// The backend returned a result.
+    Finished(serde_json::Value),
+    /// The backend returned an error (or its runner crashed).
+    Failed(BackendError),
+    /// The task ran past its timeout.
+    TimedOut,
+    /// A cancel was asked for while it ran.
     Canceled,
+    /// Another executor holds the task now; nothing may be reported.
     LeaseLost,
+    /// The drain ended before the task did: give it back.
     Released,
 }
 
 /// Runs one claimed task to exactly one reported outcome.
 async fn run_task(shared: &Shared, claimed: Claimed, lease_len: Duration) {
-    let span = tracing::info_span!("task", id = %claimed.task.id, kind = %claimed.task.kind, attempt = claimed.task.attempts);
+    let span = tracing::info_span!("task", id = %claimed.task.id, kind = %claimed.task.kind(), attempt = claimed.task.attempts);
     run_task_inner(shared, claimed, lease_len)
         .instrument(span)
         .await
@@ -280,21 +273,21 @@ async fn run_task(shared: &Shared, claimed: Claimed, lease_len: Duration) {
 
 async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) {
     let Claimed { task, lease } = claimed;
-    let kind = task.kind;
-    shared.health.in_flight.fetch_add(1, Ordering::Relaxed);
+    let kind = task.kind();
+    shared.health.task_started();
     shared.metrics.in_flight.inc();
     let started = Instant::now();
 
-    let (cx, mut progress) = TaskContext::new();
+    let (cx, mut progress) = TaskContext::for_task(task.id.clone(), task.attempts);
     let work = {
         let backend = shared.backend.clone();
         let broker = shared.broker.clone();
         let payload = task.payload.clone();
         let timeout = task.timeout;
         // On its own task so a panicking backend fails this task instead of the executor.
-        tokio::spawn(async move {
-            call_backend(&broker, backend.as_ref(), kind, payload, &cx, timeout).await
-        })
+        tokio::spawn(
+            async move { call_backend(&broker, backend.as_ref(), payload, &cx, timeout).await },
+        )
     };
     let abort = work.abort_handle();
 
@@ -303,15 +296,11 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
         loop {
             tokio::time::sleep(every).await;
             let p = progress.borrow_and_update().clone();
-            let p = ragpool_queue::Progress {
-                percent: p.percent,
-                message: p.message,
-            };
             match shared.broker.heartbeat(&lease, Some(&p)).await {
-                Ok(hb) if hb.cancel_requested => return Interrupted::Canceled,
+                Ok(hb) if hb.cancel_requested => return Outcome::Canceled,
                 Ok(_) => {}
                 Err(QueueError::LeaseLost(_)) | Err(QueueError::NotFound(_)) => {
-                    return Interrupted::LeaseLost;
+                    return Outcome::LeaseLost;
                 }
                 // Redis unreachable: keep working; the lease may still be ours when it is back.
                 Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
@@ -320,16 +309,20 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
     };
 
     let outcome = tokio::select! {
-        r = work => Ok(r.unwrap_or_else(|e| Err(BackendError::permanent(kinds::INTERNAL, format!("task runner crashed: {e}"))))),
-        i = heartbeat => Err(i),
-        _ = tokio::time::sleep(task.timeout) => Err(Interrupted::Timeout),
-        _ = shared.release.cancelled() => Err(Interrupted::Released),
+        r = work => match r {
+            Ok(Ok(value)) => Outcome::Finished(value),
+            Ok(Err(e)) => Outcome::Failed(e),
+            Err(e) => Outcome::Failed(BackendError::permanent(kinds::INTERNAL, format!("task runner crashed: {e}"))),
+        },
+        o = heartbeat => o,
+        _ = tokio::time::sleep(task.timeout) => Outcome::TimedOut,
+        _ = shared.release.cancelled() => Outcome::Released,
     };
     abort.abort();
 
     let label = report(shared, &lease, outcome).await;
     shared.metrics.record(kind, label, started.elapsed());
-    shared.health.in_flight.fetch_sub(1, Ordering::Relaxed);
+    shared.health.task_ended();
     shared.metrics.in_flight.dec();
 }
 
@@ -337,17 +330,13 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
 ///
 /// The label is where the task went, as the queue decided it: a retryable error on the last
 /// attempt is `failed`, not `retried`, and anything stopped after a cancel is `canceled`.
-async fn report(
-    shared: &Shared,
-    lease: &ragpool_queue::Lease,
-    outcome: Result<Result<serde_json::Value, BackendError>, Interrupted>,
-) -> &'static str {
+async fn report(shared: &Shared, lease: &ragpool_queue::Lease, outcome: Outcome) -> &'static str {
     let b = &shared.broker;
     let result = match outcome {
-        Ok(Ok(value)) => retry_redis(|| b.complete(lease, &value))
+        Outcome::Finished(value) => retry_redis(|| b.complete(lease, &value))
             .await
             .map(|_| "finished"),
-        Ok(Err(e)) => {
+        Outcome::Failed(e) => {
             let retry = match &e {
                 BackendError::Retryable { retry_after, .. } => Retry::Retryable(*retry_after),
                 BackendError::Permanent { .. } => Retry::Permanent,
@@ -362,7 +351,7 @@ async fn report(
                     FailOutcome::Canceled => "canceled",
                 })
         }
-        Err(Interrupted::Timeout) => {
+        Outcome::TimedOut => {
             let error = TaskError::new("timeout", "the task ran past its timeout");
             retry_redis(|| b.fail(lease, &error, Retry::Retryable(None)))
                 .await
@@ -371,21 +360,19 @@ async fn report(
                     FailOutcome::Canceled => "canceled",
                 })
         }
-        Err(Interrupted::Canceled) => {
+        Outcome::Canceled => {
             let error = TaskError::new("canceled", "canceled while running");
             retry_redis(|| b.fail(lease, &error, Retry::Permanent))
                 .await
                 .map(|_| "canceled")
         }
-        Err(Interrupted::Released) => {
-            retry_redis(|| b.release(lease))
-                .await
-                .map(|outcome| match outcome {
-                    ReleaseOutcome::Requeued => "released",
-                    ReleaseOutcome::Canceled => "canceled",
-                })
-        }
-        Err(Interrupted::LeaseLost) => Ok("lease_lost"),
+        Outcome::Released => retry_redis(|| b.release(lease))
+            .await
+            .map(|outcome| match outcome {
+                ReleaseOutcome::Requeued => "released",
+                ReleaseOutcome::Canceled => "canceled",
+            }),
+        Outcome::LeaseLost => Ok("lease_lost"),
     };
     match result {
         Ok(label) => label,
@@ -423,29 +410,17 @@ where
     call().await
 }
 
-fn parse<T: DeserializeOwned>(payload: serde_json::Value) -> Result<T, BackendError> {
-    serde_json::from_value(payload)
-        .map_err(|e| BackendError::bad_input(format!("payload does not match the task kind: {e}")))
-}
-
-/// Decodes the payload for its kind and calls the backend. `timeout` bounds the wait for a
-/// context task.
+/// Calls the backend with the task's payload, after filling an answer's context from the
+/// analysis task it names. `timeout` bounds the wait for that task.
 async fn call_backend(
     broker: &Broker,
     backend: &dyn Backend,
-    kind: TaskKind,
-    payload: serde_json::Value,
+    payload: Payload,
     cx: &TaskContext,
     timeout: Duration,
 ) -> Result<serde_json::Value, BackendError> {
-    match kind {
-        TaskKind::AnalyzeImage => {
-            backend
-                .analyze_image(&parse::<AnalyzeImage>(payload)?, cx)
-                .await
-        }
-        TaskKind::CompleteAnswer => {
-            let mut req = parse::<CompleteAnswer>(payload)?;
+    let payload = match payload {
+        Payload::CompleteAnswer(mut req) => {
             if let Some(id) = req.context_task_id.clone() {
                 let context = context_from_task(broker, &id, cx, timeout).await?;
                 req.context = Some(match req.context.take() {
@@ -453,10 +428,11 @@ async fn call_backend(
                     None => context,
                 });
             }
-            backend.complete_answer(&req, cx).await
+            Payload::CompleteAnswer(req)
         }
-        TaskKind::FullQuery => backend.full_query(&parse::<FullQuery>(payload)?, cx).await,
-    }
+        other => other,
+    };
+    backend.run(&payload, cx).await
 }
 
 /// The text of an image-analysis task, used as an answer's context.
@@ -515,13 +491,6 @@ async fn context_from_task(
             None,
         )),
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 /// This machine's name, for the worker registry.

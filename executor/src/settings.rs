@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use ragpool_queue::http_server::ServerArgs;
-use ragpool_queue::{ClaimPolicy, QueueConfig, default_queues};
+use ragpool_queue::{ClaimPolicy, QueueConfig, QueueEntry, QueueSettings};
 
 use crate::backend::{BackendConfig, BuiltinConfig, HttpConfig, OpenAiConfig, SecretString};
 
@@ -179,46 +179,20 @@ impl BackendSettings {
 }
 
 impl ExecutorSettings {
-    /// The queues as (settings, name) pairs, parsing `name[:weight]`. Queues not among the
-    /// defaults get the default settings.
+    /// The queues of `--queues`, read the way every binary reads queues
+    /// ([`QueueSettings`]). Only their names and weights matter here: tasks carry their own
+    /// timeouts and attempts from the API that enqueued them.
     pub fn queue_configs(&self) -> Result<Vec<QueueConfig>, String> {
-        let defaults = default_queues();
-        let mut out: Vec<QueueConfig> = Vec::new();
-        for item in self
-            .queues
-            .iter()
-            .map(|q| q.trim())
-            .filter(|q| !q.is_empty())
-        {
-            let (name, weight) = match item.split_once([':', '=']) {
-                Some((name, w)) => {
-                    let w: u32 = w.parse().ok().filter(|w| *w > 0).ok_or_else(|| {
-                        format!(
-                            "--queues: weight of {name:?} must be a positive integer, got {w:?}"
-                        )
-                    })?;
-                    (name, Some(w))
-                }
-                None => (item, None),
-            };
-            if out.iter().any(|q| q.name == name) {
-                return Err(format!("--queues: {name:?} is listed twice"));
-            }
-            let mut q = defaults
-                .iter()
-                .find(|d| d.name == name)
-                .cloned()
-                .unwrap_or_else(|| QueueConfig::new(name));
-            if let Some(w) = weight {
-                q.weight = w;
-            }
-            q.validate().map_err(|e| format!("--queues: {e}"))?;
-            out.push(q);
-        }
-        if out.is_empty() {
+        let queues = QueueEntry::parse_list(&self.queues).map_err(|e| format!("--queues: {e}"))?;
+        if queues.is_empty() {
             return Err("--queues: at least one queue is needed".into());
         }
-        Ok(out)
+        QueueSettings {
+            queues,
+            ..QueueSettings::default()
+        }
+        .resolve()
+        .map_err(|e| format!("--queues: {e}"))
     }
 
     pub fn lease(&self) -> Duration {

@@ -3,9 +3,8 @@
 use std::path::Path;
 
 use ragpool_executor::backend::retrieval::DocumentIndex;
-use ragpool_executor::backend::{
-    self, BackendConfig, BuildError, BuiltinConfig, Progress, TaskContext,
-};
+use ragpool_executor::backend::{self, BackendConfig, BuildError, BuiltinConfig, TaskContext};
+use ragpool_queue::Progress;
 use ragpool_queue::payload::{CompleteAnswer, FullQuery};
 use serde_json::Value;
 

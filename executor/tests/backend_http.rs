@@ -5,6 +5,7 @@ use std::time::Duration;
 use ragpool_executor::backend::{
     self, Backend, BackendConfig, HttpConfig, RetryPolicy, TaskContext,
 };
+use ragpool_queue::TaskId;
 use ragpool_queue::payload::{AnalyzeImage, CompleteAnswer, FullQuery};
 use serde_json::json;
 
@@ -42,7 +43,8 @@ async fn each_kind_posts_its_payload_to_its_path_and_returns_the_body() {
     )
     .await;
     let backend = build(config(&server.url)).await;
-    let cx = TaskContext::default();
+    let task = TaskId::new();
+    let (cx, _progress) = TaskContext::for_task(task.clone(), 2);
 
     let image = AnalyzeImage {
         image: Some("aGk=".into()),
@@ -87,6 +89,16 @@ async fn each_kind_posts_its_payload_to_its_path_and_returns_the_body() {
         json!({"question": "Why?", "image_url": "https://example.com/x.png"})
     );
     assert_eq!(requests[1].header("content-type"), Some("application/json"));
+    for r in &requests {
+        // So the service can tell a re-delivered task from a new one.
+        assert_eq!(
+            r.header("x-ragpool-task-id"),
+            Some(task.as_str()),
+            "{}",
+            r.path
+        );
+        assert_eq!(r.header("x-ragpool-attempt"), Some("2"), "{}", r.path);
+    }
     assert_eq!(cx.current().percent, 100);
 }
 

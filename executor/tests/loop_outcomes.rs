@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ragpool_executor::backend::{self, BackendConfig, HttpConfig, RetryPolicy};
-use ragpool_queue::{CancelOutcome, TaskKind, TaskState};
+use ragpool_queue::payload::{AnalyzeImage, CompleteAnswer};
+use ragpool_queue::{CancelOutcome, TaskState};
 use serde_json::json;
 use tokio::sync::Notify;
 
@@ -174,19 +175,20 @@ async fn an_answer_with_a_context_task_gets_that_analysis_summary() {
     ));
 
     let analysis = env
-        .enqueue(TaskKind::AnalyzeImage, json!({"image": "aGk="}))
+        .enqueue(AnalyzeImage {
+            image: Some("aGk=".into()),
+            ..AnalyzeImage::default()
+        })
         .await
         .id;
     assert_eq!(env.ended(&analysis).await.state, TaskState::Finished);
     let answer = env
-        .enqueue(
-            TaskKind::CompleteAnswer,
-            json!({
-                "question": "What colour is it?",
-                "context": "Asked about a photo.",
-                "context_task_id": analysis.to_string(),
-            }),
-        )
+        .enqueue(CompleteAnswer {
+            question: "What colour is it?".into(),
+            context: Some("Asked about a photo.".into()),
+            context_task_id: Some(analysis.to_string()),
+            ..CompleteAnswer::default()
+        })
         .await
         .id;
     let task = env.ended(&answer).await;
@@ -205,15 +207,19 @@ async fn an_answer_with_a_context_task_gets_that_analysis_summary() {
 
     // An analysis that failed cannot feed an answer: the answer fails without calling out.
     let failed_analysis = env
-        .enqueue(TaskKind::AnalyzeImage, json!({"image": "YmFk"}))
+        .enqueue(AnalyzeImage {
+            image: Some("YmFk".into()),
+            ..AnalyzeImage::default()
+        })
         .await
         .id;
     assert_eq!(env.ended(&failed_analysis).await.state, TaskState::Failed);
     let orphan = env
-        .enqueue(
-            TaskKind::CompleteAnswer,
-            json!({"question": "And this one?", "context_task_id": failed_analysis.to_string()}),
-        )
+        .enqueue(CompleteAnswer {
+            question: "And this one?".into(),
+            context_task_id: Some(failed_analysis.to_string()),
+            ..CompleteAnswer::default()
+        })
         .await
         .id;
     let task = env.ended(&orphan).await;
@@ -268,15 +274,19 @@ async fn an_answer_waits_for_its_running_analysis_without_spending_an_attempt() 
     ));
 
     let analysis = env
-        .enqueue(TaskKind::AnalyzeImage, json!({"image": "aGk="}))
+        .enqueue(AnalyzeImage {
+            image: Some("aGk=".into()),
+            ..AnalyzeImage::default()
+        })
         .await
         .id;
     rag.next_request().await;
     let answer = env
-        .enqueue(
-            TaskKind::CompleteAnswer,
-            json!({"question": "What is in it?", "context_task_id": analysis.to_string()}),
-        )
+        .enqueue(CompleteAnswer {
+            question: "What is in it?".into(),
+            context_task_id: Some(analysis.to_string()),
+            ..CompleteAnswer::default()
+        })
         .await
         .id;
     events.until_state(&answer, TaskState::Started).await;

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 
-use crate::observe::WorkerLoad;
+use ragpool_queue::WorkerInfo;
 
 /// The annotation the ReplicaSet controller reads.
 pub const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
@@ -20,10 +20,10 @@ pub const DELETION_COST: &str = "controller.kubernetes.io/pod-deletion-cost";
 const UNREGISTERED: i32 = -1;
 
 /// The deletion cost of each of `pods`, from the executors' in-flight counts.
-pub fn pod_costs(pods: &[String], workers: &[WorkerLoad]) -> BTreeMap<String, i32> {
+pub fn pod_costs(pods: &[String], workers: &[WorkerInfo]) -> BTreeMap<String, i32> {
     pods.iter()
         .map(|pod| {
-            let mine: Vec<&WorkerLoad> = workers
+            let mine: Vec<&WorkerInfo> = workers
                 .iter()
                 .filter(|w| w.pod.as_deref() == Some(pod.as_str()))
                 .collect();
@@ -40,7 +40,7 @@ pub fn pod_costs(pods: &[String], workers: &[WorkerLoad]) -> BTreeMap<String, i3
 
 /// The pods whose annotation differs from the cost they should have, with that cost. Pods
 /// already being deleted are left alone.
-pub fn cost_changes(pods: &[Pod], workers: &[WorkerLoad]) -> Vec<(String, i32)> {
+pub fn cost_changes(pods: &[Pod], workers: &[WorkerInfo]) -> Vec<(String, i32)> {
     let live: Vec<&Pod> = pods
         .iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())

@@ -8,12 +8,13 @@ use async_trait::async_trait;
 use http::{Method, Request, Response, StatusCode};
 use kube::client::Body;
 use kube::{Client, Resource};
+use ragpool_queue::WorkerInfo;
 use serde_json::{Value, json};
 
 use crate::crd::{
     ExecutorSpec, QueueName, QueuesSpec, RagWorkerPool, RagWorkerPoolSpec, RedisSpec, ScalingSpec,
 };
-use crate::observe::{Observation, ObserveError, Observer, WorkerLoad};
+use crate::observe::{Observation, ObserveError, Observer};
 
 /// A pool spec serving queue `q` at `redis://redis:6379`, scaled between 0 and 20 replicas.
 pub fn spec() -> RagWorkerPoolSpec {
@@ -52,13 +53,13 @@ pub fn obs(at_s: u64, queued: u64, in_flight: u64) -> Observation {
 }
 
 /// A registry record for an executor in pod `pod` running `in_flight` tasks.
-pub fn worker(pod: &str, in_flight: u32) -> WorkerLoad {
-    WorkerLoad {
+pub fn worker(pod: &str, in_flight: u32) -> WorkerInfo {
+    WorkerInfo {
         id: format!("id-{pod}"),
         pod: Some(pod.into()),
         in_flight,
         concurrency: 4,
-        draining: false,
+        ..WorkerInfo::default()
     }
 }
 

@@ -32,23 +32,8 @@ pub struct Observation {
     /// Mean claim-to-completion time over the recent window, in milliseconds, weighted by
     /// each queue's sample count; `None` before any task finished.
     pub mean_service_ms: Option<f64>,
-    /// Executors registered for any of the pool's queues.
-    pub workers: Vec<WorkerLoad>,
-}
-
-/// One executor's load, from the worker registry.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct WorkerLoad {
-    /// The executor's registry id.
-    pub id: String,
-    /// The pod the executor runs in, when it runs in one.
-    pub pod: Option<String>,
-    /// Tasks it is running.
-    pub in_flight: u32,
-    /// Tasks it runs at most.
-    pub concurrency: u32,
-    /// It got SIGTERM and claims nothing more.
-    pub draining: bool,
+    /// Executors registered for any of the pool's queues, as their registry records.
+    pub workers: Vec<WorkerInfo>,
 }
 
 /// A point on the enqueued-tasks counter, for measuring the arrival rate.
@@ -75,13 +60,7 @@ impl Observation {
         let workers = workers
             .iter()
             .filter(|w| w.queues.iter().any(|q| queues.contains(q)))
-            .map(|w| WorkerLoad {
-                id: w.id.clone(),
-                pod: w.pod.clone(),
-                in_flight: w.in_flight,
-                concurrency: w.concurrency,
-                draining: w.draining,
-            })
+            .cloned()
             .collect();
         Self {
             queued: mine.iter().map(|s| s.queued).sum(),

@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
+use ragpool_queue::QueueEntry;
 
 use crate::crd::{BackendKind, PriorityPolicy, RagWorkerPool, SecretKeyRef};
 
@@ -94,22 +95,25 @@ pub fn settings(pool: &RagWorkerPool) -> BTreeMap<String, String> {
 /// `name=weight` (1 when the spec gives none).
 fn queue_list(pool: &RagWorkerPool) -> String {
     let queues = &pool.spec.queues;
-    let weight = |name: &str| {
-        queues
-            .weights
-            .as_ref()
-            .and_then(|w| w.get(name))
-            .map_or(1, |w| w.0)
-    };
-    queues
+    let entries: Vec<QueueEntry> = queues
         .names
         .iter()
-        .map(|q| match queues.priority {
-            PriorityPolicy::Strict => q.0.clone(),
-            PriorityPolicy::Weighted => format!("{}={}", q.0, weight(&q.0)),
+        .map(|q| QueueEntry {
+            name: q.0.clone(),
+            weight: match queues.priority {
+                PriorityPolicy::Strict => None,
+                // The CRD admits weights of 1 to 1000 only.
+                PriorityPolicy::Weighted => Some(
+                    queues
+                        .weights
+                        .as_ref()
+                        .and_then(|w| w.get(&q.0))
+                        .map_or(1, |w| u32::try_from(w.0).unwrap_or(1)),
+                ),
+            },
         })
-        .collect::<Vec<_>>()
-        .join(",")
+        .collect();
+    QueueEntry::format_list(&entries)
 }
 
 /// `RAGPOOL_BACKEND` and the settings of the chosen backend.

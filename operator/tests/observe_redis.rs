@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use ragpool_operator::redis_observer::observe_queues;
-use ragpool_queue::testing::RedisServer;
+use ragpool_queue::testing::{RedisServer, sample_payload};
 use ragpool_queue::{Broker, BrokerConfig, ConsumerConfig, NewTask, TaskKind, WorkerInfo};
 use serde_json::json;
 
@@ -19,13 +19,16 @@ async fn observes_queued_in_flight_and_busy_pods() {
         .unwrap();
     for n in 0..5 {
         broker
-            .enqueue(NewTask::new(TaskKind::AnalyzeImage, json!({ "n": n })))
+            .enqueue(NewTask::new(sample_payload(
+                TaskKind::AnalyzeImage,
+                &format!("q{n}"),
+            )))
             .await
             .unwrap();
     }
     // Work on another queue the pool does not serve.
     broker
-        .enqueue(NewTask::new(TaskKind::FullQuery, json!({})))
+        .enqueue(NewTask::new(sample_payload(TaskKind::FullQuery, "q")))
         .await
         .unwrap();
     let consumer = broker

@@ -3,7 +3,7 @@
 --
 -- KEYS[1] events stream      {ns}:events
 -- then for each queue i (n = (#KEYS - 1) / 4), at KEYS[2 + 4(i-1)] ...:
---   ready set {ns}:q:<queue>:ready, active set {ns}:q:<queue>:active,
+--   ready set {ns}:q:<queue>:ready, started set {ns}:q:<queue>:active,
 --   wake-up list {ns}:q:<queue>:signal, wait samples {ns}:q:<queue>:wait_ms
 -- ARGV[1] prefix, ARGV[2] worker id, ARGV[3] lease token, ARGV[4] lease ms
 -- Returns nil when every queue is empty, else the task hash as a flat field/value array
@@ -13,7 +13,7 @@ local n = (#KEYS - 1) / 4
 local now = now_ms()
 
 for i = 0, n - 1 do
-  local ready, active, signal, waits = KEYS[2 + 4 * i], KEYS[3 + 4 * i], KEYS[4 + 4 * i], KEYS[5 + 4 * i]
+  local ready, started, signal, waits = KEYS[2 + 4 * i], KEYS[3 + 4 * i], KEYS[4 + 4 * i], KEYS[5 + 4 * i]
   while true do
     local popped = redis.call('ZPOPMIN', ready)
     if #popped == 0 then
@@ -28,7 +28,7 @@ for i = 0, n - 1 do
       redis.call('HSET', tkey, 'state', 'started', 'worker', worker, 'lease', lease,
         'started_at', now)
       redis.call('HINCRBY', tkey, 'attempts', 1)
-      redis.call('ZADD', active, now + lease_ms, id)
+      redis.call('ZADD', started, now + lease_ms, id)
       sample(waits, now - queued_at)
       -- Keep one wake-up token per ready task (up to 1000), so that every blocked consumer
       -- that could take one is woken, and none wakes for nothing.

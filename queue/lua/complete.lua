@@ -1,7 +1,7 @@
 -- complete: the lease holder stores the result; the task is `finished` and kept for its
 -- result TTL.
 --
--- KEYS[1] task hash, KEYS[2] active set, KEYS[3] finished set, KEYS[4] counters hash,
+-- KEYS[1] task hash, KEYS[2] started set, KEYS[3] finished set, KEYS[4] counters hash,
 -- KEYS[5] processing-time samples, KEYS[6] events stream
 -- ARGV[1] id, ARGV[2] lease token, ARGV[3] result JSON
 -- Returns {'ok'} or {'not_found'} / {'lease_lost'}.

@@ -2,7 +2,7 @@
 -- task to `delayed` for an exponential backoff with jitter; otherwise it is `failed` (kept
 -- for its failure TTL). A task whose cancel was asked for ends `canceled` instead.
 --
--- KEYS[1] task hash, KEYS[2] active set, KEYS[3] delayed set, KEYS[4] failed set,
+-- KEYS[1] task hash, KEYS[2] started set, KEYS[3] delayed set, KEYS[4] failed set,
 -- KEYS[5] canceled set, KEYS[6] counters hash, KEYS[7] events stream
 -- ARGV[1] id, ARGV[2] lease token, ARGV[3] error kind, ARGV[4] error message,
 -- ARGV[5] retryable 0|1, ARGV[6] jitter in [0, 1), ARGV[7] minimum delay ms (a server's

@@ -1,6 +1,6 @@
 -- heartbeat: extend the caller's lease, record progress, and report a pending cancel.
 --
--- KEYS[1] task hash, KEYS[2] active set of its queue, KEYS[3] events stream
+-- KEYS[1] task hash, KEYS[2] started set of its queue, KEYS[3] events stream
 -- ARGV[1] id, ARGV[2] lease token, ARGV[3] lease ms, ARGV[4] progress 0-100 (-1: unchanged),
 -- ARGV[5] progress message
 -- Returns {'ok', cancel_requested 0|1} or {'not_found'} / {'lease_lost'}.

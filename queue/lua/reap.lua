@@ -3,7 +3,7 @@
 -- tasks whose TTL has passed from the ended sets. Atomic, so any number of executors may run
 -- it at once: each expired lease is handled exactly once.
 --
--- KEYS[1] active set, KEYS[2] ready set, KEYS[3] wake-up list, KEYS[4] finished set,
+-- KEYS[1] started set, KEYS[2] ready set, KEYS[3] wake-up list, KEYS[4] finished set,
 -- KEYS[5] failed set, KEYS[6] canceled set, KEYS[7] counters hash, KEYS[8] events stream
 -- ARGV[1] prefix, ARGV[2] at most this many leases per call
 -- Returns {requeued, failed}.

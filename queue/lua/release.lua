@@ -2,7 +2,7 @@
 -- returns to its original place in the queue, so it runs next. A task whose cancel was asked
 -- for ends `canceled` instead.
 --
--- KEYS[1] task hash, KEYS[2] active set, KEYS[3] ready set, KEYS[4] wake-up list,
+-- KEYS[1] task hash, KEYS[2] started set, KEYS[3] ready set, KEYS[4] wake-up list,
 -- KEYS[5] canceled set, KEYS[6] events stream
 -- ARGV[1] id, ARGV[2] lease token
 -- Returns {'queued'} / {'canceled'} or {'not_found'} / {'lease_lost'}.

@@ -1,7 +1,7 @@
 -- stats: one queue's counts, counters and duration samples in one consistent snapshot.
 -- Read-only.
 --
--- KEYS[1] ready, KEYS[2] active, KEYS[3] delayed, KEYS[4] finished, KEYS[5] failed,
+-- KEYS[1] ready, KEYS[2] started (key :active), KEYS[3] delayed, KEYS[4] finished, KEYS[5] failed,
 -- KEYS[6] canceled, KEYS[7] counters hash, KEYS[8] processing samples, KEYS[9] wait samples
 -- ARGV[1] prefix
 -- Returns {now, queued, started, delayed, finished, failed, canceled, counters (flat

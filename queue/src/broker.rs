@@ -14,9 +14,10 @@ use crate::conn::{Conn, RedisTarget};
 use crate::decode;
 use crate::error::{QueueError, Result};
 use crate::keys::Keys;
+use crate::payload::Payload;
 use crate::scripts;
 use crate::stats::{DurationSummary, QueueStats, WorkerInfo};
-use crate::task::{Progress, Task, TaskError, TaskId, TaskKind};
+use crate::task::{Progress, Task, TaskError, TaskId};
 
 /// How to reach Redis and which queues exist.
 #[derive(Debug, Clone)]
@@ -47,24 +48,19 @@ impl BrokerConfig {
     }
 }
 
-/// A new task to enqueue.
+/// A new task to enqueue. Its kind, and so its queue, is its payload's variant.
 #[derive(Debug, Clone)]
 pub struct NewTask {
-    pub kind: TaskKind,
-    /// Defaults to the kind's queue.
-    pub queue: Option<String>,
-    pub payload: Json,
+    pub payload: Payload,
     /// While a task created with this key is kept, enqueueing with the same key returns it.
     pub idempotency_key: Option<String>,
     pub owner: Option<String>,
 }
 
 impl NewTask {
-    pub fn new(kind: TaskKind, payload: Json) -> Self {
+    pub fn new(payload: impl Into<Payload>) -> Self {
         NewTask {
-            kind,
-            queue: None,
-            payload,
+            payload: payload.into(),
             idempotency_key: None,
             owner: None,
         }
@@ -226,9 +222,8 @@ impl Broker {
 
     /// Puts a new task on its queue, or returns the task an idempotency key already names.
     pub async fn enqueue(&self, new: NewTask) -> Result<Enqueued> {
-        let queue_name = new
-            .queue
-            .unwrap_or_else(|| new.kind.default_queue().to_string());
+        let kind = new.payload.kind();
+        let queue_name = kind.queue().to_string();
         let q = self.queue(&queue_name)?;
         let keys = self.keys();
         let qk = keys.queue(&queue_name);
@@ -239,7 +234,9 @@ impl Broker {
         } else {
             keys.idempotency(&idem)
         };
-        let payload = serde_json::to_string(&new.payload)
+        let payload = new
+            .payload
+            .to_json()
             .map_err(|e| QueueError::Corrupt(format!("payload does not serialize: {e}")))?;
         let reply: Value = scripts::ENQUEUE
             .key(keys.task(id.as_str()))
@@ -253,7 +250,7 @@ impl Broker {
             .arg(keys.prefix())
             .arg(id.as_str())
             .arg(&queue_name)
-            .arg(new.kind.as_str())
+            .arg(kind.as_str())
             .arg(payload)
             .arg(q.max_attempts)
             .arg(millis(q.timeout))
@@ -308,7 +305,7 @@ impl Broker {
         };
         let reply: Value = scripts::HEARTBEAT
             .key(keys.task(lease.task.as_str()))
-            .key(keys.queue(&lease.queue).active)
+            .key(keys.queue(&lease.queue).started)
             .key(keys.events())
             .arg(lease.task.as_str())
             .arg(&lease.token)
@@ -334,7 +331,7 @@ impl Broker {
             .map_err(|e| QueueError::Corrupt(format!("result does not serialize: {e}")))?;
         let reply: Value = scripts::COMPLETE
             .key(keys.task(lease.task.as_str()))
-            .key(&qk.active)
+            .key(&qk.started)
             .key(&qk.finished)
             .key(&qk.counters)
             .key(&qk.processing)
@@ -367,7 +364,7 @@ impl Broker {
         let jitter: f64 = rand::rng().random_range(0.0..1.0);
         let reply: Value = scripts::FAIL
             .key(keys.task(lease.task.as_str()))
-            .key(&qk.active)
+            .key(&qk.started)
             .key(&qk.delayed)
             .key(&qk.failed)
             .key(&qk.canceled)
@@ -399,7 +396,7 @@ impl Broker {
         let qk = keys.queue(&lease.queue);
         let reply: Value = scripts::RELEASE
             .key(keys.task(lease.task.as_str()))
-            .key(&qk.active)
+            .key(&qk.started)
             .key(&qk.ready)
             .key(&qk.signal)
             .key(&qk.canceled)
@@ -484,7 +481,7 @@ impl Broker {
         let mut total = (0, 0);
         loop {
             let reply: Value = scripts::REAP
-                .key(&qk.active)
+                .key(&qk.started)
                 .key(&qk.ready)
                 .key(&qk.signal)
                 .key(&qk.finished)
@@ -572,7 +569,7 @@ impl Broker {
         let qk = keys.queue(queue);
         let reply: Value = scripts::STATS
             .key(&qk.ready)
-            .key(&qk.active)
+            .key(&qk.started)
             .key(&qk.delayed)
             .key(&qk.finished)
             .key(&qk.failed)

@@ -12,13 +12,13 @@ use std::time::Duration;
 use redis::Value;
 use tokio::time::Instant;
 
-use crate::broker::{Broker, Lease, millis};
+use crate::broker::{Broker, Lease, Retry, millis};
 use crate::config::ClaimPolicy;
 use crate::conn::Conn;
 use crate::decode;
 use crate::error::{QueueError, Result};
 use crate::scripts;
-use crate::task::Task;
+use crate::task::{Task, TaskError, TaskId};
 
 /// Who claims, from which queues, how.
 #[derive(Debug, Clone)]
@@ -109,38 +109,77 @@ impl Consumer {
     }
 
     /// One atomic claim attempt, without blocking.
+    ///
+    /// A claimed task whose hash does not decode (a foreign writer, or a payload that is not
+    /// its kind's) is failed at once as `bad_input` under the fresh lease, and the claim goes
+    /// on to the next task: left alone it would be re-delivered until its attempts ran out.
     pub async fn try_claim(&self) -> Result<Option<Claimed>> {
+        loop {
+            let token = uuid::Uuid::new_v4().simple().to_string();
+            let reply = self.claim_script(&token).await?;
+            if reply == Value::Nil {
+                return Ok(None);
+            }
+            let fields = decode::pairs(&reply)?;
+            match decode::task(&fields) {
+                Ok(task) => {
+                    return Ok(Some(Claimed {
+                        lease: self.lease(task.id.clone(), task.queue.clone(), token),
+                        task,
+                    }));
+                }
+                Err(e) => self.refuse_undecodable(&fields, token, e).await?,
+            }
+        }
+    }
+
+    /// Runs the claim script once over the queues in this turn's order.
+    async fn claim_script(&self, token: &str) -> Result<Value> {
         let keys = self.broker.keys();
-        let order = self.order();
-        let token = uuid::Uuid::new_v4().simple().to_string();
         let mut invocation = scripts::CLAIM.key(keys.events());
-        for &i in &order {
+        for &i in &self.order() {
             let qk = keys.queue(&self.config.queues[i]);
             invocation
                 .key(qk.ready)
-                .key(qk.active)
+                .key(qk.started)
                 .key(qk.signal)
                 .key(qk.wait);
         }
         invocation
             .arg(keys.prefix())
             .arg(&self.config.worker_id)
-            .arg(&token)
+            .arg(token)
             .arg(millis(self.config.lease));
-        let reply: Value = invocation.invoke_async(&mut self.broker.conn()).await?;
-        if reply == Value::Nil {
-            return Ok(None);
-        }
-        let task = decode::task(&decode::pairs(&reply)?)?;
-        Ok(Some(Claimed {
-            lease: Lease {
-                task: task.id.clone(),
-                queue: task.queue.clone(),
-                token,
-                duration: self.config.lease,
-            },
+        Ok(invocation.invoke_async(&mut self.broker.conn()).await?)
+    }
+
+    fn lease(&self, task: TaskId, queue: String, token: String) -> Lease {
+        Lease {
             task,
-        }))
+            queue,
+            token,
+            duration: self.config.lease,
+        }
+    }
+
+    /// Fails a claimed task that does not decode; see [`Consumer::try_claim`].
+    async fn refuse_undecodable(
+        &self,
+        fields: &decode::Fields,
+        token: String,
+        error: QueueError,
+    ) -> Result<()> {
+        let (Some(id), Some(queue)) = (fields.get("id"), fields.get("queue")) else {
+            return Err(error);
+        };
+        tracing::warn!(task_id = %id, %error, "claimed a task that does not decode; failing it");
+        let lease = self.lease(TaskId::from_str_unchecked(id.clone()), queue.clone(), token);
+        let reason = TaskError::new(
+            "bad_input",
+            format!("the stored task does not decode: {error}"),
+        );
+        self.broker.fail(&lease, &reason, Retry::Permanent).await?;
+        Ok(())
     }
 
     /// Claims a task, waiting up to `block` for one to arrive. `None` when none did.

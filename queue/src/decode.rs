@@ -6,7 +6,8 @@ use std::time::Duration;
 use redis::Value;
 
 use crate::error::{QueueError, Result};
-use crate::task::{Progress, Task, TaskError, TaskId};
+use crate::payload::Payload;
+use crate::task::{Progress, Task, TaskError, TaskId, TaskKind};
 
 /// A task hash as field → value.
 pub(crate) type Fields = HashMap<String, String>;
@@ -41,6 +42,13 @@ fn json(f: &Fields, name: &str) -> Result<Option<serde_json::Value>> {
     }
 }
 
+/// The payload, read as the stored kind says.
+fn payload(f: &Fields) -> Result<Payload> {
+    let kind: TaskKind = text(f, "kind")?.parse()?;
+    Payload::from_json(kind, &text(f, "payload")?)
+        .map_err(|e| QueueError::Corrupt(format!("payload is not a valid {kind} payload: {e}")))
+}
+
 fn opt_text(f: &Fields, name: &str) -> Option<String> {
     f.get(name).filter(|v| !v.is_empty()).cloned()
 }
@@ -53,9 +61,8 @@ pub(crate) fn task(f: &Fields) -> Result<Task> {
     };
     Ok(Task {
         id: TaskId::from_str_unchecked(text(f, "id")?),
-        kind: text(f, "kind")?.parse()?,
         queue: text(f, "queue")?,
-        payload: json(f, "payload")?.unwrap_or(serde_json::Value::Null),
+        payload: payload(f)?,
         state: text(f, "state")?.parse()?,
         attempts: req(f, "attempts")?,
         max_attempts: req(f, "max_attempts")?,

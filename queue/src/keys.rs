@@ -54,7 +54,9 @@ impl Keys {
         let base = format!("{}q:{name}:", self.prefix);
         QueueKeys {
             ready: format!("{base}ready"),
-            active: format!("{base}active"),
+            // Named `active` in Redis since the first release; renaming would strand the
+            // leases of a running deployment.
+            started: format!("{base}active"),
             delayed: format!("{base}delayed"),
             finished: format!("{base}finished"),
             failed: format!("{base}failed"),
@@ -72,8 +74,8 @@ impl Keys {
 pub struct QueueKeys {
     /// ZSET id → sequence number: FIFO order of queued tasks.
     pub ready: String,
-    /// ZSET id → lease deadline (ms): tasks held by workers.
-    pub active: String,
+    /// ZSET id → lease deadline (ms): the `started` tasks, held by workers (key `:active`).
+    pub started: String,
     /// ZSET id → due time (ms): tasks waiting out a retry backoff.
     pub delayed: String,
     /// ZSETs id → expiry time (ms) of ended tasks, for counting and listing.

@@ -6,11 +6,10 @@
 //!
 //! ```no_run
 //! # async fn demo() -> ragpool_queue::Result<()> {
-//! use ragpool_queue::{Broker, BrokerConfig, NewTask, TaskKind};
+//! use ragpool_queue::{Broker, BrokerConfig, NewTask, payload::FullQuery};
 //! let broker = Broker::connect(BrokerConfig::from_url("redis://127.0.0.1:6379")?).await?;
-//! let queued = broker
-//!     .enqueue(NewTask::new(TaskKind::FullQuery, serde_json::json!({"question": "why?"})))
-//!     .await?;
+//! let question = FullQuery { question: "why?".into(), ..FullQuery::default() };
+//! let queued = broker.enqueue(NewTask::new(question)).await?;
 //! println!("task {}", queued.id);
 //! # Ok(()) }
 //! ```
@@ -38,10 +37,11 @@ pub use broker::{
     Broker, BrokerConfig, CancelOutcome, Enqueued, FailOutcome, Heartbeat, Lease, Maintenance,
     NewTask, ReleaseOutcome, Retry,
 };
-pub use config::{ClaimPolicy, QueueConfig, default_queues};
+pub use config::{ClaimPolicy, QueueConfig, QueueEntry, QueueSettings, default_queues};
 pub use conn::RedisTarget;
 pub use consumer::{Claimed, Consumer, ConsumerConfig};
 pub use error::{QueueError, Result};
 pub use events::{EventHub, TaskEvent};
+pub use payload::Payload;
 pub use stats::{DurationSummary, QueueStats, WorkerInfo};
 pub use task::{Progress, Task, TaskError, TaskId, TaskKind, TaskState};

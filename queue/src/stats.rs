@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Mean and percentiles of a duration over the recent window, in milliseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DurationSummary {
     /// How many samples the window holds.
     pub samples: u64,
@@ -14,6 +15,7 @@ pub struct DurationSummary {
 
 /// One queue's counts and timings, read in one atomic step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct QueueStats {
     pub queue: String,
     /// Waiting to be claimed.
@@ -38,7 +40,9 @@ pub struct QueueStats {
     pub wait: DurationSummary,
     /// Age of the oldest queued task in milliseconds, 0 when none is queued.
     pub oldest_queued_age_ms: u64,
-    /// Redis server time the snapshot was taken at, milliseconds since the epoch.
+    /// Redis server time the snapshot was taken at, milliseconds since the epoch. Not
+    /// serialized: a reply that lists several queues states its snapshot time once.
+    #[serde(skip)]
     pub at_ms: u64,
 }
 

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::QueueError;
+use crate::payload::Payload;
 
 /// A task's id: a random UUID (122 random bits), unguessable by other clients.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -58,9 +59,11 @@ impl FromStr for TaskId {
     }
 }
 
-/// What a task asks for. Each kind has its payload type in [`crate::payload`].
+/// What a task asks for: the discriminant of [`Payload`], for labels, logs and checks that
+/// need the kind without its payload. A task's kind is always `task.payload.kind()`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TaskKind {
     AnalyzeImage,
     CompleteAnswer,
@@ -82,8 +85,8 @@ impl TaskKind {
         }
     }
 
-    /// The queue a kind goes to unless the submitter names another.
-    pub fn default_queue(self) -> &'static str {
+    /// The queue every task of this kind goes to; the one place a kind meets its queue.
+    pub fn queue(self) -> &'static str {
         match self {
             TaskKind::AnalyzeImage => "image_analysis",
             TaskKind::CompleteAnswer => "answer_generation",
@@ -111,6 +114,7 @@ impl FromStr for TaskKind {
 /// Where a task is in its life. See `docs/queue.md` for the transitions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum TaskState {
     /// Waiting in its queue to be claimed.
     Queued,
@@ -172,6 +176,7 @@ impl FromStr for TaskState {
 /// Why a task failed: a machine-readable kind (`timeout`, `lease_expired`, `bad_input`,
 /// `backend_unavailable`, `canceled`, …) and a message for people.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskError {
     pub kind: String,
     pub message: String,
@@ -188,6 +193,7 @@ impl TaskError {
 
 /// Progress a worker reports while it runs a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Progress {
     /// 0 to 100.
     pub percent: u8,
@@ -195,58 +201,40 @@ pub struct Progress {
 }
 
 /// A task as stored, decoded.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Task {
     pub id: TaskId,
-    pub kind: TaskKind,
     pub queue: String,
-    pub payload: serde_json::Value,
+    /// What to run; its variant is the task's kind.
+    pub payload: Payload,
     pub state: TaskState,
     /// Claims that counted against `max_attempts` so far.
     pub attempts: u32,
     pub max_attempts: u32,
     /// Milliseconds since the epoch (Redis server time).
     pub enqueued_at_ms: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at_ms: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at_ms: Option<u64>,
     /// When a `delayed` task becomes `queued` again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_at_ms: Option<u64>,
     /// The worker holding the lease while `started`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub worker: Option<String>,
     pub progress: Progress,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<TaskError>,
-    #[serde(with = "millis")]
     pub timeout: Duration,
-    #[serde(with = "millis")]
     pub result_ttl: Duration,
-    #[serde(with = "millis")]
     pub failure_ttl: Duration,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// Who submitted it (an API key's name), when the API runs with keys.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
     /// Set when a cancel was asked for while the task was running.
-    #[serde(default)]
     pub cancel_requested: bool,
 }
 
-mod millis {
-    use serde::{Deserialize, Deserializer, Serializer};
-    use std::time::Duration;
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_u64(d.as_millis() as u64)
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
+impl Task {
+    /// The task's kind, read from its payload.
+    pub fn kind(&self) -> TaskKind {
+        self.payload.kind()
     }
 }

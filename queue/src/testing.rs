@@ -17,6 +17,30 @@ use std::time::{Duration, Instant};
 pub use cluster::RedisCluster;
 pub use server::{RedisServer, ServerOptions};
 
+use crate::payload::{AnalyzeImage, CompleteAnswer, FullQuery, Payload};
+use crate::task::TaskKind;
+
+/// A valid payload of `kind` whose text (question or prompt) is `text`, for tests that need
+/// tasks of every kind and do not care what they ask.
+pub fn sample_payload(kind: TaskKind, text: &str) -> Payload {
+    match kind {
+        TaskKind::AnalyzeImage => Payload::AnalyzeImage(AnalyzeImage {
+            // A 1×1 PNG.
+            image: Some("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAACklEQVR4nGMAAQAABQABDQottAAAAABJRU5ErkJggg==".into()),
+            prompt: Some(text.into()),
+            ..AnalyzeImage::default()
+        }),
+        TaskKind::CompleteAnswer => Payload::CompleteAnswer(CompleteAnswer {
+            question: text.into(),
+            ..CompleteAnswer::default()
+        }),
+        TaskKind::FullQuery => Payload::FullQuery(FullQuery {
+            question: text.into(),
+            ..FullQuery::default()
+        }),
+    }
+}
+
 /// Why a test Redis could not be started, stopped or checked.
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {

@@ -6,8 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use ragpool_queue::testing::RedisServer;
+use ragpool_queue::testing::sample_payload;
 use ragpool_queue::{Broker, BrokerConfig, NewTask, TaskKind};
-use serde_json::json;
 
 #[tokio::test]
 async fn password_in_the_url() {
@@ -33,7 +33,7 @@ async fn password_in_the_url() {
         .await
         .unwrap();
     let q = broker
-        .enqueue(NewTask::new(TaskKind::FullQuery, json!({})))
+        .enqueue(NewTask::new(sample_payload(TaskKind::FullQuery, "q")))
         .await
         .unwrap();
     assert!(broker.get(&q.id).await.unwrap().is_some());
@@ -126,7 +126,7 @@ async fn tls_with_rediss() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let q = broker
-        .enqueue(NewTask::new(TaskKind::AnalyzeImage, json!({})))
+        .enqueue(NewTask::new(sample_payload(TaskKind::AnalyzeImage, "q")))
         .await
         .unwrap();
     assert_eq!(

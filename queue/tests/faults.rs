@@ -10,6 +10,7 @@ use std::time::Duration;
 use common::{ALL, Env};
 use futures::{StreamExt, TryStreamExt};
 use ragpool_queue::testing::ServerOptions;
+use ragpool_queue::testing::sample_payload;
 use ragpool_queue::{Broker, NewTask, TaskKind, TaskState};
 use serde_json::json;
 
@@ -23,7 +24,10 @@ async fn many_consumers_each_task_once(env: Env) {
         .map(|n| {
             let b = b.clone();
             let kind = TaskKind::ALL[n % 3];
-            async move { b.enqueue(NewTask::new(kind, json!({ "n": n }))).await }
+            async move {
+                b.enqueue(NewTask::new(sample_payload(kind, &format!("q{n}"))))
+                    .await
+            }
         })
         .buffer_unordered(64)
         .try_collect::<Vec<_>>()
@@ -100,7 +104,10 @@ async fn restart_between_enqueue_and_claim_loses_nothing() {
     for n in 0..50 {
         ids.push(
             env.broker
-                .enqueue(NewTask::new(TaskKind::FullQuery, json!({ "n": n })))
+                .enqueue(NewTask::new(sample_payload(
+                    TaskKind::FullQuery,
+                    &format!("q{n}"),
+                )))
                 .await
                 .unwrap()
                 .id,
@@ -126,7 +133,7 @@ async fn crash_between_claim_and_complete_loses_nothing() {
     .await;
     let q = env
         .broker
-        .enqueue(NewTask::new(TaskKind::AnalyzeImage, json!({})))
+        .enqueue(NewTask::new(sample_payload(TaskKind::AnalyzeImage, "q")))
         .await
         .unwrap();
     let c = env.consumer("w", &ALL, LEASE).await;
@@ -170,7 +177,7 @@ async fn blocked_consumer_survives_a_restart() {
     until_reachable(&env.broker).await;
     let q = env
         .broker
-        .enqueue(NewTask::new(TaskKind::AnalyzeImage, json!({})))
+        .enqueue(NewTask::new(sample_payload(TaskKind::AnalyzeImage, "q")))
         .await
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -199,7 +206,7 @@ async fn first_command_after_a_redis_restart_succeeds() {
         .expect("the first command after Redis is back");
     let q = env
         .broker
-        .enqueue(NewTask::new(TaskKind::AnalyzeImage, json!({})))
+        .enqueue(NewTask::new(sample_payload(TaskKind::AnalyzeImage, "q")))
         .await
         .unwrap();
     assert!(env.broker.get(&q.id).await.unwrap().is_some());

@@ -6,6 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{ALL, Env, maintain_until};
+use ragpool_queue::testing::sample_payload;
 use ragpool_queue::{
     CancelOutcome, ClaimPolicy, FailOutcome, NewTask, Progress, QueueError, ReleaseOutcome, Retry,
     TaskError, TaskId, TaskKind, TaskState, WorkerInfo,
@@ -15,7 +16,7 @@ use serde_json::json;
 const LEASE: Duration = Duration::from_secs(30);
 
 fn new(kind: TaskKind, n: u32) -> NewTask {
-    NewTask::new(kind, json!({ "question": format!("q{n}") }))
+    NewTask::new(sample_payload(kind, &format!("q{n}")))
 }
 
 async fn roundtrip(env: Env) {
@@ -29,7 +30,8 @@ async fn roundtrip(env: Env) {
     assert_eq!(t.max_attempts, 3);
     assert_eq!(t.timeout, Duration::from_secs(600));
     assert_eq!(t.result_ttl, Duration::from_secs(3600));
-    assert_eq!(t.payload, json!({"question": "q1"}));
+    assert_eq!(t.payload, sample_payload(TaskKind::AnalyzeImage, "q1"));
+    assert_eq!(t.kind(), TaskKind::AnalyzeImage);
     assert_eq!(b.position(&q.id, &q.queue).await.unwrap(), Some(0));
 
     let c = env.consumer("w1", &ALL, LEASE).await;
@@ -323,6 +325,47 @@ async fn permanent_failure(env: Env) {
     );
 }
 on_both!(permanent_t, permanent_failure);
+
+/// A task's hash as Redis holds it.
+async fn task_hash(env: &Env, id: &TaskId) -> std::collections::HashMap<String, String> {
+    redis::cmd("HGETALL")
+        .arg(env.broker.keys().task(id.as_str()))
+        .query_async(&mut redis_conn(env).await)
+        .await
+        .unwrap()
+}
+
+async fn stored_payloads_read_back_by_kind(env: Env) {
+    let b = &env.broker;
+    let q = b.enqueue(new(TaskKind::FullQuery, 1)).await.unwrap();
+    let stored = task_hash(&env, &q.id).await;
+    // The stored fields keep their shape: the kind's name and the payload struct's JSON.
+    assert_eq!(stored["kind"], "full_query");
+    assert_eq!(stored["payload"], r#"{"question":"q1"}"#);
+
+    // A payload that is not its kind's (a foreign writer) is failed as bad input at claim,
+    // and the claim moves on to the next task.
+    let next = b.enqueue(new(TaskKind::FullQuery, 2)).await.unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(b.keys().task(q.id.as_str()))
+        .arg("payload")
+        .arg(r#"{"n":1}"#)
+        .query_async(&mut redis_conn(&env).await)
+        .await
+        .unwrap();
+    let c = env.consumer("w", &ALL, LEASE).await;
+    let claimed = c.try_claim().await.unwrap().expect("the next task");
+    assert_eq!(claimed.task.id, next.id);
+    let fields = task_hash(&env, &q.id).await;
+    assert_eq!(fields["state"], "failed");
+    assert_eq!(fields["error_kind"], "bad_input");
+    assert!(
+        fields["error_msg"].contains("not a valid full_query payload"),
+        "{}",
+        fields["error_msg"]
+    );
+}
+on_both!(stored_payloads_t, stored_payloads_read_back_by_kind);
 
 async fn release_keeps_attempts_and_place(env: Env) {
     let b = &env.broker;

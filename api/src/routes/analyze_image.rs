@@ -6,7 +6,6 @@
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use ragpool_queue::TaskKind;
 use ragpool_queue::payload::AnalyzeImage;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -172,14 +171,5 @@ pub async fn analyze_image(
         image_url: checked.image_url,
         prompt,
     };
-    let payload = serde_json::to_value(payload)
-        .map_err(|e| ApiError::internal(format!("payload does not serialize: {e}")))?;
-    submit::enqueue(
-        &state,
-        &caller,
-        idempotency,
-        TaskKind::AnalyzeImage,
-        payload,
-    )
-    .await
+    submit::enqueue(&state, &caller, idempotency, payload.into()).await
 }

@@ -81,16 +81,7 @@ pub async fn complete_answer(
         context_task_id,
         top_k,
     };
-    let payload = serde_json::to_value(payload)
-        .map_err(|e| ApiError::internal(format!("payload does not serialize: {e}")))?;
-    submit::enqueue(
-        &state,
-        &caller,
-        idempotency,
-        TaskKind::CompleteAnswer,
-        payload,
-    )
-    .await
+    submit::enqueue(&state, &caller, idempotency, payload.into()).await
 }
 
 /// Checks that a context given as a task id names an image-analysis task this caller may
@@ -106,7 +97,7 @@ async fn context_task(state: &AppState, caller: &Caller, id: &TaskId) -> Result<
     };
     match state.broker().get(id).await? {
         Some(task) if caller.may_see(task.owner.as_deref()) => {
-            if task.kind != TaskKind::AnalyzeImage {
+            if task.kind() != TaskKind::AnalyzeImage {
                 return Err(unusable("is not an image analysis"));
             }
             match task.state {

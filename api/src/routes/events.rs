@@ -20,7 +20,7 @@ use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::TaskIdParam;
 use crate::routes::task::visible_task;
-use crate::routes::view::{EventView, Status};
+use crate::routes::view::EventView;
 use crate::state::AppState;
 
 /// How often an idle stream sends a comment, so proxies keep it open.
@@ -32,7 +32,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 #[allow(dead_code)] // Documents the stream; events are built with axum's `Event`.
 pub struct SseEvent {
     /// The task's state after the change.
-    event: Status,
+    event: TaskState,
     /// An `EventView` as JSON.
     #[schema(content_media_type = "application/json")]
     data: String,

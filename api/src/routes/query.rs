@@ -3,7 +3,6 @@
 
 use axum::extract::State;
 use axum::response::Response;
-use ragpool_queue::TaskKind;
 use ragpool_queue::payload::FullQuery;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -74,7 +73,5 @@ pub async fn query(
         image_url: image.image_url,
         top_k,
     };
-    let payload = serde_json::to_value(payload)
-        .map_err(|e| ApiError::internal(format!("payload does not serialize: {e}")))?;
-    submit::enqueue(&state, &caller, idempotency, TaskKind::FullQuery, payload).await
+    submit::enqueue(&state, &caller, idempotency, payload.into()).await
 }

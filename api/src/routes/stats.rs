@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::State;
-use ragpool_queue::{DurationSummary, QueueStats, WorkerInfo};
+use ragpool_queue::{QueueStats, WorkerInfo};
 use serde::Serialize;
 use utoipa::ToSchema;
 
@@ -28,57 +28,20 @@ pub struct StatsView {
     pub at: String,
 }
 
-/// One queue.
+/// One queue: the queue's own statistics, and its rates. Differs from [`QueueStats`] only
+/// by `rates`, which this API replica derives from successive snapshots.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct QueueStatsView {
-    pub queue: String,
-    /// Waiting to be claimed.
-    pub queued: u64,
-    /// Running under a lease.
-    pub started: u64,
-    /// Waiting out a retry backoff.
-    pub delayed: u64,
-    /// Ended and still kept.
-    pub finished: u64,
-    pub failed: u64,
-    pub canceled: u64,
-    /// Totals since the queue was first used.
-    pub total_enqueued: u64,
-    pub total_finished: u64,
-    pub total_failed: u64,
-    /// Leases that expired (a worker died or stalled).
-    pub total_lease_expired: u64,
-    /// Claim to completion, over the last 1000 tasks.
-    pub processing: DurationView,
-    /// Ready to claimed, over the last 1000 tasks.
-    pub wait: DurationView,
-    /// Age of the oldest queued task, 0 when none waits.
-    pub oldest_queued_age_ms: u64,
+    #[serde(flatten)]
+    pub stats: QueueStats,
     /// Per-second rates since this server's oldest stats reading of the last five minutes;
     /// absent until two readings at least a second apart exist.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub rates: Option<RatesView>,
+    pub rates: Option<Rates>,
 }
 
-/// Mean and percentiles of a duration, in milliseconds.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct DurationView {
-    pub samples: u64,
-    pub mean_ms: f64,
-    pub p50_ms: f64,
-    pub p95_ms: f64,
-}
-
-/// Throughput of a queue.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct RatesView {
-    pub window_seconds: f64,
-    pub enqueued_per_second: f64,
-    pub finished_per_second: f64,
-    pub failed_per_second: f64,
-}
-
-/// A live executor.
+/// A live executor. Differs from [`WorkerInfo`] (its registry record): times are RFC 3339
+/// instead of epoch milliseconds.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WorkerView {
     pub id: String,
@@ -140,48 +103,14 @@ pub async fn queue_stats(
         queues: queues
             .into_iter()
             .map(|q| {
-                let r = rates.remove(&q.queue);
-                queue_view(q, r)
+                let rates = rates.remove(&q.queue);
+                QueueStatsView { stats: q, rates }
             })
             .collect(),
         workers: workers.into_iter().map(worker_view).collect(),
         utilization,
         at: rfc3339(at_ms),
     }))
-}
-
-fn queue_view(q: QueueStats, rates: Option<Rates>) -> QueueStatsView {
-    QueueStatsView {
-        queue: q.queue,
-        queued: q.queued,
-        started: q.started,
-        delayed: q.delayed,
-        finished: q.finished,
-        failed: q.failed,
-        canceled: q.canceled,
-        total_enqueued: q.total_enqueued,
-        total_finished: q.total_finished,
-        total_failed: q.total_failed,
-        total_lease_expired: q.total_lease_expired,
-        processing: duration_view(q.processing),
-        wait: duration_view(q.wait),
-        oldest_queued_age_ms: q.oldest_queued_age_ms,
-        rates: rates.map(|r| RatesView {
-            window_seconds: r.window_seconds,
-            enqueued_per_second: r.enqueued_per_second,
-            finished_per_second: r.finished_per_second,
-            failed_per_second: r.failed_per_second,
-        }),
-    }
-}
-
-fn duration_view(d: DurationSummary) -> DurationView {
-    DurationView {
-        samples: d.samples,
-        mean_ms: d.mean_ms,
-        p50_ms: d.p50_ms,
-        p95_ms: d.p95_ms,
-    }
 }
 
 fn worker_view(w: WorkerInfo) -> WorkerView {

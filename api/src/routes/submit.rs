@@ -4,13 +4,13 @@
 use axum::Json;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ragpool_queue::{NewTask, TaskKind};
+use ragpool_queue::{NewTask, Payload, TaskState};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::IdempotencyKey;
 pub use crate::image::{ImageInput, image_error, image_input};
-use crate::routes::view::{Status, Submitted, status_url};
+use crate::routes::view::{Submitted, status_url};
 use crate::state::AppState;
 
 /// Set on the answer when an `Idempotency-Key` matched an existing task.
@@ -66,9 +66,9 @@ pub async fn enqueue(
     state: &AppState,
     caller: &Caller,
     idempotency: IdempotencyKey,
-    kind: TaskKind,
-    payload: serde_json::Value,
+    payload: Payload,
 ) -> Result<Response, ApiError> {
+    let kind = payload.kind();
     // Keys are scoped by owner: two clients choosing the same key get two tasks.
     let idempotency_key = idempotency.0.map(|key| match &caller.name {
         Some(owner) => format!("{owner}:{key}"),
@@ -77,33 +77,31 @@ pub async fn enqueue(
     let enqueued = state
         .broker()
         .enqueue(NewTask {
-            kind,
-            queue: None,
             payload,
             idempotency_key,
             owner: caller.name.clone(),
         })
         .await?;
     tracing::Span::current().record("task_id", enqueued.id.as_str());
-    let status = if enqueued.created {
+    let state = if enqueued.created {
         state.metrics().submitted(&enqueued.queue);
         tracing::info!(task_id = %enqueued.id, queue = %enqueued.queue, "task queued");
-        Status::Queued
+        TaskState::Queued
     } else {
         match state.broker().get(&enqueued.id).await? {
-            Some(existing) if existing.kind != kind => {
+            Some(existing) if existing.kind() != kind => {
                 return Err(ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
                     "idempotency_key_reused",
                     format!(
                         "this Idempotency-Key already names a {} task",
-                        existing.kind
+                        existing.kind()
                     ),
                 ));
             }
-            Some(existing) => existing.state.into(),
+            Some(existing) => existing.state,
             // Expired between the enqueue and this read: it was there a moment ago.
-            None => Status::Queued,
+            None => TaskState::Queued,
         }
     };
     let mut headers = HeaderMap::new();
@@ -116,7 +114,7 @@ pub async fn enqueue(
             HeaderValue::from_static("true"),
         );
     }
-    let body = Submitted::new(&enqueued.id, status, enqueued.queue);
+    let body = Submitted::new(&enqueued.id, state, enqueued.queue);
     Ok((StatusCode::ACCEPTED, headers, Json(body)).into_response())
 }
 

@@ -1,66 +1,23 @@
 //! The JSON shapes the task endpoints answer with, and how a stored task becomes one.
 //!
-//! They mirror the queue crate's types field by field, adding what clients need (the queue
-//! position, RFC 3339 times, links) and leaving out what they must not see (the payload,
-//! which may hold a 10 MiB image, and the owner).
+//! Wherever the wire shape is the queue's own (a task's state and kind, its progress and
+//! error) the queue's types are used directly, with their schema derived in `ragpool-queue`
+//! (feature `openapi`). The types here exist only where the shape differs; each says how.
 
 use std::collections::HashMap;
 use std::time::{Duration, UNIX_EPOCH};
 
-use ragpool_queue::{Task, TaskEvent, TaskId, TaskKind, TaskState};
+use ragpool_queue::{Progress, Task, TaskError, TaskEvent, TaskId, TaskKind, TaskState};
 use serde::Serialize;
 use utoipa::ToSchema;
 
-/// Where a task is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Status {
-    Queued,
-    Started,
-    Delayed,
-    Finished,
-    Failed,
-    Canceled,
-}
-
-impl From<TaskState> for Status {
-    fn from(s: TaskState) -> Self {
-        match s {
-            TaskState::Queued => Status::Queued,
-            TaskState::Started => Status::Started,
-            TaskState::Delayed => Status::Delayed,
-            TaskState::Finished => Status::Finished,
-            TaskState::Failed => Status::Failed,
-            TaskState::Canceled => Status::Canceled,
-        }
-    }
-}
-
-/// What a task does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    AnalyzeImage,
-    CompleteAnswer,
-    FullQuery,
-}
-
-impl From<TaskKind> for Kind {
-    fn from(k: TaskKind) -> Self {
-        match k {
-            TaskKind::AnalyzeImage => Kind::AnalyzeImage,
-            TaskKind::CompleteAnswer => Kind::CompleteAnswer,
-            TaskKind::FullQuery => Kind::FullQuery,
-        }
-    }
-}
-
-/// The answer to a submission.
+/// The answer to a submission. Not a queue type: it is what enqueueing did, with links.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Submitted {
     pub task_id: String,
-    /// `queued` for a new task; an idempotent replay reports the existing task's status.
-    pub status: Status,
+    /// `queued` for a new task; an idempotent replay reports the existing task's state.
+    #[serde(rename = "status")]
+    pub state: TaskState,
     pub queue: String,
     /// Where to read the task (also in the `Location` header).
     pub status_url: String,
@@ -69,10 +26,10 @@ pub struct Submitted {
 }
 
 impl Submitted {
-    pub fn new(id: &TaskId, status: Status, queue: String) -> Self {
+    pub fn new(id: &TaskId, state: TaskState, queue: String) -> Self {
         Submitted {
             task_id: id.to_string(),
-            status,
+            state,
             queue,
             status_url: status_url(id),
             events_url: format!("{}/events", status_url(id)),
@@ -84,33 +41,20 @@ pub fn status_url(id: &TaskId) -> String {
     format!("/api/async/task/{id}")
 }
 
-/// Progress a worker reported.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ProgressView {
-    /// 0 to 100.
-    pub percent: u8,
-    pub message: String,
-}
-
-/// Why a task failed.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct TaskErrorView {
-    /// `timeout`, `lease_expired`, `bad_input`, `backend_unavailable`, `canceled`, …
-    pub kind: String,
-    pub message: String,
-}
-
-/// A task as clients see it.
+/// A task as clients see it. Differs from [`Task`]: times are RFC 3339 instead of epoch
+/// milliseconds, the queue position and expiry time are added, and the payload (which may
+/// hold a 10 MiB image) and the owner are left out.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct TaskView {
     pub task_id: String,
-    pub kind: Kind,
+    pub kind: TaskKind,
     pub queue: String,
-    pub status: Status,
+    #[serde(rename = "status")]
+    pub state: TaskState,
     /// Place in the queue while `queued` (0 = next to be claimed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub position: Option<u64>,
-    pub progress: ProgressView,
+    pub progress: Progress,
     /// Attempts spent so far, and the limit.
     pub attempts: u32,
     pub max_attempts: u32,
@@ -134,7 +78,7 @@ pub struct TaskView {
     #[schema(value_type = Option<Value>)]
     pub result: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<TaskErrorView>,
+    pub error: Option<TaskError>,
     /// A cancel was asked for while it runs; the worker stops at its next heartbeat.
     pub cancel_requested: bool,
 }
@@ -151,14 +95,11 @@ impl TaskView {
         });
         TaskView {
             task_id: task.id.to_string(),
-            kind: task.kind.into(),
+            kind: task.kind(),
             queue: task.queue,
-            status: task.state.into(),
+            state: task.state,
             position,
-            progress: ProgressView {
-                percent: task.progress.percent,
-                message: task.progress.message,
-            },
+            progress: task.progress,
             attempts: task.attempts,
             max_attempts: task.max_attempts,
             enqueued_at: rfc3339(task.enqueued_at_ms),
@@ -168,16 +109,15 @@ impl TaskView {
             expires_at: expires_at.map(rfc3339),
             worker: task.worker,
             result: task.result,
-            error: task.error.map(|e| TaskErrorView {
-                kind: e.kind,
-                message: e.message,
-            }),
+            error: task.error,
             cancel_requested: task.cancel_requested,
         }
     }
 }
 
 /// One state change, as sent on the events stream (`data:` of each server-sent event).
+/// Differs from [`TaskEvent`]: the first event of a stream is the task's state when it
+/// opened, which has no stream entry and so no `event_id`.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct EventView {
     /// The events stream entry id (also the SSE `id:`); absent on the first event, which
@@ -186,7 +126,7 @@ pub struct EventView {
     pub event_id: Option<String>,
     pub task_id: String,
     pub queue: String,
-    pub state: Status,
+    pub state: TaskState,
     /// Facts of the change: `progress`, `message`, `worker`, `error_kind`, …
     pub details: HashMap<String, String>,
 }
@@ -197,7 +137,7 @@ impl EventView {
             event_id: Some(event.event_id.clone()),
             task_id: event.task_id.clone(),
             queue: event.queue.clone(),
-            state: event.state.into(),
+            state: event.state,
             details: event.details.clone(),
         }
     }
@@ -219,7 +159,7 @@ impl EventView {
             event_id: None,
             task_id: task.id.to_string(),
             queue: task.queue.clone(),
-            state: task.state.into(),
+            state: task.state,
             details,
         }
     }
@@ -243,7 +183,7 @@ mod tests {
     #[test]
     fn submitted_links_point_at_the_task() {
         let id = TaskId::new();
-        let s = Submitted::new(&id, Status::Queued, "full_query".into());
+        let s = Submitted::new(&id, TaskState::Queued, "full_query".into());
         assert_eq!(s.status_url, format!("/api/async/task/{id}"));
         assert_eq!(s.events_url, format!("/api/async/task/{id}/events"));
     }

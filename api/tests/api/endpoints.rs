@@ -3,17 +3,16 @@
 use std::time::Duration;
 
 use ragpool_api::ApiConfig;
-use ragpool_queue::payload::{AnalyzeImage, CompleteAnswer, FullQuery};
+use ragpool_queue::payload::{AnalyzeImage, CompleteAnswer};
 use ragpool_queue::testing::ServerOptions;
-use ragpool_queue::{Progress, Retry, TaskError, TaskId, TaskState, WorkerInfo};
+use ragpool_queue::{Payload, Progress, Retry, TaskError, TaskId, TaskState, WorkerInfo};
 use serde_json::json;
 
 use crate::support::{PNG_1X1, TestApi, b64, json};
 
-async fn payload<T: serde::de::DeserializeOwned>(api: &TestApi, id: &str) -> T {
+async fn payload(api: &TestApi, id: &str) -> Payload {
     let id: TaskId = id.parse().unwrap();
-    let task = api.broker.get(&id).await.unwrap().unwrap();
-    serde_json::from_value(task.payload).unwrap()
+    api.broker.get(&id).await.unwrap().unwrap().payload
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -34,7 +33,9 @@ async fn analyze_image_accepts_base64_json() {
     assert_eq!(location, format!("/api/async/task/{id}"));
     assert_eq!(body["status_url"], location);
     assert_eq!(body["events_url"], format!("{location}/events"));
-    let stored: AnalyzeImage = payload(&api, id).await;
+    let Payload::AnalyzeImage(stored) = payload(&api, id).await else {
+        panic!("not a AnalyzeImage payload")
+    };
     assert_eq!(
         stored,
         AnalyzeImage {
@@ -62,7 +63,10 @@ async fn analyze_image_accepts_a_multipart_upload() {
         .unwrap();
     let (status, body) = json(r).await;
     assert_eq!(status, 202, "{body}");
-    let stored: AnalyzeImage = payload(&api, body["task_id"].as_str().unwrap()).await;
+    let Payload::AnalyzeImage(stored) = payload(&api, body["task_id"].as_str().unwrap()).await
+    else {
+        panic!("not a AnalyzeImage payload")
+    };
     assert_eq!(stored.image.as_deref(), Some(b64(PNG_1X1).as_str()));
     assert_eq!(stored.prompt.as_deref(), Some("describe"));
 }
@@ -83,7 +87,10 @@ async fn image_urls_when_enabled_are_checked() {
         .unwrap();
     let (status, body) = json(r).await;
     assert_eq!(status, 202, "{body}");
-    let stored: AnalyzeImage = payload(&api, body["task_id"].as_str().unwrap()).await;
+    let Payload::AnalyzeImage(stored) = payload(&api, body["task_id"].as_str().unwrap()).await
+    else {
+        panic!("not a AnalyzeImage payload")
+    };
     assert_eq!(
         stored.image_url.as_deref(),
         Some("https://93.184.216.34/cat.png")
@@ -120,7 +127,10 @@ async fn complete_answer_takes_text_or_a_task_as_context() {
     let (status, body) = json(r).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["queue"], "answer_generation");
-    let stored: CompleteAnswer = payload(&api, body["task_id"].as_str().unwrap()).await;
+    let Payload::CompleteAnswer(stored) = payload(&api, body["task_id"].as_str().unwrap()).await
+    else {
+        panic!("not a CompleteAnswer payload")
+    };
     assert_eq!(
         stored,
         CompleteAnswer {
@@ -146,7 +156,10 @@ async fn complete_answer_takes_text_or_a_task_as_context() {
         .unwrap();
     let (status, body) = json(r).await;
     assert_eq!(status, 202, "{body}");
-    let stored: CompleteAnswer = payload(&api, body["task_id"].as_str().unwrap()).await;
+    let Payload::CompleteAnswer(stored) = payload(&api, body["task_id"].as_str().unwrap()).await
+    else {
+        panic!("not a CompleteAnswer payload")
+    };
     assert_eq!(stored.context, None);
     assert_eq!(stored.context_task_id.as_deref(), Some(image_task.as_str()));
 }
@@ -155,7 +168,9 @@ async fn complete_answer_takes_text_or_a_task_as_context() {
 async fn query_with_and_without_an_image() {
     let api = TestApi::start().await;
     let id = api.submit_query("plain question").await;
-    let stored: FullQuery = payload(&api, &id).await;
+    let Payload::FullQuery(stored) = payload(&api, &id).await else {
+        panic!("not a FullQuery payload")
+    };
     assert_eq!(stored.question, "plain question");
     assert_eq!(stored.image, None);
     let r = api
@@ -167,7 +182,9 @@ async fn query_with_and_without_an_image() {
     let (status, body) = json(r).await;
     assert_eq!(status, 202, "{body}");
     assert_eq!(body["queue"], "full_query");
-    let stored: FullQuery = payload(&api, body["task_id"].as_str().unwrap()).await;
+    let Payload::FullQuery(stored) = payload(&api, body["task_id"].as_str().unwrap()).await else {
+        panic!("not a FullQuery payload")
+    };
     assert_eq!(stored.image.as_deref(), Some(b64(PNG_1X1).as_str()));
     assert_eq!(stored.top_k, Some(5));
 }

@@ -4,27 +4,42 @@
 //! percentage in its next heartbeat, so a `watch` channel fits and a slow reader never makes a
 //! backend wait.
 
+use ragpool_queue::{Progress, TaskId};
 use tokio::sync::watch;
 
-/// The latest progress a backend reported.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Progress {
-    /// 0–100.
-    pub percent: u8,
-    pub message: String,
-}
-
-/// Handed to every [`Backend`](super::Backend) call.
+/// Handed to every [`Backend`](super::Backend) call: which task runs, and where its progress
+/// goes.
 #[derive(Debug)]
 pub struct TaskContext {
     progress: watch::Sender<Progress>,
+    /// The task and attempt being run; `None` outside the job loop (tests, tools).
+    task: Option<(TaskId, u32)>,
 }
 
 impl TaskContext {
-    /// A context and the receiver its progress reports arrive on.
+    /// A context for no particular task, and the receiver its progress reports arrive on.
     pub fn new() -> (Self, watch::Receiver<Progress>) {
         let (progress, rx) = watch::channel(Progress::default());
-        (Self { progress }, rx)
+        (
+            Self {
+                progress,
+                task: None,
+            },
+            rx,
+        )
+    }
+
+    /// A context for attempt `attempt` (1 for the first) of task `id`.
+    pub fn for_task(id: TaskId, attempt: u32) -> (Self, watch::Receiver<Progress>) {
+        let (mut cx, rx) = Self::new();
+        cx.task = Some((id, attempt));
+        (cx, rx)
+    }
+
+    /// The task being run and its attempt number, so a backend can tell a re-delivered task
+    /// from a new one.
+    pub fn task(&self) -> Option<(&TaskId, u32)> {
+        self.task.as_ref().map(|(id, attempt)| (id, *attempt))
     }
 
     /// Reports progress; values above 100 are clamped. Never blocks, never fails (a caller
@@ -34,11 +49,6 @@ impl TaskContext {
             percent: percent.min(100),
             message: message.to_owned(),
         });
-    }
-
-    /// Another receiver of this context's progress.
-    pub fn subscribe(&self) -> watch::Receiver<Progress> {
-        self.progress.subscribe()
     }
 
     /// The most recent report.

@@ -3,6 +3,10 @@
 //! This is the "slow synchronous endpoint made asynchronous" case: the task's payload JSON is
 //! POSTed unchanged and the service's JSON response becomes the task's result. What the queue
 //! adds is durability, retries and scaling; the service's contract stays its own.
+//!
+//! A task may run more than once (its executor died after the service answered, or the answer
+//! could not be stored), so each request names the task and attempt in [`TASK_ID_HEADER`] and
+//! [`ATTEMPT_HEADER`]: a service with side effects can deduplicate on the task id.
 
 use std::time::Duration;
 
@@ -16,6 +20,11 @@ use super::config::HttpConfig;
 use super::context::TaskContext;
 use super::error::{BackendError, BuildError};
 use super::transport::JsonClient;
+
+/// The id of the task a request runs.
+pub const TASK_ID_HEADER: &str = "x-ragpool-task-id";
+/// The attempt of that task, 1 for the first; a higher one is a re-delivery.
+pub const ATTEMPT_HEADER: &str = "x-ragpool-attempt";
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -48,10 +57,22 @@ impl HttpBackend {
         })
     }
 
-    async fn forward(&self, url: &str, payload: &impl Serialize) -> Result<Value, BackendError> {
+    async fn forward(
+        &self,
+        url: &str,
+        payload: &impl Serialize,
+        cx: &TaskContext,
+    ) -> Result<Value, BackendError> {
         let body = serde_json::to_value(payload)
             .map_err(|e| BackendError::internal(format!("encoding the payload: {e}")))?;
-        self.client.post(url, &body).await
+        let headers: Vec<(&'static str, String)> = match cx.task() {
+            Some((id, attempt)) => vec![
+                (TASK_ID_HEADER, id.to_string()),
+                (ATTEMPT_HEADER, attempt.to_string()),
+            ],
+            None => Vec::new(),
+        };
+        self.client.post_with_headers(url, &body, &headers).await
     }
 }
 
@@ -60,22 +81,22 @@ impl Backend for HttpBackend {
     async fn analyze_image(
         &self,
         req: &AnalyzeImage,
-        _cx: &TaskContext,
+        cx: &TaskContext,
     ) -> Result<Value, BackendError> {
-        self.forward(&self.analyze_image_url, req).await
+        self.forward(&self.analyze_image_url, req, cx).await
     }
 
     async fn complete_answer(
         &self,
         req: &CompleteAnswer,
-        _cx: &TaskContext,
+        cx: &TaskContext,
     ) -> Result<Value, BackendError> {
-        self.forward(&self.complete_answer_url, req).await
+        self.forward(&self.complete_answer_url, req, cx).await
     }
 
     async fn full_query(&self, req: &FullQuery, cx: &TaskContext) -> Result<Value, BackendError> {
         cx.progress(10, "forwarded to the RAG service");
-        let result = self.forward(&self.query_url, req).await?;
+        let result = self.forward(&self.query_url, req, cx).await?;
         cx.progress(100, "done");
         Ok(result)
     }

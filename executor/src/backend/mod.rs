@@ -28,20 +28,33 @@ mod transport;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ragpool_queue::payload::{AnalyzeImage, CompleteAnswer, FullQuery};
+use ragpool_queue::payload::{AnalyzeImage, CompleteAnswer, FullQuery, Payload};
 
 pub use analysis::{DominantColor, ImageAnalysis};
 pub use config::{
     BackendConfig, BuiltinConfig, FetchConfig, HttpConfig, OpenAiConfig, RetrievalConfig,
     RetryPolicy, SecretString,
 };
-pub use context::{Progress, TaskContext};
+pub use context::TaskContext;
 pub use error::{BackendError, BuildError, kinds};
 pub use retrieval::Citation;
 
 /// Runs the three task kinds. Implementations are shared between concurrent tasks.
 #[async_trait]
 pub trait Backend: Send + Sync {
+    /// Runs a payload with the method of its kind: the one place a payload meets a backend.
+    async fn run(
+        &self,
+        payload: &Payload,
+        cx: &TaskContext,
+    ) -> Result<serde_json::Value, BackendError> {
+        match payload {
+            Payload::AnalyzeImage(req) => self.analyze_image(req, cx).await,
+            Payload::CompleteAnswer(req) => self.complete_answer(req, cx).await,
+            Payload::FullQuery(req) => self.full_query(req, cx).await,
+        }
+    }
+
     /// Describes one image (`image` bytes or an `https` `image_url`).
     async fn analyze_image(
         &self,

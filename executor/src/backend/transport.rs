@@ -48,9 +48,19 @@ impl JsonClient {
 
     /// POSTs `body` to `url` and returns the JSON response.
     pub async fn post(&self, url: &str, body: &Value) -> Result<Value, BackendError> {
+        self.post_with_headers(url, body, &[]).await
+    }
+
+    /// [`JsonClient::post`] with extra request headers.
+    pub async fn post_with_headers(
+        &self,
+        url: &str,
+        body: &Value,
+        headers: &[(&'static str, String)],
+    ) -> Result<Value, BackendError> {
         let mut retries = 0;
         loop {
-            let err = match self.post_once(url, body).await {
+            let err = match self.post_once(url, body, headers).await {
                 Ok(value) => return Ok(value),
                 Err(err) => err,
             };
@@ -82,8 +92,16 @@ impl JsonClient {
         Duration::from_millis(self.retry.backoff_ms.saturating_mul(1 << retries.min(16)))
     }
 
-    async fn post_once(&self, url: &str, body: &Value) -> Result<Value, BackendError> {
+    async fn post_once(
+        &self,
+        url: &str,
+        body: &Value,
+        headers: &[(&'static str, String)],
+    ) -> Result<Value, BackendError> {
         let mut request = self.client.post(url).json(body);
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
         if let Some(key) = &self.bearer {
             request = request.bearer_auth(key.expose());
         }

@@ -21,12 +21,13 @@ use axum::response::{IntoResponse, Response};
 use clap::Parser;
 use ragpool_executor::backend::Backend;
 use ragpool_executor::settings::ExecutorSettings;
+use ragpool_queue::payload::CompleteAnswer;
 use ragpool_queue::testing::RedisServer;
 use ragpool_queue::{
-    Broker, BrokerConfig, Enqueued, NewTask, QueueConfig, Task, TaskEvent, TaskId, TaskKind,
+    Broker, BrokerConfig, Enqueued, NewTask, Payload, QueueConfig, Task, TaskEvent, TaskId,
     TaskState,
 };
-use serde_json::{Value, json};
+use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{Notify, broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -60,14 +61,17 @@ impl Env {
 
     /// Enqueues a `complete_answer` task asking `question` on the `answer_generation` queue.
     pub async fn ask(&self, question: &str) -> TaskId {
-        self.enqueue(TaskKind::CompleteAnswer, json!({ "question": question }))
-            .await
-            .id
+        self.enqueue(CompleteAnswer {
+            question: question.into(),
+            ..CompleteAnswer::default()
+        })
+        .await
+        .id
     }
 
-    pub async fn enqueue(&self, kind: TaskKind, payload: Value) -> Enqueued {
+    pub async fn enqueue(&self, payload: impl Into<Payload>) -> Enqueued {
         self.broker
-            .enqueue(NewTask::new(kind, payload))
+            .enqueue(NewTask::new(payload))
             .await
             .expect("enqueue")
     }
