@@ -6,7 +6,7 @@
 #
 # Installs helm-python-sdk (Helm's Go SDK as a Python library), kubernetes-validate,
 # jsonschema and PyYAML from PyPI into a virtualenv under ~/.cache/ragpool.
-# Environment: KUBERNETES_VERSION (default 1.35.0) picks the schemas.
+# Environment: KUBERNETES_VERSIONS (default 1.33.0,1.37.0) picks the schemas.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 # shellcheck source=lib.sh

@@ -24,6 +24,7 @@ from __future__ import annotations
 import copy
 import glob
 import os
+import re
 import sys
 from collections import Counter
 from typing import Any, Callable
@@ -37,7 +38,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHART = os.path.join(ROOT, "charts", "ragpool")
 CRD = os.path.join(ROOT, "crds", "ragworkerpool.yaml")
 RBAC = os.path.join(ROOT, "operator", "rbac.yaml")
-KUBERNETES = os.environ.get("KUBERNETES_VERSION", "1.35.0")
+# The oldest Kubernetes the operator is built for (k8s-openapi's v1_33) and the newest.
+KUBERNETES = os.environ.get("KUBERNETES_VERSIONS", "1.33.0,1.37.0").split(",")
 RELEASE, NAMESPACE = "ragpool", "ragpool"
 IMAGE = "ragpool:0.1.0"
 
@@ -168,20 +170,22 @@ def validate_object(obj: dict[str, Any]) -> list[str]:
         return schema_errors(POOL_SCHEMA, obj)
     if kind in MONITOR_SCHEMAS:
         return schema_errors(MONITOR_SCHEMAS[kind], obj)
-    try:
-        kubernetes_validate.validate(obj, KUBERNETES, strict=True)
-    except kubernetes_validate.ValidationError as e:
-        path = ".".join(str(p) for p in e.path) or "(root)"
-        return [f"{path}: {e.message}"]
-    return []
+    errors = []
+    for version in KUBERNETES:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            path = ".".join(str(p) for p in e.path) or "(root)"
+            errors.append(f"Kubernetes {version}: {path}: {e.message}")
+    return errors
 
 
 # ----- rendering -----------------------------------------------------------------------
 
 
-def render(values: dict[str, Any]) -> list[dict[str, Any]]:
+def render(values: dict[str, Any], release: str = RELEASE) -> list[dict[str, Any]]:
     with helm.Chart.load(CHART) as chart:
-        files = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        files = chart.render(values, name=release, namespace=NAMESPACE, is_install=True)
     objects = []
     for path, text in sorted(files.items()):
         if path.endswith("NOTES.txt"):
@@ -226,6 +230,41 @@ def env_of(container: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 # ----- invariants of every value set ---------------------------------------------------
+
+# What the API server checks beyond the OpenAPI schemas (apimachinery's validation).
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+DNS_LABEL_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+LABEL_VALUE = re.compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$")
+PORT_NAME = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+
+
+def check_names(objects: list[dict[str, Any]]) -> None:
+    """Names, label values, port and variable names as the API server would check them."""
+    for o in objects:
+        name = o["metadata"]["name"]
+        if o["kind"] == "Service":
+            assert len(name) <= 63 and DNS_LABEL_1035.match(name), f"Service name {name!r}"
+        else:
+            assert len(name) <= 253 and DNS_SUBDOMAIN.match(name), f"{o['kind']} name {name!r}"
+        if o["kind"] == "StatefulSet":
+            # Its pods get a controller-revision-hash label of the name plus 11 characters.
+            assert len(name) <= 52, f"StatefulSet name {name!r} too long for its pods' labels"
+        labels = dict(o["metadata"].get("labels", {}))
+        for w in [o] if o["kind"] in ("Deployment", "StatefulSet") else []:
+            labels |= w["spec"]["template"]["metadata"].get("labels", {})
+        for key, value in labels.items():
+            assert len(value) <= 63 and LABEL_VALUE.match(value), f"{ident(o)}: label {key}={value!r}"
+        for w in [o] if o["kind"] in ("Deployment", "StatefulSet") else []:
+            for c in w["spec"]["template"]["spec"]["containers"]:
+                for port in c.get("ports", []):
+                    pn = port.get("name", "")
+                    assert len(pn) <= 15 and PORT_NAME.match(pn) and re.search("[a-z]", pn), f"{ident(o)}: port {pn!r}"
+                for e in c.get("env", []):
+                    assert ENV_NAME.match(e["name"]), f"{ident(o)}: env {e['name']!r}"
+        for port in o.get("spec", {}).get("ports", []) if o["kind"] == "Service" else []:
+            assert len(port["name"]) <= 15 and PORT_NAME.match(port["name"]), f"{ident(o)}: port {port['name']!r}"
+
 
 
 def check_pods(objects: list[dict[str, Any]]) -> None:
@@ -496,6 +535,7 @@ def check_value_set(name: str, values: dict[str, Any]) -> str:
     names = Counter(ident(o) + "@" + o["metadata"].get("namespace", "") for o in objects)
     assert max(names.values()) == 1, f"duplicate objects: {[n for n, c in names.items() if c > 1]}"
     check_pods(objects)
+    check_names(objects)
     check_wiring(objects)
     rbac = check_rbac(objects, values)
     assert name in EXPECTATIONS, f"no expectations written for value set {name}"
@@ -566,10 +606,10 @@ def refused_by_schema(values: dict[str, Any]) -> Callable[[], str]:
     return run
 
 
-def refused_by_template(values: dict[str, Any], needle: str) -> Callable[[], str]:
+def refused_by_template(values: dict[str, Any], needle: str, release: str = RELEASE) -> Callable[[], str]:
     def run() -> str:
         try:
-            render(values)
+            render(values, release)
         except helm.HelmRenderError as e:
             assert needle in str(e), f"refused, but not for the reason expected: {e}"
             return needle
@@ -593,7 +633,7 @@ def check_crd_copy() -> str:
 
 
 def check_lint() -> str:
-    report = helm.lint(CHART, strict=True, kube_version=f"v{KUBERNETES}")
+    report = helm.lint(CHART, strict=True, kube_version=f"v{KUBERNETES[-1]}")
     problems = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
     assert not problems, problems
     return f"{len(report['messages'])} informational message(s)"
@@ -608,6 +648,18 @@ def check_examples() -> str:
             assert not errors, f"{os.path.basename(path)}: {errors}"
             assert doc["spec"]["executor"]["image"] == IMAGE, f"{path}: image {doc['spec']['executor']['image']}"
     return ", ".join(os.path.basename(p) for p in paths)
+
+
+def check_long_release_name() -> str:
+    """Helm allows release names of 53 characters; every name must still be valid."""
+    release = "a-very-long-release-name-for-ragpool-on-a-big-cluster"
+    assert len(release) == 53
+    objects = render({"networkPolicy": {"enabled": True}, "api": {"auth": {"enabled": True}}}, release)
+    check_names(objects)
+    errors = [f"{ident(o)}: {e}" for o in objects for e in validate_object(o)]
+    assert not errors, errors
+    longest = max((o["metadata"]["name"] for o in objects), key=len)
+    return f"longest name {longest} ({len(longest)})"
 
 
 def check_validators_catch_mistakes() -> str:
@@ -632,16 +684,19 @@ def check_validators_catch_mistakes() -> str:
 
 def main() -> int:
     helm.disable_logging() if hasattr(helm, "disable_logging") else None
-    print(f"helm SDK {helm.helm_sdk_version()}, Kubernetes schemas {KUBERNETES} (strict)")
+    print(f"helm SDK {helm.helm_sdk_version()}, Kubernetes schemas {' and '.join(KUBERNETES)} (strict)")
     check("CRD copy", check_crd_copy)
     check("helm lint --strict", check_lint)
     check("validators catch mistakes", check_validators_catch_mistakes)
+    check("53-character release name", check_long_release_name)
     for name, values in value_sets().items():
         check(f"render {name}", lambda v=values, n=name: check_value_set(n, copy.deepcopy(v)))
     for name, values in BAD_VALUES:
         check(f"refused: {name}", refused_by_schema(values))
     for name, values, needle in FAILING_TEMPLATES:
         check(f"refused: {name}", refused_by_template(values, needle))
+    # Helm accepts release names starting with a digit; Service names may not.
+    check("refused: a release name starting with a digit", refused_by_template({}, "must start with a letter", "7rag"))
     check("examples are valid RagWorkerPools", check_examples)
     if failures:
         print(f"\n{len(failures)} chart check(s) failed")

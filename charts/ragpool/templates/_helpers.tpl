@@ -7,6 +7,14 @@
 {{/* The prefix of every resource name: the release name, plus the chart name unless the
 release name already holds it. Kept short so "<prefix>-operator-secrets" fits 63 chars. */}}
 {{- define "ragpool.fullname" -}}
+{{- $name := include "ragpool.fullnameUnchecked" . -}}
+{{- if not (regexMatch "^[a-z]" $name) -}}
+{{- fail (printf "resource names start with %q, but Service names must start with a letter: choose another release name or set fullnameOverride" $name) -}}
+{{- end -}}
+{{- $name -}}
+{{- end -}}
+
+{{- define "ragpool.fullnameUnchecked" -}}
 {{- if .Values.fullnameOverride -}}
 {{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
 {{- else -}}
