@@ -32,13 +32,14 @@ ensure_python_venv() {
   # changed. Installs Debian's python3-venv when the venv module is missing.
   local name=$1
   shift
-  ensure_apt_packages python3 python3 >&2
+  # Callers use $(...), where `set -e` does not reach: every failure returns explicitly.
+  ensure_apt_packages python3 python3 >&2 || return 1
   if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
     local sudo=""
     [ "$(id -u)" -ne 0 ] && sudo="sudo"
     echo "installing python3-venv with apt-get" >&2
-    $sudo apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+    $sudo apt-get update -qq >&2 || return 1
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null || return 1
   fi
   local venv=${XDG_CACHE_HOME:-$HOME/.cache}/ragpool/venv-$name
   local wanted="$*"
@@ -46,8 +47,8 @@ ensure_python_venv() {
     echo "installing $wanted into $venv" >&2
     rm -rf "$venv"
     mkdir -p "$(dirname "$venv")"
-    python3 -m venv "$venv" >&2
-    "$venv/bin/pip" install --quiet --disable-pip-version-check "$@" >&2
+    python3 -m venv "$venv" >&2 || return 1
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$@" >&2 || { rm -rf "$venv"; return 1; }
     echo "$wanted" >"$venv/.requirements"
   fi
   echo "$venv"
