@@ -546,22 +546,23 @@ def check_value_set(name: str, values: dict[str, Any]) -> str:
 
 # ----- refused values ------------------------------------------------------------------
 
-BAD_VALUES: list[tuple[str, dict[str, Any]]] = [
-    ("negative operator replicas", {"operator": {"replicas": -1}}),
-    ("negative API replicas", {"api": {"replicas": -2}}),
-    ("unknown top-level key", {"operatr": {"replicas": 2}}),
-    ("unknown nested key", {"api": {"ingress": {"enable": True}}}),
-    ("wrong type: replicas as a string", {"operator": {"replicas": "two"}}),
-    ("wrong type: auth.enabled as a string", {"api": {"auth": {"enabled": "yes"}}}),
-    ("wrong type: image.tag as a number", {"image": {"tag": 1.5}}),
-    ("two operator replicas without leader election", {"operator": {"replicas": 2, "leaderElection": False}}),
-    ("redis.url beside the bundled Redis", {"redis": {"url": "redis://r:6379"}}),
-    ("no Redis at all", {"redis": {"bundled": {"enabled": False}}}),
-    ("both redis.url and redis.existingSecret", {"redis": {"bundled": {"enabled": False}, "url": "redis://r:6379", "existingSecret": "s"}}),
-    ("a URL that is no Redis URL", {"redis": {"bundled": {"enabled": False}, "url": "http://r:6379"}}),
-    ("appendfsync no", {"redis": {"bundled": {"appendfsync": "no"}}}),
-    ("unknown secrets access", {"operator": {"secrets": {"access": "some"}}}),
-    ("pool without queues", {"defaultPool": {"queues": {"names": []}}}),
+BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
+    # (case, values, the place the refusal must name)
+    ("negative operator replicas", {"operator": {"replicas": -1}}, "/operator/replicas"),
+    ("negative API replicas", {"api": {"replicas": -2}}, "/api/replicas"),
+    ("unknown top-level key", {"operatr": {"replicas": 2}}, "'operatr' not allowed"),
+    ("unknown nested key", {"api": {"ingress": {"enable": True}}}, "'enable' not allowed"),
+    ("wrong type: replicas as a string", {"operator": {"replicas": "two"}}, "/operator/replicas"),
+    ("wrong type: auth.enabled as a string", {"api": {"auth": {"enabled": "yes"}}}, "/api/auth/enabled"),
+    ("wrong type: image.tag as a number", {"image": {"tag": 1.5}}, "/image/tag"),
+    ("two operator replicas without leader election", {"operator": {"replicas": 2, "leaderElection": False}}, "/operator/leaderElection"),
+    ("redis.url beside the bundled Redis", {"redis": {"url": "redis://r:6379"}}, "/redis/url"),
+    ("no Redis at all", {"redis": {"bundled": {"enabled": False}}}, "/redis/existingSecret"),
+    ("both redis.url and redis.existingSecret", {"redis": {"bundled": {"enabled": False}, "url": "redis://r:6379", "existingSecret": "s"}}, "'not' failed"),
+    ("a URL that is no Redis URL", {"redis": {"bundled": {"enabled": False}, "url": "http://r:6379"}}, "/redis/url"),
+    ("appendfsync no", {"redis": {"bundled": {"appendfsync": "no"}}}, "/redis/bundled/appendfsync"),
+    ("unknown secrets access", {"operator": {"secrets": {"access": "some"}}}, "/operator/secrets/access"),
+    ("pool without queues", {"defaultPool": {"queues": {"names": []}}}, "/defaultPool/queues/names"),
 ]
 
 # Values the schema cannot judge (they depend on two settings' meaning); the templates fail
@@ -585,7 +586,7 @@ FAILING_TEMPLATES: list[tuple[str, dict[str, Any], str]] = [
 ]
 
 
-def refused_by_schema(values: dict[str, Any]) -> Callable[[], str]:
+def refused_by_schema(values: dict[str, Any], needle: str) -> Callable[[], str]:
     def run() -> str:
         with helm.Chart.load(CHART) as chart:
             try:
@@ -594,6 +595,7 @@ def refused_by_schema(values: dict[str, Any]) -> Callable[[], str]:
                 message = str(e)
             else:
                 raise AssertionError("values.schema.json accepted it")
+        assert needle in message, f"refused, but the message does not name {needle!r}: {message}"
         # An install validates the same way: rendering must refuse it too.
         try:
             render(values)
@@ -691,8 +693,8 @@ def main() -> int:
     check("53-character release name", check_long_release_name)
     for name, values in value_sets().items():
         check(f"render {name}", lambda v=values, n=name: check_value_set(n, copy.deepcopy(v)))
-    for name, values in BAD_VALUES:
-        check(f"refused: {name}", refused_by_schema(values))
+    for name, values, needle in BAD_VALUES:
+        check(f"refused: {name}", refused_by_schema(values, needle))
     for name, values, needle in FAILING_TEMPLATES:
         check(f"refused: {name}", refused_by_template(values, needle))
     # Helm accepts release names starting with a digit; Service names may not.
