@@ -162,7 +162,8 @@ if $check; then
     echo "    $(du -b "$mnt/usr/local/bin/$b" | cut -f1) bytes  /usr/local/bin/$b" >&2
   done
   if [ "$bytes" -gt 40000000 ]; then
-    echo "  warning: the image is over the 40 MB aimed at" >&2
+    echo "the image is over 40 MB (see [profile.release] in Cargo.toml)" >&2
+    exit 1
   fi
 fi
 
