@@ -25,3 +25,50 @@ ensure_cargo() {
     return 1
   fi
 }
+
+ensure_python_venv() {
+  # ensure_python_venv <name> <requirement>... : prints the path of a virtualenv under
+  # ~/.cache/ragpool holding exactly these pinned requirements, (re)creating it when they
+  # changed. Installs Debian's python3-venv when the venv module is missing.
+  local name=$1
+  shift
+  # Callers use $(...), where `set -e` does not reach: every failure returns explicitly.
+  ensure_apt_packages python3 python3 >&2 || return 1
+  if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
+    local sudo=""
+    [ "$(id -u)" -ne 0 ] && sudo="sudo"
+    echo "installing python3-venv with apt-get" >&2
+    $sudo apt-get update -qq >&2 || return 1
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null || return 1
+  fi
+  local venv=${XDG_CACHE_HOME:-$HOME/.cache}/ragpool/venv-$name
+  local wanted="$*"
+  if [ "$(cat "$venv/.requirements" 2>/dev/null || true)" != "$wanted" ]; then
+    echo "installing $wanted into $venv" >&2
+    rm -rf "$venv"
+    mkdir -p "$(dirname "$venv")"
+    python3 -m venv "$venv" >&2 || return 1
+    "$venv/bin/pip" install --quiet --disable-pip-version-check "$@" >&2 || { rm -rf "$venv"; return 1; }
+    echo "$wanted" >"$venv/.requirements"
+  fi
+  echo "$venv"
+}
+
+link_on_path() {
+  # link_on_path <binary>: links the binary into cargo's bin folder (on PATH wherever rustup
+  # installed cargo), so `ragpool submit ...` works from any shell. Leaves a real file of that
+  # name alone (e.g. from `cargo install`).
+  local bin=$1 name dir
+  name=$(basename "$bin")
+  dir=${CARGO_HOME:-$HOME/.cargo}/bin
+  mkdir -p "$dir"
+  if [ -e "$dir/$name" ] && [ ! -L "$dir/$name" ]; then
+    echo "$name: keeping $dir/$name (not a link made here); this build is $bin" >&2
+    return 0
+  fi
+  ln -sfn "$(cd "$(dirname "$bin")" && pwd)/$name" "$dir/$name"
+  case ":$PATH:" in
+    *":$dir:"*) echo "$name: on PATH as $dir/$name -> $bin" >&2 ;;
+    *) echo "$name: linked $dir/$name -> $bin; add $dir to PATH to call it as '$name'" >&2 ;;
+  esac
+}

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every check and test of ragpool. Installs redis-server (apt-get) when it is missing.
 #
-#   ./scripts/test.sh            everything
+#   ./scripts/test.sh            everything (the image check only as root)
 #   ./scripts/test.sh -p NAME    only cargo tests of one package (extra args go to cargo test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,6 +21,9 @@ step() { printf '\n==> %s\n' "$*"; }
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+step "Helm chart (lint, render, Kubernetes and CRD schemas, RBAC, refused values)"
+scripts/chart-check.sh
+
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
@@ -34,6 +37,14 @@ if [ -x scripts/schemathesis.sh ]; then
   api="$CARGO_TARGET_DIR/debug/ragpool-api"
   [ -x "$api" ] || cargo build -p ragpool-api --bin ragpool-api
   scripts/schemathesis.sh "$api"
+fi
+
+# Last: the release build takes a while, and the check chroots into the image as uid 65532.
+if [ "$(id -u)" -eq 0 ]; then
+  step "container image (release build, every binary run inside it, contents, size)"
+  scripts/image.sh --check
+else
+  step "container image: skipped, its check needs root (sudo scripts/image.sh --check)"
 fi
 
 step "all checks passed"

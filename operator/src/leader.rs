@@ -18,6 +18,31 @@ use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// Where Kubernetes mounts the namespace of a pod's ServiceAccount (the pod's namespace).
+pub const SERVICE_ACCOUNT_NAMESPACE_FILE: &str =
+    "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// The namespace the Lease lives in: the one `given`, else the pod's own (`pod_namespace`
+/// from the downward API, then the `service_account` namespace file's content), else
+/// `client_default` (the kubeconfig context's namespace when run from outside).
+///
+/// The operator's RBAC grants Leases in its own namespace only, so falling back to
+/// `default` inside a pod would make leader election fail with Forbidden.
+pub fn lease_namespace(
+    given: Option<&str>,
+    pod_namespace: Option<&str>,
+    service_account: Option<&str>,
+    client_default: &str,
+) -> String {
+    [given, pod_namespace, service_account]
+        .into_iter()
+        .flatten()
+        .map(str::trim)
+        .find(|ns| !ns.is_empty())
+        .unwrap_or(client_default)
+        .to_owned()
+}
+
 /// Who holds the Lease after an attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseState {
@@ -230,6 +255,27 @@ mod tests {
             "me",
             Duration::from_secs(15),
         )
+    }
+
+    #[test]
+    fn the_lease_namespace_is_the_given_one_then_the_pods_own() {
+        let cases = [
+            // (given, POD_NAMESPACE, ServiceAccount file, client default, expected)
+            (Some("ops"), Some("pod"), Some("sa"), "default", "ops"),
+            (None, Some("pod"), Some("sa"), "default", "pod"),
+            (None, None, Some("sa"), "default", "sa"),
+            // The file as mounted may end in a newline; empty values count as unset.
+            (None, None, Some("sa\n"), "default", "sa"),
+            (Some(""), Some(" "), Some(""), "kubeconfig", "kubeconfig"),
+            (None, None, None, "default", "default"),
+        ];
+        for (given, pod, sa, client_default, expected) in cases {
+            assert_eq!(
+                lease_namespace(given, pod, sa, client_default),
+                expected,
+                "given {given:?}, POD_NAMESPACE {pod:?}, file {sa:?}"
+            );
+        }
     }
 
     #[tokio::test]

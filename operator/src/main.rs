@@ -13,7 +13,7 @@ use kube::runtime::events::Reporter;
 use kube::{Api, Client};
 use ragpool_operator::controller::{self, Context};
 use ragpool_operator::crd::{RagWorkerPool, crd_yaml};
-use ragpool_operator::leader::LeaseLock;
+use ragpool_operator::leader::{LeaseLock, SERVICE_ACCOUNT_NAMESPACE_FILE, lease_namespace};
 use ragpool_operator::metrics::Metrics;
 use ragpool_operator::observe::Observer;
 use ragpool_operator::redis_observer::RedisObserver;
@@ -56,9 +56,10 @@ struct RunArgs {
     /// Elect a leader with a Lease so several replicas can run; off for a single replica.
     #[arg(long, env = "RAGPOOL_OPERATOR_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set)]
     leader_election: bool,
-    /// Namespace of the Lease (the operator's own namespace).
-    #[arg(long, env = "RAGPOOL_OPERATOR_NAMESPACE", default_value = "default")]
-    lease_namespace: String,
+    /// Namespace of the Lease; the pod's own namespace when unset (`POD_NAMESPACE`, else the
+    /// ServiceAccount's namespace file), else the kubeconfig context's namespace.
+    #[arg(long, env = "RAGPOOL_OPERATOR_NAMESPACE")]
+    lease_namespace: Option<String>,
     /// Name of the Lease.
     #[arg(
         long,
@@ -167,9 +168,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // `stop` ends the controller on shutdown or when leadership is lost.
     let stop = shutdown.child_token();
     let lock = args.leader_election.then(|| {
+        let namespace = lease_namespace(
+            args.lease_namespace.as_deref(),
+            std::env::var("POD_NAMESPACE").ok().as_deref(),
+            std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE_FILE)
+                .ok()
+                .as_deref(),
+            client.default_namespace(),
+        );
+        info!(namespace = %namespace, lease = %args.lease_name, "leader election");
         LeaseLock::new(
             client.clone(),
-            &args.lease_namespace,
+            &namespace,
             &args.lease_name,
             &identity,
             Duration::from_secs(args.lease_seconds.max(3)),
