@@ -1597,12 +1597,28 @@ mod tests {
         assert!(text.contains("  Last Scale Reason:"), "{text}");
     }
 
-    /// A logged message and the names of its fields.
-    type Logged = (String, Vec<String>);
+    /// The thread that logged, the message and the names of its fields.
+    type Logged = (std::thread::ThreadId, String, Vec<String>);
 
     /// Records the message and field names of every event this crate logs.
     #[derive(Clone, Default)]
     struct LogFields(Arc<StdMutex<Vec<Logged>>>);
+
+    /// The log capture of this test binary: one global subscriber, installed once. A
+    /// thread-local subscriber (`set_default`) races with other tests registering the same
+    /// callsites at the same moment and can miss events; a test reads only the events of its
+    /// own thread (`#[tokio::test]` runs everything on the test's thread).
+    fn captured_logs() -> &'static LogFields {
+        use tracing_subscriber::layer::SubscriberExt;
+        static LOGS: std::sync::OnceLock<LogFields> = std::sync::OnceLock::new();
+        LOGS.get_or_init(|| {
+            let logs = LogFields::default();
+            let subscriber = tracing_subscriber::registry().with(logs.clone());
+            // Another global subscriber would make the capture empty, and the test fail.
+            let _ = tracing::subscriber::set_global_default(subscriber);
+            logs
+        })
+    }
 
     impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for LogFields {
         fn on_event(
@@ -1630,17 +1646,15 @@ mod tests {
             let mut visit = Visit(String::new(), Vec::new());
             event.record(&mut visit);
             if let Ok(mut all) = self.0.lock() {
-                all.push((visit.0, visit.1));
+                all.push((std::thread::current().id(), visit.0, visit.1));
             }
         }
     }
 
     #[tokio::test]
     async fn every_log_line_about_a_pool_names_its_namespace_and_pool() {
-        use tracing_subscriber::layer::SubscriberExt;
-        let logs = LogFields::default();
-        let _guard =
-            tracing::subscriber::set_default(tracing_subscriber::registry().with(logs.clone()));
+        let logs = captured_logs();
+        let this_thread = std::thread::current().id();
         let p = pool(spec());
         let pod = |name: &str| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "ns"}});
         let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": [pod("a"), pod("b")]});
@@ -1673,7 +1687,16 @@ mod tests {
         }
         error_policy(Arc::new(p), &Error::NoNamespace, ctx);
         assert_eq!(server.await.map(|s| s.len()).ok(), Some(11));
-        let logged = logs.0.lock().map(|l| l.clone()).unwrap_or_default();
+        let logged: Vec<(String, Vec<String>)> = logs
+            .0
+            .lock()
+            .map(|l| {
+                l.iter()
+                    .filter(|(thread, _, _)| *thread == this_thread)
+                    .map(|(_, m, f)| (m.clone(), f.clone()))
+                    .collect()
+            })
+            .unwrap_or_default();
         let messages: Vec<&str> = logged.iter().map(|(m, _)| m.as_str()).collect();
         for expected in [
             "decided",
