@@ -480,3 +480,29 @@ async fn bad_inputs_get_the_right_status_and_code() {
         .sum();
     assert_eq!(total, 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_image_urls_do_not_reveal_what_a_host_resolves_to() {
+    let config = ApiConfig {
+        allow_image_urls: true,
+        ..ApiConfig::default()
+    };
+    let api = TestApi::start_with(config, ServerOptions::default()).await;
+    // `localhost` stands for any internal name: its refusal must not map it to an address.
+    for url in ["https://localhost/x.png", "https://0x7f000001/x.png"] {
+        let r = api
+            .post(IMAGE)
+            .json(&json!({ "image_url": url }))
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = json(r).await;
+        assert_eq!(status, 422, "{url}: {body}");
+        assert_eq!(body["error"]["code"], "image_url_refused", "{url}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert_eq!(
+            message, "image_url host resolves to a non-public address",
+            "{url}"
+        );
+    }
+}
