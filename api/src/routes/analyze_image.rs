@@ -94,7 +94,18 @@ async fn read_form(mut multipart: Multipart) -> Result<Submission, ApiError> {
                 }
                 image = Some(field.bytes().await.map_err(multipart_error)?.to_vec());
             }
-            Some("prompt") => prompt = Some(field.text().await.map_err(multipart_error)?),
+            Some("prompt") => {
+                // `Field::text` would replace invalid UTF-8 silently; JSON refuses it.
+                let bytes = field.bytes().await.map_err(multipart_error)?;
+                let text = String::from_utf8(bytes.to_vec()).map_err(|_| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "malformed_multipart",
+                        "the prompt field is not valid UTF-8",
+                    )
+                })?;
+                prompt = Some(text);
+            }
             // Unknown fields are skipped; reading the next field discards this one.
             _ => {}
         }

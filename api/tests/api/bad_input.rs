@@ -281,6 +281,33 @@ async fn bad_inputs_get_the_right_status_and_code() {
             "missing_field",
         ),
         case(
+            "prompt not UTF-8 in JSON",
+            Method::POST,
+            IMAGE,
+            Body::Raw(
+                "application/json",
+                [
+                    &br#"{"image":""#[..],
+                    b64(PNG_1X1).as_bytes(),
+                    b"\",\"prompt\":\"\xff\xfe\"}",
+                ]
+                .concat(),
+            ),
+            400,
+            "malformed_json",
+        ),
+        case(
+            "uploaded prompt not UTF-8",
+            Method::POST,
+            IMAGE,
+            Body::Form(vec![
+                ("image", PNG_1X1.to_vec()),
+                ("prompt", vec![b'o', b'k', 0xff, 0xfe]),
+            ]),
+            400,
+            "malformed_multipart",
+        ),
+        case(
             "multipart without boundary",
             Method::POST,
             IMAGE,
@@ -504,5 +531,50 @@ async fn refused_image_urls_do_not_reveal_what_a_host_resolves_to() {
             message, "image_url host resolves to a non-public address",
             "{url}"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_request_ids_are_replaced_and_results_are_not_cached() {
+    let api = TestApi::start().await;
+    let echoed = |r: &reqwest::Response| r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let fit = "r".repeat(128);
+    let r = api
+        .get("/healthz")
+        .header("x-request-id", &fit)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed(&r), fit);
+    // Too long (a 60 KB id was copied into the response and every log line) or not visible
+    // ASCII: a fresh UUID instead.
+    for odd in ["r".repeat(129), "x".repeat(60_000), "a b".to_owned()] {
+        let r = api
+            .get("/healthz")
+            .header("x-request-id", &odd)
+            .send()
+            .await
+            .unwrap();
+        let id = echoed(&r);
+        assert!(id.parse::<TaskId>().is_ok(), "{} chars: {id}", odd.len());
+    }
+
+    let r = api
+        .post(QUERY)
+        .json(&json!({"question": "q"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json(r).await;
+    assert_eq!(status, 202, "{body}");
+    let task = body["task_id"].as_str().unwrap().to_owned();
+    for path in [
+        format!("/api/async/task/{task}"),
+        format!("/api/async/task/{task}/events"),
+    ] {
+        let r = api.get(&path).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(r.headers()["cache-control"], "no-store", "{path}");
     }
 }
