@@ -129,6 +129,12 @@ pub struct BackendSettings {
     #[arg(long, env = "RAGPOOL_HTTP_QUERY_URL", hide_env_values = true)]
     pub http_query_url: Option<String>,
 
+    /// Send a task's image_url to the RAG HTTP service as it is, for the service to fetch.
+    /// Off by default: the executor fetches the image itself (https, public addresses only,
+    /// redirects re-checked) and sends it inline as `image`.
+    #[arg(long, env = "RAGPOOL_HTTP_FORWARD_IMAGE_URLS")]
+    pub http_forward_image_urls: bool,
+
     /// Timeout of one request to a model server or RAG service.
     #[arg(long, env = "RAGPOOL_REQUEST_TIMEOUT_SECONDS", default_value_t = 300)]
     pub request_timeout_seconds: u64,
@@ -168,6 +174,7 @@ impl BackendSettings {
                 c.analyze_image_url = self.http_analyze_image_url.clone();
                 c.complete_answer_url = self.http_complete_answer_url.clone();
                 c.query_url = self.http_query_url.clone();
+                c.forward_image_urls = self.http_forward_image_urls;
                 c.timeout_secs = self.request_timeout_seconds;
                 Ok(BackendConfig::Http(c))
             }

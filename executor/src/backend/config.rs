@@ -186,6 +186,15 @@ pub struct HttpConfig {
     pub timeout_secs: u64,
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// Send a task's `image_url` to the service as it is, for the service to fetch. Off by
+    /// default: the executor then fetches the image itself, under the same checks as every
+    /// other backend, and sends it inline as `image`; a service fetching a submitter's URL
+    /// would reach inside the cluster unchecked.
+    #[serde(default)]
+    pub forward_image_urls: bool,
+    /// Limits on fetching an `image_url` when it is not forwarded.
+    #[serde(default)]
+    pub fetch: FetchConfig,
 }
 
 impl HttpConfig {
@@ -198,6 +207,8 @@ impl HttpConfig {
             query_url: None,
             timeout_secs: default_rag_timeout(),
             retry: RetryPolicy::default(),
+            forward_image_urls: false,
+            fetch: FetchConfig::default(),
         }
     }
 }
