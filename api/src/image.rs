@@ -235,9 +235,9 @@ pub(crate) mod tests {
         for (url, refused) in [
             ("http://93.184.216.34/x.png", "must use https"),
             ("https://user:pw@93.184.216.34/", "credentials"),
-            ("https://[::1]:8443/x.png", "not a public address"),
-            ("https://2130706433/x.png", "not a public address"),
-            ("https://localhost/x.png", "localhost"),
+            ("https://[::1]:8443/x.png", "a non-public address"),
+            ("https://2130706433/x.png", "a non-public address"),
+            ("https://localhost/x.png", "a non-public address"),
             ("not a url", "not a valid URL"),
         ] {
             let err = check_image_url(url).await.unwrap_err().to_string();
