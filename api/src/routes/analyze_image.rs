@@ -153,7 +153,7 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
         (status = 413, description = "Body, image or text over the limit", body = ErrorBody),
         (status = 415, description = "Not JSON or multipart, or not a PNG, JPEG, WebP or GIF image", body = ErrorBody),
         (status = 422, description = "A field of the wrong type, or a refused image URL", body = ErrorBody),
-        (status = 503, description = "Redis unreachable; retry after the Retry-After seconds", body = ErrorBody,
+        (status = 503, description = "Redis unreachable, or too many large submissions in progress (`over_capacity`); retry after the Retry-After seconds", body = ErrorBody,
             headers(("Retry-After" = u32))),
     ),
     security((), ("bearer" = [])),

@@ -578,3 +578,77 @@ async fn odd_request_ids_are_replaced_and_results_are_not_cached() {
         assert_eq!(r.headers()["cache-control"], "no-store", "{path}");
     }
 }
+
+/// The API's gauge of submission bytes in flight, from `/metrics`.
+async fn bytes_in_flight(api: &TestApi) -> i64 {
+    let text = api
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("ragpool_api_submission_bytes_in_flight "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the gauge is exported")
+}
+
+/// Waits until the gauge reads `bytes`: the server has (or no longer has) the reservation.
+async fn until_in_flight(api: &TestApi, bytes: i64) {
+    for _ in 0..1000 {
+        if bytes_in_flight(api).await == bytes {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("submission bytes in flight never reached {bytes}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submissions_past_the_in_flight_budget_get_503_with_retry_after() {
+    use tokio::io::AsyncWriteExt as _;
+
+    let config = ApiConfig {
+        limits: Limits {
+            max_body_bytes: 64 * 1024,
+            max_inflight_submission_bytes: 64 * 1024,
+            ..Limits::default()
+        },
+        ..ApiConfig::default()
+    };
+    let api = TestApi::start_with(config, ServerOptions::default()).await;
+    // A slow client announces a 60 000-byte body and sends none of it yet: its reservation
+    // is held while the server waits for the body.
+    let addr = api.base.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(
+        format!(
+            "POST {QUERY} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: 60000\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    until_in_flight(&api, 60_000).await;
+
+    let big = json!({"question": "q", "pad": "x".repeat(10_000)});
+    let r = api.post(QUERY).json(&big).send().await.unwrap();
+    let retry_after = r.headers().get("retry-after").cloned();
+    let (status, body) = json(r).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "over_capacity");
+    assert_eq!(retry_after.as_ref().map(|v| v.to_str().unwrap()), Some("1"));
+    // Requests without a body are not held back.
+    let r = api.get("/healthz").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // The slow client gives up; its reservation is given back.
+    drop(slow);
+    until_in_flight(&api, 0).await;
+    let r = api.post(QUERY).json(&big).send().await.unwrap();
+    let (status, body) = json(r).await;
+    assert_eq!(status, 202, "{body}");
+}
