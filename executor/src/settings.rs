@@ -95,6 +95,12 @@ pub struct BackendSettings {
     #[arg(long, env = "RAGPOOL_DOCS")]
     pub docs: Option<PathBuf>,
 
+    /// Memory for decoding images (builtin backend), shared by every task at once: each
+    /// image's need is estimated from its header before decoding; one that alone needs more
+    /// is refused, others wait for room.
+    #[arg(long, env = "RAGPOOL_IMAGE_MEMORY_BYTES", default_value_t = crate::backend::DEFAULT_IMAGE_MEMORY_BYTES)]
+    pub image_memory_bytes: u64,
+
     /// Base URL of the OpenAI-compatible API, e.g. http://vllm:8000/v1.
     #[arg(long, env = "RAGPOOL_OPENAI_BASE_URL", hide_env_values = true)]
     pub openai_base_url: Option<String>,
@@ -146,6 +152,7 @@ impl BackendSettings {
         match self.backend.as_str() {
             "builtin" => Ok(BackendConfig::Builtin(BuiltinConfig {
                 docs: self.docs.clone(),
+                image_memory_bytes: self.image_memory_bytes,
                 ..BuiltinConfig::default()
             })),
             "openai" => {

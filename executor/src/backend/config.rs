@@ -38,7 +38,7 @@ impl Default for BackendConfig {
 }
 
 /// The offline backend.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BuiltinConfig {
     /// Folder of Markdown/text documents to index (recursively). `None` means an empty index:
@@ -46,6 +46,20 @@ pub struct BuiltinConfig {
     pub docs: Option<PathBuf>,
     pub retrieval: RetrievalConfig,
     pub fetch: FetchConfig,
+    /// Memory for decoding images, shared by every task at once (estimated from each image's
+    /// header before it is decoded); an image that alone would need more is refused.
+    pub image_memory_bytes: u64,
+}
+
+impl Default for BuiltinConfig {
+    fn default() -> Self {
+        Self {
+            docs: None,
+            retrieval: RetrievalConfig::default(),
+            fetch: FetchConfig::default(),
+            image_memory_bytes: super::image_budget::DEFAULT_IMAGE_MEMORY_BYTES,
+        }
+    }
 }
 
 /// How documents are split and how many passages a question retrieves.
