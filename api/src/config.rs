@@ -94,6 +94,16 @@ pub struct Limits {
     /// `EventSource` does so by itself) and gets the current state first.
     #[arg(long, env = "RAGPOOL_MAX_STREAM_SECONDS", default_value_t = 1800)]
     pub max_stream_seconds: u64,
+
+    /// Bytes of request bodies being handled at once, across all requests; a request whose
+    /// body does not fit is answered 503 with Retry-After. Memory use is a small multiple of
+    /// it (a body is parsed, its image decoded and the task stored).
+    #[arg(
+        long,
+        env = "RAGPOOL_MAX_INFLIGHT_SUBMISSION_BYTES",
+        default_value_t = 256 * 1024 * 1024
+    )]
+    pub max_inflight_submission_bytes: usize,
 }
 
 impl Default for Limits {
@@ -105,6 +115,7 @@ impl Default for Limits {
             max_top_k: 100,
             max_wait_seconds: 60,
             max_stream_seconds: 1800,
+            max_inflight_submission_bytes: 256 * 1024 * 1024,
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct ApiError {
 /// Set on a `503` response: the outage it reports, for the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExpectedOutage {
+    /// What is unavailable, the log line's message.
+    pub what: &'static str,
     pub cause: String,
 }
 
@@ -159,6 +161,7 @@ impl From<QueueError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let outage = (self.status == StatusCode::SERVICE_UNAVAILABLE).then(|| ExpectedOutage {
+            what: "redis unavailable",
             cause: self.cause.unwrap_or_else(|| self.message.clone()),
         });
         let body = ErrorBody {

@@ -80,6 +80,15 @@ pub fn encode(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
 }
 
+/// Whether base64 that decoded is already [`encode`]'s form: padded, with no prefix or line
+/// breaks. The decoder refuses non-zero trailing bits, so such input has one encoding only.
+fn is_canonical(encoded: &str) -> bool {
+    encoded.len().is_multiple_of(4)
+        && encoded
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/' || b == b'=')
+}
+
 /// The checked image of a submission: canonical base64 or a checked URL.
 pub struct ImageInput {
     pub image: Option<String>,
@@ -99,8 +108,16 @@ pub async fn image_input(
         Some(ImageSource::Inline(encoded)) => {
             let bytes = decode_base64(&encoded, state.limits().max_image_bytes)
                 .map_err(|e| image_error(e, "image"))?;
+            // Most clients send canonical base64 already: keep it rather than hold a second
+            // copy of a large image while encoding it again.
+            let image = if is_canonical(&encoded) {
+                drop(bytes);
+                encoded
+            } else {
+                encode(&bytes)
+            };
             Ok(ImageInput {
-                image: Some(encode(&bytes)),
+                image: Some(image),
                 image_url: None,
             })
         }
@@ -169,6 +186,25 @@ pub fn image_error(e: ImageError, field: &str) -> ApiError {
 pub(crate) mod tests {
     use super::*;
 
+    #[test]
+    fn canonical_base64_is_kept_as_sent() {
+        let bytes = b"\x89PNG\r\n\x1a\n and more";
+        let canonical = encode(bytes);
+        assert!(is_canonical(&canonical));
+        for other in [
+            format!("data:image/png;base64,{canonical}"),
+            canonical.trim_end_matches('=').to_owned(),
+            format!("{}\n{}", &canonical[..8], &canonical[8..]),
+        ] {
+            assert!(!is_canonical(&other), "{other}");
+            assert_eq!(
+                encode(&decode_base64(&other, 1024).unwrap()),
+                canonical,
+                "{other}"
+            );
+        }
+    }
+
     /// The smallest valid PNG (1×1, transparent).
     pub const PNG_1X1: &[u8] = &[
         0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a, 0x00, 0x00, 0x00, 0x0d, 0x49, 0x48, 0x44,
@@ -235,9 +271,9 @@ pub(crate) mod tests {
         for (url, refused) in [
             ("http://93.184.216.34/x.png", "must use https"),
             ("https://user:pw@93.184.216.34/", "credentials"),
-            ("https://[::1]:8443/x.png", "not a public address"),
-            ("https://2130706433/x.png", "not a public address"),
-            ("https://localhost/x.png", "localhost"),
+            ("https://[::1]:8443/x.png", "a non-public address"),
+            ("https://2130706433/x.png", "a non-public address"),
+            ("https://localhost/x.png", "a non-public address"),
             ("not a url", "not a valid URL"),
         ] {
             let err = check_image_url(url).await.unwrap_err().to_string();

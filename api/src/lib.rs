@@ -18,6 +18,7 @@
 //! ```
 
 pub mod auth;
+mod budget;
 pub mod config;
 pub mod error;
 mod extract;

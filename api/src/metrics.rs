@@ -16,6 +16,7 @@ use axum::response::Response;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -52,6 +53,7 @@ struct Inner {
     requests: Family<RequestLabels, Counter>,
     latency: HistogramFamily,
     submissions: Family<QueueLabels, Counter>,
+    submission_bytes_in_flight: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -86,14 +88,26 @@ impl Metrics {
             "Tasks created through the API, by queue (idempotent replays not counted)",
             submissions.clone(),
         );
+        let submission_bytes_in_flight = Gauge::default();
+        registry.register(
+            "submission_bytes_in_flight",
+            "Bytes of request bodies being handled now (the in-flight submission budget in use)",
+            submission_bytes_in_flight.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
                 requests,
                 latency,
                 submissions,
+                submission_bytes_in_flight,
             }),
         }
+    }
+
+    /// The gauge of bytes reserved from the in-flight submission budget.
+    pub fn submission_bytes_in_flight(&self) -> Gauge {
+        self.inner.submission_bytes_in_flight.clone()
     }
 
     /// Counts a task created on `queue`.

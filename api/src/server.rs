@@ -3,7 +3,7 @@
 //!
 //! Request tracing: every response is logged at INFO. A `5xx` is logged at ERROR as a
 //! failure, except a `503` the service answered on purpose (an [`ExpectedOutage`]: Redis is
-//! unreachable). During an outage every request gets one, so those are logged at WARN by
+//! unreachable, or the in-flight submission budget is full). During an outage every request gets one, so those are logged at WARN by
 //! [`OutageLog`], at most once per [`OUTAGE_LOG_EVERY`] with a count of the ones in between.
 //!
 //! Shutdown: when the caller's shutdown future resolves, the listener stops accepting and
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::Response;
+use axum::http::{HeaderName, HeaderValue, Response, header};
 use axum::{Extension, middleware};
 use ragpool_queue::Broker;
 use tokio::net::TcpListener;
@@ -32,11 +32,14 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, OnResponse, TraceLayer};
 use tracing::{Level, Span};
 
+use crate::budget;
 use crate::config::ApiConfig;
 use crate::error::ExpectedOutage;
 use crate::metrics;
 use crate::routes::{self, health::OpenApiJson};
 use crate::state::AppState;
+
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// At most one WARN line per this long while Redis is unreachable.
 pub const OUTAGE_LOG_EVERY: Duration = Duration::from_secs(5);
@@ -52,10 +55,13 @@ fn router_with(state: AppState, outages: OutageLog) -> Router {
     api.route_layer(middleware::from_fn(metrics::tag_route))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), budget::limit))
         .layer(DefaultBodyLimit::max(state.limits().max_body_bytes))
         .layer(Extension(OpenApiJson(Arc::new(doc))))
         .layer(
             ServiceBuilder::new()
+                .layer(middleware::map_response(no_sniff_no_store))
+                .layer(middleware::map_request(drop_unfit_request_id))
                 .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
                 .layer(request_trace(outages))
                 .layer(PropagateRequestIdLayer::x_request_id())
@@ -65,6 +71,37 @@ fn router_with(state: AppState, outages: OutageLog) -> Router {
                 )),
         )
         .with_state(state)
+}
+
+/// Longest `X-Request-Id` a client may choose; it is echoed in the response and logged.
+pub const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Removes a client's `X-Request-Id` that is longer than [`MAX_REQUEST_ID_LEN`] or not all
+/// visible ASCII, so a fresh one is made instead: the id is copied into every log line and
+/// the response, and must not carry a client's 60 KB or its control bytes there.
+async fn drop_unfit_request_id(mut request: Request) -> Request {
+    let fit = |v: &HeaderValue| {
+        let b = v.as_bytes();
+        !b.is_empty() && b.len() <= MAX_REQUEST_ID_LEN && b.iter().all(|c| c.is_ascii_graphic())
+    };
+    if let Some(v) = request.headers().get(X_REQUEST_ID)
+        && !fit(v)
+    {
+        request.headers_mut().remove(X_REQUEST_ID);
+    }
+    request
+}
+
+/// Every answer is about a tenant's tasks: a browser must not sniff it into another type,
+/// and no cache on the way may keep it.
+async fn no_sniff_no_store<B>(mut response: Response<B>) -> Response<B> {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 type RequestTrace = TraceLayer<
@@ -145,7 +182,8 @@ impl<B> OnResponse<B> for LogResponse {
                 error = %outage.cause,
                 status = response.status().as_u16(),
                 suppressed,
-                "redis unavailable"
+                "{}",
+                outage.what
             );
         }
     }

@@ -8,6 +8,7 @@ use ragpool_queue::Broker;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{ApiKeys, KeyConfigError};
+use crate::budget::SubmissionBudget;
 use crate::config::{ApiConfig, Limits};
 use crate::metrics::Metrics;
 use crate::rates::RateWindow;
@@ -25,6 +26,7 @@ struct Inner {
     allow_image_urls: bool,
     worker_ttl: Duration,
     metrics: Metrics,
+    submission_budget: SubmissionBudget,
     /// Cancelled when the server begins shutting down: long waits and event streams end
     /// early, so in-flight requests can finish.
     shutdown: CancellationToken,
@@ -35,6 +37,11 @@ impl AppState {
     /// State for `config`; loads the API keys it names.
     pub fn new(config: &ApiConfig, broker: Broker) -> Result<AppState, KeyConfigError> {
         let keys = ApiKeys::load(&config.auth)?;
+        let metrics = Metrics::new();
+        let submission_budget = SubmissionBudget::new(
+            config.limits.max_inflight_submission_bytes,
+            metrics.submission_bytes_in_flight(),
+        );
         Ok(AppState {
             inner: Arc::new(Inner {
                 broker,
@@ -42,7 +49,8 @@ impl AppState {
                 limits: config.limits.clone(),
                 allow_image_urls: config.allow_image_urls,
                 worker_ttl: Duration::from_secs(config.worker_ttl_seconds),
-                metrics: Metrics::new(),
+                metrics,
+                submission_budget,
                 shutdown: CancellationToken::new(),
                 rates: Mutex::new(RateWindow::default()),
             }),
@@ -67,6 +75,10 @@ impl AppState {
 
     pub fn worker_ttl(&self) -> Duration {
         self.inner.worker_ttl
+    }
+
+    pub fn submission_budget(&self) -> &SubmissionBudget {
+        &self.inner.submission_budget
     }
 
     pub fn metrics(&self) -> &Metrics {

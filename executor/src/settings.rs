@@ -95,6 +95,12 @@ pub struct BackendSettings {
     #[arg(long, env = "RAGPOOL_DOCS")]
     pub docs: Option<PathBuf>,
 
+    /// Memory for decoding images (builtin backend), shared by every task at once: each
+    /// image's need is estimated from its header before decoding; one that alone needs more
+    /// is refused, others wait for room.
+    #[arg(long, env = "RAGPOOL_IMAGE_MEMORY_BYTES", default_value_t = crate::backend::DEFAULT_IMAGE_MEMORY_BYTES)]
+    pub image_memory_bytes: u64,
+
     /// Base URL of the OpenAI-compatible API, e.g. http://vllm:8000/v1.
     #[arg(long, env = "RAGPOOL_OPENAI_BASE_URL", hide_env_values = true)]
     pub openai_base_url: Option<String>,
@@ -129,6 +135,12 @@ pub struct BackendSettings {
     #[arg(long, env = "RAGPOOL_HTTP_QUERY_URL", hide_env_values = true)]
     pub http_query_url: Option<String>,
 
+    /// Send a task's image_url to the RAG HTTP service as it is, for the service to fetch.
+    /// Off by default: the executor fetches the image itself (https, public addresses only,
+    /// redirects re-checked) and sends it inline as `image`.
+    #[arg(long, env = "RAGPOOL_HTTP_FORWARD_IMAGE_URLS")]
+    pub http_forward_image_urls: bool,
+
     /// Timeout of one request to a model server or RAG service.
     #[arg(long, env = "RAGPOOL_REQUEST_TIMEOUT_SECONDS", default_value_t = 300)]
     pub request_timeout_seconds: u64,
@@ -140,6 +152,7 @@ impl BackendSettings {
         match self.backend.as_str() {
             "builtin" => Ok(BackendConfig::Builtin(BuiltinConfig {
                 docs: self.docs.clone(),
+                image_memory_bytes: self.image_memory_bytes,
                 ..BuiltinConfig::default()
             })),
             "openai" => {
@@ -168,6 +181,7 @@ impl BackendSettings {
                 c.analyze_image_url = self.http_analyze_image_url.clone();
                 c.complete_answer_url = self.http_complete_answer_url.clone();
                 c.query_url = self.http_query_url.clone();
+                c.forward_image_urls = self.http_forward_image_urls;
                 c.timeout_secs = self.request_timeout_seconds;
                 Ok(BackendConfig::Http(c))
             }

@@ -195,3 +195,94 @@ async fn bad_images_are_permanent_bad_input() {
         assert!(!err.is_retryable(), "{what}");
     }
 }
+
+/// A small real image whose header is rewritten to claim `width`×`height`: the file stays a
+/// few hundred bytes, and only a decoder that trusted the header would allocate for it.
+fn claiming(format: ImageFormat, width: u32, height: u32) -> Vec<u8> {
+    let mut bytes = encode(&red_blue(), format);
+    let find = |bytes: &[u8], tag: &[u8]| {
+        bytes
+            .windows(tag.len())
+            .position(|w| w == tag)
+            .expect("the header tag")
+    };
+    match format {
+        ImageFormat::Jpeg => {
+            // SOF0: FF C0, length, precision, height, width (big-endian).
+            let sof = find(&bytes, &[0xFF, 0xC0]);
+            bytes[sof + 5..sof + 7].copy_from_slice(&(height as u16).to_be_bytes());
+            bytes[sof + 7..sof + 9].copy_from_slice(&(width as u16).to_be_bytes());
+        }
+        ImageFormat::Gif => {
+            // The logical screen: width and height, little-endian, after "GIF89a".
+            bytes[6..8].copy_from_slice(&(width as u16).to_le_bytes());
+            bytes[8..10].copy_from_slice(&(height as u16).to_le_bytes());
+        }
+        ImageFormat::WebP => {
+            // Lossless: "VP8L", chunk size, 0x2f, then 14 bits width-1, 14 bits height-1.
+            let at = find(&bytes, b"VP8L") + 9;
+            let old = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+            let new = (old & 0xF000_0000) | (width - 1) | ((height - 1) << 14);
+            bytes[at..at + 4].copy_from_slice(&new.to_le_bytes());
+        }
+        _ => unreachable!(),
+    }
+    bytes
+}
+
+#[tokio::test]
+async fn images_too_large_for_the_memory_budget_are_refused_before_decoding() {
+    let backend = builtin().await;
+    let cx = TaskContext::default();
+    for (what, bytes) in [
+        (
+            "lossless webp 9000×9000",
+            claiming(ImageFormat::WebP, 9000, 9000),
+        ),
+        (
+            "gif with a 16000×4000 screen",
+            claiming(ImageFormat::Gif, 16000, 4000),
+        ),
+        ("jpeg 8000×8000", claiming(ImageFormat::Jpeg, 8000, 8000)),
+    ] {
+        assert!(bytes.len() < 4096, "{what}: {} bytes", bytes.len());
+        let req = AnalyzeImage {
+            image: Some(base64(&bytes)),
+            ..Default::default()
+        };
+        let err = backend.analyze_image(&req, &cx).await.unwrap_err();
+        assert_eq!(err.kind(), "bad_input", "{what}: {err}");
+        assert!(
+            err.message()
+                .starts_with("image too large for the memory budget"),
+            "{what}: {err}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_budget_is_a_setting() {
+    let png = encode(&red_blue(), ImageFormat::Png);
+    let req = AnalyzeImage {
+        image: Some(base64(&png)),
+        ..Default::default()
+    };
+    let cx = TaskContext::default();
+    let with_budget = |bytes: u64| {
+        BackendConfig::Builtin(backend::BuiltinConfig {
+            image_memory_bytes: bytes,
+            ..Default::default()
+        })
+    };
+    // 64×32 RGB plus the downscaler's rows is about 137 KB.
+    let roomy = backend::build(&with_budget(1 << 20)).await.unwrap();
+    let a = roomy.analyze_image(&req, &cx).await.unwrap();
+    assert_eq!(a["width"], 64);
+    let tight = backend::build(&with_budget(64 << 10)).await.unwrap();
+    let err = tight.analyze_image(&req, &cx).await.unwrap_err();
+    assert!(
+        err.message()
+            .starts_with("image too large for the memory budget"),
+        "{err}"
+    );
+}

@@ -42,7 +42,10 @@ async fn each_kind_posts_its_payload_to_its_path_and_returns_the_body() {
         Reply::json(200, json!({"answer": "a queue", "n": 1})),
     )
     .await;
-    let backend = build(config(&server.url)).await;
+    // Forwarding image URLs as they are, so every payload arrives unchanged.
+    let mut c = config(&server.url);
+    c.forward_image_urls = true;
+    let backend = build(c).await;
     let task = TaskId::new();
     let (cx, _progress) = TaskContext::for_task(task.clone(), 2);
 
@@ -100,6 +103,47 @@ async fn each_kind_posts_its_payload_to_its_path_and_returns_the_body() {
         assert_eq!(r.header("x-ragpool-attempt"), Some("2"), "{}", r.path);
     }
     assert_eq!(cx.current().percent, 100);
+}
+
+#[tokio::test]
+async fn image_urls_are_fetched_by_the_executor_not_forwarded() {
+    let server = FakeServer::start(vec![], Reply::json(200, json!({"ok": true}))).await;
+    let backend = build(config(&server.url)).await;
+    let cx = TaskContext::default();
+    // By default the executor fetches an image_url itself, under the checks every backend
+    // applies, so an internal address is refused here and the service never sees it.
+    let image = AnalyzeImage {
+        image_url: Some("https://169.254.169.254/latest/meta-data/".into()),
+        ..Default::default()
+    };
+    let err = backend.analyze_image(&image, &cx).await.unwrap_err();
+    assert_eq!(err.kind(), "bad_input", "{err}");
+    let query = FullQuery {
+        question: "Why?".into(),
+        image_url: Some("https://localhost/x.png".into()),
+        ..Default::default()
+    };
+    let err = backend.full_query(&query, &cx).await.unwrap_err();
+    assert_eq!(err.kind(), "bad_input", "{err}");
+    assert!(server.requests().is_empty(), "{:?}", server.requests());
+
+    // Inline images and payloads without one go through unchanged.
+    let inline = AnalyzeImage {
+        image: Some("aGk=".into()),
+        ..Default::default()
+    };
+    backend.analyze_image(&inline, &cx).await.unwrap();
+    assert_eq!(server.requests()[0].body, json!({"image": "aGk="}));
+
+    // With forwarding on, the URL goes to the service as it is.
+    let mut c = config(&server.url);
+    c.forward_image_urls = true;
+    let forwarding = build(c).await;
+    forwarding.analyze_image(&image, &cx).await.unwrap();
+    assert_eq!(
+        server.requests()[1].body,
+        json!({"image_url": "https://169.254.169.254/latest/meta-data/"})
+    );
 }
 
 #[tokio::test]

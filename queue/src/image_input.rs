@@ -123,13 +123,31 @@ pub enum UrlRefused {
     /// The lookup failed or found nothing; it may pass later.
     #[error("image_url host {host} does not resolve: {reason}")]
     Unresolvable { host: String, reason: String },
-    #[error("image_url host {host} resolves to {addr}, which is not a public address ({range})")]
+    /// The message names neither the address nor its range: a submitter could otherwise map
+    /// internal names to addresses one refusal at a time. [`UrlRefused::detail`] has them,
+    /// for the server's own log.
+    #[error("image_url host resolves to a non-public address")]
     Forbidden {
         host: String,
         addr: IpAddr,
         /// The special-purpose range `addr` is in.
         range: &'static str,
     },
+}
+
+impl UrlRefused {
+    /// The refusal with everything known about it, for the server's log only: the address a
+    /// host resolved to is internal information.
+    pub fn detail(&self) -> String {
+        match self {
+            UrlRefused::Forbidden { host, addr, range } => {
+                format!(
+                    "image_url host {host} resolves to {addr}, which is not a public address ({range})"
+                )
+            }
+            other => other.to_string(),
+        }
+    }
 }
 
 /// Parses `raw` and checks its form: at most [`MAX_URL_LEN`] bytes, `https`, no credentials,
@@ -195,11 +213,11 @@ pub async fn resolve(url: &Url) -> Result<Vec<SocketAddr>, UrlRefused> {
 fn public(url: &Url, addr: IpAddr) -> Result<(), UrlRefused> {
     match non_public_range(addr) {
         None => Ok(()),
-        Some(range) => Err(UrlRefused::Forbidden {
-            host: host_of(url),
-            addr,
-            range,
-        }),
+        Some(range) => {
+            let host = host_of(url);
+            tracing::info!(%host, %addr, range, "image_url refused: a non-public address");
+            Err(UrlRefused::Forbidden { host, addr, range })
+        }
     }
 }
 
@@ -493,10 +511,14 @@ mod tests {
     }
 
     #[test]
-    fn refusals_name_the_range() {
+    fn refusals_name_the_range_only_in_the_detail() {
         let err = parse_url("https://[64:ff9b:1::a9fe:a9fe]/").unwrap_err();
         assert_eq!(
             err.to_string(),
+            "image_url host resolves to a non-public address"
+        );
+        assert_eq!(
+            err.detail(),
             "image_url host [64:ff9b:1::a9fe:a9fe] resolves to 64:ff9b:1::a9fe:a9fe, \
              which is not a public address (local-use NAT64 64:ff9b:1::/48)"
         );
@@ -553,6 +575,9 @@ mod tests {
             matches!(&err, UrlRefused::Forbidden { host, .. } if host == "localhost"),
             "{err:?}"
         );
+        // What the submitter sees does not say what the name resolved to.
+        let shown = err.to_string();
+        assert!(!shown.contains("127.") && !shown.contains("::1"), "{shown}");
         let url = parse_url("https://93.184.216.34:8443/x.png").unwrap();
         assert_eq!(
             resolve(&url).await.unwrap(),

@@ -94,7 +94,18 @@ async fn read_form(mut multipart: Multipart) -> Result<Submission, ApiError> {
                 }
                 image = Some(field.bytes().await.map_err(multipart_error)?.to_vec());
             }
-            Some("prompt") => prompt = Some(field.text().await.map_err(multipart_error)?),
+            Some("prompt") => {
+                // `Field::text` would replace invalid UTF-8 silently; JSON refuses it.
+                let bytes = field.bytes().await.map_err(multipart_error)?;
+                let text = String::from_utf8(bytes.to_vec()).map_err(|_| {
+                    ApiError::new(
+                        StatusCode::BAD_REQUEST,
+                        "malformed_multipart",
+                        "the prompt field is not valid UTF-8",
+                    )
+                })?;
+                prompt = Some(text);
+            }
             // Unknown fields are skipped; reading the next field discards this one.
             _ => {}
         }
@@ -142,7 +153,7 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
         (status = 413, description = "Body, image or text over the limit", body = ErrorBody),
         (status = 415, description = "Not JSON or multipart, or not a PNG, JPEG, WebP or GIF image", body = ErrorBody),
         (status = 422, description = "A field of the wrong type, or a refused image URL", body = ErrorBody),
-        (status = 503, description = "Redis unreachable; retry after the Retry-After seconds", body = ErrorBody,
+        (status = 503, description = "Redis unreachable, or too many large submissions in progress (`over_capacity`); retry after the Retry-After seconds", body = ErrorBody,
             headers(("Retry-After" = u32))),
     ),
     security((), ("bearer" = [])),

@@ -53,7 +53,7 @@ pub struct CompleteAnswerRequest {
         (status = 413, description = "Body or text over the limit", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "A field of the wrong type or out of range, or a context task that is not an image analysis", body = ErrorBody),
-        (status = 503, description = "Redis unreachable; retry after the Retry-After seconds", body = ErrorBody,
+        (status = 503, description = "Redis unreachable, or too many large submissions in progress (`over_capacity`); retry after the Retry-After seconds", body = ErrorBody,
             headers(("Retry-After" = u32))),
     ),
     security((), ("bearer" = [])),

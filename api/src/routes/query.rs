@@ -52,7 +52,7 @@ pub struct QueryRequest {
         (status = 413, description = "Body, image or text over the limit", body = ErrorBody),
         (status = 415, description = "Not JSON, or not a PNG, JPEG, WebP or GIF image", body = ErrorBody),
         (status = 422, description = "A field of the wrong type or out of range, or a refused image URL", body = ErrorBody),
-        (status = 503, description = "Redis unreachable; retry after the Retry-After seconds", body = ErrorBody,
+        (status = 503, description = "Redis unreachable, or too many large submissions in progress (`over_capacity`); retry after the Retry-After seconds", body = ErrorBody,
             headers(("Retry-After" = u32))),
     ),
     security((), ("bearer" = [])),

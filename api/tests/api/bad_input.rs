@@ -281,6 +281,33 @@ async fn bad_inputs_get_the_right_status_and_code() {
             "missing_field",
         ),
         case(
+            "prompt not UTF-8 in JSON",
+            Method::POST,
+            IMAGE,
+            Body::Raw(
+                "application/json",
+                [
+                    &br#"{"image":""#[..],
+                    b64(PNG_1X1).as_bytes(),
+                    b"\",\"prompt\":\"\xff\xfe\"}",
+                ]
+                .concat(),
+            ),
+            400,
+            "malformed_json",
+        ),
+        case(
+            "uploaded prompt not UTF-8",
+            Method::POST,
+            IMAGE,
+            Body::Form(vec![
+                ("image", PNG_1X1.to_vec()),
+                ("prompt", vec![b'o', b'k', 0xff, 0xfe]),
+            ]),
+            400,
+            "malformed_multipart",
+        ),
+        case(
             "multipart without boundary",
             Method::POST,
             IMAGE,
@@ -479,4 +506,149 @@ async fn bad_inputs_get_the_right_status_and_code() {
         .map(|q| q.total_enqueued)
         .sum();
     assert_eq!(total, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_image_urls_do_not_reveal_what_a_host_resolves_to() {
+    let config = ApiConfig {
+        allow_image_urls: true,
+        ..ApiConfig::default()
+    };
+    let api = TestApi::start_with(config, ServerOptions::default()).await;
+    // `localhost` stands for any internal name: its refusal must not map it to an address.
+    for url in ["https://localhost/x.png", "https://0x7f000001/x.png"] {
+        let r = api
+            .post(IMAGE)
+            .json(&json!({ "image_url": url }))
+            .send()
+            .await
+            .unwrap();
+        let (status, body) = json(r).await;
+        assert_eq!(status, 422, "{url}: {body}");
+        assert_eq!(body["error"]["code"], "image_url_refused", "{url}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert_eq!(
+            message, "image_url host resolves to a non-public address",
+            "{url}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn odd_request_ids_are_replaced_and_results_are_not_cached() {
+    let api = TestApi::start().await;
+    let echoed = |r: &reqwest::Response| r.headers()["x-request-id"].to_str().unwrap().to_owned();
+    let fit = "r".repeat(128);
+    let r = api
+        .get("/healthz")
+        .header("x-request-id", &fit)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(echoed(&r), fit);
+    // Too long (a 60 KB id was copied into the response and every log line) or not visible
+    // ASCII: a fresh UUID instead.
+    for odd in ["r".repeat(129), "x".repeat(60_000), "a b".to_owned()] {
+        let r = api
+            .get("/healthz")
+            .header("x-request-id", &odd)
+            .send()
+            .await
+            .unwrap();
+        let id = echoed(&r);
+        assert!(id.parse::<TaskId>().is_ok(), "{} chars: {id}", odd.len());
+    }
+
+    let r = api
+        .post(QUERY)
+        .json(&json!({"question": "q"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json(r).await;
+    assert_eq!(status, 202, "{body}");
+    let task = body["task_id"].as_str().unwrap().to_owned();
+    for path in [
+        format!("/api/async/task/{task}"),
+        format!("/api/async/task/{task}/events"),
+    ] {
+        let r = api.get(&path).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.headers()["x-content-type-options"], "nosniff", "{path}");
+        assert_eq!(r.headers()["cache-control"], "no-store", "{path}");
+    }
+}
+
+/// The API's gauge of submission bytes in flight, from `/metrics`.
+async fn bytes_in_flight(api: &TestApi) -> i64 {
+    let text = api
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("ragpool_api_submission_bytes_in_flight "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the gauge is exported")
+}
+
+/// Waits until the gauge reads `bytes`: the server has (or no longer has) the reservation.
+async fn until_in_flight(api: &TestApi, bytes: i64) {
+    for _ in 0..1000 {
+        if bytes_in_flight(api).await == bytes {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("submission bytes in flight never reached {bytes}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submissions_past_the_in_flight_budget_get_503_with_retry_after() {
+    use tokio::io::AsyncWriteExt as _;
+
+    let config = ApiConfig {
+        limits: Limits {
+            max_body_bytes: 64 * 1024,
+            max_inflight_submission_bytes: 64 * 1024,
+            ..Limits::default()
+        },
+        ..ApiConfig::default()
+    };
+    let api = TestApi::start_with(config, ServerOptions::default()).await;
+    // A slow client announces a 60 000-byte body and sends none of it yet: its reservation
+    // is held while the server waits for the body.
+    let addr = api.base.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(
+        format!(
+            "POST {QUERY} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+             Content-Length: 60000\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    until_in_flight(&api, 60_000).await;
+
+    let big = json!({"question": "q", "pad": "x".repeat(10_000)});
+    let r = api.post(QUERY).json(&big).send().await.unwrap();
+    let retry_after = r.headers().get("retry-after").cloned();
+    let (status, body) = json(r).await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "over_capacity");
+    assert_eq!(retry_after.as_ref().map(|v| v.to_str().unwrap()), Some("1"));
+    // Requests without a body are not held back.
+    let r = api.get("/healthz").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // The slow client gives up; its reservation is given back.
+    drop(slow);
+    until_in_flight(&api, 0).await;
+    let r = api.post(QUERY).json(&big).send().await.unwrap();
+    let (status, body) = json(r).await;
+    assert_eq!(status, 202, "{body}");
 }

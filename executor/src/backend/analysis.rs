@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageFormat, ImageReader, Limits, RgbaImage};
+use image::{DynamicImage, ImageDecoder as _, ImageFormat, ImageReader, Limits, RgbaImage};
 use serde::{Deserialize, Serialize};
 
 use super::error::BackendError;
@@ -70,6 +70,54 @@ pub struct DominantColor {
     pub name: String,
     /// Fraction of the visible image (pixels weighted by alpha), 0–1.
     pub share: f64,
+}
+
+/// The peak memory decoding and analysing `bytes` may take, in bytes, estimated from its
+/// header alone: the decoded pixels, what the format's decoder holds besides them, the RGBA
+/// copy the statistics may need and the downscaling's intermediate rows. An image wider or
+/// taller than [`MAX_EDGE`] is refused here, before any pixel is decoded.
+pub(crate) fn decode_cost(bytes: &[u8]) -> Result<u64, BackendError> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| BackendError::bad_input(format!("reading the image: {e}")))?;
+    let format = reader
+        .format()
+        .filter(|f| {
+            matches!(
+                f,
+                ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP | ImageFormat::Gif
+            )
+        })
+        .ok_or_else(|| BackendError::bad_input("the image is not PNG, JPEG, WebP or GIF"))?;
+    let decoder = reader.into_decoder().map_err(|e| {
+        BackendError::bad_input(format!("reading the {} header: {e}", name(format)))
+    })?;
+    let (width, height) = decoder.dimensions();
+    if width > MAX_EDGE || height > MAX_EDGE {
+        return Err(BackendError::bad_input(format!(
+            "the image is {width}×{height}; at most {MAX_EDGE} pixels a side are decoded"
+        )));
+    }
+    let color = decoder.color_type();
+    let pixels = u64::from(width) * u64::from(height);
+    let decoded = u64::from(color.bytes_per_pixel());
+    // Held by the decoder next to its output: a progressive JPEG keeps 16-bit coefficients
+    // for every sample, a lossless WebP decodes to 32-bit ARGB and converts, a GIF frame is
+    // composed into an RGBA canvas.
+    let decoder_own = match format {
+        ImageFormat::Jpeg => 2 * u64::from(color.channel_count()),
+        ImageFormat::WebP | ImageFormat::Gif => 4,
+        _ => 0,
+    };
+    // `stats_copy` converts an image with alpha to RGBA8 (free if it already is).
+    let rgba_copy = if color.has_alpha() && color != image::ColorType::Rgba8 {
+        4
+    } else {
+        0
+    };
+    // Downscaling resamples vertically first, into 32-bit float RGBA rows.
+    let resample = u64::from(width) * u64::from(STATS_EDGE) * 16;
+    Ok(pixels * (decoded + decoder_own + rgba_copy) + resample)
 }
 
 /// Decodes and analyses `bytes`. CPU-bound: run it on the blocking pool.

@@ -17,6 +17,7 @@ use super::context::TaskContext;
 use super::error::{BackendError, BuildError};
 use super::extract;
 use super::fetch::ImageFetcher;
+use super::image_budget::ImageBudget;
 use super::input;
 use super::retrieval::{DocumentIndex, Hit};
 
@@ -25,6 +26,7 @@ use super::retrieval::{DocumentIndex, Hit};
 pub struct BuiltinBackend {
     index: Arc<DocumentIndex>,
     fetcher: ImageFetcher,
+    image_budget: ImageBudget,
     top_k: usize,
 }
 
@@ -47,6 +49,7 @@ impl BuiltinBackend {
         Self {
             index,
             fetcher: ImageFetcher::new(&config.fetch),
+            image_budget: ImageBudget::new(config.image_memory_bytes),
             top_k: config.retrieval.top_k,
         }
     }
@@ -63,9 +66,17 @@ impl BuiltinBackend {
         let Some(bytes) = input::image_bytes(image, image_url, &self.fetcher).await? else {
             return Ok(None);
         };
-        let analysis = tokio::task::spawn_blocking(move || analysis::analyze(&bytes))
-            .await
-            .map_err(|e| BackendError::internal(format!("image analysis failed: {e}")))??;
+        // Judged from the header before anything is decoded, and held until the decode's
+        // memory is freed.
+        let cost = analysis::decode_cost(&bytes)?;
+        let reservation = self.image_budget.reserve(cost).await?;
+        let analysis = tokio::task::spawn_blocking(move || {
+            let analysis = analysis::analyze(&bytes);
+            drop(reservation);
+            analysis
+        })
+        .await
+        .map_err(|e| BackendError::internal(format!("image analysis failed: {e}")))??;
         Ok(Some(analysis))
     }
 

@@ -38,7 +38,7 @@ impl Default for BackendConfig {
 }
 
 /// The offline backend.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct BuiltinConfig {
     /// Folder of Markdown/text documents to index (recursively). `None` means an empty index:
@@ -46,6 +46,20 @@ pub struct BuiltinConfig {
     pub docs: Option<PathBuf>,
     pub retrieval: RetrievalConfig,
     pub fetch: FetchConfig,
+    /// Memory for decoding images, shared by every task at once (estimated from each image's
+    /// header before it is decoded); an image that alone would need more is refused.
+    pub image_memory_bytes: u64,
+}
+
+impl Default for BuiltinConfig {
+    fn default() -> Self {
+        Self {
+            docs: None,
+            retrieval: RetrievalConfig::default(),
+            fetch: FetchConfig::default(),
+            image_memory_bytes: super::image_budget::DEFAULT_IMAGE_MEMORY_BYTES,
+        }
+    }
 }
 
 /// How documents are split and how many passages a question retrieves.
@@ -186,6 +200,15 @@ pub struct HttpConfig {
     pub timeout_secs: u64,
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// Send a task's `image_url` to the service as it is, for the service to fetch. Off by
+    /// default: the executor then fetches the image itself, under the same checks as every
+    /// other backend, and sends it inline as `image`; a service fetching a submitter's URL
+    /// would reach inside the cluster unchecked.
+    #[serde(default)]
+    pub forward_image_urls: bool,
+    /// Limits on fetching an `image_url` when it is not forwarded.
+    #[serde(default)]
+    pub fetch: FetchConfig,
 }
 
 impl HttpConfig {
@@ -198,6 +221,8 @@ impl HttpConfig {
             query_url: None,
             timeout_secs: default_rag_timeout(),
             retry: RetryPolicy::default(),
+            forward_image_urls: false,
+            fetch: FetchConfig::default(),
         }
     }
 }

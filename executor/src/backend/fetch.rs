@@ -17,6 +17,7 @@ use reqwest::Url;
 
 use super::config::FetchConfig;
 use super::error::{BackendError, kinds};
+use super::transport::error_chain;
 
 const MAX_REDIRECTS: usize = 5;
 
@@ -88,9 +89,11 @@ impl ImageFetcher {
         let client = client
             .build()
             .map_err(|e| BackendError::internal(format!("creating the image client: {e}")))?;
-        client.get(url.clone()).send().await.map_err(|e| {
-            BackendError::retryable(kinds::FETCH_FAILED, format!("fetching {url}: {e}"), None)
-        })
+        client
+            .get(url.clone())
+            .send()
+            .await
+            .map_err(|e| transfer_failed("fetching", url, &e))
     }
 
     async fn read_capped(
@@ -111,9 +114,11 @@ impl ImageFetcher {
             return Err(too_large());
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| {
-            BackendError::retryable(kinds::FETCH_FAILED, format!("reading {url}: {e}"), None)
-        })? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| transfer_failed("reading", url, &e))?
+        {
             if (body.len() + chunk.len()) as u64 > self.max_bytes {
                 return Err(too_large());
             }
@@ -136,6 +141,16 @@ fn next_hop(url: &Url, location: &str) -> Result<Url, BackendError> {
 /// The addresses `url`'s host resolves to, if it is `https` and all of them are public.
 async fn checked_addrs(url: &Url) -> Result<Vec<SocketAddr>, BackendError> {
     image_input::resolve(url).await.map_err(refused)
+}
+
+/// A failed transfer, which may pass later. reqwest's own message is often only "error
+/// sending request"; the causes under it (refused, reset, a TLS failure) say why.
+fn transfer_failed(doing: &str, url: &Url, e: &reqwest::Error) -> BackendError {
+    BackendError::retryable(
+        kinds::FETCH_FAILED,
+        format!("{doing} {url}: {}", error_chain(e)),
+        None,
+    )
 }
 
 /// A refused URL is the submitter's mistake, except a failed lookup, which may pass later.
@@ -171,6 +186,25 @@ mod tests {
             assert_eq!(err.kind(), kinds::BAD_INPUT, "{url}: {err}");
             assert!(!err.is_retryable(), "{url}");
         }
+    }
+
+    #[tokio::test]
+    async fn transfer_failures_keep_their_cause() {
+        // Nothing listens on port 1; the top-level error alone does not say so.
+        let e = reqwest::Client::new()
+            .get("http://127.0.0.1:1/a.png")
+            .send()
+            .await
+            .unwrap_err();
+        let url = Url::parse("https://93.184.216.34/a.png").unwrap();
+        let err = transfer_failed("fetching", &url, &e);
+        assert_eq!(err.kind(), kinds::FETCH_FAILED);
+        assert!(err.is_retryable());
+        assert!(
+            err.message().to_ascii_lowercase().contains("refused"),
+            "{}",
+            err.message()
+        );
     }
 
     #[test]

@@ -1,8 +1,15 @@
 //! A backend that forwards each task to an existing RAG HTTP service.
 //!
 //! This is the "slow synchronous endpoint made asynchronous" case: the task's payload JSON is
-//! POSTed unchanged and the service's JSON response becomes the task's result. What the queue
-//! adds is durability, retries and scaling; the service's contract stays its own.
+//! POSTed and the service's JSON response becomes the task's result. What the queue adds is
+//! durability, retries and scaling; the service's contract stays its own.
+//!
+//! One field is changed on the way: an `image_url` was chosen by the submitter, and a service
+//! that fetched it would do so from inside the cluster with no checks. So by default the
+//! executor fetches it itself ([`super::fetch`]: public addresses only, pinned, redirects
+//! re-checked, capped) and sends the bytes as `image` (base64) instead;
+//! [`HttpConfig::forward_image_urls`] sends the URL as it is, for a service that checks URLs
+//! itself.
 //!
 //! A task may run more than once (its executor died after the service answered, or the answer
 //! could not be stored), so each request names the task and attempt in [`TASK_ID_HEADER`] and
@@ -11,6 +18,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use base64::Engine as _;
 use ragpool_queue::payload::{AnalyzeImage, CompleteAnswer, FullQuery};
 use serde::Serialize;
 use serde_json::Value;
@@ -19,6 +27,8 @@ use super::Backend;
 use super::config::HttpConfig;
 use super::context::TaskContext;
 use super::error::{BackendError, BuildError};
+use super::fetch::ImageFetcher;
+use super::input;
 use super::transport::JsonClient;
 
 /// The id of the task a request runs.
@@ -33,6 +43,8 @@ pub struct HttpBackend {
     analyze_image_url: String,
     complete_answer_url: String,
     query_url: String,
+    /// `None` when `image_url` is forwarded as it is.
+    fetcher: Option<ImageFetcher>,
 }
 
 impl HttpBackend {
@@ -48,6 +60,7 @@ impl HttpBackend {
             analyze_image_url: url(&config.analyze_image_url, "analyze-image")?,
             complete_answer_url: url(&config.complete_answer_url, "complete-answer")?,
             query_url: url(&config.query_url, "query")?,
+            fetcher: (!config.forward_image_urls).then(|| ImageFetcher::new(&config.fetch)),
             client: JsonClient::new(
                 "RAG service",
                 Duration::from_secs(config.timeout_secs),
@@ -55,6 +68,24 @@ impl HttpBackend {
                 None,
             )?,
         })
+    }
+
+    /// The `(image, image_url)` to send: an `image_url` is fetched and inlined unless URLs
+    /// are forwarded.
+    async fn image_fields(
+        &self,
+        image: &Option<String>,
+        image_url: &Option<String>,
+    ) -> Result<(Option<String>, Option<String>), BackendError> {
+        match (&self.fetcher, image_url) {
+            (Some(fetcher), Some(_)) => {
+                let bytes =
+                    input::image_bytes(image.as_deref(), image_url.as_deref(), fetcher).await?;
+                let encoded = bytes.map(|b| base64::engine::general_purpose::STANDARD.encode(b));
+                Ok((encoded, None))
+            }
+            _ => Ok((image.clone(), image_url.clone())),
+        }
     }
 
     async fn forward(
@@ -83,7 +114,13 @@ impl Backend for HttpBackend {
         req: &AnalyzeImage,
         cx: &TaskContext,
     ) -> Result<Value, BackendError> {
-        self.forward(&self.analyze_image_url, req, cx).await
+        let (image, image_url) = self.image_fields(&req.image, &req.image_url).await?;
+        let req = AnalyzeImage {
+            image,
+            image_url,
+            prompt: req.prompt.clone(),
+        };
+        self.forward(&self.analyze_image_url, &req, cx).await
     }
 
     async fn complete_answer(
@@ -95,8 +132,14 @@ impl Backend for HttpBackend {
     }
 
     async fn full_query(&self, req: &FullQuery, cx: &TaskContext) -> Result<Value, BackendError> {
+        let (image, image_url) = self.image_fields(&req.image, &req.image_url).await?;
+        let req = FullQuery {
+            image,
+            image_url,
+            ..req.clone()
+        };
         cx.progress(10, "forwarded to the RAG service");
-        let result = self.forward(&self.query_url, req, cx).await?;
+        let result = self.forward(&self.query_url, &req, cx).await?;
         cx.progress(100, "done");
         Ok(result)
     }

@@ -21,6 +21,7 @@ mod context;
 mod error;
 mod extract;
 mod fetch;
+mod image_budget;
 mod input;
 mod passages;
 mod transport;
@@ -37,6 +38,7 @@ pub use config::{
 };
 pub use context::TaskContext;
 pub use error::{BackendError, BuildError, kinds};
+pub use image_budget::DEFAULT_IMAGE_MEMORY_BYTES;
 pub use retrieval::Citation;
 
 /// Runs the three task kinds. Implementations are shared between concurrent tasks.

@@ -205,7 +205,7 @@ fn quote(text: &str) -> String {
 }
 
 /// reqwest's top-level message is often just "error sending request"; the cause says why.
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {
