@@ -5,6 +5,7 @@ pub mod client;
 pub mod commands;
 pub mod dev;
 pub mod redis_server;
+pub mod simulate;
 
 use std::process::ExitCode;
 
@@ -41,6 +42,8 @@ pub enum Command {
     Cancel(TaskArgs),
     /// Queue a failed task again.
     Retry(TaskArgs),
+    /// Replay an arrival trace against a pool's autoscaling policy (no cluster needed).
+    Simulate(simulate::SimulateArgs),
 }
 
 /// Runs a parsed command line to its exit status. Errors are printed to stderr.
@@ -76,6 +79,7 @@ pub fn run(cli: Cli) -> ExitCode {
             Command::Stats(a) => commands::stats(a).await?,
             Command::Cancel(a) => commands::cancel(a).await?,
             Command::Retry(a) => commands::retry(a).await?,
+            Command::Simulate(a) => simulate::run(a)?,
         })
     });
     match result {
