@@ -148,6 +148,15 @@ fn check_run(path: &Path, outcome: &Outcome, tasks: usize) {
         "{name}"
     );
     assert!(!outcome.timeline.is_empty(), "{name}");
+    for e in &outcome.scale_events {
+        assert!(e.to >= 0, "{name}: {e:?}");
+        if e.cause == "ScaleUpLimit" {
+            assert!(
+                e.to > e.from,
+                "{name}: a scale-up limit lowered the count: {e:?}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -703,8 +703,9 @@ impl<'a> Deciding<'a> {
         let (limit, rules, direction, cause) = if desired > current {
             let start = self.history.period_start(self.now, self.up.period_ms, true);
             // At least one pod per period, or a pool whose limits are all percentages could
-            // never leave zero.
-            let limit = start + self.up.allowance(start).max(1);
+            // never leave zero. A limit only holds a scale-up back, never lowers the count: a
+            // jump from zero earlier in the period may have gone past it.
+            let limit = (start + self.up.allowance(start).max(1)).max(current);
             (limit.min(desired), self.up, "up", Cause::ScaleUpLimit)
         } else if desired < current {
             let start = self
@@ -1212,6 +1213,15 @@ mod tests {
                 start: 2,
                 steps: timeline(&[(0, 20, 0), (2, 20, 0), (16, 20, 0), (31, 20, 0)]),
                 replicas: vec![6, 6, 12, 20],
+            },
+            Sequence {
+                name: "a jump from zero counts against the period's step limit, never lowers",
+                spec: spec(),
+                start: 0,
+                // 0 → 5 at once; within the period the limit from 0 (+4) holds at 5; once the
+                // jump is a period old, +100 % of 5.
+                steps: timeline(&[(0, 25, 0), (2, 60, 0), (4, 60, 0), (15, 60, 0)]),
+                replicas: vec![5, 5, 5, 10],
             },
             Sequence {
                 name: "scale-down step limit of one pod per 30 s",
