@@ -48,10 +48,17 @@ const KNOBS: &[Knob] = &[
     },
     Knob {
         file: "knob-min-replicas",
-        knob: "minReplicas 0 → 2",
-        trace: "burst",
+        knob: "minReplicas 0 → 1",
+        trace: "onoff",
         before: &[],
-        after: &["scaling.minReplicas=2"],
+        after: &["scaling.minReplicas=1"],
+    },
+    Knob {
+        file: "knob-scale-up-step",
+        knob: "scaleUp.maxPods 4 → 16 (at minReplicas 2)",
+        trace: "burst",
+        before: &["scaling.minReplicas=2"],
+        after: &["scaling.minReplicas=2", "scaling.scaleUp.maxPods=16"],
     },
     Knob {
         file: "knob-cooldown",
@@ -172,7 +179,11 @@ fn main() -> anyhow::Result<()> {
         );
         let series = vec![
             Series {
-                label: "defaults".into(),
+                label: if k.before.is_empty() {
+                    "defaults".into()
+                } else {
+                    k.before.join(", ").replace("scaling.", "")
+                },
                 outcome: &runs[0],
             },
             Series {

@@ -280,6 +280,14 @@ pub fn run(pool: &PoolModel, tasks: &[Task], scaler: &mut dyn Autoscaler) -> Out
         }
     }
     let end_us = sim.now;
+    // The state the run ended in, so a chart shows the last scale-down.
+    timeline.push(Sample {
+        at_us: end_us,
+        queued_max: sim.queued_max.max(sim.queue.len() as u64),
+        in_flight: sim.in_flight,
+        replicas: sim.replicas,
+        ready: sim.ready,
+    });
     for pod in &sim.pods {
         if pod.state != PodState::Gone {
             sim.pod_us += u128::from(end_us - pod.created_us);

@@ -102,6 +102,8 @@ fn draw<DB: DrawingBackend>(
     chart
         .configure_mesh()
         .y_desc("tasks queued")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .label_style(("sans-serif", 13))
         .draw()
         .map_err(err)?;
@@ -146,6 +148,8 @@ fn draw<DB: DrawingBackend>(
         .configure_mesh()
         .x_desc(format!("time ({unit_name})"))
         .y_desc("replicas")
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .label_style(("sans-serif", 13))
         .draw()
         .map_err(err)?;
