@@ -7,6 +7,7 @@ pub mod commands;
 pub mod dev;
 pub mod explain;
 pub mod redis_server;
+pub mod simulate;
 
 use std::process::ExitCode;
 
@@ -47,6 +48,8 @@ pub enum Command {
     /// Show what the operator's scaling policy would decide for a RagWorkerPool now, and
     /// why, step by step (from the cluster, or --file plus --redis-url).
     Explain(ExplainArgs),
+    /// Replay an arrival trace against a pool's autoscaling policy (no cluster needed).
+    Simulate(simulate::SimulateArgs),
 }
 
 /// Runs a parsed command line to its exit status. Errors are printed to stderr.
@@ -86,6 +89,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 explain::explain(a).await?;
                 ExitCode::SUCCESS
             }
+            Command::Simulate(a) => simulate::run(a)?,
         })
     });
     match result {

@@ -336,7 +336,7 @@ pub struct ScalingSpec {
     #[serde(default)]
     pub paused: bool,
     /// Limits on scaling up. Default: no stabilisation window, up to +4 pods or +100 %
-    /// (whichever is more) per 15 s.
+    /// (whichever is more) per 15 s. A pool at zero with work skips both.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_up: Option<ScalingRules>,
     /// Limits on scaling down. Default: 60 s stabilisation window (the highest

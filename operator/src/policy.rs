@@ -10,7 +10,8 @@
 //! 5. Stabilisation windows like the HorizontalPodAutoscaler's: up to the lowest and down to
 //!    the highest recommendation within the window.
 //! 6. From zero at once: a pool at zero with work skips the scale-up window.
-//! 7. Step limits per period.
+//! 7. Step limits per period, except from zero: a pool at zero has no pods whose start the
+//!    limit could pace, and every queued task is work it needs.
 //!
 //! [`desired_replicas`] runs steps 2 to 7 as methods of one decision in the making
 //! (`raw_recommendation`, `tolerate`, `bound`, `stabilise`, `start_from_zero`,
@@ -701,11 +702,17 @@ impl<'a> Deciding<'a> {
     /// Step 7, step limits: how far the count may move within one period.
     fn step_limit(&mut self, desired: i32) -> i32 {
         let current = self.current;
+        // From zero at once: the whole recommendation, so a burst on an idle pool starts
+        // every pod it needs in one pass instead of four pods per period.
+        if current == 0 && self.obs.has_work() {
+            return desired;
+        }
         let (limit, rules, direction, cause) = if desired > current {
             let start = self.history.period_start(self.now, self.up.period_ms, true);
             // At least one pod per period, or a pool whose limits are all percentages could
-            // never leave zero.
-            let limit = start + self.up.allowance(start).max(1);
+            // never leave zero. A limit only holds a scale-up back, never lowers the count: a
+            // jump from zero earlier in the period may have gone past it.
+            let limit = (start + self.up.allowance(start).max(1)).max(current);
             (limit.min(desired), self.up, "up", Cause::ScaleUpLimit)
         } else if desired < current {
             let start = self
@@ -858,13 +865,22 @@ mod tests {
                 reason: "queueLength: (3 queued + 0 in flight) / 5 per replica = 0.60; → 1",
             },
             Case {
-                name: "from zero is still step limited (4 pods per period by default)",
+                name: "from zero goes to the recommendation at once, step limits or not",
                 spec: spec(),
                 current: 0,
                 observation: Some(obs(0, 40, 0)),
-                replicas: 4,
+                replicas: 8,
+                limited: false,
+                reason: "= 8.00; → 8",
+            },
+            Case {
+                name: "from one replica the step limit applies (4 pods per period by default)",
+                spec: spec(),
+                current: 1,
+                observation: Some(obs(0, 40, 0)),
+                replicas: 5,
                 limited: true,
-                reason: "scale-up step limit 4",
+                reason: "scale-up step limit 5",
             },
             Case {
                 name: "delayed retries keep one replica to promote them",
@@ -1033,7 +1049,7 @@ mod tests {
             (
                 "step",
                 spec(),
-                0,
+                1,
                 Some(obs(0, 40, 0)),
                 Cause::ScaleUpLimit,
                 false,
@@ -1060,8 +1076,8 @@ mod tests {
 
     #[test]
     fn a_decision_keeps_each_step_and_the_raw_recommendation() {
-        // 40 tasks / 5 per replica = 8 from zero, but at most 4 pods per 15 s.
-        let d = desired_replicas(Some(&obs(0, 40, 0)), &spec(), &History::new(0));
+        // 40 tasks / 5 per replica = 8 from one, but at most 4 pods per 15 s.
+        let d = desired_replicas(Some(&obs(0, 40, 0)), &spec(), &History::new(1));
         assert_eq!(d.raw, Some(8.0));
         let steps: Vec<(&str, Option<i32>)> =
             d.steps.iter().map(|s| (s.name, s.replicas)).collect();
@@ -1073,8 +1089,8 @@ mod tests {
                 ("bounds", Some(8)),
                 ("stabilise", Some(8)),
                 ("from zero", Some(8)),
-                ("step limit", Some(4)),
-                ("maxReplicas", Some(4)),
+                ("step limit", Some(5)),
+                ("maxReplicas", Some(5)),
             ]
         );
         let notes: Vec<&str> = d
@@ -1086,7 +1102,7 @@ mod tests {
         assert_eq!(
             d.reason,
             "queueLength: (40 queued + 0 in flight) / 5 per replica = 8.00; → 8; \
-             scale-up step limit 4 per 15s"
+             scale-up step limit 5 per 15s"
         );
     }
 
@@ -1204,6 +1220,15 @@ mod tests {
                 start: 2,
                 steps: timeline(&[(0, 20, 0), (2, 20, 0), (16, 20, 0), (31, 20, 0)]),
                 replicas: vec![6, 6, 12, 20],
+            },
+            Sequence {
+                name: "a jump from zero counts against the period's step limit, never lowers",
+                spec: spec(),
+                start: 0,
+                // 0 → 5 at once; within the period the limit from 0 (+4) holds at 5; once the
+                // jump is a period old, +100 % of 5.
+                steps: timeline(&[(0, 25, 0), (2, 60, 0), (4, 60, 0), (15, 60, 0)]),
+                replicas: vec![5, 5, 5, 10],
             },
             Sequence {
                 name: "scale-down step limit of one pod per 30 s",
