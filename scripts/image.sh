@@ -11,7 +11,8 @@
 #   --oci-archive FILE  also write the image as an OCI archive (skopeo copy) that
 #                       `kind load image-archive` and `ctr images import` accept
 #   --check             run every binary's --version inside the image as uid 65532, check the
-#                       image holds exactly what was staged, report its size (needs root)
+#                       image holds exactly what was staged, report its size, fail past
+#                       48 MB (the aim is under 40 MB) (needs root)
 #   --keep-stage DIR    stage into DIR and keep it (default: a temporary folder)
 #
 # CARGO_TARGET_DIR is honoured (default ~/.cache/ragpool/target).
@@ -26,7 +27,7 @@ NONROOT=65532
 CA_BUNDLE=/etc/ssl/certs/ca-certificates.crt
 
 usage() {
-  sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2
+  sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//' >&2
   exit 2
 }
 
@@ -161,9 +162,12 @@ if $check; then
   for b in "${BINARIES[@]}"; do
     echo "    $(du -b "$mnt/usr/local/bin/$b" | cut -f1) bytes  /usr/local/bin/$b" >&2
   done
-  if [ "$bytes" -gt 40000000 ]; then
-    echo "the image is over 40 MB (see [profile.release] in Cargo.toml)" >&2
+  # The aim is under 40 MB; past 48 MB the check fails, so growth is a decision, not drift.
+  if [ "$bytes" -gt 48000000 ]; then
+    echo "the image is over 48 MB (see [profile.release] in Cargo.toml)" >&2
     exit 1
+  elif [ "$bytes" -gt 40000000 ]; then
+    echo "  note: over the 40 MB aim; the ragpool CLI links the API, the executor and the operator" >&2
   fi
 fi
 
