@@ -268,7 +268,10 @@ pub async fn serve(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
     use std::io::Write;
+    use std::sync::OnceLock;
+    use std::thread::ThreadId;
 
     use axum::body::Body;
     use axum::http::StatusCode;
@@ -280,13 +283,22 @@ mod tests {
     use super::*;
     use crate::error::ApiError;
 
-    /// Log output, collected for assertions.
+    /// Log output of this test binary, kept per thread. One global subscriber, installed
+    /// once: a thread-local one (`set_default`) races with tests on other threads registering
+    /// the same callsites and can miss events. The tests run on a current-thread runtime, so
+    /// every task they spawn logs on the test's own thread.
     #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
+    struct Captured(Arc<Mutex<HashMap<ThreadId, Vec<u8>>>>);
 
-    impl Write for Captured {
+    /// A writer for one event, into the buffer of the thread that logs it.
+    struct ThreadWriter(Captured);
+
+    impl Write for ThreadWriter {
         fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(buf);
+            let mut all = self.0.0.lock().unwrap();
+            all.entry(std::thread::current().id())
+                .or_default()
+                .extend_from_slice(buf);
             Ok(buf.len())
         }
 
@@ -296,27 +308,47 @@ mod tests {
     }
 
     impl MakeWriter<'_> for Captured {
-        type Writer = Captured;
+        type Writer = ThreadWriter;
 
-        fn make_writer(&self) -> Captured {
-            self.clone()
+        fn make_writer(&self) -> ThreadWriter {
+            ThreadWriter(self.clone())
         }
     }
 
-    impl Captured {
-        /// Sends this thread's log events here until the guard is dropped. The tests run on
-        /// a current-thread runtime, so every task they spawn logs here too.
-        fn install(&self) -> tracing::subscriber::DefaultGuard {
-            let subscriber = tracing_subscriber::fmt()
-                .with_writer(self.clone())
-                .with_max_level(Level::INFO)
-                .with_ansi(false)
-                .finish();
-            tracing::subscriber::set_default(subscriber)
-        }
+    /// What this thread logs from now on.
+    struct ThreadLogs {
+        all: Captured,
+        thread: ThreadId,
+        from: usize,
+    }
 
+    impl Captured {
+        fn install() -> ThreadLogs {
+            static GLOBAL: OnceLock<Captured> = OnceLock::new();
+            let all = GLOBAL
+                .get_or_init(|| {
+                    let all = Captured::default();
+                    let subscriber = tracing_subscriber::fmt()
+                        .with_writer(all.clone())
+                        .with_max_level(Level::INFO)
+                        .with_ansi(false)
+                        .finish();
+                    // Another global subscriber would leave the capture empty: the tests fail.
+                    let _ = tracing::subscriber::set_global_default(subscriber);
+                    all
+                })
+                .clone();
+            let thread = std::thread::current().id();
+            let from = all.0.lock().unwrap().get(&thread).map_or(0, Vec::len);
+            ThreadLogs { all, thread, from }
+        }
+    }
+
+    impl ThreadLogs {
         fn lines(&self) -> Vec<String> {
-            String::from_utf8_lossy(&self.0.lock().unwrap())
+            let all = self.all.0.lock().unwrap();
+            let mine = all.get(&self.thread).map_or(&[][..], |b| &b[self.from..]);
+            String::from_utf8_lossy(mine)
                 .lines()
                 .map(str::to_owned)
                 .collect()
@@ -338,8 +370,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_outage_logs_one_warning_and_no_errors() {
-        let logs = Captured::default();
-        let _guard = logs.install();
+        let logs = Captured::install();
         let mut redis = RedisServer::start().unwrap();
         let config = ApiConfig {
             redis_url: redis.url(),
@@ -381,8 +412,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unexpected_server_error_is_still_logged_as_one() {
-        let logs = Captured::default();
-        let _guard = logs.install();
+        let logs = Captured::install();
         let app = Router::new()
             .route("/boom", get(|| async { ApiError::internal("boom") }))
             .route("/down", get(|| async { ApiError::unavailable("down") }))
