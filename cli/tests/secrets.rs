@@ -1,27 +1,17 @@
 //! The `ragpool` binary never prints a secret from its environment: not in `--help` of any
 //! command, not in the error about an API it cannot reach.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-const SECRET: &str = "SeCrEt-7f3a";
+use ragpool_queue::testing::{SECRET, printed, run_isolated};
 
 fn ragpool(args: &[&str], api_url: &str) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ragpool"))
-        .args(args)
-        .env_clear()
-        .env("RAGPOOL_REDIS_URL", format!("redis://:{SECRET}@h:1"))
-        .env("RAGPOOL_API_KEY", SECRET)
-        .env("RAGPOOL_API_URL", api_url)
-        .output()
-        .expect("running ragpool")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    let env = [
+        ("RAGPOOL_REDIS_URL", format!("redis://:{SECRET}@h:1")),
+        ("RAGPOOL_API_KEY", SECRET.to_string()),
+        ("RAGPOOL_API_URL", api_url.to_string()),
+    ];
+    run_isolated(env!("CARGO_BIN_EXE_ragpool"), args, &env)
 }
 
 #[test]
@@ -35,7 +25,7 @@ fn help_hides_secrets_in_the_environment() {
         &["stats", "--help"][..],
     ] {
         let output = ragpool(args, &api_url);
-        let help = text(&output);
+        let help = printed(&output);
         assert!(output.status.success(), "{args:?}: {help}");
         assert!(!help.contains(SECRET), "{args:?}: {help}");
     }
@@ -50,7 +40,7 @@ fn errors_name_the_api_without_its_password() {
         format!("ftp://user:{SECRET}@127.0.0.1:1"),
     ] {
         let output = ragpool(&["stats"], &api_url);
-        let out = text(&output);
+        let out = printed(&output);
         assert!(!output.status.success(), "{api_url}: {out}");
         assert!(out.contains("127.0.0.1:1"), "{api_url}: {out}");
         assert!(!out.contains(SECRET), "{api_url}: {out}");

@@ -1,25 +1,12 @@
 //! The `ragpool-executor` binary never prints a secret from its environment: not in
 //! `--help`, not in the error about a malformed Redis URL.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-const SECRET: &str = "SeCrEt-7f3a";
+use ragpool_queue::testing::{SECRET, printed, run_isolated};
 
 fn executor(args: &[&str], env: &[(&str, String)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ragpool-executor"));
-    command.args(args).env_clear();
-    for (name, value) in env {
-        command.env(name, value);
-    }
-    command.output().expect("running ragpool-executor")
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
+    run_isolated(env!("CARGO_BIN_EXE_ragpool-executor"), args, env)
 }
 
 #[test]
@@ -37,7 +24,7 @@ fn help_hides_secrets_in_the_environment() {
             ("RAGPOOL_HTTP_QUERY_URL", url),
         ],
     );
-    let help = text(&output);
+    let help = printed(&output);
     assert!(output.status.success(), "{help}");
     assert!(help.contains("RAGPOOL_REDIS_URL"), "{help}");
     assert!(help.contains("--header-timeout-seconds"), "{help}");
@@ -56,7 +43,7 @@ fn a_malformed_redis_url_is_reported_without_its_password() {
             &["--metrics-listen", "127.0.0.1:0"],
             &[("RAGPOOL_REDIS_URL", url.clone())],
         );
-        let out = text(&output);
+        let out = printed(&output);
         assert!(!output.status.success(), "{url}: {out}");
         assert!(out.contains("invalid Redis URL"), "{url}: {out}");
         assert!(!out.contains(SECRET), "{url}: {out}");

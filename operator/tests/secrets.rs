@@ -1,29 +1,23 @@
 //! The `ragpool-operator` binary never prints a secret from its environment in `--help`, and
 //! documents its listener's limits there.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-const SECRET: &str = "SeCrEt-7f3a";
+use ragpool_queue::testing::{SECRET, printed, run_isolated};
 
 fn operator(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ragpool-operator"))
-        .args(args)
-        .env_clear()
-        .env("RAGPOOL_REDIS_URL", format!("redis://:{SECRET}@h:1"))
-        .env("RAGPOOL_REDIS_PASSWORD", SECRET)
-        .output()
-        .expect("running ragpool-operator")
+    let env = [
+        ("RAGPOOL_REDIS_URL", format!("redis://:{SECRET}@h:1")),
+        ("RAGPOOL_REDIS_PASSWORD", SECRET.to_string()),
+    ];
+    run_isolated(env!("CARGO_BIN_EXE_ragpool-operator"), args, &env)
 }
 
 #[test]
 fn help_hides_secrets_and_shows_the_listener_limits() {
     for args in [&["--help"][..], &["run", "--help"][..]] {
         let output = operator(args);
-        let help = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        let help = printed(&output);
         assert!(output.status.success(), "{args:?}: {help}");
         assert!(
             help.contains("--header-timeout-seconds"),

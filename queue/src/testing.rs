@@ -20,6 +20,33 @@ pub use server::{RedisServer, ServerOptions};
 use crate::payload::{AnalyzeImage, CompleteAnswer, FullQuery, Payload};
 use crate::task::TaskKind;
 
+/// A secret a test puts into a binary's environment and then looks for in what it printed.
+pub const SECRET: &str = "SeCrEt-7f3a";
+
+/// Runs `binary` with `args` and no environment but `env`, and waits for it to exit.
+///
+/// # Panics
+/// When the binary cannot be started (a test binary path from `env!("CARGO_BIN_EXE_…")`).
+pub fn run_isolated(binary: &str, args: &[&str], env: &[(&str, String)]) -> std::process::Output {
+    let mut command = std::process::Command::new(binary);
+    command.args(args).env_clear();
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command
+        .output()
+        .unwrap_or_else(|e| panic!("running {binary}: {e}"))
+}
+
+/// What a process printed: its standard output, then its standard error.
+pub fn printed(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
 /// A valid payload of `kind` whose text (question or prompt) is `text`, for tests that need
 /// tasks of every kind and do not care what they ask.
 pub fn sample_payload(kind: TaskKind, text: &str) -> Payload {
