@@ -291,7 +291,7 @@ function queueRow(q) {
     h('td', { class: 'num' }, q.queued ? ms(q.oldest_queued_age_ms) : '–'),
     h('td', {}, h('span', { class: 'actions' },
       h('button', { class: 'small', type: 'button', disabled: !q.failed, 'data-action': 'retry-failed', onclick: () => retryFailed(q.queue) }, 'Retry failed'),
-      h('button', { class: 'small danger', type: 'button', disabled: !q.finished, 'data-action': 'purge', onclick: () => purgeFinished(q.queue) }, 'Purge finished'))));
+      h('button', { class: 'small danger', type: 'button', disabled: !q.finished, 'data-action': 'purge', onclick: () => purgeFinished(q.queue) }, 'Purge'))));
 }
 
 // A line chart of per-minute series over the last hour, drawn as inline SVG.
@@ -366,7 +366,7 @@ function renderOverview() {
       h('div', { class: 'scroll' }, h('table', { id: 'queues' },
         h('thead', {}, h('tr', {}, h('th', {}, 'queue'), STATES.map((st) => h('th', { class: 'num' }, st)),
           h('th', { class: 'num hide-narrow' }, 'in'), h('th', { class: 'num hide-narrow' }, 'done'),
-          h('th', { class: 'num' }, 'wait p50 / p95'), h('th', { class: 'num hide-narrow' }, 'processing p50 / p95'),
+          h('th', { class: 'num' }, 'wait p50 / p95'), h('th', { class: 'num hide-narrow' }, 'run p50 / p95'),
           h('th', { class: 'num' }, 'oldest queued'), h('th', {}, ''))),
         h('tbody', {}, s.queues.map(queueRow)))),
       total === 0 && h('p', { class: 'empty' }, 'No tasks yet: submit one with ',
