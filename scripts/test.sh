@@ -39,6 +39,13 @@ if [ -x scripts/schemathesis.sh ]; then
   scripts/schemathesis.sh "$api"
 fi
 
+if [ -x scripts/dashboard-check.sh ]; then
+  step "dashboard in a real browser (Chromium + playwright-core, API + executors + Redis)"
+  [ -x "$CARGO_TARGET_DIR/debug/ragpool-api" ] || cargo build -p ragpool-api --bin ragpool-api
+  [ -x "$CARGO_TARGET_DIR/debug/ragpool-executor" ] || cargo build -p ragpool-executor --bin ragpool-executor
+  scripts/dashboard-check.sh "$CARGO_TARGET_DIR/debug"
+fi
+
 # Last: the release build takes a while, and the check chroots into the image as uid 65532.
 if [ "$(id -u)" -eq 0 ]; then
   step "container image (release build, every binary run inside it, contents, size)"

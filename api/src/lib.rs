@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 mod extract;
 mod image;
+mod live;
 mod metrics;
 mod rates;
 mod routes;

@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{ApiKeys, KeyConfigError};
 use crate::budget::SubmissionBudget;
 use crate::config::{ApiConfig, Limits};
+use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::rates::RateWindow;
 
@@ -31,6 +32,8 @@ struct Inner {
     /// early, so in-flight requests can finish.
     shutdown: CancellationToken,
     rates: Mutex<RateWindow>,
+    /// The dashboards' shared snapshot reader.
+    live: Live,
 }
 
 impl AppState {
@@ -53,6 +56,7 @@ impl AppState {
                 submission_budget,
                 shutdown: CancellationToken::new(),
                 rates: Mutex::new(RateWindow::default()),
+                live: Live::default(),
             }),
         })
     }
@@ -92,5 +96,9 @@ impl AppState {
 
     pub(crate) fn rates(&self) -> &Mutex<RateWindow> {
         &self.inner.rates
+    }
+
+    pub(crate) fn live(&self) -> &Live {
+        &self.inner.live
     }
 }

@@ -15,6 +15,7 @@
 //! ```
 
 mod broker;
+pub mod browse;
 pub mod config;
 pub mod conn;
 mod consumer;
@@ -37,6 +38,7 @@ pub use broker::{
     Broker, BrokerConfig, CancelOutcome, Enqueued, FailOutcome, Heartbeat, Lease, Maintenance,
     NewTask, ReleaseOutcome, Retry,
 };
+pub use browse::{BulkOutcome, HistorySample, TaskPage, TaskSummary};
 pub use config::{ClaimPolicy, QueueConfig, QueueEntry, QueueSettings, default_queues};
 pub use conn::RedisTarget;
 pub use consumer::{Claimed, Consumer, ConsumerConfig};

@@ -33,3 +33,7 @@ pub(crate) static PROMOTE: LazyLock<Script> = script!("promote.lua");
 pub(crate) static STATS: LazyLock<Script> = script!("stats.lua");
 pub(crate) static WORKER_BEAT: LazyLock<Script> = script!("worker_beat.lua");
 pub(crate) static WORKERS: LazyLock<Script> = script!("workers.lua");
+pub(crate) static LIST: LazyLock<Script> = script!("list.lua");
+pub(crate) static RETRY_FAILED: LazyLock<Script> = script!("retry_failed.lua");
+pub(crate) static PURGE: LazyLock<Script> = script!("purge.lua");
+pub(crate) static HISTORY: LazyLock<Script> = script!("history.lua");

@@ -4,8 +4,10 @@
 pub mod analyze_image;
 pub mod cancel;
 pub mod complete_answer;
+pub mod dashboard;
 pub mod events;
 pub mod health;
+pub mod page;
 pub mod query;
 pub mod retry;
 pub mod stats;
@@ -14,6 +16,7 @@ pub mod task;
 pub mod view;
 
 use axum::http::{Method, Uri};
+use axum::routing::get;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 use utoipa_axum::router::OpenApiRouter;
@@ -66,10 +69,21 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(events::task_events))
         .routes(routes!(retry::retry_task))
         .routes(routes!(stats::queue_stats))
+        .routes(routes!(dashboard::list_tasks))
+        .routes(routes!(dashboard::workers))
+        .routes(routes!(dashboard::retry_failed))
+        .routes(routes!(dashboard::purge))
+        .routes(routes!(dashboard::snapshot))
+        .routes(routes!(dashboard::events))
+        .routes(routes!(dashboard::task_detail))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))
         .routes(routes!(health::openapi_json))
+        .route("/dashboard", get(page::index))
+        .route("/dashboard/", get(page::index))
+        .route("/dashboard/app.js", get(page::script))
+        .route("/dashboard/style.css", get(page::style))
 }
 
 /// The answer for paths no endpoint has.

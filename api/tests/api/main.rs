@@ -3,6 +3,7 @@
 
 mod auth;
 mod bad_input;
+mod dashboard;
 mod endpoints;
 mod faults;
 mod hostile;

@@ -1,0 +1,171 @@
+// The dashboard in a real headless Chromium, against a real ragpool-api, executors and
+// redis-server (started by scripts/dashboard-check.sh, which sets the environment below).
+//
+// What it checks: the page loads without console errors; submitted tasks show as queued
+// and then finished; a task that fails shows its error, and retry from the page requeues it
+// and it finishes; cancel from the page ends a queued task; the workers table lists the
+// running executors. It saves a screenshot of the main page.
+//
+// Environment: API (base URL), REDIS_URL, EXECUTOR (binary), WORK (scratch folder),
+// PLAYWRIGHT (folder holding node_modules/playwright-core), SCREENSHOT (PNG path),
+// CHROMIUM (default /usr/bin/chromium).
+'use strict';
+
+const path = require('node:path');
+const { spawn } = require('node:child_process');
+const fs = require('node:fs');
+const assert = require('node:assert/strict');
+
+const { chromium } = require(path.join(process.env.PLAYWRIGHT, 'node_modules', 'playwright-core'));
+
+const API = process.env.API;
+const WORK = process.env.WORK;
+const children = new Map();
+
+// Starts an executor serving `queues`; extra flags pick its backend.
+function executor(id, queues, extra) {
+  const log = fs.openSync(path.join(WORK, `${id}.log`), 'a');
+  const child = spawn(process.env.EXECUTOR, [
+    '--worker-id', id, '--queues', queues, '--metrics-listen', '127.0.0.1:0',
+    '--maintenance-seconds', '1', ...extra,
+  ], {
+    env: { PATH: process.env.PATH, RAGPOOL_REDIS_URL: process.env.REDIS_URL, RUST_LOG: 'info' },
+    stdio: ['ignore', log, log],
+  });
+  children.set(id, child);
+  return child;
+}
+
+async function stop(id) {
+  const child = children.get(id);
+  children.delete(id);
+  if (!child || child.exitCode !== null) return;
+  const exited = new Promise((resolve) => child.once('exit', resolve));
+  child.kill('SIGTERM');
+  await exited;
+}
+
+async function submit(path_, body) {
+  const r = await fetch(`${API}${path_}`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify(body),
+  });
+  const json = await r.json();
+  assert.equal(r.status, 202, JSON.stringify(json));
+  return json.task_id;
+}
+
+// The smallest valid PNG, for an image task.
+const PNG = 'iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==';
+
+async function confirm(page) {
+  const dialog = page.locator('#confirm-dialog');
+  await dialog.waitFor({ state: 'visible' });
+  await page.click('#confirm-ok');
+  await dialog.waitFor({ state: 'hidden' });
+}
+
+async function main() {
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--no-first-run'],
+  });
+  const problems = [];
+  try {
+    const page = await browser.newPage({ viewport: { width: 1280, height: 860 } });
+    page.setDefaultTimeout(20000);
+    page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
+    page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+    page.on('requestfailed', (r) => {
+      // The live stream is aborted on purpose when the page navigates away or closes.
+      if (!r.url().endsWith('/api/dashboard/events')) problems.push(`request failed: ${r.url()}`);
+    });
+
+    // Only the failing executor runs: full_query tasks wait in their queue.
+    executor('exec-failing', 'answer_generation', ['--backend', 'http', '--http-url', process.env.CLOSED_URL]);
+    await page.goto(`${API}/dashboard`);
+    await page.waitForSelector('#queues tr[data-queue="full_query"]');
+    await page.waitForSelector('#workers tr[data-worker="exec-failing"]');
+    console.log('ok: the main page lists the queues and the running executor');
+
+    // Submitted tasks appear as queued, then finished once an executor serves the queue.
+    const ids = [];
+    for (let i = 0; i < 3; i++) ids.push(await submit('/api/async/query', { question: `what is ragpool? (${i})` }));
+    await page.goto(`${API}/dashboard#/queue/full_query/queued`);
+    for (const id of ids) {
+      await page.waitForSelector(`#tasks tr[data-task="${id}"] .status-queued`);
+    }
+    console.log('ok: submitted tasks are listed as queued');
+    executor('exec-builtin', 'full_query', ['--backend', 'builtin']);
+    // Live updates empty the queued list without a reload.
+    await page.waitForSelector('#empty-list');
+    await page.goto(`${API}/dashboard#/queue/full_query/finished`);
+    for (const id of ids) {
+      await page.waitForSelector(`#tasks tr[data-task="${id}"] .status-finished`);
+    }
+    await page.click(`#tasks tr[data-task="${ids[0]}"] a`);
+    await page.waitForSelector('#task-result');
+    console.log('ok: the tasks moved to finished, and a task page shows the result');
+
+    // A task that fails shows its error; retry requeues it and, with a working executor on
+    // its queue, it finishes.
+    const failing = await submit('/api/async/complete-answer', { question: 'why does this fail?', context: 'none' });
+    await page.goto(`${API}/dashboard#/task/${failing}`);
+    await page.waitForSelector('#task .status-failed');
+    const error = await page.textContent('#task-error');
+    assert.match(error, /\w+: .+/, error);
+    console.log(`ok: the failed task shows its error (${error.trim()})`);
+    await stop('exec-failing');
+    executor('exec-answers', 'answer_generation', ['--backend', 'builtin']);
+    await page.click('#task button[data-action="retry"]');
+    await confirm(page);
+    await page.waitForSelector('#notice .ok');
+    await page.waitForSelector('#task .status-finished');
+    console.log('ok: retry from the page requeued the task and it finished');
+
+    // Cancel a queued task (no executor serves image_analysis).
+    const waiting = await submit('/api/async/analyze-image', { image: PNG, prompt: 'what is it?' });
+    await page.goto(`${API}/dashboard#/task/${waiting}`);
+    await page.waitForSelector('#task .status-queued');
+    const payload = await page.textContent('main');
+    assert.ok(!payload.includes(PNG), 'the image data is not shown');
+    await page.click('#task button[data-action="cancel"]');
+    await confirm(page);
+    await page.waitForSelector('#task .status-canceled');
+    console.log('ok: cancel from the page ended the queued task');
+
+    // A realistic main page for the screenshot: some traffic, a few failures kept.
+    for (let i = 0; i < 12; i++) await submit('/api/async/query', { question: `question ${i}` });
+    for (let i = 0; i < 4; i++) await submit('/api/async/analyze-image', { image: PNG });
+    await page.goto(`${API}/dashboard#/`);
+    await page.waitForSelector('#workers tr[data-worker="exec-builtin"]');
+    await page.waitForFunction(() => {
+      const cell = document.querySelector('#queues tr[data-queue="full_query"] td[data-count="finished"]');
+      return cell && Number(cell.textContent.replace(/,/g, '')) >= 15;
+    });
+    const workers = await page.$$eval('#workers tr[data-worker]', (rows) => rows.map((r) => r.dataset.worker));
+    assert.deepEqual(workers.sort(), ['exec-answers', 'exec-builtin']);
+    console.log(`ok: the workers table lists ${workers.join(', ')}`);
+    fs.mkdirSync(path.dirname(process.env.SCREENSHOT), { recursive: true });
+    await page.screenshot({ path: process.env.SCREENSHOT, fullPage: true });
+    console.log(`saved ${process.env.SCREENSHOT}`);
+
+    // A phone-sized window shows the same page without horizontal overflow of the body.
+    await page.setViewportSize({ width: 390, height: 800 });
+    const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+    assert.ok(overflow <= 0, `the page is ${overflow}px wider than a phone`);
+    console.log('ok: the page fits a phone-width window');
+    await page.close();
+  } finally {
+    await browser.close();
+    for (const id of [...children.keys()]) await stop(id);
+  }
+  assert.deepEqual(problems, [], problems.join('\n'));
+  console.log('ok: no console errors');
+}
+
+main().catch(async (e) => {
+  console.error(e && e.stack ? e.stack : e);
+  for (const child of children.values()) child.kill('SIGKILL');
+  process.exit(1);
+});

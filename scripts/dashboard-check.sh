@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Browser test of the dashboard: a real headless Chromium (Debian's `chromium`, driven by
+# npm's playwright-core) against a real ragpool-api, ragpool-executor processes and a private
+# redis-server, all on free loopback ports. See api/tests/browser/dashboard.test.cjs.
+#
+#   scripts/dashboard-check.sh [BIN_DIR]   BIN_DIR holds ragpool-api and ragpool-executor
+#                                          (default: build them with cargo)
+#
+# Installs chromium and npm with apt-get when missing, and playwright-core (pinned) into
+# ~/.cache/ragpool/node. Saves the main page as target/dashboard.png (or $SCREENSHOT).
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$here")
+# shellcheck source=lib.sh
+. "$here/lib.sh"
+
+PLAYWRIGHT_VERSION=1.65.1
+
+ensure_apt_packages redis-server redis-server chromium chromium npm npm node nodejs \
+  python3 python3 curl curl
+
+if [ $# -ge 1 ]; then
+  bin=$(cd "$1" && pwd)
+else
+  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ragpool/target}"
+  (cd "$root" && cargo build -q -p ragpool-api -p ragpool-executor --bins)
+  bin=$CARGO_TARGET_DIR/debug
+fi
+for b in ragpool-api ragpool-executor; do
+  [ -x "$bin/$b" ] || { echo "missing $bin/$b" >&2; exit 2; }
+done
+
+node_dir=${XDG_CACHE_HOME:-$HOME/.cache}/ragpool/node
+installed=$(node -p "require('$node_dir/node_modules/playwright-core/package.json').version" 2>/dev/null || true)
+if [ "$installed" != "$PLAYWRIGHT_VERSION" ]; then
+  echo "installing playwright-core $PLAYWRIGHT_VERSION into $node_dir" >&2
+  mkdir -p "$node_dir"
+  npm install --prefix "$node_dir" --no-audit --no-fund --silent "playwright-core@$PLAYWRIGHT_VERSION"
+fi
+
+work=$(mktemp -d "${TMPDIR:-/tmp}/ragpool-dashboard.XXXXXX")
+redis_pid=""
+api_pid=""
+cleanup() {
+  [ -n "$api_pid" ] && kill "$api_pid" 2>/dev/null && wait "$api_pid" 2>/dev/null
+  [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null
+  rm -rf "$work"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+wait_for() {
+  local what=$1
+  shift
+  for _ in $(seq 1 100); do
+    if "$@" >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "timed out waiting for $what" >&2
+  return 1
+}
+
+redis_port=$(free_port)
+redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$work" --save "" --appendonly no \
+  --daemonize no >"$work/redis.log" 2>&1 &
+redis_pid=$!
+wait_for "redis-server on port $redis_port" redis-cli -p "$redis_port" ping \
+  || { cat "$work/redis.log" >&2; exit 1; }
+
+api_port=$(free_port)
+# One attempt per task: a task whose backend is down fails at once instead of backing off.
+RAGPOOL_REDIS_URL="redis://127.0.0.1:$redis_port" \
+RAGPOOL_LISTEN="127.0.0.1:$api_port" \
+RAGPOOL_MAX_ATTEMPTS=1 \
+RUST_LOG=info \
+  "$bin/ragpool-api" >"$work/api.log" 2>&1 &
+api_pid=$!
+wait_for "ragpool-api on port $api_port" curl -fsS "http://127.0.0.1:$api_port/readyz" \
+  || { cat "$work/api.log" >&2; exit 1; }
+
+# A port nothing listens on: the failing executor's backend.
+closed_port=$(free_port)
+status=0
+API="http://127.0.0.1:$api_port" \
+REDIS_URL="redis://127.0.0.1:$redis_port" \
+EXECUTOR="$bin/ragpool-executor" \
+CLOSED_URL="http://127.0.0.1:$closed_port" \
+WORK="$work" \
+PLAYWRIGHT="$node_dir" \
+SCREENSHOT="${SCREENSHOT:-$root/target/dashboard.png}" \
+  node "$root/api/tests/browser/dashboard.test.cjs" || status=$?
+
+if [ "$status" -ne 0 ]; then
+  for log in "$work"/*.log; do
+    echo "--- $(basename "$log") (last 30 lines) ---" >&2
+    tail -n 30 "$log" >&2
+  done
+fi
+exit "$status"
