@@ -34,8 +34,8 @@ pub mod task;
 pub mod testing;
 
 pub use broker::{
-    Broker, BrokerConfig, CancelOutcome, Enqueued, FailOutcome, Heartbeat, Lease, Maintenance,
-    NewTask, ReleaseOutcome, Retry,
+    Broker, BrokerConfig, CancelOutcome, Enqueued, FailOutcome, Heartbeat, Lease,
+    MAX_ENQUEUE_BATCH, Maintenance, NewTask, ReleaseOutcome, Retry,
 };
 pub use config::{ClaimPolicy, QueueConfig, QueueEntry, QueueSettings, default_queues};
 pub use conn::RedisTarget;
