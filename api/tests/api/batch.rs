@@ -449,6 +449,10 @@ async fn the_openapi_document_describes_the_batch() {
         assert!(op["responses"].get(status).is_some(), "{status}: {op}");
     }
     let schemas = &doc["components"]["schemas"];
+    assert_eq!(
+        schemas["BatchRequest"]["properties"]["tasks"]["maxItems"], 1000,
+        "the configured limit"
+    );
     for name in [
         "BatchRequest",
         "BatchTaskRequest",
