@@ -3,6 +3,7 @@
 //! port, in-process components) and prints one table of figures, each next to the baseline it
 //! is divided by. Absolute numbers depend on the machine; the ratios are what to compare.
 
+mod enqueue;
 mod queue;
 mod report;
 
@@ -23,11 +24,14 @@ struct Cli {
 enum Command {
     /// ragpool's queue protocol against a bare Redis list queue (LPUSH/BRPOP/SET).
     Queue(queue::Args),
+    /// One client submitting: enqueue against a bare LPUSH, batches against single calls.
+    Enqueue(enqueue::Args),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Queue(args) => queue::run(args).await,
+        Command::Enqueue(args) => enqueue::run(args).await,
     }
 }

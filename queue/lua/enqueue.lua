@@ -25,8 +25,9 @@ local n = (#ARGV - tbase + 1) / 6
 
 local reply = {}
 local create = {}
--- Idempotency keys taken by this call: key name -> {id, queue}.
-local taken = {}
+-- Idempotency keys taken by this call: key name -> {id, queue} (made on first use: most calls
+-- carry no key, and every table costs a single enqueue time).
+local taken
 
 for i = 0, n - 1 do
   local a = tbase + 6 * i
@@ -35,7 +36,7 @@ for i = 0, n - 1 do
   local ikey = KEYS[5 + 3 * m + 2 * i]
   local found
   if idem ~= '' then
-    found = taken[ikey]
+    found = taken and taken[ikey]
     if not found then
       local existing = redis.call('GET', ikey)
       if existing then
@@ -47,7 +48,10 @@ for i = 0, n - 1 do
   if found then
     reply[#reply + 1] = 0; reply[#reply + 1] = found[1]; reply[#reply + 1] = found[2]
   else
-    if idem ~= '' then taken[ikey] = {id, queue} end
+    if idem ~= '' then
+      taken = taken or {}
+      taken[ikey] = {id, queue}
+    end
     create[#create + 1] = i
     reply[#reply + 1] = 1; reply[#reply + 1] = id; reply[#reply + 1] = queue
   end
@@ -57,8 +61,8 @@ if #create == 0 then return reply end
 
 local now = now_ms()
 local seq = redis.call('INCRBY', KEYS[2], #create) - #create
--- Per queue: ready-set members (score, id, ...) and the number of tasks created.
-local ready, count = {}, {}
+-- Per queue: ready-set members (score, id, ...), two per task created.
+local ready = {}
 
 for _, i in ipairs(create) do
   local a = tbase + 6 * i
@@ -88,21 +92,23 @@ for _, i in ipairs(create) do
   if not members then
     members = {}
     ready[j] = members
-    count[j] = 0
   end
   members[#members + 1] = seq; members[#members + 1] = id
-  count[j] = count[j] + 1
   emit(KEYS[1], id, queue, 'queued')
 end
 
 for j, members in pairs(ready) do
   local k = 4 + 3 * (j - 1)
-  local c = count[j]
+  local c = #members / 2
   redis.call('ZADD', KEYS[k], unpack(members))
   -- One wake-up token per new task, as if each had been enqueued alone.
-  local tokens = {}
-  for t = 1, c do tokens[t] = '1' end
-  redis.call('LPUSH', KEYS[k + 2], unpack(tokens))
+  if c == 1 then
+    redis.call('LPUSH', KEYS[k + 2], '1')
+  else
+    local tokens = {}
+    for t = 1, c do tokens[t] = '1' end
+    redis.call('LPUSH', KEYS[k + 2], unpack(tokens))
+  end
   -- The known-queues set changes only on a queue's first task: the running total starts
   -- there, so it tells when, without a write per task.
   if redis.call('HINCRBY', KEYS[k + 1], 'enqueued', c) == c then
