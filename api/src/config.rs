@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ragpool_queue::http_server::ServerArgs;
-use ragpool_queue::{BrokerConfig, QueueConfig, QueueSettings, TaskKind};
+use ragpool_queue::{BrokerConfig, MAX_ENQUEUE_BATCH, QueueConfig, QueueSettings, TaskKind};
 
 /// Everything `ragpool-api` can be told. Every flag has an environment fallback.
 #[derive(Debug, Clone, clap::Args)]
@@ -104,7 +104,21 @@ pub struct Limits {
         default_value_t = 256 * 1024 * 1024
     )]
     pub max_inflight_submission_bytes: usize,
+
+    /// Most tasks in one `POST /api/async/batch` (1 to 1000). The default, 1000, is the most
+    /// one enqueue script call carries, so a whole batch is queued atomically in one round
+    /// trip, and that call holds Redis for about a millisecond or two.
+    #[arg(
+        long,
+        env = "RAGPOOL_MAX_BATCH_TASKS",
+        default_value_t = DEFAULT_MAX_BATCH_TASKS,
+        value_parser = clap::value_parser!(u64).range(1..=MAX_ENQUEUE_BATCH as u64)
+    )]
+    pub max_batch_tasks: u64,
 }
+
+/// See [`Limits::max_batch_tasks`].
+pub const DEFAULT_MAX_BATCH_TASKS: u64 = MAX_ENQUEUE_BATCH as u64;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -116,6 +130,7 @@ impl Default for Limits {
             max_wait_seconds: 60,
             max_stream_seconds: 1800,
             max_inflight_submission_bytes: 256 * 1024 * 1024,
+            max_batch_tasks: DEFAULT_MAX_BATCH_TASKS,
         }
     }
 }
@@ -272,6 +287,10 @@ mod tests {
             default.limits.max_question_bytes
         );
         assert_eq!(parsed.limits.max_wait_seconds, 60);
+        assert_eq!(
+            parsed.limits.max_batch_tasks,
+            default.limits.max_batch_tasks
+        );
         assert_eq!(parsed.queues.max_attempts, default.queues.max_attempts);
         assert_eq!(parsed.server, default.server);
         assert!(!parsed.allow_image_urls);
@@ -280,6 +299,15 @@ mod tests {
     #[test]
     fn wait_limit_is_capped_at_sixty() {
         assert!(Cli::try_parse_from(["ragpool-api", "--max-wait-seconds", "61"]).is_err());
+    }
+
+    #[test]
+    fn batch_limit_is_one_script_call_at_most() {
+        for bad in ["0", "1001"] {
+            assert!(Cli::try_parse_from(["ragpool-api", "--max-batch-tasks", bad]).is_err());
+        }
+        let parsed = Cli::try_parse_from(["ragpool-api", "--max-batch-tasks", "5"]).unwrap();
+        assert_eq!(parsed.config.limits.max_batch_tasks, 5);
     }
 
     #[test]

@@ -42,6 +42,12 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     if !value.is_object() {
         return Err(ApiError::invalid_field("the body must be a JSON object"));
     }
+    from_value(value)
+}
+
+/// Reads an already parsed JSON value into `T`; a value of the wrong type is 422
+/// `invalid_field` naming the field.
+pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
     serde_path_to_error::deserialize(value)
         .map_err(|e| ApiError::invalid_field(format!("{}: {}", e.path(), e.inner())))
 }
@@ -118,15 +124,21 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
                 ),
             )
         };
-        let key = value.to_str().map_err(|_| invalid())?.trim();
-        if key.is_empty()
-            || key.len() > MAX_IDEMPOTENCY_KEY_LEN
-            || !key.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
-        {
-            return Err(invalid());
-        }
-        Ok(IdempotencyKey(Some(key.to_string())))
+        let key = value.to_str().map_err(|_| invalid())?;
+        checked_idempotency_key(key)
+            .map(|key| IdempotencyKey(Some(key)))
+            .ok_or_else(invalid)
     }
+}
+
+/// An idempotency key as given (header or batch item), trimmed, when it is 1 to
+/// [`MAX_IDEMPOTENCY_KEY_LEN`] printable ASCII characters.
+pub fn checked_idempotency_key(key: &str) -> Option<String> {
+    let key = key.trim();
+    (!key.is_empty()
+        && key.len() <= MAX_IDEMPOTENCY_KEY_LEN
+        && key.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+    .then(|| key.to_string())
 }
 
 #[cfg(test)]

@@ -51,6 +51,11 @@ pub fn router(state: AppState) -> Router {
 
 fn router_with(state: AppState, outages: OutageLog) -> Router {
     let (api, doc) = routes::api_router().split_for_parts();
+    let mut doc = serde_json::to_value(&doc).unwrap_or_default();
+    // The batch limit is a setting: the document states this server's, and clients read it.
+    if let Some(tasks) = doc.pointer_mut("/components/schemas/BatchRequest/properties/tasks") {
+        tasks["maxItems"] = state.limits().max_batch_tasks.into();
+    }
     let doc = serde_json::to_string_pretty(&doc).unwrap_or_else(|_| "{}".to_string());
     api.route_layer(middleware::from_fn(metrics::tag_route))
         .fallback(routes::not_found)

@@ -4,6 +4,7 @@
 //! is divided by. Absolute numbers depend on the machine; the ratios are what to compare.
 
 mod dashboard;
+mod enqueue;
 mod queue;
 mod report;
 
@@ -26,6 +27,8 @@ enum Command {
     Queue(queue::Args),
     /// The dashboard's data calls with 1,000,000 finished tasks in Redis.
     Dashboard(dashboard::Args),
+    /// One client submitting: enqueue against a bare LPUSH, batches against single calls.
+    Enqueue(enqueue::Args),
 }
 
 #[tokio::main]
@@ -33,5 +36,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Queue(args) => queue::run(args).await,
         Command::Dashboard(args) => dashboard::run(args).await,
+        Command::Enqueue(args) => enqueue::run(args).await,
     }
 }

@@ -45,6 +45,14 @@ pub enum ClientError {
         body: String,
     },
 
+    /// The API refused a batch for bad items (422 `invalid_batch`); nothing of it was queued.
+    #[error("the API refused the batch: {message}")]
+    InvalidBatch {
+        message: String,
+        /// Each bad item: its index in the batch sent, its error code and message.
+        items: Vec<(usize, String, String)>,
+    },
+
     /// The request failed half-way (timeout, connection reset, …).
     #[error("request to {url} failed: {reason}")]
     Request { url: String, reason: String },
@@ -64,6 +72,15 @@ impl ClientError {
 
 #[derive(Deserialize)]
 struct ErrorBody {
+    error: ErrorDetail,
+    /// A refused batch's bad items.
+    #[serde(default)]
+    errors: Vec<ItemError>,
+}
+
+#[derive(Deserialize)]
+struct ItemError {
+    index: usize,
     error: ErrorDetail,
 }
 
@@ -223,6 +240,29 @@ impl ApiClient {
         self.send(url, request).await
     }
 
+    /// `POST /api/async/batch` with `tasks` (items as the endpoint takes them), all or
+    /// nothing: a refusal for bad items is [`ClientError::InvalidBatch`].
+    pub async fn batch(&self, tasks: &[Value]) -> Result<Reply, ClientError> {
+        let url = self.url(&["api", "async", "batch"], None);
+        let request = self
+            .request(Method::POST, url.clone())
+            .json(&serde_json::json!({ "tasks": tasks }));
+        self.send(url, request).await
+    }
+
+    /// The most tasks the API takes in one batch: `maxItems` of the batch's `tasks` in its
+    /// OpenAPI document, `None` when the document does not say.
+    pub async fn max_batch_tasks(&self) -> Result<Option<usize>, ClientError> {
+        let url = self.url(&["openapi.json"], None);
+        let request = self.request(Method::GET, url.clone());
+        let doc = self.send(url, request).await?;
+        Ok(doc
+            .json
+            .pointer("/components/schemas/BatchRequest/properties/tasks/maxItems")
+            .and_then(Value::as_u64)
+            .and_then(|n| usize::try_from(n).ok()))
+    }
+
     /// `GET /api/async/task/{id}`, held by the API for up to `wait` seconds (at most
     /// [`MAX_WAIT_PER_REQUEST`]) until the task ends.
     pub async fn task(&self, id: &str, wait: Option<u64>) -> Result<Reply, ClientError> {
@@ -314,6 +354,14 @@ impl ApiClient {
             return Reply::parse(text.clone()).map_err(|_| unexpected());
         }
         match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) if body.error.code == "invalid_batch" => Err(ClientError::InvalidBatch {
+                message: body.error.message,
+                items: body
+                    .errors
+                    .into_iter()
+                    .map(|e| (e.index, e.error.code, e.error.message))
+                    .collect(),
+            }),
             Ok(body) => Err(ClientError::Api {
                 status,
                 code: body.error.code,

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use ragpool_queue::TaskKind;
 use serde_json::Value;
 
 use crate::client::{ApiClient, ClientError, Reply, task_has_ended};
@@ -52,6 +53,24 @@ pub struct SubmitOptions {
     /// Makes a retried submission return the task of the first one.
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
+}
+
+/// `ragpool submit`: one task (a subcommand) or many (`--batch FILE`).
+#[derive(Debug, Clone, Args)]
+#[command(subcommand_negates_reqs = true, args_conflicts_with_subcommands = true)]
+pub struct SubmitArgs {
+    #[command(subcommand)]
+    pub command: Option<SubmitCommand>,
+
+    /// Submit the tasks of a JSON Lines file (`-` for stdin): one task per line, shaped as
+    /// an item of `POST /api/async/batch` (`kind` plus that kind's fields, optionally
+    /// `idempotency_key`). Sent in batches of at most the API's limit; prints one task id per
+    /// line, in input order.
+    #[arg(long, value_name = "FILE", required = true)]
+    pub batch: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 /// `ragpool submit …`: what to submit.
@@ -140,6 +159,22 @@ pub enum CommandError {
         source: std::io::Error,
     },
 
+    /// The command line is not usable as given.
+    #[error("{0}")]
+    Usage(String),
+
+    /// A line of a `--batch` file is not a task; nothing was sent.
+    #[error("{path} line {line}: {reason}; nothing was sent")]
+    BadLine {
+        path: String,
+        line: usize,
+        reason: String,
+    },
+
+    /// The API refused tasks of a `--batch` file. Batches sent before were queued.
+    #[error("{0}")]
+    BatchRefused(String),
+
     /// The submission answer had no task id to wait for.
     #[error("the API's answer has no task_id: {0}")]
     NoTaskId(String),
@@ -150,7 +185,19 @@ pub enum CommandError {
 }
 
 /// Runs `ragpool submit …`.
-pub async fn submit(command: SubmitCommand) -> Result<ExitCode, CommandError> {
+pub async fn submit(args: SubmitArgs) -> Result<ExitCode, CommandError> {
+    match (args.command, args.batch) {
+        (Some(command), None) => submit_one(command).await,
+        (None, Some(file)) => submit_batch(&file, &args.api).await,
+        // clap requires one of the two; a subcommand after --batch is refused here.
+        _ => Err(CommandError::Usage(
+            "give either --batch FILE or one of the subcommands image, answer, query".into(),
+        )),
+    }
+}
+
+/// Runs `ragpool submit image|answer|query …`.
+async fn submit_one(command: SubmitCommand) -> Result<ExitCode, CommandError> {
     let (answer, options) = match command {
         SubmitCommand::Image {
             file,
@@ -283,6 +330,124 @@ fn report_task(reply: &Reply) -> Result<ExitCode, CommandError> {
         return Ok(ExitCode::from(EXIT_TASK_FAILED));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Reads `file` (`-`: stdin) as JSON Lines tasks, checks every line, then sends them in
+/// batches of at most the API's limit and prints each task id as its batch is queued.
+async fn submit_batch(file: &Path, api: &ApiArgs) -> Result<ExitCode, CommandError> {
+    let text = if file == Path::new("-") {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text).map_err(|source| {
+            CommandError::File {
+                what: "--batch",
+                path: file.to_path_buf(),
+                source,
+            }
+        })?;
+        text
+    } else {
+        let bytes = read_file("--batch", file)?;
+        String::from_utf8(bytes).map_err(|_| CommandError::File {
+            what: "--batch",
+            path: file.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"),
+        })?
+    };
+    let name = if file == Path::new("-") {
+        "stdin".to_string()
+    } else {
+        file.display().to_string()
+    };
+    let tasks = parse_batch(&text).map_err(|(line, reason)| CommandError::BadLine {
+        path: name.clone(),
+        line,
+        reason,
+    })?;
+    let client = api.client()?;
+    let limit = client
+        .max_batch_tasks()
+        .await?
+        .unwrap_or(DEFAULT_BATCH_LIMIT)
+        .max(1);
+    let mut sent = 0;
+    for chunk in tasks.chunks(limit) {
+        let items: Vec<Value> = chunk.iter().map(|(_, task)| task.clone()).collect();
+        let answer = match client.batch(&items).await {
+            Ok(answer) => answer,
+            Err(ClientError::InvalidBatch { message, items }) => {
+                let lines: Vec<String> = items
+                    .iter()
+                    .filter_map(|(index, code, message)| {
+                        chunk
+                            .get(*index)
+                            .map(|(line, _)| format!("{name} line {line}: {code}: {message}"))
+                    })
+                    .collect();
+                let queued = if sent == 0 {
+                    "nothing was queued".to_string()
+                } else {
+                    format!(
+                        "the {sent} tasks before line {} were queued (their ids are printed)",
+                        chunk[0].0
+                    )
+                };
+                return Err(CommandError::BatchRefused(format!(
+                    "{message}\n{}\n{queued}",
+                    lines.join("\n")
+                )));
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let ids: Vec<&str> = answer
+            .json
+            .get("tasks")
+            .and_then(Value::as_array)
+            .map(|tasks| {
+                tasks
+                    .iter()
+                    .filter_map(|t| t.get("task_id").and_then(Value::as_str))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ids.len() != chunk.len() {
+            return Err(CommandError::NoTaskId(answer.json.to_string()));
+        }
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        for id in ids {
+            writeln!(out, "{id}").map_err(CommandError::Output)?;
+        }
+        sent += chunk.len();
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Used when the API's document does not state its batch limit (an older API).
+const DEFAULT_BATCH_LIMIT: usize = 100;
+
+/// The tasks of a JSON Lines text with their line numbers (from 1); blank lines are skipped.
+/// A line that is not a JSON object with a known `kind` is an error naming it.
+pub fn parse_batch(text: &str) -> Result<Vec<(usize, Value)>, (usize, String)> {
+    let mut tasks = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let number = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let task: Value =
+            serde_json::from_str(line).map_err(|e| (number, format!("not valid JSON: {e}")))?;
+        let kind = match task.get("kind") {
+            _ if !task.is_object() => return Err((number, "not a JSON object".into())),
+            None => return Err((number, "no \"kind\"".into())),
+            Some(k) => k.as_str().unwrap_or_default(),
+        };
+        if kind.parse::<TaskKind>().is_err() {
+            let kinds: Vec<&str> = TaskKind::ALL.iter().map(|k| k.as_str()).collect();
+            return Err((number, format!("kind must be one of {}", kinds.join(", "))));
+        }
+        tasks.push((number, task));
+    }
+    Ok(tasks)
 }
 
 fn read_file(what: &'static str, path: &Path) -> Result<Vec<u8>, CommandError> {

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use commands::{StatsArgs, StatusArgs, SubmitCommand, TaskArgs};
+use commands::{StatsArgs, StatusArgs, SubmitArgs, TaskArgs};
 use dev::DevArgs;
 use explain::ExplainArgs;
 
@@ -34,9 +34,9 @@ pub enum Command {
     /// Run the API and an executor (built-in RAG backend) in one process, with a private
     /// redis-server unless RAGPOOL_REDIS_URL is set.
     Dev(DevArgs),
-    /// Submit a task; prints the API's answer (or, with --wait, the ended task).
-    #[command(subcommand)]
-    Submit(SubmitCommand),
+    /// Submit a task; prints the API's answer (or, with --wait, the ended task). With
+    /// --batch FILE, submit a JSON Lines file of tasks and print their ids.
+    Submit(SubmitArgs),
     /// Show a task: status, progress, result or error.
     Status(StatusArgs),
     /// Show every queue's counts, rates and times, and the workers.

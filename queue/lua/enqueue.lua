@@ -1,51 +1,118 @@
--- enqueue: create a task in state `queued`, or return the live task that already holds the
--- idempotency key.
+-- enqueue: create tasks in state `queued`, in the order given, or return the live task that
+-- already holds a task's idempotency key. One call carries one task (`Broker::enqueue`) or a
+-- batch (`Broker::enqueue_many`). Per task it writes the task hash, its ready entry and its
+-- event; the clock, the sequence counter, the counters, the wake-up tokens and the ready-set
+-- insert are one command per call (per queue), however many tasks it carries.
 --
--- KEYS[1] task hash          {ns}:task:<id>
--- KEYS[2] ready set          {ns}:q:<queue>:ready
--- KEYS[3] idempotency key    {ns}:idem:<key> (any key of the namespace when ARGV[10] is '')
--- KEYS[4] counters hash      {ns}:q:<queue>:counters
--- KEYS[5] wake-up list       {ns}:q:<queue>:signal
--- KEYS[6] events stream      {ns}:events
--- KEYS[7] sequence counter   {ns}:seq
--- KEYS[8] known queues set   {ns}:queues
--- ARGV[1] prefix, ARGV[2] id, ARGV[3] queue, ARGV[4] kind, ARGV[5] payload JSON,
--- ARGV[6] max attempts, ARGV[7] timeout ms, ARGV[8] result TTL ms, ARGV[9] failure TTL ms,
--- ARGV[10] idempotency key ('' for none), ARGV[11] owner ('' for none),
--- ARGV[12] backoff base ms, ARGV[13] backoff max ms
--- Returns {1, id} when created, {0, existing id} when the idempotency key names a live task.
-local prefix, id, queue = ARGV[1], ARGV[2], ARGV[3]
-local idem = ARGV[10]
+-- KEYS[1] events stream      {ns}:events
+-- KEYS[2] sequence counter   {ns}:seq
+-- KEYS[3] known queues set   {ns}:queues
+-- then for each queue j of the call (m = ARGV[2]), at KEYS[4 + 3(j-1)]:
+--   ready set {ns}:q:<queue>:ready, counters hash {ns}:q:<queue>:counters,
+--   wake-up list {ns}:q:<queue>:signal
+-- then for each task i, at KEYS[4 + 3m + 2(i-1)]:
+--   task hash {ns}:task:<id>, idempotency key {ns}:idem:<key> (the sequence key when none)
+-- ARGV[1] prefix, ARGV[2] m
+-- then for each queue j, 7 values from ARGV[3 + 7(j-1)]: name, max attempts, timeout ms,
+--   result TTL ms, failure TTL ms, backoff base ms, backoff max ms
+-- then for each task i, 6 values from ARGV[3 + 7m + 6(i-1)]: id, queue number j, kind,
+--   payload JSON, idempotency key ('' for none), owner ('' for none)
+-- Returns, per task in order, {created 1|0, id, queue}: a task whose key names a live task
+-- (made earlier, or by an earlier task of this call) gets that task's id and queue.
+local prefix, m = ARGV[1], tonumber(ARGV[2])
+local qbase, tbase = 3, 3 + 7 * m
+local n = (#ARGV - tbase + 1) / 6
 
-if idem ~= '' then
-  local existing = redis.call('GET', KEYS[3])
-  if existing and redis.call('EXISTS', task_key(prefix, existing)) == 1 then
-    return {0, existing}
+local reply = {}
+local create = {}
+-- Idempotency keys taken by this call: key name -> {id, queue} (made on first use: most calls
+-- carry no key, and every table costs a single enqueue time).
+local taken
+
+for i = 0, n - 1 do
+  local a = tbase + 6 * i
+  local id, j, idem = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 4]
+  local queue = ARGV[qbase + 7 * (j - 1)]
+  local ikey = KEYS[5 + 3 * m + 2 * i]
+  local found
+  if idem ~= '' then
+    found = taken and taken[ikey]
+    if not found then
+      local existing = redis.call('GET', ikey)
+      if existing then
+        local q = redis.call('HGET', task_key(prefix, existing), 'queue')
+        if q then found = {existing, q} end
+      end
+    end
+  end
+  if found then
+    reply[#reply + 1] = 0; reply[#reply + 1] = found[1]; reply[#reply + 1] = found[2]
+  else
+    if idem ~= '' then
+      taken = taken or {}
+      taken[ikey] = {id, queue}
+    end
+    create[#create + 1] = i
+    reply[#reply + 1] = 1; reply[#reply + 1] = id; reply[#reply + 1] = queue
   end
 end
 
+if #create == 0 then return reply end
+
 local now = now_ms()
-local seq = redis.call('INCR', KEYS[7])
-local fields = {
-  'id', id, 'kind', ARGV[4], 'queue', queue, 'payload', ARGV[5], 'state', 'queued',
-  'attempts', 0, 'max_attempts', ARGV[6], 'timeout_ms', ARGV[7],
-  'result_ttl_ms', ARGV[8], 'failure_ttl_ms', ARGV[9],
-  'backoff_base_ms', ARGV[12], 'backoff_max_ms', ARGV[13],
-  'enqueued_at', now, 'queued_at', now, 'seq', seq, 'progress', 0, 'cancel', 0,
-}
-if idem ~= '' then
-  fields[#fields + 1] = 'idem_key'; fields[#fields + 1] = idem
-  fields[#fields + 1] = 'idem'; fields[#fields + 1] = KEYS[3]
-  -- No TTL while the task lives; it gets the task's TTL when the task ends.
-  redis.call('SET', KEYS[3], id)
+local seq = redis.call('INCRBY', KEYS[2], #create) - #create
+-- Per queue: ready-set members (score, id, ...), two per task created.
+local ready = {}
+
+for _, i in ipairs(create) do
+  local a = tbase + 6 * i
+  local id, j, idem, owner = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 4], ARGV[a + 5]
+  local q = qbase + 7 * (j - 1)
+  local queue = ARGV[q]
+  local tkey, ikey = KEYS[4 + 3 * m + 2 * i], KEYS[5 + 3 * m + 2 * i]
+  seq = seq + 1
+  local fields = {
+    'id', id, 'kind', ARGV[a + 2], 'queue', queue, 'payload', ARGV[a + 3], 'state', 'queued',
+    'attempts', 0, 'max_attempts', ARGV[q + 1], 'timeout_ms', ARGV[q + 2],
+    'result_ttl_ms', ARGV[q + 3], 'failure_ttl_ms', ARGV[q + 4],
+    'backoff_base_ms', ARGV[q + 5], 'backoff_max_ms', ARGV[q + 6],
+    'enqueued_at', now, 'queued_at', now, 'seq', seq, 'progress', 0, 'cancel', 0,
+  }
+  if idem ~= '' then
+    fields[#fields + 1] = 'idem_key'; fields[#fields + 1] = idem
+    fields[#fields + 1] = 'idem'; fields[#fields + 1] = ikey
+    -- No TTL while the task lives; it gets the task's TTL when the task ends.
+    redis.call('SET', ikey, id)
+  end
+  if owner ~= '' then
+    fields[#fields + 1] = 'owner'; fields[#fields + 1] = owner
+  end
+  redis.call('HSET', tkey, unpack(fields))
+  local members = ready[j]
+  if not members then
+    members = {}
+    ready[j] = members
+  end
+  members[#members + 1] = seq; members[#members + 1] = id
+  emit(KEYS[1], id, queue, 'queued')
 end
-if ARGV[11] ~= '' then
-  fields[#fields + 1] = 'owner'; fields[#fields + 1] = ARGV[11]
+
+for j, members in pairs(ready) do
+  local k = 4 + 3 * (j - 1)
+  local c = #members / 2
+  redis.call('ZADD', KEYS[k], unpack(members))
+  -- One wake-up token per new task, as if each had been enqueued alone.
+  if c == 1 then
+    redis.call('LPUSH', KEYS[k + 2], '1')
+  else
+    local tokens = {}
+    for t = 1, c do tokens[t] = '1' end
+    redis.call('LPUSH', KEYS[k + 2], unpack(tokens))
+  end
+  -- The known-queues set changes only on a queue's first task: the running total starts
+  -- there, so it tells when, without a write per task.
+  if redis.call('HINCRBY', KEYS[k + 1], 'enqueued', c) == c then
+    redis.call('SADD', KEYS[3], ARGV[qbase + 7 * (j - 1)])
+  end
 end
-redis.call('HSET', KEYS[1], unpack(fields))
-redis.call('ZADD', KEYS[2], seq, id)
-redis.call('LPUSH', KEYS[5], '1')
-redis.call('HINCRBY', KEYS[4], 'enqueued', 1)
-redis.call('SADD', KEYS[8], queue)
-emit(KEYS[6], id, queue, 'queued')
-return {1, id}
+return reply

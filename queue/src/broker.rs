@@ -162,6 +162,11 @@ struct Inner {
 /// never holds Redis for long.
 const MAINTENANCE_BATCH: u32 = 500;
 
+/// The most tasks one enqueue script call carries. [`Broker::enqueue_many`] splits larger
+/// batches, so one call never holds Redis for long (about a millisecond per few hundred
+/// tasks) and its argument lists stay well inside Lua's stack.
+pub const MAX_ENQUEUE_BATCH: usize = 1000;
+
 impl Broker {
     /// Validates the configuration and prepares a connection. For a single server nothing is
     /// sent yet, so a broker can be built while Redis is down; for a cluster the topology is
@@ -222,55 +227,97 @@ impl Broker {
 
     /// Puts a new task on its queue, or returns the task an idempotency key already names.
     pub async fn enqueue(&self, new: NewTask) -> Result<Enqueued> {
-        let kind = new.payload.kind();
-        let queue_name = kind.queue().to_string();
-        let q = self.queue(&queue_name)?;
-        let keys = self.keys();
-        let qk = keys.queue(&queue_name);
-        let id = TaskId::new();
-        let idem = new.idempotency_key.unwrap_or_default();
-        let idem_key = if idem.is_empty() {
-            keys.seq()
-        } else {
-            keys.idempotency(&idem)
-        };
-        let payload = new
-            .payload
-            .to_json()
-            .map_err(|e| QueueError::Corrupt(format!("payload does not serialize: {e}")))?;
-        let reply: Value = scripts::ENQUEUE
-            .key(keys.task(id.as_str()))
-            .key(&qk.ready)
-            .key(idem_key)
-            .key(&qk.counters)
-            .key(&qk.signal)
-            .key(keys.events())
-            .key(keys.seq())
-            .key(keys.queues())
-            .arg(keys.prefix())
-            .arg(id.as_str())
-            .arg(&queue_name)
-            .arg(kind.as_str())
-            .arg(payload)
-            .arg(q.max_attempts)
-            .arg(millis(q.timeout))
-            .arg(millis(q.result_ttl))
-            .arg(millis(q.failure_ttl))
-            .arg(&idem)
-            .arg(new.owner.unwrap_or_default())
-            .arg(millis(q.backoff_base))
-            .arg(millis(q.backoff_max))
-            .invoke_async(&mut self.conn())
-            .await?;
-        let reply = decode::status(&reply)?;
-        match reply.as_slice() {
-            [created, existing] => Ok(Enqueued {
-                id: existing.parse()?,
-                queue: queue_name,
-                created: created == "1",
-            }),
-            other => Err(QueueError::Corrupt(format!("enqueue replied {other:?}"))),
+        let mut done = self.enqueue_many(vec![new]).await?;
+        done.pop()
+            .ok_or_else(|| QueueError::Corrupt("enqueue replied with no task".into()))
+    }
+
+    /// Puts many tasks on their queues (any mix of kinds), in one script call per
+    /// [`MAX_ENQUEUE_BATCH`] tasks, so a batch costs one round trip rather than one per task.
+    /// The answers are in the order of `tasks`. Idempotency keys work as in
+    /// [`Broker::enqueue`], within the batch too: a second task with a key an earlier one
+    /// used gets the earlier one's id, with `created: false`. Tasks of one queue keep their
+    /// order in it. A batch of at most [`MAX_ENQUEUE_BATCH`] tasks is written atomically;
+    /// nothing is sent for an empty one.
+    pub async fn enqueue_many(&self, tasks: Vec<NewTask>) -> Result<Vec<Enqueued>> {
+        let mut out = Vec::with_capacity(tasks.len());
+        let mut tasks = tasks.into_iter().peekable();
+        while tasks.peek().is_some() {
+            let chunk: Vec<NewTask> = tasks.by_ref().take(MAX_ENQUEUE_BATCH).collect();
+            out.extend(self.enqueue_chunk(chunk).await?);
         }
+        Ok(out)
+    }
+
+    /// One call of the enqueue script (see `lua/enqueue.lua` for its layout).
+    async fn enqueue_chunk(&self, tasks: Vec<NewTask>) -> Result<Vec<Enqueued>> {
+        let keys = self.keys();
+        let mut queues: Vec<&QueueConfig> = Vec::new();
+        let mut prepared = Vec::with_capacity(tasks.len());
+        for new in tasks {
+            let kind = new.payload.kind();
+            let q = self.queue(kind.queue())?;
+            let index = match queues.iter().position(|known| known.name == q.name) {
+                Some(i) => i,
+                None => {
+                    queues.push(q);
+                    queues.len() - 1
+                }
+            };
+            let payload = new
+                .payload
+                .to_json()
+                .map_err(|e| QueueError::Corrupt(format!("payload does not serialize: {e}")))?;
+            prepared.push((index + 1, kind, payload, new.idempotency_key, new.owner));
+        }
+        let mut invocation = scripts::ENQUEUE.key(keys.events());
+        invocation.key(keys.seq()).key(keys.queues());
+        for q in &queues {
+            let qk = keys.queue(&q.name);
+            invocation.key(qk.ready).key(qk.counters).key(qk.signal);
+        }
+        invocation.arg(keys.prefix()).arg(queues.len());
+        for q in &queues {
+            invocation
+                .arg(&q.name)
+                .arg(q.max_attempts)
+                .arg(millis(q.timeout))
+                .arg(millis(q.result_ttl))
+                .arg(millis(q.failure_ttl))
+                .arg(millis(q.backoff_base))
+                .arg(millis(q.backoff_max));
+        }
+        for (queue, kind, payload, idem, owner) in prepared {
+            let id = TaskId::new();
+            let idem = idem.unwrap_or_default();
+            invocation
+                .key(keys.task(id.as_str()))
+                .key(if idem.is_empty() {
+                    keys.seq()
+                } else {
+                    keys.idempotency(&idem)
+                });
+            invocation
+                .arg(id.as_str())
+                .arg(queue)
+                .arg(kind.as_str())
+                .arg(payload)
+                .arg(idem)
+                .arg(owner.unwrap_or_default());
+        }
+        let reply: Value = invocation.invoke_async(&mut self.conn()).await?;
+        let reply = decode::status(&reply)?;
+        reply
+            .chunks(3)
+            .map(|answer| match answer {
+                [created, id, queue] => Ok(Enqueued {
+                    id: id.parse()?,
+                    queue: queue.clone(),
+                    created: created == "1",
+                }),
+                other => Err(QueueError::Corrupt(format!("enqueue replied {other:?}"))),
+            })
+            .collect()
     }
 
     /// Reads a task; `None` when it never existed or has expired.

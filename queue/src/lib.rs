@@ -35,8 +35,8 @@ pub mod task;
 pub mod testing;
 
 pub use broker::{
-    Broker, BrokerConfig, CancelOutcome, Enqueued, FailOutcome, Heartbeat, Lease, Maintenance,
-    NewTask, ReleaseOutcome, Retry,
+    Broker, BrokerConfig, CancelOutcome, Enqueued, FailOutcome, Heartbeat, Lease,
+    MAX_ENQUEUE_BATCH, Maintenance, NewTask, ReleaseOutcome, Retry,
 };
 pub use browse::{BulkOutcome, HistorySample, TaskPage, TaskSummary};
 pub use config::{ClaimPolicy, QueueConfig, QueueEntry, QueueSettings, default_queues};

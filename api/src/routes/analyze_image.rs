@@ -6,6 +6,7 @@
 use axum::extract::{FromRequest, Multipart, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
+use ragpool_queue::Payload;
 use ragpool_queue::payload::AnalyzeImage;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -74,12 +75,18 @@ impl FromRequest<AppState> for Submission {
             ));
         }
         let JsonBody(body) = JsonBody::<AnalyzeImageRequest>::from_request(req, state).await?;
-        Ok(Submission {
+        Ok(body.into())
+    }
+}
+
+impl From<AnalyzeImageRequest> for Submission {
+    fn from(body: AnalyzeImageRequest) -> Self {
+        Submission {
             image: None,
             encoded: body.image,
             image_url: body.image_url,
             prompt: body.prompt,
-        })
+        }
     }
 }
 
@@ -164,6 +171,13 @@ pub async fn analyze_image(
     idempotency: IdempotencyKey,
     submission: Submission,
 ) -> Result<Response, ApiError> {
+    let payload = check(&state, submission).await?;
+    submit::enqueue(&state, &caller, idempotency, payload).await
+}
+
+/// The checks of an image-analysis submission (also each `analyze_image` item of a batch):
+/// the prompt's length, and the image's presence, size, type, or URL.
+pub async fn check(state: &AppState, submission: Submission) -> Result<Payload, ApiError> {
     let limits = state.limits();
     let prompt = submit::optional_text(submission.prompt, "prompt", limits.max_question_bytes)?;
     let checked = match submission.image {
@@ -175,12 +189,12 @@ pub async fn analyze_image(
                 image_url: None,
             }
         }
-        None => submit::image_input(&state, submission.encoded, submission.image_url, true).await?,
+        None => submit::image_input(state, submission.encoded, submission.image_url, true).await?,
     };
-    let payload = AnalyzeImage {
+    Ok(AnalyzeImage {
         image: checked.image,
         image_url: checked.image_url,
         prompt,
-    };
-    submit::enqueue(&state, &caller, idempotency, payload.into()).await
+    }
+    .into())
 }

@@ -5,7 +5,7 @@
 use axum::extract::State;
 use axum::response::Response;
 use ragpool_queue::payload::CompleteAnswer;
-use ragpool_queue::{TaskId, TaskKind, TaskState};
+use ragpool_queue::{Payload, TaskId, TaskKind, TaskState};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
@@ -64,24 +64,35 @@ pub async fn complete_answer(
     idempotency: IdempotencyKey,
     JsonBody(body): JsonBody<CompleteAnswerRequest>,
 ) -> Result<Response, ApiError> {
+    let payload = check(&state, &caller, body).await?;
+    submit::enqueue(&state, &caller, idempotency, payload).await
+}
+
+/// The checks of an answer submission (also each `complete_answer` item of a batch): the
+/// question, `top_k`, and a context that is text or a usable image-analysis task.
+pub async fn check(
+    state: &AppState,
+    caller: &Caller,
+    body: CompleteAnswerRequest,
+) -> Result<Payload, ApiError> {
     let limits = state.limits();
     let question = submit::required_text(body.question, "question", limits.max_question_bytes)?;
     let top_k = submit::top_k(body.top_k, limits.max_top_k)?;
     let context = submit::optional_text(body.context, "context", limits.max_question_bytes)?;
     let (context, context_task_id) = match context {
         Some(text) => match text.trim().parse::<TaskId>() {
-            Ok(id) => (None, Some(context_task(&state, &caller, &id).await?)),
+            Ok(id) => (None, Some(context_task(state, caller, &id).await?)),
             Err(_) => (Some(text), None),
         },
         None => (None, None),
     };
-    let payload = CompleteAnswer {
+    Ok(CompleteAnswer {
         question,
         context,
         context_task_id,
         top_k,
-    };
-    submit::enqueue(&state, &caller, idempotency, payload.into()).await
+    }
+    .into())
 }
 
 /// Checks that a context given as a task id names an image-analysis task this caller may

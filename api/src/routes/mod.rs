@@ -2,6 +2,7 @@
 //! the router that joins them with the OpenAPI document generated from their annotations.
 
 pub mod analyze_image;
+pub mod batch;
 pub mod cancel;
 pub mod complete_answer;
 pub mod dashboard;
@@ -65,6 +66,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .routes(routes!(analyze_image::analyze_image))
         .routes(routes!(complete_answer::complete_answer))
         .routes(routes!(query::query))
+        .routes(routes!(batch::batch))
         .routes(routes!(task::get_task, cancel::cancel_task))
         .routes(routes!(events::task_events))
         .routes(routes!(retry::retry_task))

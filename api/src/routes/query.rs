@@ -3,6 +3,7 @@
 
 use axum::extract::State;
 use axum::response::Response;
+use ragpool_queue::Payload;
 use ragpool_queue::payload::FullQuery;
 use serde::Deserialize;
 use utoipa::ToSchema;
@@ -63,15 +64,22 @@ pub async fn query(
     idempotency: IdempotencyKey,
     JsonBody(body): JsonBody<QueryRequest>,
 ) -> Result<Response, ApiError> {
+    let payload = check(&state, body).await?;
+    submit::enqueue(&state, &caller, idempotency, payload).await
+}
+
+/// The checks of a full-query submission (also each `full_query` item of a batch): the
+/// question, `top_k`, and the optional image or image URL.
+pub async fn check(state: &AppState, body: QueryRequest) -> Result<Payload, ApiError> {
     let limits = state.limits();
     let question = submit::required_text(body.question, "question", limits.max_question_bytes)?;
     let top_k = submit::top_k(body.top_k, limits.max_top_k)?;
-    let image = submit::image_input(&state, body.image, body.image_url, false).await?;
-    let payload = FullQuery {
+    let image = submit::image_input(state, body.image, body.image_url, false).await?;
+    Ok(FullQuery {
         question,
         image: image.image,
         image_url: image.image_url,
         top_k,
-    };
-    submit::enqueue(&state, &caller, idempotency, payload.into()).await
+    }
+    .into())
 }

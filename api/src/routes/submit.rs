@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ragpool_queue::{NewTask, Payload, TaskState};
+use ragpool_queue::{Enqueued, NewTask, Payload, TaskKind, TaskState};
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -69,41 +69,16 @@ pub async fn enqueue(
     payload: Payload,
 ) -> Result<Response, ApiError> {
     let kind = payload.kind();
-    // Keys are scoped by owner: two clients choosing the same key get two tasks.
-    let idempotency_key = idempotency.0.map(|key| match &caller.name {
-        Some(owner) => format!("{owner}:{key}"),
-        None => key,
-    });
     let enqueued = state
         .broker()
         .enqueue(NewTask {
             payload,
-            idempotency_key,
+            idempotency_key: scoped_key(caller, idempotency.0),
             owner: caller.name.clone(),
         })
         .await?;
     tracing::Span::current().record("task_id", enqueued.id.as_str());
-    let state = if enqueued.created {
-        state.metrics().submitted(&enqueued.queue);
-        tracing::info!(task_id = %enqueued.id, queue = %enqueued.queue, "task queued");
-        TaskState::Queued
-    } else {
-        match state.broker().get(&enqueued.id).await? {
-            Some(existing) if existing.kind() != kind => {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "idempotency_key_reused",
-                    format!(
-                        "this Idempotency-Key already names a {} task",
-                        existing.kind()
-                    ),
-                ));
-            }
-            Some(existing) => existing.state,
-            // Expired between the enqueue and this read: it was there a moment ago.
-            None => TaskState::Queued,
-        }
-    };
+    let state = outcome(state, kind, &enqueued).await?;
     let mut headers = HeaderMap::new();
     if let Ok(location) = HeaderValue::from_str(&status_url(&enqueued.id)) {
         headers.insert(header::LOCATION, location);
@@ -116,6 +91,45 @@ pub async fn enqueue(
     }
     let body = Submitted::new(&enqueued.id, state, enqueued.queue);
     Ok((StatusCode::ACCEPTED, headers, Json(body)).into_response())
+}
+
+/// The key a task is stored under: keys are scoped by owner, so two clients choosing the
+/// same key get two tasks.
+pub fn scoped_key(caller: &Caller, key: Option<String>) -> Option<String> {
+    key.map(|key| match &caller.name {
+        Some(owner) => format!("{owner}:{key}"),
+        None => key,
+    })
+}
+
+/// What an enqueue of a `kind` task did, as the state to answer with: `queued` for a new
+/// task (counted and logged), the existing task's state for an idempotent replay, or 422
+/// `idempotency_key_reused` when the key names a task of another kind.
+pub async fn outcome(
+    state: &AppState,
+    kind: TaskKind,
+    enqueued: &Enqueued,
+) -> Result<TaskState, ApiError> {
+    if enqueued.created {
+        state.metrics().submitted(&enqueued.queue);
+        tracing::info!(task_id = %enqueued.id, queue = %enqueued.queue, "task queued");
+        return Ok(TaskState::Queued);
+    }
+    match state.broker().get(&enqueued.id).await? {
+        Some(existing) if existing.kind() != kind => Err(key_reused(existing.kind())),
+        Some(existing) => Ok(existing.state),
+        // Expired between the enqueue and this read: it was there a moment ago.
+        None => Ok(TaskState::Queued),
+    }
+}
+
+/// 422 `idempotency_key_reused`: the key already names a task of kind `existing`.
+pub fn key_reused(existing: TaskKind) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_key_reused",
+        format!("this idempotency key already names a {existing} task"),
+    )
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 mod auth;
 mod bad_input;
 mod dashboard;
+mod batch;
 mod endpoints;
 mod faults;
 mod hostile;

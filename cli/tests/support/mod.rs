@@ -56,6 +56,15 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(api_keys: Option<&str>, with_executor: bool) -> Stack {
+        Self::start_with(api_keys, with_executor, |_| {}).await
+    }
+
+    /// As [`Stack::start`], with the API's configuration changed by `configure`.
+    pub async fn start_with(
+        api_keys: Option<&str>,
+        with_executor: bool,
+        configure: impl FnOnce(&mut ApiConfig),
+    ) -> Stack {
         let redis = tokio::task::spawn_blocking(RedisServer::start)
             .await
             .expect("harness thread")
@@ -65,6 +74,7 @@ impl Stack {
             ..ApiConfig::default()
         };
         config.auth.api_keys = api_keys.map(str::to_owned);
+        configure(&mut config);
         let broker = ragpool_queue::Broker::connect(config.broker_config().expect("config"))
             .await
             .expect("broker connects");
@@ -160,19 +170,39 @@ impl Run {
 /// Runs the `ragpool` binary with `args`, none of the `RAGPOOL_*` variables of the test's own
 /// environment, and `env` added.
 pub async fn ragpool(args: &[&str], env: &[(&str, &str)]) -> Run {
+    ragpool_with_stdin(args, env, None).await
+}
+
+/// As [`ragpool`], with `input` on stdin (none when `None`).
+pub async fn ragpool_with_stdin(args: &[&str], env: &[(&str, &str)], input: Option<&str>) -> Run {
+    use tokio::io::AsyncWriteExt as _;
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_ragpool"));
-    command.args(args).stdin(std::process::Stdio::null());
+    command.args(args).stdin(if input.is_some() {
+        std::process::Stdio::piped()
+    } else {
+        std::process::Stdio::null()
+    });
+    command
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
     for (key, _) in std::env::vars() {
         if key.starts_with("RAGPOOL_") {
             command.env_remove(key);
         }
     }
     command.envs(env.iter().copied());
+    let mut child = command.spawn().expect("running ragpool");
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        stdin
+            .write_all(input.as_bytes())
+            .await
+            .expect("writing stdin");
+    }
     let Output {
         status,
         stdout,
         stderr,
-    } = command.output().await.expect("running ragpool");
+    } = child.wait_with_output().await.expect("running ragpool");
     Run {
         code: status.code(),
         stdout: String::from_utf8_lossy(&stdout).into_owned(),
