@@ -35,7 +35,7 @@ pub mod testing;
 
 pub use broker::{
     Broker, BrokerConfig, CancelOutcome, Enqueued, FailOutcome, Heartbeat, Lease, Maintenance,
-    NewTask, ReleaseOutcome, Retry,
+    NewTask, OutageClock, ReleaseOutcome, Retry,
 };
 pub use config::{ClaimPolicy, QueueConfig, QueueEntry, QueueSettings, default_queues};
 pub use conn::RedisTarget;
