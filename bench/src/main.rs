@@ -3,6 +3,7 @@
 //! port, in-process components) and prints one table of figures, each next to the baseline it
 //! is divided by. Absolute numbers depend on the machine; the ratios are what to compare.
 
+mod chaos;
 mod queue;
 mod report;
 
@@ -23,11 +24,14 @@ struct Cli {
 enum Command {
     /// ragpool's queue protocol against a bare Redis list queue (LPUSH/BRPOP/SET).
     Queue(queue::Args),
+    /// The whole system under SIGKILLs, a SIGTERM, Redis and API restarts: what was lost.
+    Chaos(chaos::Args),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Queue(args) => queue::run(args).await,
+        Command::Chaos(args) => chaos::run(args).await,
     }
 }
