@@ -27,13 +27,13 @@ impl Submission {
         Submission {
             n,
             question: format!("chaos question {n}"),
-            path: if n % 3 == 0 {
+            path: if n.is_multiple_of(3) {
                 "query"
             } else {
                 "complete-answer"
             },
-            key: (n % 2 == 0).then(|| format!("chaos-key-{n}")),
-            replay: n % 10 == 0,
+            key: n.is_multiple_of(2).then(|| format!("chaos-key-{n}")),
+            replay: n.is_multiple_of(10),
         }
     }
 }

@@ -359,11 +359,13 @@ async fn wait_ready(http: &reqwest::Client, api: &str) -> anyhow::Result<()> {
     }
 }
 
+/// A task's state and result as read back; `None` when the task no longer exists.
+type Read = Option<(TaskState, Option<serde_json::Value>)>;
+
 /// How each acknowledged task ended, as read back from Redis.
 #[derive(Default)]
 struct Ends {
-    /// Task id → state and result (`None` when the task no longer exists).
-    tasks: HashMap<String, Option<(TaskState, Option<serde_json::Value>)>>,
+    tasks: HashMap<String, Read>,
 }
 
 async fn wait_for_ends(
@@ -375,10 +377,7 @@ async fn wait_for_ends(
     let mut ends = Ends::default();
     let mut pending: Vec<String> = acknowledged.keys().cloned().collect();
     while !pending.is_empty() {
-        let reads: Vec<(
-            String,
-            Option<Option<(TaskState, Option<serde_json::Value>)>>,
-        )> = futures::stream::iter(pending.clone())
+        let reads: Vec<(String, Option<Read>)> = futures::stream::iter(pending.clone())
             .map(|id| async move {
                 let read = match id.parse::<TaskId>() {
                     Ok(task_id) => broker
@@ -621,7 +620,10 @@ impl Tally {
                 seen.acknowledged.len().to_string(),
                 format!(
                     "{} keyed",
-                    seen.acknowledged.values().filter(|n| *n % 2 == 0).count()
+                    seen.acknowledged
+                        .values()
+                        .filter(|n| n.is_multiple_of(2))
+                        .count()
                 ),
             ],
             vec!["finished".into(), finished.to_string(), String::new()],
