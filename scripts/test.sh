@@ -30,6 +30,13 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test"
 cargo test --workspace --no-fail-fast
 
+step "chaos suite, short (single Redis: executors, Redis and the API killed under load)"
+# Debug binaries: the chaos run starts ragpool-api and ragpool-executor from the directory of
+# ragpool-bench. Exits non-zero if an acknowledged task was lost, a result was wrong or a task
+# ended twice.
+cargo build --workspace --bins
+"$CARGO_TARGET_DIR/debug/ragpool-bench" chaos --short --topology single
+
 if [ -x scripts/schemathesis.sh ]; then
   step "API contract (schemathesis against /openapi.json)"
   # `cargo test` has built the binary already (the API's integration tests need it); building

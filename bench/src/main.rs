@@ -3,6 +3,7 @@
 //! port, in-process components) and prints one table of figures, each next to the baseline it
 //! is divided by. Absolute numbers depend on the machine; the ratios are what to compare.
 
+mod chaos;
 mod dashboard;
 mod enqueue;
 mod queue;
@@ -29,6 +30,8 @@ enum Command {
     Dashboard(dashboard::Args),
     /// One client submitting: enqueue against a bare LPUSH, batches against single calls.
     Enqueue(enqueue::Args),
+    /// The whole system under SIGKILLs, a SIGTERM, Redis and API restarts: what was lost.
+    Chaos(chaos::Args),
 }
 
 #[tokio::main]
@@ -37,5 +40,6 @@ async fn main() -> anyhow::Result<()> {
         Command::Queue(args) => queue::run(args).await,
         Command::Dashboard(args) => dashboard::run(args).await,
         Command::Enqueue(args) => enqueue::run(args).await,
+        Command::Chaos(args) => chaos::run(args).await,
     }
 }

@@ -110,6 +110,40 @@ pub fn render(rows: &[Row]) -> String {
     out
 }
 
+/// A table of plain columns (counts rather than ratios), aligned, with a rule under the
+/// header.
+pub fn render_columns(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    lines.extend(rows.iter().cloned());
+    let columns = header.len();
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            lines
+                .iter()
+                .map(|l| l.get(c).map_or(0, |cell| cell.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for (i, line) in lines.iter().enumerate() {
+        let cells: Vec<String> = (0..columns)
+            .map(|c| {
+                let cell = line.get(c).map_or("", String::as_str);
+                format!("{cell:<w$}", w = widths[c])
+            })
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+        if i == 0 {
+            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
+            out.push_str(&rule.join("  "));
+            out.push('\n');
+        }
+    }
+    out
+}
+
 /// Prints the table to stdout.
 pub fn print_table(rows: &[Row]) {
     print!("{}", render(rows));
@@ -130,5 +164,21 @@ mod tests {
         assert!(lines[2].ends_with("0.50"), "{text}");
         assert!(lines[2].contains("theirs: 100 tasks/s"), "{text}");
         assert!(lines[3].ends_with('-'), "{text}");
+    }
+
+    #[test]
+    fn columns_align_and_short_rows_are_padded() {
+        let text = render_columns(
+            &["check", "count"],
+            &[
+                vec!["lost".into(), "0".into()],
+                vec!["a longer check".into()],
+            ],
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert_eq!(lines[1], "--------------  -----", "{text}");
+        assert_eq!(lines[2], "lost            0", "{text}");
+        assert_eq!(lines[3], "a longer check", "{text}");
     }
 }

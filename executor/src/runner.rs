@@ -85,6 +85,7 @@ impl Runner {
         let maintenance = tokio::spawn(maintenance_loop(
             shared.broker.clone(),
             config.maintenance_interval,
+            config.consumer.lease,
             shared.release.clone(),
         ));
         tracing::info!(worker = %config.worker_id, queues = ?config.consumer.queues, "executor started");
@@ -216,7 +217,7 @@ async fn registry_loop(
         };
         if let Err(e) = shared
             .broker
-            .register_worker(&info, config.consumer.lease * 2)
+            .beat_worker(&info, config.consumer.lease)
             .await
         {
             tracing::debug!(error = %e, "worker heartbeat failed");
@@ -226,16 +227,37 @@ async fn registry_loop(
 }
 
 /// Reaps expired leases and promotes due retries. Every executor runs it; the scripts make
-/// concurrent passes harmless.
-async fn maintenance_loop(broker: Broker, every: Duration, done: CancellationToken) {
+/// concurrent passes harmless. Each pass also keeps the outage clock with this executor's
+/// lease, so reaping waits after a time when nobody could reach Redis.
+async fn maintenance_loop(
+    broker: Broker,
+    every: Duration,
+    lease: Duration,
+    done: CancellationToken,
+) {
+    let mut holding = false;
     loop {
-        match broker.maintain().await {
+        match broker.maintain_for(lease).await {
             Ok(m) if m.requeued + m.failed > 0 => {
+                holding = false;
                 tracing::info!(
                     requeued = m.requeued,
                     failed = m.failed,
                     "reaped expired leases"
                 )
+            }
+            Ok(m) if m.held_until_ms.is_some() => {
+                if !holding {
+                    tracing::info!(
+                        until_ms = m.held_until_ms,
+                        "nobody reached Redis for a while; reaping waits a lease for executors to heartbeat"
+                    );
+                }
+                holding = true;
+            }
+            Ok(_) if holding => {
+                holding = false;
+                tracing::info!("reaping resumed after an outage");
             }
             Ok(_) => {}
             Err(e) => tracing::debug!(error = %e, "maintenance pass failed"),
@@ -293,17 +315,33 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
 
     let heartbeat = async {
         let every = (lease_len / 3).max(Duration::from_millis(50));
+        let mut wait = every;
+        let mut failing = false;
         loop {
-            tokio::time::sleep(every).await;
+            tokio::time::sleep(wait).await;
             let p = progress.borrow_and_update().clone();
             match shared.broker.heartbeat(&lease, Some(&p)).await {
                 Ok(hb) if hb.cancel_requested => return Outcome::Canceled,
-                Ok(_) => {}
+                Ok(_) => {
+                    if failing {
+                        tracing::info!("heartbeat renewed the lease after Redis was unreachable");
+                    }
+                    failing = false;
+                    wait = every;
+                }
                 Err(QueueError::LeaseLost(_)) | Err(QueueError::NotFound(_)) => {
                     return Outcome::LeaseLost;
                 }
-                // Redis unreachable: keep working; the lease may still be ours when it is back.
-                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                // Redis unreachable: keep working; the lease is still ours when it is back
+                // (reaping is held after an outage), as long as the first heartbeat after the
+                // return comes soon. So retry often, well within a lease, not once a third.
+                Err(e) => {
+                    if !failing {
+                        tracing::warn!(error = %e, "heartbeat failed; retrying until Redis answers");
+                    }
+                    failing = true;
+                    wait = heartbeat_retry(lease_len);
+                }
             }
         }
     };
@@ -326,6 +364,12 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
     shared.metrics.in_flight.dec();
 }
 
+/// How soon a failed heartbeat is tried again: often enough that the first one after Redis
+/// returns comes a small fraction of a lease later.
+fn heartbeat_retry(lease: Duration) -> Duration {
+    (lease / 10).clamp(Duration::from_millis(20), Duration::from_millis(500))
+}
+
 /// Tells the queue how the task ended; returns the outcome label for metrics.
 ///
 /// The label is where the task went, as the queue decided it: a retryable error on the last
@@ -333,7 +377,7 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
 async fn report(shared: &Shared, lease: &ragpool_queue::Lease, outcome: Outcome) -> &'static str {
     let b = &shared.broker;
     let result = match outcome {
-        Outcome::Finished(value) => retry_redis(|| b.complete(lease, &value))
+        Outcome::Finished(value) => retry_redis(shared, lease, || b.complete(lease, &value))
             .await
             .map(|_| "finished"),
         Outcome::Failed(e) => {
@@ -343,7 +387,7 @@ async fn report(shared: &Shared, lease: &ragpool_queue::Lease, outcome: Outcome)
             };
             let error = TaskError::new(e.kind(), e.message());
             tracing::warn!(kind = e.kind(), message = e.message(), "task failed");
-            retry_redis(|| b.fail(lease, &error, retry))
+            retry_redis(shared, lease, || b.fail(lease, &error, retry))
                 .await
                 .map(|outcome| match outcome {
                     FailOutcome::Delayed { .. } => "retried",
@@ -353,20 +397,22 @@ async fn report(shared: &Shared, lease: &ragpool_queue::Lease, outcome: Outcome)
         }
         Outcome::TimedOut => {
             let error = TaskError::new("timeout", "the task ran past its timeout");
-            retry_redis(|| b.fail(lease, &error, Retry::Retryable(None)))
-                .await
-                .map(|outcome| match outcome {
-                    FailOutcome::Delayed { .. } | FailOutcome::Failed => "timeout",
-                    FailOutcome::Canceled => "canceled",
-                })
+            retry_redis(shared, lease, || {
+                b.fail(lease, &error, Retry::Retryable(None))
+            })
+            .await
+            .map(|outcome| match outcome {
+                FailOutcome::Delayed { .. } | FailOutcome::Failed => "timeout",
+                FailOutcome::Canceled => "canceled",
+            })
         }
         Outcome::Canceled => {
             let error = TaskError::new("canceled", "canceled while running");
-            retry_redis(|| b.fail(lease, &error, Retry::Permanent))
+            retry_redis(shared, lease, || b.fail(lease, &error, Retry::Permanent))
                 .await
                 .map(|_| "canceled")
         }
-        Outcome::Released => retry_redis(|| b.release(lease))
+        Outcome::Released => retry_redis(shared, lease, || b.release(lease))
             .await
             .map(|outcome| match outcome {
                 ReleaseOutcome::Requeued => "released",
@@ -389,25 +435,36 @@ async fn report(shared: &Shared, lease: &ragpool_queue::Lease, outcome: Outcome)
     }
 }
 
-/// Retries a report while Redis is unreachable, for up to about a lease length: losing a
-/// finished result to a blip would mean running the task again.
-async fn retry_redis<T, F, Fut>(mut call: F) -> Result<T, QueueError>
+/// Retries a report while Redis is unreachable: losing a finished result to an outage would
+/// mean running the task again. The lease is still ours when Redis is back (reaping is held
+/// for a lease after an outage), so the retries go on until Redis answers, each wait well
+/// under a lease; only past the drain deadline does the executor give up after a few tries,
+/// since it is about to exit and the lease's expiry brings the task back.
+async fn retry_redis<T, F, Fut>(
+    shared: &Shared,
+    lease: &ragpool_queue::Lease,
+    mut call: F,
+) -> Result<T, QueueError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, QueueError>>,
 {
-    let mut wait = Duration::from_millis(100);
-    for _ in 0..8 {
+    let cap = (lease.duration / 4).clamp(Duration::from_millis(20), Duration::from_secs(2));
+    let mut wait = Duration::from_millis(100).min(cap);
+    let mut tries = 0;
+    loop {
         match call().await {
-            Err(e) if e.is_unavailable() => {
-                tracing::warn!(error = %e, "storing the outcome failed; retrying");
+            Err(e) if e.is_unavailable() && (tries < 8 || !shared.release.is_cancelled()) => {
+                if tries == 0 {
+                    tracing::warn!(error = %e, "storing the outcome failed; retrying until Redis answers");
+                }
+                tries += 1;
                 tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(Duration::from_secs(2));
+                wait = (wait * 2).min(cap);
             }
             other => return other,
         }
     }
-    call().await
 }
 
 /// Calls the backend with the task's payload, after filling an answer's context from the

@@ -64,3 +64,26 @@ local function check_lease(tkey, lease)
   if h[1] ~= 'started' or h[2] ~= lease then return 'lease_lost' end
   return nil
 end
+
+-- The outage clock {ns}:clock (a hash): `seen` is the last time an executor's periodic script
+-- (a maintenance pass or a registry beat) ran, `hold_until` the time before which no lease may
+-- be reaped. A gap longer than `gap_ms` since `seen` means nobody could reach Redis (it was
+-- down, restarted, or every executor was cut off): lease time did not run for anyone, so
+-- reaping waits `hold_ms` (a lease) from now, long enough for every live executor to reconnect
+-- and heartbeat. A later caller with a longer lease stretches the hold to its own lease, as
+-- measured from the same return. Periodic only: no task transition writes here.
+-- Returns the hold deadline in ms (0 when there never was one).
+local function observe_clock(clock, now, gap_ms, hold_ms)
+  local h = redis.call('HMGET', clock, 'seen', 'hold_until', 'back_at')
+  local seen, hold, back = tonumber(h[1]), tonumber(h[2]) or 0, tonumber(h[3])
+  if seen and now - seen > gap_ms then
+    hold = math.max(hold, now + hold_ms)
+    redis.call('HSET', clock, 'seen', now, 'hold_until', hold, 'back_at', now, 'gap_ms', now - seen)
+  elseif back and now < hold and back + hold_ms > hold then
+    hold = back + hold_ms
+    redis.call('HSET', clock, 'seen', now, 'hold_until', hold)
+  else
+    redis.call('HSET', clock, 'seen', now)
+  end
+  return hold
+end

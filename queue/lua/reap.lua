@@ -3,13 +3,31 @@
 -- tasks whose TTL has passed from the ended sets. Atomic, so any number of executors may run
 -- it at once: each expired lease is handled exactly once.
 --
+-- No lease is reaped while the outage clock holds (see `observe_clock`): after a time when
+-- nobody could reach Redis, every lease has run out, and reaping then would re-deliver the
+-- tasks of executors that are alive and about to heartbeat.
+--
 -- KEYS[1] started set, KEYS[2] ready set, KEYS[3] wake-up list, KEYS[4] finished set,
--- KEYS[5] failed set, KEYS[6] canceled set, KEYS[7] counters hash, KEYS[8] events stream
--- ARGV[1] prefix, ARGV[2] at most this many leases per call
--- Returns {requeued, failed}.
+-- KEYS[5] failed set, KEYS[6] canceled set, KEYS[7] counters hash, KEYS[8] events stream,
+-- KEYS[9] outage clock
+-- ARGV[1] prefix, ARGV[2] at most this many leases per call, ARGV[3] outage gap ms and
+-- ARGV[4] hold ms of the caller's lease (0: only respect a hold, do not observe the clock)
+-- Returns {requeued, failed, hold deadline ms while reaping is held else 0}.
 local prefix = ARGV[1]
 local now = now_ms()
-local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local gap_ms, hold_ms = tonumber(ARGV[3]) or 0, tonumber(ARGV[4]) or 0
+local hold
+if gap_ms > 0 then
+  hold = observe_clock(KEYS[9], now, gap_ms, hold_ms)
+else
+  hold = tonumber(redis.call('HGET', KEYS[9], 'hold_until')) or 0
+end
+local expired = {}
+if now >= hold then
+  expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+else
+  redis.call('HINCRBY', KEYS[9], 'held_passes', 1)
+end
 local requeued, failed = 0, 0
 
 for _, id in ipairs(expired) do
@@ -40,4 +58,5 @@ end
 redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[5], '-inf', now)
 redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', now)
-return {requeued, failed}
+if now < hold then return {requeued, failed, hold} end
+return {requeued, failed, 0}

@@ -142,6 +142,34 @@ pub struct Maintenance {
     pub failed: u64,
     /// Delayed tasks moved back to their queue.
     pub promoted: u64,
+    /// Set while reaping is held after an outage: no lease is reaped before this server time
+    /// (milliseconds since the epoch).
+    pub held_until_ms: Option<u64>,
+}
+
+/// How an executor's periodic calls keep the outage clock, from its lease length.
+///
+/// A live executor touches the clock at least every third of a lease (its registry beat), so
+/// a gap of more than half a lease means nobody reached Redis; and a lease that was renewed
+/// before such a gap can only have run out if the gap exceeded about two thirds of a lease.
+/// After a gap, reaping waits a whole lease: every live executor reconnects and heartbeats
+/// its tasks well within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutageClock {
+    /// A pause longer than this between periodic calls counts as an outage.
+    pub gap: Duration,
+    /// After an outage, no lease is reaped for this long.
+    pub hold: Duration,
+}
+
+impl OutageClock {
+    /// Half a lease for the gap, a whole lease for the hold.
+    pub fn for_lease(lease: Duration) -> Self {
+        OutageClock {
+            gap: lease / 2,
+            hold: lease,
+        }
+    }
 }
 
 /// The queue protocol over one Redis deployment. Cheap to clone.
@@ -522,9 +550,23 @@ impl Broker {
     }
 
     /// Reaps expired leases of one queue. Harmless to run from many processes at once.
+    /// Respects a hold after an outage but does not look for one; see [`Broker::maintain_for`].
     pub async fn reap(&self, queue: &str) -> Result<(u64, u64)> {
+        self.reap_observing(queue, None)
+            .await
+            .map(|(requeued, failed, _)| (requeued, failed))
+    }
+
+    /// Reaps one queue; with `clock`, first observes the outage clock. Returns the requeued
+    /// and failed counts and, while reaping is held, the hold deadline.
+    async fn reap_observing(
+        &self,
+        queue: &str,
+        clock: Option<&OutageClock>,
+    ) -> Result<(u64, u64, Option<u64>)> {
         let keys = self.keys();
         let qk = keys.queue(queue);
+        let (gap, hold) = clock.map_or((0, 0), |c| (millis(c.gap).max(1), millis(c.hold)));
         let mut total = (0, 0);
         loop {
             let reply: Value = scripts::REAP
@@ -536,19 +578,26 @@ impl Broker {
                 .key(&qk.canceled)
                 .key(&qk.counters)
                 .key(keys.events())
+                .key(keys.clock())
                 .arg(keys.prefix())
                 .arg(MAINTENANCE_BATCH)
+                .arg(gap)
+                .arg(hold)
                 .invoke_async(&mut self.conn())
                 .await?;
             let reply = decode::status(&reply)?;
-            let (requeued, failed) = match reply.as_slice() {
-                [r, f] => (r.parse().unwrap_or(0), f.parse().unwrap_or(0)),
+            let (requeued, failed, held): (u64, u64, u64) = match reply.as_slice() {
+                [r, f, h] => (
+                    r.parse().unwrap_or(0),
+                    f.parse().unwrap_or(0),
+                    h.parse().unwrap_or(0),
+                ),
                 other => return Err(QueueError::Corrupt(format!("reap replied {other:?}"))),
             };
             total.0 += requeued;
             total.1 += failed;
             if requeued + failed < u64::from(MAINTENANCE_BATCH) {
-                return Ok(total);
+                return Ok((total.0, total.1, (held > 0).then_some(held)));
             }
         }
     }
@@ -576,13 +625,26 @@ impl Broker {
         }
     }
 
-    /// Reaps and promotes on every known queue.
+    /// Reaps and promotes on every known queue, respecting a hold after an outage.
     pub async fn maintain(&self) -> Result<Maintenance> {
+        self.maintain_observing(None).await
+    }
+
+    /// An executor's maintenance pass: [`Broker::maintain`], and the outage clock kept with
+    /// the executor's lease length, so that a time when nobody could reach Redis holds
+    /// reaping until every live executor has had a lease to heartbeat again.
+    pub async fn maintain_for(&self, lease: Duration) -> Result<Maintenance> {
+        self.maintain_observing(Some(&OutageClock::for_lease(lease)))
+            .await
+    }
+
+    async fn maintain_observing(&self, clock: Option<&OutageClock>) -> Result<Maintenance> {
         let mut out = Maintenance::default();
         for queue in self.queue_names().await? {
-            let (requeued, failed) = self.reap(&queue).await?;
+            let (requeued, failed, held) = self.reap_observing(&queue, clock).await?;
             out.requeued += requeued;
             out.failed += failed;
+            out.held_until_ms = out.held_until_ms.max(held);
             out.promoted += self.promote(&queue).await?;
         }
         Ok(out)
@@ -687,15 +749,36 @@ impl Broker {
     /// Registers a worker or refreshes its record; it drops out of [`Broker::workers`] when
     /// not refreshed within `ttl`. Returns the server time.
     pub async fn register_worker(&self, info: &WorkerInfo, ttl: Duration) -> Result<u64> {
+        self.worker_beat(info, ttl, None).await
+    }
+
+    /// A running executor's registry beat: its entry is kept for two leases, and the outage
+    /// clock is observed with its lease length (see [`Broker::maintain_for`]). Returns the
+    /// server time.
+    pub async fn beat_worker(&self, info: &WorkerInfo, lease: Duration) -> Result<u64> {
+        self.worker_beat(info, lease * 2, Some(&OutageClock::for_lease(lease)))
+            .await
+    }
+
+    async fn worker_beat(
+        &self,
+        info: &WorkerInfo,
+        ttl: Duration,
+        clock: Option<&OutageClock>,
+    ) -> Result<u64> {
         let keys = self.keys();
         let record = serde_json::to_string(info)
             .map_err(|e| QueueError::Corrupt(format!("worker record: {e}")))?;
+        let (gap, hold) = clock.map_or((0, 0), |c| (millis(c.gap).max(1), millis(c.hold)));
         let now: u64 = scripts::WORKER_BEAT
             .key(keys.workers())
             .key(keys.worker(&info.id))
+            .key(keys.clock())
             .arg(&info.id)
             .arg(record)
             .arg(millis(ttl))
+            .arg(gap)
+            .arg(hold)
             .invoke_async(&mut self.conn())
             .await?;
         Ok(now)

@@ -45,6 +45,12 @@ impl Keys {
         format!("{}workers", self.prefix)
     }
 
+    /// HASH: the outage clock — when an executor last ran a periodic script, and until when
+    /// reaping is held after a time nobody could reach Redis.
+    pub fn clock(&self) -> String {
+        format!("{}clock", self.prefix)
+    }
+
     pub fn worker(&self, id: &str) -> String {
         format!("{}worker:{id}", self.prefix)
     }

@@ -36,7 +36,7 @@ pub mod testing;
 
 pub use broker::{
     Broker, BrokerConfig, CancelOutcome, Enqueued, FailOutcome, Heartbeat, Lease,
-    MAX_ENQUEUE_BATCH, Maintenance, NewTask, ReleaseOutcome, Retry,
+    MAX_ENQUEUE_BATCH, Maintenance, NewTask, OutageClock, ReleaseOutcome, Retry,
 };
 pub use browse::{BulkOutcome, HistorySample, TaskPage, TaskSummary};
 pub use config::{ClaimPolicy, QueueConfig, QueueEntry, QueueSettings, default_queues};

@@ -216,6 +216,70 @@ async fn stale_lease_is_reaped(env: Env) {
 }
 on_both!(stale_lease_t, stale_lease_is_reaped);
 
+/// After a time in which no executor's periodic script ran (Redis away, or everyone cut off),
+/// every lease has run out; reaping waits a lease so that live holders can heartbeat first.
+async fn reaping_waits_a_lease_after_nobody_was_there(env: Env) {
+    let b = &env.broker;
+    let lease = Duration::from_millis(300);
+    let q = b.enqueue(new(TaskKind::AnalyzeImage, 1)).await.unwrap();
+    let holder = env.consumer("holder", &ALL, lease).await;
+    let claimed = holder.try_claim().await.unwrap().unwrap();
+    let first = b.maintain_for(lease).await.unwrap();
+    assert_eq!(first.held_until_ms, None, "a first stamp is no outage");
+
+    // Nobody reaches Redis for longer than the lease: the holder's lease runs out.
+    tokio::time::sleep(lease * 2).await;
+    let after = b.maintain_for(lease).await.unwrap();
+    assert_eq!(after.requeued, 0, "nothing reaped right after the outage");
+    assert!(after.held_until_ms.is_some(), "{after:?}");
+    assert_eq!(
+        b.maintain().await.unwrap().requeued,
+        0,
+        "every reaper respects the hold"
+    );
+
+    // The holder's first heartbeat after the outage keeps its task.
+    b.heartbeat(&claimed.lease, None).await.unwrap();
+    let t = b.get(&q.id).await.unwrap().unwrap();
+    assert_eq!((t.state, t.attempts), (TaskState::Started, 1));
+
+    // A holder that never heartbeats again is reaped once the hold and its lease are over,
+    // while reapers keep stamping the clock (no new gap).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = b.maintain_for(lease).await.unwrap();
+        if m.requeued == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never reaped: {m:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        b.get(&q.id).await.unwrap().unwrap().state,
+        TaskState::Queued
+    );
+
+    // The first contact after a gap may be a registry beat: it starts the hold as well.
+    tokio::time::sleep(lease * 2).await;
+    let info = WorkerInfo {
+        id: "w".into(),
+        host: "h".into(),
+        pod: None,
+        queues: vec!["image_analysis".into()],
+        concurrency: 1,
+        in_flight: 0,
+        started_at_ms: 1,
+        last_seen_ms: 0,
+        draining: false,
+    };
+    b.beat_worker(&info, lease).await.unwrap();
+    assert!(b.maintain().await.unwrap().held_until_ms.is_some());
+}
+on_both!(outage_hold_t, reaping_waits_a_lease_after_nobody_was_there);
+
 async fn last_attempt_lease_expiry_fails(env: Env) {
     let b = &env.broker;
     let q = b.enqueue(new(TaskKind::AnalyzeImage, 1)).await.unwrap();

@@ -3,8 +3,8 @@
 
 mod auth;
 mod bad_input;
-mod dashboard;
 mod batch;
+mod dashboard;
 mod endpoints;
 mod faults;
 mod hostile;

@@ -22,7 +22,7 @@ use clap::Parser;
 use ragpool_executor::backend::Backend;
 use ragpool_executor::settings::ExecutorSettings;
 use ragpool_queue::payload::CompleteAnswer;
-use ragpool_queue::testing::RedisServer;
+use ragpool_queue::testing::{RedisServer, ServerOptions};
 use ragpool_queue::{
     Broker, BrokerConfig, Enqueued, NewTask, Payload, QueueConfig, Task, TaskEvent, TaskId,
     TaskState,
@@ -45,7 +45,21 @@ pub struct Env {
 
 impl Env {
     pub async fn start(queues: Vec<QueueConfig>) -> Env {
-        let redis = tokio::task::spawn_blocking(RedisServer::start)
+        Self::start_with(queues, ServerOptions::default()).await
+    }
+
+    /// A Redis with an append-only file (`appendfsync always`), so that a SIGKILL and a
+    /// restart keep every acknowledged write.
+    pub async fn start_persistent(queues: Vec<QueueConfig>) -> Env {
+        let opts = ServerOptions {
+            aof: true,
+            cluster: false,
+        };
+        Self::start_with(queues, opts).await
+    }
+
+    async fn start_with(queues: Vec<QueueConfig>, opts: ServerOptions) -> Env {
+        let redis = tokio::task::spawn_blocking(move || RedisServer::start_with(opts))
             .await
             .expect("harness thread")
             .expect("redis-server starts");
@@ -96,7 +110,8 @@ impl Env {
         tokio::task::block_in_place(|| self.redis.kill().expect("redis-server dies"));
     }
 
-    /// Starts the killed Redis again on its port (empty: the test server keeps no data).
+    /// Starts the killed Redis again on its port (empty unless the server keeps an
+    /// append-only file).
     pub async fn restart_redis(&mut self) {
         tokio::task::block_in_place(|| self.redis.start_again().expect("redis-server restarts"));
         // The broker's connection learns that its socket died from the first command it

@@ -1,0 +1,197 @@
+//! The client side of a chaos run: submissions through the API as a careful user makes them
+//! (a 503 is retried after its `Retry-After`, a refused connection after a moment, with the same
+//! idempotency key when there is one), replays of keyed submissions, and the windows in which
+//! the API answered 503 or could not be reached, as the client saw them.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+/// One submission of the run.
+#[derive(Debug, Clone)]
+pub struct Submission {
+    pub n: usize,
+    pub question: String,
+    /// `complete-answer` or `query`.
+    pub path: &'static str,
+    pub key: Option<String>,
+    /// Submitted a second time with the same key once acknowledged.
+    pub replay: bool,
+}
+
+impl Submission {
+    pub fn new(n: usize) -> Submission {
+        Submission {
+            n,
+            question: format!("chaos question {n}"),
+            path: if n.is_multiple_of(3) {
+                "query"
+            } else {
+                "complete-answer"
+            },
+            key: n.is_multiple_of(2).then(|| format!("chaos-key-{n}")),
+            replay: n.is_multiple_of(10),
+        }
+    }
+}
+
+/// Intervals in which a condition held, from the client's view: opened by the first failure,
+/// closed by the next success.
+#[derive(Debug, Default)]
+pub struct Windows {
+    open: Option<Instant>,
+    last_seen: Option<Instant>,
+    pub count: usize,
+    pub longest: Duration,
+    pub hits: usize,
+}
+
+impl Windows {
+    fn failure(&mut self, now: Instant) {
+        self.hits += 1;
+        self.last_seen = Some(now);
+        if self.open.is_none() {
+            self.open = Some(now);
+            self.count += 1;
+        }
+    }
+
+    fn success(&mut self, now: Instant) {
+        if let Some(start) = self.open.take() {
+            self.longest = self.longest.max(now - start);
+        }
+    }
+
+    /// Closes a window still open at the end of the run at its last failure.
+    pub fn close(&mut self) {
+        if let (Some(start), Some(last)) = (self.open.take(), self.last_seen) {
+            self.longest = self.longest.max(last - start);
+        }
+    }
+}
+
+/// What the client saw over the run.
+#[derive(Debug, Default)]
+pub struct Seen {
+    /// Acknowledged (202) task id → submission number.
+    pub acknowledged: HashMap<String, usize>,
+    pub unavailable: Windows,
+    /// 503 answers without a `Retry-After` header.
+    pub without_retry_after: usize,
+    pub unreachable: Windows,
+    /// Other statuses, which should not happen.
+    pub unexpected: Vec<(usize, u16, String)>,
+    pub replays: usize,
+    pub replays_correct: usize,
+    pub replay_failures: Vec<String>,
+}
+
+pub type Shared = Arc<Mutex<Seen>>;
+
+fn seen(shared: &Shared) -> std::sync::MutexGuard<'_, Seen> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How one POST ended after its retries.
+enum Answer {
+    Accepted { id: String, replayed: bool },
+    Refused,
+}
+
+/// Submits `s` (and its replay), retrying through outages until the API answers.
+pub async fn submit(http: &reqwest::Client, api: &str, s: &Submission, shared: &Shared) {
+    let Answer::Accepted { id, .. } = post(http, api, s, shared).await else {
+        return;
+    };
+    seen(shared).acknowledged.insert(id.clone(), s.n);
+    if s.replay && s.key.is_some() {
+        let outcome = post(http, api, s, shared).await;
+        let mut seen = seen(shared);
+        seen.replays += 1;
+        match outcome {
+            Answer::Accepted {
+                id: again,
+                replayed,
+            } if again == id && replayed => seen.replays_correct += 1,
+            Answer::Accepted {
+                id: again,
+                replayed,
+            } => seen.replay_failures.push(format!(
+                "submission {}: first {id}, replay {again} (Idempotent-Replayed: {replayed})",
+                s.n
+            )),
+            Answer::Refused => seen
+                .replay_failures
+                .push(format!("submission {}: replay refused", s.n)),
+        }
+    }
+}
+
+async fn post(http: &reqwest::Client, api: &str, s: &Submission, shared: &Shared) -> Answer {
+    let body = json!({ "question": s.question });
+    loop {
+        let mut request = http
+            .post(format!("{api}/api/async/{}", s.path))
+            .json(&body)
+            .timeout(Duration::from_secs(10));
+        if let Some(key) = &s.key {
+            request = request.header("Idempotency-Key", key);
+        }
+        match request.send().await {
+            Ok(response) => {
+                let now = Instant::now();
+                let status = response.status();
+                if status == StatusCode::ACCEPTED {
+                    let replayed = response
+                        .headers()
+                        .get("idempotent-replayed")
+                        .is_some_and(|v| v == "true");
+                    let body: Value = response.json().await.unwrap_or(Value::Null);
+                    let mut seen = seen(shared);
+                    seen.unavailable.success(now);
+                    seen.unreachable.success(now);
+                    return match body["task_id"].as_str() {
+                        Some(id) => Answer::Accepted {
+                            id: id.to_owned(),
+                            replayed,
+                        },
+                        None => {
+                            seen.unexpected.push((s.n, 202, body.to_string()));
+                            Answer::Refused
+                        }
+                    };
+                }
+                if status == StatusCode::SERVICE_UNAVAILABLE {
+                    let retry_after = response
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<u64>().ok());
+                    {
+                        let mut seen = seen(shared);
+                        seen.unavailable.failure(now);
+                        seen.unreachable.success(now);
+                        if retry_after.is_none() {
+                            seen.without_retry_after += 1;
+                        }
+                    }
+                    let wait =
+                        Duration::from_secs(retry_after.unwrap_or(1)).min(Duration::from_secs(2));
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+                let text = response.text().await.unwrap_or_default();
+                seen(shared).unexpected.push((s.n, status.as_u16(), text));
+                return Answer::Refused;
+            }
+            // The API is restarting (connection refused or reset): try again shortly.
+            Err(_) => {
+                seen(shared).unreachable.failure(Instant::now());
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}

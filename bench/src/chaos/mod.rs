@@ -1,0 +1,739 @@
+//! `ragpool-bench chaos`: the whole system on loopback under a scripted schedule of failures,
+//! then a count of what went wrong.
+//!
+//! It starts Redis (by `--topology`), `ragpool-api` and several `ragpool-executor` processes
+//! (the binaries next to this one), the executors on the `http` backend against a counting
+//! service inside the bench ([`backend`]). Tasks are pushed through the API (some with
+//! idempotency keys, some replayed) while the schedule SIGKILLs and restarts executors,
+//! SIGTERMs one, SIGKILLs and restarts Redis and restarts the API. Then it waits for every
+//! acknowledged task to end and counts: acknowledged but lost, wrong results, tasks ended
+//! twice (from the events stream), backend calls per task and why each extra call happened,
+//! idempotent replays, and the 503 windows the client saw. The exit status is non-zero when an
+//! acknowledged task was lost or never ended, a result was wrong, or a task ended twice.
+
+mod backend;
+mod client;
+mod procs;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::StreamExt;
+use ragpool_queue::{Broker, BrokerConfig, TaskId, TaskState};
+use redis::streams::StreamRangeReply;
+
+use backend::{CountingBackend, expected_answer};
+use client::{Submission, submit};
+use procs::{Proc, Redis, Topology, binary, free_port};
+
+/// Flags of `ragpool-bench chaos`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// About a minute (for CI): 2,000 tasks, one round of the schedule.
+    #[arg(long)]
+    short: bool,
+    /// How Redis is deployed.
+    #[arg(long, value_enum, default_value = "single")]
+    topology: Topology,
+    /// Passed to the API and the executors as `RAGPOOL_DURABILITY` when given.
+    #[arg(long)]
+    durability: Option<String>,
+    /// Tasks to submit (default: 2,000 with --short, else 10,000).
+    #[arg(long)]
+    tasks: Option<usize>,
+    /// Executor processes.
+    #[arg(long, default_value_t = 4)]
+    executors: usize,
+    /// Rounds of the failure schedule (default: 1 with --short, else 8).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Keep the run's directory (logs of every process, Redis's data) instead of deleting it.
+    #[arg(long)]
+    keep: bool,
+}
+
+/// The lease of the run's executors: short, so that kills are recovered quickly, and every
+/// Redis outage of the schedule is longer than it.
+const LEASE_SECONDS: u64 = 2;
+/// One round of the schedule takes this long.
+const ROUND: Duration = Duration::from_secs(30);
+
+/// One step of the schedule.
+#[derive(Debug, Clone, Copy)]
+enum Action {
+    KillExecutor(usize),
+    TermExecutor(usize),
+    /// SIGKILL Redis, start it again after this long.
+    KillRedis(Duration),
+    RestartApi,
+}
+
+/// One round, as offsets from its start.
+fn round(executors: usize) -> Vec<(Duration, Action)> {
+    let s = Duration::from_secs;
+    let e = |i: usize| i % executors.max(1);
+    vec![
+        (s(2), Action::KillExecutor(e(0))),
+        (s(4), Action::KillExecutor(e(1))),
+        // Two and a half leases: every lease runs out while Redis is away.
+        (
+            s(6),
+            Action::KillRedis(Duration::from_millis(LEASE_SECONDS * 2500)),
+        ),
+        (s(14), Action::KillExecutor(e(2))),
+        (s(16), Action::TermExecutor(e(3))),
+        (s(19), Action::RestartApi),
+        (s(22), Action::KillExecutor(e(0))),
+        (s(24), Action::KillRedis(s(1))),
+        (s(27), Action::KillExecutor(e(1))),
+    ]
+}
+
+/// The running system.
+struct System {
+    dir: tempfile::TempDir,
+    redis: Redis,
+    api_bin: std::path::PathBuf,
+    executor_bin: std::path::PathBuf,
+    api: Proc,
+    api_env: Vec<(String, String)>,
+    api_url: String,
+    executors: Vec<Proc>,
+    executor_env: Vec<(String, String)>,
+    /// Incarnations started per executor slot, for worker ids and log names.
+    incarnation: Vec<usize>,
+    /// Worker ids that were SIGKILLed or SIGTERMed: their leases may legitimately run out.
+    killed: HashSet<String>,
+    drained: HashSet<String>,
+    log: Vec<String>,
+    started: Instant,
+}
+
+impl System {
+    fn worker_id(&self, slot: usize) -> String {
+        format!("chaos-e{slot}-{}", self.incarnation[slot])
+    }
+
+    fn start_executor(&mut self, slot: usize) -> anyhow::Result<()> {
+        self.incarnation[slot] += 1;
+        let id = self.worker_id(slot);
+        let mut env = self.executor_env.clone();
+        env.push(("RAGPOOL_WORKER_ID".into(), id.clone()));
+        let proc = Proc::spawn(&self.executor_bin, &id, &env, self.dir.path())?;
+        if slot < self.executors.len() {
+            self.executors[slot] = proc;
+        } else {
+            self.executors.push(proc);
+        }
+        Ok(())
+    }
+
+    fn note(&mut self, what: String) {
+        let at = self.started.elapsed().as_secs_f64();
+        self.log.push(format!("{at:6.1}s  {what}"));
+    }
+
+    async fn act(&mut self, action: Action) -> anyhow::Result<()> {
+        match action {
+            Action::KillExecutor(slot) => {
+                let id = self.worker_id(slot);
+                self.executors[slot].kill().await?;
+                self.killed.insert(id.clone());
+                self.start_executor(slot)?;
+                self.note(format!(
+                    "SIGKILL executor {id}, started {}",
+                    self.worker_id(slot)
+                ));
+            }
+            Action::TermExecutor(slot) => {
+                let id = self.worker_id(slot);
+                self.executors[slot]
+                    .terminate(Duration::from_secs(30))
+                    .await?;
+                self.drained.insert(id.clone());
+                self.start_executor(slot)?;
+                self.note(format!(
+                    "SIGTERM executor {id} (drained), started {}",
+                    self.worker_id(slot)
+                ));
+            }
+            Action::KillRedis(down) => {
+                tokio::task::block_in_place(|| self.redis.kill())?;
+                self.note(format!("SIGKILL redis, down for {down:?}"));
+                tokio::time::sleep(down).await;
+                tokio::task::block_in_place(|| self.redis.start_again())?;
+                self.note("redis started again from its append-only file".into());
+            }
+            Action::RestartApi => {
+                self.api.terminate(Duration::from_secs(30)).await?;
+                self.api = Proc::spawn(&self.api_bin, "api", &self.api_env, self.dir.path())?;
+                self.note("SIGTERM api, started again".into());
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Runs the chaos suite and prints its table; an error when a guarantee was broken.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let tasks = args
+        .tasks
+        .unwrap_or(if args.short { 2_000 } else { 10_000 });
+    let rounds = args.rounds.unwrap_or(if args.short { 1 } else { 8 }).max(1);
+    let executors = args.executors.max(1);
+    let api_bin = binary("ragpool-api")?;
+    let executor_bin = binary("ragpool-executor")?;
+
+    let dir = tempfile::Builder::new()
+        .prefix("ragpool-chaos-")
+        .tempdir()
+        .context("creating the run's directory")?;
+    let topology = args.topology;
+    let redis = tokio::task::spawn_blocking(move || Redis::start(topology)).await??;
+    let redis_url = redis.url();
+    let backend = CountingBackend::start().await?;
+
+    let port = free_port()?;
+    let api_url = format!("http://127.0.0.1:{port}");
+    let mut common = vec![
+        ("RAGPOOL_REDIS_URL".to_string(), redis_url.clone()),
+        ("RAGPOOL_LOG_FORMAT".to_string(), "json".to_string()),
+    ];
+    if let Some(d) = &args.durability {
+        common.push(("RAGPOOL_DURABILITY".into(), d.clone()));
+    }
+    let mut api_env = common.clone();
+    api_env.extend([
+        ("RAGPOOL_LISTEN".to_string(), format!("127.0.0.1:{port}")),
+        ("RAGPOOL_MAX_ATTEMPTS".to_string(), "10".to_string()),
+        ("RUST_LOG".to_string(), "warn".to_string()),
+    ]);
+    let mut executor_env = common.clone();
+    executor_env.extend([
+        ("RAGPOOL_BACKEND".to_string(), "http".to_string()),
+        ("RAGPOOL_HTTP_URL".to_string(), backend.url.clone()),
+        (
+            "RAGPOOL_LEASE_SECONDS".to_string(),
+            LEASE_SECONDS.to_string(),
+        ),
+        ("RAGPOOL_MAINTENANCE_SECONDS".to_string(), "1".to_string()),
+        ("RAGPOOL_CONCURRENCY".to_string(), "8".to_string()),
+        ("RAGPOOL_DRAIN_SECONDS".to_string(), "3".to_string()),
+        (
+            "RAGPOOL_METRICS_LISTEN".to_string(),
+            "127.0.0.1:0".to_string(),
+        ),
+        ("RAGPOOL_LOG".to_string(), "info".to_string()),
+    ]);
+    let api = Proc::spawn(&api_bin, "api", &api_env, dir.path())?;
+    let mut system = System {
+        dir,
+        redis,
+        api_bin,
+        executor_bin,
+        api,
+        api_env,
+        api_url: api_url.clone(),
+        executors: Vec::new(),
+        executor_env,
+        incarnation: vec![0; executors],
+        killed: HashSet::new(),
+        drained: HashSet::new(),
+        log: Vec::new(),
+        started: Instant::now(),
+    };
+    for slot in 0..executors {
+        system.start_executor(slot)?;
+    }
+    let http = reqwest::Client::new();
+    wait_ready(&http, &system.api_url).await?;
+
+    let mut broker_config = BrokerConfig::from_url(&redis_url)?;
+    broker_config.response_timeout = Duration::from_secs(2);
+    let broker = Broker::connect(broker_config).await?;
+    let events = Arc::new(Mutex::new(EventLog::default()));
+    let follower = tokio::spawn(follow_events(redis_url.clone(), events.clone()));
+
+    // The load: evenly spread over the schedule, 64 submissions in flight at most.
+    let seen: client::Shared = Arc::default();
+    let span = ROUND * rounds as u32;
+    println!(
+        "chaos: {tasks} tasks over {span:?}, {executors} executors, topology {topology:?}, \
+         durability {}, run directory {}",
+        args.durability.as_deref().unwrap_or("(default)"),
+        system.dir.path().display()
+    );
+    system.started = Instant::now();
+    let load = {
+        let (http, api_url, seen) = (http.clone(), api_url.clone(), seen.clone());
+        let start = tokio::time::Instant::now();
+        tokio::spawn(async move {
+            futures::stream::iter(0..tasks)
+                .map(|n| {
+                    let (http, api_url, seen) = (http.clone(), api_url.clone(), seen.clone());
+                    let due = start + span.mul_f64(n as f64 / tasks as f64);
+                    async move {
+                        tokio::time::sleep_until(due).await;
+                        submit(&http, &api_url, &Submission::new(n), &seen).await;
+                    }
+                })
+                .buffer_unordered(64)
+                .collect::<()>()
+                .await
+        })
+    };
+    let mut schedule: Vec<(Duration, Action)> = (0..rounds)
+        .flat_map(|r| {
+            round(executors)
+                .into_iter()
+                .map(move |(at, a)| (ROUND * r as u32 + at, a))
+        })
+        .collect();
+    schedule.sort_by_key(|(at, _)| *at);
+    for (at, action) in schedule {
+        tokio::time::sleep_until(tokio::time::Instant::from_std(system.started + at)).await;
+        system.act(action).await?;
+    }
+    load.await.context("the load")?;
+    system.note("every submission answered".into());
+
+    // Every acknowledged task must end.
+    let acknowledged: HashMap<String, usize> = seen
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .acknowledged
+        .clone();
+    let ends = wait_for_ends(&broker, &acknowledged, Duration::from_secs(120)).await;
+    system.note("every acknowledged task ended, or the deadline passed".into());
+    // A last read of the stream, then stop following it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    follower.abort();
+
+    let mut seen = std::mem::take(&mut *seen.lock().unwrap_or_else(|p| p.into_inner()));
+    seen.unavailable.close();
+    seen.unreachable.close();
+    let events = std::mem::take(&mut *events.lock().unwrap_or_else(|p| p.into_inner()));
+    let tally = Tally::count(tasks, &seen, &ends, &events, &backend.calls(), &system);
+
+    println!("\nschedule:");
+    for line in &system.log {
+        println!("  {line}");
+    }
+    println!();
+    print!(
+        "{}",
+        crate::report::render_columns(&["check", "count", "detail"], &tally.rows)
+    );
+    for e in &tally.errors {
+        println!("  ! {e}");
+    }
+
+    for e in &mut system.executors {
+        let _ = e.terminate(Duration::from_secs(10)).await;
+    }
+    let _ = system.api.terminate(Duration::from_secs(10)).await;
+    if args.keep {
+        let kept = system.dir.keep();
+        println!("run directory kept: {}", kept.display());
+    }
+    if tally.broken() {
+        anyhow::bail!("chaos: a guarantee was broken (see the table)");
+    }
+    Ok(())
+}
+
+async fn wait_ready(http: &reqwest::Client, api: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = http.get(format!("{api}/readyz")).send().await
+            && r.status().is_success()
+        {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("ragpool-api at {api} was not ready within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A task's state and result as read back; `None` when the task no longer exists.
+type Read = Option<(TaskState, Option<serde_json::Value>)>;
+
+/// How each acknowledged task ended, as read back from Redis.
+#[derive(Default)]
+struct Ends {
+    tasks: HashMap<String, Read>,
+}
+
+async fn wait_for_ends(
+    broker: &Broker,
+    acknowledged: &HashMap<String, usize>,
+    patience: Duration,
+) -> Ends {
+    let deadline = Instant::now() + patience;
+    let mut ends = Ends::default();
+    let mut pending: Vec<String> = acknowledged.keys().cloned().collect();
+    while !pending.is_empty() {
+        let reads: Vec<(String, Option<Read>)> = futures::stream::iter(pending.clone())
+            .map(|id| async move {
+                let read = match id.parse::<TaskId>() {
+                    Ok(task_id) => broker
+                        .get(&task_id)
+                        .await
+                        .ok()
+                        .map(|t| t.map(|t| (t.state, t.result))),
+                    Err(_) => Some(None),
+                };
+                (id, read)
+            })
+            .buffer_unordered(32)
+            .collect()
+            .await;
+        pending.clear();
+        for (id, read) in reads {
+            match read {
+                Some(Some((state, result))) if state.is_terminal() => {
+                    ends.tasks.insert(id, Some((state, result)));
+                }
+                Some(None) => {
+                    ends.tasks.insert(id, None);
+                }
+                Some(Some((state, result))) => {
+                    ends.tasks.insert(id.clone(), Some((state, result)));
+                    pending.push(id);
+                }
+                None => pending.push(id),
+            }
+        }
+        if pending.is_empty() || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    ends
+}
+
+/// Every event of the run, per task: (state, worker of a `started`, error kind, released).
+#[derive(Default)]
+struct EventLog {
+    per_task: HashMap<String, Vec<Event>>,
+    read: usize,
+}
+
+#[derive(Debug, Clone)]
+struct Event {
+    state: String,
+    worker: Option<String>,
+    error_kind: Option<String>,
+    released: bool,
+}
+
+/// Reads the events stream from its start as it grows; Redis outages only pause it.
+async fn follow_events(url: String, log: Arc<Mutex<EventLog>>) {
+    let key = ragpool_queue::keys::Keys::new("ragpool").events();
+    let mut last = "0-0".to_string();
+    let Ok(client) = redis::Client::open(url.as_str()) else {
+        return;
+    };
+    let mut conn = None;
+    loop {
+        if conn.is_none() {
+            conn = client.get_multiplexed_async_connection().await.ok();
+        }
+        if let Some(c) = conn.as_mut() {
+            let reply: redis::RedisResult<StreamRangeReply> = redis::cmd("XRANGE")
+                .arg(&key)
+                .arg(format!("({last}"))
+                .arg("+")
+                .arg("COUNT")
+                .arg(5000)
+                .query_async(c)
+                .await;
+            match reply {
+                Ok(reply) => {
+                    let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+                    for entry in &reply.ids {
+                        last = entry.id.clone();
+                        log.read += 1;
+                        let field = |name: &str| entry.get::<String>(name);
+                        let Some(id) = field("id") else { continue };
+                        log.per_task.entry(id).or_default().push(Event {
+                            state: field("state").unwrap_or_default(),
+                            worker: field("worker"),
+                            error_kind: field("error_kind"),
+                            released: field("released").is_some(),
+                        });
+                    }
+                    if reply.ids.len() == 5000 {
+                        continue;
+                    }
+                }
+                Err(_) => conn = None,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The counts of a run and the table rows they make.
+struct Tally {
+    rows: Vec<Vec<String>>,
+    errors: Vec<String>,
+    lost: usize,
+    not_ended: usize,
+    wrong: usize,
+    twice: usize,
+}
+
+impl Tally {
+    fn broken(&self) -> bool {
+        self.lost + self.not_ended + self.wrong + self.twice > 0
+    }
+
+    fn count(
+        submitted: usize,
+        seen: &client::Seen,
+        ends: &Ends,
+        events: &EventLog,
+        calls: &backend::Calls,
+        system: &System,
+    ) -> Tally {
+        let mut errors = Vec::new();
+        let mut lost = 0;
+        let mut not_ended = 0;
+        let mut wrong = 0;
+        let mut finished = 0;
+        let mut failed = 0;
+        for (id, n) in &seen.acknowledged {
+            let question = Submission::new(*n).question;
+            match ends.tasks.get(id) {
+                None | Some(None) => {
+                    lost += 1;
+                    errors.push(format!("acknowledged task {id} (submission {n}) is gone"));
+                }
+                Some(Some((state, result))) => match state {
+                    TaskState::Finished => {
+                        finished += 1;
+                        if result.as_ref() != Some(&expected_answer(&question)) {
+                            wrong += 1;
+                            errors.push(format!(
+                                "task {id}: result {result:?} is not the answer to {question:?}"
+                            ));
+                        }
+                    }
+                    s if s.is_terminal() => {
+                        failed += 1;
+                        errors.push(format!("task {id} ended {s}"));
+                    }
+                    s => {
+                        not_ended += 1;
+                        errors.push(format!("task {id} still {s} at the deadline"));
+                    }
+                },
+            }
+        }
+
+        // Ended twice: more than one terminal event for one task.
+        let mut twice = 0;
+        for (id, evs) in &events.per_task {
+            let terminal = evs
+                .iter()
+                .filter(|e| matches!(e.state.as_str(), "finished" | "failed" | "canceled"))
+                .count();
+            if terminal > 1 {
+                twice += 1;
+                errors.push(format!("task {id} ended {terminal} times"));
+            }
+        }
+        let without_end_event = seen
+            .acknowledged
+            .keys()
+            .filter(|id| {
+                !events.per_task.get(*id).is_some_and(|evs| {
+                    evs.iter()
+                        .any(|e| matches!(e.state.as_str(), "finished" | "failed" | "canceled"))
+                })
+            })
+            .count();
+
+        // Backend calls per acknowledged task, and why each extra call happened: every
+        // re-delivery in the events is explained by what happened to the holder it left.
+        let mut max_calls = 0;
+        let mut more_than_once = 0;
+        let mut reasons: HashMap<&'static str, usize> = HashMap::new();
+        for id in seen.acknowledged.keys() {
+            let n = calls.get(id).map_or(0, Vec::len);
+            max_calls = max_calls.max(n);
+            if n <= 1 {
+                continue;
+            }
+            more_than_once += 1;
+            let evs = events.per_task.get(id).cloned().unwrap_or_default();
+            let mut holder: Option<String> = None;
+            let mut explained = 0;
+            for e in &evs {
+                match e.state.as_str() {
+                    "started" if e.worker.is_some() => holder = e.worker.clone(),
+                    "queued" if e.error_kind.as_deref() == Some("lease_expired") => {
+                        let h = holder.clone().unwrap_or_default();
+                        let why = if system.killed.contains(&h) {
+                            "holder SIGKILLed mid-task, lease expired"
+                        } else if system.drained.contains(&h) {
+                            "holder SIGTERMed, lease expired"
+                        } else {
+                            "lease expired with the holder alive"
+                        };
+                        *reasons.entry(why).or_default() += 1;
+                        explained += 1;
+                    }
+                    "queued" if e.released => {
+                        *reasons
+                            .entry("released by a draining executor")
+                            .or_default() += 1;
+                        explained += 1;
+                    }
+                    "delayed" => {
+                        *reasons.entry("retried after a failed attempt").or_default() += 1;
+                        explained += 1;
+                    }
+                    _ => {}
+                }
+            }
+            if explained + 1 < n {
+                *reasons
+                    .entry("unexplained (no re-delivery event)")
+                    .or_default() += n - 1 - explained;
+                errors.push(format!("task {id}: {n} backend calls, events {evs:?}"));
+            }
+        }
+        let mut reasons: Vec<_> = reasons.into_iter().collect();
+        reasons.sort();
+
+        let ms = |d: Duration| format!("{:.1} s", d.as_secs_f64());
+        let mut rows: Vec<Vec<String>> = vec![
+            vec!["submitted".into(), submitted.to_string(), String::new()],
+            vec![
+                "acknowledged (202)".into(),
+                seen.acknowledged.len().to_string(),
+                format!(
+                    "{} keyed",
+                    seen.acknowledged
+                        .values()
+                        .filter(|n| n.is_multiple_of(2))
+                        .count()
+                ),
+            ],
+            vec!["finished".into(), finished.to_string(), String::new()],
+            vec![
+                "failed or canceled".into(),
+                failed.to_string(),
+                String::new(),
+            ],
+            vec![
+                "acknowledged but lost".into(),
+                lost.to_string(),
+                "must be 0".into(),
+            ],
+            vec![
+                "not ended by the deadline".into(),
+                not_ended.to_string(),
+                "must be 0".into(),
+            ],
+            vec![
+                "wrong results".into(),
+                wrong.to_string(),
+                "must be 0".into(),
+            ],
+            vec![
+                "tasks ended twice".into(),
+                twice.to_string(),
+                format!(
+                    "must be 0; {} events read, {without_end_event} tasks without an end event",
+                    events.read
+                ),
+            ],
+            vec![
+                "backend calls per task, max".into(),
+                max_calls.to_string(),
+                String::new(),
+            ],
+            vec![
+                "tasks called more than once".into(),
+                more_than_once.to_string(),
+                String::new(),
+            ],
+        ];
+        for (why, n) in &reasons {
+            rows.push(vec![
+                format!("  re-run: {why}"),
+                n.to_string(),
+                String::new(),
+            ]);
+        }
+        rows.extend([
+            vec![
+                "idempotent replays correct".into(),
+                format!("{} of {}", seen.replays_correct, seen.replays),
+                String::new(),
+            ],
+            vec![
+                "503 windows (client view)".into(),
+                seen.unavailable.count.to_string(),
+                format!(
+                    "longest {}, {} answers, {} without Retry-After",
+                    ms(seen.unavailable.longest),
+                    seen.unavailable.hits,
+                    seen.without_retry_after
+                ),
+            ],
+            vec![
+                "API unreachable windows".into(),
+                seen.unreachable.count.to_string(),
+                format!("longest {} (API restarts)", ms(seen.unreachable.longest)),
+            ],
+            vec![
+                "unexpected answers".into(),
+                seen.unexpected.len().to_string(),
+                seen.unexpected
+                    .first()
+                    .map(|(n, s, b)| format!("first: submission {n} got {s} {b}"))
+                    .unwrap_or_default(),
+            ],
+            vec![
+                "chaos: executors SIGKILLed / SIGTERMed".into(),
+                format!("{} / {}", system.killed.len(), system.drained.len()),
+                String::new(),
+            ],
+            vec![
+                "chaos: Redis SIGKILLed / API restarted".into(),
+                format!(
+                    "{} / {}",
+                    system
+                        .log
+                        .iter()
+                        .filter(|l| l.contains("SIGKILL redis"))
+                        .count(),
+                    system
+                        .log
+                        .iter()
+                        .filter(|l| l.contains("SIGTERM api"))
+                        .count()
+                ),
+                String::new(),
+            ],
+        ]);
+        errors.extend(seen.replay_failures.iter().cloned());
+        errors.truncate(20);
+        Tally {
+            rows,
+            errors,
+            lost,
+            not_ended,
+            wrong,
+            twice,
+        }
+    }
+}

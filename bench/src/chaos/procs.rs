@@ -1,0 +1,146 @@
+//! The processes of a chaos run: Redis (by topology), `ragpool-api` and the
+//! `ragpool-executor`s, each logging to a file in the run's directory, and the signals the
+//! schedule sends them.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ragpool_queue::testing::{RedisServer, ServerOptions};
+use tokio::process::{Child, Command};
+
+/// How Redis is deployed for the run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Topology {
+    /// One `redis-server` with an append-only file (`appendfsync always`).
+    Single,
+}
+
+/// The Redis of a run. A topology adds a variant here and its own way to fail.
+pub enum Redis {
+    Single(RedisServer),
+}
+
+impl Redis {
+    pub fn start(topology: Topology) -> anyhow::Result<Redis> {
+        match topology {
+            Topology::Single => {
+                let opts = ServerOptions {
+                    aof: true,
+                    cluster: false,
+                };
+                Ok(Redis::Single(
+                    RedisServer::start_with(opts).context("starting redis-server")?,
+                ))
+            }
+        }
+    }
+
+    /// The URL every component is given.
+    pub fn url(&self) -> String {
+        match self {
+            Redis::Single(s) => s.url(),
+        }
+    }
+
+    /// SIGKILLs the server (its primary, for a replicated topology).
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        match self {
+            Redis::Single(s) => s.kill().context("killing redis-server"),
+        }
+    }
+
+    /// Starts what [`Redis::kill`] killed, on the same port and data.
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        match self {
+            Redis::Single(s) => s.start_again().context("restarting redis-server"),
+        }
+    }
+}
+
+/// Where the workspace's binaries are: next to this one.
+pub fn binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating ragpool-bench")?;
+    let dir = exe.parent().context("ragpool-bench has no directory")?;
+    let path = dir.join(name);
+    if !path.is_file() {
+        bail!(
+            "{name} is missing from {}: build the workspace's binaries first \
+             (`cargo build --workspace --bins`, or with --release for a release bench)",
+            dir.display()
+        );
+    }
+    Ok(path)
+}
+
+/// One child process, logging to `<dir>/<name>.log`.
+pub struct Proc {
+    pub name: String,
+    child: Child,
+}
+
+impl Proc {
+    pub fn spawn(
+        bin: &Path,
+        name: &str,
+        env: &[(String, String)],
+        dir: &Path,
+    ) -> anyhow::Result<Proc> {
+        let log_path = dir.join(format!("{name}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .with_context(|| format!("opening {}", log_path.display()))?;
+        let mut command = Command::new(bin);
+        command
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true);
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        Ok(Proc {
+            name: name.to_owned(),
+            child,
+        })
+    }
+
+    /// SIGKILL, and reap.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child
+            .kill()
+            .await
+            .with_context(|| format!("killing {}", self.name))
+    }
+
+    /// SIGTERM, then wait for the exit (SIGKILL after `grace`).
+    pub async fn terminate(&mut self, grace: Duration) -> anyhow::Result<()> {
+        if let Some(pid) = self.child.id() {
+            let status = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await
+                .context("running kill -TERM")?;
+            if !status.success() {
+                bail!("kill -TERM {pid} ({}) failed", self.name);
+            }
+        }
+        match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(status) => {
+                status.with_context(|| format!("waiting for {}", self.name))?;
+                Ok(())
+            }
+            Err(_) => self.kill().await,
+        }
+    }
+}
+
+/// A free loopback port (bound and released; the API binds it a moment later).
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(listener.local_addr()?.port())
+}
