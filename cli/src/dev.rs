@@ -189,6 +189,7 @@ fn print_banner(
     println!("ragpool dev: API listening on {url}");
     println!("  Redis:    {redis_about}");
     println!("  Executor: {backend} backend, {concurrency} tasks at once, {docs}");
+    println!("  Dashboard: {url}/dashboard");
     println!();
     println!("Try it:");
     println!(

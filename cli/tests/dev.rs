@@ -149,9 +149,13 @@ async fn dev_answers_from_its_docs_and_stops_cleanly_on_sigint() {
         .to_owned();
     let (redis_pid, redis_port) = redis_pid_and_port(&dev.line_with("Redis:"));
     assert!(!process_gone(redis_pid));
+    let dashboard = format!("{url}/dashboard");
+    assert!(dev.line_with("Dashboard:").ends_with(&dashboard));
     let curl = dev.line_with("curl -s -X POST");
     assert!(curl.contains(&format!("{url}/api/async/query")), "{curl}");
     assert!(dev.line_with("?wait=30").contains(&url));
+    let page = reqwest::get(&dashboard).await.expect("dashboard page");
+    assert_eq!(page.status(), reqwest::StatusCode::OK, "{dashboard}");
     assert!(
         cwd.path().join(".ragpool/redis/appendonlydir").is_dir(),
         "the private Redis keeps an append-only file under ./.ragpool/redis"
