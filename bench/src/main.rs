@@ -3,6 +3,8 @@
 //! port, in-process components) and prints one table of figures, each next to the baseline it
 //! is divided by. Absolute numbers depend on the machine; the ratios are what to compare.
 
+mod executor;
+mod footprint;
 mod queue;
 mod report;
 
@@ -23,11 +25,15 @@ struct Cli {
 enum Command {
     /// ragpool's queue protocol against a bare Redis list queue (LPUSH/BRPOP/SET).
     Queue(queue::Args),
+    /// The executor's job loop against library loops at the same concurrency, and the idle
+    /// binaries' resident memory.
+    Executor(executor::Args),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Queue(args) => queue::run(args).await,
+        Command::Executor(args) => executor::run(args).await,
     }
 }
