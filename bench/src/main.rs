@@ -5,6 +5,7 @@
 
 mod executor;
 mod footprint;
+mod latency;
 mod queue;
 mod report;
 
@@ -28,6 +29,20 @@ enum Command {
     /// The executor's job loop against library loops at the same concurrency, and the idle
     /// binaries' resident memory.
     Executor(executor::Args),
+    /// Hand-off latency with idle parties: enqueue to claimed, result to `?wait` and to SSE.
+    Latency(latency::Args),
+    /// The executor and latency sections in one table.
+    All(AllArgs),
+}
+
+/// Flags of `ragpool-bench all`: those of each section.
+#[derive(clap::Args)]
+struct AllArgs {
+    #[command(flatten)]
+    executor: executor::Args,
+    /// Tasks per latency figure, one at a time.
+    #[arg(long, default_value_t = latency::Args::default().tasks)]
+    latency_tasks: usize,
 }
 
 #[tokio::main]
@@ -35,5 +50,18 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Queue(args) => queue::run(args).await,
         Command::Executor(args) => executor::run(args).await,
+        Command::Latency(args) => latency::run(args).await,
+        Command::All(args) => {
+            let mut rows = executor::rows(&args.executor).await?;
+            rows.extend(
+                latency::rows(&latency::Args {
+                    tasks: args.latency_tasks,
+                })
+                .await?,
+            );
+            println!();
+            report::print_table(&rows);
+            Ok(())
+        }
     }
 }

@@ -528,7 +528,10 @@ async fn claim_of_k_follows_strict_priority_and_leases_each(env: Env) {
     assert_eq!(rest.len(), 1);
     assert_eq!(rest[0].task.id, low2.id);
 }
-on_both!(claim_of_k_strict_t, claim_of_k_follows_strict_priority_and_leases_each);
+on_both!(
+    claim_of_k_strict_t,
+    claim_of_k_follows_strict_priority_and_leases_each
+);
 
 async fn claim_of_k_with_fewer_ready_returns_what_there_is(env: Env) {
     let b = &env.broker;
@@ -558,13 +561,13 @@ async fn claim_of_k_with_fewer_ready_returns_what_there_is(env: Env) {
         .await
         .unwrap();
     assert_eq!(tokens, 40 - ragpool_queue::MAX_CLAIM as u64);
-    let blocking = c
-        .claim_many(100, Duration::from_millis(200))
-        .await
-        .unwrap();
+    let blocking = c.claim_many(100, Duration::from_millis(200)).await.unwrap();
     assert_eq!(blocking.len(), 40 - ragpool_queue::MAX_CLAIM);
 }
-on_both!(claim_of_k_fewer_t, claim_of_k_with_fewer_ready_returns_what_there_is);
+on_both!(
+    claim_of_k_fewer_t,
+    claim_of_k_with_fewer_ready_returns_what_there_is
+);
 
 async fn weighted_claims_of_k_keep_the_shares(env: Env) {
     let b = &env.broker;
