@@ -38,11 +38,18 @@ pub struct Args {
     /// Tasks per figure, one at a time.
     #[arg(long, default_value_t = 2_000)]
     pub tasks: usize,
+    /// Milliseconds between sending the `?wait` request and letting the task finish, so the
+    /// request is surely waiting (there is no signal for it).
+    #[arg(long, default_value_t = 5)]
+    pub settle_ms: u64,
 }
 
 impl Default for Args {
     fn default() -> Self {
-        Args { tasks: 2_000 }
+        Args {
+            tasks: 2_000,
+            settle_ms: 5,
+        }
     }
 }
 
@@ -159,6 +166,15 @@ pub async fn rows(args: &Args) -> anyhow::Result<Vec<Row>> {
         let id = enqueue(&broker, n).await?;
         let called = recv(&mut calls).await?;
         let go = called.go.context("the backend was not gated")?;
+        // The held request goes first, so it has the stream's round trips as well as the
+        // settle time below to reach its wait.
+        let wait = {
+            let request = client.get(format!("{base}/api/async/task/{id}?wait=10"));
+            tokio::spawn(async move {
+                let body = request.send().await?.error_for_status()?.bytes().await?;
+                anyhow::Ok((Instant::now(), body))
+            })
+        };
         let mut events = client
             .get(format!("{base}/api/async/task/{id}/events"))
             .send()
@@ -172,15 +188,8 @@ pub async fn rows(args: &Args) -> anyhow::Result<Vec<Row>> {
             let chunk = events.next().await.context("event stream ended early")??;
             seen.push_str(&String::from_utf8_lossy(&chunk));
         }
-        let wait = {
-            let request = client.get(format!("{base}/api/async/task/{id}?wait=10"));
-            tokio::spawn(async move {
-                let body = request.send().await?.error_for_status()?.bytes().await?;
-                anyhow::Ok((Instant::now(), body))
-            })
-        };
-        // The held request has no signal for "subscribed"; give it ample time to get there.
-        tokio::time::sleep(Duration::from_millis(5)).await;
+        // The held request has no signal for "waiting now"; give it ample time to get there.
+        tokio::time::sleep(Duration::from_millis(args.settle_ms)).await;
         let released = Instant::now();
         let _ = go.send(());
         let sse_at = loop {

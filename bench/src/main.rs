@@ -56,6 +56,7 @@ async fn main() -> anyhow::Result<()> {
             rows.extend(
                 latency::rows(&latency::Args {
                     tasks: args.latency_tasks,
+                    ..latency::Args::default()
                 })
                 .await?,
             );

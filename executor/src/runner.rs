@@ -14,9 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::FutureExt;
-
 use ragpool_queue::payload::Payload;
-
 use ragpool_queue::{
     Broker, Claimed, Consumer, ConsumerConfig, FailOutcome, MAX_CLAIM, QueueError, ReleaseOutcome,
     Retry, TaskError, TaskId, TaskState, WorkerInfo,
@@ -107,7 +105,7 @@ impl Runner {
     }
 }
 
-/// Fills free slots until `stop` fires, each slot on a task of its own ([`run_slot`]).
+/// Fills free slots until `stop` fires, each slot on a task of its own ([`Slot`]).
 /// Returns the slots still going.
 ///
 /// Every free slot is filled in one claim call: with `k` slots free the loop asks for up to

@@ -5,6 +5,10 @@
 //! connection of the consumer's own) until a token arrives or the block time ends, then try
 //! again. Enqueue and every transition that makes a task ready push a token, so no wake-up is
 //! lost between the try and the block.
+//!
+//! One script call can claim several tasks ([`Consumer::try_claim_many`]): a worker with `k`
+//! free slots fills them in one round trip, each task still its own turn of the claim policy
+//! and its own lease.
 
 use std::sync::Mutex;
 use std::time::Duration;
