@@ -6,6 +6,9 @@
 mod chaos;
 mod dashboard;
 mod enqueue;
+mod executor;
+mod footprint;
+mod latency;
 mod queue;
 mod report;
 
@@ -32,6 +35,26 @@ enum Command {
     Enqueue(enqueue::Args),
     /// The whole system under SIGKILLs, a SIGTERM, Redis and API restarts: what was lost.
     Chaos(chaos::Args),
+    /// The executor's job loop against library loops at the same concurrency, and the idle
+    /// binaries' resident memory.
+    Executor(executor::Args),
+    /// Hand-off latency with idle parties: enqueue to claimed, result to `?wait` and to SSE.
+    Latency(latency::Args),
+    /// The executor, latency and enqueue sections in one table.
+    All(AllArgs),
+}
+
+/// Flags of `ragpool-bench all`: those of each section.
+#[derive(clap::Args)]
+struct AllArgs {
+    #[command(flatten)]
+    executor: executor::Args,
+    /// Tasks per latency figure, one at a time.
+    #[arg(long, default_value_t = latency::Args::default().tasks)]
+    latency_tasks: usize,
+    /// Tasks per way of enqueueing (one call at a time, batches of 100 and 1,000).
+    #[arg(long, default_value_t = 10_000)]
+    enqueue_tasks: usize,
 }
 
 #[tokio::main]
@@ -41,5 +64,27 @@ async fn main() -> anyhow::Result<()> {
         Command::Dashboard(args) => dashboard::run(args).await,
         Command::Enqueue(args) => enqueue::run(args).await,
         Command::Chaos(args) => chaos::run(args).await,
+        Command::Executor(args) => executor::run(args).await,
+        Command::Latency(args) => latency::run(args).await,
+        Command::All(args) => {
+            let mut rows = executor::rows(&args.executor).await?;
+            rows.extend(
+                latency::rows(&latency::Args {
+                    tasks: args.latency_tasks,
+                    ..latency::Args::default()
+                })
+                .await?,
+            );
+            rows.extend(
+                enqueue::rows(&enqueue::Args {
+                    tasks: args.enqueue_tasks,
+                    rounds: args.executor.rounds,
+                })
+                .await?,
+            );
+            println!();
+            report::print_table(&rows);
+            Ok(())
+        }
     }
 }

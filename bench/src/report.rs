@@ -32,7 +32,6 @@ impl Row {
     }
 
     /// A figure with no baseline (a latency percentile, a memory size).
-    #[allow(dead_code)]
     pub fn plain(figure: impl Into<String>, value: f64, unit: &'static str) -> Self {
         Row {
             figure: figure.into(),

@@ -55,7 +55,7 @@ impl Metrics {
         registry.register("in_flight", "Tasks running now", in_flight.clone());
         registry.register(
             "claim_latency_seconds",
-            "Round trip of a successful claim",
+            "Round trip of the claim call that took each task (one sample per task claimed)",
             claim_latency.clone(),
         );
         Metrics {

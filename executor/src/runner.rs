@@ -1,8 +1,10 @@
 //! The job loop: claim, run, heartbeat, report, and drain on shutdown.
 //!
-//! One claim loop feeds up to `concurrency` task runners. Each runner races the backend call
-//! against its heartbeat (which can report a cancel or a lost lease), the task's timeout and
-//! the drain deadline, and then reports exactly one outcome to the queue.
+//! Up to `concurrency` slots run tasks. A slot that finishes a task claims the next one for
+//! itself at once; the claim loop fills the slots that are free (up to all of them in one
+//! claim call) and is the one that waits for work when every queue is empty. Each task races
+//! the backend call against its heartbeat (which can report a cancel or a lost lease), the
+//! task's timeout and the drain deadline, and then reports exactly one outcome to the queue.
 //!
 //! Shutdown has two steps, each a [`CancellationToken`]: `stop` ends claiming at once; `release`
 //! fires `drain` later, and every task still running is then given back to its queue without
@@ -11,10 +13,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use ragpool_queue::payload::Payload;
 use ragpool_queue::{
-    Broker, Claimed, Consumer, ConsumerConfig, FailOutcome, QueueError, ReleaseOutcome, Retry,
-    TaskError, TaskId, TaskState, WorkerInfo,
+    Broker, Claimed, Consumer, ConsumerConfig, FailOutcome, MAX_CLAIM, QueueError, ReleaseOutcome,
+    Retry, TaskError, TaskId, TaskState, WorkerInfo,
 };
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -75,7 +78,7 @@ impl Runner {
     /// are released. Returns once every task is reported and the worker is deregistered.
     pub async fn run(self, stop: CancellationToken) -> Result<(), QueueError> {
         let Runner { config, shared } = self;
-        let consumer = shared.broker.consumer(config.consumer.clone()).await?;
+        let consumer = Arc::new(shared.broker.consumer(config.consumer.clone()).await?);
         let registry = tokio::spawn(registry_loop(
             shared.clone(),
             config.clone(),
@@ -103,12 +106,16 @@ impl Runner {
     }
 }
 
-/// Claims tasks while a slot is free until `stop` fires, each task on a runner of its own.
-/// Returns the runners still going.
+/// Fills free slots until `stop` fires, each slot on a task of its own ([`Slot`]).
+/// Returns the slots still going.
+///
+/// Every free slot is filled in one claim call: with `k` slots free the loop asks for up to
+/// `k` tasks at once, so a burst of work reaches all slots in one round trip instead of `k`.
+/// When fewer come back every queue is empty, and the loop waits for work.
 async fn claim_loop(
     shared: &Arc<Shared>,
     config: &RunnerConfig,
-    consumer: &Consumer,
+    consumer: &Arc<Consumer>,
     stop: &CancellationToken,
 ) -> JoinSet<()> {
     let lease = config.consumer.lease;
@@ -120,7 +127,7 @@ async fn claim_loop(
         while tasks.try_join_next().is_some() {}
         // Wait for a free slot, turning at least every 2 s so /readyz can tell a busy loop
         // from a stalled one.
-        let permit = tokio::select! {
+        let first = tokio::select! {
             _ = stop.cancelled() => break,
             permit = tokio::time::timeout(Duration::from_secs(2), slots.clone().acquire_owned()) => match permit {
                 Ok(Ok(p)) => p,
@@ -131,42 +138,102 @@ async fn claim_loop(
                 }
             },
         };
+        let mut permits = vec![first];
+        while permits.len() < MAX_CLAIM {
+            match slots.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
         shared.health.beat();
         // The claim itself is never abandoned half-way: a task Redis handed out would
         // otherwise sit under a lease nobody holds. Only the wait for work is cancellable.
         let claim_started = Instant::now();
-        match consumer.try_claim().await {
-            Ok(Some(claimed)) => {
+        match consumer.try_claim_many(permits.len()).await {
+            Ok(claimed) => {
                 shared.health.redis_answered(true);
-                shared
-                    .metrics
-                    .claim_latency
-                    .observe(claim_started.elapsed().as_secs_f64());
-                let shared = shared.clone();
-                tasks.spawn(async move {
-                    run_task(&shared, claimed, lease).await;
-                    drop(permit);
-                });
-            }
-            Ok(None) => {
-                shared.health.redis_answered(true);
-                drop(permit);
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    r = consumer.wait_for_work(Duration::from_secs(2)) => {
-                        if let Err(e) = r {
-                            redis_trouble(shared, &e).await;
+                let asked = permits.len();
+                let got = claimed.len();
+                // One sample per task claimed: the round trip each of them waited for.
+                let took = claim_started.elapsed().as_secs_f64();
+                for _ in 0..got {
+                    shared.metrics.claim_latency.observe(took);
+                }
+                for (claimed, permit) in claimed.into_iter().zip(permits.drain(..)) {
+                    let slot = Slot {
+                        shared: shared.clone(),
+                        consumer: consumer.clone(),
+                        stop: stop.clone(),
+                        lease,
+                        _permit: permit,
+                    };
+                    tasks.spawn(slot.run(claimed));
+                }
+                // Fewer than asked: every queue is empty now. Slots left over go back.
+                drop(permits);
+                if got < asked {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        r = consumer.wait_for_work(Duration::from_secs(2)) => {
+                            if let Err(e) = r {
+                                redis_trouble(shared, &e).await;
+                            }
                         }
                     }
                 }
             }
             Err(e) => {
-                drop(permit);
+                drop(permits);
                 redis_trouble(shared, &e).await;
             }
         }
     }
     tasks
+}
+
+/// One busy slot: it runs a task, then claims the next one for itself, until there is no more
+/// work or `stop` fires; then its permit goes back to the claim loop.
+///
+/// Claiming from the slot that just freed up costs the same round trip as the claim loop
+/// would, without two hand-offs between tasks (slot to loop, loop to a new slot) per task:
+/// a busy executor claims the way a plain `claim` → `complete` loop does, once per slot.
+struct Slot {
+    shared: Arc<Shared>,
+    consumer: Arc<Consumer>,
+    stop: CancellationToken,
+    lease: Duration,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Slot {
+    async fn run(self, mut claimed: Claimed) {
+        loop {
+            run_task(&self.shared, claimed, self.lease).await;
+            // Shutdown stops claiming at once; a claim already sent is seen through.
+            if self.stop.is_cancelled() {
+                return;
+            }
+            let claim_started = Instant::now();
+            match self.consumer.try_claim().await {
+                Ok(Some(next)) => {
+                    self.shared.health.redis_answered(true);
+                    self.shared
+                        .metrics
+                        .claim_latency
+                        .observe(claim_started.elapsed().as_secs_f64());
+                    claimed = next;
+                }
+                // No work: the claim loop waits for it.
+                Ok(None) => return,
+                // The claim loop retries, with its backoff.
+                Err(e) => {
+                    self.shared.health.redis_answered(false);
+                    tracing::debug!(error = %e, "claiming the next task failed");
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// Lets the running tasks finish for up to `drain`, then fires `release` so the rest are
@@ -301,17 +368,17 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
     let started = Instant::now();
 
     let (cx, mut progress) = TaskContext::for_task(task.id.clone(), task.attempts);
-    let work = {
-        let backend = shared.backend.clone();
-        let broker = shared.broker.clone();
-        let payload = task.payload.clone();
-        let timeout = task.timeout;
-        // On its own task so a panicking backend fails this task instead of the executor.
-        tokio::spawn(
-            async move { call_backend(&broker, backend.as_ref(), payload, &cx, timeout).await },
-        )
-    };
-    let abort = work.abort_handle();
+    // A panicking backend fails this task instead of the executor. Caught in place rather
+    // than on a task of its own: the call is raced below and dropped when it loses, and a
+    // spawn would cost a hand-off between threads on every task.
+    let work = std::panic::AssertUnwindSafe(call_backend(
+        &shared.broker,
+        shared.backend.as_ref(),
+        task.payload.clone(),
+        &cx,
+        task.timeout,
+    ))
+    .catch_unwind();
 
     let heartbeat = async {
         let every = (lease_len / 3).max(Duration::from_millis(50));
@@ -350,13 +417,12 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
         r = work => match r {
             Ok(Ok(value)) => Outcome::Finished(value),
             Ok(Err(e)) => Outcome::Failed(e),
-            Err(e) => Outcome::Failed(BackendError::permanent(kinds::INTERNAL, format!("task runner crashed: {e}"))),
+            Err(panic) => Outcome::Failed(BackendError::permanent(kinds::INTERNAL, format!("task runner crashed: {}", panic_message(&*panic)))),
         },
         o = heartbeat => o,
         _ = tokio::time::sleep(task.timeout) => Outcome::TimedOut,
         _ = shared.release.cancelled() => Outcome::Released,
     };
-    abort.abort();
 
     let label = report(shared, &lease, outcome).await;
     shared.metrics.record(kind, label, started.elapsed());
@@ -368,6 +434,15 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
 /// returns comes a small fraction of a lease later.
 fn heartbeat_retry(lease: Duration) -> Duration {
     (lease / 10).clamp(Duration::from_millis(20), Duration::from_millis(500))
+}
+
+/// The message a panic was raised with, when it is text.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("a panic")
 }
 
 /// Tells the queue how the task ended; returns the outcome label for metrics.

@@ -5,6 +5,10 @@
 //! connection of the consumer's own) until a token arrives or the block time ends, then try
 //! again. Enqueue and every transition that makes a task ready push a token, so no wake-up is
 //! lost between the try and the block.
+//!
+//! One script call can claim several tasks ([`Consumer::try_claim_many`]): a worker with `k`
+//! free slots fills them in one round trip, each task still its own turn of the claim policy
+//! and its own lease.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -54,6 +58,10 @@ pub struct Consumer {
 /// without a token (a crash between two steps) within this time.
 const MAX_BLOCK: Duration = Duration::from_secs(5);
 
+/// Most tasks one claim call takes: the script holds Redis while it runs, so a call for a
+/// thousand slots is split rather than stalling every other client for its duration.
+pub const MAX_CLAIM: usize = 32;
+
 impl Consumer {
     pub(crate) async fn new(broker: Broker, config: ConsumerConfig) -> Result<Consumer> {
         if config.queues.is_empty() {
@@ -81,29 +89,36 @@ impl Consumer {
         &self.config
     }
 
-    /// The order to try the queues in for the next claim.
-    fn order(&self) -> Vec<usize> {
+    /// The turns of the next `count` claims: the queues in their fall-through order, and for
+    /// each turn the position in it of the queue tried first.
+    ///
+    /// Strict: the configured order, every turn starting at the top. Weighted: smooth weighted
+    /// round-robin (as in nginx): each turn every queue earns its weight, the richest goes
+    /// first and pays the total, and the others follow heaviest first. Over any window of
+    /// sum(weights) turns with all queues busy, queue i goes first weight(i) times, however
+    /// the turns are split into calls.
+    fn turns(&self, count: usize) -> (Vec<usize>, Vec<usize>) {
         let n = self.config.queues.len();
         match self.config.policy {
-            ClaimPolicy::Strict => (0..n).collect(),
+            ClaimPolicy::Strict => ((0..n).collect(), vec![0; count]),
             ClaimPolicy::Weighted => {
-                // Smooth weighted round-robin (as in nginx): each turn every queue earns its
-                // weight, the richest goes first and pays the total. Over any window of
-                // sum(weights) claims with all queues busy, queue i goes first weight(i) times.
+                let mut fallback: Vec<usize> = (0..n).collect();
+                fallback.sort_by_key(|&i| -self.weights[i]);
                 let total: i64 = self.weights.iter().sum();
                 let mut credits = self.credits.lock().unwrap_or_else(|p| p.into_inner());
-                for (c, w) in credits.iter_mut().zip(&self.weights) {
-                    *c += w;
-                }
-                let first = (0..n)
-                    .max_by_key(|&i| (credits[i], -(i as i64)))
-                    .unwrap_or(0);
-                credits[first] -= total;
-                let mut order = vec![first];
-                let mut rest: Vec<usize> = (0..n).filter(|&i| i != first).collect();
-                rest.sort_by_key(|&i| -self.weights[i]);
-                order.extend(rest);
-                order
+                let firsts = (0..count)
+                    .map(|_| {
+                        for (c, w) in credits.iter_mut().zip(&self.weights) {
+                            *c += w;
+                        }
+                        let first = (0..n)
+                            .max_by_key(|&i| (credits[i], -(i as i64)))
+                            .unwrap_or(0);
+                        credits[first] -= total;
+                        fallback.iter().position(|&i| i == first).unwrap_or(0)
+                    })
+                    .collect();
+                (fallback, firsts)
             }
         }
     }
@@ -114,30 +129,52 @@ impl Consumer {
     /// its kind's) is failed at once as `bad_input` under the fresh lease, and the claim goes
     /// on to the next task: left alone it would be re-delivered until its attempts ran out.
     pub async fn try_claim(&self) -> Result<Option<Claimed>> {
+        Ok(self.try_claim_many(1).await?.pop())
+    }
+
+    /// Claims up to `max` tasks in one atomic script call, without blocking: fewer (or none)
+    /// when fewer are ready. Each task is one turn of the claim policy, so the tasks are the
+    /// ones `max` calls of [`Consumer::try_claim`] would have returned, in the same order, and
+    /// each has a lease of its own. A worker with `k` free slots fills them in one round trip.
+    ///
+    /// Undecodable tasks are failed as in [`Consumer::try_claim`] and left out; the result is
+    /// empty only when every queue was.
+    pub async fn try_claim_many(&self, max: usize) -> Result<Vec<Claimed>> {
+        let max = max.clamp(1, MAX_CLAIM);
         loop {
-            let token = uuid::Uuid::new_v4().simple().to_string();
-            let reply = self.claim_script(&token).await?;
-            if reply == Value::Nil {
-                return Ok(None);
-            }
-            let fields = decode::pairs(&reply)?;
-            match decode::task(&fields) {
-                Ok(task) => {
-                    return Ok(Some(Claimed {
+            let tokens: Vec<String> = (0..max)
+                .map(|_| uuid::Uuid::new_v4().simple().to_string())
+                .collect();
+            let reply = self.claim_script(&tokens).await?;
+            let Value::Array(hashes) = reply else {
+                return Err(QueueError::Corrupt(format!("claim replied {reply:?}")));
+            };
+            let returned = hashes.len();
+            let mut out = Vec::with_capacity(returned);
+            for (hash, token) in hashes.iter().zip(tokens) {
+                let fields = decode::pairs(hash)?;
+                match decode::task(&fields) {
+                    Ok(task) => out.push(Claimed {
                         lease: self.lease(task.id.clone(), task.queue.clone(), token),
                         task,
-                    }));
+                    }),
+                    Err(e) => self.refuse_undecodable(&fields, token, e).await?,
                 }
-                Err(e) => self.refuse_undecodable(&fields, token, e).await?,
             }
+            // Only undecodable tasks came back: the queues may hold good ones behind them.
+            if out.is_empty() && returned > 0 {
+                continue;
+            }
+            return Ok(out);
         }
     }
 
-    /// Runs the claim script once over the queues in this turn's order.
-    async fn claim_script(&self, token: &str) -> Result<Value> {
+    /// Runs the claim script once for `tokens.len()` turns.
+    async fn claim_script(&self, tokens: &[String]) -> Result<Value> {
         let keys = self.broker.keys();
+        let (order, firsts) = self.turns(tokens.len());
         let mut invocation = scripts::CLAIM.key(keys.events());
-        for &i in &self.order() {
+        for &i in &order {
             let qk = keys.queue(&self.config.queues[i]);
             invocation
                 .key(qk.ready)
@@ -148,8 +185,14 @@ impl Consumer {
         invocation
             .arg(keys.prefix())
             .arg(&self.config.worker_id)
-            .arg(token)
-            .arg(millis(self.config.lease));
+            .arg(millis(self.config.lease))
+            .arg(tokens.len());
+        for token in tokens {
+            invocation.arg(token);
+        }
+        for first in firsts {
+            invocation.arg(first + 1);
+        }
         Ok(invocation.invoke_async(&mut self.broker.conn()).await?)
     }
 
@@ -184,14 +227,21 @@ impl Consumer {
 
     /// Claims a task, waiting up to `block` for one to arrive. `None` when none did.
     pub async fn claim(&self, block: Duration) -> Result<Option<Claimed>> {
+        Ok(self.claim_many(1, block).await?.pop())
+    }
+
+    /// Claims up to `max` tasks (see [`Consumer::try_claim_many`]), waiting up to `block` for
+    /// the first to arrive. Empty when none did.
+    pub async fn claim_many(&self, max: usize, block: Duration) -> Result<Vec<Claimed>> {
         let deadline = Instant::now() + block;
         loop {
-            if let Some(claimed) = self.try_claim().await? {
-                return Ok(Some(claimed));
+            let claimed = self.try_claim_many(max).await?;
+            if !claimed.is_empty() {
+                return Ok(claimed);
             }
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
-                return Ok(None);
+                return Ok(Vec::new());
             }
             self.wait_for_signal(remaining.min(MAX_BLOCK)).await?;
         }

@@ -41,7 +41,7 @@ pub use broker::{
 pub use browse::{BulkOutcome, HistorySample, TaskPage, TaskSummary};
 pub use config::{ClaimPolicy, QueueConfig, QueueEntry, QueueSettings, default_queues};
 pub use conn::RedisTarget;
-pub use consumer::{Claimed, Consumer, ConsumerConfig};
+pub use consumer::{Claimed, Consumer, ConsumerConfig, MAX_CLAIM};
 pub use error::{QueueError, Result};
 pub use events::{EventHub, TaskEvent};
 pub use payload::Payload;

@@ -552,6 +552,119 @@ async fn weighted_priority_serves_every_queue(env: Env) {
 }
 on_both!(weighted_t, weighted_priority_serves_every_queue);
 
+async fn claim_of_k_follows_strict_priority_and_leases_each(env: Env) {
+    let b = &env.broker;
+    let low = b.enqueue(new(TaskKind::FullQuery, 1)).await.unwrap();
+    let low2 = b.enqueue(new(TaskKind::FullQuery, 2)).await.unwrap();
+    let mid = b.enqueue(new(TaskKind::CompleteAnswer, 3)).await.unwrap();
+    let high = b.enqueue(new(TaskKind::AnalyzeImage, 4)).await.unwrap();
+    let high2 = b.enqueue(new(TaskKind::AnalyzeImage, 5)).await.unwrap();
+    let c = env.consumer("w", &ALL, LEASE).await;
+    let claimed = c.try_claim_many(4).await.unwrap();
+    let ids: Vec<_> = claimed.iter().map(|c| c.task.id.clone()).collect();
+    assert_eq!(ids, vec![high.id, high2.id, mid.id, low.id]);
+    let tokens: std::collections::HashSet<_> =
+        claimed.iter().map(|c| c.lease.token.clone()).collect();
+    assert_eq!(tokens.len(), 4, "every task has a lease of its own");
+    for c in &claimed {
+        assert_eq!(c.task.state, TaskState::Started);
+        assert_eq!(c.task.attempts, 1);
+        assert_eq!(c.task.worker.as_deref(), Some("w"));
+        // Each lease is the one stored on its task: it heartbeats and completes.
+        assert!(!b.heartbeat(&c.lease, None).await.unwrap().cancel_requested);
+    }
+    let mut started = 0;
+    for q in ALL {
+        started += b.queue_stats(q).await.unwrap().started;
+    }
+    assert_eq!(started, 4);
+    for c in &claimed {
+        b.complete(&c.lease, &json!({"n": 1})).await.unwrap();
+        // A lease of one task does not work on another.
+        let mut forged = c.lease.clone();
+        forged.task = low2.id.clone();
+        assert!(matches!(
+            b.heartbeat(&forged, None).await,
+            Err(QueueError::LeaseLost(_))
+        ));
+    }
+    let rest = c.try_claim_many(4).await.unwrap();
+    assert_eq!(rest.len(), 1);
+    assert_eq!(rest[0].task.id, low2.id);
+}
+on_both!(
+    claim_of_k_strict_t,
+    claim_of_k_follows_strict_priority_and_leases_each
+);
+
+async fn claim_of_k_with_fewer_ready_returns_what_there_is(env: Env) {
+    let b = &env.broker;
+    for n in 0..3 {
+        b.enqueue(new(TaskKind::CompleteAnswer, n)).await.unwrap();
+    }
+    let c = env.consumer("w", &ALL, LEASE).await;
+    assert_eq!(c.try_claim_many(10).await.unwrap().len(), 3);
+    assert!(c.try_claim_many(10).await.unwrap().is_empty());
+    // The wake-up tokens follow the ready set: none left, so a waiting consumer sleeps.
+    let mut conn = redis_conn(&env).await;
+    let tokens: u64 = redis::cmd("LLEN")
+        .arg(b.keys().queue("answer_generation").signal)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(tokens, 0);
+    // A claim of more than the most one call takes returns that many.
+    for n in 0..40 {
+        b.enqueue(new(TaskKind::CompleteAnswer, n)).await.unwrap();
+    }
+    let many = c.try_claim_many(1000).await.unwrap();
+    assert_eq!(many.len(), ragpool_queue::MAX_CLAIM);
+    let tokens: u64 = redis::cmd("LLEN")
+        .arg(b.keys().queue("answer_generation").signal)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(tokens, 40 - ragpool_queue::MAX_CLAIM as u64);
+    let blocking = c.claim_many(100, Duration::from_millis(200)).await.unwrap();
+    assert_eq!(blocking.len(), 40 - ragpool_queue::MAX_CLAIM);
+}
+on_both!(
+    claim_of_k_fewer_t,
+    claim_of_k_with_fewer_ready_returns_what_there_is
+);
+
+async fn weighted_claims_of_k_keep_the_shares(env: Env) {
+    let b = &env.broker;
+    for n in 0..60 {
+        for kind in TaskKind::ALL {
+            b.enqueue(new(kind, n)).await.unwrap();
+        }
+    }
+    let c = env
+        .consumer_with("w", &ALL, LEASE, ClaimPolicy::Weighted)
+        .await;
+    // 100 claims in calls of 7 (the last of 2): the same 60/30/10 as 100 claims of one.
+    let mut served = std::collections::HashMap::<String, u32>::new();
+    let mut taken = 0;
+    while taken < 100 {
+        let claimed = c.try_claim_many(7.min(100 - taken)).await.unwrap();
+        assert!(!claimed.is_empty());
+        taken += claimed.len();
+        for t in claimed {
+            *served.entry(t.task.queue).or_default() += 1;
+        }
+    }
+    assert_eq!(served["image_analysis"], 60);
+    assert_eq!(served["answer_generation"], 30);
+    assert_eq!(served["full_query"], 10);
+    // The high queue is empty now: its turns fall through, heaviest queue first.
+    let next = c.try_claim_many(5).await.unwrap();
+    assert_eq!(next.len(), 5);
+    assert!(next.iter().all(|t| t.task.queue != "image_analysis"));
+    assert_eq!(next[0].task.queue, "answer_generation");
+}
+on_both!(weighted_claim_of_k_t, weighted_claims_of_k_keep_the_shares);
+
 async fn blocking_claim_wakes_on_enqueue(env: Env) {
     let b = env.broker.clone();
     let c = env.consumer("w", &["answer_generation"], LEASE).await;
