@@ -207,6 +207,7 @@ impl Consumer {
     /// Blocks until one of the queues' wake-up lists has a token, or `wait` passes.
     async fn wait_for_signal(&self, wait: Duration) -> Result<()> {
         let mut guard = self.blocking.lock().await;
+        let established = guard.is_some();
         let conn = match guard.as_mut() {
             Some(conn) => conn,
             None => guard.insert(Conn::open(&self.broker.config().target, None).await?),
@@ -222,6 +223,12 @@ impl Consumer {
         if let Err(e) = result {
             // Open a fresh connection next time rather than trusting this one.
             *guard = None;
+            // A connection that worked and was cut (a failover demoting the primary ends its
+            // blocked commands) counts as a wake-up: the caller claims again, on the
+            // multiplexed connection, which reports a real outage.
+            if established && (e.is_connection_dropped() || e.code() == Some("UNBLOCKED")) {
+                return Ok(());
+            }
             return Err(e.into());
         }
         Ok(())

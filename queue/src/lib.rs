@@ -28,6 +28,7 @@ pub mod image_input;
 pub mod keys;
 pub mod payload;
 mod scripts;
+mod sentinel;
 pub mod stats;
 pub mod task;
 #[cfg(feature = "test-support")]
@@ -38,7 +39,7 @@ pub use broker::{
     NewTask, ReleaseOutcome, Retry,
 };
 pub use config::{ClaimPolicy, QueueConfig, QueueEntry, QueueSettings, default_queues};
-pub use conn::RedisTarget;
+pub use conn::{RedisTarget, SentinelTarget};
 pub use consumer::{Claimed, Consumer, ConsumerConfig};
 pub use error::{QueueError, Result};
 pub use events::{EventHub, TaskEvent};
