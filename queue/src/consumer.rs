@@ -150,7 +150,16 @@ impl Consumer {
             .arg(&self.config.worker_id)
             .arg(token)
             .arg(millis(self.config.lease));
-        Ok(invocation.invoke_async(&mut self.broker.conn()).await?)
+        let (reply, ack) = self.broker.change(&invocation).await?;
+        // An unacknowledged claim still hands the task out: refusing it would leave it under
+        // a lease nobody holds until the lease ran out. Should the claim be lost in a
+        // failover, the task is delivered again; its completion is what must be replicated.
+        if reply != Value::Nil
+            && let Err(e) = ack.require()
+        {
+            tracing::warn!(error = %e, "claimed a task before a replica acknowledged the claim");
+        }
+        Ok(reply)
     }
 
     fn lease(&self, task: TaskId, queue: String, token: String) -> Lease {

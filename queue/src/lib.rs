@@ -19,6 +19,7 @@ pub mod config;
 pub mod conn;
 mod consumer;
 mod decode;
+pub mod durability;
 pub mod error;
 pub mod events;
 #[cfg(feature = "http-server")]
@@ -41,6 +42,7 @@ pub use broker::{
 pub use config::{ClaimPolicy, QueueConfig, QueueEntry, QueueSettings, default_queues};
 pub use conn::{RedisTarget, SentinelTarget};
 pub use consumer::{Claimed, Consumer, ConsumerConfig};
+pub use durability::Durability;
 pub use error::{QueueError, Result};
 pub use events::{EventHub, TaskEvent};
 pub use payload::Payload;

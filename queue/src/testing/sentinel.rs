@@ -312,16 +312,7 @@ impl RedisSentinel {
 
     /// Waits until the replica reports its link to the primary up.
     pub fn wait_for_replica_in_sync(&mut self) -> Result<(), HarnessError> {
-        let port = self.replica()?.port();
-        poll_until(
-            READY_TIMEOUT,
-            &format!("the replica on port {port} to be in sync"),
-            || {
-                let info = Conn::open(port).and_then(|mut c| c.call(&["INFO", "replication"]));
-                Ok(matches!(info, Ok(Reply::Bulk(Some(info)))
-                    if resp::info_field(&info, "master_link_status") == Some("up")))
-            },
-        )
+        self.replica()?.wait_until_in_sync()
     }
 
     fn with_logs(&self, result: Result<(), HarnessError>) -> Result<(), HarnessError> {

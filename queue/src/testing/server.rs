@@ -98,6 +98,21 @@ impl RedisServer {
         self.replica_of = primary;
     }
 
+    /// Waits until this replica reports its link to its primary up (`master_link_status:up`):
+    /// from then on it acknowledges the primary's writes.
+    pub fn wait_until_in_sync(&self) -> Result<(), HarnessError> {
+        let port = self.port();
+        poll_until(
+            READY_TIMEOUT,
+            &format!("the replica on port {port} to be in sync"),
+            || {
+                let info = Conn::open(port).and_then(|mut c| c.call(&["INFO", "replication"]));
+                Ok(matches!(info, Ok(Reply::Bulk(Some(info)))
+                    if resp::info_field(&info, "master_link_status") == Some("up")))
+            },
+        )
+    }
+
     /// `redis://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port())
