@@ -6,5 +6,6 @@ mod bad_input;
 mod endpoints;
 mod faults;
 mod hostile;
+mod replicated;
 mod support;
 mod wait_events;

@@ -98,17 +98,34 @@ impl RedisServer {
         self.replica_of = primary;
     }
 
-    /// Waits until this replica reports its link to its primary up (`master_link_status:up`):
-    /// from then on it acknowledges the primary's writes.
+    /// Waits until this replica reports its link to its primary up and the primary lists it
+    /// `online` (only then does `WAIT` count it): from then on it acknowledges the primary's
+    /// writes.
     pub fn wait_until_in_sync(&self) -> Result<(), HarnessError> {
         let port = self.port();
+        let replication =
+            |port: u16| match Conn::open(port).and_then(|mut c| c.call(&["INFO", "replication"])) {
+                Ok(Reply::Bulk(Some(info))) => Some(info),
+                _ => None,
+            };
         poll_until(
             READY_TIMEOUT,
             &format!("the replica on port {port} to be in sync"),
             || {
-                let info = Conn::open(port).and_then(|mut c| c.call(&["INFO", "replication"]));
-                Ok(matches!(info, Ok(Reply::Bulk(Some(info)))
-                    if resp::info_field(&info, "master_link_status") == Some("up")))
+                let Some(mine) = replication(port) else {
+                    return Ok(false);
+                };
+                if resp::info_field(&mine, "master_link_status") != Some("up") {
+                    return Ok(false);
+                }
+                let Some(primary) = resp::info_field(&mine, "master_port")
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .and_then(replication)
+                else {
+                    return Ok(false);
+                };
+                let listed = format!("port={port},state=online");
+                Ok(primary.lines().any(|line| line.contains(&listed)))
             },
         )
     }
@@ -238,6 +255,10 @@ impl RedisServer {
             "no",
             "--save",
             "",
+            // A replica's first sync starts at once instead of after 5 s (the default delay
+            // waits for more replicas to share one transfer).
+            "--repl-diskless-sync-delay",
+            "0",
         ]
         .map(String::from)
         .into();
