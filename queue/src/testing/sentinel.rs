@@ -155,12 +155,18 @@ impl RedisSentinel {
 
     /// `redis+sentinel://127.0.0.1:A,127.0.0.1:B,127.0.0.1:C/ragpool`.
     pub fn url(&self) -> String {
-        let hosts: Vec<String> = self
-            .sentinels
+        format!(
+            "redis+sentinel://{}/{MASTER_NAME}",
+            self.addresses().join(",")
+        )
+    }
+
+    /// The sentinels' `127.0.0.1:PORT` addresses.
+    pub fn addresses(&self) -> Vec<String> {
+        self.sentinels
             .iter()
             .map(|s| format!("127.0.0.1:{}", s.port()))
-            .collect();
-        format!("redis+sentinel://{}/{MASTER_NAME}", hosts.join(","))
+            .collect()
     }
 
     /// The port of the primary as the first sentinel that answers announces it
