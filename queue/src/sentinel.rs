@@ -251,3 +251,39 @@ impl ConnectionLike for SentinelConn {
         self.db
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server_error(code: &str) -> Value {
+        // Parsed from the wire, as a reply arrives.
+        let mut parser = redis::Parser::new();
+        parser
+            .parse_value(format!("-{code} some detail\r\n").as_bytes())
+            .unwrap()
+    }
+
+    #[test]
+    fn replies_that_mean_the_primary_is_gone_or_demoted() {
+        assert_eq!(value_verdict(&server_error("READONLY")), Verdict::Refused);
+        for code in ["UNBLOCKED", "MASTERDOWN", "LOADING"] {
+            assert_eq!(value_verdict(&server_error(code)), Verdict::Gone, "{code}");
+        }
+        // An ordinary error is about the command, not the server.
+        assert_eq!(value_verdict(&server_error("ERR")), Verdict::Fine);
+        assert_eq!(value_verdict(&server_error("NOSCRIPT")), Verdict::Fine);
+        assert_eq!(value_verdict(&Value::Okay), Verdict::Fine);
+        // In a pipeline, the first telling reply decides.
+        assert_eq!(
+            values_verdict(&[Value::Okay, server_error("READONLY"), Value::Int(0)]),
+            Verdict::Refused
+        );
+        let refused =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert_eq!(error_verdict(&refused), Verdict::Refused);
+        let reset =
+            redis::RedisError::from(std::io::Error::from(std::io::ErrorKind::ConnectionReset));
+        assert_eq!(error_verdict(&reset), Verdict::Gone);
+    }
+}
