@@ -222,3 +222,55 @@ fn sentinel_urls_parse_and_redact() {
         "redis+sentinel://***@a:1,b:2/m/0?***"
     );
 }
+
+/// Under `replicated`, every task whose enqueue was acknowledged is on the replica that a
+/// SIGKILL of the primary promotes; once the killed server is back as a replica, changes are
+/// acknowledged again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicated_enqueues_survive_a_killed_primary() {
+    let redis = tokio::task::spawn_blocking(RedisSentinel::start)
+        .await
+        .unwrap()
+        .expect("primary, replica and sentinels start");
+    let mut config = ragpool_queue::BrokerConfig::from_url(&redis.url()).unwrap();
+    config.queues = common::test_queues();
+    config.durability = ragpool_queue::Durability::Replicated;
+    config.replication_timeout = Duration::from_millis(500);
+    let broker = Broker::connect(config).await.unwrap();
+    let mut acknowledged = Vec::new();
+    for n in 0..50 {
+        acknowledged.push(enqueue(&broker, &format!("task {n}")).await);
+    }
+
+    let (redis, _) = blocking(redis, |r| r.kill_primary().expect("failover after SIGKILL")).await;
+    // No replica now: a change is applied but not acknowledged.
+    let mut not_replicated = None;
+    for _ in 0..20 {
+        match broker
+            .enqueue(NewTask::new(sample_payload(TaskKind::FullQuery, "alone")))
+            .await
+        {
+            Err(ragpool_queue::QueueError::NotReplicated { .. }) => {
+                not_replicated = Some(());
+                break;
+            }
+            Err(e) if e.is_unavailable() => tokio::time::sleep(Duration::from_millis(100)).await,
+            other => panic!("expected not replicated, got {other:?}"),
+        }
+    }
+    assert!(
+        not_replicated.is_some(),
+        "a lone primary acknowledges nothing"
+    );
+    for id in &acknowledged {
+        let task = broker.get(id).await.unwrap();
+        assert!(
+            task.is_some(),
+            "acknowledged task {id} lost in the failover"
+        );
+    }
+
+    let (_redis, restarted) = blocking(redis, |r| r.restart_former_primary()).await;
+    restarted.expect("the former primary rejoins as a replica");
+    enqueue(&broker, "acknowledged again").await;
+}
