@@ -44,7 +44,7 @@ async fn a_completion_is_retried_until_a_replica_has_it() {
     vars.extend([
         ("RAGPOOL_QUEUES", "answer_generation"),
         ("RAGPOOL_DURABILITY", "replicated"),
-        ("RAGPOOL_REPLICATION_TIMEOUT_MS", "200"),
+        ("RAGPOOL_REPLICATION_TIMEOUT_MS", "2000"),
         ("RAGPOOL_LEASE_SECONDS", "30"),
     ]);
     let mut executor = ExecutorProcess::start(&vars).await;

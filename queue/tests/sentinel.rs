@@ -235,7 +235,7 @@ async fn replicated_enqueues_survive_a_killed_primary() {
     let mut config = ragpool_queue::BrokerConfig::from_url(&redis.url()).unwrap();
     config.queues = common::test_queues();
     config.durability = ragpool_queue::Durability::Replicated;
-    config.replication_timeout = Duration::from_millis(500);
+    config.replication_timeout = Duration::from_secs(2);
     let broker = Broker::connect(config).await.unwrap();
     let mut acknowledged = Vec::new();
     for n in 0..50 {

@@ -40,7 +40,8 @@ async fn submit(api: &TestApi, key: &str) -> (u16, serde_json::Value, Option<Str
 async fn a_submission_waits_for_a_replica() {
     let mut config = ApiConfig::default();
     config.durability.durability = Durability::Replicated;
-    config.durability.replication_timeout_ms = 200;
+    // Long enough that a replica that is up acknowledges in time on a loaded machine.
+    config.durability.replication_timeout_ms = 2000;
     let api = TestApi::start_with(config, ServerOptions::default()).await;
 
     // No replica yet.
