@@ -5,6 +5,7 @@
 
 mod chaos;
 mod dashboard;
+mod durability;
 mod enqueue;
 mod executor;
 mod footprint;
@@ -40,6 +41,8 @@ enum Command {
     Executor(executor::Args),
     /// Hand-off latency with idle parties: enqueue to claimed, result to `?wait` and to SSE.
     Latency(latency::Args),
+    /// `--durability replicated` (WAIT 1 after each change) against `local`, same run.
+    Durability(durability::Args),
     /// The executor, latency and enqueue sections in one table.
     All(AllArgs),
 }
@@ -62,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Queue(args) => queue::run(args).await,
         Command::Dashboard(args) => dashboard::run(args).await,
+        Command::Durability(args) => durability::run(args).await,
         Command::Enqueue(args) => enqueue::run(args).await,
         Command::Chaos(args) => chaos::run(args).await,
         Command::Executor(args) => executor::run(args).await,

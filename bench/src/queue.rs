@@ -135,7 +135,16 @@ async fn baseline(url: &str, tasks: usize, consumers: usize) -> anyhow::Result<f
 
 /// Tasks per second from the first enqueue to the last completion, through ragpool.
 async fn ragpool(url: &str, tasks: usize, consumers: usize) -> anyhow::Result<f64> {
-    let broker = Broker::connect(BrokerConfig::from_url(url)?).await?;
+    ragpool_with(BrokerConfig::from_url(url)?, tasks, consumers).await
+}
+
+/// [`ragpool`] with a broker configured by the caller (another durability, say).
+pub async fn ragpool_with(
+    config: BrokerConfig,
+    tasks: usize,
+    consumers: usize,
+) -> anyhow::Result<f64> {
+    let broker = Broker::connect(config).await?;
     let done = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut workers = Vec::new();
