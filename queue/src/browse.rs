@@ -281,17 +281,21 @@ impl Broker {
         let mut handled = 0;
         loop {
             let chunk = (max - handled).min(u64::from(BULK_CHUNK));
-            let reply: Value = scripts::RETRY_FAILED
-                .key(&qk.failed)
-                .key(&qk.ready)
-                .key(&qk.signal)
-                .key(keys.seq())
-                .key(keys.events())
-                .arg(keys.prefix())
-                .arg(chunk)
-                .invoke_async(&mut self.conn())
+            let (reply, ack) = self
+                .change(
+                    scripts::RETRY_FAILED
+                        .key(&qk.failed)
+                        .key(&qk.ready)
+                        .key(&qk.signal)
+                        .key(keys.seq())
+                        .key(keys.events())
+                        .arg(keys.prefix())
+                        .arg(chunk),
+                )
                 .await?;
             let (done, left) = pair(&reply, "retry_failed")?;
+            // Unconfirmed under `replicated`: calling again redoes whatever a failover lost.
+            ack.require()?;
             out.done += done;
             out.remaining = left;
             handled += chunk;
@@ -317,14 +321,17 @@ impl Broker {
         let mut handled = 0;
         loop {
             let chunk = (max - handled).min(u64::from(BULK_CHUNK));
-            let reply: Value = scripts::PURGE
-                .key(&index)
-                .arg(self.keys().prefix())
-                .arg(state.as_str())
-                .arg(chunk)
-                .invoke_async(&mut self.conn())
+            let (reply, ack) = self
+                .change(
+                    scripts::PURGE
+                        .key(&index)
+                        .arg(self.keys().prefix())
+                        .arg(state.as_str())
+                        .arg(chunk),
+                )
                 .await?;
             let (done, left) = pair(&reply, "purge")?;
+            ack.require()?;
             out.done += done;
             out.remaining = left;
             handled += chunk;
