@@ -513,6 +513,24 @@ def expect_ingress_hpa_netpol(objects: list[dict[str, Any]]) -> None:
     assert env_of(volumes)["RAGPOOL_API_KEYS_FILE"]
 
 
+def expect_sentinel(objects: list[dict[str, Any]]) -> None:
+    assert not find(objects, "StatefulSet"), "bundled Redis rendered"
+    env = env_of(api_container(objects))
+    assert env["RAGPOOL_REDIS_URL"]["value"] == (
+        "redis+sentinel://:$(RAGPOOL_REDIS_PASSWORD)@redis.redis.svc:26379/mymaster/0"
+    ), env["RAGPOOL_REDIS_URL"]
+    assert env["RAGPOOL_REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": "redis", "key": "redis-password"}
+    assert "RAGPOOL_REDIS_SENTINEL_PASSWORD" not in env, "the sentinels share the data nodes' password"
+    assert env["RAGPOOL_DURABILITY"]["value"] == "replicated"
+    pool = the_pool(objects)
+    assert pool["spec"]["redis"] == {
+        "sentinel": {"masterName": "mymaster", "addresses": ["redis.redis.svc:26379"], "noPassword": False, "db": 0},
+        "passwordSecretRef": {"name": "redis", "key": "redis-password"},
+        "tls": False,
+        "durability": "replicated",
+    }, pool["spec"]["redis"]
+
+
 def expect_no_secrets(objects: list[dict[str, Any]]) -> None:
     assert not find(objects, "RagWorkerPool")
     assert not find(objects, "Secret")
@@ -525,6 +543,7 @@ EXPECTATIONS: dict[str, Callable[[list[dict[str, Any]]], None]] = {
     "auth": expect_auth,
     "ingress-hpa-netpol": expect_ingress_hpa_netpol,
     "no-secrets": expect_no_secrets,
+    "sentinel": expect_sentinel,
 }
 
 
@@ -561,6 +580,10 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("both redis.url and redis.existingSecret", {"redis": {"bundled": {"enabled": False}, "url": "redis://r:6379", "existingSecret": "s"}}, "'not' failed"),
     ("a URL that is no Redis URL", {"redis": {"bundled": {"enabled": False}, "url": "http://r:6379"}}, "/redis/url"),
     ("appendfsync no", {"redis": {"bundled": {"appendfsync": "no"}}}, "/redis/bundled/appendfsync"),
+    ("redis.sentinel beside the bundled Redis", {"redis": {"sentinel": {"enabled": True, "addresses": ["s:26379"]}}}, "/redis/sentinel/enabled"),
+    ("redis.sentinel without addresses", {"redis": {"bundled": {"enabled": False}, "sentinel": {"enabled": True}}}, "/redis/sentinel/addresses"),
+    ("redis.sentinel beside redis.url", {"redis": {"bundled": {"enabled": False}, "url": "redis://r:6379", "sentinel": {"enabled": True, "addresses": ["s:26379"]}}}, "/redis/url"),
+    ("an unknown durability", {"redis": {"durability": "quorum"}}, "/redis/durability"),
     ("unknown secrets access", {"operator": {"secrets": {"access": "some"}}}, "/operator/secrets/access"),
     ("pool without queues", {"defaultPool": {"queues": {"names": []}}}, "/defaultPool/queues/names"),
 ]

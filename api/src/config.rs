@@ -5,14 +5,17 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ragpool_queue::durability::DurabilityArgs;
 use ragpool_queue::http_server::ServerArgs;
 use ragpool_queue::{BrokerConfig, MAX_ENQUEUE_BATCH, QueueConfig, QueueSettings, TaskKind};
 
 /// Everything `ragpool-api` can be told. Every flag has an environment fallback.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiConfig {
-    /// Redis to use: `redis://[user:password@]host:port[/db]`, `rediss://…` for TLS, or a
-    /// comma-separated list of seed URLs (or `redis+cluster://…`) for Redis Cluster.
+    /// Redis to use: `redis://[user:password@]host:port[/db]`, `rediss://…` for TLS, a
+    /// comma-separated list of seed URLs (or `redis+cluster://…`) for Redis Cluster, or
+    /// `redis+sentinel://[[user]:password@]host:port[,host:port…]/<master-name>[/<db>]` for a
+    /// primary watched by Sentinel.
     #[arg(
         long,
         env = "RAGPOOL_REDIS_URL",
@@ -25,6 +28,10 @@ pub struct ApiConfig {
     /// with a private CA).
     #[arg(long, env = "RAGPOOL_REDIS_CA_FILE")]
     pub redis_ca_file: Option<PathBuf>,
+
+    /// When a submission is answered 202: see `--durability`.
+    #[command(flatten)]
+    pub durability: DurabilityArgs,
 
     /// Key prefix (and Redis Cluster hash tag) of every queue key; the executors must use the
     /// same one.
@@ -233,6 +240,7 @@ impl Default for ApiConfig {
         ApiConfig {
             redis_url: DEFAULT_REDIS_URL.into(),
             redis_ca_file: None,
+            durability: DurabilityArgs::default(),
             namespace: DEFAULT_NAMESPACE.into(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             limits: Limits::default(),
@@ -255,6 +263,7 @@ impl ApiConfig {
         }
         config.namespace = self.namespace.clone();
         config.queues = self.queues.queue_configs()?;
+        self.durability.apply(&mut config);
         Ok(config)
     }
 }

@@ -138,6 +138,15 @@ impl From<QueueError> for ApiError {
                     ..ApiError::unavailable("the task store is unreachable; try again shortly")
                 }
             }
+            QueueError::NotReplicated { .. } => ApiError {
+                cause: Some(e.to_string()),
+                ..ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not_replicated",
+                    "the change was not confirmed by a Redis replica in time and may be lost \
+                     in a failover; try again (with the same Idempotency-Key for a submission)",
+                )
+            },
             QueueError::InvalidTaskId(_) => {
                 ApiError::new(StatusCode::BAD_REQUEST, "invalid_task_id", e.to_string())
             }
@@ -211,6 +220,13 @@ mod tests {
                 "wrong_state",
             ),
             (QueueError::Corrupt("x".into()), 500, "internal"),
+            (
+                QueueError::NotReplicated {
+                    timeout: std::time::Duration::from_secs(1),
+                },
+                503,
+                "not_replicated",
+            ),
         ];
         for (err, status, code) in cases {
             let api = ApiError::from(err);

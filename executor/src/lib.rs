@@ -48,6 +48,7 @@ pub async fn run_with_backend(
     }
     broker_config.namespace = settings.namespace.clone();
     broker_config.queues = queues.clone();
+    settings.durability.apply(&mut broker_config);
     let broker = Broker::connect(broker_config)
         .await
         .context("connecting to Redis")?;

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use ragpool_queue::durability::DurabilityArgs;
 use ragpool_queue::http_server::ServerArgs;
 use ragpool_queue::{ClaimPolicy, QueueConfig, QueueEntry, QueueSettings};
 
@@ -13,7 +14,8 @@ use crate::backend::{BackendConfig, BuiltinConfig, HttpConfig, OpenAiConfig, Sec
 /// Everything `ragpool-executor` can be told.
 #[derive(Debug, Clone, Args)]
 pub struct ExecutorSettings {
-    /// Redis URL: redis://, rediss:// (TLS), or a comma-separated list of cluster seeds.
+    /// Redis URL: redis://, rediss:// (TLS), a comma-separated list of cluster seeds, or
+    /// redis+sentinel://[[user]:password@]host:port[,host:port…]/<master-name>[/<db>].
     #[arg(
         long,
         env = "RAGPOOL_REDIS_URL",
@@ -26,6 +28,11 @@ pub struct ExecutorSettings {
     /// a private CA).
     #[arg(long, env = "RAGPOOL_REDIS_CA_FILE")]
     pub redis_ca_file: Option<PathBuf>,
+
+    /// When a task's claim and outcome count as stored: see `--durability`. Under
+    /// `replicated` an outcome no replica acknowledged is retried.
+    #[command(flatten)]
+    pub durability: DurabilityArgs,
 
     /// Key namespace (and Redis Cluster hash tag) shared with the API.
     #[arg(long, env = "RAGPOOL_NAMESPACE", default_value = "ragpool")]

@@ -93,7 +93,7 @@ pub enum PriorityPolicy {
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 #[schemars(extend("x-kubernetes-validations" = [
-    {"rule": "has(self.url) != has(self.urlSecretRef)", "message": "set exactly one of url and urlSecretRef"}
+    {"rule": "(has(self.url) ? 1 : 0) + (has(self.urlSecretRef) ? 1 : 0) + (has(self.sentinel) ? 1 : 0) == 1", "message": "set exactly one of url, urlSecretRef and sentinel"}
 ]))]
 pub struct RedisSpec {
     /// Redis URL, for example `redis://redis.ragpool.svc:6379/0`. Put a URL that holds a
@@ -109,9 +109,67 @@ pub struct RedisSpec {
     /// URL in a Secret).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret_ref: Option<SecretKeyRef>,
-    /// Connect with TLS: a `redis://` URL is used as `rediss://`.
+    /// Connect with TLS: a `redis://` URL is used as `rediss://` (with `sentinel`, TLS to the
+    /// sentinels and the data nodes).
     #[serde(default)]
     pub tls: bool,
+    /// A primary watched by Redis Sentinel, found through these sentinels (instead of `url`
+    /// or `urlSecretRef`). `passwordSecretRef` is the data nodes' password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sentinel: Option<SentinelSpec>,
+    /// When a state change counts as done: `local` (the primary applied it) or `replicated`
+    /// (a replica acknowledged it too; survives a failover, costs a round trip per change).
+    /// Set the API's `RAGPOOL_DURABILITY` to the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub durability: Option<DurabilitySetting>,
+}
+
+/// Redis Sentinel: where the sentinels are and which primary they watch.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SentinelSpec {
+    /// The name the sentinels monitor the primary under (`mymaster` in Bitnami's chart).
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^[A-Za-z0-9._-]+$"))]
+    pub master_name: String,
+    /// The sentinels, `host:port` each (port 26379 usually); a Service in front of them
+    /// works as one address. Any one that answers is enough.
+    #[schemars(
+        length(min = 1, max = 16),
+        inner(
+            length(min = 1, max = 512),
+            regex(pattern = r"^[A-Za-z0-9.\-\[\]:]+:[0-9]+$")
+        )
+    )]
+    pub addresses: Vec<String>,
+    /// A key of a Secret holding the sentinels' own password. Unset: the sentinels get the
+    /// data nodes' password (`passwordSecretRef`), as Bitnami's chart configures them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret_ref: Option<SecretKeyRef>,
+    /// Sentinels without a password although the data nodes have one.
+    #[serde(default)]
+    pub no_password: bool,
+    /// Database number on the primary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 15))]
+    pub db: Option<u32>,
+}
+
+/// See `RedisSpec::durability`.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DurabilitySetting {
+    #[default]
+    Local,
+    Replicated,
+}
+
+impl DurabilitySetting {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DurabilitySetting::Local => "local",
+            DurabilitySetting::Replicated => "replicated",
+        }
+    }
 }
 
 /// One key of a Secret in the pool's namespace.
@@ -556,8 +614,14 @@ impl RagWorkerPoolSpec {
         if self.queues.names.is_empty() {
             return fail("queues.names must list at least one queue");
         }
-        if self.redis.url.is_some() == self.redis.url_secret_ref.is_some() {
-            return fail("redis: set exactly one of url and urlSecretRef");
+        let r = &self.redis;
+        let sources = [
+            r.url.is_some(),
+            r.url_secret_ref.is_some(),
+            r.sentinel.is_some(),
+        ];
+        if sources.iter().filter(|set| **set).count() != 1 {
+            return fail("redis: set exactly one of url, urlSecretRef and sentinel");
         }
         let s = &self.scaling;
         if s.max_replicas < 1 {
@@ -838,6 +902,15 @@ mod tests {
             name: "s".into(),
             key: "k".into(),
         });
+        let mut url_and_sentinel = fixtures::spec();
+        url_and_sentinel.redis.sentinel = Some(SentinelSpec {
+            master_name: "m".into(),
+            addresses: vec!["s:26379".into()],
+            ..SentinelSpec::default()
+        });
+        let mut sentinel_only = url_and_sentinel.clone();
+        sentinel_only.redis.url = None;
+        assert_eq!(sentinel_only.validate(), Ok(()));
         let mut min_over_max = fixtures::spec();
         min_over_max.scaling.min_replicas = 30;
         let mut idle_not_below_min = fixtures::spec();
@@ -849,6 +922,7 @@ mod tests {
         openai_without_settings.executor.backend.kind = BackendKind::Openai;
         for (name, spec) in [
             ("both urls", both_urls),
+            ("url and sentinel", url_and_sentinel),
             ("min over max", min_over_max),
             ("idle not below min", idle_not_below_min),
             ("grace not above drain", short_grace),

@@ -10,7 +10,7 @@ use kube::{Api, Client, ResourceExt};
 
 use crate::crd::{RagWorkerPool, SecretKeyRef};
 use crate::observe::ObserveError;
-use crate::resources::{with_tls, with_userinfo};
+use crate::resources::{sentinel_url, with_tls, with_userinfo};
 
 /// Reads one key of a Secret in `namespace`.
 async fn secret_value(
@@ -47,6 +47,28 @@ async fn secret_value(
 pub async fn resolve(client: &Client, pool: &RagWorkerPool) -> Result<String, ObserveError> {
     let namespace = pool.namespace().unwrap_or_else(|| "default".into());
     let redis = &pool.spec.redis;
+    if let Some(sentinel) = &redis.sentinel {
+        let password = match &redis.password_secret_ref {
+            Some(r) => Some(url_safe(
+                secret_value(client, &namespace, r).await?,
+                SENTINEL_SAFE,
+            )?),
+            None => None,
+        };
+        let sentinel_password = match &sentinel.password_secret_ref {
+            Some(r) => Some(url_safe(
+                secret_value(client, &namespace, r).await?,
+                SENTINEL_SAFE,
+            )?),
+            None => None,
+        };
+        return Ok(sentinel_url(
+            sentinel,
+            redis.tls,
+            password.as_deref(),
+            sentinel_password.as_deref(),
+        ));
+    }
     let base = match (&redis.url, &redis.url_secret_ref) {
         (Some(url), _) => url.clone(),
         (None, Some(r)) => secret_value(client, &namespace, r).await?,
@@ -69,17 +91,28 @@ pub fn compose(base: &str, password: Option<&str>, tls: bool) -> Result<String, 
     let Some(password) = password else {
         return Ok(url);
     };
-    // The pods get the password spliced in verbatim by Kubernetes' $(VAR) expansion, so
-    // only characters that need no escaping in a URL's userinfo can work for both.
+    let password = url_safe(password.to_owned(), USERINFO_SAFE)?;
+    Ok(with_userinfo(&url, &format!(":{password}")).unwrap_or(url))
+}
+
+/// Punctuation a password may hold in a URL's userinfo without escaping.
+const USERINFO_SAFE: &str = "-._~!$&'()*+,;=";
+/// In a Sentinel URL a password is also a query value and sits before a host list, so `&`,
+/// `=` and `,` are out too.
+const SENTINEL_SAFE: &str = "-._~!$'()*+;";
+
+/// The pods get a password spliced in verbatim by Kubernetes' $(VAR) expansion, so only
+/// characters that need no escaping (alphanumerics and `allowed`) can work for both.
+fn url_safe(password: String, allowed: &str) -> Result<String, ObserveError> {
     let safe = password
         .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-._~!$&'()*+,;=".contains(c));
+        .all(|c| c.is_ascii_alphanumeric() || allowed.contains(c));
     if !safe {
         return Err(ObserveError::Config(
             "the Redis password has characters that need URL escaping; keep the whole URL in a Secret (urlSecretRef)".into(),
         ));
     }
-    Ok(with_userinfo(&url, &format!(":{password}")).unwrap_or(url))
+    Ok(password)
 }
 
 #[cfg(test)]
@@ -101,6 +134,33 @@ mod tests {
             Ok("rediss://:pw@r:6379".into())
         );
         assert!(compose("redis://r:6379", Some("p@ss/word"), false).is_err());
+    }
+
+    #[tokio::test]
+    async fn resolve_builds_a_sentinel_url_with_the_data_nodes_password() {
+        let mut s = spec();
+        s.redis.url = None;
+        s.redis.tls = true;
+        s.redis.password_secret_ref = Some(SecretKeyRef {
+            name: "redis".into(),
+            key: "password".into(),
+        });
+        s.redis.sentinel = Some(crate::crd::SentinelSpec {
+            master_name: "mymaster".into(),
+            addresses: vec!["redis:26379".into()],
+            ..Default::default()
+        });
+        let secret = json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "redis", "namespace": "ns"},
+            "data": {"password": "cHc="}
+        });
+        let (client, server) = mock_api(vec![
+            Exchange::new(Method::GET, "/api/v1/namespaces/ns/secrets/redis")
+                .reply(StatusCode::OK, secret),
+        ]);
+        let url = resolve(&client, &pool(s)).await;
+        assert_eq!(url, Ok("rediss+sentinel://:pw@redis:26379/mymaster".into()));
+        assert_eq!(server.await.map(|seen| seen.len()).ok(), Some(1));
     }
 
     #[tokio::test]

@@ -19,7 +19,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use ragpool_queue::QueueEntry;
 
-use crate::crd::{BackendKind, PriorityPolicy, RagWorkerPool, SecretKeyRef};
+use crate::crd::{BackendKind, PriorityPolicy, RagWorkerPool, SecretKeyRef, SentinelSpec};
 
 /// The field manager of every write the operator makes.
 pub const MANAGER: &str = "ragpool-operator";
@@ -86,6 +86,9 @@ pub fn settings(pool: &RagWorkerPool) -> BTreeMap<String, String> {
     set("RAGPOOL_METRICS_LISTEN", format!("0.0.0.0:{METRICS_PORT}"));
     if let Some(lease) = executor.lease_seconds {
         set("RAGPOOL_LEASE_SECONDS", lease.to_string());
+    }
+    if let Some(durability) = spec.redis.durability {
+        set("RAGPOOL_DURABILITY", durability.as_str().into());
     }
     env.extend(backend_settings(pool));
     env
@@ -208,6 +211,37 @@ pub fn with_userinfo(url: &str, userinfo: &str) -> Option<String> {
     Some(format!("{scheme}://{userinfo}@{rest}"))
 }
 
+/// The `redis+sentinel://` URL (see `ragpool_queue::SentinelTarget`) for `sentinel`, with
+/// the data nodes' and the sentinels' passwords as given: the values themselves (the
+/// operator's own connection) or `$(VAR)` references (the pods').
+pub fn sentinel_url(
+    sentinel: &SentinelSpec,
+    tls: bool,
+    password: Option<&str>,
+    sentinel_password: Option<&str>,
+) -> String {
+    let scheme = if tls {
+        "rediss+sentinel"
+    } else {
+        "redis+sentinel"
+    };
+    let userinfo = password.map(|p| format!(":{p}@")).unwrap_or_default();
+    let mut url = format!(
+        "{scheme}://{userinfo}{}/{}",
+        sentinel.addresses.join(","),
+        sentinel.master_name
+    );
+    if let Some(db) = sentinel.db {
+        url.push_str(&format!("/{db}"));
+    }
+    if sentinel.no_password {
+        url.push_str("?sentinel_password=");
+    } else if let Some(p) = sentinel_password {
+        url.push_str(&format!("?sentinel_password={p}"));
+    }
+    url
+}
+
 /// Environment variables that do not fit a ConfigMap: the pod name, the Redis URL (which may
 /// come from a Secret) and secrets by reference, then the user's own (which win).
 fn env(pool: &RagWorkerPool) -> Vec<EnvVar> {
@@ -226,7 +260,27 @@ fn env(pool: &RagWorkerPool) -> Vec<EnvVar> {
     if let Some(password) = &redis.password_secret_ref {
         env.push(secret_env("RAGPOOL_REDIS_PASSWORD", password));
     }
+    if let Some(sentinel) = &redis.sentinel {
+        if let Some(password) = &sentinel.password_secret_ref {
+            env.push(secret_env("RAGPOOL_REDIS_SENTINEL_PASSWORD", password));
+        }
+        // Both passwords by $(VAR) reference, defined above, as for a plain URL.
+        let url = sentinel_url(
+            sentinel,
+            redis.tls,
+            redis
+                .password_secret_ref
+                .as_ref()
+                .map(|_| "$(RAGPOOL_REDIS_PASSWORD)"),
+            sentinel
+                .password_secret_ref
+                .as_ref()
+                .map(|_| "$(RAGPOOL_REDIS_SENTINEL_PASSWORD)"),
+        );
+        env.push(value_env("RAGPOOL_REDIS_URL", url));
+    }
     match (&redis.url, &redis.url_secret_ref) {
+        _ if redis.sentinel.is_some() => {}
         (Some(url), _) => {
             let url = with_tls(url, redis.tls);
             // Kubernetes expands $(VAR) from variables defined earlier in the list, so the
@@ -544,6 +598,80 @@ mod tests {
         assert_eq!(get("RAGPOOL_HTTP_URL"), "http://rag:8000");
         assert_eq!(get("RAGPOOL_REQUEST_TIMEOUT_SECONDS"), "60");
         assert_eq!(get("RAGPOOL_METRICS_LISTEN"), "0.0.0.0:9090");
+    }
+
+    #[test]
+    fn a_sentinel_pool_gets_a_sentinel_url_and_its_durability() {
+        let mut s = spec();
+        s.redis.url = None;
+        s.redis.password_secret_ref = Some(SecretKeyRef {
+            name: "redis".into(),
+            key: "password".into(),
+        });
+        s.redis.sentinel = Some(SentinelSpec {
+            master_name: "mymaster".into(),
+            addresses: vec![
+                "redis-node-0.redis-headless:26379".into(),
+                "redis:26379".into(),
+            ],
+            password_secret_ref: Some(SecretKeyRef {
+                name: "sentinel".into(),
+                key: "password".into(),
+            }),
+            db: Some(2),
+            ..SentinelSpec::default()
+        });
+        s.redis.durability = Some(crate::crd::DurabilitySetting::Replicated);
+        let p = pool(s.clone());
+        let env = env_of(&deployment(&p, 1));
+        let position = |name: &str| env.iter().position(|e| e.name == name);
+        let url = env
+            .iter()
+            .find(|e| e.name == "RAGPOOL_REDIS_URL")
+            .and_then(|e| e.value.clone());
+        assert_eq!(
+            url.as_deref(),
+            Some(
+                "redis+sentinel://:$(RAGPOOL_REDIS_PASSWORD)@redis-node-0.redis-headless:26379,\
+                 redis:26379/mymaster/2?sentinel_password=$(RAGPOOL_REDIS_SENTINEL_PASSWORD)"
+            )
+        );
+        assert!(position("RAGPOOL_REDIS_PASSWORD") < position("RAGPOOL_REDIS_URL"));
+        assert!(position("RAGPOOL_REDIS_SENTINEL_PASSWORD") < position("RAGPOOL_REDIS_URL"));
+        assert_eq!(
+            env.iter().filter(|e| e.name == "RAGPOOL_REDIS_URL").count(),
+            1
+        );
+        let data = config_map(&p).data.unwrap_or_default();
+        assert_eq!(
+            data.get("RAGPOOL_DURABILITY").map(String::as_str),
+            Some("replicated")
+        );
+
+        // TLS, and sentinels without a password although the data nodes have one.
+        let sentinel = s.redis.sentinel.as_mut().unwrap();
+        sentinel.password_secret_ref = None;
+        sentinel.no_password = true;
+        sentinel.db = None;
+        assert_eq!(
+            sentinel_url(sentinel, true, Some("pw"), None),
+            "rediss+sentinel://:pw@redis-node-0.redis-headless:26379,redis:26379/mymaster\
+             ?sentinel_password="
+        );
+        // The URL is one the queue parses the same way.
+        let target: ragpool_queue::RedisTarget = sentinel_url(sentinel, false, Some("pw"), None)
+            .parse()
+            .unwrap();
+        let parsed = target.sentinel.unwrap();
+        assert_eq!(parsed.master_name, "mymaster");
+        assert_eq!(parsed.password.as_deref(), Some("pw"));
+        assert_eq!(parsed.sentinel_password, None);
+        assert!(
+            !config_map(&pool(spec()))
+                .data
+                .unwrap_or_default()
+                .contains_key("RAGPOOL_DURABILITY")
+        );
     }
 
     #[test]

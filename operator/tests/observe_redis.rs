@@ -92,3 +92,87 @@ async fn observes_queued_in_flight_and_busy_pods() {
         .unwrap_err();
     assert_eq!(err.reason(), "RedisUnreachable");
 }
+
+/// A pool whose Redis is a primary watched by Sentinel: the operator's URL for it reaches the
+/// primary, and after a failover the same connection reads from the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn observes_through_sentinel_across_a_failover() {
+    use ragpool_operator::crd::SentinelSpec;
+    use ragpool_operator::observe::ObserveError;
+    use ragpool_operator::resources::sentinel_url;
+    use ragpool_queue::testing::RedisSentinel;
+
+    let redis = tokio::task::spawn_blocking(RedisSentinel::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let spec = SentinelSpec {
+        master_name: ragpool_queue::testing::MASTER_NAME.into(),
+        addresses: redis.addresses(),
+        ..SentinelSpec::default()
+    };
+    let url = sentinel_url(&spec, false, None, None);
+    assert_eq!(url, redis.url());
+    let observer = Broker::connect(BrokerConfig::from_url(&url).unwrap())
+        .await
+        .unwrap();
+    let writer = Broker::connect(BrokerConfig::from_url(&url).unwrap())
+        .await
+        .unwrap();
+    let enqueue = |n: usize| {
+        let writer = writer.clone();
+        async move {
+            writer
+                .enqueue(NewTask::new(sample_payload(
+                    TaskKind::AnalyzeImage,
+                    &format!("q{n}"),
+                )))
+                .await
+                .unwrap();
+        }
+    };
+    enqueue(0).await;
+    enqueue(1).await;
+    let queues = ["image_analysis".to_string()];
+    let obs = observe_queues(&observer, &queues).await.unwrap();
+    assert_eq!(obs.queued, 2);
+
+    let mut redis = redis;
+    let redis = tokio::task::spawn_blocking(move || {
+        redis.failover().unwrap();
+        redis
+    })
+    .await
+    .unwrap();
+    // The sentinels cut the demoted primary's clients: each broker meets that once, as an
+    // unreachable Redis, and then finds the new primary.
+    let mut enqueued = false;
+    for _ in 0..20 {
+        match writer
+            .enqueue(NewTask::new(sample_payload(TaskKind::AnalyzeImage, "q2")))
+            .await
+        {
+            Ok(_) => {
+                enqueued = true;
+                break;
+            }
+            Err(e) => assert!(e.is_unavailable(), "{e}"),
+        }
+    }
+    assert!(enqueued, "the writer found the new primary");
+    let mut seen = None;
+    for _ in 0..20 {
+        match observe_queues(&observer, &queues).await {
+            Ok(obs) => {
+                seen = Some(obs.queued);
+                break;
+            }
+            Err(ObserveError::Unreachable(_)) => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(other) => panic!("{other}"),
+        }
+    }
+    assert_eq!(seen, Some(3), "read from the new primary");
+    drop(redis);
+}

@@ -87,3 +87,27 @@ local function observe_clock(clock, now, gap_ms, hold_ms)
   end
   return hold
 end
+
+-- A worker repeats a report whose replication was not confirmed (durability `replicated`).
+-- The report its lease already made is answered again, marked {'repeat', <first reply>…}, and
+-- nothing is applied twice; the WAIT that follows the repeat confirms the original. (Under
+-- `local` the caller reads the mark as lease_lost, as before.) Returns nil when this lease
+-- made no report.
+local function repeated(tkey, lease)
+  local done = redis.call('HGET', tkey, 'reported')
+  local mark = lease .. ' '
+  if done and string.sub(done, 1, #mark) == mark then
+    local reply = {'repeat'}
+    for part in string.gmatch(string.sub(done, #mark + 1), '%S+') do
+      reply[#reply + 1] = part
+    end
+    return reply
+  end
+  return nil
+end
+
+-- Records a worker's report for `repeated` and returns it as the script's reply.
+local function reported(tkey, lease, reply)
+  redis.call('HSET', tkey, 'reported', lease .. ' ' .. table.concat(reply, ' '))
+  return reply
+end

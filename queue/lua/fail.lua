@@ -7,10 +7,11 @@
 -- ARGV[1] id, ARGV[2] lease token, ARGV[3] error kind, ARGV[4] error message,
 -- ARGV[5] retryable 0|1, ARGV[6] jitter in [0, 1), ARGV[7] minimum delay ms (a server's
 -- Retry-After; 0 for none)
+-- A repeat under the same lease answers {'repeat', <the first reply>…} (`repeated`).
 -- Returns {'delayed', due_ms} / {'failed'} / {'canceled'} or {'not_found'} / {'lease_lost'}.
 local tkey, id = KEYS[1], ARGV[1]
 local refused = check_lease(tkey, ARGV[2])
-if refused then return {refused} end
+if refused then return repeated(tkey, ARGV[2]) or {refused} end
 
 local now = now_ms()
 redis.call('ZREM', KEYS[2], id)
@@ -22,7 +23,7 @@ if h[1] == '1' then
   redis.call('HSET', tkey, 'error_kind', 'canceled', 'error_msg', 'canceled while running')
   local queue = finish_as(tkey, id, KEYS[5], 'canceled', 'failure_ttl_ms', now)
   emit(KEYS[7], id, queue, 'canceled')
-  return {'canceled'}
+  return reported(tkey, ARGV[2], {'canceled'})
 end
 
 local attempts, max_attempts = tonumber(h[2]), tonumber(h[3])
@@ -37,10 +38,10 @@ if ARGV[5] == '1' and attempts < max_attempts then
   redis.call('HDEL', tkey, 'lease', 'worker')
   redis.call('ZADD', KEYS[3], due, id)
   emit(KEYS[7], id, h[6], 'delayed', {'error_kind', ARGV[3]})
-  return {'delayed', due}
+  return reported(tkey, ARGV[2], {'delayed', due})
 end
 
 local queue = finish_as(tkey, id, KEYS[4], 'failed', 'failure_ttl_ms', now)
 redis.call('HINCRBY', KEYS[6], 'failed', 1)
 emit(KEYS[7], id, queue, 'failed', {'error_kind', ARGV[3]})
-return {'failed'}
+return reported(tkey, ARGV[2], {'failed'})

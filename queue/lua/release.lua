@@ -5,10 +5,11 @@
 -- KEYS[1] task hash, KEYS[2] started set, KEYS[3] ready set, KEYS[4] wake-up list,
 -- KEYS[5] canceled set, KEYS[6] events stream
 -- ARGV[1] id, ARGV[2] lease token
+-- A repeat under the same lease answers {'repeat', <the first reply>…} (`repeated`).
 -- Returns {'queued'} / {'canceled'} or {'not_found'} / {'lease_lost'}.
 local tkey, id = KEYS[1], ARGV[1]
 local refused = check_lease(tkey, ARGV[2])
-if refused then return {refused} end
+if refused then return repeated(tkey, ARGV[2]) or {refused} end
 
 local now = now_ms()
 redis.call('ZREM', KEYS[2], id)
@@ -17,9 +18,9 @@ if h[1] == '1' then
   redis.call('HSET', tkey, 'error_kind', 'canceled', 'error_msg', 'canceled while running')
   finish_as(tkey, id, KEYS[5], 'canceled', 'failure_ttl_ms', now)
   emit(KEYS[6], id, h[3], 'canceled')
-  return {'canceled'}
+  return reported(tkey, ARGV[2], {'canceled'})
 end
 redis.call('HINCRBY', tkey, 'attempts', -1)
 make_ready(tkey, id, KEYS[3], KEYS[4], h[2], now)
 emit(KEYS[6], id, h[3], 'queued', {'released', '1'})
-return {'queued'}
+return reported(tkey, ARGV[2], {'queued'})

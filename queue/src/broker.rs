@@ -12,12 +12,17 @@ use serde_json::Value as Json;
 use crate::config::{QueueConfig, default_queues};
 use crate::conn::{Conn, RedisTarget};
 use crate::decode;
+use crate::durability::{Ack, Acknowledged, Durability};
 use crate::error::{QueueError, Result};
 use crate::keys::Keys;
 use crate::payload::Payload;
 use crate::scripts;
 use crate::stats::{DurationSummary, QueueStats, WorkerInfo};
 use crate::task::{Progress, Task, TaskError, TaskId};
+
+/// A replica on the same network acknowledges in about a millisecond; one second leaves room
+/// for a busy replica and still answers a client well inside its patience.
+pub const DEFAULT_REPLICATION_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// How to reach Redis and which queues exist.
 #[derive(Debug, Clone)]
@@ -29,6 +34,11 @@ pub struct BrokerConfig {
     pub queues: Vec<QueueConfig>,
     /// How long a non-blocking command may take before it counts as a failure.
     pub response_timeout: Duration,
+    /// When a state change counts as done; see [`Durability`].
+    pub durability: Durability,
+    /// Under `replicated`: how long a change waits for a replica's acknowledgement before
+    /// it is reported [`QueueError::NotReplicated`]. Shorter than `response_timeout`.
+    pub replication_timeout: Duration,
 }
 
 impl BrokerConfig {
@@ -39,6 +49,8 @@ impl BrokerConfig {
             namespace: "ragpool".into(),
             queues: default_queues(),
             response_timeout: Duration::from_secs(5),
+            durability: Durability::Local,
+            replication_timeout: DEFAULT_REPLICATION_TIMEOUT,
         }
     }
 
@@ -215,6 +227,25 @@ impl Broker {
                 "namespace must be non-empty and free of braces".into(),
             ));
         }
+        if config.durability == Durability::Replicated {
+            if config.target.cluster {
+                return Err(QueueError::Config(
+                    "durability replicated is not supported on Redis Cluster (WAIT must reach \
+                     the shard that took the write); use a primary with replicas, with or \
+                     without Sentinel"
+                        .into(),
+                ));
+            }
+            if config.replication_timeout.is_zero()
+                || config.replication_timeout >= config.response_timeout
+            {
+                return Err(QueueError::Config(format!(
+                    "the replication timeout ({:?}) must be positive and shorter than the \
+                     response timeout ({:?})",
+                    config.replication_timeout, config.response_timeout
+                )));
+            }
+        }
         let conn = Conn::open(&config.target, Some(config.response_timeout)).await?;
         Ok(Broker {
             inner: Arc::new(Inner {
@@ -245,6 +276,26 @@ impl Broker {
 
     pub(crate) fn conn(&self) -> Conn {
         self.inner.conn.clone()
+    }
+
+    /// Runs a state-changing script. Under `replicated` it is followed by `WAIT` on the same
+    /// connection (see [`crate::durability`]); the caller calls [`Ack::require`] once the
+    /// reply says something changed (a refusal changed nothing and needs no replica).
+    pub(crate) async fn change(
+        &self,
+        script: &redis::ScriptInvocation<'_>,
+    ) -> Result<(Value, Ack)> {
+        let mut conn = self.conn();
+        match self.inner.config.durability {
+            Durability::Local => Ok((script.invoke_async(&mut conn).await?, Ack::NotAsked)),
+            Durability::Replicated => {
+                let probe = self.keys().replication_probe();
+                let mut acknowledged =
+                    Acknowledged::new(&mut conn, &probe, self.inner.config.replication_timeout);
+                let reply = script.invoke_async(&mut acknowledged).await?;
+                Ok((reply, acknowledged.ack()))
+            }
+        }
     }
 
     /// Checks that Redis answers.
@@ -333,8 +384,9 @@ impl Broker {
                 .arg(idem)
                 .arg(owner.unwrap_or_default());
         }
-        let reply: Value = invocation.invoke_async(&mut self.conn()).await?;
+        let (reply, ack) = self.change(&invocation).await?;
         let reply = decode::status(&reply)?;
+        ack.require()?;
         reply
             .chunks(3)
             .map(|answer| match answer {
@@ -404,20 +456,22 @@ impl Broker {
         let qk = keys.queue(&lease.queue);
         let result = serde_json::to_string(result)
             .map_err(|e| QueueError::Corrupt(format!("result does not serialize: {e}")))?;
-        let reply: Value = scripts::COMPLETE
-            .key(keys.task(lease.task.as_str()))
-            .key(&qk.started)
-            .key(&qk.finished)
-            .key(&qk.counters)
-            .key(&qk.processing)
-            .key(keys.events())
-            .arg(lease.task.as_str())
-            .arg(&lease.token)
-            .arg(result)
-            .invoke_async(&mut self.conn())
+        let (reply, ack) = self
+            .change(
+                scripts::COMPLETE
+                    .key(keys.task(lease.task.as_str()))
+                    .key(&qk.started)
+                    .key(&qk.finished)
+                    .key(&qk.counters)
+                    .key(&qk.processing)
+                    .key(keys.events())
+                    .arg(lease.task.as_str())
+                    .arg(&lease.token)
+                    .arg(result),
+            )
             .await?;
-        match decode::status(&reply)?.as_slice() {
-            [ok] if ok == "ok" => Ok(()),
+        match self.unrepeat(decode::status(&reply)?).as_slice() {
+            [ok] if ok == "ok" => ack.require(),
             other => Err(refusal(&lease.task, other)),
         }
     }
@@ -437,53 +491,77 @@ impl Broker {
             Retry::Permanent => (0, 0),
         };
         let jitter: f64 = rand::rng().random_range(0.0..1.0);
-        let reply: Value = scripts::FAIL
-            .key(keys.task(lease.task.as_str()))
-            .key(&qk.started)
-            .key(&qk.delayed)
-            .key(&qk.failed)
-            .key(&qk.canceled)
-            .key(&qk.counters)
-            .key(keys.events())
-            .arg(lease.task.as_str())
-            .arg(&lease.token)
-            .arg(&error.kind)
-            .arg(&error.message)
-            .arg(retryable)
-            .arg(format!("{jitter:.6}"))
-            .arg(min_delay)
-            .invoke_async(&mut self.conn())
+        let (reply, ack) = self
+            .change(
+                scripts::FAIL
+                    .key(keys.task(lease.task.as_str()))
+                    .key(&qk.started)
+                    .key(&qk.delayed)
+                    .key(&qk.failed)
+                    .key(&qk.canceled)
+                    .key(&qk.counters)
+                    .key(keys.events())
+                    .arg(lease.task.as_str())
+                    .arg(&lease.token)
+                    .arg(&error.kind)
+                    .arg(&error.message)
+                    .arg(retryable)
+                    .arg(format!("{jitter:.6}"))
+                    .arg(min_delay),
+            )
             .await?;
-        let reply = decode::status(&reply)?;
-        match reply.as_slice() {
-            [s, due] if s == "delayed" => Ok(FailOutcome::Delayed {
+        let reply = self.unrepeat(decode::status(&reply)?);
+        let outcome = match reply.as_slice() {
+            [s, due] if s == "delayed" => FailOutcome::Delayed {
                 retry_at_ms: due.parse().unwrap_or(0),
-            }),
-            [s] if s == "failed" => Ok(FailOutcome::Failed),
-            [s] if s == "canceled" => Ok(FailOutcome::Canceled),
-            other => Err(refusal(&lease.task, other)),
-        }
+            },
+            [s] if s == "failed" => FailOutcome::Failed,
+            [s] if s == "canceled" => FailOutcome::Canceled,
+            other => return Err(refusal(&lease.task, other)),
+        };
+        ack.require()?;
+        Ok(outcome)
     }
 
     /// Gives a task back without spending an attempt (a worker shutting down).
     pub async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
         let keys = self.keys();
         let qk = keys.queue(&lease.queue);
-        let reply: Value = scripts::RELEASE
-            .key(keys.task(lease.task.as_str()))
-            .key(&qk.started)
-            .key(&qk.ready)
-            .key(&qk.signal)
-            .key(&qk.canceled)
-            .key(keys.events())
-            .arg(lease.task.as_str())
-            .arg(&lease.token)
-            .invoke_async(&mut self.conn())
+        let (reply, ack) = self
+            .change(
+                scripts::RELEASE
+                    .key(keys.task(lease.task.as_str()))
+                    .key(&qk.started)
+                    .key(&qk.ready)
+                    .key(&qk.signal)
+                    .key(&qk.canceled)
+                    .key(keys.events())
+                    .arg(lease.task.as_str())
+                    .arg(&lease.token),
+            )
             .await?;
-        match decode::status(&reply)?.as_slice() {
-            [s] if s == "queued" => Ok(ReleaseOutcome::Requeued),
-            [s] if s == "canceled" => Ok(ReleaseOutcome::Canceled),
-            other => Err(refusal(&lease.task, other)),
+        let outcome = match self.unrepeat(decode::status(&reply)?).as_slice() {
+            [s] if s == "queued" => ReleaseOutcome::Requeued,
+            [s] if s == "canceled" => ReleaseOutcome::Canceled,
+            other => return Err(refusal(&lease.task, other)),
+        };
+        ack.require()?;
+        Ok(outcome)
+    }
+
+    /// A worker's report answered `{'repeat', <first reply>…}`: this lease already made it.
+    /// Under `replicated` the first reply stands (the caller is confirming a change whose
+    /// replication it could not see); under `local` the lease is spent, as it always was.
+    fn unrepeat(&self, mut reply: Vec<String>) -> Vec<String> {
+        if reply.first().map(String::as_str) != Some("repeat") {
+            return reply;
+        }
+        match self.inner.config.durability {
+            Durability::Replicated => {
+                reply.remove(0);
+                reply
+            }
+            Durability::Local => vec!["lease_lost".into()],
         }
     }
 
@@ -502,25 +580,31 @@ impl Broker {
         let queue = self.queue_of(id).await?;
         let keys = self.keys();
         let qk = keys.queue(&queue);
-        let reply: Value = scripts::CANCEL
-            .key(keys.task(id.as_str()))
-            .key(&qk.ready)
-            .key(&qk.delayed)
-            .key(&qk.canceled)
-            .key(keys.events())
-            .arg(id.as_str())
-            .invoke_async(&mut self.conn())
+        let (reply, ack) = self
+            .change(
+                scripts::CANCEL
+                    .key(keys.task(id.as_str()))
+                    .key(&qk.ready)
+                    .key(&qk.delayed)
+                    .key(&qk.canceled)
+                    .key(keys.events())
+                    .arg(id.as_str()),
+            )
             .await?;
-        match decode::status(&reply)?.as_slice() {
-            [s] if s == "canceled" => Ok(CancelOutcome::Canceled),
-            [s] if s == "cancel_requested" => Ok(CancelOutcome::Requested),
-            [s, state] if s == "ended" => Err(QueueError::WrongState {
-                id: id.to_string(),
-                state: state.clone(),
-                action: "cancel",
-            }),
-            other => Err(refusal(id, other)),
-        }
+        let outcome = match decode::status(&reply)?.as_slice() {
+            [s] if s == "canceled" => CancelOutcome::Canceled,
+            [s] if s == "cancel_requested" => CancelOutcome::Requested,
+            [s, state] if s == "ended" => {
+                return Err(QueueError::WrongState {
+                    id: id.to_string(),
+                    state: state.clone(),
+                    action: "cancel",
+                });
+            }
+            other => return Err(refusal(id, other)),
+        };
+        ack.require()?;
+        Ok(outcome)
     }
 
     /// Puts a `failed` task back on its queue with its attempts reset.
@@ -528,18 +612,20 @@ impl Broker {
         let queue = self.queue_of(id).await?;
         let keys = self.keys();
         let qk = keys.queue(&queue);
-        let reply: Value = scripts::RETRY
-            .key(keys.task(id.as_str()))
-            .key(&qk.failed)
-            .key(&qk.ready)
-            .key(&qk.signal)
-            .key(keys.seq())
-            .key(keys.events())
-            .arg(id.as_str())
-            .invoke_async(&mut self.conn())
+        let (reply, ack) = self
+            .change(
+                scripts::RETRY
+                    .key(keys.task(id.as_str()))
+                    .key(&qk.failed)
+                    .key(&qk.ready)
+                    .key(&qk.signal)
+                    .key(keys.seq())
+                    .key(keys.events())
+                    .arg(id.as_str()),
+            )
             .await?;
         match decode::status(&reply)?.as_slice() {
-            [s] if s == "queued" => Ok(()),
+            [s] if s == "queued" => ack.require(),
             [s, state] if s == "wrong_state" => Err(QueueError::WrongState {
                 id: id.to_string(),
                 state: state.clone(),

@@ -1,9 +1,12 @@
-//! Connections to a single Redis server or a Redis Cluster, behind one type.
+//! Connections to a single Redis server, a primary watched by Redis Sentinel, or a Redis
+//! Cluster, behind one type.
 //!
 //! Commands go over a multiplexed connection that reconnects on its own. Blocking commands
 //! (`BLPOP`, `XREAD BLOCK`) get a connection of their own with no response timeout: on a
 //! shared connection they would hold up every other command, and redis-rs's default 500 ms
-//! response timeout would cut them off.
+//! response timeout would cut them off. A Sentinel connection asks the sentinels for the
+//! primary whenever the one it used fails or turns out to be a replica (see
+//! [`crate::sentinel`]).
 
 use std::str::FromStr;
 use std::time::Duration;
@@ -14,19 +17,190 @@ use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::error::{QueueError, Result};
+use crate::sentinel::SentinelConn;
 
-/// Where Redis is: one server, or the seed nodes of a cluster.
+/// Where Redis is: one server, the seed nodes of a cluster, or the sentinels of a primary.
 ///
 /// Parsed from a URL (`redis://`, `rediss://` for TLS, with `user:password@` when needed) or a
 /// comma-separated list of URLs, which means a cluster. `redis+cluster://` (or
-/// `rediss+cluster://`) selects cluster mode with a single seed.
+/// `rediss+cluster://`) selects cluster mode with a single seed. `redis+sentinel://` (or
+/// `rediss+sentinel://`) names sentinels and a master name; see [`SentinelTarget`].
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisTarget {
+    /// The URL(s) as given: the cluster seeds, the single server, or the one Sentinel URL.
     pub urls: Vec<String>,
     pub cluster: bool,
     /// PEM root certificate(s) to trust for `rediss://` instead of the system's roots (a
     /// private CA, as in most in-cluster Redis deployments).
     pub ca_cert: Option<Vec<u8>>,
+    /// Set for a `redis+sentinel://` URL: the primary is found through these sentinels.
+    pub sentinel: Option<SentinelTarget>,
+}
+
+/// A primary found through Redis Sentinel, parsed from
+/// `redis+sentinel://[[user]:password@]host:port[,host:port…]/<master-name>[/<db>]` (or
+/// `rediss+sentinel://` for TLS to the sentinels and the data nodes).
+///
+/// `user:password@` are the data nodes' credentials (the primary and its replicas); the
+/// sentinels get the same ones unless the query says otherwise: `?sentinel_password=…`
+/// (and `&sentinel_username=…`) for sentinels with credentials of their own, an empty
+/// `sentinel_password=` for sentinels without authentication. Percent-encoding is decoded in
+/// every credential and the master name.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SentinelTarget {
+    /// The sentinels, `(host, port)`; any one that answers is enough.
+    pub sentinels: Vec<(String, u16)>,
+    /// The name the sentinels monitor the primary under (`sentinel monitor <name> …`).
+    pub master_name: String,
+    pub db: i64,
+    pub tls: bool,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub sentinel_username: Option<String>,
+    pub sentinel_password: Option<String>,
+}
+
+/// The credentials are left out: a target is logged and printed in errors.
+impl std::fmt::Debug for SentinelTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentinelTarget")
+            .field("sentinels", &self.sentinels)
+            .field("master_name", &self.master_name)
+            .field("db", &self.db)
+            .field("tls", &self.tls)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl SentinelTarget {
+    /// Parses a `redis+sentinel://` or `rediss+sentinel://` URL; `None` for any other scheme.
+    pub fn parse(url: &str) -> Option<Result<SentinelTarget>> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("redis+sentinel://") {
+            (false, rest)
+        } else if let Some(rest) = url.strip_prefix("rediss+sentinel://") {
+            (true, rest)
+        } else {
+            return None;
+        };
+        Some(Self::parse_rest(tls, rest).map_err(|why| {
+            QueueError::Config(format!(
+                "invalid Sentinel URL {:?}: {why}; expected \
+                 redis+sentinel://[[user]:password@]host:port[,host:port...]/master-name[/db]",
+                redact(url)
+            ))
+        }))
+    }
+
+    fn parse_rest(tls: bool, rest: &str) -> std::result::Result<SentinelTarget, String> {
+        let (rest, query) = match rest.split_once('?') {
+            Some((rest, query)) => (rest, Some(query)),
+            None => (rest, None),
+        };
+        // The password may hold any character, `@` and `/` included: the address list starts
+        // after the last `@`, and the path after the first `/` that follows it.
+        let (userinfo, rest) = match rest.rsplit_once('@') {
+            Some((userinfo, rest)) => (Some(userinfo), rest),
+            None => (None, rest),
+        };
+        let (hosts, path) = rest.split_once('/').ok_or("the master name is missing")?;
+        let mut sentinels = Vec::new();
+        for host in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+            let (name, port) = host
+                .rsplit_once(':')
+                .ok_or_else(|| format!("sentinel address {host:?} has no port"))?;
+            let port: u16 = port
+                .parse()
+                .map_err(|_| format!("sentinel address {host:?} has a bad port"))?;
+            let name = name.trim_start_matches('[').trim_end_matches(']');
+            if name.is_empty() {
+                return Err(format!("sentinel address {host:?} has no host"));
+            }
+            sentinels.push((name.to_string(), port));
+        }
+        if sentinels.is_empty() {
+            return Err("no sentinel address".into());
+        }
+        let mut segments = path.split('/');
+        let master_name = percent_decode(segments.next().unwrap_or_default())?;
+        if master_name.is_empty() {
+            return Err("the master name is missing".into());
+        }
+        let db = match segments.next() {
+            None | Some("") => 0,
+            Some(db) => db
+                .parse()
+                .map_err(|_| format!("database {db:?} is not a number"))?,
+        };
+        if segments.next().is_some() {
+            return Err("too many path segments".into());
+        }
+        let (username, password) = match userinfo {
+            None => (None, None),
+            Some(info) => {
+                let (user, password) = match info.split_once(':') {
+                    Some((user, password)) => (user, Some(password)),
+                    None => (info, None),
+                };
+                let user = percent_decode(user)?;
+                (
+                    (!user.is_empty()).then_some(user),
+                    password.map(percent_decode).transpose()?,
+                )
+            }
+        };
+        let mut target = SentinelTarget {
+            sentinels,
+            master_name,
+            db,
+            tls,
+            sentinel_username: username.clone(),
+            sentinel_password: password.clone(),
+            username,
+            password,
+        };
+        for pair in query.into_iter().flat_map(|q| q.split('&')) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode(value)?;
+            match name {
+                "sentinel_username" => {
+                    target.sentinel_username = (!value.is_empty()).then_some(value)
+                }
+                "sentinel_password" => {
+                    target.sentinel_password = (!value.is_empty()).then_some(value);
+                    if target.sentinel_password.is_none() {
+                        target.sentinel_username = None;
+                    }
+                }
+                "" => {}
+                other => return Err(format!("unknown query parameter {other:?}")),
+            }
+        }
+        Ok(target)
+    }
+}
+
+/// Decodes `%XX` escapes (a password with `@`, `:` or `/` in it must be written that way in
+/// a URL).
+fn percent_decode(s: &str) -> std::result::Result<String, String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or("a bad percent-escape")?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| "a percent-escape that is not UTF-8".into())
 }
 
 /// Shows the URLs [`redact`]ed: a target is logged and printed in errors.
@@ -38,6 +212,7 @@ impl std::fmt::Debug for RedisTarget {
                 &self.urls.iter().map(|u| redact(u)).collect::<Vec<_>>(),
             )
             .field("cluster", &self.cluster)
+            .field("sentinel", &self.sentinel)
             .field("ca_cert", &self.ca_cert.as_ref().map(|pem| pem.len()))
             .finish()
     }
@@ -53,7 +228,7 @@ impl RedisTarget {
         Ok(self)
     }
 
-    fn certificates(&self) -> Option<redis::TlsCertificates> {
+    pub(crate) fn certificates(&self) -> Option<redis::TlsCertificates> {
         self.ca_cert.as_ref().map(|pem| redis::TlsCertificates {
             client_tls: None,
             root_cert: Some(pem.clone()),
@@ -65,6 +240,14 @@ impl FromStr for RedisTarget {
     type Err = QueueError;
 
     fn from_str(s: &str) -> Result<Self> {
+        if let Some(sentinel) = SentinelTarget::parse(s.trim()) {
+            return Ok(RedisTarget {
+                urls: vec![s.trim().to_string()],
+                cluster: false,
+                ca_cert: None,
+                sentinel: Some(sentinel?),
+            });
+        }
         let mut cluster = false;
         let mut urls = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -79,7 +262,8 @@ impl FromStr for RedisTarget {
             };
             redis::parse_redis_url(&url).ok_or_else(|| {
                 QueueError::Config(format!(
-                    "invalid Redis URL {:?}: expected redis://host:port or rediss://host:port",
+                    "invalid Redis URL {:?}: expected redis://host:port, rediss://host:port or \
+                     redis+sentinel://host:port[,host:port...]/master-name",
                     redact(part)
                 ))
             })?;
@@ -93,6 +277,7 @@ impl FromStr for RedisTarget {
             urls,
             cluster,
             ca_cert: None,
+            sentinel: None,
         })
     }
 }
@@ -191,21 +376,30 @@ fn is_plain_address(address: &str) -> bool {
         && port.chars().all(|c| c.is_ascii_digit())
 }
 
-/// A connection to either kind of deployment. Cheap to clone; clones share the socket.
+/// A connection to any kind of deployment. Cheap to clone; clones share the socket.
 #[derive(Clone)]
 pub enum Conn {
     Single(ConnectionManager),
     Cluster(ClusterConnection),
+    Sentinel(SentinelConn),
 }
 
 impl Conn {
     /// Opens a multiplexed connection. For a single server this does not wait for Redis to be
     /// up: the first command connects, and a lost connection is re-established on the next.
     pub async fn open(target: &RedisTarget, response_timeout: Option<Duration>) -> Result<Conn> {
-        if target.urls.iter().any(|u| u.starts_with("rediss://")) {
+        let tls = target.urls.iter().any(|u| u.starts_with("rediss"));
+        if tls {
             // rustls needs one process-wide crypto provider; install ring's unless the
             // application already chose one (then this is a no-op).
             let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+        if let Some(sentinel) = &target.sentinel {
+            return Ok(Conn::Sentinel(SentinelConn::new(
+                sentinel,
+                target.certificates(),
+                response_timeout,
+            )?));
         }
         if target.cluster {
             let mut builder = ClusterClientBuilder::new(target.urls.clone())
@@ -253,6 +447,7 @@ impl ConnectionLike for Conn {
                 }
             }),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(c) => c.req_packed_command(cmd),
         }
     }
 
@@ -265,6 +460,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Sentinel(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
 
@@ -272,6 +468,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
+            Conn::Sentinel(c) => c.get_db(),
         }
     }
 }
@@ -281,7 +478,7 @@ impl ConnectionLike for Conn {
 /// from the message). A reply lost after the command was sent is indistinguishable from it,
 /// but retrying then only succeeds if Redis came back within that instant, and every script
 /// either refuses a repeat (a lease transition answers `LeaseLost`) or repeats harmlessly.
-fn never_sent(e: &redis::RedisError) -> bool {
+pub(crate) fn never_sent(e: &redis::RedisError) -> bool {
     e.is_io_error() && e.is_connection_dropped() && e.to_string().contains("broken pipe")
 }
 

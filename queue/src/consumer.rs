@@ -150,7 +150,16 @@ impl Consumer {
             .arg(&self.config.worker_id)
             .arg(token)
             .arg(millis(self.config.lease));
-        Ok(invocation.invoke_async(&mut self.broker.conn()).await?)
+        let (reply, ack) = self.broker.change(&invocation).await?;
+        // An unacknowledged claim still hands the task out: refusing it would leave it under
+        // a lease nobody holds until the lease ran out. Should the claim be lost in a
+        // failover, the task is delivered again; its completion is what must be replicated.
+        if reply != Value::Nil
+            && let Err(e) = ack.require()
+        {
+            tracing::warn!(error = %e, "claimed a task before a replica acknowledged the claim");
+        }
+        Ok(reply)
     }
 
     fn lease(&self, task: TaskId, queue: String, token: String) -> Lease {
@@ -207,6 +216,7 @@ impl Consumer {
     /// Blocks until one of the queues' wake-up lists has a token, or `wait` passes.
     async fn wait_for_signal(&self, wait: Duration) -> Result<()> {
         let mut guard = self.blocking.lock().await;
+        let established = guard.is_some();
         let conn = match guard.as_mut() {
             Some(conn) => conn,
             None => guard.insert(Conn::open(&self.broker.config().target, None).await?),
@@ -222,6 +232,12 @@ impl Consumer {
         if let Err(e) = result {
             // Open a fresh connection next time rather than trusting this one.
             *guard = None;
+            // A connection that worked and was cut (a failover demoting the primary ends its
+            // blocked commands) counts as a wake-up: the caller claims again, on the
+            // multiplexed connection, which reports a real outage.
+            if established && (e.is_connection_dropped() || e.code() == Some("UNBLOCKED")) {
+                return Ok(());
+            }
             return Err(e.into());
         }
         Ok(())

@@ -29,15 +29,27 @@ pub enum QueueError {
     UnknownQueue(String),
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// Under `replicated` durability: the primary applied the change but no replica
+    /// acknowledged it in time, so a failover now could undo it. Retrying is safe (the
+    /// retried call confirms or redoes the change); see [`crate::durability`].
+    #[error(
+        "no replica acknowledged the change within {timeout:?} (durability replicated); \
+         it may be lost in a failover, try again"
+    )]
+    NotReplicated { timeout: std::time::Duration },
     /// Stored data did not decode; a bug or a foreign writer.
     #[error("corrupt data in redis: {0}")]
     Corrupt(String),
 }
 
 impl QueueError {
-    /// True when the error is about reaching Redis rather than about the request.
+    /// True when the error is about reaching Redis (or, under `replicated` durability, its
+    /// replicas) rather than about the request: try again later.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, QueueError::Redis(_))
+        matches!(
+            self,
+            QueueError::Redis(_) | QueueError::NotReplicated { .. }
+        )
     }
 }
 

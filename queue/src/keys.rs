@@ -41,6 +41,12 @@ impl Keys {
         format!("{}queues", self.prefix)
     }
 
+    /// Written before each `WAIT` under `replicated` durability, so the wait covers the
+    /// primary's latest writes (see `durability`).
+    pub fn replication_probe(&self) -> String {
+        format!("{}replication-probe", self.prefix)
+    }
+
     pub fn workers(&self) -> String {
         format!("{}workers", self.prefix)
     }

@@ -20,6 +20,7 @@ pub mod config;
 pub mod conn;
 mod consumer;
 mod decode;
+pub mod durability;
 pub mod error;
 pub mod events;
 #[cfg(feature = "http-server")]
@@ -29,6 +30,7 @@ pub mod image_input;
 pub mod keys;
 pub mod payload;
 mod scripts;
+mod sentinel;
 pub mod stats;
 pub mod task;
 #[cfg(feature = "test-support")]
@@ -40,8 +42,9 @@ pub use broker::{
 };
 pub use browse::{BulkOutcome, HistorySample, TaskPage, TaskSummary};
 pub use config::{ClaimPolicy, QueueConfig, QueueEntry, QueueSettings, default_queues};
-pub use conn::RedisTarget;
+pub use conn::{RedisTarget, SentinelTarget};
 pub use consumer::{Claimed, Consumer, ConsumerConfig};
+pub use durability::Durability;
 pub use error::{QueueError, Result};
 pub use events::{EventHub, TaskEvent};
 pub use payload::Payload;

@@ -1,6 +1,7 @@
 //! Real `redis-server` processes for tests: a single node ([`RedisServer`]) that can be
-//! stopped, killed and started again on the same port and data directory, and a Redis
-//! Cluster of N masters ([`RedisCluster`]).
+//! stopped, killed and started again on the same port and data directory, a Redis
+//! Cluster of N masters ([`RedisCluster`]), and a primary with a replica watched by three
+//! sentinels ([`RedisSentinel`]).
 //!
 //! Everything is per instance (own port, own temporary directory), so tests may run in
 //! parallel. The API is synchronous: every wait polls a condition until a deadline and fails
@@ -10,11 +11,13 @@
 mod cluster;
 mod port;
 mod resp;
+mod sentinel;
 mod server;
 
 use std::time::{Duration, Instant};
 
 pub use cluster::RedisCluster;
+pub use sentinel::{MASTER_NAME, RedisSentinel};
 pub use server::{RedisServer, ServerOptions};
 
 use crate::payload::{AnalyzeImage, CompleteAnswer, FullQuery, Payload};

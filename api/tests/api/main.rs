@@ -8,5 +8,6 @@ mod dashboard;
 mod endpoints;
 mod faults;
 mod hostile;
+mod replicated;
 mod support;
 mod wait_events;

@@ -114,8 +114,11 @@ failureThreshold: 3
 other namespaces can use it too), or redis.url with redis.tls applied. Empty when the URL
 comes from redis.existingSecret. */}}
 {{- define "ragpool.redisUrl" -}}
+{{- $sentinel := .Values.redis.sentinel | default dict -}}
 {{- if .Values.redis.bundled.enabled -}}
 {{- printf "redis://%s.%s.svc:6379" (include "ragpool.redisName" .) .Release.Namespace -}}
+{{- else if $sentinel.enabled -}}
+{{- printf "%s://%s/%s/%d" (ternary "rediss+sentinel" "redis+sentinel" .Values.redis.tls) (join "," $sentinel.addresses) $sentinel.masterName (int ($sentinel.db | default 0)) -}}
 {{- else if .Values.redis.url -}}
 {{- if .Values.redis.tls -}}
 {{- regexReplaceAll "^redis://" .Values.redis.url "rediss://" -}}
@@ -160,8 +163,23 @@ Kubernetes' $(VAR) expansion, so it never appears in a manifest. */}}
 {{- end }}
 {{- $url = regexReplaceAll "^([a-z+]+)://" $url "${1}://:$$(RAGPOOL_REDIS_PASSWORD)@" }}
 {{- end }}
+{{- $sentinel := .Values.redis.sentinel | default dict }}
+{{- if and $sentinel.enabled $sentinel.noPassword }}
+{{- $url = printf "%s?sentinel_password=" $url }}
+{{- else if and $sentinel.enabled $sentinel.passwordSecret }}
+- name: RAGPOOL_REDIS_SENTINEL_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $sentinel.passwordSecret }}
+      key: {{ $sentinel.passwordSecretKey }}
+{{- $url = printf "%s?sentinel_password=$(RAGPOOL_REDIS_SENTINEL_PASSWORD)" $url }}
+{{- end }}
 - name: RAGPOOL_REDIS_URL
   value: {{ $url | quote }}
+{{- end }}
+{{- if eq (.Values.redis.durability | default "local") "replicated" }}
+- name: RAGPOOL_DURABILITY
+  value: replicated
 {{- end }}
 {{- end -}}
 

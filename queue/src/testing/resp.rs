@@ -8,13 +8,35 @@ use std::time::Duration;
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// One reply; arrays are not needed by the harness and are refused.
+/// One reply (flat arrays of these for the sentinels' answers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Reply {
     Simple(String),
     Error(String),
     Integer(i64),
     Bulk(Option<String>),
+    Array(Option<Vec<Reply>>),
+}
+
+impl Reply {
+    /// The text of a simple or bulk string.
+    pub(super) fn text(&self) -> Option<&str> {
+        match self {
+            Reply::Simple(s) | Reply::Bulk(Some(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The value of `field` in an array of alternating names and values (`SENTINEL master`).
+    pub(super) fn field(&self, field: &str) -> Option<&str> {
+        let Reply::Array(Some(items)) = self else {
+            return None;
+        };
+        items
+            .chunks(2)
+            .find(|pair| pair[0].text() == Some(field))
+            .and_then(|pair| pair.get(1)?.text())
+    }
 }
 
 impl std::fmt::Display for Reply {
@@ -24,7 +46,11 @@ impl std::fmt::Display for Reply {
             Reply::Error(s) => write!(f, "-{s}"),
             Reply::Integer(i) => write!(f, ":{i}"),
             Reply::Bulk(Some(s)) => write!(f, "{s:?}"),
-            Reply::Bulk(None) => write!(f, "(nil)"),
+            Reply::Bulk(None) | Reply::Array(None) => write!(f, "(nil)"),
+            Reply::Array(Some(items)) => {
+                let items: Vec<String> = items.iter().map(Reply::to_string).collect();
+                write!(f, "[{}]", items.join(", "))
+            }
         }
     }
 }
@@ -74,6 +100,16 @@ impl Conn {
                 Ok(Reply::Bulk(Some(
                     String::from_utf8_lossy(&body).into_owned(),
                 )))
+            }
+            "*" => {
+                let len: i64 = rest.parse().map_err(invalid)?;
+                let Ok(len) = usize::try_from(len) else {
+                    return Ok(Reply::Array(None));
+                };
+                let items = (0..len)
+                    .map(|_| self.read_reply())
+                    .collect::<io::Result<Vec<_>>>()?;
+                Ok(Reply::Array(Some(items)))
             }
             _ => Err(invalid(format!("unsupported reply {line:?}"))),
         }

@@ -39,6 +39,8 @@ pub struct RedisServer {
     opts: ServerOptions,
     ports: PortReservation,
     child: Option<Child>,
+    /// Started as a replica of the server on this port (`replicaof`).
+    replica_of: Option<u16>,
 }
 
 impl RedisServer {
@@ -49,6 +51,23 @@ impl RedisServer {
 
     /// Starts a server with `opts` on a free port and waits until it answers `PING`.
     pub fn start_with(opts: ServerOptions) -> Result<RedisServer, HarnessError> {
+        Self::start_inner(opts, None)
+    }
+
+    /// Starts a replica of the server on loopback port `primary` (`--replicaof`). Whoever
+    /// manages replication later (Sentinel) may change that; a restart starts it as a replica
+    /// of `primary` again, and Sentinel corrects that too.
+    pub fn start_replica_of(
+        primary: u16,
+        opts: ServerOptions,
+    ) -> Result<RedisServer, HarnessError> {
+        Self::start_inner(opts, Some(primary))
+    }
+
+    fn start_inner(
+        opts: ServerOptions,
+        replica_of: Option<u16>,
+    ) -> Result<RedisServer, HarnessError> {
         let dir = tempfile::Builder::new()
             .prefix("ragpool-redis-")
             .tempdir()
@@ -58,6 +77,7 @@ impl RedisServer {
             opts,
             ports: port::reserve(opts.cluster)?,
             child: None,
+            replica_of,
         };
         let mut attempt = 1;
         loop {
@@ -70,6 +90,44 @@ impl RedisServer {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// Makes the next [`start_again`](Self::start_again) start a replica of `primary` (a
+    /// former primary rejoining as a replica), or a primary with `None`.
+    pub fn set_replica_of(&mut self, primary: Option<u16>) {
+        self.replica_of = primary;
+    }
+
+    /// Waits until this replica reports its link to its primary up and the primary lists it
+    /// `online` (only then does `WAIT` count it): from then on it acknowledges the primary's
+    /// writes.
+    pub fn wait_until_in_sync(&self) -> Result<(), HarnessError> {
+        let port = self.port();
+        let replication =
+            |port: u16| match Conn::open(port).and_then(|mut c| c.call(&["INFO", "replication"])) {
+                Ok(Reply::Bulk(Some(info))) => Some(info),
+                _ => None,
+            };
+        poll_until(
+            READY_TIMEOUT,
+            &format!("the replica on port {port} to be in sync"),
+            || {
+                let Some(mine) = replication(port) else {
+                    return Ok(false);
+                };
+                if resp::info_field(&mine, "master_link_status") != Some("up") {
+                    return Ok(false);
+                }
+                let Some(primary) = resp::info_field(&mine, "master_port")
+                    .and_then(|p| p.parse::<u16>().ok())
+                    .and_then(replication)
+                else {
+                    return Ok(false);
+                };
+                let listed = format!("port={port},state=online");
+                Ok(primary.lines().any(|line| line.contains(&listed)))
+            },
+        )
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -197,6 +255,10 @@ impl RedisServer {
             "no",
             "--save",
             "",
+            // A replica's first sync starts at once instead of after 5 s (the default delay
+            // waits for more replicas to share one transfer).
+            "--repl-diskless-sync-delay",
+            "0",
         ]
         .map(String::from)
         .into();
@@ -206,6 +268,13 @@ impl RedisServer {
             &["--appendonly", "no"]
         };
         args.extend(persistence.iter().map(|s| s.to_string()));
+        if let Some(primary) = self.replica_of {
+            args.extend([
+                "--replicaof".into(),
+                "127.0.0.1".into(),
+                primary.to_string(),
+            ]);
+        }
         if self.opts.cluster {
             let cluster = [
                 "--cluster-enabled",

@@ -65,6 +65,7 @@ impl Env {
             urls: cluster.urls(),
             cluster: true,
             ca_cert: None,
+            sentinel: None,
         };
         let broker = broker_for(target, test_queues()).await;
         Env {

@@ -1,0 +1,230 @@
+//! When a state change counts as done: once the primary applied it (`local`), or once a
+//! replica has it too (`replicated`).
+//!
+//! Redis replicates asynchronously, so a primary that dies right after answering takes the
+//! writes it had not yet sent to a replica with it, and the replica promoted in its place
+//! never saw them: a task answered `202` vanishes, a completion is undone. Under
+//! `replicated` every state-changing script is followed by `WAIT 1 <timeout>`, and a change
+//! no replica acknowledged in time is reported as [`QueueError::NotReplicated`] (the API
+//! answers `503`, the executor retries) instead of as done.
+//!
+//! Three details make the `WAIT` mean what it should:
+//!
+//! - **Same connection, same write.** `WAIT` waits for the replication offset of the last
+//!   write *of the connection it runs on*. The script, a one-key write of our own and the
+//!   `WAIT` go out as one pipeline, so they share a socket even if the multiplexed connection
+//!   reconnects between two calls (a `WAIT` on a fresh connection would wait for nothing).
+//!   Other callers' commands may interleave on a shared connection; that only makes the
+//!   offset waited for later, never earlier.
+//! - **The write of our own.** A script that changed nothing (an idempotent enqueue that found
+//!   its task, a retried completion that finds it already stored) leaves the connection's
+//!   offset where it was, possibly at zero. The probe write moves it to the primary's current
+//!   offset, which covers every earlier write on that primary, including the one a retry is
+//!   there to confirm.
+//! - **Cluster.** The pipeline's `WAIT` would have to reach the shard that took the script,
+//!   which the cluster client does not promise for a keyless command, so `replicated` is
+//!   refused on Redis Cluster (use a primary with replicas, with or without Sentinel).
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use redis::aio::ConnectionLike;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
+
+use crate::conn::Conn;
+use crate::error::{QueueError, Result};
+
+/// How sure a state change must be before it is reported done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Applied by the primary (and, with `appendfsync always`, on its disk): survives a Redis
+    /// restart, not a failover to a replica that had not caught up.
+    #[default]
+    Local,
+    /// Applied by the primary and acknowledged by at least one replica: survives a failover.
+    Replicated,
+}
+
+impl Durability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Local => "local",
+            Durability::Replicated => "replicated",
+        }
+    }
+}
+
+impl std::fmt::Display for Durability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Durability {
+    type Err = QueueError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "local" => Ok(Durability::Local),
+            "replicated" => Ok(Durability::Replicated),
+            other => Err(QueueError::Config(format!(
+                "unknown durability {other:?}: expected local or replicated"
+            ))),
+        }
+    }
+}
+
+/// The `--durability` and `--replication-timeout-ms` flags every component reads, with their
+/// `RAGPOOL_*` fallbacks.
+#[cfg(feature = "http-server")]
+#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
+pub struct DurabilityArgs {
+    /// When a state change counts as done: `local` (the primary applied it) or `replicated`
+    /// (a replica acknowledged it too, `WAIT 1` after each change; survives a failover).
+    #[arg(long, env = "RAGPOOL_DURABILITY", default_value = "local")]
+    pub durability: Durability,
+
+    /// Under `replicated`: how long a change waits for a replica before it is reported not
+    /// replicated (the API answers 503, the executor retries). Below the 5 s response timeout.
+    #[arg(
+        long,
+        env = "RAGPOOL_REPLICATION_TIMEOUT_MS",
+        default_value_t = 1000,
+        value_parser = clap::value_parser!(u64).range(1..5000)
+    )]
+    pub replication_timeout_ms: u64,
+}
+
+#[cfg(feature = "http-server")]
+impl Default for DurabilityArgs {
+    fn default() -> Self {
+        DurabilityArgs {
+            durability: Durability::Local,
+            replication_timeout_ms: 1000,
+        }
+    }
+}
+
+#[cfg(feature = "http-server")]
+impl DurabilityArgs {
+    /// Sets these on a broker's configuration.
+    pub fn apply(&self, config: &mut crate::BrokerConfig) {
+        config.durability = self.durability;
+        config.replication_timeout = Duration::from_millis(self.replication_timeout_ms);
+    }
+}
+
+/// Whether a change reached a replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ack {
+    /// `local`: nothing was asked.
+    NotAsked,
+    /// `replicated`: this many replicas acknowledged within the timeout.
+    Replicas { acked: i64, timeout: Duration },
+}
+
+impl Ack {
+    /// The change is done, or [`QueueError::NotReplicated`].
+    pub(crate) fn require(self) -> Result<()> {
+        match self {
+            Ack::Replicas { acked, timeout } if acked < 1 => {
+                Err(QueueError::NotReplicated { timeout })
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// A connection that sends each command as `[command, SET probe, WAIT 1 timeout]` and keeps
+/// the `WAIT`'s answer; see the module documentation.
+pub(crate) struct Acknowledged<'a> {
+    conn: &'a mut Conn,
+    probe: &'a str,
+    timeout: Duration,
+    acked: i64,
+}
+
+impl<'a> Acknowledged<'a> {
+    pub(crate) fn new(conn: &'a mut Conn, probe: &'a str, timeout: Duration) -> Self {
+        Acknowledged {
+            conn,
+            probe,
+            timeout,
+            acked: 0,
+        }
+    }
+
+    /// What the last command's `WAIT` answered.
+    pub(crate) fn ack(&self) -> Ack {
+        Ack::Replicas {
+            acked: self.acked,
+            timeout: self.timeout,
+        }
+    }
+}
+
+impl ConnectionLike for Acknowledged<'_> {
+    fn req_packed_command<'b>(&'b mut self, cmd: &'b Cmd) -> RedisFuture<'b, Value> {
+        Box::pin(async move {
+            let mut pipe = Pipeline::new();
+            pipe.add_command(cmd.clone())
+                .cmd("SET")
+                .arg(self.probe)
+                .arg(1)
+                .cmd("WAIT")
+                .arg(1)
+                .arg(crate::broker::millis(self.timeout).max(1));
+            let values = self.conn.req_packed_commands(&pipe, 0, 3).await?;
+            let [reply, _, wait]: [Value; 3] = values.try_into().map_err(|_| {
+                redis::RedisError::from((
+                    redis::ErrorKind::UnexpectedReturnType,
+                    "a pipeline of three commands did not answer three replies",
+                ))
+            })?;
+            // An error in place of a count (a server that refuses WAIT) counts as no replica.
+            self.acked = match wait {
+                Value::Int(n) => n,
+                _ => 0,
+            };
+            Ok(reply)
+        })
+    }
+
+    fn req_packed_commands<'b>(
+        &'b mut self,
+        cmd: &'b Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'b, Vec<Value>> {
+        // Scripts are sent one command at a time; a pipeline passes through unacknowledged.
+        self.conn.req_packed_commands(cmd, offset, count)
+    }
+
+    fn get_db(&self) -> i64 {
+        self.conn.get_db()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durability_reads_back_what_it_writes() {
+        for d in [Durability::Local, Durability::Replicated] {
+            assert_eq!(d.as_str().parse::<Durability>().unwrap(), d);
+        }
+        let err = "quorum".parse::<Durability>().unwrap_err().to_string();
+        assert!(err.contains("local or replicated"), "{err}");
+        assert_eq!(Durability::default(), Durability::Local);
+    }
+
+    #[test]
+    fn only_an_unacknowledged_change_is_refused() {
+        let timeout = Duration::from_millis(250);
+        assert!(Ack::NotAsked.require().is_ok());
+        assert!(Ack::Replicas { acked: 2, timeout }.require().is_ok());
+        let err = Ack::Replicas { acked: 0, timeout }.require().unwrap_err();
+        assert!(matches!(err, QueueError::NotReplicated { .. }), "{err}");
+        assert!(err.is_unavailable());
+    }
+}

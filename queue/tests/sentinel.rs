@@ -1,0 +1,224 @@
+//! A primary and a replica watched by three sentinels, reached through a `redis+sentinel://`
+//! URL: the protocol works, and after a failover (asked for, or a SIGKILLed primary) the same
+//! broker and the same blocked consumer carry on against the new primary with no restart.
+
+mod common;
+
+use std::time::Duration;
+
+use ragpool_queue::testing::{RedisSentinel, sample_payload};
+use ragpool_queue::{Broker, Consumer, NewTask, TaskKind, TaskState};
+use serde_json::json;
+
+async fn start() -> (RedisSentinel, Broker) {
+    let redis = tokio::task::spawn_blocking(RedisSentinel::start)
+        .await
+        .unwrap()
+        .expect("primary, replica and sentinels start");
+    let broker = common::broker_for(redis.url().parse().unwrap(), common::test_queues()).await;
+    (redis, broker)
+}
+
+async fn consumer(broker: &Broker) -> Consumer {
+    broker
+        .consumer(ragpool_queue::ConsumerConfig {
+            worker_id: "w1".into(),
+            queues: vec!["full_query".into()],
+            policy: ragpool_queue::ClaimPolicy::Strict,
+            lease: Duration::from_secs(30),
+        })
+        .await
+        .expect("consumer")
+}
+
+async fn enqueue(broker: &Broker, text: &str) -> ragpool_queue::TaskId {
+    broker
+        .enqueue(NewTask::new(sample_payload(TaskKind::FullQuery, text)))
+        .await
+        .expect("enqueue")
+        .id
+}
+
+/// Runs a harness call that blocks (starting processes, polling sentinels) off the runtime.
+async fn blocking<T: Send + 'static>(
+    redis: RedisSentinel,
+    f: impl FnOnce(&mut RedisSentinel) -> T + Send + 'static,
+) -> (RedisSentinel, T) {
+    tokio::task::spawn_blocking(move || {
+        let mut redis = redis;
+        let out = f(&mut redis);
+        (redis, out)
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_protocol_runs_through_the_sentinels() {
+    let (_redis, broker) = start().await;
+    let id = enqueue(&broker, "through sentinel").await;
+    let consumer = consumer(&broker).await;
+    let claimed = consumer
+        .claim(Duration::from_secs(5))
+        .await
+        .unwrap()
+        .expect("the task is claimed");
+    assert_eq!(claimed.task.id, id);
+    broker
+        .complete(&claimed.lease, &json!({"answer": 42}))
+        .await
+        .unwrap();
+    let task = broker.get(&id).await.unwrap().unwrap();
+    assert_eq!(task.state, TaskState::Finished);
+    assert_eq!(task.result, Some(json!({"answer": 42})));
+}
+
+/// Both ways a primary goes away; `fail` turns the harness's primary into a replica or kills
+/// it, and returns the new primary's port.
+async fn survives(fail: fn(&mut RedisSentinel) -> u16) {
+    let (redis, broker) = start().await;
+    let before = enqueue(&broker, "before").await;
+    let consumer = consumer(&broker).await;
+    let first = consumer.claim(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(first.expect("claimed").task.id, before);
+
+    // A consumer blocked on the old primary while it goes away. Like the executor's claim
+    // loop, it claims again after an error, pausing in between: while a killed primary is
+    // not yet replaced there is no primary to claim from, and a command in flight on the
+    // lost connection fails (whether it ran is unknown).
+    let waiting = tokio::spawn(async move {
+        let mut errors = Vec::new();
+        loop {
+            match consumer.claim(Duration::from_secs(60)).await {
+                Err(e) if e.is_unavailable() && errors.len() < 100 => {
+                    errors.push(e.to_string());
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                other => return (consumer, other),
+            }
+        }
+    });
+    let old_port = redis.announced_primary().unwrap();
+    let (redis, new_port) = blocking(redis, fail).await;
+    assert_ne!(new_port, old_port);
+
+    let after = enqueue(&broker, "after").await;
+    let (_consumer, claimed) = waiting.await.unwrap();
+    let claimed = claimed
+        .expect("the blocked consumer follows the failover")
+        .expect("and wakes for the new task");
+    assert_eq!(claimed.task.id, after);
+    broker
+        .complete(&claimed.lease, &json!("done"))
+        .await
+        .unwrap();
+    assert_eq!(
+        broker.get(&after).await.unwrap().unwrap().state,
+        TaskState::Finished
+    );
+
+    // The writes went to the server the sentinels now announce, not to the old one.
+    let mut primary = redis::Client::open(format!("redis://127.0.0.1:{new_port}"))
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let state: Option<String> = redis::cmd("HGET")
+        .arg(broker.keys().task(after.as_str()))
+        .arg("state")
+        .query_async(&mut primary)
+        .await
+        .unwrap();
+    assert_eq!(state.as_deref(), Some("finished"));
+    drop(redis);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_asked_for_failover_is_followed_without_restart() {
+    survives(|r| r.failover().expect("failover")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_primary_is_replaced_without_restart() {
+    survives(|r| r.kill_primary().expect("failover after SIGKILL")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_events_reader_follows_a_failover() {
+    let (redis, broker) = start().await;
+    let hub = broker.events().await.unwrap();
+    let mut events = hub.subscribe();
+    let (_redis, _) = blocking(redis, |r| r.failover().expect("failover")).await;
+    let id = enqueue(&broker, "after").await;
+    let event = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let ev = events.recv().await.expect("events keep flowing");
+            if ev.task_id == id.as_str() {
+                return ev;
+            }
+        }
+    })
+    .await
+    .expect("the event of a task enqueued after the failover arrives");
+    assert_eq!(event.state, TaskState::Queued);
+}
+
+#[test]
+fn sentinel_urls_parse_and_redact() {
+    let target: ragpool_queue::RedisTarget =
+        "redis+sentinel://:s3cret@10.0.0.1:26379,[::1]:26380/mymaster/2"
+            .parse()
+            .unwrap();
+    let sentinel = target.sentinel.as_ref().unwrap();
+    assert_eq!(
+        sentinel.sentinels,
+        [("10.0.0.1".to_string(), 26379), ("::1".to_string(), 26380)]
+    );
+    assert_eq!(sentinel.master_name, "mymaster");
+    assert_eq!(sentinel.db, 2);
+    assert!(!sentinel.tls);
+    assert_eq!(sentinel.password.as_deref(), Some("s3cret"));
+    // Without a query, the sentinels get the data nodes' credentials.
+    assert_eq!(sentinel.sentinel_password.as_deref(), Some("s3cret"));
+    let debug = format!("{target:?}");
+    assert!(!debug.contains("s3cret"), "{debug}");
+
+    let own: ragpool_queue::RedisTarget =
+        "rediss+sentinel://app:p%40ss@s1:1/m?sentinel_password=other&sentinel_username=sen"
+            .parse()
+            .unwrap();
+    let own = own.sentinel.unwrap();
+    assert!(own.tls);
+    assert_eq!(own.username.as_deref(), Some("app"));
+    assert_eq!(own.password.as_deref(), Some("p@ss"));
+    assert_eq!(own.sentinel_username.as_deref(), Some("sen"));
+    assert_eq!(own.sentinel_password.as_deref(), Some("other"));
+    let none: ragpool_queue::RedisTarget = "redis+sentinel://:pw@s1:1/m?sentinel_password="
+        .parse()
+        .unwrap();
+    let none = none.sentinel.unwrap();
+    assert_eq!(none.sentinel_password, None);
+    assert_eq!(none.password.as_deref(), Some("pw"));
+
+    for (bad, why) in [
+        ("redis+sentinel://s1:1", "master name"),
+        ("redis+sentinel://s1/m", "no port"),
+        ("redis+sentinel://:pw@/m", "no sentinel"),
+        ("redis+sentinel://s1:1/m/x", "not a number"),
+        (
+            "redis+sentinel://s1:1/m?password=x",
+            "unknown query parameter",
+        ),
+    ] {
+        let err = bad
+            .parse::<ragpool_queue::RedisTarget>()
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(why), "{bad}: {err}");
+        assert!(!err.contains("pw@"), "{bad}: {err}");
+    }
+    assert_eq!(
+        ragpool_queue::conn::redact("redis+sentinel://:s3cret@a:1,b:2/m/0?sentinel_password=x"),
+        "redis+sentinel://***@a:1,b:2/m/0?***"
+    );
+}
