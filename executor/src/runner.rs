@@ -456,7 +456,7 @@ where
         match call().await {
             Err(e) if e.is_unavailable() && (tries < 8 || !shared.release.is_cancelled()) => {
                 if tries == 0 {
-                    tracing::warn!(error = %e, "storing the outcome failed; retrying until Redis answers");
+                    tracing::warn!(error = %e, "storing the outcome failed; retrying");
                 }
                 tries += 1;
                 tokio::time::sleep(wait).await;
