@@ -760,6 +760,7 @@ impl Tally {
         let mut errors = Vec::new();
         let mut lost = 0;
         let mut lost_in_failover = 0;
+        let mut lost_in_graceful = 0;
         let mut not_ended = 0;
         let mut wrong = 0;
         let mut finished = 0;
@@ -773,6 +774,9 @@ impl Tally {
                     let during = at.and_then(|at| failovers.iter().find(|f| f.may_have_lost(*at)));
                     if let Some(f) = during {
                         lost_in_failover += 1;
+                        if f.graceful {
+                            lost_in_graceful += 1;
+                        }
                         errors.push(format!(
                             "acknowledged task {id} (submission {n}) is gone: acknowledged at \
                              {:.2} s, inside the {} that began at {:.2} s and completed at {:.2} s",
@@ -927,8 +931,10 @@ impl Tally {
                     "must be 0".into()
                 } else {
                     format!(
-                        "{lost_in_failover} acknowledged inside a failover (local replicates \
+                        "{lost_in_failover} acknowledged inside a failover ({lost_in_graceful} \
+                         SENTINEL FAILOVER, {} primary SIGKILLed; local replicates \
                          asynchronously), {} outside (must be 0)",
+                        lost_in_failover - lost_in_graceful,
                         lost - lost_in_failover
                     )
                 },
