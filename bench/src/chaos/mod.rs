@@ -1010,20 +1010,6 @@ impl Tally {
                 String::new(),
             ],
             vec![
-                "events seen, then undone by a failover".into(),
-                events.undone().to_string(),
-                "read from a primary before a replica had them".into(),
-            ],
-            vec![
-                "chaos: failovers (SENTINEL FAILOVER / primary SIGKILLed)".into(),
-                format!(
-                    "{} / {}",
-                    failovers.iter().filter(|f| f.graceful).count(),
-                    failovers.iter().filter(|f| !f.graceful).count()
-                ),
-                String::new(),
-            ],
-            vec![
                 "chaos: Redis SIGKILLed / API restarted".into(),
                 format!(
                     "{} / {}",
@@ -1041,6 +1027,24 @@ impl Tally {
                 String::new(),
             ],
         ]);
+        if system.topology == Topology::Sentinel {
+            rows.extend([
+                vec![
+                    "events seen, then undone by a failover".into(),
+                    events.undone().to_string(),
+                    "read from a primary before a replica had them".into(),
+                ],
+                vec![
+                    "chaos: failovers (SENTINEL FAILOVER / primary SIGKILLed)".into(),
+                    format!(
+                        "{} / {}",
+                        failovers.iter().filter(|f| f.graceful).count(),
+                        failovers.iter().filter(|f| !f.graceful).count()
+                    ),
+                    String::new(),
+                ],
+            ]);
+        }
         for f in failovers {
             rows.push(failover_row(system, f, &seen.accepted));
         }
