@@ -37,6 +37,12 @@ step "chaos suite, short (single Redis: executors, Redis and the API killed unde
 cargo build --workspace --bins
 "$CARGO_TARGET_DIR/debug/ragpool-bench" chaos --short --topology single
 
+step "chaos suite, short (Sentinel, durability replicated: failovers under load)"
+# A primary and a replica (appendfsync always) under three sentinels: a SIGKILLed primary and
+# two SENTINEL FAILOVERs besides the executor and API restarts. Under replicated a failover
+# must lose nothing acknowledged, so any loss fails the step.
+"$CARGO_TARGET_DIR/debug/ragpool-bench" chaos --short --topology sentinel --durability replicated
+
 if [ -x scripts/schemathesis.sh ]; then
   step "API contract (schemathesis against /openapi.json)"
   # `cargo test` has built the binary already (the API's integration tests need it); building

@@ -15,9 +15,19 @@
 //! A write therefore never lands on a replica: every connection starts at a server that
 //! answered `ROLE` as primary, and a demoted one refuses writes until the connection is
 //! dropped.
+//!
+//! Replies alone do not notice every failover, though. After `SENTINEL FAILOVER` (or a
+//! failover around a primary that was only cut off) the former primary keeps answering as a
+//! primary until the sentinels demote it, and they do that only when their next periodic
+//! `INFO` (every ten seconds) finds it still claiming to be one. Writes that land there in
+//! between are discarded when it resynchronises from the new primary: with durability `local`
+//! each of them is an acknowledged task lost, with `replicated` each is a `503` (its `WAIT`
+//! finds no replica). So while a connection is in use a watcher asks the sentinels every
+//! [`WATCH_INTERVAL`] which server is primary, and drops the connection as soon as they name
+//! another one.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -26,6 +36,10 @@ use redis::{AsyncConnectionConfig, Cmd, ConnectionAddr, Pipeline, RedisFuture, T
 
 use crate::conn::{SentinelTarget, never_sent};
 use crate::error::Result;
+
+/// How often the sentinels are asked whether the primary in use is still the one they name:
+/// the longest a former primary keeps taking writes from this process after a failover.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A connection to the primary the sentinels name. Cheap to clone; clones share the socket
 /// and the lookup.
@@ -40,8 +54,13 @@ struct Shared {
     /// fail wait for one lookup instead of each making their own.
     client: tokio::sync::Mutex<SentinelClient>,
     current: Mutex<Option<(u64, MultiplexedConnection)>>,
+    /// The address of the primary `current` is connected to, as `host:port`.
+    address: Mutex<Option<(u64, String)>>,
     generation: AtomicU64,
     config: AsyncConnectionConfig,
+    /// Whether the watcher task runs (it is started with the first connection, on the
+    /// runtime that made it).
+    watching: AtomicBool,
 }
 
 impl SentinelConn {
@@ -93,8 +112,10 @@ impl SentinelConn {
             shared: Arc::new(Shared {
                 client: tokio::sync::Mutex::new(builder.build()?),
                 current: Mutex::new(None),
+                address: Mutex::new(None),
                 generation: AtomicU64::new(0),
                 config,
+                watching: AtomicBool::new(false),
             }),
             db: target.db,
         })
@@ -118,18 +139,80 @@ impl SentinelConn {
         if let Some(found) = self.cached() {
             return Ok(found);
         }
-        let conn = client
-            .async_get_client()
-            .await?
+        let primary = client.async_get_client().await?;
+        let address = primary.get_connection_info().addr().to_string();
+        let conn = primary
             .get_multiplexed_async_connection_with_config(&self.shared.config)
             .await?;
         let generation = self.shared.generation.fetch_add(1, Ordering::Relaxed) + 1;
         *self
             .shared
+            .address
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((generation, address));
+        *self
+            .shared
             .current
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some((generation, conn.clone()));
+        drop(client);
+        self.watch();
         Ok((generation, conn))
+    }
+
+    /// Starts the watcher (once): every [`WATCH_INTERVAL`] it asks the sentinels for the
+    /// primary and forgets the connection when they name a server other than the one it is
+    /// open to. It ends when the last clone of this connection is dropped.
+    fn watch(&self) {
+        if self.shared.watching.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.shared.watching.store(false, Ordering::Release);
+            return;
+        };
+        let shared: Weak<Shared> = Arc::downgrade(&self.shared);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(WATCH_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                let in_use = shared
+                    .address
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                let Some((generation, address)) = in_use else {
+                    continue;
+                };
+                // Only the sentinels' answer counts; a failed lookup (a failover under way,
+                // sentinels unreachable) leaves the connection to the replies' judgement.
+                let named = {
+                    let mut client = shared.client.lock().await;
+                    client
+                        .async_get_client()
+                        .await
+                        .map(|c| c.get_connection_info().addr().to_string())
+                };
+                if let Ok(named) = named
+                    && named != address
+                {
+                    let conn = SentinelConn {
+                        shared: shared.clone(),
+                        db: 0,
+                    };
+                    tracing::info!(
+                        from = %address,
+                        to = %named,
+                        "the sentinels name another primary; switching"
+                    );
+                    conn.forget(generation);
+                }
+            }
+        });
     }
 
     /// Forgets connection `generation` (unless a newer one already replaced it), so the next
@@ -143,6 +226,11 @@ impl SentinelConn {
         if current.as_ref().is_some_and(|(g, _)| *g == generation) {
             tracing::info!("Redis primary lost or demoted; asking the sentinels again");
             *current = None;
+            *self
+                .shared
+                .address
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = None;
         }
     }
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use ragpool_queue::testing::{RedisSentinel, sample_payload};
+use ragpool_queue::testing::{MASTER_NAME, RedisSentinel, sample_payload};
 use ragpool_queue::{Broker, Consumer, NewTask, TaskKind, TaskState};
 use serde_json::json;
 
@@ -161,6 +161,90 @@ async fn the_events_reader_follows_a_failover() {
     .await
     .expect("the event of a task enqueued after the failover arrives");
     assert_eq!(event.state, TaskState::Queued);
+}
+
+/// The sentinels come to name another primary while the old one goes on answering as a
+/// primary (as after `SENTINEL FAILOVER`, until their next `INFO` demotes it): the broker
+/// must move its writes by asking the sentinels, since no reply tells it. Here the old
+/// primary is never demoted at all (the sentinels are pointed at the promoted replica and
+/// forget it), so a write that reaches the new primary can only have been sent there because
+/// the sentinels were asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_follow_the_sentinels_before_the_old_primary_is_demoted() {
+    let (mut redis, broker) = start().await;
+    let first = enqueue(&broker, "before").await;
+    let old = redis.announced_primary().unwrap();
+    let new = redis.replica().unwrap().port();
+    let open = |port: u16| async move {
+        redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    };
+    let (mut old_conn, mut new_conn) = (open(old).await, open(new).await);
+    let holds = |conn: &mut redis::aio::MultiplexedConnection, id: &ragpool_queue::TaskId| {
+        let key = broker.keys().task(id.as_str());
+        let mut conn = conn.clone();
+        async move {
+            redis::cmd("EXISTS")
+                .arg(key)
+                .query_async::<bool>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    assert!(holds(&mut old_conn, &first).await);
+
+    let _: () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut new_conn)
+        .await
+        .unwrap();
+    for address in redis.addresses() {
+        let mut sentinel = redis::Client::open(format!("redis://{address}"))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let _: () = redis::cmd("SENTINEL")
+            .arg("REMOVE")
+            .arg(MASTER_NAME)
+            .query_async(&mut sentinel)
+            .await
+            .unwrap();
+        let _: () = redis::cmd("SENTINEL")
+            .arg("MONITOR")
+            .arg(MASTER_NAME)
+            .arg("127.0.0.1")
+            .arg(new)
+            .arg(2)
+            .query_async(&mut sentinel)
+            .await
+            .unwrap();
+    }
+
+    // Writes go on; within a few watch intervals one reaches the new primary.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let landed = loop {
+        let id = enqueue(&broker, "after").await;
+        if holds(&mut new_conn, &id).await {
+            break id;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "writes still reach the old primary, which the sentinels no longer name"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(!holds(&mut old_conn, &landed).await);
+    // The old primary was not demoted: nothing but the sentinels' answer moved the writes.
+    let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut old_conn).await.unwrap();
+    assert_eq!(
+        role.first(),
+        Some(&redis::Value::BulkString(b"master".to_vec()))
+    );
 }
 
 #[test]

@@ -1,11 +1,11 @@
 //! The RAG service the executors call in a chaos run: it answers deterministically from the
 //! question, so a wrong or mixed-up result is detectable, and it counts the calls of every
-//! task (with the attempt each call said it was).
+//! task (with the attempt each call said it was, and when it came).
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::Router;
@@ -15,8 +15,9 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-/// What the service saw: per task id, the attempt number of each call, in arrival order.
-pub type Calls = HashMap<String, Vec<u32>>;
+/// What the service saw: per task id, the attempt number and arrival time of each call, in
+/// arrival order.
+pub type Calls = HashMap<String, Vec<(u32, Instant)>>;
 
 /// The counting service on 127.0.0.1.
 pub struct CountingBackend {
@@ -76,7 +77,7 @@ async fn handle(
         .unwrap_or_else(|p| p.into_inner())
         .entry(id)
         .or_default()
-        .push(attempt);
+        .push((attempt, Instant::now()));
     tokio::time::sleep(work_time(&question)).await;
     axum::Json(expected_answer(&question)).into_response()
 }

@@ -78,6 +78,11 @@ impl Windows {
 pub struct Seen {
     /// Acknowledged (202) task id → submission number.
     pub acknowledged: HashMap<String, usize>,
+    /// When each acknowledged task was first answered 202.
+    pub acknowledged_at: HashMap<String, Instant>,
+    /// Every 202 (replays too), in the order they arrived: how soon writes resumed after a
+    /// failover.
+    pub accepted: Vec<Instant>,
     pub unavailable: Windows,
     /// 503 answers without a `Retry-After` header.
     pub without_retry_after: usize,
@@ -97,16 +102,24 @@ fn seen(shared: &Shared) -> std::sync::MutexGuard<'_, Seen> {
 
 /// How one POST ended after its retries.
 enum Answer {
-    Accepted { id: String, replayed: bool },
+    Accepted {
+        id: String,
+        replayed: bool,
+        at: Instant,
+    },
     Refused,
 }
 
 /// Submits `s` (and its replay), retrying through outages until the API answers.
 pub async fn submit(http: &reqwest::Client, api: &str, s: &Submission, shared: &Shared) {
-    let Answer::Accepted { id, .. } = post(http, api, s, shared).await else {
+    let Answer::Accepted { id, at, .. } = post(http, api, s, shared).await else {
         return;
     };
-    seen(shared).acknowledged.insert(id.clone(), s.n);
+    {
+        let mut seen = seen(shared);
+        seen.acknowledged.insert(id.clone(), s.n);
+        seen.acknowledged_at.entry(id.clone()).or_insert(at);
+    }
     if s.replay && s.key.is_some() {
         let outcome = post(http, api, s, shared).await;
         let mut seen = seen(shared);
@@ -115,10 +128,12 @@ pub async fn submit(http: &reqwest::Client, api: &str, s: &Submission, shared: &
             Answer::Accepted {
                 id: again,
                 replayed,
+                ..
             } if again == id && replayed => seen.replays_correct += 1,
             Answer::Accepted {
                 id: again,
                 replayed,
+                ..
             } => seen.replay_failures.push(format!(
                 "submission {}: first {id}, replay {again} (Idempotent-Replayed: {replayed})",
                 s.n
@@ -153,10 +168,12 @@ async fn post(http: &reqwest::Client, api: &str, s: &Submission, shared: &Shared
                     let mut seen = seen(shared);
                     seen.unavailable.success(now);
                     seen.unreachable.success(now);
+                    seen.accepted.push(now);
                     return match body["task_id"].as_str() {
                         Some(id) => Answer::Accepted {
                             id: id.to_owned(),
                             replayed,
+                            at: now,
                         },
                         None => {
                             seen.unexpected.push((s.n, 202, body.to_string()));

@@ -1,13 +1,17 @@
 //! The processes of a chaos run: Redis (by topology), `ragpool-api` and the
 //! `ragpool-executor`s, each logging to a file in the run's directory, and the signals the
 //! schedule sends them.
+//!
+//! Redis comes from the queue's test harness ([`ragpool_queue::testing`]): the same servers,
+//! sentinels and failovers the protocol tests use, so the suite and the tests cannot drift
+//! apart on how a failover is made or when it counts as complete.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use ragpool_queue::testing::{RedisServer, ServerOptions};
+use ragpool_queue::testing::{RedisSentinel, RedisServer, ServerOptions};
 use tokio::process::{Child, Command};
 
 /// How Redis is deployed for the run.
@@ -15,25 +19,36 @@ use tokio::process::{Child, Command};
 pub enum Topology {
     /// One `redis-server` with an append-only file (`appendfsync always`).
     Single,
+    /// A primary and one replica, both with an append-only file (`appendfsync always`),
+    /// watched by three `redis-server --sentinel`; components get a `redis+sentinel://` URL.
+    Sentinel,
 }
 
 /// The Redis of a run. A topology adds a variant here and its own way to fail.
 pub enum Redis {
     Single(RedisServer),
+    Sentinel(RedisSentinel),
 }
+
+/// Both topologies persist every write before answering, so a restarted server has every
+/// write it acknowledged: on a single server that makes a SIGKILL lossless, and on Sentinel
+/// it leaves replication as the only way to lose a write, which is what the durability
+/// setting is about.
+const PERSISTENT: ServerOptions = ServerOptions {
+    aof: true,
+    cluster: false,
+};
 
 impl Redis {
     pub fn start(topology: Topology) -> anyhow::Result<Redis> {
         match topology {
-            Topology::Single => {
-                let opts = ServerOptions {
-                    aof: true,
-                    cluster: false,
-                };
-                Ok(Redis::Single(
-                    RedisServer::start_with(opts).context("starting redis-server")?,
-                ))
-            }
+            Topology::Single => Ok(Redis::Single(
+                RedisServer::start_with(PERSISTENT).context("starting redis-server")?,
+            )),
+            Topology::Sentinel => Ok(Redis::Sentinel(
+                RedisSentinel::start_with(PERSISTENT)
+                    .context("starting a primary, a replica and three sentinels")?,
+            )),
         }
     }
 
@@ -41,20 +56,39 @@ impl Redis {
     pub fn url(&self) -> String {
         match self {
             Redis::Single(s) => s.url(),
+            Redis::Sentinel(s) => s.url(),
         }
     }
 
-    /// SIGKILLs the server (its primary, for a replicated topology).
+    /// SIGKILLs the server; on Sentinel, the primary, and returns once the sentinels have
+    /// promoted the replica.
     pub fn kill(&mut self) -> anyhow::Result<()> {
         match self {
             Redis::Single(s) => s.kill().context("killing redis-server"),
+            Redis::Sentinel(s) => s
+                .kill_primary()
+                .map(drop)
+                .context("killing the primary and waiting for the sentinels to promote"),
         }
     }
 
-    /// Starts what [`Redis::kill`] killed, on the same port and data.
+    /// Starts what [`Redis::kill`] killed, on the same port and data; on Sentinel as a
+    /// replica of the new primary, and returns once it is in sync.
     pub fn start_again(&mut self) -> anyhow::Result<()> {
         match self {
             Redis::Single(s) => s.start_again().context("restarting redis-server"),
+            Redis::Sentinel(s) => s
+                .restart_former_primary()
+                .context("restarting the former primary as a replica"),
+        }
+    }
+
+    /// `SENTINEL FAILOVER`, returning once the replica answers as primary and the former
+    /// primary as its replica.
+    pub fn failover(&mut self) -> anyhow::Result<()> {
+        match self {
+            Redis::Single(_) => bail!("a single server cannot fail over"),
+            Redis::Sentinel(s) => s.failover().map(drop).context("SENTINEL FAILOVER"),
         }
     }
 }
