@@ -48,29 +48,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-wait_for() {
-  local what=$1
-  shift
-  for _ in $(seq 1 100); do
-    if "$@" >/dev/null 2>&1; then
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "timed out waiting for $what" >&2
-  return 1
-}
-
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$work" --save "" --appendonly no \
-  --daemonize no >"$work/redis.log" 2>&1 &
-redis_pid=$!
-wait_for "redis-server on port $redis_port" redis-cli -p "$redis_port" ping \
-  || { cat "$work/redis.log" >&2; exit 1; }
+start_scratch_redis "$work"
 
 api_port=$(free_port)
 # One attempt per task: a task whose backend is down fails at once instead of backing off.

@@ -72,3 +72,34 @@ link_on_path() {
     *) echo "$name: linked $dir/$name -> $bin; add $dir to PATH to call it as '$name'" >&2 ;;
   esac
 }
+
+# Prints a free TCP port on the loopback interface.
+free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# wait_for WHAT COMMAND…: waits up to ~10 s for COMMAND to succeed; names WHAT if it never does.
+wait_for() {
+  local what=$1
+  shift
+  for _ in $(seq 1 100); do
+    if "$@" >/dev/null 2>&1; then
+      return 0
+    fi
+    sleep 0.1
+  done
+  echo "timed out waiting for $what" >&2
+  return 1
+}
+
+# start_scratch_redis DIR: a throwaway redis-server (no persistence) on a free loopback port,
+# its files and log in DIR. Sets redis_port and redis_pid; the caller stops it.
+start_scratch_redis() {
+  local dir=$1
+  redis_port=$(free_port)
+  redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$dir" --save "" --appendonly no \
+    --daemonize no >"$dir/redis.log" 2>&1 &
+  redis_pid=$!
+  wait_for "redis-server on port $redis_port" redis-cli -p "$redis_port" ping \
+    || { cat "$dir/redis.log" >&2; return 1; }
+}

@@ -24,26 +24,7 @@ SCHEMATHESIS_VERSION=4.32.5
 max_examples=${SCHEMATHESIS_MAX_EXAMPLES:-30}
 
 ensure_apt_packages redis-server redis-server redis-cli redis-tools curl curl python3 python3
-if ! python3 -c 'import ensurepip, venv' >/dev/null 2>&1; then
-  # Debian ships venv support apart from python3.
-  if ! command -v apt-get >/dev/null 2>&1; then
-    echo "missing: the Python venv module (python3-venv)" >&2
-    exit 1
-  fi
-  sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
-fi
-
-venv=${XDG_CACHE_HOME:-$HOME/.cache}/ragpool/venv
-if [ "$("$venv/bin/schemathesis" --version 2>/dev/null || true)" != "schemathesis, version $SCHEMATHESIS_VERSION" ]; then
-  echo "installing schemathesis $SCHEMATHESIS_VERSION into $venv" >&2
-  rm -rf "$venv"
-  mkdir -p "$(dirname "$venv")"
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
-fi
+venv=$(ensure_python_venv schemathesis "schemathesis==$SCHEMATHESIS_VERSION")
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/ragpool-schemathesis.XXXXXX")
 redis_pid=""
@@ -55,30 +36,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
-# Waits up to ~10 s for a command to succeed.
-wait_for() {
-  local what=$1
-  shift
-  for _ in $(seq 1 100); do
-    if "$@" >/dev/null 2>&1; then
-      return 0
-    fi
-    sleep 0.1
-  done
-  echo "timed out waiting for $what" >&2
-  return 1
-}
-
-redis_port=$(free_port)
-redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$work" --save "" --appendonly no \
-  --daemonize no >"$work/redis.log" 2>&1 &
-redis_pid=$!
-wait_for "redis-server on port $redis_port" redis-cli -p "$redis_port" ping \
-  || { cat "$work/redis.log" >&2; exit 1; }
+start_scratch_redis "$work"
 
 api_port=$(free_port)
 # No executor runs here, so tasks never end: short wait and stream limits keep requests
