@@ -13,7 +13,6 @@
 //! first in a minute writes it, so several replicas (and restarts) share one history, and a
 //! minute's throughput is the difference between two samples over their measured time apart.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use tokio::sync::watch;
 use utoipa::ToSchema;
 
 use crate::error::ApiError;
-use crate::rates::{Rates, Totals};
+use crate::rates::{Rates, Totals, utilization};
 use crate::routes::view::rfc3339;
 use crate::state::AppState;
 
@@ -170,24 +169,12 @@ pub async fn read(state: &AppState) -> Result<DashboardSnapshot, ApiError> {
             &broker.record_history(&q.queue, &sample).await?,
         ));
     }
-    let totals: HashMap<String, Totals> = stats
-        .iter()
-        .map(|q| {
-            let t = Totals {
-                enqueued: q.total_enqueued,
-                finished: q.total_finished,
-                failed: q.total_failed,
-            };
-            (q.queue.clone(), t)
-        })
-        .collect();
     let mut rates = state
         .rates()
         .lock()
         .unwrap_or_else(PoisonError::into_inner)
-        .record(at_ms, totals);
-    let capacity: u64 = workers.iter().map(|w| u64::from(w.concurrency)).sum();
-    let busy: u64 = workers.iter().map(|w| u64::from(w.in_flight)).sum();
+        .record(at_ms, Totals::of(&stats));
+    let busy_share = utilization(&workers);
     Ok(DashboardSnapshot {
         at: rfc3339(at_ms),
         at_ms,
@@ -201,7 +188,7 @@ pub async fn read(state: &AppState) -> Result<DashboardSnapshot, ApiError> {
             })
             .collect(),
         workers: worker_rows(workers, at_ms, state.worker_ttl()),
-        utilization: (capacity > 0).then(|| busy as f64 / capacity as f64),
+        utilization: busy_share,
         refresh_seconds: SNAPSHOT_EVERY.as_secs_f64(),
     })
 }

@@ -7,6 +7,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use ragpool_queue::{QueueStats, WorkerInfo};
+
 /// Readings older than this are dropped.
 const WINDOW_MS: u64 = 5 * 60 * 1000;
 /// Readings closer together than this are not kept, and a rate needs at least this span.
@@ -33,6 +35,30 @@ pub struct Rates {
 struct Reading {
     at_ms: u64,
     totals: HashMap<String, Totals>,
+}
+
+impl Totals {
+    /// Each queue's running totals in a stats reading.
+    pub fn of(stats: &[QueueStats]) -> HashMap<String, Totals> {
+        stats
+            .iter()
+            .map(|q| {
+                let t = Totals {
+                    enqueued: q.total_enqueued,
+                    finished: q.total_finished,
+                    failed: q.total_failed,
+                };
+                (q.queue.clone(), t)
+            })
+            .collect()
+    }
+}
+
+/// The share of the workers' slots that are busy; `None` when no worker is live.
+pub fn utilization(workers: &[WorkerInfo]) -> Option<f64> {
+    let capacity: u64 = workers.iter().map(|w| u64::from(w.concurrency)).sum();
+    let busy: u64 = workers.iter().map(|w| u64::from(w.in_flight)).sum();
+    (capacity > 0).then(|| busy as f64 / capacity as f64)
 }
 
 /// The kept readings.

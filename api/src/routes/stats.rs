@@ -2,8 +2,6 @@
 //! worker list (what rq-dashboard showed for the original design). Admin-only when auth is
 //! on.
 
-use std::collections::HashMap;
-
 use axum::Json;
 use axum::extract::State;
 use ragpool_queue::{QueueStats, WorkerInfo};
@@ -12,7 +10,7 @@ use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::rates::{Rates, Totals};
+use crate::rates::{Rates, Totals, utilization};
 use crate::routes::view::rfc3339;
 use crate::state::AppState;
 
@@ -80,25 +78,12 @@ pub async fn queue_stats(
     let queues = state.broker().stats().await?;
     let workers = state.broker().workers(state.worker_ttl()).await?;
     let at_ms = queues.iter().map(|q| q.at_ms).max().unwrap_or(0);
-    let totals: HashMap<String, Totals> = queues
-        .iter()
-        .map(|q| {
-            let t = Totals {
-                enqueued: q.total_enqueued,
-                finished: q.total_finished,
-                failed: q.total_failed,
-            };
-            (q.queue.clone(), t)
-        })
-        .collect();
     let mut rates = state
         .rates()
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .record(at_ms, totals);
-    let capacity: u64 = workers.iter().map(|w| u64::from(w.concurrency)).sum();
-    let busy: u64 = workers.iter().map(|w| u64::from(w.in_flight)).sum();
-    let utilization = (capacity > 0).then(|| busy as f64 / capacity as f64);
+        .record(at_ms, Totals::of(&queues));
+    let utilization = utilization(&workers);
     Ok(Json(StatsView {
         queues: queues
             .into_iter()
