@@ -38,15 +38,7 @@ if [ "$installed" != "$PLAYWRIGHT_VERSION" ]; then
   npm install --prefix "$node_dir" --no-audit --no-fund --silent "playwright-core@$PLAYWRIGHT_VERSION"
 fi
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/ragpool-dashboard.XXXXXX")
-redis_pid=""
-api_pid=""
-cleanup() {
-  [ -n "$api_pid" ] && kill "$api_pid" 2>/dev/null && wait "$api_pid" 2>/dev/null
-  [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
+scratch_workdir dashboard
 
 start_scratch_redis "$work"
 

@@ -103,3 +103,18 @@ start_scratch_redis() {
   wait_for "redis-server on port $redis_port" redis-cli -p "$redis_port" ping \
     || { cat "$dir/redis.log" >&2; return 1; }
 }
+
+# scratch_workdir NAME: sets work to a new temporary directory and, on exit, stops the
+# processes whose pids are in api_pid and redis_pid (when set) and removes the directory.
+scratch_workdir() {
+  work=$(mktemp -d "${TMPDIR:-/tmp}/ragpool-$1.XXXXXX")
+  redis_pid=""
+  api_pid=""
+  trap stop_scratch EXIT
+}
+
+stop_scratch() {
+  [ -n "$api_pid" ] && kill "$api_pid" 2>/dev/null && wait "$api_pid" 2>/dev/null
+  [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null
+  rm -rf "$work"
+}

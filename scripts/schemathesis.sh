@@ -26,15 +26,7 @@ max_examples=${SCHEMATHESIS_MAX_EXAMPLES:-30}
 ensure_apt_packages redis-server redis-server redis-cli redis-tools curl curl python3 python3
 venv=$(ensure_python_venv schemathesis "schemathesis==$SCHEMATHESIS_VERSION")
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/ragpool-schemathesis.XXXXXX")
-redis_pid=""
-api_pid=""
-cleanup() {
-  [ -n "$api_pid" ] && kill "$api_pid" 2>/dev/null && wait "$api_pid" 2>/dev/null
-  [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null
-  rm -rf "$work"
-}
-trap cleanup EXIT
+scratch_workdir schemathesis
 
 start_scratch_redis "$work"
 
