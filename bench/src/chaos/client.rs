@@ -39,7 +39,9 @@ impl Submission {
 }
 
 /// Intervals in which a condition held, from the client's view: opened by the first failure,
-/// closed by the next success.
+/// closed by the first success of a request sent after it opened (a request already in
+/// flight when the window opened, e.g. one an API finishes while it shuts down, proves
+/// nothing about the window).
 #[derive(Debug, Default)]
 pub struct Windows {
     open: Option<Instant>,
@@ -59,8 +61,11 @@ impl Windows {
         }
     }
 
-    fn success(&mut self, now: Instant) {
-        if let Some(start) = self.open.take() {
+    fn success(&mut self, sent: Instant, now: Instant) {
+        if let Some(start) = self.open
+            && sent >= start
+        {
+            self.open = None;
             self.longest = self.longest.max(now - start);
         }
     }
@@ -87,6 +92,9 @@ pub struct Seen {
     /// 503 answers without a `Retry-After` header.
     pub without_retry_after: usize,
     pub unreachable: Windows,
+    /// Submissions with no answer within the client's 10 s timeout (retried with the same
+    /// key, like a refused connection).
+    pub timed_out: usize,
     /// Other statuses, which should not happen.
     pub unexpected: Vec<(usize, u16, String)>,
     pub replays: usize,
@@ -155,6 +163,7 @@ async fn post(http: &reqwest::Client, api: &str, s: &Submission, shared: &Shared
         if let Some(key) = &s.key {
             request = request.header("Idempotency-Key", key);
         }
+        let sent = Instant::now();
         match request.send().await {
             Ok(response) => {
                 let now = Instant::now();
@@ -166,8 +175,8 @@ async fn post(http: &reqwest::Client, api: &str, s: &Submission, shared: &Shared
                         .is_some_and(|v| v == "true");
                     let body: Value = response.json().await.unwrap_or(Value::Null);
                     let mut seen = seen(shared);
-                    seen.unavailable.success(now);
-                    seen.unreachable.success(now);
+                    seen.unavailable.success(sent, now);
+                    seen.unreachable.success(sent, now);
                     seen.accepted.push(now);
                     return match body["task_id"].as_str() {
                         Some(id) => Answer::Accepted {
@@ -190,7 +199,7 @@ async fn post(http: &reqwest::Client, api: &str, s: &Submission, shared: &Shared
                     {
                         let mut seen = seen(shared);
                         seen.unavailable.failure(now);
-                        seen.unreachable.success(now);
+                        seen.unreachable.success(sent, now);
                         if retry_after.is_none() {
                             seen.without_retry_after += 1;
                         }
@@ -203,6 +212,10 @@ async fn post(http: &reqwest::Client, api: &str, s: &Submission, shared: &Shared
                 let text = response.text().await.unwrap_or_default();
                 seen(shared).unexpected.push((s.n, status.as_u16(), text));
                 return Answer::Refused;
+            }
+            // No answer in time: the API is slow, not gone; try again with the same key.
+            Err(e) if e.is_timeout() => {
+                seen(shared).timed_out += 1;
             }
             // The API is restarting (connection refused or reset): try again shortly.
             Err(_) => {

@@ -997,6 +997,11 @@ impl Tally {
                 format!("longest {} (API restarts)", ms(seen.unreachable.longest)),
             ],
             vec![
+                "submissions unanswered in 10 s".into(),
+                seen.timed_out.to_string(),
+                "retried with the same key".into(),
+            ],
+            vec![
                 "unexpected answers".into(),
                 seen.unexpected.len().to_string(),
                 seen.unexpected
