@@ -53,14 +53,9 @@ fn number(v: f64) -> String {
     }
 }
 
-/// The table as text, columns aligned.
+/// The table as text, columns aligned; numbers (value, ratio) to the right.
 pub fn render(rows: &[Row]) -> String {
-    let mut lines = vec![[
-        "figure".to_string(),
-        "value".to_string(),
-        "baseline (same run)".to_string(),
-        "ratio".to_string(),
-    ]];
+    let mut lines: Vec<Vec<String>> = Vec::with_capacity(rows.len());
     for row in rows {
         let value = format!("{} {}", number(row.value), row.unit);
         let (base, ratio) = match &row.baseline {
@@ -74,44 +69,24 @@ pub fn render(rows: &[Row]) -> String {
             ),
             None => ("-".to_string(), "-".to_string()),
         };
-        lines.push([row.figure.clone(), value, base, ratio]);
+        lines.push(vec![row.figure.clone(), value, base, ratio]);
     }
-    let widths: Vec<usize> = (0..4)
-        .map(|c| {
-            lines
-                .iter()
-                .map(|l| l[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for (i, line) in lines.iter().enumerate() {
-        let cells: Vec<String> = line
-            .iter()
-            .enumerate()
-            .map(|(c, cell)| {
-                if c == 1 || c == 3 {
-                    format!("{cell:>w$}", w = widths[c])
-                } else {
-                    format!("{cell:<w$}", w = widths[c])
-                }
-            })
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-        if i == 0 {
-            let rule: Vec<String> = widths.iter().map(|w| "-".repeat(*w)).collect();
-            out.push_str(&rule.join("  "));
-            out.push('\n');
-        }
-    }
-    out
+    layout(
+        &["figure", "value", "baseline (same run)", "ratio"],
+        &lines,
+        |c| c == 1 || c == 3,
+    )
 }
 
 /// A table of plain columns (counts rather than ratios), aligned, with a rule under the
 /// header.
 pub fn render_columns(header: &[&str], rows: &[Vec<String>]) -> String {
+    layout(header, rows, |_| false)
+}
+
+/// Header, rule and rows with every column as wide as its widest cell; the columns for
+/// which `right` holds are right-aligned.
+fn layout(header: &[&str], rows: &[Vec<String>], right: impl Fn(usize) -> bool) -> String {
     let mut lines: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     lines.extend(rows.iter().cloned());
     let columns = header.len();
@@ -129,7 +104,11 @@ pub fn render_columns(header: &[&str], rows: &[Vec<String>]) -> String {
         let cells: Vec<String> = (0..columns)
             .map(|c| {
                 let cell = line.get(c).map_or("", String::as_str);
-                format!("{cell:<w$}", w = widths[c])
+                if right(c) {
+                    format!("{cell:>w$}", w = widths[c])
+                } else {
+                    format!("{cell:<w$}", w = widths[c])
+                }
             })
             .collect();
         out.push_str(cells.join("  ").trim_end());

@@ -277,32 +277,17 @@ impl Broker {
     pub async fn retry_failed(&self, queue: &str, max: u64) -> Result<BulkOutcome> {
         let keys = self.keys();
         let qk = keys.queue(queue);
-        let mut out = BulkOutcome::default();
-        let mut handled = 0;
-        loop {
-            let chunk = (max - handled).min(u64::from(BULK_CHUNK));
-            let (reply, ack) = self
-                .change(
-                    scripts::RETRY_FAILED
-                        .key(&qk.failed)
-                        .key(&qk.ready)
-                        .key(&qk.signal)
-                        .key(keys.seq())
-                        .key(keys.events())
-                        .arg(keys.prefix())
-                        .arg(chunk),
-                )
-                .await?;
-            let (done, left) = pair(&reply, "retry_failed")?;
-            // Unconfirmed under `replicated`: calling again redoes whatever a failover lost.
-            ack.require()?;
-            out.done += done;
-            out.remaining = left;
-            handled += chunk;
-            if left == 0 || handled >= max {
-                return Ok(out);
-            }
-        }
+        self.in_chunks(max, "retry_failed", |chunk| {
+            let mut call = scripts::RETRY_FAILED.key(&qk.failed);
+            call.key(&qk.ready)
+                .key(&qk.signal)
+                .key(keys.seq())
+                .key(keys.events())
+                .arg(keys.prefix())
+                .arg(chunk);
+            call
+        })
+        .await
     }
 
     /// Deletes ended tasks of `queue` in `state` (finished, failed or canceled) before their
@@ -317,20 +302,32 @@ impl Broker {
             });
         }
         let index = self.state_index(queue, state);
+        self.in_chunks(max, "purge", |chunk| {
+            let mut call = scripts::PURGE.key(&index);
+            call.arg(self.keys().prefix())
+                .arg(state.as_str())
+                .arg(chunk);
+            call
+        })
+        .await
+    }
+
+    /// Runs a bulk script (replying `{done, remaining}`) for chunks of at most [`BULK_CHUNK`]
+    /// until nothing remains or `max` have been handled. Each chunk is a state change of its
+    /// own: under `replicated` an unconfirmed one fails the call, and calling again redoes
+    /// whatever a failover lost.
+    async fn in_chunks(
+        &self,
+        max: u64,
+        what: &str,
+        call: impl Fn(u64) -> redis::ScriptInvocation<'static>,
+    ) -> Result<BulkOutcome> {
         let mut out = BulkOutcome::default();
         let mut handled = 0;
         loop {
             let chunk = (max - handled).min(u64::from(BULK_CHUNK));
-            let (reply, ack) = self
-                .change(
-                    scripts::PURGE
-                        .key(&index)
-                        .arg(self.keys().prefix())
-                        .arg(state.as_str())
-                        .arg(chunk),
-                )
-                .await?;
-            let (done, left) = pair(&reply, "purge")?;
+            let (reply, ack) = self.change(&call(chunk)).await?;
+            let (done, left) = pair(&reply, what)?;
             ack.require()?;
             out.done += done;
             out.remaining = left;
