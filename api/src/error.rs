@@ -156,6 +156,16 @@ impl From<QueueError> for ApiError {
             QueueError::WrongState { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "wrong_state", e.to_string())
             }
+            QueueError::Layout { .. } => {
+                // The operator's mistake, not the client's: say what is wrong, in the log and
+                // in the answer, since every request fails the same way until it is fixed.
+                tracing::error!(error = %e, "partition count mismatch");
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "misconfigured",
+                    format!("the service is misconfigured: {e}"),
+                )
+            }
             QueueError::LeaseLost(_)
             | QueueError::UnknownQueue(_)
             | QueueError::Config(_)

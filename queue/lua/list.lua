@@ -6,7 +6,7 @@
 -- ARGV[4] cursor score, ARGV[5] '1' when the set holds ended tasks (scores are expiry times)
 -- Returns {total, next id or '', next score or '', row, row, ...}; a row is
 -- {id, state, kind, queue, enqueued_at, started_at, finished_at, attempts, max_attempts,
---  error_kind, error_msg (first 200 bytes), progress, retry_at, worker}; fields the hash lacks
+--  error_kind, error_msg (first 200 bytes), progress, retry_at, worker, index score}; fields the hash lacks
 -- are nil. An index entry whose hash has expired is skipped.
 local key, prefix, limit = KEYS[1], ARGV[1], tonumber(ARGV[2])
 local entries
@@ -19,8 +19,21 @@ else
   if rank then
     entries = redis.call('ZRANGE', key, rank + 1, rank + limit, 'REV', 'WITHSCORES')
   else
-    entries = redis.call('ZRANGE', key, '(' .. ARGV[4], '-inf', 'BYSCORE', 'REV',
-      'LIMIT', 0, limit, 'WITHSCORES')
+    -- The order is (score, id) descending, as ZREVRANK counts. Entries at the cursor's score
+    -- come after it when their id sorts before the cursor's (the cursor may be from another
+    -- partition's set, where it has equals here).
+    local score = tonumber(ARGV[4])
+    local ties = math.min(redis.call('ZCOUNT', key, ARGV[4], ARGV[4]), 1000)
+    local got = redis.call('ZRANGE', key, ARGV[4], '-inf', 'BYSCORE', 'REV',
+      'LIMIT', 0, limit + ties, 'WITHSCORES')
+    entries = {}
+    for i = 1, #got, 2 do
+      if #entries / 2 == limit then break end
+      if not (tonumber(got[i + 1]) == score and got[i] >= ARGV[3]) then
+        entries[#entries + 1] = got[i]
+        entries[#entries + 1] = got[i + 1]
+      end
+    end
   end
 end
 
@@ -44,7 +57,7 @@ for i = 1, #entries, 2 do
   if h[1] then
     if h[10] then h[10] = string.sub(h[10], 1, 200) end
     out[#out + 1] = {id, h[1], h[2], h[3], h[4], h[5], h[6], h[7], h[8], h[9], h[10], h[11],
-      h[12], h[13]}
+      h[12], h[13], entries[i + 1]}
   end
 end
 return out

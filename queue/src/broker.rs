@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
@@ -14,7 +15,7 @@ use crate::conn::{Conn, RedisTarget};
 use crate::decode;
 use crate::durability::{Ack, Acknowledged, Durability};
 use crate::error::{QueueError, Result};
-use crate::keys::Keys;
+use crate::keys::{Keys, MAX_PARTITIONS, Partition};
 use crate::payload::Payload;
 use crate::scripts;
 use crate::stats::{DurationSummary, QueueStats, WorkerInfo};
@@ -39,6 +40,10 @@ pub struct BrokerConfig {
     /// Under `replicated`: how long a change waits for a replica's acknowledgement before
     /// it is reported [`QueueError::NotReplicated`]. Shorter than `response_timeout`.
     pub replication_timeout: Duration,
+    /// How many partitions every queue is split into (see [`crate::keys`]): 1 keeps all keys
+    /// under one hash tag; on Redis Cluster, a few per master spread the load over them.
+    /// Every process of a namespace must use the same count; the first records it.
+    pub partitions: u16,
 }
 
 impl BrokerConfig {
@@ -51,6 +56,7 @@ impl BrokerConfig {
             response_timeout: Duration::from_secs(5),
             durability: Durability::Local,
             replication_timeout: DEFAULT_REPLICATION_TIMEOUT,
+            partitions: 1,
         }
     }
 
@@ -196,6 +202,10 @@ struct Inner {
     config: BrokerConfig,
     queues: HashMap<String, QueueConfig>,
     events: tokio::sync::OnceCell<crate::events::EventHub>,
+    /// Set once the recorded partition count was found equal to ours.
+    layout: tokio::sync::OnceCell<()>,
+    /// The partition of the next task enqueued without an idempotency key.
+    next_partition: AtomicUsize,
 }
 
 /// Leases and maintenance passes touch at most this many tasks per script call, so one call
@@ -227,6 +237,12 @@ impl Broker {
                 "namespace must be non-empty and free of braces".into(),
             ));
         }
+        if config.partitions == 0 || config.partitions > MAX_PARTITIONS {
+            return Err(QueueError::Config(format!(
+                "partitions must be between 1 and {MAX_PARTITIONS}, got {}",
+                config.partitions
+            )));
+        }
         if config.durability == Durability::Replicated {
             if config.target.cluster {
                 return Err(QueueError::Config(
@@ -250,10 +266,14 @@ impl Broker {
         Ok(Broker {
             inner: Arc::new(Inner {
                 conn,
-                keys: Keys::new(&config.namespace),
+                keys: Keys::with_partitions(&config.namespace, config.partitions),
                 config,
                 queues,
                 events: tokio::sync::OnceCell::new(),
+                layout: tokio::sync::OnceCell::new(),
+                next_partition: AtomicUsize::new(rand::rng().random_range(0..usize::from(
+                    MAX_PARTITIONS,
+                ))),
             }),
         })
     }
@@ -298,6 +318,112 @@ impl Broker {
         }
     }
 
+    /// Checks this process's partition count against the one recorded for the namespace,
+    /// recording it when the namespace has none yet; once per process. Writers (enqueue,
+    /// claim) and readers of every partition (stats, maintenance) check before their first
+    /// call, so a process with the wrong count fails with [`QueueError::Layout`] instead of
+    /// looking for tasks where they are not.
+    pub async fn check_layout(&self) -> Result<()> {
+        self.inner
+            .layout
+            .get_or_try_init(|| async {
+                let keys = self.keys();
+                let count = keys.count();
+                let mut conn = self.conn();
+                let recorded: Option<String> =
+                    redis::cmd("GET").arg(keys.layout()).query_async(&mut conn).await?;
+                let recorded = match recorded {
+                    Some(r) => r,
+                    None => {
+                        // A namespace used before its count was recorded has the one-partition
+                        // layout; its sequence key exists from the first task on.
+                        let used: bool = redis::cmd("EXISTS")
+                            .arg(keys.partitions()[0].seq())
+                            .query_async(&mut conn)
+                            .await?;
+                        let used = used && count > 1;
+                        let old: Option<String> = redis::cmd("SET")
+                            .arg(keys.layout())
+                            .arg(if used { 1 } else { count })
+                            .arg("NX")
+                            .arg("GET")
+                            .query_async(&mut conn)
+                            .await?;
+                        old.unwrap_or_else(|| if used { "1".into() } else { count.to_string() })
+                    }
+                };
+                if recorded == count.to_string() {
+                    Ok(())
+                } else {
+                    Err(QueueError::Layout {
+                        namespace: keys.namespace().to_string(),
+                        recorded,
+                        configured: count,
+                    })
+                }
+            })
+            .await
+            .map(|_| ())
+    }
+
+    /// Changes the namespace's recorded partition count to `count`, when no task of any
+    /// queue waits, runs or waits out a backoff under the recorded one. Ended tasks stay
+    /// readable by id until their TTL (an id names its own partition); they leave the state
+    /// counts. Stop every process of the namespace first: a running one keeps its count.
+    pub async fn repartition(&self, count: u16) -> Result<u16> {
+        if count == 0 || count > MAX_PARTITIONS {
+            return Err(QueueError::Config(format!(
+                "partitions must be between 1 and {MAX_PARTITIONS}, got {count}"
+            )));
+        }
+        let keys = self.keys();
+        let mut conn = self.conn();
+        let recorded: Option<String> =
+            redis::cmd("GET").arg(keys.layout()).query_async(&mut conn).await?;
+        let old: u16 = match recorded {
+            Some(r) => r
+                .parse()
+                .map_err(|_| QueueError::Corrupt(format!("recorded partition count {r:?}")))?,
+            None => 1,
+        };
+        let old_keys = Keys::with_partitions(keys.namespace(), old);
+        let mut busy = Vec::new();
+        for part in old_keys.partitions() {
+            let names: Vec<String> =
+                redis::cmd("SMEMBERS").arg(part.queues()).query_async(&mut conn).await?;
+            for name in names {
+                let qk = part.queue(&name);
+                let (ready, started, delayed): (u64, u64, u64) = redis::pipe()
+                    .zcard(&qk.ready)
+                    .zcard(&qk.started)
+                    .zcard(&qk.delayed)
+                    .query_async(&mut conn)
+                    .await?;
+                if ready + started + delayed > 0 {
+                    busy.push(format!(
+                        "{name} (partition {}: {ready} queued, {started} started, {delayed} \
+                         delayed)",
+                        part.index()
+                    ));
+                }
+            }
+        }
+        if !busy.is_empty() {
+            return Err(QueueError::Config(format!(
+                "cannot change the partition count of namespace {:?} from {old} to {count} \
+                 while tasks wait or run: {}; let the executors drain them first",
+                keys.namespace(),
+                busy.join(", ")
+            )));
+        }
+        let _: () = redis::cmd("SET")
+            .arg(keys.layout())
+            .arg(count)
+            .query_async(&mut conn)
+            .await?;
+        Ok(old)
+    }
+
     /// Checks that Redis answers.
     pub async fn ping(&self) -> Result<()> {
         let _: String = redis::cmd("PING").query_async(&mut self.conn()).await?;
@@ -328,9 +454,50 @@ impl Broker {
         Ok(out)
     }
 
-    /// One call of the enqueue script (see `lua/enqueue.lua` for its layout).
+    /// Enqueues a chunk: one script call per partition it touches, run side by side. A task
+    /// with an idempotency key goes to that key's partition; the others of the chunk go
+    /// together to the next partition in turn, so a chunk without keys is one atomic call.
     async fn enqueue_chunk(&self, tasks: Vec<NewTask>) -> Result<Vec<Enqueued>> {
+        self.check_layout().await?;
         let keys = self.keys();
+        let parts = keys.partitions();
+        if parts.len() == 1 {
+            return self.enqueue_in(&parts[0], tasks).await;
+        }
+        let turn = self.inner.next_partition.fetch_add(1, Ordering::Relaxed) % parts.len();
+        let mut groups: Vec<(Vec<usize>, Vec<NewTask>)> = vec![Default::default(); parts.len()];
+        for (i, new) in tasks.into_iter().enumerate() {
+            let p = match &new.idempotency_key {
+                Some(key) => usize::from(keys.of_idempotency(key).index()),
+                None => turn,
+            };
+            groups[p].0.push(i);
+            groups[p].1.push(new);
+        }
+        let calls = groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (at, _))| !at.is_empty())
+            .map(|(p, (at, tasks))| async move {
+                self.enqueue_in(&parts[p], tasks).await.map(|done| (at, done))
+            });
+        let mut out: Vec<Option<Enqueued>> = Vec::new();
+        for (at, done) in futures::future::try_join_all(calls).await? {
+            for (i, e) in at.into_iter().zip(done) {
+                if out.len() <= i {
+                    out.resize(i + 1, None);
+                }
+                out[i] = Some(e);
+            }
+        }
+        out.into_iter()
+            .map(|e| e.ok_or_else(|| QueueError::Corrupt("enqueue left out a task".into())))
+            .collect()
+    }
+
+    /// One call of the enqueue script in one partition (see `lua/enqueue.lua`).
+    async fn enqueue_in(&self, part: &Partition, tasks: Vec<NewTask>) -> Result<Vec<Enqueued>> {
+        let keys = part;
         let mut queues: Vec<&QueueConfig> = Vec::new();
         let mut prepared = Vec::with_capacity(tasks.len());
         for new in tasks {
@@ -367,7 +534,7 @@ impl Broker {
                 .arg(millis(q.backoff_max));
         }
         for (queue, kind, payload, idem, owner) in prepared {
-            let id = TaskId::new();
+            let id = part.new_task_id();
             let idem = idem.unwrap_or_default();
             invocation
                 .key(keys.task(id.as_str()))
@@ -403,7 +570,7 @@ impl Broker {
     /// Reads a task; `None` when it never existed or has expired.
     pub async fn get(&self, id: &TaskId) -> Result<Option<Task>> {
         let fields: HashMap<String, String> = redis::cmd("HGETALL")
-            .arg(self.keys().task(id.as_str()))
+            .arg(self.keys().of_task(id).task(id.as_str()))
             .query_async(&mut self.conn())
             .await?;
         if fields.is_empty() {
@@ -413,19 +580,38 @@ impl Broker {
     }
 
     /// A queued task's place in its queue (0 = next), `None` when it is not queued.
+    ///
+    /// With one partition it is exact. With more it is an estimate: its rank `r` in its own
+    /// partition plus, from every other partition, the smaller of `r` and that partition's
+    /// queued count — the tasks ahead of it when executors drain the partitions evenly, as
+    /// they do (they claim from the partition with the most queued tasks).
     pub async fn position(&self, id: &TaskId, queue: &str) -> Result<Option<u64>> {
+        let keys = self.keys();
+        let own = keys.of_task(id);
         let rank: Option<u64> = redis::cmd("ZRANK")
-            .arg(self.keys().queue(queue).ready)
+            .arg(own.queue(queue).ready)
             .arg(id.as_str())
             .query_async(&mut self.conn())
             .await?;
-        Ok(rank)
+        let Some(rank) = rank else { return Ok(None) };
+        let others = keys
+            .partitions()
+            .iter()
+            .filter(|p| p.prefix() != own.prefix())
+            .map(|p| async move {
+                redis::cmd("ZCARD")
+                    .arg(p.queue(queue).ready)
+                    .query_async::<u64>(&mut self.conn())
+                    .await
+            });
+        let counts = futures::future::try_join_all(others).await?;
+        Ok(Some(rank + counts.into_iter().map(|c| c.min(rank)).sum::<u64>()))
     }
 
     /// Extends the lease and records progress. Fails with [`QueueError::LeaseLost`] when the
     /// lease was lost: the worker must stop working on the task.
     pub async fn heartbeat(&self, lease: &Lease, progress: Option<&Progress>) -> Result<Heartbeat> {
-        let keys = self.keys();
+        let keys = &self.keys().of_task(&lease.task);
         let (percent, message) = match progress {
             Some(p) => (i64::from(p.percent.min(100)), p.message.as_str()),
             None => (-1, ""),
@@ -452,7 +638,7 @@ impl Broker {
 
     /// Stores the result; the task is `finished`.
     pub async fn complete(&self, lease: &Lease, result: &Json) -> Result<()> {
-        let keys = self.keys();
+        let keys = &self.keys().of_task(&lease.task);
         let qk = keys.queue(&lease.queue);
         let result = serde_json::to_string(result)
             .map_err(|e| QueueError::Corrupt(format!("result does not serialize: {e}")))?;
@@ -484,7 +670,7 @@ impl Broker {
         error: &TaskError,
         retry: Retry,
     ) -> Result<FailOutcome> {
-        let keys = self.keys();
+        let keys = &self.keys().of_task(&lease.task);
         let qk = keys.queue(&lease.queue);
         let (retryable, min_delay) = match retry {
             Retry::Retryable(after) => (1, after.map(millis).unwrap_or(0)),
@@ -525,7 +711,7 @@ impl Broker {
 
     /// Gives a task back without spending an attempt (a worker shutting down).
     pub async fn release(&self, lease: &Lease) -> Result<ReleaseOutcome> {
-        let keys = self.keys();
+        let keys = &self.keys().of_task(&lease.task);
         let qk = keys.queue(&lease.queue);
         let (reply, ack) = self
             .change(
@@ -568,7 +754,7 @@ impl Broker {
     /// The queue a task is on, read before a transition whose keys depend on it.
     async fn queue_of(&self, id: &TaskId) -> Result<String> {
         let queue: Option<String> = redis::cmd("HGET")
-            .arg(self.keys().task(id.as_str()))
+            .arg(self.keys().of_task(id).task(id.as_str()))
             .arg("queue")
             .query_async(&mut self.conn())
             .await?;
@@ -578,7 +764,7 @@ impl Broker {
     /// Cancels a task: at once when it waits, at its next heartbeat when it runs.
     pub async fn cancel(&self, id: &TaskId) -> Result<CancelOutcome> {
         let queue = self.queue_of(id).await?;
-        let keys = self.keys();
+        let keys = &self.keys().of_task(id);
         let qk = keys.queue(&queue);
         let (reply, ack) = self
             .change(
@@ -610,7 +796,7 @@ impl Broker {
     /// Puts a `failed` task back on its queue with its attempts reset.
     pub async fn retry(&self, id: &TaskId) -> Result<()> {
         let queue = self.queue_of(id).await?;
-        let keys = self.keys();
+        let keys = &self.keys().of_task(id);
         let qk = keys.queue(&queue);
         let (reply, ack) = self
             .change(
@@ -635,22 +821,28 @@ impl Broker {
         }
     }
 
-    /// Reaps expired leases of one queue. Harmless to run from many processes at once.
-    /// Respects a hold after an outage but does not look for one; see [`Broker::maintain_for`].
+    /// Reaps expired leases of one queue in every partition. Harmless to run from many
+    /// processes at once. Respects a hold after an outage but does not look for one; see
+    /// [`Broker::maintain_for`].
     pub async fn reap(&self, queue: &str) -> Result<(u64, u64)> {
-        self.reap_observing(queue, None)
-            .await
-            .map(|(requeued, failed, _)| (requeued, failed))
+        let mut total = (0, 0);
+        for part in self.keys().partitions() {
+            let (requeued, failed, _) = self.reap_in(part, queue, None).await?;
+            total.0 += requeued;
+            total.1 += failed;
+        }
+        Ok(total)
     }
 
-    /// Reaps one queue; with `clock`, first observes the outage clock. Returns the requeued
-    /// and failed counts and, while reaping is held, the hold deadline.
-    async fn reap_observing(
+    /// Reaps one queue of one partition; with `clock`, first observes that partition's
+    /// outage clock. Returns the requeued and failed counts and, while reaping is held, the
+    /// hold deadline.
+    async fn reap_in(
         &self,
+        keys: &Partition,
         queue: &str,
         clock: Option<&OutageClock>,
     ) -> Result<(u64, u64, Option<u64>)> {
-        let keys = self.keys();
         let qk = keys.queue(queue);
         let (gap, hold) = clock.map_or((0, 0), |c| (millis(c.gap).max(1), millis(c.hold)));
         let mut total = (0, 0);
@@ -688,9 +880,17 @@ impl Broker {
         }
     }
 
-    /// Moves due delayed tasks of one queue back to it. Harmless to run concurrently.
+    /// Moves due delayed tasks of one queue back to it, in every partition. Harmless to run
+    /// concurrently.
     pub async fn promote(&self, queue: &str) -> Result<u64> {
-        let keys = self.keys();
+        let mut total = 0;
+        for part in self.keys().partitions() {
+            total += self.promote_in(part, queue).await?;
+        }
+        Ok(total)
+    }
+
+    async fn promote_in(&self, keys: &Partition, queue: &str) -> Result<u64> {
         let qk = keys.queue(queue);
         let mut total = 0;
         loop {
@@ -724,25 +924,49 @@ impl Broker {
             .await
     }
 
+    /// One pass over every queue; the partitions side by side (each keeps its own outage
+    /// clock: in a cluster, one master's restart holds reaping on its partitions only).
     async fn maintain_observing(&self, clock: Option<&OutageClock>) -> Result<Maintenance> {
+        self.check_layout().await?;
+        let queues = self.queue_names().await?;
+        let passes = self.keys().partitions().iter().map(|part| {
+            let queues = &queues;
+            async move {
+                let mut out = Maintenance::default();
+                for queue in queues {
+                    let (requeued, failed, held) = self.reap_in(part, queue, clock).await?;
+                    out.requeued += requeued;
+                    out.failed += failed;
+                    out.held_until_ms = out.held_until_ms.max(held);
+                    out.promoted += self.promote_in(part, queue).await?;
+                }
+                Ok::<_, QueueError>(out)
+            }
+        });
         let mut out = Maintenance::default();
-        for queue in self.queue_names().await? {
-            let (requeued, failed, held) = self.reap_observing(&queue, clock).await?;
-            out.requeued += requeued;
-            out.failed += failed;
-            out.held_until_ms = out.held_until_ms.max(held);
-            out.promoted += self.promote(&queue).await?;
+        for m in futures::future::try_join_all(passes).await? {
+            out.requeued += m.requeued;
+            out.failed += m.failed;
+            out.promoted += m.promoted;
+            out.held_until_ms = out.held_until_ms.max(m.held_until_ms);
         }
         Ok(out)
     }
 
     /// Configured queues first (in configuration order), then any other queue that has seen
-    /// tasks in this namespace.
+    /// tasks in this namespace (in any partition).
     pub async fn queue_names(&self) -> Result<Vec<String>> {
-        let known: BTreeSet<String> = redis::cmd("SMEMBERS")
-            .arg(self.keys().queues())
-            .query_async(&mut self.conn())
-            .await?;
+        let reads = self.keys().partitions().iter().map(|part| async move {
+            redis::cmd("SMEMBERS")
+                .arg(part.queues())
+                .query_async::<BTreeSet<String>>(&mut self.conn())
+                .await
+        });
+        let known: BTreeSet<String> = futures::future::try_join_all(reads)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
         let mut names: Vec<String> = self
             .inner
             .config
@@ -758,9 +982,47 @@ impl Broker {
         Ok(names)
     }
 
-    /// One queue's statistics, from one atomic snapshot.
+    /// One queue's statistics: one atomic snapshot per partition, the partitions read side
+    /// by side and added up (durations from the samples of all of them).
     pub async fn queue_stats(&self, queue: &str) -> Result<QueueStats> {
-        let keys = self.keys();
+        self.check_layout().await?;
+        let reads = self
+            .keys()
+            .partitions()
+            .iter()
+            .map(|part| self.stats_in(part, queue));
+        let mut out = QueueStats {
+            queue: queue.to_string(),
+            ..QueueStats::default()
+        };
+        let (mut processing, mut wait) = (Vec::new(), Vec::new());
+        for (s, p, w) in futures::future::try_join_all(reads).await? {
+            out.queued += s.queued;
+            out.started += s.started;
+            out.delayed += s.delayed;
+            out.finished += s.finished;
+            out.failed += s.failed;
+            out.canceled += s.canceled;
+            out.total_enqueued += s.total_enqueued;
+            out.total_finished += s.total_finished;
+            out.total_failed += s.total_failed;
+            out.total_lease_expired += s.total_lease_expired;
+            out.oldest_queued_age_ms = out.oldest_queued_age_ms.max(s.oldest_queued_age_ms);
+            out.at_ms = out.at_ms.max(s.at_ms);
+            processing.extend(p);
+            wait.extend(w);
+        }
+        out.processing = summarize(&processing);
+        out.wait = summarize(&wait);
+        Ok(out)
+    }
+
+    /// One partition's snapshot of a queue: its counts, and its duration samples unsummarized.
+    async fn stats_in(
+        &self,
+        keys: &Partition,
+        queue: &str,
+    ) -> Result<(QueueStats, Vec<String>, Vec<String>)> {
         let qk = keys.queue(queue);
         let reply: Value = scripts::STATS
             .key(&qk.ready)
@@ -800,7 +1062,7 @@ impl Broker {
         let counter = |name: &str| counters.get(name).and_then(|v| v.parse().ok()).unwrap_or(0);
         let now = decode::int(now)?.max(0) as u64;
         let oldest = decode::int(oldest)?;
-        Ok(QueueStats {
+        let stats = QueueStats {
             queue: queue.to_string(),
             queued: decode::int(queued)?.max(0) as u64,
             started: decode::int(started)?.max(0) as u64,
@@ -812,24 +1074,22 @@ impl Broker {
             total_finished: counter("finished"),
             total_failed: counter("failed"),
             total_lease_expired: counter("lease_expired"),
-            processing: summarize(&decode::list(processing)?),
-            wait: summarize(&decode::list(wait)?),
+            processing: DurationSummary::default(),
+            wait: DurationSummary::default(),
             oldest_queued_age_ms: if oldest < 0 {
                 0
             } else {
                 now.saturating_sub(oldest as u64)
             },
             at_ms: now,
-        })
+        };
+        Ok((stats, decode::list(processing)?, decode::list(wait)?))
     }
 
     /// Statistics of every known queue.
     pub async fn stats(&self) -> Result<Vec<QueueStats>> {
-        let mut out = Vec::new();
-        for queue in self.queue_names().await? {
-            out.push(self.queue_stats(&queue).await?);
-        }
-        Ok(out)
+        let names = self.queue_names().await?;
+        futures::future::try_join_all(names.iter().map(|queue| self.queue_stats(queue))).await
     }
 
     /// Registers a worker or refreshes its record; it drops out of [`Broker::workers`] when
@@ -855,6 +1115,10 @@ impl Broker {
         let keys = self.keys();
         let record = serde_json::to_string(info)
             .map_err(|e| QueueError::Corrupt(format!("worker record: {e}")))?;
+        // With one partition the beat also keeps that partition's outage clock (after a gap
+        // the beat may arrive before any maintenance pass). With more, the clocks live in
+        // other slots and the maintenance passes keep them.
+        let clock = clock.filter(|_| keys.count() == 1);
         let (gap, hold) = clock.map_or((0, 0), |c| (millis(c.gap).max(1), millis(c.hold)));
         let now: u64 = scripts::WORKER_BEAT
             .key(keys.workers())

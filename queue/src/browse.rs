@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::broker::Broker;
 use crate::decode;
 use crate::error::{QueueError, Result};
+use crate::keys::Partition;
 use crate::scripts;
 use crate::task::{TaskId, TaskKind, TaskState};
 
@@ -160,7 +161,8 @@ fn opt_string(v: &Value) -> Result<Option<String>> {
     }
 }
 
-fn summary(row: &Value) -> Result<TaskSummary> {
+/// A list row and its index score (the order pages are merged in across partitions).
+fn summary(row: &Value) -> Result<(TaskSummary, f64)> {
     let Value::Array(f) = row else {
         return Err(QueueError::Corrupt(format!("list row {row:?}")));
     };
@@ -179,12 +181,16 @@ fn summary(row: &Value) -> Result<TaskSummary> {
         progress,
         retry_at,
         worker,
+        score,
     ] = f.as_slice()
     else {
         return Err(QueueError::Corrupt("list row has the wrong length".into()));
     };
     let corrupt = |what: &str| QueueError::Corrupt(format!("task field {what}"));
-    Ok(TaskSummary {
+    let score: f64 = decode::scalar(score)?
+        .parse()
+        .map_err(|_| corrupt("index score"))?;
+    let summary = TaskSummary {
         task_id: decode::scalar(id)?,
         state: decode::scalar(state)?
             .parse()
@@ -210,13 +216,14 @@ fn summary(row: &Value) -> Result<TaskSummary> {
         worker: opt_string(worker)?.filter(|w| !w.is_empty()),
         error_kind: opt_string(error_kind)?,
         error_message: opt_string(error_msg)?,
-    })
+    };
+    Ok((summary, score))
 }
 
 impl Broker {
-    /// The index key of `state` in `queue`.
-    fn state_index(&self, queue: &str, state: TaskState) -> String {
-        let qk = self.keys().queue(queue);
+    /// The index key of `state` in `queue` of one partition.
+    fn state_index(part: &Partition, queue: &str, state: TaskState) -> String {
+        let qk = part.queue(queue);
         match state {
             TaskState::Queued => qk.ready,
             TaskState::Started => qk.started,
@@ -232,6 +239,10 @@ impl Broker {
     /// per-queue TTL); latest lease deadline first for started, latest due time for
     /// delayed. `cursor` is a previous page's `next_cursor`; `limit` is clamped to
     /// 1..=[`MAX_PAGE`].
+    ///
+    /// With several partitions each is read side by side from the same cursor and the pages
+    /// are merged by (score, id); a queued task's score is its partition's sequence number,
+    /// so across partitions "newest first" holds only roughly for the queued list.
     pub async fn list_tasks(
         &self,
         queue: &str,
@@ -247,9 +258,47 @@ impl Broker {
             }
             None => (String::new(), String::new()),
         };
+        let reads = self
+            .keys()
+            .partitions()
+            .iter()
+            .map(|part| self.list_in(part, queue, state, &id, &score, limit));
+        let pages = futures::future::try_join_all(reads).await?;
+        let mut total = 0;
+        let mut more = false;
+        let mut rows = Vec::new();
+        for (t, full, r) in pages {
+            total += t;
+            more |= full;
+            rows.extend(r);
+        }
+        rows.sort_by(|(a, sa), (b, sb)| sb.total_cmp(sa).then_with(|| b.task_id.cmp(&a.task_id)));
+        more |= rows.len() > limit as usize;
+        rows.truncate(limit as usize);
+        let next_cursor = match rows.last() {
+            Some((last, score)) if more => Some(format!("{score}:{}", last.task_id)),
+            _ => None,
+        };
+        Ok(TaskPage {
+            total,
+            tasks: rows.into_iter().map(|(t, _)| t).collect(),
+            next_cursor,
+        })
+    }
+
+    /// One partition's page: its total, whether it had a full page, and its rows.
+    async fn list_in(
+        &self,
+        part: &Partition,
+        queue: &str,
+        state: TaskState,
+        id: &str,
+        score: &str,
+        limit: u32,
+    ) -> Result<(u64, bool, Vec<(TaskSummary, f64)>)> {
         let reply: Value = scripts::LIST
-            .key(self.state_index(queue, state))
-            .arg(self.keys().prefix())
+            .key(Self::state_index(part, queue, state))
+            .arg(part.prefix())
             .arg(limit)
             .arg(id)
             .arg(score)
@@ -262,32 +311,65 @@ impl Broker {
         let [total, next_id, next_score, rows @ ..] = parts.as_slice() else {
             return Err(QueueError::Corrupt("list reply is too short".into()));
         };
-        let next_id = decode::scalar(next_id)?;
-        let next_score = decode::scalar(next_score)?;
-        Ok(TaskPage {
-            total: decode::int(total)?.max(0) as u64,
-            tasks: rows.iter().map(summary).collect::<Result<_>>()?,
-            next_cursor: (!next_id.is_empty()).then(|| format!("{next_score}:{next_id}")),
-        })
+        let _ = next_score;
+        Ok((
+            decode::int(total)?.max(0) as u64,
+            !decode::scalar(next_id)?.is_empty(),
+            rows.iter().map(summary).collect::<Result<_>>()?,
+        ))
     }
 
     /// Puts failed tasks of `queue` back on it with their attempts reset, oldest first, in
     /// chunks of [`BULK_CHUNK`] (one atomic script call each), until none is left or `max`
     /// have been handled.
     pub async fn retry_failed(&self, queue: &str, max: u64) -> Result<BulkOutcome> {
-        let keys = self.keys();
-        let qk = keys.queue(queue);
-        self.in_chunks(max, "retry_failed", |chunk| {
-            let mut call = scripts::RETRY_FAILED.key(&qk.failed);
-            call.key(&qk.ready)
-                .key(&qk.signal)
-                .key(keys.seq())
-                .key(keys.events())
-                .arg(keys.prefix())
-                .arg(chunk);
-            call
+        let index = |part: &Partition| part.queue(queue).failed;
+        self.in_partitions(max, index, |keys, max| async move {
+            let qk = keys.queue(queue);
+            self.in_chunks(max, "retry_failed", |chunk| {
+                let mut call = scripts::RETRY_FAILED.key(&qk.failed);
+                call.key(&qk.ready)
+                    .key(&qk.signal)
+                    .key(keys.seq())
+                    .key(keys.events())
+                    .arg(keys.prefix())
+                    .arg(chunk);
+                call
+            })
+            .await
         })
         .await
+    }
+
+    /// Runs a bulk action on each partition in turn (over the set `index` names), sharing
+    /// `max` between them.
+    async fn in_partitions<'a, F, Fut>(
+        &'a self,
+        max: u64,
+        index: impl Fn(&Partition) -> String,
+        action: F,
+    ) -> Result<BulkOutcome>
+    where
+        F: Fn(&'a Partition, u64) -> Fut,
+        Fut: std::future::Future<Output = Result<BulkOutcome>>,
+    {
+        let mut out = BulkOutcome::default();
+        for part in self.keys().partitions() {
+            let left = max - out.done.min(max);
+            if left == 0 {
+                // Out of budget: count what this partition still holds without touching it.
+                let held: u64 = redis::cmd("ZCARD")
+                    .arg(index(part))
+                    .query_async(&mut self.conn())
+                    .await?;
+                out.remaining += held;
+                continue;
+            }
+            let o = action(part, left).await?;
+            out.done += o.done;
+            out.remaining += o.remaining;
+        }
+        Ok(out)
     }
 
     /// Deletes ended tasks of `queue` in `state` (finished, failed or canceled) before their
@@ -301,13 +383,15 @@ impl Broker {
                 action: "purge",
             });
         }
-        let index = self.state_index(queue, state);
-        self.in_chunks(max, "purge", |chunk| {
-            let mut call = scripts::PURGE.key(&index);
-            call.arg(self.keys().prefix())
-                .arg(state.as_str())
-                .arg(chunk);
-            call
+        let index = |part: &Partition| Self::state_index(part, queue, state);
+        self.in_partitions(max, index, |part, max| async move {
+            let index = Self::state_index(part, queue, state);
+            self.in_chunks(max, "purge", |chunk| {
+                let mut call = scripts::PURGE.key(&index);
+                call.arg(part.prefix()).arg(state.as_str()).arg(chunk);
+                call
+            })
+            .await
         })
         .await
     }
@@ -369,7 +453,7 @@ impl Broker {
 
 /// `{ns}:q:<queue>:history`: HASH minute → sample (see `history.lua`).
 fn history_key(broker: &Broker, queue: &str) -> String {
-    format!("{}q:{queue}:history", broker.keys().prefix())
+    broker.keys().history(queue)
 }
 
 fn pair(reply: &Value, script: &str) -> Result<(u64, u64)> {

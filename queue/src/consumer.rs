@@ -9,8 +9,18 @@
 //! One script call can claim several tasks ([`Consumer::try_claim_many`]): a worker with `k`
 //! free slots fills them in one round trip, each task still its own turn of the claim policy
 //! and its own lease.
+//!
+//! With several partitions (see [`crate::keys`]) a claim is planned first: one read of every
+//! partition's queued counts (side by side), then each turn of the policy takes its queue's
+//! task from the partition holding the most of that queue, and one claim script runs per
+//! partition that got turns, side by side. So priorities and weights hold across queues
+//! whatever partition their tasks landed in, no partition is starved (the fullest is drained
+//! first), and a claim costs two round trips instead of one. Waiting blocks on every
+//! partition's wake-up lists at once, one `BLPOP` per partition on a connection of its own
+//! (a cluster cannot block on keys of several slots in one command); a token taken after the
+//! consumer stopped waiting is pushed back for another consumer.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use redis::Value;
@@ -21,6 +31,8 @@ use crate::config::ClaimPolicy;
 use crate::conn::Conn;
 use crate::decode;
 use crate::error::{QueueError, Result};
+use crate::events::AbortOnDrop;
+use crate::keys::Partition;
 use crate::scripts;
 use crate::task::{Task, TaskError, TaskId};
 
@@ -52,6 +64,18 @@ pub struct Consumer {
     /// Smooth weighted round-robin state: one running credit per queue.
     credits: Mutex<Vec<i64>>,
     blocking: tokio::sync::Mutex<Option<Conn>>,
+    /// With several partitions: the per-partition waiters, started on the first wait.
+    watch: tokio::sync::Mutex<Option<Watch>>,
+    /// Which partition wins a tie of queued counts; moves on every planned claim.
+    rotation: std::sync::atomic::AtomicUsize,
+}
+
+/// The per-partition `BLPOP` loops of a consumer with several partitions.
+struct Watch {
+    /// True while the consumer waits: a waiter blocks only then.
+    waiting: tokio::sync::watch::Sender<bool>,
+    woken: Arc<tokio::sync::Notify>,
+    _waiters: Vec<AbortOnDrop>,
 }
 
 /// Longest single `BLPOP`, so a consumer notices a dropped connection and tasks made ready
@@ -73,6 +97,7 @@ impl Consumer {
             return Err(QueueError::Config("lease must be at least 100 ms".into()));
         }
         let mut weights = Vec::with_capacity(config.queues.len());
+        let start = rand::random::<u16>() as usize;
         for name in &config.queues {
             weights.push(i64::from(broker.queue(name)?.weight.max(1)));
         }
@@ -82,6 +107,8 @@ impl Consumer {
             broker,
             config,
             blocking: tokio::sync::Mutex::new(None),
+            watch: tokio::sync::Mutex::new(None),
+            rotation: std::sync::atomic::AtomicUsize::new(start),
         })
     }
 
@@ -145,14 +172,11 @@ impl Consumer {
             let tokens: Vec<String> = (0..max)
                 .map(|_| uuid::Uuid::new_v4().simple().to_string())
                 .collect();
-            let reply = self.claim_script(&tokens).await?;
-            let Value::Array(hashes) = reply else {
-                return Err(QueueError::Corrupt(format!("claim replied {reply:?}")));
-            };
+            let hashes = self.claim_round(tokens).await?;
             let returned = hashes.len();
             let mut out = Vec::with_capacity(returned);
-            for (hash, token) in hashes.iter().zip(tokens) {
-                let fields = decode::pairs(hash)?;
+            for (hash, token) in hashes {
+                let fields = decode::pairs(&hash)?;
                 match decode::task(&fields) {
                     Ok(task) => out.push(Claimed {
                         lease: self.lease(task.id.clone(), task.queue.clone(), token),
@@ -169,12 +193,60 @@ impl Consumer {
         }
     }
 
-    /// Runs the claim script once for `tokens.len()` turns.
-    async fn claim_script(&self, tokens: &[String]) -> Result<Value> {
-        let keys = self.broker.keys();
+    /// Claims up to `tokens.len()` tasks: one script call with one partition; with several,
+    /// a plan over their queued counts, then one call per partition that got turns (see the
+    /// module documentation). Returns the claimed hashes, each with its lease token.
+    async fn claim_round(&self, tokens: Vec<String>) -> Result<Vec<(Value, String)>> {
+        self.broker.check_layout().await?;
+        let parts = self.broker.keys().partitions();
         let (order, firsts) = self.turns(tokens.len());
+        if parts.len() == 1 {
+            return self.claim_in(&parts[0], &order, &firsts, tokens).await;
+        }
+        let counts = futures::future::try_join_all(parts.iter().map(|p| self.queued_in(p)))
+            .await?;
+        let start = self
+            .rotation
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let plan = plan_turns(counts, &order, &firsts, start);
+        let mut tokens = tokens.into_iter();
+        let calls = plan
+            .iter()
+            .enumerate()
+            .filter(|(_, turns)| !turns.is_empty())
+            .map(|(p, turns)| {
+                let mine: Vec<String> = tokens.by_ref().take(turns.len()).collect();
+                self.claim_in(&parts[p], &order, turns, mine)
+            })
+            .collect::<Vec<_>>();
+        Ok(futures::future::try_join_all(calls)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect())
+    }
+
+    /// How many tasks each of the consumer's queues holds ready in one partition (in
+    /// configuration order).
+    async fn queued_in(&self, part: &Partition) -> Result<Vec<u64>> {
+        let mut pipe = redis::pipe();
+        for name in &self.config.queues {
+            pipe.zcard(part.queue(name).ready);
+        }
+        Ok(pipe.query_async(&mut self.broker.conn()).await?)
+    }
+
+    /// Runs the claim script once in one partition, for as many turns as `firsts` has (one
+    /// token each).
+    async fn claim_in(
+        &self,
+        keys: &Partition,
+        order: &[usize],
+        firsts: &[usize],
+        tokens: Vec<String>,
+    ) -> Result<Vec<(Value, String)>> {
         let mut invocation = scripts::CLAIM.key(keys.events());
-        for &i in &order {
+        for &i in order {
             let qk = keys.queue(&self.config.queues[i]);
             invocation
                 .key(qk.ready)
@@ -187,7 +259,7 @@ impl Consumer {
             .arg(&self.config.worker_id)
             .arg(millis(self.config.lease))
             .arg(tokens.len());
-        for token in tokens {
+        for token in &tokens {
             invocation.arg(token);
         }
         for first in firsts {
@@ -202,7 +274,10 @@ impl Consumer {
         {
             tracing::warn!(error = %e, "claimed tasks before a replica acknowledged the claim");
         }
-        Ok(reply)
+        let Value::Array(hashes) = reply else {
+            return Err(QueueError::Corrupt(format!("claim replied {reply:?}")));
+        };
+        Ok(hashes.into_iter().zip(tokens).collect())
     }
 
     fn lease(&self, task: TaskId, queue: String, token: String) -> Lease {
@@ -265,16 +340,19 @@ impl Consumer {
 
     /// Blocks until one of the queues' wake-up lists has a token, or `wait` passes.
     async fn wait_for_signal(&self, wait: Duration) -> Result<()> {
+        if self.broker.keys().count() > 1 {
+            return self.wait_in_partitions(wait).await;
+        }
         let mut guard = self.blocking.lock().await;
         let established = guard.is_some();
         let conn = match guard.as_mut() {
             Some(conn) => conn,
             None => guard.insert(Conn::open(&self.broker.config().target, None).await?),
         };
-        let keys = self.broker.keys();
+        let part = &self.broker.keys().partitions()[0];
         let mut cmd = redis::cmd("BLPOP");
         for name in &self.config.queues {
-            cmd.arg(keys.queue(name).signal);
+            cmd.arg(part.queue(name).signal);
         }
         // BLPOP takes seconds as a decimal; 0 would mean forever.
         cmd.arg(format!("{:.3}", wait.as_secs_f64().max(0.01)));
@@ -291,5 +369,162 @@ impl Consumer {
             return Err(e.into());
         }
         Ok(())
+    }
+
+    /// [`Consumer::wait_for_signal`] with several partitions: the per-partition waiters
+    /// block while this call waits, and the first token ends it.
+    async fn wait_in_partitions(&self, wait: Duration) -> Result<()> {
+        let mut guard = self.watch.lock().await;
+        let watch = guard.get_or_insert_with(|| self.start_watch());
+        let woken = watch.woken.clone();
+        watch.waiting.send_replace(true);
+        let _ = tokio::time::timeout(wait, woken.notified()).await;
+        watch.waiting.send_replace(false);
+        Ok(())
+    }
+
+    fn start_watch(&self) -> Watch {
+        let (waiting, _) = tokio::sync::watch::channel(false);
+        let woken = Arc::new(tokio::sync::Notify::new());
+        let waiters = self
+            .broker
+            .keys()
+            .partitions()
+            .iter()
+            .map(|part| {
+                let signals: Vec<String> = self
+                    .config
+                    .queues
+                    .iter()
+                    .map(|q| part.queue(q).signal)
+                    .collect();
+                AbortOnDrop(tokio::spawn(watch_partition(
+                    self.broker.config().target.clone(),
+                    signals,
+                    waiting.subscribe(),
+                    woken.clone(),
+                )))
+            })
+            .collect();
+        Watch {
+            waiting,
+            woken,
+            _waiters: waiters,
+        }
+    }
+}
+
+/// One partition's waiter: while the consumer waits, `BLPOP` on the partition's wake-up
+/// lists; a token wakes the consumer, or goes back when the consumer no longer waits.
+async fn watch_partition(
+    target: crate::conn::RedisTarget,
+    signals: Vec<String>,
+    mut waiting: tokio::sync::watch::Receiver<bool>,
+    woken: Arc<tokio::sync::Notify>,
+) {
+    let mut conn: Option<Conn> = None;
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        if waiting.wait_for(|w| *w).await.is_err() {
+            return;
+        }
+        let c = match conn.as_mut() {
+            Some(c) => c,
+            None => match Conn::open(&target, None).await {
+                Ok(c) => conn.insert(c),
+                Err(e) => {
+                    tracing::debug!(error = %e, "wake-up connection failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BLOCK);
+                    continue;
+                }
+            },
+        };
+        let mut cmd = redis::cmd("BLPOP");
+        cmd.arg(&signals)
+            .arg(format!("{:.3}", MAX_BLOCK.as_secs_f64()));
+        match cmd.query_async::<Option<(String, String)>>(c).await {
+            Ok(Some((key, _))) => {
+                backoff = Duration::from_millis(100);
+                if *waiting.borrow() {
+                    woken.notify_one();
+                } else {
+                    // Taken for a consumer that stopped waiting: another may want it.
+                    let pushed: redis::RedisResult<()> =
+                        redis::cmd("LPUSH").arg(&key).arg("1").query_async(c).await;
+                    if pushed.is_err() {
+                        conn = None;
+                    }
+                }
+            }
+            Ok(None) => backoff = Duration::from_millis(100),
+            Err(e) => {
+                // Wake the consumer: its next claim reports a real outage.
+                tracing::debug!(error = %e, "waiting for a wake-up failed");
+                conn = None;
+                woken.notify_one();
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BLOCK);
+            }
+        }
+    }
+}
+
+/// Assigns each turn (its first queue, as a position in `order`) to a partition: the turn
+/// takes the first queue in its preference (its first, then `order`) that holds a ready task
+/// anywhere, from the partition holding most of that queue (ties go to the partition after
+/// `start`, in turn). `counts[p][q]` is partition p's ready count of configured queue q.
+/// Returns, per partition, the turns it got (first-queue positions, in turn order); turns
+/// stop once every queue is empty.
+fn plan_turns(
+    mut counts: Vec<Vec<u64>>,
+    order: &[usize],
+    firsts: &[usize],
+    start: usize,
+) -> Vec<Vec<usize>> {
+    let n = counts.len();
+    let mut plan = vec![Vec::new(); n];
+    for &first in firsts {
+        let pick = std::iter::once(first)
+            .chain((0..order.len()).filter(|&i| i != first))
+            .find_map(|pos| {
+                let q = order[pos];
+                let p = (0..n)
+                    .max_by_key(|&p| (counts[p][q], std::cmp::Reverse((p + n - start % n) % n)))?;
+                (counts[p][q] > 0).then_some((pos, p))
+            });
+        let Some((pos, p)) = pick else { break };
+        counts[p][order[pos]] -= 1;
+        plan[p].push(pos);
+    }
+    plan
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plan_turns;
+
+    #[test]
+    fn turns_follow_the_policy_across_partitions() {
+        // Two partitions, queues 0 (high) and 1 (low); strict order, three turns.
+        let counts = vec![vec![0, 5], vec![2, 0]];
+        let plan = plan_turns(counts, &[0, 1], &[0, 0, 0], 0);
+        // Both high-priority tasks (partition 1) before any low one (partition 0).
+        assert_eq!(plan, vec![vec![1], vec![0, 0]]);
+    }
+
+    #[test]
+    fn the_fullest_partition_goes_first_and_ties_rotate() {
+        let plan = plan_turns(vec![vec![1], vec![3], vec![1]], &[0], &[0, 0], 0);
+        assert_eq!(plan, vec![vec![], vec![0, 0], vec![]]);
+        let a = plan_turns(vec![vec![1], vec![1]], &[0], &[0], 0);
+        let b = plan_turns(vec![vec![1], vec![1]], &[0], &[0], 1);
+        assert_ne!(a, b, "a tie goes to another partition on the next claim");
+    }
+
+    #[test]
+    fn planning_stops_when_every_queue_is_empty() {
+        let plan = plan_turns(vec![vec![0, 1], vec![0, 0]], &[0, 1], &[0, 0, 0], 0);
+        assert_eq!(plan, vec![vec![1], vec![]]);
     }
 }

@@ -37,6 +37,20 @@ pub enum QueueError {
          it may be lost in a failover, try again"
     )]
     NotReplicated { timeout: std::time::Duration },
+    /// This process's partition count differs from the one the namespace was laid out with;
+    /// it would look for tasks where they are not. See [`crate::keys`].
+    #[error(
+        "namespace {namespace:?} is laid out in {recorded} partition(s) but this process is \
+         configured with {configured} (--partitions / RAGPOOL_PARTITIONS): every API, executor \
+         and operator of a namespace must use the same count. To change it, stop them, run \
+         `ragpool repartition --partitions {configured}` (it refuses while tasks wait or run) \
+         and start them again with the new count"
+    )]
+    Layout {
+        namespace: String,
+        recorded: String,
+        configured: u16,
+    },
     /// Stored data did not decode; a bug or a foreign writer.
     #[error("corrupt data in redis: {0}")]
     Corrupt(String),

@@ -1,10 +1,12 @@
 //! Task state changes as they happen.
 //!
-//! Every transition script appends to the namespace's events stream (`{ns}:events`, about the
-//! last 10,000 entries). One reader per process follows it with `XREAD BLOCK` on a connection
-//! of its own and fans the entries out to subscribers over a broadcast channel, so any number
-//! of waiting HTTP requests cost one Redis connection and no polling. A stream (not pub/sub)
-//! works the same on Redis Cluster and survives a reader's reconnect without gaps.
+//! Every transition script appends to its partition's events stream (`{tag}:events`, about
+//! the last 10,000 entries each). One reader per partition and process follows it with
+//! `XREAD BLOCK` on a connection of its own and fans the entries out to subscribers over one
+//! broadcast channel, so any number of waiting HTTP requests cost one Redis connection per
+//! partition and no polling. A stream (not pub/sub) works the same on Redis Cluster and
+//! survives a reader's reconnect without gaps. Event ids increase within a partition; events
+//! of different partitions are delivered in the order they are read.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -39,10 +41,11 @@ pub struct TaskEvent {
 #[derive(Clone)]
 pub struct EventHub {
     tx: broadcast::Sender<TaskEvent>,
-    _reader: Arc<AbortOnDrop>,
+    _readers: Arc<Vec<AbortOnDrop>>,
 }
 
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
+/// Aborts a background task when dropped.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -54,25 +57,33 @@ impl EventHub {
     /// Starts the reader at the stream's current end: subscribers see every change made after
     /// this returns.
     pub(crate) async fn start(broker: Broker) -> Result<EventHub> {
-        let key = broker.keys().events();
-        let mut conn = Conn::open(&broker.config().target, None).await?;
-        let last: Vec<(String, HashMap<String, redis::Value>)> = redis::cmd("XREVRANGE")
-            .arg(&key)
-            .arg("+")
-            .arg("-")
-            .arg("COUNT")
-            .arg(1)
-            .query_async(&mut conn)
-            .await?;
-        let start = last
-            .first()
-            .map(|(id, _)| id.clone())
-            .unwrap_or_else(|| "0-0".into());
         let (tx, _) = broadcast::channel(4096);
-        let reader = tokio::spawn(follow(conn, key, start, tx.clone()));
+        let mut readers = Vec::new();
+        for part in broker.keys().partitions() {
+            let key = part.events();
+            let mut conn = Conn::open(&broker.config().target, None).await?;
+            let last: Vec<(String, HashMap<String, redis::Value>)> = redis::cmd("XREVRANGE")
+                .arg(&key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut conn)
+                .await?;
+            let start = last
+                .first()
+                .map(|(id, _)| id.clone())
+                .unwrap_or_else(|| "0-0".into());
+            readers.push(AbortOnDrop(tokio::spawn(follow(
+                conn,
+                key,
+                start,
+                tx.clone(),
+            ))));
+        }
         Ok(EventHub {
             tx,
-            _reader: Arc::new(AbortOnDrop(reader)),
+            _readers: Arc::new(readers),
         })
     }
 

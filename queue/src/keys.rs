@@ -1,24 +1,184 @@
 //! The Redis key layout of one namespace (see `docs/queue.md`).
 //!
-//! Every key starts with `{<namespace>}:`. The braces are a Redis Cluster hash tag: all keys
-//! of a namespace hash to one slot, so every script may touch any of them.
+//! A namespace's tasks live in one or more **partitions**. A partition is a hash tag: every
+//! key of a partition (its tasks, idempotency keys, events stream, sequence and the keys of
+//! each queue) hashes to one Redis Cluster slot, so a script may touch any of them, and
+//! different partitions land on different slots and so, in a cluster, on different masters.
+//!
+//! - With one partition (the default) every key starts with `{<namespace>}:`, the layout of
+//!   every release before partitions existed.
+//! - With `P > 1`, partition `p` starts with `{<namespace>:p<p>of<P>:<n>}:`, where `n` is the
+//!   smallest number that puts the tag's slot in the `p`-th of `P` equal slot ranges. With
+//!   the usual even split of slots over `M` masters and `P` a multiple of `M`, each master
+//!   serves `P / M` partitions.
+//!
+//! A task's id says which partition it lives in (see [`Partition::new_task_id`]), so any
+//! component finds a task from its id alone. Namespace-wide keys (the worker registry, the
+//! recorded partition count, the dashboard history) keep the `{<namespace>}:` tag.
+
+use crate::task::TaskId;
+
+/// Redis Cluster's slot count.
+const SLOTS: u32 = 16384;
+
+/// The most partitions a namespace may have; far more than masters anyone runs, and few
+/// enough that a pass over every partition stays a handful of round trips.
+pub const MAX_PARTITIONS: u16 = 64;
+
+/// The slot of a key or hash tag (CRC16/XMODEM, as Redis Cluster computes it).
+pub fn slot(tag: &str) -> u16 {
+    (u32::from(crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes())) % SLOTS) as u16
+}
 
 /// Builds key names for one namespace.
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
+    namespace: String,
+    partitions: Vec<Partition>,
+}
+
+/// One partition of a namespace: its keys share one hash tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Partition {
+    index: u16,
+    count: u16,
+    prefix: String,
 }
 
 impl Keys {
+    /// The keys of a namespace with one partition.
     pub fn new(namespace: &str) -> Self {
+        Self::with_partitions(namespace, 1)
+    }
+
+    /// The keys of a namespace split into `count` partitions (at least 1; callers validate
+    /// the upper bound, [`MAX_PARTITIONS`]).
+    pub fn with_partitions(namespace: &str, count: u16) -> Self {
+        let count = count.max(1);
         Keys {
             prefix: format!("{{{namespace}}}:"),
+            namespace: namespace.to_string(),
+            partitions: (0..count)
+                .map(|index| Partition::new(namespace, index, count))
+                .collect(),
         }
     }
 
-    /// `{ns}:` — scripts derive task keys from it.
+    /// `{ns}:` — the tag of the namespace-wide keys (and of the only partition when there is
+    /// one).
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Every partition of the layout, in index order.
+    pub fn partitions(&self) -> &[Partition] {
+        &self.partitions
+    }
+
+    /// The partition count.
+    pub fn count(&self) -> u16 {
+        self.partitions.len() as u16
+    }
+
+    /// The partition a task lives in, read from its id. An id made under another partition
+    /// count still names its own partition, so a task stays reachable by id after the count
+    /// changed.
+    pub fn of_task(&self, id: &TaskId) -> Partition {
+        let (index, count) = id.partition().unwrap_or((0, 1));
+        match self.partitions.get(usize::from(index)) {
+            Some(p) if p.count == count => p.clone(),
+            _ => Partition::new(&self.namespace, index, count),
+        }
+    }
+
+    /// The hash key of a task, in the partition its id names.
+    pub fn task(&self, id: &TaskId) -> String {
+        self.of_task(id).task(id.as_str())
+    }
+
+    /// The partition that holds an idempotency key (and so the task it names): chosen by the
+    /// key's own hash, so a replay finds the first task without knowing its id.
+    pub fn of_idempotency(&self, key: &str) -> &Partition {
+        let i = usize::from(slot(key)) % self.partitions.len();
+        &self.partitions[i]
+    }
+
+    /// STRING: the partition count the namespace was laid out with, written by the first
+    /// process that used it; every process checks its own count against it.
+    pub fn layout(&self) -> String {
+        format!("{}partitions", self.prefix)
+    }
+
+    /// Written before each `WAIT` under `replicated` durability, so the wait covers the
+    /// primary's latest writes (see `durability`).
+    pub fn replication_probe(&self) -> String {
+        format!("{}replication-probe", self.prefix)
+    }
+
+    /// The outage clock under the namespace-wide tag: the only partition's clock when there
+    /// is one partition (see [`Partition::clock`]); unused otherwise.
+    pub fn clock(&self) -> String {
+        format!("{}clock", self.prefix)
+    }
+
+    pub fn workers(&self) -> String {
+        format!("{}workers", self.prefix)
+    }
+
+    pub fn worker(&self, id: &str) -> String {
+        format!("{}worker:{id}", self.prefix)
+    }
+
+    /// HASH minute → sample: a queue's chart history, namespace-wide.
+    pub fn history(&self, queue: &str) -> String {
+        format!("{}q:{queue}:history", self.prefix)
+    }
+}
+
+impl Partition {
+    fn new(namespace: &str, index: u16, count: u16) -> Partition {
+        let prefix = if count <= 1 {
+            format!("{{{namespace}}}:")
+        } else {
+            let lo = u32::from(index) * SLOTS / u32::from(count);
+            let hi = (u32::from(index) + 1) * SLOTS / u32::from(count);
+            // About `count` tries on average; every process finds the same `n`.
+            let tag = (0u32..)
+                .map(|n| format!("{namespace}:p{index}of{count}:{n}"))
+                .find(|tag| (lo..hi).contains(&u32::from(slot(tag))))
+                .unwrap_or_else(|| format!("{namespace}:p{index}of{count}"));
+            format!("{{{tag}}}:")
+        };
+        Partition {
+            index,
+            count,
+            prefix,
+        }
+    }
+
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    /// `{tag}:` — scripts derive task keys from it.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// A fresh id for a task of this partition: a random UUID (version 4) with one
+    /// partition; with more, a UUID of version 8 (RFC 9562's layout for application data)
+    /// whose last two bytes are the partition count and index, and 106 random bits.
+    pub fn new_task_id(&self) -> TaskId {
+        if self.count <= 1 {
+            TaskId::new()
+        } else {
+            TaskId::in_partition(self.index, self.count)
+        }
     }
 
     pub fn task(&self, id: &str) -> String {
@@ -37,31 +197,18 @@ impl Keys {
         format!("{}seq", self.prefix)
     }
 
+    /// SET of the queue names that have seen tasks in this partition.
     pub fn queues(&self) -> String {
         format!("{}queues", self.prefix)
     }
 
-    /// Written before each `WAIT` under `replicated` durability, so the wait covers the
-    /// primary's latest writes (see `durability`).
-    pub fn replication_probe(&self) -> String {
-        format!("{}replication-probe", self.prefix)
-    }
-
-    pub fn workers(&self) -> String {
-        format!("{}workers", self.prefix)
-    }
-
-    /// HASH: the outage clock — when an executor last ran a periodic script, and until when
-    /// reaping is held after a time nobody could reach Redis.
+    /// HASH: the outage clock — when an executor last ran a periodic script here, and until
+    /// when reaping is held after a time nobody could reach this partition's server.
     pub fn clock(&self) -> String {
         format!("{}clock", self.prefix)
     }
 
-    pub fn worker(&self, id: &str) -> String {
-        format!("{}worker:{id}", self.prefix)
-    }
-
-    /// The keys of one named queue.
+    /// The keys of one named queue in this partition.
     pub fn queue(&self, name: &str) -> QueueKeys {
         let base = format!("{}q:{name}:", self.prefix);
         QueueKeys {
@@ -81,7 +228,7 @@ impl Keys {
     }
 }
 
-/// Key names of one queue.
+/// Key names of one queue in one partition.
 #[derive(Debug, Clone)]
 pub struct QueueKeys {
     /// ZSET id → sequence number: FIFO order of queued tasks.
@@ -101,4 +248,66 @@ pub struct QueueKeys {
     /// LISTs of the most recent duration samples (ms).
     pub processing: String,
     pub wait: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_partition_keeps_the_namespace_tag() {
+        let keys = Keys::new("ragpool");
+        let p = &keys.partitions()[0];
+        assert_eq!(p.prefix(), "{ragpool}:");
+        assert_eq!(p.queue("full_query").started, "{ragpool}:q:full_query:active");
+        assert_eq!(keys.workers(), "{ragpool}:workers");
+        let id = p.new_task_id();
+        assert_eq!(id.partition(), None);
+        assert_eq!(keys.of_task(&id), *p);
+    }
+
+    #[test]
+    fn partitions_take_equal_slot_ranges() {
+        for count in [2u16, 3, 6, 12, MAX_PARTITIONS] {
+            let keys = Keys::with_partitions("ragpool", count);
+            for p in keys.partitions() {
+                let tag = p.prefix().trim_start_matches('{').split('}').next().unwrap();
+                let s = u32::from(slot(tag));
+                let i = u32::from(p.index());
+                let c = u32::from(count);
+                assert!(s >= i * SLOTS / c && s < (i + 1) * SLOTS / c, "{tag} slot {s}");
+            }
+        }
+        // Spot values, so a change of tag or hash shows here first.
+        assert_eq!(slot("foo"), 12182);
+        assert_eq!(slot("ragpool"), slot("ragpool"));
+    }
+
+    #[test]
+    fn a_task_is_found_from_its_id_under_any_count() {
+        let six = Keys::with_partitions("ns", 6);
+        let one = Keys::new("ns");
+        for p in six.partitions() {
+            let id = p.new_task_id();
+            assert_eq!(id.partition(), Some((p.index(), 6)));
+            assert_eq!(six.of_task(&id), *p);
+            // A process with another count still finds it.
+            assert_eq!(one.of_task(&id).task(id.as_str()), p.task(id.as_str()));
+            // The id is a canonical UUID, accepted where clients send ids.
+            assert_eq!(id.as_str().parse::<TaskId>().unwrap(), id);
+        }
+    }
+
+    #[test]
+    fn idempotency_keys_spread_and_are_stable() {
+        let keys = Keys::with_partitions("ns", 6);
+        let mut seen = [0u32; 6];
+        for i in 0..600 {
+            let key = format!("order-{i}");
+            let p = keys.of_idempotency(&key);
+            assert_eq!(p, keys.of_idempotency(&key));
+            seen[usize::from(p.index())] += 1;
+        }
+        assert!(seen.iter().all(|&n| n > 50), "{seen:?}");
+    }
 }

@@ -11,7 +11,9 @@ use serde::{Deserialize, Serialize};
 use crate::error::QueueError;
 use crate::payload::Payload;
 
-/// A task's id: a random UUID (122 random bits), unguessable by other clients.
+/// A task's id: a random UUID, unguessable by other clients. With one partition it is a
+/// version 4 UUID (122 random bits); with more, version 8 with the partition in its last two
+/// bytes (106 random bits; see [`crate::keys::Partition::new_task_id`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
 pub struct TaskId(String);
@@ -20,6 +22,27 @@ impl TaskId {
     /// A fresh random id.
     pub fn new() -> Self {
         TaskId(uuid::Uuid::new_v4().to_string())
+    }
+
+    /// A fresh random id of partition `index` of `count` (count at least 2).
+    pub(crate) fn in_partition(index: u16, count: u16) -> Self {
+        let mut bytes = *uuid::Uuid::new_v4().as_bytes();
+        bytes[14] = count as u8;
+        bytes[15] = index as u8;
+        TaskId(uuid::Uuid::new_v8(bytes).to_string())
+    }
+
+    /// The partition `(index, count)` the id was made in; `None` for an id of a namespace
+    /// with one partition (or one that names no valid partition).
+    pub fn partition(&self) -> Option<(u16, u16)> {
+        let u = uuid::Uuid::try_parse(&self.0).ok()?;
+        if u.get_version_num() != 8 {
+            return None;
+        }
+        let b = u.as_bytes();
+        let (count, index) = (u16::from(b[14]), u16::from(b[15]));
+        (count >= 2 && index < count && count <= crate::keys::MAX_PARTITIONS)
+            .then_some((index, count))
     }
 
     pub fn as_str(&self) -> &str {

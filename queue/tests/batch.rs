@@ -227,11 +227,16 @@ async fn known_queues(env: &Env) -> BTreeSet<String> {
         ragpool_queue::conn::Conn::open(&env.broker.config().target, Some(Duration::from_secs(5)))
             .await
             .unwrap();
-    redis::cmd("SMEMBERS")
-        .arg(env.broker.keys().queues())
-        .query_async(&mut conn)
-        .await
-        .unwrap()
+    let mut known = BTreeSet::new();
+    for part in env.broker.keys().partitions() {
+        let names: BTreeSet<String> = redis::cmd("SMEMBERS")
+            .arg(part.queues())
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        known.extend(names);
+    }
+    known
 }
 
 async fn known_queues_are_recorded_on_first_use(env: Env) {

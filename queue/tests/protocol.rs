@@ -60,7 +60,7 @@ async fn roundtrip(env: Env) {
     assert!(t.finished_at_ms.unwrap() >= t.started_at_ms.unwrap());
 
     let ttl: i64 = redis::cmd("PTTL")
-        .arg(b.keys().task(q.id.as_str()))
+        .arg(b.keys().task(&q.id))
         .query_async(&mut redis_conn(&env).await)
         .await
         .unwrap();
@@ -393,7 +393,7 @@ on_both!(permanent_t, permanent_failure);
 /// A task's hash as Redis holds it.
 async fn task_hash(env: &Env, id: &TaskId) -> std::collections::HashMap<String, String> {
     redis::cmd("HGETALL")
-        .arg(env.broker.keys().task(id.as_str()))
+        .arg(env.broker.keys().task(&id))
         .query_async(&mut redis_conn(env).await)
         .await
         .unwrap()
@@ -411,7 +411,7 @@ async fn stored_payloads_read_back_by_kind(env: Env) {
     // and the claim moves on to the next task.
     let next = b.enqueue(new(TaskKind::FullQuery, 2)).await.unwrap();
     let _: () = redis::cmd("HSET")
-        .arg(b.keys().task(q.id.as_str()))
+        .arg(b.keys().task(&q.id))
         .arg("payload")
         .arg(r#"{"n":1}"#)
         .query_async(&mut redis_conn(&env).await)
@@ -597,6 +597,20 @@ on_both!(
     claim_of_k_follows_strict_priority_and_leases_each
 );
 
+/// The wake-up tokens of a queue, over every partition.
+async fn wake_up_tokens(conn: &mut impl redis::aio::ConnectionLike, b: &ragpool_queue::Broker, queue: &str) -> u64 {
+    let mut total = 0;
+    for part in b.keys().partitions() {
+        let n: u64 = redis::cmd("LLEN")
+            .arg(part.queue(queue).signal)
+            .query_async(conn)
+            .await
+            .unwrap();
+        total += n;
+    }
+    total
+}
+
 async fn claim_of_k_with_fewer_ready_returns_what_there_is(env: Env) {
     let b = &env.broker;
     for n in 0..3 {
@@ -607,11 +621,7 @@ async fn claim_of_k_with_fewer_ready_returns_what_there_is(env: Env) {
     assert!(c.try_claim_many(10).await.unwrap().is_empty());
     // The wake-up tokens follow the ready set: none left, so a waiting consumer sleeps.
     let mut conn = redis_conn(&env).await;
-    let tokens: u64 = redis::cmd("LLEN")
-        .arg(b.keys().queue("answer_generation").signal)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let tokens = wake_up_tokens(&mut conn, b, "answer_generation").await;
     assert_eq!(tokens, 0);
     // A claim of more than the most one call takes returns that many.
     for n in 0..40 {
@@ -619,11 +629,7 @@ async fn claim_of_k_with_fewer_ready_returns_what_there_is(env: Env) {
     }
     let many = c.try_claim_many(1000).await.unwrap();
     assert_eq!(many.len(), ragpool_queue::MAX_CLAIM);
-    let tokens: u64 = redis::cmd("LLEN")
-        .arg(b.keys().queue("answer_generation").signal)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    let tokens = wake_up_tokens(&mut conn, b, "answer_generation").await;
     assert_eq!(tokens, 40 - ragpool_queue::MAX_CLAIM as u64);
     let blocking = c.claim_many(100, Duration::from_millis(200)).await.unwrap();
     assert_eq!(blocking.len(), 40 - ragpool_queue::MAX_CLAIM);

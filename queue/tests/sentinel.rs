@@ -124,7 +124,7 @@ async fn survives(fail: fn(&mut RedisSentinel) -> u16) {
         .await
         .unwrap();
     let state: Option<String> = redis::cmd("HGET")
-        .arg(broker.keys().task(after.as_str()))
+        .arg(broker.keys().task(&after))
         .arg("state")
         .query_async(&mut primary)
         .await
@@ -184,7 +184,7 @@ async fn writes_follow_the_sentinels_before_the_old_primary_is_demoted() {
     };
     let (mut old_conn, mut new_conn) = (open(old).await, open(new).await);
     let holds = |conn: &mut redis::aio::MultiplexedConnection, id: &ragpool_queue::TaskId| {
-        let key = broker.keys().task(id.as_str());
+        let key = broker.keys().task(&id);
         let mut conn = conn.clone();
         async move {
             redis::cmd("EXISTS")

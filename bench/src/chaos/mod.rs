@@ -609,7 +609,7 @@ struct Event {
 
 /// Reads the events stream from its start as it grows; Redis outages only pause it.
 async fn follow_events(url: String, log: Arc<Mutex<EventLog>>) {
-    let key = ragpool_queue::keys::Keys::new("ragpool").events();
+    let key = ragpool_queue::keys::Keys::new("ragpool").partitions()[0].events();
     let mut last = "0-0".to_string();
     // The queue's own connection type: on Sentinel it follows the primary through failovers.
     let Ok(target) = url.parse::<RedisTarget>() else {

@@ -33,9 +33,21 @@ pub fn test_queues() -> Vec<QueueConfig> {
         .collect()
 }
 
+/// The partition count the suite runs with: `RAGPOOL_TEST_PARTITIONS`, 1 when unset
+/// (`scripts/test.sh` runs the suite with 1 and with 6).
+pub fn test_partitions() -> u16 {
+    match std::env::var("RAGPOOL_TEST_PARTITIONS") {
+        Ok(v) => v
+            .parse()
+            .unwrap_or_else(|_| panic!("RAGPOOL_TEST_PARTITIONS={v:?} is not a number")),
+        Err(_) => 1,
+    }
+}
+
 pub async fn broker_for(target: RedisTarget, queues: Vec<QueueConfig>) -> Broker {
     let mut config = BrokerConfig::new(target);
     config.queues = queues;
+    config.partitions = test_partitions();
     Broker::connect(config).await.expect("broker connects")
 }
 
