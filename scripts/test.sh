@@ -48,6 +48,11 @@ step "chaos suite, short (Sentinel, durability replicated: failovers under load)
 # must lose nothing acknowledged, so any loss fails the step.
 "$CARGO_TARGET_DIR/debug/ragpool-bench" chaos --short --topology sentinel --durability replicated
 
+step "chaos suite, short (Redis Cluster of three masters, six partitions: a master SIGKILLed)"
+# Every queue split over the three masters: the API and the executors run as processes with
+# RAGPOOL_PARTITIONS=6; one master is killed twice (its partitions away, the others serving).
+"$CARGO_TARGET_DIR/debug/ragpool-bench" chaos --short --topology cluster
+
 if [ -x scripts/schemathesis.sh ]; then
   step "API contract (schemathesis against /openapi.json)"
   # `cargo test` has built the binary already (the API's integration tests need it); building
