@@ -29,7 +29,7 @@ pub const DEFAULT_REPLICATION_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
     pub target: RedisTarget,
-    /// Prefix (and cluster hash tag) of every key; several deployments can share one Redis
+    /// Prefix (and part of every hash tag) of every key; several deployments can share one Redis
     /// under different namespaces.
     pub namespace: String,
     pub queues: Vec<QueueConfig>,
