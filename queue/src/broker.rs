@@ -812,6 +812,15 @@ impl Broker {
     pub async fn retry(&self, id: &TaskId) -> Result<()> {
         let queue = self.queue_of(id).await?;
         let keys = &self.keys().of_task(id);
+        // A task made under another partition count would go back to a queue no process of
+        // this count claims from.
+        if !self.keys().partitions().contains(keys) {
+            return Err(QueueError::WrongState {
+                id: id.to_string(),
+                state: "from an earlier partition layout (resubmit it instead)".into(),
+                action: "retry",
+            });
+        }
         let qk = keys.queue(&queue);
         let (reply, ack) = self
             .change(

@@ -249,8 +249,20 @@ impl FromStr for RedisTarget {
             });
         }
         let mut cluster = false;
-        let mut urls = Vec::new();
+        let mut urls: Vec<String> = Vec::new();
         for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            // Later seeds of a cluster take what they leave out from the first: its scheme
+            // when they give only `host:port`, its user and password when they give none (the
+            // cluster client requires one login for every node), so
+            // `redis://:pw@a:6379,b:6379,c:6379` names three nodes with one password.
+            let inherited;
+            let part = match urls.first() {
+                Some(first) => {
+                    inherited = inherit_login(first, part);
+                    inherited.as_str()
+                }
+                None => part,
+            };
             let url = if let Some(rest) = part.strip_prefix("redis+cluster://") {
                 cluster = true;
                 format!("redis://{rest}")
@@ -279,6 +291,26 @@ impl FromStr for RedisTarget {
             ca_cert: None,
             sentinel: None,
         })
+    }
+}
+
+/// `seed` completed from the `first` seed of a list: its scheme when `seed` has none, and its
+/// userinfo (everything before the last `@` of the authority) when `seed` has none.
+fn inherit_login(first: &str, seed: &str) -> String {
+    let Some((scheme, first_rest)) = first.split_once("://") else {
+        return seed.to_string();
+    };
+    let (seed_scheme, seed_rest) = seed.split_once("://").unwrap_or((scheme, seed));
+    let authority = |rest: &str| rest.split('/').next().unwrap_or_default().to_string();
+    let first_authority = authority(first_rest);
+    let userinfo = first_authority
+        .rfind('@')
+        .map(|at| &first_authority[..=at])
+        .unwrap_or("");
+    if authority(seed_rest).contains('@') {
+        format!("{seed_scheme}://{seed_rest}")
+    } else {
+        format!("{seed_scheme}://{userinfo}{seed_rest}")
     }
 }
 
@@ -496,6 +528,20 @@ mod tests {
         let tagged: RedisTarget = "rediss+cluster://:pw@h:6380".parse().unwrap();
         assert!(tagged.cluster);
         assert_eq!(tagged.urls, vec!["rediss://:pw@h:6380"]);
+        // Later seeds take the first one's scheme and login when they leave them out.
+        let seeds: RedisTarget = "rediss+cluster://:pw@a:1,b:2, redis://u:other@c:3"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            seeds.urls,
+            vec![
+                "rediss://:pw@a:1",
+                "rediss://:pw@b:2",
+                "redis://u:other@c:3"
+            ]
+        );
+        let plain: RedisTarget = "redis://:pw@a:1,redis://b:2".parse().unwrap();
+        assert_eq!(plain.urls, vec!["redis://:pw@a:1", "redis://:pw@b:2"]);
         let err = "http://nope"
             .parse::<RedisTarget>()
             .unwrap_err()
@@ -554,7 +600,7 @@ mod tests {
             ":secret@h:1",
             "user:secret@h:1",
             "http://:secret@h:1",
-            "redis://:secret@h:1, :secret@h:2",
+            "redis://:secret@h:1, http://:secret@h:2",
         ] {
             let err = url.parse::<RedisTarget>().unwrap_err().to_string();
             assert!(err.contains("invalid Redis URL"), "{err}");

@@ -903,3 +903,66 @@ on_both!(
     concurrent_reapers_t,
     concurrent_reapers_handle_each_lease_once
 );
+
+/// Changing the partition count: refused while tasks wait, then recorded; processes with the
+/// other count are refused; ended tasks stay readable by id, and a task that failed under the
+/// old count is not retried into a queue nobody reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_partition_count_changes_only_over_empty_queues() {
+    let env = Env::single().await;
+    let with = |count: u16| {
+        let mut config = env.broker.config().clone();
+        config.partitions = count;
+        async move { ragpool_queue::Broker::connect(config).await.unwrap() }
+    };
+    let (old, new_count) = if env.broker.keys().count() == 1 {
+        (env.broker.clone(), 6)
+    } else {
+        (env.broker.clone(), 1)
+    };
+    let waiting = old.enqueue(new(TaskKind::FullQuery, 1)).await.unwrap();
+    let done = old.enqueue(new(TaskKind::FullQuery, 2)).await.unwrap();
+    let c = env.consumer("w", &ALL, LEASE).await;
+    let claimed = c.try_claim_many(2).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let (first, second) = (&claimed[0], &claimed[1]);
+    old.fail(
+        &first.lease,
+        &TaskError::new("bad_input", "no"),
+        Retry::Permanent,
+    )
+    .await
+    .unwrap();
+    old.release(&second.lease).await.unwrap();
+
+    let err = old.repartition(new_count).await.unwrap_err().to_string();
+    assert!(
+        err.contains("full_query") && err.contains("1 queued"),
+        "{err}"
+    );
+    let again = c.try_claim().await.unwrap().unwrap();
+    old.complete(&again.lease, &json!("ok")).await.unwrap();
+    assert_eq!(
+        old.repartition(new_count).await.unwrap(),
+        old.keys().count()
+    );
+
+    let other = with(new_count).await;
+    other.check_layout().await.unwrap();
+    // The process with the count that was recorded before now refuses.
+    let stale = with(old.keys().count()).await;
+    assert!(matches!(
+        stale.check_layout().await,
+        Err(QueueError::Layout { .. })
+    ));
+    for id in [&waiting.id, &done.id] {
+        assert!(other.get(id).await.unwrap().unwrap().state.is_terminal());
+    }
+    let failed = if first.task.id == waiting.id {
+        &waiting.id
+    } else {
+        &done.id
+    };
+    let err = other.retry(failed).await.unwrap_err().to_string();
+    assert!(err.contains("earlier partition layout"), "{err}");
+}
