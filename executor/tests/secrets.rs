@@ -37,7 +37,7 @@ fn a_malformed_redis_url_is_reported_without_its_password() {
     for url in [
         format!(":{SECRET}@h:1"),
         format!("user:{SECRET}@h:1"),
-        format!("redis://:{SECRET}@a:1,:{SECRET}@b:2"),
+        format!("redis://:{SECRET}@a:1,http://:{SECRET}@b:2"),
     ] {
         let output = executor(
             &["--metrics-listen", "127.0.0.1:0"],
