@@ -50,19 +50,19 @@ pub struct Args {
     #[arg(long, default_value_t = 6)]
     pub partitions: u16,
     /// Tasks enqueued, then drained, per run.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, default_value_t = 20_000)]
     pub tasks: usize,
     /// Concurrent `enqueue` callers.
     #[arg(long, default_value_t = 32)]
     pub clients: usize,
-    /// Concurrent consumer loops in the drain.
-    #[arg(long, default_value_t = 4)]
+    /// Concurrent consumer loops in the drain (8 keep one master busy on two cores).
+    #[arg(long, default_value_t = 8)]
     pub consumers: usize,
     /// Tasks per claim call in the drain (at most 32).
     #[arg(long, default_value_t = 8)]
     pub claim: usize,
     /// Runs of each cluster, alternating; the best of them is reported.
-    #[arg(long, default_value_t = 2)]
+    #[arg(long, default_value_t = 3)]
     pub rounds: usize,
 }
 
@@ -163,7 +163,13 @@ fn cpu_table(args: &Args, enqueue: &[Phase; 2], drain: &[Phase; 2]) -> String {
             let wall = phase.wall.as_secs_f64();
             let servers: Vec<f64> = phase.server_cpu.iter().map(|c| c / wall).collect();
             let client = phase.client_cpu / wall;
+            let server_total: f64 = phase.server_cpu.iter().sum();
             let total = servers.iter().sum::<f64>() + client;
+            let per_server_second = if server_total > 0.0 {
+                format!("{:.0}", args.tasks as f64 / server_total)
+            } else {
+                "-".into()
+            };
             rows.push(vec![
                 name.to_string(),
                 phase.server_cpu.len().to_string(),
@@ -175,6 +181,7 @@ fn cpu_table(args: &Args, enqueue: &[Phase; 2], drain: &[Phase; 2]) -> String {
                     .join(" + "),
                 format!("{client:.2}"),
                 format!("{total:.2}"),
+                per_server_second,
             ]);
         }
     }
@@ -186,6 +193,7 @@ fn cpu_table(args: &Args, enqueue: &[Phase; 2], drain: &[Phase; 2]) -> String {
             "redis-server cores, each",
             "client cores",
             "total cores",
+            "tasks per redis-server CPU-second",
         ],
         &rows,
     )
@@ -760,6 +768,40 @@ mod tests {
             cmdstat_hset:calls=30,usec=30,usec_per_call=1.00\r\n\
             cmdstat_eval:calls=2,usec=4,usec_per_call=2.00\r\n";
         assert_eq!(command_calls(stats), (12, 42));
+    }
+
+    /// A short run on each cluster: the run's own checks (every task queued, then finished,
+    /// none claimed twice) pass, and on three masters each holds two of six partitions and
+    /// a share of the keys and calls.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_short_run_accounts_for_every_task_on_one_and_three_masters() {
+        let args = Args {
+            partitions: 6,
+            tasks: 300,
+            clients: 4,
+            consumers: 2,
+            claim: 4,
+            rounds: 1,
+        };
+        for masters in [1, MASTERS] {
+            let topology = Topology::start(masters, &args).await.expect("cluster");
+            assert_eq!(topology.masters(), masters);
+            let held: usize = topology.nodes.iter().map(|n| n.partitions.len()).sum();
+            assert_eq!(held, 6, "every partition is on some master");
+            let run = topology.run(&args).await.expect("run");
+            assert_eq!(run.drain.server_cpu.len(), masters);
+            for (node, stats) in topology.nodes.iter().zip(&run.nodes) {
+                assert_eq!(node.partitions.len(), 6 / masters, "port {}", node.port);
+                assert!(
+                    stats.keys > 0 && stats.script_calls > 0,
+                    "port {}",
+                    node.port
+                );
+            }
+            let tasks: i64 = run.nodes.iter().map(|n| n.keys).sum();
+            assert!(tasks >= 300, "{tasks} keys for 300 finished tasks");
+            assert!(run.events_bytes > 0);
+        }
     }
 
     #[test]
