@@ -271,9 +271,9 @@ impl Broker {
                 queues,
                 events: tokio::sync::OnceCell::new(),
                 layout: tokio::sync::OnceCell::new(),
-                next_partition: AtomicUsize::new(
-                    rand::rng().random_range(0..usize::from(MAX_PARTITIONS)),
-                ),
+                next_partition: AtomicUsize::new(rand::rng().random_range(0..usize::from(
+                    MAX_PARTITIONS,
+                ))),
             }),
         })
     }
@@ -330,10 +330,8 @@ impl Broker {
                 let keys = self.keys();
                 let count = keys.count();
                 let mut conn = self.conn();
-                let recorded: Option<String> = redis::cmd("GET")
-                    .arg(keys.layout())
-                    .query_async(&mut conn)
-                    .await?;
+                let recorded: Option<String> =
+                    redis::cmd("GET").arg(keys.layout()).query_async(&mut conn).await?;
                 let recorded = match recorded {
                     Some(r) => r,
                     None => {
@@ -380,10 +378,8 @@ impl Broker {
         }
         let keys = self.keys();
         let mut conn = self.conn();
-        let recorded: Option<String> = redis::cmd("GET")
-            .arg(keys.layout())
-            .query_async(&mut conn)
-            .await?;
+        let recorded: Option<String> =
+            redis::cmd("GET").arg(keys.layout()).query_async(&mut conn).await?;
         let old: u16 = match recorded {
             Some(r) => r
                 .parse()
@@ -393,10 +389,8 @@ impl Broker {
         let old_keys = Keys::with_partitions(keys.namespace(), old);
         let mut busy = Vec::new();
         for part in old_keys.partitions() {
-            let names: Vec<String> = redis::cmd("SMEMBERS")
-                .arg(part.queues())
-                .query_async(&mut conn)
-                .await?;
+            let names: Vec<String> =
+                redis::cmd("SMEMBERS").arg(part.queues()).query_async(&mut conn).await?;
             for name in names {
                 let qk = part.queue(&name);
                 let (ready, started, delayed): (u64, u64, u64) = redis::pipe()
@@ -485,9 +479,7 @@ impl Broker {
             .enumerate()
             .filter(|(_, (at, _))| !at.is_empty())
             .map(|(p, (at, tasks))| async move {
-                self.enqueue_in(&parts[p], tasks)
-                    .await
-                    .map(|done| (at, done))
+                self.enqueue_in(&parts[p], tasks).await.map(|done| (at, done))
             });
         let mut out: Vec<Option<Enqueued>> = Vec::new();
         for (at, done) in futures::future::try_join_all(calls).await? {
@@ -613,9 +605,7 @@ impl Broker {
                     .await
             });
         let counts = futures::future::try_join_all(others).await?;
-        Ok(Some(
-            rank + counts.into_iter().map(|c| c.min(rank)).sum::<u64>(),
-        ))
+        Ok(Some(rank + counts.into_iter().map(|c| c.min(rank)).sum::<u64>()))
     }
 
     /// Extends the lease and records progress. Fails with [`QueueError::LeaseLost`] when the

@@ -203,7 +203,8 @@ impl Consumer {
         if parts.len() == 1 {
             return self.claim_in(&parts[0], &order, &firsts, tokens).await;
         }
-        let counts = futures::future::try_join_all(parts.iter().map(|p| self.queued_in(p))).await?;
+        let counts = futures::future::try_join_all(parts.iter().map(|p| self.queued_in(p)))
+            .await?;
         let start = self
             .rotation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -598,11 +598,7 @@ on_both!(
 );
 
 /// The wake-up tokens of a queue, over every partition.
-async fn wake_up_tokens(
-    conn: &mut impl redis::aio::ConnectionLike,
-    b: &ragpool_queue::Broker,
-    queue: &str,
-) -> u64 {
+async fn wake_up_tokens(conn: &mut impl redis::aio::ConnectionLike, b: &ragpool_queue::Broker, queue: &str) -> u64 {
     let mut total = 0;
     for part in b.keys().partitions() {
         let n: u64 = redis::cmd("LLEN")
