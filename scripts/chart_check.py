@@ -429,6 +429,9 @@ def expect_default(objects: list[dict[str, Any]]) -> None:
     for kind in ("Ingress", "HorizontalPodAutoscaler", "NetworkPolicy", "PodDisruptionBudget", "ServiceMonitor"):
         assert not find(objects, kind), f"{kind} rendered without being asked for"
     assert "RAGPOOL_API_KEYS_FILE" not in env, "auth on by default"
+    assert "RAGPOOL_PARTITIONS" not in env and "RAGPOOL_PARTITIONS" not in op_env, (
+        "one partition is every process's default: nothing to set"
+    )
 
 
 def expect_bundled_redis(objects: list[dict[str, Any]]) -> None:
@@ -531,6 +534,21 @@ def expect_sentinel(objects: list[dict[str, Any]]) -> None:
     }, pool["spec"]["redis"]
 
 
+def expect_cluster(objects: list[dict[str, Any]]) -> None:
+    assert not find(objects, "StatefulSet"), "bundled Redis rendered"
+    env = env_of(api_container(objects))
+    assert env["RAGPOOL_REDIS_URL"]["value"] == (
+        "redis+cluster://:$(RAGPOOL_REDIS_PASSWORD)@redis-cluster.redis.svc:6379"
+    ), env["RAGPOOL_REDIS_URL"]
+    # Every process of the namespace gets the same count: the API, the pool, the operator.
+    assert env["RAGPOOL_PARTITIONS"]["value"] == "6", env.get("RAGPOOL_PARTITIONS")
+    pool = the_pool(objects)
+    assert pool["spec"]["redis"]["partitions"] == 6, pool["spec"]["redis"]
+    op = one(objects, "Deployment", f"{RELEASE}-operator")
+    op_env = env_of(op["spec"]["template"]["spec"]["containers"][0])
+    assert op_env["RAGPOOL_PARTITIONS"]["value"] == "6", op_env.get("RAGPOOL_PARTITIONS")
+
+
 def expect_no_secrets(objects: list[dict[str, Any]]) -> None:
     assert not find(objects, "RagWorkerPool")
     assert not find(objects, "Secret")
@@ -544,6 +562,7 @@ EXPECTATIONS: dict[str, Callable[[list[dict[str, Any]]], None]] = {
     "ingress-hpa-netpol": expect_ingress_hpa_netpol,
     "no-secrets": expect_no_secrets,
     "sentinel": expect_sentinel,
+    "cluster": expect_cluster,
 }
 
 
@@ -584,6 +603,8 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("redis.sentinel without addresses", {"redis": {"bundled": {"enabled": False}, "sentinel": {"enabled": True}}}, "/redis/sentinel/addresses"),
     ("redis.sentinel beside redis.url", {"redis": {"bundled": {"enabled": False}, "url": "redis://r:6379", "sentinel": {"enabled": True, "addresses": ["s:26379"]}}}, "/redis/url"),
     ("an unknown durability", {"redis": {"durability": "quorum"}}, "/redis/durability"),
+    ("zero partitions", {"redis": {"partitions": 0}}, "/redis/partitions"),
+    ("more partitions than 64", {"redis": {"partitions": 65}}, "/redis/partitions"),
     ("unknown secrets access", {"operator": {"secrets": {"access": "some"}}}, "/operator/secrets/access"),
     ("pool without queues", {"defaultPool": {"queues": {"names": []}}}, "/defaultPool/queues/names"),
 ]

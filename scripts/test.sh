@@ -30,6 +30,11 @@ cargo clippy --workspace --all-targets -- -D warnings
 step "cargo test"
 cargo test --workspace --no-fail-fast
 
+step "queue protocol suite with 6 partitions (every key layout test again, partitioned)"
+# The same tests over a single server and a 3-master cluster, with every queue split into six
+# partitions: claims, positions, events, maintenance and bulk actions must span them.
+RAGPOOL_TEST_PARTITIONS=6 cargo test -p ragpool-queue --no-fail-fast
+
 step "chaos suite, short (single Redis: executors, Redis and the API killed under load)"
 # Debug binaries: the chaos run starts ragpool-api and ragpool-executor from the directory of
 # ragpool-bench. Exits non-zero if an acknowledged task was lost, a result was wrong or a task

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use ragpool_queue::durability::DurabilityArgs;
 use ragpool_queue::http_server::ServerArgs;
-use ragpool_queue::{BrokerConfig, MAX_ENQUEUE_BATCH, QueueConfig, QueueSettings, TaskKind};
+use ragpool_queue::{
+    BrokerConfig, MAX_ENQUEUE_BATCH, PartitionArgs, QueueConfig, QueueSettings, TaskKind,
+};
 
 /// Everything `ragpool-api` can be told. Every flag has an environment fallback.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,6 +39,10 @@ pub struct ApiConfig {
     /// same one.
     #[arg(long, env = "RAGPOOL_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
     pub namespace: String,
+
+    /// How many partitions the namespace's queues are split into: see `--partitions`.
+    #[command(flatten)]
+    pub partitions: PartitionArgs,
 
     /// Address to listen on.
     #[arg(long, env = "RAGPOOL_LISTEN", default_value = DEFAULT_LISTEN)]
@@ -242,6 +248,7 @@ impl Default for ApiConfig {
             redis_ca_file: None,
             durability: DurabilityArgs::default(),
             namespace: DEFAULT_NAMESPACE.into(),
+            partitions: PartitionArgs::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             limits: Limits::default(),
             server: ServerArgs::default(),
@@ -264,6 +271,7 @@ impl ApiConfig {
         config.namespace = self.namespace.clone();
         config.queues = self.queues.queue_configs()?;
         self.durability.apply(&mut config);
+        self.partitions.apply(&mut config);
         Ok(config)
     }
 }
@@ -302,6 +310,7 @@ mod tests {
         );
         assert_eq!(parsed.queues.max_attempts, default.queues.max_attempts);
         assert_eq!(parsed.server, default.server);
+        assert_eq!(parsed.partitions, default.partitions);
         assert!(!parsed.allow_image_urls);
     }
 
@@ -324,8 +333,10 @@ mod tests {
         let mut config = ApiConfig::default();
         config.queues.full_query_timeout_seconds = 42;
         config.namespace = "other".into();
+        config.partitions.partitions = 6;
         let broker = config.broker_config().unwrap();
         assert_eq!(broker.namespace, "other");
+        assert_eq!(broker.partitions, 6);
         let fq = broker
             .queues
             .iter()

@@ -240,14 +240,17 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes the requests in
-/// flight and returns. Fails when the key configuration is invalid. The listener's timeouts
-/// and connection limit are `config.server`'s (see [`ragpool_queue::http_server`]).
+/// flight and returns. Fails when the key configuration is invalid, or when the namespace
+/// is laid out in another partition count than `--partitions` (an unreachable Redis is no
+/// reason not to start: see [`ragpool_queue::check_layout_at_start`]). The listener's
+/// timeouts and connection limit are `config.server`'s (see [`ragpool_queue::http_server`]).
 pub async fn serve(
     config: ApiConfig,
     broker: Broker,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    ragpool_queue::check_layout_at_start(&broker).await?;
     let state = AppState::new(&config, broker).context("loading API keys")?;
     if state.keys().enabled() {
         tracing::info!(keys = state.keys().len(), "API keys configured: auth is on");

@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser};
 use ragpool_api::ApiConfig;
 use ragpool_executor::settings::ExecutorSettings;
+use ragpool_queue::PartitionArgs;
 use ragpool_queue::conn::redact;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,10 @@ pub struct DevArgs {
     /// Use this Redis instead of starting a private redis-server.
     #[arg(long, env = "RAGPOOL_REDIS_URL", hide_env_values = true)]
     pub redis_url: Option<String>,
+
+    /// The partition count both the API and the executor use.
+    #[command(flatten)]
+    pub partitions: PartitionArgs,
 
     /// Folder for the private Redis's data (in `redis/` under it) and the lock that keeps two
     /// `ragpool dev` from sharing it.
@@ -211,7 +216,16 @@ fn api_config(args: &DevArgs, redis_url: &str) -> anyhow::Result<ApiConfig> {
         config: ApiConfig,
     }
     let listen = args.listen.to_string();
-    let argv = ["ragpool-api", "--redis-url", redis_url, "--listen", &listen];
+    let partitions = args.partitions.partitions.to_string();
+    let argv = [
+        "ragpool-api",
+        "--redis-url",
+        redis_url,
+        "--listen",
+        &listen,
+        "--partitions",
+        &partitions,
+    ];
     Api::try_parse_from(argv)
         .map(|a| a.config)
         .map_err(|e| anyhow::anyhow!("the API's RAGPOOL_* settings: {}", e.render()))
@@ -239,6 +253,8 @@ fn executor_settings(
         args.executor_metrics_listen.to_string().into(),
         "--drain-seconds".into(),
         args.drain_seconds.to_string().into(),
+        "--partitions".into(),
+        args.partitions.partitions.to_string().into(),
     ];
     if let Some(docs) = docs {
         argv.push("--docs".into());

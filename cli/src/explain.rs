@@ -24,7 +24,7 @@ use ragpool_operator::policy::{Decision, History, desired_replicas};
 use ragpool_operator::redis_observer::observe_queues;
 use ragpool_operator::redis_url;
 use ragpool_operator::resources::{executor_name, with_tls};
-use ragpool_queue::{Broker, BrokerConfig};
+use ragpool_queue::{Broker, BrokerConfig, PartitionArgs};
 
 /// `ragpool explain`.
 #[derive(Debug, Clone, Args)]
@@ -54,6 +54,11 @@ pub struct ExplainArgs {
     /// Seconds between two looks at the queues, to measure the arrival rate; 0 looks once.
     #[arg(long, value_name = "SECONDS", default_value_t = 2)]
     pub sample_seconds: u64,
+
+    /// As the operator's: the partition count of a pool that leaves `spec.redis.partitions`
+    /// unset.
+    #[command(flatten)]
+    pub partitions: PartitionArgs,
 }
 
 /// A pool as explain sees it: the resource, its replicas now, and where its queues are.
@@ -72,10 +77,12 @@ pub struct Explanation {
 
 /// Runs `ragpool explain`.
 pub async fn explain(args: ExplainArgs) -> anyhow::Result<()> {
-    let target = match &args.file {
+    let mut target = match &args.file {
         Some(file) => from_file(file, &args)?,
         None => from_cluster(&args).await?,
     };
+    let redis = &mut target.pool.spec.redis;
+    redis.partitions = Some(i32::from(redis.partition_count(args.partitions.partitions)));
     if let Err(invalid) = target.pool.spec.validate() {
         bail!("the operator would not scale this pool: {invalid}");
     }
@@ -169,7 +176,8 @@ pub async fn load(
 /// Looks at the pool's queues (twice, `sample` apart, when `sample` is not zero, so the
 /// arrival rate is known) and asks the operator's policy.
 pub async fn decide(target: &Target, sample: Duration) -> anyhow::Result<Explanation> {
-    let config = BrokerConfig::from_url(&target.redis_url).context("--redis-url")?;
+    let mut config = BrokerConfig::from_url(&target.redis_url).context("--redis-url")?;
+    config.partitions = target.pool.spec.redis.partition_count(1);
     let broker = Broker::connect(config)
         .await
         .context("connecting to the pool's Redis")?;
@@ -314,6 +322,7 @@ mod tests {
             redis_url: None,
             replicas: None,
             sample_seconds: 0,
+            partitions: PartitionArgs::default(),
         };
         let err = from_file(&file, &args).err().map(|e| format!("{e:#}"));
         assert!(
@@ -364,6 +373,7 @@ mod tests {
             redis_url: None,
             replicas: None,
             sample_seconds: 0,
+            partitions: PartitionArgs::default(),
         }
     }
 
@@ -467,6 +477,7 @@ mod tests {
             redis_url: None,
             replicas: None,
             sample_seconds: 0,
+            partitions: PartitionArgs::default(),
         };
         let err = from_file(std::path::Path::new("/nonexistent/pool.yaml"), &args)
             .err()

@@ -1,12 +1,14 @@
 //! `ragpool`, the command line: `ragpool dev` runs ragpool on one machine, `submit`,
-//! `status`, `stats`, `cancel` and `retry` are thin clients of its HTTP API, and `explain`
-//! shows what the operator's scaling policy would decide for a pool now.
+//! `status`, `stats`, `cancel` and `retry` are thin clients of its HTTP API, `explain`
+//! shows what the operator's scaling policy would decide for a pool now, and `repartition`
+//! changes a namespace's partition count in Redis.
 
 pub mod client;
 pub mod commands;
 pub mod dev;
 pub mod explain;
 pub mod redis_server;
+pub mod repartition;
 pub mod simulate;
 
 use std::process::ExitCode;
@@ -50,6 +52,9 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Replay an arrival trace against a pool's autoscaling policy (no cluster needed).
     Simulate(simulate::SimulateArgs),
+    /// Change the partition count a namespace is recorded with (stop every API, executor
+    /// and operator of it first; refused while tasks wait or run).
+    Repartition(repartition::RepartitionArgs),
 }
 
 /// Runs a parsed command line to its exit status. Errors are printed to stderr.
@@ -90,6 +95,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 ExitCode::SUCCESS
             }
             Command::Simulate(a) => simulate::run(a)?,
+            Command::Repartition(a) => repartition::run(a).await?,
         })
     });
     match result {

@@ -49,9 +49,11 @@ pub async fn run_with_backend(
     broker_config.namespace = settings.namespace.clone();
     broker_config.queues = queues.clone();
     settings.durability.apply(&mut broker_config);
+    settings.partitions.apply(&mut broker_config);
     let broker = Broker::connect(broker_config)
         .await
         .context("connecting to Redis")?;
+    ragpool_queue::check_layout_at_start(&broker).await?;
 
     let worker_id = settings.worker_id.clone().unwrap_or_else(|| {
         format!(

@@ -255,11 +255,26 @@ async fn drain(shared: &Shared, drain: Duration, mut tasks: JoinSet<()>) {
     shared.release.cancel();
 }
 
+/// Waits before the next claim after `e`. A partition count that differs from the
+/// namespace's does not heal by itself (the process must be restarted with the right
+/// count), so it is logged as an error with its whole message, and retried less often.
 async fn redis_trouble(shared: &Shared, e: &QueueError) {
     shared.health.redis_answered(false);
-    tracing::warn!(error = %e, "claiming failed; retrying");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pause = match e {
+        QueueError::Layout { .. } => {
+            tracing::error!(error = %e, "claiming refused: wrong partition count; retrying");
+            LAYOUT_RETRY
+        }
+        _ => {
+            tracing::warn!(error = %e, "claiming failed; retrying");
+            Duration::from_millis(500)
+        }
+    };
+    tokio::time::sleep(pause).await;
 }
+
+/// Pause between claims while the partition count is wrong.
+const LAYOUT_RETRY: Duration = Duration::from_secs(5);
 
 /// Keeps this executor's registry entry fresh, with its in-flight count for the operator.
 async fn registry_loop(

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use ragpool_queue::durability::DurabilityArgs;
 use ragpool_queue::http_server::ServerArgs;
-use ragpool_queue::{ClaimPolicy, QueueConfig, QueueEntry, QueueSettings};
+use ragpool_queue::{ClaimPolicy, PartitionArgs, QueueConfig, QueueEntry, QueueSettings};
 
 use crate::backend::{BackendConfig, BuiltinConfig, HttpConfig, OpenAiConfig, SecretString};
 
@@ -37,6 +37,11 @@ pub struct ExecutorSettings {
     /// Key namespace (and Redis Cluster hash tag) shared with the API.
     #[arg(long, env = "RAGPOOL_NAMESPACE", default_value = "ragpool")]
     pub namespace: String,
+
+    /// How many partitions the namespace's queues are split into: see `--partitions`. The
+    /// API's and the operator's must be the same.
+    #[command(flatten)]
+    pub partitions: PartitionArgs,
 
     /// Queues to claim from, highest priority first, each optionally with a weight for the
     /// weighted policy: `image_analysis=6,answer_generation=3,full_query=1` (`:` works too).

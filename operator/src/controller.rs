@@ -122,6 +122,9 @@ pub struct Context {
     memory: Mutex<HashMap<String, Memory>>,
     /// The time a pass stamps on conditions and decisions; [`now`] outside tests.
     clock: Box<dyn Fn() -> Time + Send + Sync>,
+    /// The partition count of a pool that leaves `spec.redis.partitions` unset (the
+    /// operator's `--partitions`).
+    default_partitions: u16,
 }
 
 impl Context {
@@ -138,7 +141,25 @@ impl Context {
             metrics,
             memory: Mutex::new(HashMap::new()),
             clock: Box::new(now),
+            default_partitions: 1,
         }
+    }
+
+    /// Sets the partition count of pools that leave `spec.redis.partitions` unset.
+    pub fn with_default_partitions(mut self, partitions: u16) -> Self {
+        self.default_partitions = partitions;
+        self
+    }
+
+    /// The pool as a pass renders and observes it: with the default partition count filled
+    /// in when the pool leaves it unset, so its executors and the observation agree.
+    fn with_defaults(&self, pool: Arc<RagWorkerPool>) -> Arc<RagWorkerPool> {
+        if pool.spec.redis.partitions.is_some() || self.default_partitions == 1 {
+            return pool;
+        }
+        let mut pool = Arc::unwrap_or_clone(pool);
+        pool.spec.redis.partitions = Some(i32::from(self.default_partitions));
+        Arc::new(pool)
     }
 
     /// Replaces the clock, so a test's passes can be minutes apart.
@@ -234,6 +255,7 @@ fn labels(pool: &RagWorkerPool) -> PoolLabels {
 /// Reconciles one pool; see the module docs for the steps.
 pub async fn reconcile(pool: Arc<RagWorkerPool>, ctx: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
+    let pool = ctx.with_defaults(pool);
     ctx.metrics.reconciles.get_or_create(&labels(&pool)).inc();
     let result = pool.reconcile(&ctx).await;
     ctx.metrics
@@ -966,6 +988,68 @@ mod tests {
         )
         .await;
         assert_eq!(seen.len(), 4);
+    }
+
+    /// A pass over a new pool with the operator's default partition count `default`: the
+    /// count the executors get (`RAGPOOL_PARTITIONS` in the ConfigMap, `None` when not
+    /// written) and the one the pool was observed with.
+    async fn partitions_of_a_new_pool(
+        pool: RagWorkerPool,
+        default: u16,
+    ) -> (Option<String>, Vec<u16>) {
+        let written = Arc::new(Mutex::new(None));
+        let script = vec![
+            get_deployment(not_found("deployments.apps", "pool-executor")),
+            Exchange::new(Method::PATCH, CONFIG_MAP).check({
+                let written = written.clone();
+                move |body| {
+                    *written.lock().unwrap() = body["data"]["RAGPOOL_PARTITIONS"]
+                        .as_str()
+                        .map(str::to_owned);
+                }
+            }),
+            Exchange::new(Method::PATCH, DEPLOYMENT),
+            status_patch(),
+        ];
+        let (client, server) = mock_api(script);
+        let observer = Arc::new(FakeObserver::new(vec![Ok(obs(100, 3, 0))]));
+        let ctx = Arc::new(
+            Context::new(
+                client,
+                observer.clone(),
+                Arc::new(Metrics::default()),
+                Reporter {
+                    controller: MANAGER.into(),
+                    instance: None,
+                },
+            )
+            .with_default_partitions(default),
+        );
+        assert!(reconcile(Arc::new(pool), ctx).await.is_ok());
+        assert_eq!(server.await.unwrap_or_default().len(), 4);
+        let written = written.lock().unwrap().clone();
+        (written, observer.partitions())
+    }
+
+    #[tokio::test]
+    async fn executors_get_the_partition_count_the_pool_is_observed_with() {
+        // Neither the pool nor the operator sets one: nothing is written, 1 is observed.
+        assert_eq!(
+            partitions_of_a_new_pool(pool(spec()), 1).await,
+            (None, vec![1])
+        );
+        // The pool's own count wins over the operator's.
+        let mut s = spec();
+        s.redis.partitions = Some(3);
+        assert_eq!(
+            partitions_of_a_new_pool(pool(s), 6).await,
+            (Some("3".into()), vec![3])
+        );
+        // A pool without one gets the operator's `--partitions`.
+        assert_eq!(
+            partitions_of_a_new_pool(pool(spec()), 6).await,
+            (Some("6".into()), vec![6])
+        );
     }
 
     #[tokio::test]

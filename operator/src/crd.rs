@@ -122,6 +122,24 @@ pub struct RedisSpec {
     /// Set the API's `RAGPOOL_DURABILITY` to the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub durability: Option<DurabilitySetting>,
+    /// Partitions each queue is split into, each its own Redis Cluster hash slot (1 to 64):
+    /// more spreads the load over a cluster's masters, at one round trip per partition for
+    /// claims and stats. Every process of the namespace must use the same count, so set the
+    /// API's `RAGPOOL_PARTITIONS` to the same; change it with `ragpool repartition`. Unset:
+    /// the operator's own `--partitions`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub partitions: Option<i32>,
+}
+
+impl RedisSpec {
+    /// The partition count the pool's executors use and the operator observes it with:
+    /// `partitions`, else `default` (the operator's `--partitions`).
+    pub fn partition_count(&self, default: u16) -> u16 {
+        self.partitions
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or(default)
+    }
 }
 
 /// Redis Sentinel: where the sentinels are and which primary they watch.
@@ -623,6 +641,11 @@ impl RagWorkerPoolSpec {
         if sources.iter().filter(|set| **set).count() != 1 {
             return fail("redis: set exactly one of url, urlSecretRef and sentinel");
         }
+        if r.partitions
+            .is_some_and(|p| p < 1 || p > i32::from(ragpool_queue::keys::MAX_PARTITIONS))
+        {
+            return fail("redis.partitions must be between 1 and 64");
+        }
         let s = &self.scaling;
         if s.max_replicas < 1 {
             return fail("scaling.maxReplicas must be at least 1");
@@ -883,6 +906,15 @@ mod tests {
                 "Age"
             ]
         );
+        let partitions =
+            &schema()["properties"]["spec"]["properties"]["redis"]["properties"]["partitions"];
+        assert_eq!(
+            (
+                partitions["minimum"].as_f64(),
+                partitions["maximum"].as_f64()
+            ),
+            (Some(1.0), Some(64.0))
+        );
         let status = &schema()["properties"]["status"]["properties"];
         let decision = &status["recentDecisions"]["items"];
         assert_eq!(status["recentDecisions"]["maxItems"], 100);
@@ -920,7 +952,13 @@ mod tests {
         short_grace.executor.termination_grace_period_seconds = Some(30);
         let mut openai_without_settings = fixtures::spec();
         openai_without_settings.executor.backend.kind = BackendKind::Openai;
+        let mut too_many_partitions = fixtures::spec();
+        too_many_partitions.redis.partitions = Some(65);
+        let mut no_partitions = fixtures::spec();
+        no_partitions.redis.partitions = Some(0);
         for (name, spec) in [
+            ("65 partitions", too_many_partitions),
+            ("0 partitions", no_partitions),
             ("both urls", both_urls),
             ("url and sentinel", url_and_sentinel),
             ("min over max", min_over_max),

@@ -63,22 +63,37 @@ pub fn worker(pod: &str, in_flight: u32) -> WorkerInfo {
     }
 }
 
-/// An observer that returns scripted results, one per call, and repeats the last one.
+/// An observer that returns scripted results, one per call, and repeats the last one. It
+/// keeps the partition count of each pool it was asked about, as the Redis observer would
+/// connect with it.
 pub struct FakeObserver {
     script: Mutex<VecDeque<Result<Observation, ObserveError>>>,
+    partitions: Mutex<Vec<u16>>,
 }
 
 impl FakeObserver {
     pub fn new(script: Vec<Result<Observation, ObserveError>>) -> Self {
         Self {
             script: Mutex::new(script.into()),
+            partitions: Mutex::default(),
         }
+    }
+
+    /// The partition counts observed with, one per call.
+    pub fn partitions(&self) -> Vec<u16> {
+        self.partitions
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default()
     }
 }
 
 #[async_trait]
 impl Observer for FakeObserver {
-    async fn observe(&self, _pool: &RagWorkerPool) -> Result<Observation, ObserveError> {
+    async fn observe(&self, pool: &RagWorkerPool) -> Result<Observation, ObserveError> {
+        if let Ok(mut seen) = self.partitions.lock() {
+            seen.push(pool.spec.redis.partition_count(1));
+        }
         let mut script = self
             .script
             .lock()

@@ -19,6 +19,7 @@ use ragpool_operator::observe::Observer;
 use ragpool_operator::redis_observer::RedisObserver;
 use ragpool_operator::resources::MANAGER;
 use ragpool_operator::server::{Health, router};
+use ragpool_queue::PartitionArgs;
 use ragpool_queue::http_server::ServerArgs;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
@@ -76,6 +77,10 @@ struct RunArgs {
     /// Log format.
     #[arg(long, env = "RAGPOOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// The partition count of pools that leave `spec.redis.partitions` unset: their
+    /// executors get it, and their queues are observed with it.
+    #[command(flatten)]
+    partitions: PartitionArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -202,15 +207,18 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         })
     });
 
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        observer(&client),
-        metrics,
-        Reporter {
-            controller: MANAGER.into(),
-            instance: Some(identity),
-        },
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            observer(&client),
+            metrics,
+            Reporter {
+                controller: MANAGER.into(),
+                instance: Some(identity),
+            },
+        )
+        .with_default_partitions(args.partitions.partitions),
+    );
     let controller_stop = stop.clone();
     controller::run(ctx, async move { controller_stop.cancelled_owned().await }).await;
 

@@ -17,10 +17,11 @@ use crate::redis_url;
 /// their own after two lease lengths).
 const WORKER_SILENCE: Duration = Duration::from_secs(60);
 
-/// Reads observations from the Redis each pool names, keeping one connection per URL.
+/// Reads observations from the Redis each pool names, keeping one connection per URL and
+/// partition count.
 pub struct RedisObserver {
     client: Client,
-    brokers: Mutex<HashMap<String, Broker>>,
+    brokers: Mutex<HashMap<(String, u16), Broker>>,
 }
 
 impl RedisObserver {
@@ -31,24 +32,30 @@ impl RedisObserver {
         }
     }
 
-    async fn broker(&self, url: &str) -> Result<Broker, ObserveError> {
+    async fn broker(&self, url: &str, partitions: u16) -> Result<Broker, ObserveError> {
         let mut brokers = self.brokers.lock().await;
-        if let Some(b) = brokers.get(url) {
+        let key = (url.to_string(), partitions);
+        if let Some(b) = brokers.get(&key) {
             return Ok(b.clone());
         }
-        let config =
+        let mut config =
             BrokerConfig::from_url(url).map_err(|e| ObserveError::Config(e.to_string()))?;
+        config.partitions = partitions;
         let broker = Broker::connect(config).await.map_err(unreachable)?;
-        brokers.insert(url.to_string(), broker.clone());
+        brokers.insert(key, broker.clone());
         Ok(broker)
     }
 }
 
 #[async_trait]
 impl Observer for RedisObserver {
+    /// Observes with the pool's partition count; the controller has filled in the
+    /// operator's `--partitions` for a pool that leaves it unset.
     async fn observe(&self, pool: &RagWorkerPool) -> Result<Observation, ObserveError> {
         let url = redis_url::resolve(&self.client, pool).await?;
-        let broker = self.broker(&url).await?;
+        let broker = self
+            .broker(&url, pool.spec.redis.partition_count(1))
+            .await?;
         observe_queues(&broker, &pool.spec.queue_names()).await
     }
 }
@@ -69,6 +76,8 @@ pub async fn observe_queues(
 fn unreachable(e: QueueError) -> ObserveError {
     match e {
         QueueError::Config(m) => ObserveError::Config(m),
+        // A partition count other than the namespace's is a setting to fix, not an outage.
+        e @ QueueError::Layout { .. } => ObserveError::Config(e.to_string()),
         other => ObserveError::Unreachable(other.to_string()),
     }
 }

@@ -90,6 +90,12 @@ pub fn settings(pool: &RagWorkerPool) -> BTreeMap<String, String> {
     if let Some(durability) = spec.redis.durability {
         set("RAGPOOL_DURABILITY", durability.as_str().into());
     }
+    // Only a count other than the executor's default is written, so pools that never set
+    // one keep their settings (and their pods) as they were.
+    let partitions = spec.redis.partition_count(1);
+    if partitions != 1 {
+        set("RAGPOOL_PARTITIONS", partitions.to_string());
+    }
     env.extend(backend_settings(pool));
     env
 }
@@ -671,6 +677,31 @@ mod tests {
                 .data
                 .unwrap_or_default()
                 .contains_key("RAGPOOL_DURABILITY")
+        );
+    }
+
+    #[test]
+    fn a_partition_count_reaches_the_executors_and_rolls_them() {
+        let one = pool(spec());
+        assert!(!settings(&one).contains_key("RAGPOOL_PARTITIONS"));
+        let mut s = spec();
+        s.redis.partitions = Some(1);
+        assert_eq!(
+            settings(&pool(s.clone())),
+            settings(&one),
+            "an explicit 1 is the default: nothing changes"
+        );
+        s.redis.partitions = Some(6);
+        let six = pool(s);
+        let data = config_map(&six).data.unwrap_or_default();
+        assert_eq!(
+            data.get("RAGPOOL_PARTITIONS").map(String::as_str),
+            Some("6")
+        );
+        // The executors only read it at start: a new count must roll the pods.
+        assert_ne!(
+            spec_hash(&deployment(&six, 1)),
+            spec_hash(&deployment(&one, 1))
         );
     }
 

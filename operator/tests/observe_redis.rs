@@ -176,3 +176,69 @@ async fn observes_through_sentinel_across_a_failover() {
     assert_eq!(seen, Some(3), "read from the new primary");
     drop(redis);
 }
+
+/// A pool as applied with `kubectl`: Redis at `url`, `partitions` when given.
+fn pool_at(url: &str, partitions: Option<i32>) -> ragpool_operator::crd::RagWorkerPool {
+    let mut redis = json!({ "url": url });
+    if let Some(p) = partitions {
+        redis["partitions"] = p.into();
+    }
+    serde_json::from_value(json!({
+        "apiVersion": "ragpool.io/v1alpha1",
+        "kind": "RagWorkerPool",
+        "metadata": { "name": "pool", "namespace": "ns" },
+        "spec": {
+            "queues": { "names": ["image_analysis"] },
+            "redis": redis,
+            "executor": { "image": "ragpool:test" },
+            "scaling": { "maxReplicas": 5 },
+        },
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_pool_is_observed_with_its_own_partition_count() {
+    use ragpool_operator::observe::{ObserveError, Observer};
+    use ragpool_operator::redis_observer::RedisObserver;
+
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let mut config = BrokerConfig::from_url(&server.url()).unwrap();
+    config.partitions = 6;
+    let six = Broker::connect(config).await.unwrap();
+    for n in 0..7 {
+        six.enqueue(NewTask::new(sample_payload(
+            TaskKind::AnalyzeImage,
+            &format!("q{n}"),
+        )))
+        .await
+        .unwrap();
+    }
+    // A literal URL needs nothing from the Kubernetes API: any request would fail the test.
+    let (service, _never_answered) = tower_test::mock::pair::<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >();
+    let observer = RedisObserver::new(kube::Client::new(service, "default"));
+
+    let obs = observer
+        .observe(&pool_at(&server.url(), Some(6)))
+        .await
+        .unwrap();
+    assert_eq!(obs.queued, 7, "every partition is counted");
+
+    let err = observer
+        .observe(&pool_at(&server.url(), None))
+        .await
+        .unwrap_err();
+    let ObserveError::Config(message) = &err else {
+        panic!("a wrong count is a setting to fix, not an outage: {err:?}");
+    };
+    assert!(
+        message.contains("laid out in 6 partition(s)") && message.contains("configured with 1"),
+        "{message}"
+    );
+}

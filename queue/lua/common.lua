@@ -48,6 +48,21 @@ local function finish_as(tkey, id, ended_set, state, ttl_field, now)
   return h[1]
 end
 
+-- Sequence numbers order a partition's ready set: the server time in microseconds when a task
+-- is queued, or one more than the last number given when that is later (a burst of more than
+-- one per microsecond, or a clock stepping back). They increase within a partition and, being
+-- times, also compare across partitions: executors claim the oldest head first, and a
+-- position counts the tasks ahead in every partition. `key` holds the last number given.
+-- Returns the first of `n` numbers, as a string (Lua would print a number this large in
+-- exponent form and lose its last digits).
+local function next_seq(key, n)
+  local t = redis.call('TIME')
+  local us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local first = math.max((tonumber(redis.call('GET', key)) or 0) + 1, us)
+  redis.call('SET', key, string.format('%d', first + n - 1))
+  return string.format('%d', first)
+end
+
 -- Put a task back at its place in the ready set and wake one blocked consumer.
 local function make_ready(tkey, id, ready, signal, seq, now)
   redis.call('HSET', tkey, 'state', 'queued', 'queued_at', now, 'seq', seq)

@@ -60,7 +60,7 @@ end
 if #create == 0 then return reply end
 
 local now = now_ms()
-local seq = redis.call('INCRBY', KEYS[2], #create) - #create
+local seq = tonumber(next_seq(KEYS[2], #create)) - 1
 -- Per queue: ready-set members (score, id, ...), two per task created.
 local ready = {}
 
@@ -71,12 +71,13 @@ for _, i in ipairs(create) do
   local queue = ARGV[q]
   local tkey, ikey = KEYS[4 + 3 * m + 2 * i], KEYS[5 + 3 * m + 2 * i]
   seq = seq + 1
+  local sseq = string.format('%d', seq)
   local fields = {
     'id', id, 'kind', ARGV[a + 2], 'queue', queue, 'payload', ARGV[a + 3], 'state', 'queued',
     'attempts', 0, 'max_attempts', ARGV[q + 1], 'timeout_ms', ARGV[q + 2],
     'result_ttl_ms', ARGV[q + 3], 'failure_ttl_ms', ARGV[q + 4],
     'backoff_base_ms', ARGV[q + 5], 'backoff_max_ms', ARGV[q + 6],
-    'enqueued_at', now, 'queued_at', now, 'seq', seq, 'progress', 0, 'cancel', 0,
+    'enqueued_at', now, 'queued_at', now, 'seq', sseq, 'progress', 0, 'cancel', 0,
   }
   if idem ~= '' then
     fields[#fields + 1] = 'idem_key'; fields[#fields + 1] = idem
@@ -93,7 +94,7 @@ for _, i in ipairs(create) do
     members = {}
     ready[j] = members
   end
-  members[#members + 1] = seq; members[#members + 1] = id
+  members[#members + 1] = sseq; members[#members + 1] = id
   emit(KEYS[1], id, queue, 'queued')
 end
 

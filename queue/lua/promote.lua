@@ -14,7 +14,7 @@ for _, id in ipairs(due) do
   local tkey = task_key(prefix, id)
   if redis.call('HGET', tkey, 'state') == 'delayed' then
     redis.call('HDEL', tkey, 'retry_at')
-    make_ready(tkey, id, KEYS[2], KEYS[3], redis.call('INCR', KEYS[4]), now)
+    make_ready(tkey, id, KEYS[2], KEYS[3], next_seq(KEYS[4], 1), now)
     emit(KEYS[5], id, redis.call('HGET', tkey, 'queue'), 'queued')
     promoted = promoted + 1
   end

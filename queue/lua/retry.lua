@@ -16,6 +16,6 @@ local idem = redis.call('HGET', tkey, 'idem')
 if idem then redis.call('PERSIST', idem) end
 redis.call('HSET', tkey, 'attempts', 0, 'progress', 0, 'progress_msg', '', 'cancel', 0)
 redis.call('HDEL', tkey, 'error_kind', 'error_msg', 'finished_at', 'result', 'retry_at')
-make_ready(tkey, id, KEYS[3], KEYS[4], redis.call('INCR', KEYS[5]), now_ms())
+make_ready(tkey, id, KEYS[3], KEYS[4], next_seq(KEYS[5], 1), now_ms())
 emit(KEYS[6], id, redis.call('HGET', tkey, 'queue'), 'queued', {'retried', '1'})
 return {'queued'}

@@ -20,7 +20,7 @@ for _, id in ipairs(ids) do
     if idem then redis.call('PERSIST', idem) end
     redis.call('HSET', tkey, 'attempts', 0, 'progress', 0, 'progress_msg', '', 'cancel', 0)
     redis.call('HDEL', tkey, 'error_kind', 'error_msg', 'finished_at', 'result', 'retry_at')
-    make_ready(tkey, id, KEYS[2], KEYS[3], redis.call('INCR', KEYS[4]), now)
+    make_ready(tkey, id, KEYS[2], KEYS[3], next_seq(KEYS[4], 1), now)
     emit(KEYS[5], id, redis.call('HGET', tkey, 'queue'), 'queued', {'retried', '1'})
     retried = retried + 1
   end

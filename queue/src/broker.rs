@@ -271,9 +271,9 @@ impl Broker {
                 queues,
                 events: tokio::sync::OnceCell::new(),
                 layout: tokio::sync::OnceCell::new(),
-                next_partition: AtomicUsize::new(rand::rng().random_range(0..usize::from(
-                    MAX_PARTITIONS,
-                ))),
+                next_partition: AtomicUsize::new(
+                    rand::rng().random_range(0..usize::from(MAX_PARTITIONS)),
+                ),
             }),
         })
     }
@@ -330,8 +330,10 @@ impl Broker {
                 let keys = self.keys();
                 let count = keys.count();
                 let mut conn = self.conn();
-                let recorded: Option<String> =
-                    redis::cmd("GET").arg(keys.layout()).query_async(&mut conn).await?;
+                let recorded: Option<String> = redis::cmd("GET")
+                    .arg(keys.layout())
+                    .query_async(&mut conn)
+                    .await?;
                 let recorded = match recorded {
                     Some(r) => r,
                     None => {
@@ -378,8 +380,10 @@ impl Broker {
         }
         let keys = self.keys();
         let mut conn = self.conn();
-        let recorded: Option<String> =
-            redis::cmd("GET").arg(keys.layout()).query_async(&mut conn).await?;
+        let recorded: Option<String> = redis::cmd("GET")
+            .arg(keys.layout())
+            .query_async(&mut conn)
+            .await?;
         let old: u16 = match recorded {
             Some(r) => r
                 .parse()
@@ -389,8 +393,10 @@ impl Broker {
         let old_keys = Keys::with_partitions(keys.namespace(), old);
         let mut busy = Vec::new();
         for part in old_keys.partitions() {
-            let names: Vec<String> =
-                redis::cmd("SMEMBERS").arg(part.queues()).query_async(&mut conn).await?;
+            let names: Vec<String> = redis::cmd("SMEMBERS")
+                .arg(part.queues())
+                .query_async(&mut conn)
+                .await?;
             for name in names {
                 let qk = part.queue(&name);
                 let (ready, started, delayed): (u64, u64, u64) = redis::pipe()
@@ -479,7 +485,9 @@ impl Broker {
             .enumerate()
             .filter(|(_, (at, _))| !at.is_empty())
             .map(|(p, (at, tasks))| async move {
-                self.enqueue_in(&parts[p], tasks).await.map(|done| (at, done))
+                self.enqueue_in(&parts[p], tasks)
+                    .await
+                    .map(|done| (at, done))
             });
         let mut out: Vec<Option<Enqueued>> = Vec::new();
         for (at, done) in futures::future::try_join_all(calls).await? {
@@ -581,31 +589,38 @@ impl Broker {
 
     /// A queued task's place in its queue (0 = next), `None` when it is not queued.
     ///
-    /// With one partition it is exact. With more it is an estimate: its rank `r` in its own
-    /// partition plus, from every other partition, the smaller of `r` and that partition's
-    /// queued count — the tasks ahead of it when executors drain the partitions evenly, as
-    /// they do (they claim from the partition with the most queued tasks).
+    /// With one partition it is exact. With more it counts, in every other partition, the
+    /// tasks queued before it (ready-set scores are queue times): exact as far as the
+    /// masters' clocks agree and no claim runs between the reads, so an estimate.
     pub async fn position(&self, id: &TaskId, queue: &str) -> Result<Option<u64>> {
         let keys = self.keys();
         let own = keys.of_task(id);
-        let rank: Option<u64> = redis::cmd("ZRANK")
-            .arg(own.queue(queue).ready)
-            .arg(id.as_str())
+        let (rank, score): (Option<u64>, Option<f64>) = redis::pipe()
+            .zrank(own.queue(queue).ready, id.as_str())
+            .zscore(own.queue(queue).ready, id.as_str())
             .query_async(&mut self.conn())
             .await?;
-        let Some(rank) = rank else { return Ok(None) };
+        let (Some(rank), Some(score)) = (rank, score) else {
+            return Ok(None);
+        };
+        let before = format!("({score}");
         let others = keys
             .partitions()
             .iter()
             .filter(|p| p.prefix() != own.prefix())
-            .map(|p| async move {
-                redis::cmd("ZCARD")
-                    .arg(p.queue(queue).ready)
-                    .query_async::<u64>(&mut self.conn())
-                    .await
+            .map(|p| {
+                let before = &before;
+                async move {
+                    redis::cmd("ZCOUNT")
+                        .arg(p.queue(queue).ready)
+                        .arg("-inf")
+                        .arg(before)
+                        .query_async::<u64>(&mut self.conn())
+                        .await
+                }
             });
-        let counts = futures::future::try_join_all(others).await?;
-        Ok(Some(rank + counts.into_iter().map(|c| c.min(rank)).sum::<u64>()))
+        let ahead = futures::future::try_join_all(others).await?;
+        Ok(Some(rank + ahead.into_iter().sum::<u64>()))
     }
 
     /// Extends the lease and records progress. Fails with [`QueueError::LeaseLost`] when the

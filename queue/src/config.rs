@@ -5,6 +5,9 @@
 //! [`QueueSettings::resolve`]; the operator writes the executor's queue list with
 //! [`QueueEntry::format_list`], the inverse of [`QueueEntry::parse_list`]. The defaults live
 //! in [`QueueConfig::named`], so a queue name means the same settings everywhere.
+//!
+//! `PartitionArgs` (with the `http-server` feature) is the `--partitions` flag every
+//! process of a namespace reads the same way.
 
 use std::time::Duration;
 
@@ -216,6 +219,60 @@ impl QueueSettings {
     }
 }
 
+/// The `--partitions` flag (`RAGPOOL_PARTITIONS`) of the API, the executor, the operator and
+/// `ragpool dev`. Every process of a namespace must use the same count: the namespace records
+/// it, and a process configured with another one refuses to work ([`QueueError::Layout`]).
+#[cfg(feature = "http-server")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
+pub struct PartitionArgs {
+    /// Partitions each queue is split into, each its own Redis Cluster hash slot: more
+    /// spreads the load over a cluster's masters, at the cost of one round trip per
+    /// partition for claims, stats and maintenance. Same count on every process of a
+    /// namespace; change it with `ragpool repartition`.
+    #[arg(
+        long,
+        env = "RAGPOOL_PARTITIONS",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=i64::from(crate::keys::MAX_PARTITIONS))
+    )]
+    pub partitions: u16,
+}
+
+#[cfg(feature = "http-server")]
+impl Default for PartitionArgs {
+    fn default() -> Self {
+        PartitionArgs { partitions: 1 }
+    }
+}
+
+#[cfg(feature = "http-server")]
+impl PartitionArgs {
+    /// Sets the count on a broker's configuration.
+    pub fn apply(&self, config: &mut crate::BrokerConfig) {
+        config.partitions = self.partitions;
+    }
+}
+
+/// The start-up check of a process that serves a namespace (the API, an executor): a
+/// partition count that differs from the namespace's is an error to stop on, with
+/// [`QueueError::Layout`]'s message. Redis being unreachable is not: a process starts
+/// without it (and reports 503 or retries), so the check is only logged and happens again
+/// on first use ([`crate::Broker::check_layout`] runs before every first enqueue, claim,
+/// stats and maintenance).
+pub async fn check_layout_at_start(broker: &crate::Broker) -> Result<()> {
+    match broker.check_layout().await {
+        Err(e @ QueueError::Layout { .. }) => Err(e),
+        Err(e) => {
+            tracing::warn!(
+                error = %e,
+                "cannot check the namespace's partition count now; checked again on first use"
+            );
+            Ok(())
+        }
+        Ok(()) => Ok(()),
+    }
+}
+
 /// How a consumer orders its queues when it claims.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -311,5 +368,29 @@ mod tests {
             ..QueueSettings::default()
         };
         assert!(bad.resolve().is_err());
+    }
+
+    #[cfg(feature = "http-server")]
+    #[test]
+    fn partitions_flag_takes_one_to_the_most_and_defaults_to_one() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            partitions: PartitionArgs,
+        }
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied()))
+                .map(|c| c.partitions)
+        };
+        assert_eq!(parse(&[]).unwrap(), PartitionArgs::default());
+        assert_eq!(parse(&["--partitions", "64"]).unwrap().partitions, 64);
+        for bad in ["0", "65", "x"] {
+            let err = parse(&["--partitions", bad]).unwrap_err().to_string();
+            assert!(err.contains("--partitions"), "{bad}: {err}");
+        }
+        let mut config = crate::BrokerConfig::from_url("redis://127.0.0.1:1").unwrap();
+        parse(&["--partitions", "6"]).unwrap().apply(&mut config);
+        assert_eq!(config.partitions, 6);
     }
 }

@@ -10,12 +10,13 @@
 //! free slots fills them in one round trip, each task still its own turn of the claim policy
 //! and its own lease.
 //!
-//! With several partitions (see [`crate::keys`]) a claim is planned first: one read of every
-//! partition's queued counts (side by side), then each turn of the policy takes its queue's
-//! task from the partition holding the most of that queue, and one claim script runs per
-//! partition that got turns, side by side. So priorities and weights hold across queues
-//! whatever partition their tasks landed in, no partition is starved (the fullest is drained
-//! first), and a claim costs two round trips instead of one. Waiting blocks on every
+//! With several partitions (see [`crate::keys`]) a claim is planned first: one read of the
+//! first `k` ready entries of each queue in every partition (side by side), then each turn of
+//! the policy takes its queue's oldest task across the partitions (ready-set scores are queue
+//! times, comparable across partitions), and one claim script runs per partition that got
+//! turns, side by side. So priorities and weights hold across queues, tasks of a queue are
+//! claimed oldest first wherever they landed, no partition is starved, and a claim costs two
+//! round trips instead of one. Waiting blocks on every
 //! partition's wake-up lists at once, one `BLPOP` per partition on a connection of its own
 //! (a cluster cannot block on keys of several slots in one command); a token taken after the
 //! consumer stopped waiting is pushed back for another consumer.
@@ -66,8 +67,6 @@ pub struct Consumer {
     blocking: tokio::sync::Mutex<Option<Conn>>,
     /// With several partitions: the per-partition waiters, started on the first wait.
     watch: tokio::sync::Mutex<Option<Watch>>,
-    /// Which partition wins a tie of queued counts; moves on every planned claim.
-    rotation: std::sync::atomic::AtomicUsize,
 }
 
 /// The per-partition `BLPOP` loops of a consumer with several partitions.
@@ -97,7 +96,6 @@ impl Consumer {
             return Err(QueueError::Config("lease must be at least 100 ms".into()));
         }
         let mut weights = Vec::with_capacity(config.queues.len());
-        let start = rand::random::<u16>() as usize;
         for name in &config.queues {
             weights.push(i64::from(broker.queue(name)?.weight.max(1)));
         }
@@ -108,7 +106,6 @@ impl Consumer {
             config,
             blocking: tokio::sync::Mutex::new(None),
             watch: tokio::sync::Mutex::new(None),
-            rotation: std::sync::atomic::AtomicUsize::new(start),
         })
     }
 
@@ -203,37 +200,49 @@ impl Consumer {
         if parts.len() == 1 {
             return self.claim_in(&parts[0], &order, &firsts, tokens).await;
         }
-        let counts = futures::future::try_join_all(parts.iter().map(|p| self.queued_in(p)))
-            .await?;
-        let start = self
-            .rotation
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let plan = plan_turns(counts, &order, &firsts, start);
+        let k = tokens.len();
+        let heads =
+            futures::future::try_join_all(parts.iter().map(|p| self.heads_in(p, k))).await?;
+        let plan = plan_turns(heads, &order, &firsts);
         let mut tokens = tokens.into_iter();
+        let order = &order;
         let calls = plan
             .iter()
             .enumerate()
             .filter(|(_, turns)| !turns.is_empty())
             .map(|(p, turns)| {
+                let firsts: Vec<usize> = turns.iter().map(|&(_, first)| first).collect();
                 let mine: Vec<String> = tokens.by_ref().take(turns.len()).collect();
-                self.claim_in(&parts[p], &order, turns, mine)
+                async move {
+                    let got = self.claim_in(&parts[p], order, &firsts, mine).await?;
+                    // The i-th task a partition returns is its i-th turn's (fewer when
+                    // another consumer was quicker).
+                    Ok::<_, QueueError>(turns.iter().map(|&(turn, _)| turn).zip(got))
+                }
             })
             .collect::<Vec<_>>();
-        Ok(futures::future::try_join_all(calls)
+        let mut claimed: Vec<(usize, (Value, String))> = futures::future::try_join_all(calls)
             .await?
             .into_iter()
             .flatten()
-            .collect())
+            .collect();
+        // In turn order, as one partition's call would have returned them.
+        claimed.sort_by_key(|&(turn, _)| turn);
+        Ok(claimed.into_iter().map(|(_, c)| c).collect())
     }
 
-    /// How many tasks each of the consumer's queues holds ready in one partition (in
-    /// configuration order).
-    async fn queued_in(&self, part: &Partition) -> Result<Vec<u64>> {
+    /// The scores (queue times) of the first `k` ready tasks of each of the consumer's
+    /// queues in one partition, oldest first (queues in configuration order).
+    async fn heads_in(&self, part: &Partition, k: usize) -> Result<Vec<Vec<f64>>> {
         let mut pipe = redis::pipe();
         for name in &self.config.queues {
-            pipe.zcard(part.queue(name).ready);
+            pipe.zrange_withscores(part.queue(name).ready, 0, k as isize - 1);
         }
-        Ok(pipe.query_async(&mut self.broker.conn()).await?)
+        let heads: Vec<Vec<(String, f64)>> = pipe.query_async(&mut self.broker.conn()).await?;
+        Ok(heads
+            .into_iter()
+            .map(|h| h.into_iter().map(|(_, score)| score).collect())
+            .collect())
     }
 
     /// Runs the claim script once in one partition, for as many turns as `firsts` has (one
@@ -472,30 +481,32 @@ async fn watch_partition(
 
 /// Assigns each turn (its first queue, as a position in `order`) to a partition: the turn
 /// takes the first queue in its preference (its first, then `order`) that holds a ready task
-/// anywhere, from the partition holding most of that queue (ties go to the partition after
-/// `start`, in turn). `counts[p][q]` is partition p's ready count of configured queue q.
-/// Returns, per partition, the turns it got (first-queue positions, in turn order); turns
-/// stop once every queue is empty.
+/// anywhere, and of that queue the oldest head across the partitions. `heads[p][q]` are the
+/// queue times of partition p's first ready tasks of configured queue q, oldest first.
+/// Returns, per partition, the turns it got as (turn number, first-queue position), in turn
+/// order; turns stop once every queue is empty.
 fn plan_turns(
-    mut counts: Vec<Vec<u64>>,
+    heads: Vec<Vec<Vec<f64>>>,
     order: &[usize],
     firsts: &[usize],
-    start: usize,
-) -> Vec<Vec<usize>> {
-    let n = counts.len();
+) -> Vec<Vec<(usize, usize)>> {
+    let n = heads.len();
+    // How many of each partition's heads of each queue are taken by earlier turns.
+    let mut taken: Vec<Vec<usize>> = heads.iter().map(|h| vec![0; h.len()]).collect();
     let mut plan = vec![Vec::new(); n];
-    for &first in firsts {
+    for (turn, &first) in firsts.iter().enumerate() {
         let pick = std::iter::once(first)
             .chain((0..order.len()).filter(|&i| i != first))
             .find_map(|pos| {
                 let q = order[pos];
-                let p = (0..n)
-                    .max_by_key(|&p| (counts[p][q], std::cmp::Reverse((p + n - start % n) % n)))?;
-                (counts[p][q] > 0).then_some((pos, p))
+                (0..n)
+                    .filter_map(|p| heads[p][q].get(taken[p][q]).map(|&t| (t, p)))
+                    .min_by(|a, b| a.0.total_cmp(&b.0))
+                    .map(|(_, p)| (pos, p))
             });
         let Some((pos, p)) = pick else { break };
-        counts[p][order[pos]] -= 1;
-        plan[p].push(pos);
+        taken[p][order[pos]] += 1;
+        plan[p].push((turn, pos));
     }
     plan
 }
@@ -507,24 +518,27 @@ mod tests {
     #[test]
     fn turns_follow_the_policy_across_partitions() {
         // Two partitions, queues 0 (high) and 1 (low); strict order, three turns.
-        let counts = vec![vec![0, 5], vec![2, 0]];
-        let plan = plan_turns(counts, &[0, 1], &[0, 0, 0], 0);
+        let heads = vec![
+            vec![vec![], vec![1.0, 2.0, 3.0]],
+            vec![vec![5.0, 6.0], vec![]],
+        ];
+        let plan = plan_turns(heads, &[0, 1], &[0, 0, 0]);
         // Both high-priority tasks (partition 1) before any low one (partition 0).
-        assert_eq!(plan, vec![vec![1], vec![0, 0]]);
+        assert_eq!(plan, vec![vec![(2, 1)], vec![(0, 0), (1, 0)]]);
     }
 
     #[test]
-    fn the_fullest_partition_goes_first_and_ties_rotate() {
-        let plan = plan_turns(vec![vec![1], vec![3], vec![1]], &[0], &[0, 0], 0);
-        assert_eq!(plan, vec![vec![], vec![0, 0], vec![]]);
-        let a = plan_turns(vec![vec![1], vec![1]], &[0], &[0], 0);
-        let b = plan_turns(vec![vec![1], vec![1]], &[0], &[0], 1);
-        assert_ne!(a, b, "a tie goes to another partition on the next claim");
+    fn the_oldest_head_goes_first_whatever_its_partition() {
+        let heads = vec![vec![vec![2.0, 5.0]], vec![vec![1.0, 3.0]], vec![vec![4.0]]];
+        let plan = plan_turns(heads, &[0], &[0, 0, 0, 0]);
+        // Times 1 (p1), 2 (p0), 3 (p1), 4 (p2).
+        assert_eq!(plan, vec![vec![(1, 0)], vec![(0, 0), (2, 0)], vec![(3, 0)]]);
     }
 
     #[test]
     fn planning_stops_when_every_queue_is_empty() {
-        let plan = plan_turns(vec![vec![0, 1], vec![0, 0]], &[0, 1], &[0, 0, 0], 0);
-        assert_eq!(plan, vec![vec![1], vec![]]);
+        let heads = vec![vec![vec![], vec![7.0]], vec![vec![], vec![]]];
+        let plan = plan_turns(heads, &[0, 1], &[0, 0, 0]);
+        assert_eq!(plan, vec![vec![(0, 1)], vec![]]);
     }
 }

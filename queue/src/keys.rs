@@ -259,7 +259,10 @@ mod tests {
         let keys = Keys::new("ragpool");
         let p = &keys.partitions()[0];
         assert_eq!(p.prefix(), "{ragpool}:");
-        assert_eq!(p.queue("full_query").started, "{ragpool}:q:full_query:active");
+        assert_eq!(
+            p.queue("full_query").started,
+            "{ragpool}:q:full_query:active"
+        );
         assert_eq!(keys.workers(), "{ragpool}:workers");
         let id = p.new_task_id();
         assert_eq!(id.partition(), None);
@@ -271,11 +274,19 @@ mod tests {
         for count in [2u16, 3, 6, 12, MAX_PARTITIONS] {
             let keys = Keys::with_partitions("ragpool", count);
             for p in keys.partitions() {
-                let tag = p.prefix().trim_start_matches('{').split('}').next().unwrap();
+                let tag = p
+                    .prefix()
+                    .trim_start_matches('{')
+                    .split('}')
+                    .next()
+                    .unwrap();
                 let s = u32::from(slot(tag));
                 let i = u32::from(p.index());
                 let c = u32::from(count);
-                assert!(s >= i * SLOTS / c && s < (i + 1) * SLOTS / c, "{tag} slot {s}");
+                assert!(
+                    s >= i * SLOTS / c && s < (i + 1) * SLOTS / c,
+                    "{tag} slot {s}"
+                );
             }
         }
         // Spot values, so a change of tag or hash shows here first.

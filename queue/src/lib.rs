@@ -41,7 +41,11 @@ pub use broker::{
     MAX_ENQUEUE_BATCH, Maintenance, NewTask, OutageClock, ReleaseOutcome, Retry,
 };
 pub use browse::{BulkOutcome, HistorySample, TaskPage, TaskSummary};
-pub use config::{ClaimPolicy, QueueConfig, QueueEntry, QueueSettings, default_queues};
+#[cfg(feature = "http-server")]
+pub use config::PartitionArgs;
+pub use config::{
+    ClaimPolicy, QueueConfig, QueueEntry, QueueSettings, check_layout_at_start, default_queues,
+};
 pub use conn::{RedisTarget, SentinelTarget};
 pub use consumer::{Claimed, Consumer, ConsumerConfig, MAX_CLAIM};
 pub use durability::Durability;

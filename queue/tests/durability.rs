@@ -81,7 +81,7 @@ async fn on_replica(pair: &Pair, broker: &Broker, id: &ragpool_queue::TaskId) ->
         .await
         .unwrap();
     redis::cmd("HGET")
-        .arg(broker.keys().task(&id))
+        .arg(broker.keys().task(id))
         .arg("state")
         .query_async(&mut conn)
         .await

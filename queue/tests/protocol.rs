@@ -262,7 +262,9 @@ async fn reaping_waits_a_lease_after_nobody_was_there(env: Env) {
         TaskState::Queued
     );
 
-    // The first contact after a gap may be a registry beat: it starts the hold as well.
+    // The first contact after a gap may be a registry beat: with one partition it starts the
+    // hold as well; with more, the clocks are the partitions' own and the next maintenance
+    // pass finds the gap, as the beat leaves them alone.
     tokio::time::sleep(lease * 2).await;
     let info = WorkerInfo {
         id: "w".into(),
@@ -276,7 +278,11 @@ async fn reaping_waits_a_lease_after_nobody_was_there(env: Env) {
         draining: false,
     };
     b.beat_worker(&info, lease).await.unwrap();
-    assert!(b.maintain().await.unwrap().held_until_ms.is_some());
+    if b.keys().count() == 1 {
+        assert!(b.maintain().await.unwrap().held_until_ms.is_some());
+    } else {
+        assert!(b.maintain_for(lease).await.unwrap().held_until_ms.is_some());
+    }
 }
 on_both!(outage_hold_t, reaping_waits_a_lease_after_nobody_was_there);
 
@@ -393,7 +399,7 @@ on_both!(permanent_t, permanent_failure);
 /// A task's hash as Redis holds it.
 async fn task_hash(env: &Env, id: &TaskId) -> std::collections::HashMap<String, String> {
     redis::cmd("HGETALL")
-        .arg(env.broker.keys().task(&id))
+        .arg(env.broker.keys().task(id))
         .query_async(&mut redis_conn(env).await)
         .await
         .unwrap()
@@ -598,7 +604,11 @@ on_both!(
 );
 
 /// The wake-up tokens of a queue, over every partition.
-async fn wake_up_tokens(conn: &mut impl redis::aio::ConnectionLike, b: &ragpool_queue::Broker, queue: &str) -> u64 {
+async fn wake_up_tokens(
+    conn: &mut impl redis::aio::ConnectionLike,
+    b: &ragpool_queue::Broker,
+    queue: &str,
+) -> u64 {
     let mut total = 0;
     for part in b.keys().partitions() {
         let n: u64 = redis::cmd("LLEN")

@@ -184,7 +184,7 @@ async fn writes_follow_the_sentinels_before_the_old_primary_is_demoted() {
     };
     let (mut old_conn, mut new_conn) = (open(old).await, open(new).await);
     let holds = |conn: &mut redis::aio::MultiplexedConnection, id: &ragpool_queue::TaskId| {
-        let key = broker.keys().task(&id);
+        let key = broker.keys().task(id);
         let mut conn = conn.clone();
         async move {
             redis::cmd("EXISTS")

@@ -51,7 +51,9 @@ pub struct TaskView {
     pub queue: String,
     #[serde(rename = "status")]
     pub state: TaskState,
-    /// Place in the queue while `queued` (0 = next to be claimed).
+    /// Place in the queue while `queued` (0 = next to be claimed). Exact with one partition;
+    /// with several (`RAGPOOL_PARTITIONS` > 1) an estimate: the tasks queued before it in every
+    /// partition, as far as the Redis masters' clocks agree.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub position: Option<u64>,
     pub progress: Progress,

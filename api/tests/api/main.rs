@@ -8,6 +8,7 @@ mod dashboard;
 mod endpoints;
 mod faults;
 mod hostile;
+mod partitions;
 mod replicated;
 mod support;
 mod wait_events;

@@ -62,6 +62,10 @@ pub struct Args {
     /// Keep the run's directory (logs of every process, Redis's data) instead of deleting it.
     #[arg(long)]
     keep: bool,
+    /// Partitions per queue, passed to every component as `RAGPOOL_PARTITIONS` (default: 6
+    /// on the cluster topology, else 1).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=64))]
+    partitions: Option<u16>,
 }
 
 /// The lease of the run's executors: short, so that kills are recovered quickly, and every
@@ -303,9 +307,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let port = free_port()?;
     let api_url = format!("http://127.0.0.1:{port}");
+    let partitions = args
+        .partitions
+        .unwrap_or(if topology == Topology::Cluster { 6 } else { 1 });
     let mut common = vec![
         ("RAGPOOL_REDIS_URL".to_string(), redis_url.clone()),
         ("RAGPOOL_LOG_FORMAT".to_string(), "json".to_string()),
+        ("RAGPOOL_PARTITIONS".to_string(), partitions.to_string()),
     ];
     if let Some(d) = &args.durability {
         common.push(("RAGPOOL_DURABILITY".into(), d.to_string()));
@@ -362,15 +370,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     let mut broker_config = BrokerConfig::from_url(&redis_url)?;
     broker_config.response_timeout = Duration::from_secs(2);
+    broker_config.partitions = partitions;
     let broker = Broker::connect(broker_config).await?;
-    let follower = tokio::spawn(follow_events(redis_url.clone(), events.clone()));
+    let follower = tokio::spawn(follow_events(redis_url.clone(), partitions, events.clone()));
 
     // The load: evenly spread over the schedule, 64 submissions in flight at most.
     let seen: client::Shared = Arc::default();
     let span = ROUND * rounds as u32;
     println!(
         "chaos: {tasks} tasks over {span:?}, {executors} executors, topology {topology:?}, \
-         durability {}, run directory {}",
+         {partitions} partition(s), durability {}, run directory {}",
         args.durability
             .map_or("(default)".to_string(), |d| d.to_string()),
         system.dir.path().display()
@@ -558,12 +567,13 @@ struct EventLog {
     dropped: Vec<(StreamId, String)>,
 }
 
-/// A stream entry id: milliseconds and sequence number.
-type StreamId = (u64, u64);
+/// A stream entry id (milliseconds and sequence number) and the partition whose stream it is
+/// in: entries of different partitions may share an id.
+type StreamId = (u64, u64, u16);
 
-fn parse_stream_id(id: &str) -> Option<StreamId> {
+fn parse_stream_id(id: &str, partition: u16) -> Option<StreamId> {
     let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
+    Some((ms.parse().ok()?, seq.parse().ok()?, partition))
 }
 
 impl EventLog {
@@ -607,10 +617,15 @@ struct Event {
     released: bool,
 }
 
-/// Reads the events stream from its start as it grows; Redis outages only pause it.
-async fn follow_events(url: String, log: Arc<Mutex<EventLog>>) {
-    let key = ragpool_queue::keys::Keys::new("ragpool").partitions()[0].events();
-    let mut last = "0-0".to_string();
+/// Reads every partition's events stream from its start as it grows; Redis outages only
+/// pause it.
+async fn follow_events(url: String, partitions: u16, log: Arc<Mutex<EventLog>>) {
+    let streams: Vec<String> = ragpool_queue::keys::Keys::with_partitions("ragpool", partitions)
+        .partitions()
+        .iter()
+        .map(|p| p.events())
+        .collect();
+    let mut lasts = vec!["0-0".to_string(); streams.len()];
     // The queue's own connection type: on Sentinel it follows the primary through failovers.
     let Ok(target) = url.parse::<RedisTarget>() else {
         return;
@@ -624,10 +639,10 @@ async fn follow_events(url: String, log: Arc<Mutex<EventLog>>) {
             .take();
         if let Some(ms) = resync {
             let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
-            let dropped = log.entries.split_off(&(ms, 0));
+            let dropped = log.entries.split_off(&(ms, 0, 0));
             log.dropped
                 .extend(dropped.into_iter().map(|(id, (task, _))| (id, task)));
-            last = format!("{}-{}", ms.saturating_sub(1), u64::MAX);
+            lasts.fill(format!("{}-{}", ms.saturating_sub(1), u64::MAX));
             // A new connection asks the sentinels for the primary; the old one may be on the
             // demoted server, which serves its stale data while it resynchronises.
             conn = None;
@@ -635,9 +650,11 @@ async fn follow_events(url: String, log: Arc<Mutex<EventLog>>) {
         if conn.is_none() {
             conn = Conn::open(&target, Some(Duration::from_secs(2))).await.ok();
         }
-        if let Some(c) = conn.as_mut() {
+        let mut full = false;
+        for (partition, (key, last)) in streams.iter().zip(lasts.iter_mut()).enumerate() {
+            let Some(c) = conn.as_mut() else { break };
             let reply: redis::RedisResult<StreamRangeReply> = redis::cmd("XRANGE")
-                .arg(&key)
+                .arg(key)
                 .arg(format!("({last}"))
                 .arg("+")
                 .arg("COUNT")
@@ -648,10 +665,11 @@ async fn follow_events(url: String, log: Arc<Mutex<EventLog>>) {
                 Ok(reply) => {
                     let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
                     for entry in &reply.ids {
-                        last = entry.id.clone();
+                        *last = entry.id.clone();
                         log.read += 1;
                         let field = |name: &str| entry.get::<String>(name);
-                        let (Some(id), Some(at)) = (field("id"), parse_stream_id(&entry.id)) else {
+                        let at = parse_stream_id(&entry.id, partition as u16);
+                        let (Some(id), Some(at)) = (field("id"), at) else {
                             continue;
                         };
                         let event = Event {
@@ -662,16 +680,16 @@ async fn follow_events(url: String, log: Arc<Mutex<EventLog>>) {
                         };
                         log.entries.insert(at, (id, event));
                     }
-                    if reply.ids.len() == 5000 {
-                        continue;
-                    }
+                    full |= reply.ids.len() == 5000;
                 }
                 // A single server's connection reconnects by itself, a Sentinel one asks the
                 // sentinels again; a new one is opened only to be sure.
                 Err(_) => conn = None,
             }
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if !full {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 }
 
@@ -696,7 +714,7 @@ impl Promise {
     /// answering, and `replicated` waits for a replica; under `local` with replicas, a
     /// failover may promote a replica that had not received the last changes.
     fn survives_failovers(self) -> bool {
-        self.topology == Topology::Single || self.durability == Durability::Replicated
+        self.topology != Topology::Sentinel || self.durability == Durability::Replicated
     }
 
     fn describe(self) -> String {
@@ -705,6 +723,7 @@ impl Promise {
             match self.topology {
                 Topology::Single => "single",
                 Topology::Sentinel => "Sentinel",
+                Topology::Cluster => "cluster",
             },
             self.durability
         )

@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use ragpool_queue::testing::{RedisSentinel, RedisServer, ServerOptions};
+use ragpool_queue::testing::{RedisCluster, RedisSentinel, RedisServer, ServerOptions};
 use tokio::process::{Child, Command};
 
 /// How Redis is deployed for the run.
@@ -22,13 +22,22 @@ pub enum Topology {
     /// A primary and one replica, both with an append-only file (`appendfsync always`),
     /// watched by three `redis-server --sentinel`; components get a `redis+sentinel://` URL.
     Sentinel,
+    /// A Redis Cluster of three masters without replicas, each with an append-only file
+    /// (`appendfsync always`); components get the three node URLs and every queue is split
+    /// into partitions (`--partitions`, 6 by default here) spread over the masters.
+    Cluster,
 }
 
 /// The Redis of a run. A topology adds a variant here and its own way to fail.
 pub enum Redis {
     Single(RedisServer),
     Sentinel(RedisSentinel),
+    Cluster(RedisCluster),
 }
+
+/// The master of a cluster run that the schedule kills: one of three, holding a third of
+/// the partitions.
+const KILLED_MASTER: usize = 1;
 
 /// Both topologies persist every write before answering, so a restarted server has every
 /// write it acknowledged: on a single server that makes a SIGKILL lossless, and on Sentinel
@@ -49,6 +58,10 @@ impl Redis {
                 RedisSentinel::start_with(PERSISTENT)
                     .context("starting a primary, a replica and three sentinels")?,
             )),
+            Topology::Cluster => Ok(Redis::Cluster(
+                RedisCluster::start_with(3, PERSISTENT)
+                    .context("starting a Redis Cluster of three masters")?,
+            )),
         }
     }
 
@@ -57,14 +70,19 @@ impl Redis {
         match self {
             Redis::Single(s) => s.url(),
             Redis::Sentinel(s) => s.url(),
+            Redis::Cluster(c) => c.urls().join(","),
         }
     }
 
     /// SIGKILLs the server; on Sentinel, the primary, and returns once the sentinels have
-    /// promoted the replica.
+    /// promoted the replica; on a cluster, one master (its partitions are away until it is
+    /// back).
     pub fn kill(&mut self) -> anyhow::Result<()> {
         match self {
             Redis::Single(s) => s.kill().context("killing redis-server"),
+            Redis::Cluster(c) => c.nodes()[KILLED_MASTER]
+                .kill()
+                .context("killing a cluster master"),
             Redis::Sentinel(s) => s
                 .kill_primary()
                 .map(drop)
@@ -80,6 +98,13 @@ impl Redis {
             Redis::Sentinel(s) => s
                 .restart_former_primary()
                 .context("restarting the former primary as a replica"),
+            Redis::Cluster(c) => {
+                c.nodes()[KILLED_MASTER]
+                    .start_again()
+                    .context("restarting the cluster master")?;
+                c.wait_until_ok()
+                    .context("waiting for the cluster to serve every slot again")
+            }
         }
     }
 
@@ -87,7 +112,9 @@ impl Redis {
     /// primary as its replica.
     pub fn failover(&mut self) -> anyhow::Result<()> {
         match self {
-            Redis::Single(_) => bail!("a single server cannot fail over"),
+            Redis::Single(_) | Redis::Cluster(_) => {
+                bail!("only the Sentinel topology has a replica to fail over to")
+            }
             Redis::Sentinel(s) => s.failover().map(drop).context("SENTINEL FAILOVER"),
         }
     }

@@ -181,6 +181,16 @@ Kubernetes' $(VAR) expansion, so it never appears in a manifest. */}}
 - name: RAGPOOL_DURABILITY
   value: replicated
 {{- end }}
+{{- include "ragpool.partitionsEnv" . }}
+{{- end -}}
+
+{{/* RAGPOOL_PARTITIONS when redis.partitions is not 1 (every process's default). */}}
+{{- define "ragpool.partitionsEnv" -}}
+{{- $partitions := int (.Values.redis.partitions | default 1) }}
+{{- if ne $partitions 1 }}
+- name: RAGPOOL_PARTITIONS
+  value: {{ $partitions | quote }}
+{{- end }}
 {{- end -}}
 
 {{/* Volumes every ragpool pod gets: a scratch /tmp on a read-only root filesystem. */}}
