@@ -68,6 +68,11 @@ pub struct Args {
 
 /// Runs the measurement and prints its tables.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let max = ragpool_queue::keys::MAX_PARTITIONS;
+    ensure!(
+        (1..=max).contains(&args.partitions),
+        "--partitions must be between 1 and {max}"
+    );
     ensure!(args.tasks > 0, "--tasks must be at least 1");
     ensure!(args.clients > 0, "--clients must be at least 1");
     ensure!(args.consumers > 0, "--consumers must be at least 1");
@@ -370,9 +375,18 @@ struct NodeStats {
     memory_growth: i64,
 }
 
-/// Counters read from one master at one moment.
-#[derive(Debug, Clone, Copy)]
+/// The counters of this process and every master at one moment.
+#[derive(Debug, Clone)]
 struct Snapshot {
+    /// CPU seconds of this process.
+    client_cpu: f64,
+    /// In node order.
+    masters: Vec<MasterCounters>,
+}
+
+/// Counters read from one master.
+#[derive(Debug, Clone, Copy)]
+struct MasterCounters {
     cpu: f64,
     script_calls: u64,
     calls: u64,
@@ -409,7 +423,8 @@ impl Topology {
                 partitions: Vec::new(),
             });
         }
-        let ranges = slot_ranges(&mut nodes[0].conn).await?;
+        let first = nodes.first_mut().context("a cluster without nodes")?;
+        let ranges = slot_ranges(&mut first.conn).await?;
         for partition in broker.keys().partitions() {
             let slot = ragpool_queue::keys::slot(hash_tag(partition.prefix()));
             let port = ranges
@@ -469,7 +484,12 @@ impl Topology {
         );
 
         let mut nodes = Vec::with_capacity(self.nodes.len());
-        for ((node, before), after) in self.nodes.iter().zip(&start).zip(&after_drain) {
+        let counters = self
+            .nodes
+            .iter()
+            .zip(&start.masters)
+            .zip(&after_drain.masters);
+        for ((node, before), after) in counters {
             let mut conn = node.conn.clone();
             let keys: i64 = redis::cmd("DBSIZE").query_async(&mut conn).await?;
             nodes.push(NodeStats {
@@ -491,18 +511,17 @@ impl Topology {
     async fn timed(
         &self,
         work: impl std::future::Future<Output = anyhow::Result<()>>,
-    ) -> anyhow::Result<(Duration, Vec<Snapshot>)> {
+    ) -> anyhow::Result<(Duration, Snapshot)> {
         let started = Instant::now();
         work.await?;
         let wall = started.elapsed();
         Ok((wall, self.snapshot().await?))
     }
 
-    /// The counters of every master, and in each the CPU time of this process as of the
-    /// same moment (the first master's entry carries it; see [`phase`]).
-    async fn snapshot(&self) -> anyhow::Result<Vec<Snapshot>> {
-        let client = cpu_seconds(std::process::id())?;
-        let mut out = Vec::with_capacity(self.nodes.len());
+    /// This process's CPU time and every master's counters, read one after the other.
+    async fn snapshot(&self) -> anyhow::Result<Snapshot> {
+        let client_cpu = cpu_seconds(std::process::id())?;
+        let mut masters = Vec::with_capacity(self.nodes.len());
         for node in &self.nodes {
             let mut conn = node.conn.clone();
             let stats: String = redis::cmd("INFO")
@@ -514,7 +533,7 @@ impl Topology {
                 .query_async(&mut conn)
                 .await?;
             let (script_calls, calls) = command_calls(&stats);
-            out.push(Snapshot {
+            masters.push(MasterCounters {
                 cpu: cpu_seconds(node.pid)?,
                 script_calls,
                 calls,
@@ -523,14 +542,10 @@ impl Topology {
                     .context("INFO memory without used_memory")?,
             });
         }
-        // The client's CPU rides along as an extra entry after the masters.
-        out.push(Snapshot {
-            cpu: client,
-            script_calls: 0,
-            calls: 0,
-            used_memory: 0,
-        });
-        Ok(out)
+        Ok(Snapshot {
+            client_cpu,
+            masters,
+        })
     }
 
     /// `MEMORY USAGE` of every partition's events stream, added up.
@@ -562,18 +577,16 @@ impl Topology {
     }
 }
 
-/// The phase between two snapshots (the last entry of each is the client's CPU).
-fn phase(wall: Duration, before: &[Snapshot], after: &[Snapshot]) -> Phase {
-    let masters = before.len().saturating_sub(1);
-    let server_cpu = (0..masters).map(|i| after[i].cpu - before[i].cpu).collect();
-    let scripts = (0..masters)
-        .map(|i| after[i].script_calls - before[i].script_calls)
-        .sum();
+/// The phase between two snapshots.
+fn phase(wall: Duration, before: &Snapshot, after: &Snapshot) -> Phase {
+    let masters = || before.masters.iter().zip(&after.masters);
     Phase {
         wall,
-        server_cpu,
-        client_cpu: after[masters].cpu - before[masters].cpu,
-        scripts,
+        server_cpu: masters().map(|(b, a)| a.cpu - b.cpu).collect(),
+        client_cpu: after.client_cpu - before.client_cpu,
+        scripts: masters()
+            .map(|(b, a)| a.script_calls - b.script_calls)
+            .sum(),
     }
 }
 
