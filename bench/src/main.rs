@@ -4,6 +4,7 @@
 //! is divided by. Absolute numbers depend on the machine; the ratios are what to compare.
 
 mod chaos;
+mod cluster;
 mod dashboard;
 mod durability;
 mod enqueue;
@@ -43,6 +44,9 @@ enum Command {
     Latency(latency::Args),
     /// `--durability replicated` (WAIT 1 after each change) against `local`, same run.
     Durability(durability::Args),
+    /// One Redis Cluster master against three, same partition count: enqueue and drain
+    /// throughput, CPU per process, each master's share.
+    Cluster(cluster::Args),
     /// The executor, latency and enqueue sections in one table.
     All(AllArgs),
 }
@@ -68,6 +72,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Durability(args) => durability::run(args).await,
         Command::Enqueue(args) => enqueue::run(args).await,
         Command::Chaos(args) => chaos::run(args).await,
+        Command::Cluster(args) => cluster::run(args).await,
         Command::Executor(args) => executor::run(args).await,
         Command::Latency(args) => latency::run(args).await,
         Command::All(args) => {

@@ -116,8 +116,8 @@ pub enum HarnessError {
     /// No free port pair was found for a new server.
     #[error("no free loopback port found after {0} tries")]
     NoFreePort(usize),
-    /// A cluster needs at least three masters.
-    #[error("a Redis Cluster needs at least 3 masters, {0} requested")]
+    /// A cluster needs at least one master.
+    #[error("a Redis Cluster needs at least 1 master, {0} requested")]
     TooFewMasters(usize),
     /// `redis-cli --cluster create` failed.
     #[error("redis-cli --cluster create failed ({status}):\n{output}")]

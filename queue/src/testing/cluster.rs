@@ -1,4 +1,9 @@
 //! A Redis Cluster of N masters without replicas, each node a [`RedisServer`].
+//!
+//! Three or more masters are joined by `redis-cli --cluster create`, as an operator would.
+//! That tool refuses fewer than three, so one or two masters get their slots directly
+//! (`CLUSTER ADDSLOTSRANGE`, then `CLUSTER MEET`): a one-master cluster is the baseline a
+//! benchmark compares more masters against, with the same client code paths.
 
 use std::fs::File;
 use std::io;
@@ -14,6 +19,9 @@ const CREATE_TIMEOUT: Duration = Duration::from_secs(30);
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(30);
 const CREATE_LOG: &str = "cluster-create.log";
 const SLOTS: &str = "16384";
+const SLOT_COUNT: usize = 16384;
+/// `redis-cli --cluster create` needs this many masters; fewer get their slots directly.
+const CREATE_MIN_MASTERS: usize = 3;
 
 /// N master nodes on 127.0.0.1 that together serve all 16384 slots. Dropping it kills every
 /// node.
@@ -23,14 +31,15 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
-    /// Starts `masters` (at least 3) nodes without persistence and joins them into a cluster.
+    /// Starts `masters` (at least 1) nodes without persistence and joins them into a cluster
+    /// whose slots are split evenly among them.
     pub fn start(masters: usize) -> Result<RedisCluster, HarnessError> {
         Self::start_with(masters, ServerOptions::default())
     }
 
     /// Like [`start`](Self::start), with `opts` for every node (`cluster` is always on).
     pub fn start_with(masters: usize, opts: ServerOptions) -> Result<RedisCluster, HarnessError> {
-        if masters < 3 {
+        if masters == 0 {
             return Err(HarnessError::TooFewMasters(masters));
         }
         let opts = ServerOptions {
@@ -41,7 +50,11 @@ impl RedisCluster {
             .map(|_| RedisServer::start_with(opts))
             .collect::<Result<Vec<_>, _>>()?;
         let cluster = RedisCluster { nodes };
-        cluster.create()?;
+        if masters >= CREATE_MIN_MASTERS {
+            cluster.create()?;
+        } else {
+            cluster.assign_slots()?;
+        }
         cluster.wait_until_ok()?;
         Ok(cluster)
     }
@@ -77,6 +90,26 @@ impl RedisCluster {
                         && field("cluster_known_nodes") == Some(expected_nodes.as_str()))
                 },
             )?;
+        }
+        Ok(())
+    }
+
+    /// Gives node `i` of `n` the slots `i·16384/n ..= (i+1)·16384/n − 1` and introduces every
+    /// other node to the first; gossip does the rest, which [`wait_until_ok`](Self::wait_until_ok)
+    /// waits for.
+    fn assign_slots(&self) -> Result<(), HarnessError> {
+        let count = self.nodes.len();
+        let Some(first) = self.nodes.first() else {
+            return Err(HarnessError::TooFewMasters(0));
+        };
+        for (i, node) in self.nodes.iter().enumerate() {
+            let low = (i * SLOT_COUNT / count).to_string();
+            let high = ((i + 1) * SLOT_COUNT / count - 1).to_string();
+            ok(node.port(), &["CLUSTER", "ADDSLOTSRANGE", &low, &high])?;
+        }
+        let first_port = first.port().to_string();
+        for node in &self.nodes[1..] {
+            ok(node.port(), &["CLUSTER", "MEET", "127.0.0.1", &first_port])?;
         }
         Ok(())
     }
@@ -138,5 +171,81 @@ impl RedisCluster {
                 "redis-cli --cluster create; output:\n{output}"
             ))),
         }
+    }
+}
+
+/// Sends `command` to the node on `port` and expects `+OK`.
+fn ok(port: u16, command: &[&str]) -> Result<(), HarnessError> {
+    let reply = Conn::open(port)
+        .and_then(|mut conn| conn.call(command))
+        .map_err(HarnessError::io(format!(
+            "sending {} to cluster node on port {port}",
+            command.join(" ")
+        )))?;
+    match reply {
+        Reply::Simple(s) if s == "OK" => Ok(()),
+        other => Err(HarnessError::Protocol {
+            port,
+            reply: format!("{} answered {other}", command.join(" ")),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `CLUSTER SLOTS` as seen from the node on `port`: (first slot, last slot, port serving
+    /// them), sorted by first slot.
+    fn slot_ranges(port: u16) -> Vec<(i64, i64, i64)> {
+        let reply = Conn::open(port)
+            .and_then(|mut c| c.call(&["CLUSTER", "SLOTS"]))
+            .expect("CLUSTER SLOTS answers");
+        let Reply::Array(Some(ranges)) = reply else {
+            panic!("CLUSTER SLOTS answered {reply}");
+        };
+        let mut out: Vec<(i64, i64, i64)> = ranges
+            .iter()
+            .map(|range| match range {
+                Reply::Array(Some(items)) => match items.as_slice() {
+                    [
+                        Reply::Integer(low),
+                        Reply::Integer(high),
+                        Reply::Array(Some(master)),
+                        ..,
+                    ] => match master.get(1) {
+                        Some(Reply::Integer(port)) => (*low, *high, *port),
+                        other => panic!("no master port in {range}: {other:?}"),
+                    },
+                    _ => panic!("unexpected slot range {range}"),
+                },
+                other => panic!("unexpected slot range {other}"),
+            })
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    #[test]
+    fn one_and_two_masters_split_the_slots_evenly() {
+        for masters in [1, 2] {
+            let cluster = RedisCluster::start(masters).expect("cluster starts");
+            let ports: Vec<i64> = cluster.nodes.iter().map(|n| i64::from(n.port())).collect();
+            let expected: Vec<(i64, i64, i64)> = match masters {
+                1 => vec![(0, 16383, ports[0])],
+                _ => vec![(0, 8191, ports[0]), (8192, 16383, ports[1])],
+            };
+            for node in &cluster.nodes {
+                assert_eq!(slot_ranges(node.port()), expected, "{masters} masters");
+            }
+        }
+    }
+
+    #[test]
+    fn no_masters_is_refused() {
+        assert!(matches!(
+            RedisCluster::start(0),
+            Err(HarnessError::TooFewMasters(0))
+        ));
     }
 }
