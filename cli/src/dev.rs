@@ -216,7 +216,7 @@ fn api_config(args: &DevArgs, redis_url: &str) -> anyhow::Result<ApiConfig> {
         config: ApiConfig,
     }
     let listen = args.listen.to_string();
-    let partitions = args.partitions.partitions.to_string();
+    let partitions = args.partitions.as_arg();
     let argv = [
         "ragpool-api",
         "--redis-url",
@@ -254,7 +254,7 @@ fn executor_settings(
         "--drain-seconds".into(),
         args.drain_seconds.to_string().into(),
         "--partitions".into(),
-        args.partitions.partitions.to_string().into(),
+        args.partitions.as_arg().into(),
     ];
     if let Some(docs) = docs {
         argv.push("--docs".into());

@@ -82,7 +82,10 @@ pub async fn explain(args: ExplainArgs) -> anyhow::Result<()> {
         None => from_cluster(&args).await?,
     };
     let redis = &mut target.pool.spec.redis;
-    redis.partitions = Some(i32::from(redis.partition_count(args.partitions.partitions)));
+    // As the operator fills it in: a pool without a count gets the operator's, unless that
+    // is `auto` too, which the observation resolves as the executors do.
+    let count = redis.partition_count(args.partitions.partitions);
+    redis.partitions = (count != ragpool_queue::AUTO_PARTITIONS).then_some(i32::from(count));
     if let Err(invalid) = target.pool.spec.validate() {
         bail!("the operator would not scale this pool: {invalid}");
     }

@@ -123,7 +123,8 @@ pub struct Context {
     /// The time a pass stamps on conditions and decisions; [`now`] outside tests.
     clock: Box<dyn Fn() -> Time + Send + Sync>,
     /// The partition count of a pool that leaves `spec.redis.partitions` unset (the
-    /// operator's `--partitions`).
+    /// operator's `--partitions`; `auto` leaves it to the executors and the observation, which
+    /// resolve it the same way).
     default_partitions: u16,
 }
 
@@ -141,7 +142,7 @@ impl Context {
             metrics,
             memory: Mutex::new(HashMap::new()),
             clock: Box::new(now),
-            default_partitions: 1,
+            default_partitions: ragpool_queue::AUTO_PARTITIONS,
         }
     }
 
@@ -154,7 +155,9 @@ impl Context {
     /// The pool as a pass renders and observes it: with the default partition count filled
     /// in when the pool leaves it unset, so its executors and the observation agree.
     fn with_defaults(&self, pool: Arc<RagWorkerPool>) -> Arc<RagWorkerPool> {
-        if pool.spec.redis.partitions.is_some() || self.default_partitions == 1 {
+        if pool.spec.redis.partitions.is_some()
+            || self.default_partitions == ragpool_queue::AUTO_PARTITIONS
+        {
             return pool;
         }
         let mut pool = Arc::unwrap_or_clone(pool);
@@ -1033,10 +1036,17 @@ mod tests {
 
     #[tokio::test]
     async fn executors_get_the_partition_count_the_pool_is_observed_with() {
-        // Neither the pool nor the operator sets one: nothing is written, 1 is observed.
+        // Neither the pool nor the operator sets one: nothing is written, and the executors
+        // and the observation both resolve `auto` (0) themselves.
+        let auto = ragpool_queue::AUTO_PARTITIONS;
+        assert_eq!(
+            partitions_of_a_new_pool(pool(spec()), auto).await,
+            (None, vec![auto])
+        );
+        // An operator set to 1 writes it: the executors' own default is `auto`.
         assert_eq!(
             partitions_of_a_new_pool(pool(spec()), 1).await,
-            (None, vec![1])
+            (Some("1".into()), vec![1])
         );
         // The pool's own count wins over the operator's.
         let mut s = spec();

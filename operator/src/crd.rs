@@ -126,7 +126,9 @@ pub struct RedisSpec {
     /// more spreads the load over a cluster's masters, at one round trip per partition for
     /// claims and stats. Every process of the namespace must use the same count, so set the
     /// API's `RAGPOOL_PARTITIONS` to the same; change it with `ragpool repartition`. Unset:
-    /// the operator's own `--partitions`.
+    /// the operator's own `--partitions`, whose default `auto` takes the namespace's recorded
+    /// count (for a new namespace: 1 on a single Redis or Sentinel, 2 per master on a
+    /// cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 64))]
     pub partitions: Option<i32>,

@@ -92,7 +92,11 @@ impl FakeObserver {
 impl Observer for FakeObserver {
     async fn observe(&self, pool: &RagWorkerPool) -> Result<Observation, ObserveError> {
         if let Ok(mut seen) = self.partitions.lock() {
-            seen.push(pool.spec.redis.partition_count(1));
+            seen.push(
+                pool.spec
+                    .redis
+                    .partition_count(ragpool_queue::AUTO_PARTITIONS),
+            );
         }
         let mut script = self
             .script

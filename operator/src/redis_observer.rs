@@ -54,7 +54,12 @@ impl Observer for RedisObserver {
     async fn observe(&self, pool: &RagWorkerPool) -> Result<Observation, ObserveError> {
         let url = redis_url::resolve(&self.client, pool).await?;
         let broker = self
-            .broker(&url, pool.spec.redis.partition_count(1))
+            .broker(
+                &url,
+                pool.spec
+                    .redis
+                    .partition_count(ragpool_queue::AUTO_PARTITIONS),
+            )
             .await?;
         observe_queues(&broker, &pool.spec.queue_names()).await
     }

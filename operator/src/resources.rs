@@ -90,10 +90,11 @@ pub fn settings(pool: &RagWorkerPool) -> BTreeMap<String, String> {
     if let Some(durability) = spec.redis.durability {
         set("RAGPOOL_DURABILITY", durability.as_str().into());
     }
-    // Only a count other than the executor's default is written, so pools that never set
-    // one keep their settings (and their pods) as they were.
-    let partitions = spec.redis.partition_count(1);
-    if partitions != 1 {
+    // Only a count the pool (or the operator's `--partitions`) gives is written; without
+    // one the executors use `auto`, as the operator's observation does, so pools that never
+    // set one keep their settings (and their pods) as they were.
+    let partitions = spec.redis.partition_count(ragpool_queue::AUTO_PARTITIONS);
+    if partitions != ragpool_queue::AUTO_PARTITIONS {
         set("RAGPOOL_PARTITIONS", partitions.to_string());
     }
     env.extend(backend_settings(pool));
@@ -683,13 +684,16 @@ mod tests {
     #[test]
     fn a_partition_count_reaches_the_executors_and_rolls_them() {
         let one = pool(spec());
-        assert!(!settings(&one).contains_key("RAGPOOL_PARTITIONS"));
+        assert!(
+            !settings(&one).contains_key("RAGPOOL_PARTITIONS"),
+            "unset: the executors resolve `auto` themselves"
+        );
         let mut s = spec();
         s.redis.partitions = Some(1);
         assert_eq!(
-            settings(&pool(s.clone())),
-            settings(&one),
-            "an explicit 1 is the default: nothing changes"
+            settings(&pool(s.clone())).get("RAGPOOL_PARTITIONS"),
+            Some(&"1".to_string()),
+            "an explicit 1 is written: the executors' default is `auto`"
         );
         s.redis.partitions = Some(6);
         let six = pool(s);

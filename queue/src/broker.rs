@@ -25,6 +25,16 @@ use crate::task::{Progress, Task, TaskError, TaskId};
 /// for a busy replica and still answers a client well inside its patience.
 pub const DEFAULT_REPLICATION_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// [`BrokerConfig::partitions`] meaning "choose for me": the namespace's recorded count, and
+/// for a new namespace 1 on a single server or Sentinel, [`PARTITIONS_PER_MASTER`] per master
+/// on a cluster (counted when the broker connects).
+pub const AUTO_PARTITIONS: u16 = 0;
+
+/// Partitions per master of a new namespace on a cluster under [`AUTO_PARTITIONS`]: two, so
+/// each master holds more than one (a reshard can move one whole) while claims and stats
+/// read few.
+pub const PARTITIONS_PER_MASTER: u16 = 2;
+
 /// How to reach Redis and which queues exist.
 #[derive(Debug, Clone)]
 pub struct BrokerConfig {
@@ -43,6 +53,9 @@ pub struct BrokerConfig {
     /// How many partitions every queue is split into (see [`crate::keys`]): 1 keeps all keys
     /// under one hash tag; on Redis Cluster, a few per master spread the load over them.
     /// Every process of a namespace must use the same count; the first records it.
+    /// [`AUTO_PARTITIONS`] (the default) takes the namespace's recorded count, and for a new
+    /// namespace 1 on a single server or Sentinel, [`PARTITIONS_PER_MASTER`] per master on a
+    /// cluster.
     pub partitions: u16,
 }
 
@@ -56,7 +69,7 @@ impl BrokerConfig {
             response_timeout: Duration::from_secs(5),
             durability: Durability::Local,
             replication_timeout: DEFAULT_REPLICATION_TIMEOUT,
-            partitions: 1,
+            partitions: AUTO_PARTITIONS,
         }
     }
 
@@ -221,7 +234,7 @@ impl Broker {
     /// Validates the configuration and prepares a connection. For a single server nothing is
     /// sent yet, so a broker can be built while Redis is down; for a cluster the topology is
     /// read now.
-    pub async fn connect(config: BrokerConfig) -> Result<Broker> {
+    pub async fn connect(mut config: BrokerConfig) -> Result<Broker> {
         let mut queues = HashMap::new();
         for q in &config.queues {
             q.validate()?;
@@ -237,9 +250,9 @@ impl Broker {
                 "namespace must be non-empty and free of braces".into(),
             ));
         }
-        if config.partitions == 0 || config.partitions > MAX_PARTITIONS {
+        if config.partitions > MAX_PARTITIONS {
             return Err(QueueError::Config(format!(
-                "partitions must be between 1 and {MAX_PARTITIONS}, got {}",
+                "partitions must be between 1 and {MAX_PARTITIONS} (or auto), got {}",
                 config.partitions
             )));
         }
@@ -263,6 +276,9 @@ impl Broker {
             }
         }
         let conn = Conn::open(&config.target, Some(config.response_timeout)).await?;
+        if config.partitions == AUTO_PARTITIONS {
+            config.partitions = auto_partitions(&conn, &config).await?;
+        }
         Ok(Broker {
             inner: Arc::new(Inner {
                 conn,
@@ -1209,6 +1225,55 @@ impl Broker {
     ) -> Result<crate::consumer::Consumer> {
         crate::consumer::Consumer::new(self.clone(), config).await
     }
+}
+
+/// What [`AUTO_PARTITIONS`] stands for: see there. Only a cluster is asked (its topology is
+/// read at connect anyway); a single server may be down when a broker is built.
+async fn auto_partitions(conn: &Conn, config: &BrokerConfig) -> Result<u16> {
+    if !config.target.cluster {
+        return Ok(1);
+    }
+    let mut conn = conn.clone();
+    let keys = Keys::new(&config.namespace);
+    let recorded: Option<String> = redis::cmd("GET")
+        .arg(keys.layout())
+        .query_async(&mut conn)
+        .await?;
+    if let Some(r) = recorded {
+        return r
+            .parse::<u16>()
+            .ok()
+            .filter(|n| (1..=MAX_PARTITIONS).contains(n))
+            .ok_or_else(|| QueueError::Corrupt(format!("recorded partition count {r:?}")));
+    }
+    let slots: Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query_async(&mut conn)
+        .await?;
+    let masters = masters_of(&slots).len().max(1) as u16;
+    Ok((masters * PARTITIONS_PER_MASTER).min(MAX_PARTITIONS))
+}
+
+/// The masters (`host:port`) a `CLUSTER SLOTS` reply names: each range is `[start, end,
+/// [host, port, id…], replicas…]`.
+fn masters_of(slots: &Value) -> BTreeSet<String> {
+    let Value::Array(ranges) = slots else {
+        return BTreeSet::new();
+    };
+    ranges
+        .iter()
+        .filter_map(|range| match range {
+            Value::Array(parts) => match parts.get(2) {
+                Some(Value::Array(node)) if node.len() >= 2 => Some(format!(
+                    "{}:{}",
+                    decode::scalar(&node[0]).ok()?,
+                    decode::scalar(&node[1]).ok()?
+                )),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
 }
 
 pub(crate) fn millis(d: Duration) -> u64 {

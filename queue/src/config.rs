@@ -227,26 +227,51 @@ impl QueueSettings {
 pub struct PartitionArgs {
     /// Partitions each queue is split into, each its own Redis Cluster hash slot: more
     /// spreads the load over a cluster's masters, at the cost of one round trip per
-    /// partition for claims, stats and maintenance. Same count on every process of a
-    /// namespace; change it with `ragpool repartition`.
+    /// partition for claims, stats and maintenance. `auto`: the namespace's recorded count;
+    /// for a new namespace 1 on a single Redis or Sentinel, 2 per master on a cluster. Same
+    /// count on every process of a namespace; change it with `ragpool repartition`.
     #[arg(
         long,
         env = "RAGPOOL_PARTITIONS",
-        default_value_t = 1,
-        value_parser = clap::value_parser!(u16).range(1..=i64::from(crate::keys::MAX_PARTITIONS))
+        default_value = "auto",
+        value_parser = parse_partitions
     )]
     pub partitions: u16,
+}
+
+/// `auto` ([`crate::AUTO_PARTITIONS`]) or a count from 1 to [`crate::keys::MAX_PARTITIONS`].
+#[cfg(feature = "http-server")]
+fn parse_partitions(s: &str) -> std::result::Result<u16, String> {
+    let max = crate::keys::MAX_PARTITIONS;
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(crate::AUTO_PARTITIONS);
+    }
+    s.parse::<u16>()
+        .ok()
+        .filter(|n| (1..=max).contains(n))
+        .ok_or_else(|| format!("expected auto or a count from 1 to {max}, got {s:?}"))
 }
 
 #[cfg(feature = "http-server")]
 impl Default for PartitionArgs {
     fn default() -> Self {
-        PartitionArgs { partitions: 1 }
+        PartitionArgs {
+            partitions: crate::AUTO_PARTITIONS,
+        }
     }
 }
 
 #[cfg(feature = "http-server")]
 impl PartitionArgs {
+    /// The flag's value as it is written: `auto` or the count.
+    pub fn as_arg(&self) -> String {
+        if self.partitions == crate::AUTO_PARTITIONS {
+            "auto".into()
+        } else {
+            self.partitions.to_string()
+        }
+    }
+
     /// Sets the count on a broker's configuration.
     pub fn apply(&self, config: &mut crate::BrokerConfig) {
         config.partitions = self.partitions;
@@ -372,7 +397,7 @@ mod tests {
 
     #[cfg(feature = "http-server")]
     #[test]
-    fn partitions_flag_takes_one_to_the_most_and_defaults_to_one() {
+    fn partitions_flag_takes_one_to_the_most_and_defaults_to_auto() {
         use clap::Parser;
         #[derive(Parser)]
         struct Cli {
@@ -384,6 +409,11 @@ mod tests {
                 .map(|c| c.partitions)
         };
         assert_eq!(parse(&[]).unwrap(), PartitionArgs::default());
+        assert_eq!(parse(&[]).unwrap().partitions, crate::AUTO_PARTITIONS);
+        assert_eq!(
+            parse(&["--partitions", "Auto"]).unwrap().partitions,
+            crate::AUTO_PARTITIONS
+        );
         assert_eq!(parse(&["--partitions", "64"]).unwrap().partitions, 64);
         for bad in ["0", "65", "x"] {
             let err = parse(&["--partitions", bad]).unwrap_err().to_string();

@@ -38,7 +38,7 @@ pub mod task;
 pub mod testing;
 
 pub use broker::{
-    Broker, BrokerConfig, CancelOutcome, Enqueued, FailOutcome, Heartbeat, Lease,
+    AUTO_PARTITIONS, Broker, BrokerConfig, CancelOutcome, Enqueued, FailOutcome, Heartbeat, Lease,
     MAX_ENQUEUE_BATCH, Maintenance, NewTask, OutageClock, ReleaseOutcome, Retry,
 };
 pub use browse::{BulkOutcome, HistorySample, TaskPage, TaskSummary};

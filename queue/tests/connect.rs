@@ -145,3 +145,49 @@ async fn tls_with_rediss() {
         .unwrap();
     assert!(broker.ping().await.is_err());
 }
+
+/// `auto`, the default partition count: 1 on a single server; on a cluster the namespace's
+/// recorded count, or 2 per master for a new namespace, recorded by its first use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_partition_count_follows_the_deployment() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let single = Broker::connect(BrokerConfig::from_url(&server.url()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(single.keys().count(), 1);
+
+    let cluster = tokio::task::spawn_blocking(|| ragpool_queue::testing::RedisCluster::start(3))
+        .await
+        .unwrap()
+        .unwrap();
+    let target = ragpool_queue::RedisTarget {
+        urls: cluster.urls(),
+        cluster: true,
+        ca_cert: None,
+        sentinel: None,
+    };
+    let config = |namespace: &str| {
+        let mut c = BrokerConfig::new(target.clone());
+        c.namespace = namespace.into();
+        c
+    };
+    let fresh = Broker::connect(config("fresh")).await.unwrap();
+    assert_eq!(fresh.keys().count(), 6, "two per master");
+    fresh
+        .enqueue(NewTask::new(sample_payload(TaskKind::FullQuery, "q")))
+        .await
+        .unwrap();
+    // A namespace recorded with another count keeps it: a later process adopts it.
+    let mut four = config("planned");
+    four.partitions = 4;
+    let four = Broker::connect(four).await.unwrap();
+    four.check_layout().await.unwrap();
+    let later = Broker::connect(config("planned")).await.unwrap();
+    assert_eq!(later.keys().count(), 4);
+    later.check_layout().await.unwrap();
+    let again = Broker::connect(config("fresh")).await.unwrap();
+    assert_eq!(again.keys().count(), 6);
+}

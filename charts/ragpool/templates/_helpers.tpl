@@ -184,12 +184,11 @@ Kubernetes' $(VAR) expansion, so it never appears in a manifest. */}}
 {{- include "ragpool.partitionsEnv" . }}
 {{- end -}}
 
-{{/* RAGPOOL_PARTITIONS when redis.partitions is not 1 (every process's default). */}}
+{{/* RAGPOOL_PARTITIONS when redis.partitions is set (unset: every process's `auto`). */}}
 {{- define "ragpool.partitionsEnv" -}}
-{{- $partitions := int (.Values.redis.partitions | default 1) }}
-{{- if ne $partitions 1 }}
+{{- if not (kindIs "invalid" .Values.redis.partitions) }}
 - name: RAGPOOL_PARTITIONS
-  value: {{ $partitions | quote }}
+  value: {{ int .Values.redis.partitions | quote }}
 {{- end }}
 {{- end -}}
 
