@@ -484,26 +484,30 @@ impl Broker {
         let keys = self.keys();
         let parts = keys.partitions();
         if parts.len() == 1 {
-            return self.enqueue_in(&parts[0], tasks).await;
+            return self.enqueue_in(&parts[0], &tasks).await;
         }
         let turn = self.inner.next_partition.fetch_add(1, Ordering::Relaxed) % parts.len();
-        let mut groups: Vec<(Vec<usize>, Vec<NewTask>)> = vec![Default::default(); parts.len()];
+        // Per partition the tasks whose key puts them there; last, the tasks without a key,
+        // which may go to any partition.
+        let mut groups: Vec<(Vec<usize>, Vec<NewTask>)> = vec![Default::default(); parts.len() + 1];
         for (i, new) in tasks.into_iter().enumerate() {
-            let p = match &new.idempotency_key {
+            let g = match &new.idempotency_key {
                 Some(key) => usize::from(keys.of_idempotency(key).index()),
-                None => turn,
+                None => parts.len(),
             };
-            groups[p].0.push(i);
-            groups[p].1.push(new);
+            groups[g].0.push(i);
+            groups[g].1.push(new);
         }
         let calls = groups
             .into_iter()
             .enumerate()
             .filter(|(_, (at, _))| !at.is_empty())
-            .map(|(p, (at, tasks))| async move {
-                self.enqueue_in(&parts[p], tasks)
-                    .await
-                    .map(|done| (at, done))
+            .map(|(g, (at, tasks))| async move {
+                let done = match parts.get(g) {
+                    Some(part) => self.enqueue_in(part, &tasks).await,
+                    None => self.enqueue_anywhere(turn, &tasks).await,
+                };
+                done.map(|done| (at, done))
             });
         let mut out: Vec<Option<Enqueued>> = Vec::new();
         for (at, done) in futures::future::try_join_all(calls).await? {
@@ -519,8 +523,28 @@ impl Broker {
             .collect()
     }
 
+    /// Enqueues tasks without idempotency keys in partition `first`, or, while a partition's
+    /// server refuses before running anything (a cluster master down: connection refused,
+    /// `CLUSTERDOWN`), in the next one: a master away costs its partitions, not submissions.
+    /// An error that may come after the script ran is returned, never retried elsewhere,
+    /// since that could create the tasks twice.
+    async fn enqueue_anywhere(&self, first: usize, tasks: &[NewTask]) -> Result<Vec<Enqueued>> {
+        let parts = self.keys().partitions();
+        let mut last = None;
+        for p in (0..parts.len()).map(|i| (first + i) % parts.len()) {
+            match self.enqueue_in(&parts[p], tasks).await {
+                Err(QueueError::Redis(e)) if never_ran(&e) => {
+                    tracing::debug!(partition = p, error = %e, "partition unavailable; trying the next");
+                    last = Some(QueueError::Redis(e));
+                }
+                done => return done,
+            }
+        }
+        Err(last.unwrap_or_else(|| QueueError::Corrupt("no partition to enqueue in".into())))
+    }
+
     /// One call of the enqueue script in one partition (see `lua/enqueue.lua`).
-    async fn enqueue_in(&self, part: &Partition, tasks: Vec<NewTask>) -> Result<Vec<Enqueued>> {
+    async fn enqueue_in(&self, part: &Partition, tasks: &[NewTask]) -> Result<Vec<Enqueued>> {
         let keys = part;
         let mut queues: Vec<&QueueConfig> = Vec::new();
         let mut prepared = Vec::with_capacity(tasks.len());
@@ -538,7 +562,13 @@ impl Broker {
                 .payload
                 .to_json()
                 .map_err(|e| QueueError::Corrupt(format!("payload does not serialize: {e}")))?;
-            prepared.push((index + 1, kind, payload, new.idempotency_key, new.owner));
+            prepared.push((
+                index + 1,
+                kind,
+                payload,
+                new.idempotency_key.clone(),
+                new.owner.clone(),
+            ));
         }
         let mut invocation = scripts::ENQUEUE.key(keys.events());
         invocation.key(keys.seq()).key(keys.queues());
@@ -1274,6 +1304,17 @@ fn masters_of(slots: &Value) -> BTreeSet<String> {
             _ => None,
         })
         .collect()
+}
+
+/// True for a Redis error that proves the command never ran: the server refused the
+/// connection, or the cluster refused the slot or redirected the command (the client gives
+/// up redirecting when the slot's master does not answer).
+fn never_ran(e: &redis::RedisError) -> bool {
+    e.is_connection_refusal()
+        || matches!(
+            e.code(),
+            Some("CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN" | "MOVED" | "ASK")
+        )
 }
 
 pub(crate) fn millis(d: Duration) -> u64 {

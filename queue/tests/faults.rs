@@ -211,3 +211,120 @@ async fn first_command_after_a_redis_restart_succeeds() {
         .unwrap();
     assert!(env.broker.get(&q.id).await.unwrap().is_some());
 }
+
+/// A cluster master away costs its partitions, not submissions (on a cluster that serves the
+/// slots it still covers): tasks without an idempotency key go to a partition that is up; a keyed task whose partition is away is
+/// refused (it must stay where a replay finds it), and nothing is created twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_master_down_costs_its_partitions_not_submissions() {
+    let mut cluster =
+        tokio::task::spawn_blocking(|| ragpool_queue::testing::RedisCluster::start(3))
+            .await
+            .unwrap()
+            .unwrap();
+    let target = ragpool_queue::RedisTarget {
+        urls: cluster.urls(),
+        cluster: true,
+        ca_cert: None,
+        sentinel: None,
+    };
+    let mut config = ragpool_queue::BrokerConfig::new(target);
+    config.partitions = 6;
+    let b = Broker::connect(config).await.unwrap();
+    b.check_layout().await.unwrap();
+    // Which partitions the killed master serves: the ones whose slot it owns.
+    let down_port = cluster.nodes()[1].port();
+    let mut probe = redis::Client::open(cluster.nodes()[1].url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let mut down = Vec::new();
+    for part in b.keys().partitions() {
+        let slot = ragpool_queue::keys::slot(
+            part.prefix()
+                .trim_start_matches('{')
+                .split('}')
+                .next()
+                .unwrap(),
+        );
+        let nodes: Vec<redis::Value> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query_async(&mut probe)
+            .await
+            .unwrap();
+        for range in nodes {
+            let redis::Value::Array(r) = range else {
+                continue;
+            };
+            let (
+                Some(redis::Value::Int(lo)),
+                Some(redis::Value::Int(hi)),
+                Some(redis::Value::Array(node)),
+            ) = (r.first(), r.get(1), r.get(2))
+            else {
+                continue;
+            };
+            let port = match node.get(1) {
+                Some(redis::Value::Int(p)) => *p as u16,
+                _ => 0,
+            };
+            if (*lo..=*hi).contains(&i64::from(slot)) && port == down_port {
+                down.push(part.prefix().to_string());
+            }
+        }
+    }
+    assert_eq!(
+        down.len(),
+        2,
+        "the even split gives each master two partitions"
+    );
+    drop(probe);
+    // The other masters keep serving their slots while one is away (by default a cluster
+    // missing a master refuses every slot once it has declared the master failed).
+    for url in cluster.urls() {
+        let mut node = redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("cluster-require-full-coverage")
+            .arg("no")
+            .query_async(&mut node)
+            .await
+            .unwrap();
+    }
+    let _cluster = tokio::task::spawn_blocking(move || {
+        cluster.nodes()[1].kill().unwrap();
+        cluster
+    })
+    .await
+    .unwrap();
+
+    let mut made = Vec::new();
+    for n in 0..12 {
+        let e = b
+            .enqueue(NewTask::new(sample_payload(
+                TaskKind::FullQuery,
+                &format!("q{n}"),
+            )))
+            .await
+            .expect("a partition that is up takes it");
+        let at = b.keys().of_task(&e.id).prefix().to_string();
+        assert!(!down.contains(&at), "{at} is on the master that is down");
+        made.push(e.id);
+    }
+    // Every task exists once, readable where its id says.
+    for id in &made {
+        assert_eq!(b.get(id).await.unwrap().unwrap().state, TaskState::Queued);
+    }
+    let stuck = (0..)
+        .map(|i| format!("key-{i}"))
+        .find(|k| down.contains(&b.keys().of_idempotency(k).prefix().to_string()))
+        .unwrap();
+    let mut keyed = NewTask::new(sample_payload(TaskKind::FullQuery, "keyed"));
+    keyed.idempotency_key = Some(stuck);
+    assert!(b.enqueue(keyed).await.unwrap_err().is_unavailable());
+}
