@@ -159,16 +159,7 @@ async fn the_default_partition_count_follows_the_deployment() {
         .unwrap();
     assert_eq!(single.keys().count(), 1);
 
-    let cluster = tokio::task::spawn_blocking(|| ragpool_queue::testing::RedisCluster::start(3))
-        .await
-        .unwrap()
-        .unwrap();
-    let target = ragpool_queue::RedisTarget {
-        urls: cluster.urls(),
-        cluster: true,
-        ca_cert: None,
-        sentinel: None,
-    };
+    let (_cluster, target) = common::three_masters().await;
     let config = |namespace: &str| {
         let mut c = BrokerConfig::new(target.clone());
         c.namespace = namespace.into();

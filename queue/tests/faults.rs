@@ -213,21 +213,12 @@ async fn first_command_after_a_redis_restart_succeeds() {
 }
 
 /// A cluster master away costs its partitions, not submissions (on a cluster that serves the
-/// slots it still covers): tasks without an idempotency key go to a partition that is up; a keyed task whose partition is away is
-/// refused (it must stay where a replay finds it), and nothing is created twice.
+/// slots it still covers): tasks without an idempotency key go to a partition that is up; a
+/// keyed task whose partition is away is refused (it must stay where a replay finds it), and
+/// nothing is created twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_master_down_costs_its_partitions_not_submissions() {
-    let mut cluster =
-        tokio::task::spawn_blocking(|| ragpool_queue::testing::RedisCluster::start(3))
-            .await
-            .unwrap()
-            .unwrap();
-    let target = ragpool_queue::RedisTarget {
-        urls: cluster.urls(),
-        cluster: true,
-        ca_cert: None,
-        sentinel: None,
-    };
+    let (mut cluster, target) = common::three_masters().await;
     let mut config = ragpool_queue::BrokerConfig::new(target);
     config.partitions = 6;
     let b = Broker::connect(config).await.unwrap();

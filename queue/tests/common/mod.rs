@@ -69,16 +69,7 @@ impl Env {
     }
 
     pub async fn cluster() -> Env {
-        let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
-            .await
-            .unwrap()
-            .expect("redis cluster starts");
-        let target = RedisTarget {
-            urls: cluster.urls(),
-            cluster: true,
-            ca_cert: None,
-            sentinel: None,
-        };
+        let (cluster, target) = three_masters().await;
         let broker = broker_for(target, test_queues()).await;
         Env {
             redis: Backing::Cluster(cluster),
@@ -157,4 +148,19 @@ macro_rules! on_both {
             }
         }
     };
+}
+
+/// A fresh cluster of three masters and the target that names it.
+pub async fn three_masters() -> (RedisCluster, RedisTarget) {
+    let cluster = tokio::task::spawn_blocking(|| RedisCluster::start(3))
+        .await
+        .unwrap()
+        .expect("redis cluster starts");
+    let target = RedisTarget {
+        urls: cluster.urls(),
+        cluster: true,
+        ca_cert: None,
+        sentinel: None,
+    };
+    (cluster, target)
 }
