@@ -545,7 +545,6 @@ impl Broker {
 
     /// One call of the enqueue script in one partition (see `lua/enqueue.lua`).
     async fn enqueue_in(&self, part: &Partition, tasks: &[NewTask]) -> Result<Vec<Enqueued>> {
-        let keys = part;
         let mut queues: Vec<&QueueConfig> = Vec::new();
         let mut prepared = Vec::with_capacity(tasks.len());
         for new in tasks {
@@ -570,13 +569,13 @@ impl Broker {
                 new.owner.clone(),
             ));
         }
-        let mut invocation = scripts::ENQUEUE.key(keys.events());
-        invocation.key(keys.seq()).key(keys.queues());
+        let mut invocation = scripts::ENQUEUE.key(part.events());
+        invocation.key(part.seq()).key(part.queues());
         for q in &queues {
-            let qk = keys.queue(&q.name);
+            let qk = part.queue(&q.name);
             invocation.key(qk.ready).key(qk.counters).key(qk.signal);
         }
-        invocation.arg(keys.prefix()).arg(queues.len());
+        invocation.arg(part.prefix()).arg(queues.len());
         for q in &queues {
             invocation
                 .arg(&q.name)
@@ -591,11 +590,11 @@ impl Broker {
             let id = part.new_task_id();
             let idem = idem.unwrap_or_default();
             invocation
-                .key(keys.task(id.as_str()))
+                .key(part.task(id.as_str()))
                 .key(if idem.is_empty() {
-                    keys.seq()
+                    part.seq()
                 } else {
-                    keys.idempotency(&idem)
+                    part.idempotency(&idem)
                 });
             invocation
                 .arg(id.as_str())

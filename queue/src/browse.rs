@@ -308,10 +308,9 @@ impl Broker {
         let Value::Array(parts) = reply else {
             return Err(QueueError::Corrupt(format!("list replied {reply:?}")));
         };
-        let [total, next_id, next_score, rows @ ..] = parts.as_slice() else {
+        let [total, next_id, _next_score, rows @ ..] = parts.as_slice() else {
             return Err(QueueError::Corrupt("list reply is too short".into()));
         };
-        let _ = next_score;
         Ok((
             decode::int(total)?.max(0) as u64,
             !decode::scalar(next_id)?.is_empty(),
