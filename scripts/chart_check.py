@@ -429,6 +429,9 @@ def expect_default(objects: list[dict[str, Any]]) -> None:
     for kind in ("Ingress", "HorizontalPodAutoscaler", "NetworkPolicy", "PodDisruptionBudget", "ServiceMonitor"):
         assert not find(objects, kind), f"{kind} rendered without being asked for"
     assert "RAGPOOL_API_KEYS_FILE" not in env, "auth on by default"
+    assert "RAGPOOL_NAMESPACE" not in env and "keyPrefix" not in pool["spec"]["redis"], (
+        "the default key prefix is every process's default: nothing to set"
+    )
     assert "RAGPOOL_PARTITIONS" not in env and "RAGPOOL_PARTITIONS" not in op_env, (
         "one partition is every process's default: nothing to set"
     )
@@ -547,6 +550,9 @@ def expect_cluster(objects: list[dict[str, Any]]) -> None:
     op = one(objects, "Deployment", f"{RELEASE}-operator")
     op_env = env_of(op["spec"]["template"]["spec"]["containers"][0])
     assert op_env["RAGPOOL_PARTITIONS"]["value"] == "6", op_env.get("RAGPOOL_PARTITIONS")
+    # The key prefix: the API's and the pool's are one value.
+    assert env["RAGPOOL_NAMESPACE"]["value"] == "rag-prod", env.get("RAGPOOL_NAMESPACE")
+    assert pool["spec"]["redis"]["keyPrefix"] == "rag-prod", pool["spec"]["redis"]
 
 
 def expect_no_secrets(objects: list[dict[str, Any]]) -> None:
@@ -605,6 +611,7 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("an unknown durability", {"redis": {"durability": "quorum"}}, "/redis/durability"),
     ("zero partitions", {"redis": {"partitions": 0}}, "/redis/partitions"),
     ("more partitions than 64", {"redis": {"partitions": 65}}, "/redis/partitions"),
+    ("a key prefix with a hash-tag brace", {"redis": {"keyPrefix": "a{b}"}}, "/redis/keyPrefix"),
     ("unknown secrets access", {"operator": {"secrets": {"access": "some"}}}, "/operator/secrets/access"),
     ("pool without queues", {"defaultPool": {"queues": {"names": []}}}, "/defaultPool/queues/names"),
 ]

@@ -693,6 +693,7 @@ impl RagWorkerPool {
             last_scale_reason,
             observed_generation: self.metadata.generation,
             conditions: self.conditions(seen, plan, ready, &previous.conditions),
+            key_prefix: Some(self.spec.redis.key_prefix().to_owned()),
             ..previous
         };
         if let Ok(obs) = &seen.observed {
@@ -714,7 +715,7 @@ impl RagWorkerPool {
         let mut conditions = Conditions::new(previous, self.metadata.generation, seen.now.clone());
         conditions
             .ready(seen.deployment.is_some(), ready, decision.replicas)
-            .redis_reachable(failure)
+            .redis_reachable(failure, self.spec.redis.key_prefix())
             .scaling_active(self.spec.scaling.paused, failure, &decision.reason)
             .scaling_limited(decision.limited, &decision.reason);
         conditions.into_vec()
@@ -1032,6 +1033,51 @@ mod tests {
         assert_eq!(server.await.unwrap_or_default().len(), 4);
         let written = written.lock().unwrap().clone();
         (written, observer.partitions())
+    }
+
+    #[tokio::test]
+    async fn executors_and_status_name_the_pools_key_prefix() {
+        let mut s = spec();
+        s.redis.key_prefix = Some("tenant-a".into());
+        let seen = run(
+            pool(s),
+            vec![
+                get_deployment(not_found("deployments.apps", "pool-executor")),
+                Exchange::new(Method::PATCH, CONFIG_MAP).check(|body| {
+                    assert_eq!(body["data"][resources::KEY_PREFIX_ENV], "tenant-a");
+                }),
+                Exchange::new(Method::PATCH, DEPLOYMENT),
+                status_patch().check(|body| {
+                    assert_eq!(body["status"]["keyPrefix"], "tenant-a");
+                    let message = condition(body, "RedisReachable")["message"].to_string();
+                    assert!(message.contains("tenant-a"), "{message}");
+                }),
+            ],
+            vec![Ok(obs(100, 3, 0))],
+        )
+        .await;
+        assert_eq!(seen.len(), 4);
+
+        // A pool that sets none leaves the executors' default alone and reports it.
+        let seen = run(
+            pool(spec()),
+            vec![
+                get_deployment(not_found("deployments.apps", "pool-executor")),
+                Exchange::new(Method::PATCH, CONFIG_MAP).check(|body| {
+                    assert!(body["data"][resources::KEY_PREFIX_ENV].is_null(), "{body}");
+                }),
+                Exchange::new(Method::PATCH, DEPLOYMENT),
+                status_patch().check(|body| {
+                    assert_eq!(
+                        body["status"]["keyPrefix"],
+                        ragpool_queue::DEFAULT_KEY_PREFIX
+                    );
+                }),
+            ],
+            vec![Ok(obs(100, 3, 0))],
+        )
+        .await;
+        assert_eq!(seen.len(), 4);
     }
 
     #[tokio::test]

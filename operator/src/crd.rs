@@ -132,6 +132,13 @@ pub struct RedisSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 64))]
     pub partitions: Option<i32>,
+    /// The prefix of every Redis key of the queues (and their Redis Cluster hash tag): the
+    /// pool's executors and the operator's observation use it. Must equal the API's
+    /// `RAGPOOL_KEY_PREFIX`, or the executors never see the API's tasks. Unset: `ragpool`,
+    /// the API's default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[A-Za-z0-9._:-]+$"))]
+    pub key_prefix: Option<String>,
 }
 
 impl RedisSpec {
@@ -141,6 +148,14 @@ impl RedisSpec {
         self.partitions
             .and_then(|p| u16::try_from(p).ok())
             .unwrap_or(default)
+    }
+
+    /// The key prefix the pool's executors use and the operator observes: `keyPrefix`, else
+    /// the default every component shares.
+    pub fn key_prefix(&self) -> &str {
+        self.key_prefix
+            .as_deref()
+            .unwrap_or(ragpool_queue::DEFAULT_KEY_PREFIX)
     }
 }
 
@@ -478,6 +493,10 @@ pub struct RagWorkerPoolStatus {
     /// Replicas the policy wants now.
     #[serde(default)]
     pub desired_replicas: i32,
+    /// The Redis key prefix whose queues the operator observes for this pool (and its
+    /// executors serve): compare with the API's `RAGPOOL_KEY_PREFIX`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_prefix: Option<String>,
     /// Tasks waiting in the pool's queues.
     #[serde(default)]
     pub queued: i64,

@@ -17,11 +17,11 @@ use crate::redis_url;
 /// their own after two lease lengths).
 const WORKER_SILENCE: Duration = Duration::from_secs(60);
 
-/// Reads observations from the Redis each pool names, keeping one connection per URL and
-/// partition count.
+/// Reads observations from the Redis each pool names, keeping one connection per URL,
+/// partition count and key prefix.
 pub struct RedisObserver {
     client: Client,
-    brokers: Mutex<HashMap<(String, u16), Broker>>,
+    brokers: Mutex<HashMap<(String, u16, String), Broker>>,
 }
 
 impl RedisObserver {
@@ -32,15 +32,21 @@ impl RedisObserver {
         }
     }
 
-    async fn broker(&self, url: &str, partitions: u16) -> Result<Broker, ObserveError> {
+    async fn broker(
+        &self,
+        url: &str,
+        partitions: u16,
+        key_prefix: &str,
+    ) -> Result<Broker, ObserveError> {
         let mut brokers = self.brokers.lock().await;
-        let key = (url.to_string(), partitions);
+        let key = (url.to_string(), partitions, key_prefix.to_string());
         if let Some(b) = brokers.get(&key) {
             return Ok(b.clone());
         }
         let mut config =
             BrokerConfig::from_url(url).map_err(|e| ObserveError::Config(e.to_string()))?;
         config.partitions = partitions;
+        config.namespace = key_prefix.to_string();
         let broker = Broker::connect(config).await.map_err(unreachable)?;
         brokers.insert(key, broker.clone());
         Ok(broker)
@@ -49,18 +55,13 @@ impl RedisObserver {
 
 #[async_trait]
 impl Observer for RedisObserver {
-    /// Observes with the pool's partition count; the controller has filled in the
-    /// operator's `--partitions` for a pool that leaves it unset.
+    /// Observes with the pool's partition count and key prefix; the controller has filled in
+    /// the operator's `--partitions` for a pool that leaves it unset.
     async fn observe(&self, pool: &RagWorkerPool) -> Result<Observation, ObserveError> {
         let url = redis_url::resolve(&self.client, pool).await?;
-        let broker = self
-            .broker(
-                &url,
-                pool.spec
-                    .redis
-                    .partition_count(ragpool_queue::AUTO_PARTITIONS),
-            )
-            .await?;
+        let redis = &pool.spec.redis;
+        let partitions = redis.partition_count(ragpool_queue::AUTO_PARTITIONS);
+        let broker = self.broker(&url, partitions, redis.key_prefix()).await?;
         observe_queues(&broker, &pool.spec.queue_names()).await
     }
 }

@@ -97,9 +97,17 @@ pub fn settings(pool: &RagWorkerPool) -> BTreeMap<String, String> {
     if partitions != ragpool_queue::AUTO_PARTITIONS {
         set("RAGPOOL_PARTITIONS", partitions.to_string());
     }
+    // Written only when the pool names a prefix, so pools that never set one keep their
+    // settings (and their pods) as they were.
+    if let Some(prefix) = &spec.redis.key_prefix {
+        set(KEY_PREFIX_ENV, prefix.clone());
+    }
     env.extend(backend_settings(pool));
     env
 }
+
+/// The executor's setting for the key prefix.
+pub const KEY_PREFIX_ENV: &str = "RAGPOOL_NAMESPACE";
 
 /// `RAGPOOL_QUEUES`: the queue names, highest priority first; weighted, each as
 /// `name=weight` (1 when the spec gives none).

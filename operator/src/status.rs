@@ -73,10 +73,20 @@ impl<'a> Conditions<'a> {
         }
     }
 
-    /// `RedisReachable` after a pass whose look at the queues ended in `failure`, if any.
-    pub fn redis_reachable(&mut self, failure: Option<&ObserveError>) -> &mut Self {
+    /// `RedisReachable` after a pass whose look at the queues under `key_prefix` ended in
+    /// `failure`, if any.
+    pub fn redis_reachable(
+        &mut self,
+        failure: Option<&ObserveError>,
+        key_prefix: &str,
+    ) -> &mut Self {
         match failure {
-            None => self.set(REDIS_REACHABLE, true, "Observed", "queue statistics read"),
+            None => self.set(
+                REDIS_REACHABLE,
+                true,
+                "Observed",
+                format!("queue statistics read under key prefix {key_prefix:?}"),
+            ),
             Some(e) => self.set(REDIS_REACHABLE, false, e.reason(), e.to_string()),
         }
     }

@@ -242,3 +242,69 @@ async fn a_pool_is_observed_with_its_own_partition_count() {
         "{message}"
     );
 }
+
+/// A pool whose executors serve another key prefix than the default: the operator observes
+/// that prefix's queues, not the default's (which here hold other work).
+#[tokio::test]
+async fn observes_the_queues_under_the_pools_key_prefix() {
+    use ragpool_operator::crd::{
+        ExecutorSpec, QueueName, QueuesSpec, RagWorkerPool, RagWorkerPoolSpec, RedisSpec,
+        ScalingSpec,
+    };
+    use ragpool_operator::observe::Observer;
+    use ragpool_operator::redis_observer::RedisObserver;
+
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let broker_under = |prefix: &str| {
+        let mut config = BrokerConfig::from_url(&server.url()).unwrap();
+        config.namespace = prefix.into();
+        Broker::connect(config)
+    };
+    let tenant = broker_under("tenant-a").await.unwrap();
+    let default = broker_under(ragpool_queue::DEFAULT_KEY_PREFIX)
+        .await
+        .unwrap();
+    for n in 0..3 {
+        let payload = sample_payload(TaskKind::AnalyzeImage, &format!("t{n}"));
+        tenant.enqueue(NewTask::new(payload)).await.unwrap();
+    }
+    let payload = sample_payload(TaskKind::AnalyzeImage, "d");
+    default.enqueue(NewTask::new(payload)).await.unwrap();
+
+    // A pool with a literal URL needs nothing from the API server: a client whose every
+    // request would go unanswered shows that none is made.
+    let (service, _handle) = tower_test::mock::pair::<
+        http::Request<kube::client::Body>,
+        http::Response<kube::client::Body>,
+    >();
+    let client = kube::Client::new(service, "default");
+    let observer = RedisObserver::new(client);
+    let pool = |key_prefix: Option<&str>| {
+        let mut pool = RagWorkerPool::new(
+            "pool",
+            RagWorkerPoolSpec {
+                queues: QueuesSpec {
+                    names: vec![QueueName("image_analysis".into())],
+                    priority: Default::default(),
+                    weights: None,
+                },
+                redis: RedisSpec {
+                    url: Some(server.url()),
+                    key_prefix: key_prefix.map(str::to_owned),
+                    ..RedisSpec::default()
+                },
+                executor: ExecutorSpec::with_image("ragpool/executor:test"),
+                scaling: ScalingSpec::between(0, 4),
+            },
+        );
+        pool.metadata.namespace = Some("ns".into());
+        pool
+    };
+    let obs = observer.observe(&pool(Some("tenant-a"))).await.unwrap();
+    assert_eq!(obs.queued, 3);
+    let obs = observer.observe(&pool(None)).await.unwrap();
+    assert_eq!(obs.queued, 1);
+}

@@ -21,6 +21,9 @@ use crate::task::TaskId;
 /// Redis Cluster's slot count.
 const SLOTS: u32 = 16384;
 
+/// The key prefix every component uses unless told otherwise.
+pub const DEFAULT_KEY_PREFIX: &str = "ragpool";
+
 /// The most partitions a namespace may have; far more than masters anyone runs, and few
 /// enough that a pass over every partition stays a handful of round trips.
 pub const MAX_PARTITIONS: u16 = 64;

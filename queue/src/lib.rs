@@ -52,6 +52,7 @@ pub use consumer::{Claimed, Consumer, ConsumerConfig, MAX_CLAIM};
 pub use durability::Durability;
 pub use error::{QueueError, Result};
 pub use events::{EventHub, TaskEvent};
+pub use keys::DEFAULT_KEY_PREFIX;
 pub use payload::Payload;
 pub use stats::{DurationSummary, QueueStats, WorkerInfo};
 pub use task::{Progress, Task, TaskError, TaskId, TaskKind, TaskState};

@@ -182,6 +182,10 @@ Kubernetes' $(VAR) expansion, so it never appears in a manifest. */}}
   value: replicated
 {{- end }}
 {{- include "ragpool.partitionsEnv" . }}
+{{- if ne (.Values.redis.keyPrefix | default "ragpool") "ragpool" }}
+- name: RAGPOOL_NAMESPACE
+  value: {{ .Values.redis.keyPrefix | quote }}
+{{- end }}
 {{- end -}}
 
 {{/* RAGPOOL_PARTITIONS when redis.partitions is set (unset: every process's `auto`). */}}
