@@ -10,7 +10,9 @@
 //! - [`controller`]: the reconcile loop.
 //! - [`leader`]: leader election with a Lease.
 //! - [`metrics`], [`server`]: `/metrics`, `/healthz`, `/readyz`.
+//! - [`cli`]: the command line of `ragpool-operator` (and `ragpool operator`).
 
+pub mod cli;
 pub mod controller;
 pub mod crd;
 pub mod deletion_cost;

@@ -1,0 +1,277 @@
+//! The `ragpool-operator` command line (also `ragpool operator`): `run` (the default) watches
+//! RagWorkerPools and scales their executors; `crd` prints the CustomResourceDefinition YAML.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+use kube::api::ListParams;
+use kube::runtime::events::Reporter;
+use kube::{Api, Client};
+use ragpool_queue::PartitionArgs;
+use ragpool_queue::http_server::ServerArgs;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::controller::{self, Context};
+use crate::crd::{RagWorkerPool, crd_yaml};
+use crate::leader::{LeaseLock, SERVICE_ACCOUNT_NAMESPACE_FILE, lease_namespace};
+use crate::metrics::Metrics;
+use crate::observe::Observer;
+use crate::redis_observer::RedisObserver;
+use crate::resources::MANAGER;
+use crate::server::{Health, router};
+
+#[derive(Parser)]
+#[command(
+    name = "ragpool-operator",
+    version,
+    about = "Scales ragpool executor pools on queue depth and wait."
+)]
+#[command(args_conflicts_with_subcommands = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the operator (the default).
+    Run(RunArgs),
+    /// Print the RagWorkerPool CustomResourceDefinition as YAML.
+    Crd,
+}
+
+#[derive(Args, Clone)]
+struct RunArgs {
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "RAGPOOL_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
+    listen: SocketAddr,
+    /// Header and body timeouts and the connection limit of that listener.
+    #[command(flatten)]
+    server: ServerArgs,
+    /// Elect a leader with a Lease so several replicas can run; off for a single replica.
+    #[arg(long, env = "RAGPOOL_OPERATOR_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set)]
+    leader_election: bool,
+    /// Namespace of the Lease; the pod's own namespace when unset (`POD_NAMESPACE`, else the
+    /// ServiceAccount's namespace file), else the kubeconfig context's namespace.
+    #[arg(long, env = "RAGPOOL_OPERATOR_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Name of the Lease.
+    #[arg(
+        long,
+        env = "RAGPOOL_OPERATOR_LEASE_NAME",
+        default_value = "ragpool-operator"
+    )]
+    lease_name: String,
+    /// Seconds a leader holds the Lease without renewing; it renews every third of that.
+    #[arg(long, env = "RAGPOOL_OPERATOR_LEASE_SECONDS", default_value_t = 15)]
+    lease_seconds: u64,
+    /// This replica's identity in the Lease and in Events; the pod name (HOSTNAME) when unset.
+    #[arg(long, env = "RAGPOOL_OPERATOR_IDENTITY")]
+    identity: Option<String>,
+    /// Log format.
+    #[arg(long, env = "RAGPOOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// The partition count of pools that leave `spec.redis.partitions` unset: their
+    /// executors get it, and their queues are observed with it.
+    #[command(flatten)]
+    partitions: PartitionArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Reads each pool's queues and worker registry from the Redis the pool names.
+fn observer(client: &Client) -> Arc<dyn Observer> {
+    Arc::new(RedisObserver::new(client.clone()))
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGTERM");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    init_tracing(args.log_format);
+    let identity = args
+        .identity
+        .clone()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| format!("{MANAGER}-{}", std::process::id()));
+    let client = Client::try_default()
+        .await
+        .context("connecting to the Kubernetes API (in cluster or via KUBECONFIG)")?;
+    Api::<RagWorkerPool>::all(client.clone())
+        .list(&ListParams::default().limit(1))
+        .await
+        .context("listing RagWorkerPools; is the CRD installed? (kubectl apply -f crds/)")?;
+
+    let shutdown = CancellationToken::new();
+    {
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            signal().await;
+            info!("shutting down");
+            shutdown.cancel();
+        });
+    }
+    let metrics = Arc::new(Metrics::default());
+    let ready = Arc::new(AtomicBool::new(true));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("listening on {}", args.listen))?;
+    info!(listen = %args.listen, "serving /healthz, /readyz, /metrics");
+    let server = {
+        let shutdown = shutdown.clone();
+        let app = router(Health {
+            metrics: metrics.clone(),
+            ready: ready.clone(),
+        });
+        tokio::spawn(ragpool_queue::http_server::serve(
+            listener,
+            app,
+            args.server.limits(),
+            shutdown.cancelled_owned(),
+        ))
+    };
+
+    // `stop` ends the controller on shutdown or when leadership is lost.
+    let stop = shutdown.child_token();
+    let lock = args.leader_election.then(|| {
+        let namespace = lease_namespace(
+            args.lease_namespace.as_deref(),
+            std::env::var("POD_NAMESPACE").ok().as_deref(),
+            std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE_FILE)
+                .ok()
+                .as_deref(),
+            client.default_namespace(),
+        );
+        info!(namespace = %namespace, lease = %args.lease_name, "leader election");
+        LeaseLock::new(
+            client.clone(),
+            &namespace,
+            &args.lease_name,
+            &identity,
+            Duration::from_secs(args.lease_seconds.max(3)),
+        )
+    });
+    if let Some(lock) = &lock
+        && lock
+            .acquire(Duration::from_secs(2), &shutdown)
+            .await
+            .is_none()
+    {
+        return Ok(());
+    }
+    let keeper = lock.map(|lock| {
+        let (shutdown, stop) = (shutdown.clone(), stop.clone());
+        let every = Duration::from_secs((args.lease_seconds / 3).max(1));
+        tokio::spawn(async move {
+            lock.keep(every, &shutdown, &stop).await;
+            lock
+        })
+    });
+
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            observer(&client),
+            metrics,
+            Reporter {
+                controller: MANAGER.into(),
+                instance: Some(identity),
+            },
+        )
+        .with_default_partitions(args.partitions.partitions),
+    );
+    let controller_stop = stop.clone();
+    controller::run(ctx, async move { controller_stop.cancelled_owned().await }).await;
+
+    let lost = stop.is_cancelled() && !shutdown.is_cancelled();
+    shutdown.cancel();
+    ready.store(false, Ordering::Relaxed);
+    if let Some(keeper) = keeper {
+        match keeper.await {
+            Ok(lock) if !lost => {
+                if let Err(e) = lock.release().await {
+                    warn!(error = %e, "cannot release the lease; a standby takes over when it expires");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => error!(error = %e, "lease keeper failed"),
+        }
+    }
+    if let Err(e) = server.await {
+        warn!(error = %e, "health server");
+    }
+    if lost {
+        bail!("lost leadership; exiting so a restart rejoins as a standby");
+    }
+    Ok(())
+}
+
+/// Runs the operator's command line `args` (the program name first) to its exit status.
+pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
+    let cli = Cli::parse_from(args);
+    let result = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .and_then(|runtime| runtime.block_on(dispatch(cli)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Crd) => {
+            print!("{}", crd_yaml().context("rendering the CRD")?);
+            Ok(())
+        }
+        Some(Command::Run(args)) => run(args).await,
+        None => run(cli.run).await,
+    }
+}
