@@ -5,17 +5,20 @@
 
 pub mod client;
 pub mod commands;
+pub mod component;
 pub mod dev;
 pub mod explain;
 pub mod redis_server;
 pub mod repartition;
 pub mod simulate;
 
+use std::ffi::OsString;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 use commands::{StatsArgs, StatusArgs, SubmitArgs, TaskArgs};
+use component::{Component, ComponentArgs};
 use dev::DevArgs;
 use explain::ExplainArgs;
 
@@ -55,10 +58,29 @@ pub enum Command {
     /// Change the partition count a namespace is recorded with (stop every API, executor
     /// and operator of it first; refused while tasks wait or run).
     Repartition(repartition::RepartitionArgs),
+    /// Run the operator: `ragpool operator --help` lists its flags (the same as
+    /// `ragpool-operator`'s).
+    Operator(ComponentArgs),
+}
+
+/// Runs the command line `args` (the program name first): a component's own when the binary
+/// was started under the component's name, else `ragpool`'s.
+pub fn main(args: Vec<OsString>) -> ExitCode {
+    if let Some(component) = args.first().and_then(|a| Component::from_program(a)) {
+        return component.main(args);
+    }
+    run(Cli::parse_from(args))
 }
 
 /// Runs a parsed command line to its exit status. Errors are printed to stderr.
 pub fn run(cli: Cli) -> ExitCode {
+    // Components build their own runtime and logging.
+    let cli = match cli.command {
+        Command::Operator(args) => {
+            return Component::Operator.main(args.command_line(Component::Operator));
+        }
+        command => Cli { command },
+    };
     if matches!(cli.command, Command::Dev(_)) {
         init_tracing();
     }
@@ -96,6 +118,7 @@ pub fn run(cli: Cli) -> ExitCode {
             }
             Command::Simulate(a) => simulate::run(a)?,
             Command::Repartition(a) => repartition::run(a).await?,
+            Command::Operator(_) => unreachable!("components run before the runtime starts"),
         })
     });
     match result {

@@ -1,7 +1,6 @@
-//! `ragpool`: see the library for the subcommands.
-
-use clap::Parser;
+//! `ragpool`: see the library for the subcommands. Started as `ragpool-operator` (a link to
+//! it), it is that component.
 
 fn main() -> std::process::ExitCode {
-    ragpool_cli::run(ragpool_cli::Cli::parse())
+    ragpool_cli::main(std::env::args_os().collect())
 }
