@@ -181,6 +181,8 @@ pub async fn load(
 pub async fn decide(target: &Target, sample: Duration) -> anyhow::Result<Explanation> {
     let mut config = BrokerConfig::from_url(&target.redis_url).context("--redis-url")?;
     config.partitions = target.pool.spec.redis.partition_count(1);
+    // The queues the operator observes for the pool: those under its key prefix.
+    config.namespace = target.pool.spec.redis.key_prefix().to_owned();
     let broker = Broker::connect(config)
         .await
         .context("connecting to the pool's Redis")?;

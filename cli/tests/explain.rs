@@ -126,3 +126,50 @@ fn a_pool_name_and_a_file_exclude_each_other() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--file"), "{stderr}");
 }
+
+/// A pool under another key prefix is explained from that prefix's queues: the default
+/// prefix's backlog is someone else's.
+#[tokio::test]
+async fn explains_the_queues_under_the_pools_key_prefix() {
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .expect("harness thread")
+        .expect("redis-server starts");
+    let mut config = BrokerConfig::from_url(&server.url()).expect("url");
+    config.namespace = "tenant-a".into();
+    let tenant = Broker::connect(config).await.expect("connects");
+    let default = Broker::connect(BrokerConfig::from_url(&server.url()).expect("url"))
+        .await
+        .expect("connects");
+    for n in 0..3 {
+        let payload = sample_payload(TaskKind::AnalyzeImage, &format!("t{n}"));
+        tenant
+            .enqueue(NewTask::new(payload))
+            .await
+            .expect("enqueues");
+    }
+    let payload = sample_payload(TaskKind::AnalyzeImage, "d");
+    default
+        .enqueue(NewTask::new(payload))
+        .await
+        .expect("enqueues");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("pool.yaml");
+    let pool = POOL.replace(
+        "    url: redis://redis.rag.svc:6379\n",
+        "    url: redis://redis.rag.svc:6379\n    keyPrefix: tenant-a\n",
+    );
+    std::fs::write(&file, pool).expect("writes the pool");
+    let output = Command::new(env!("CARGO_BIN_EXE_ragpool"))
+        .args(["explain", "--file"])
+        .arg(&file)
+        .args(["--redis-url", &server.url(), "--sample-seconds", "0"])
+        .output()
+        .expect("runs ragpool explain");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("Queues image_analysis: 3 queued,"),
+        "{stdout}"
+    );
+}
