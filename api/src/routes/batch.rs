@@ -129,10 +129,13 @@ pub struct ItemError {
         (status = 202, description = "Queued: each item's task (or, with `partial`, its error), in order", body = BatchAccepted),
         (status = 400, description = "Malformed JSON, or `tasks` missing", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 408, description = "The body did not arrive whole within the body deadline (`body_timeout`)", body = ErrorBody),
         (status = 413, description = "Body over the limit, or more tasks than `--max-batch-tasks` (`too_many_tasks`)", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "A bad item (`invalid_batch`, each listed in `errors` with its single endpoint's code) and nothing queued, or a field of the wrong type", body = BatchRejected),
-        (status = 503, description = "Redis unreachable, or too many large submissions in progress (`over_capacity`); retry after the Retry-After seconds", body = ErrorBody,
+        (status = 429, description = "This key holds its share of the in-flight submission budget (`over_key_share`); retry after the Retry-After seconds", body = ErrorBody,
+            headers(("Retry-After" = u32))),
+        (status = 503, description = "Redis unreachable, too many large submissions in progress (`over_capacity`), or Redis did not answer a call that was sent (`outcome_unknown`: the task may exist; retry with the same Idempotency-Key); retry after the Retry-After seconds", body = ErrorBody,
             headers(("Retry-After" = u32))),
     ),
     security((), ("bearer" = [])),
@@ -140,7 +143,7 @@ pub struct ItemError {
 pub async fn batch(
     caller: Caller,
     State(state): State<AppState>,
-    JsonBody(body): JsonBody<BatchBody>,
+    JsonBody(body, _held): JsonBody<BatchBody>,
 ) -> Result<Response, ApiError> {
     let items = body.tasks.ok_or_else(|| ApiError::missing_field("tasks"))?;
     let partial = body.partial.unwrap_or(false);
@@ -205,7 +208,12 @@ pub async fn batch(
             })
         })
         .collect();
-    let mut enqueued = state.broker().enqueue_many(new).await?.into_iter();
+    let mut enqueued = state
+        .broker()
+        .enqueue_many(new)
+        .await
+        .map_err(ApiError::enqueue_failed)?
+        .into_iter();
 
     let (mut queued, mut replayed) = (0, 0);
     let mut tasks = Vec::with_capacity(checked.len());
