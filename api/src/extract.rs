@@ -11,7 +11,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
 use ragpool_queue::TaskId;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, IgnoredAny};
 
 use crate::auth::Caller;
 use crate::budget::{COPIES, OverBudget, Reservation};
@@ -174,21 +174,34 @@ pub fn body_too_large() -> ApiError {
 }
 
 /// Parses a JSON object into `T`: bad syntax is 400 `malformed_json`, a value of the wrong
-/// type is 422 `invalid_field` naming the field.
+/// type is 422 `invalid_field` naming the field. Straight into `T`, never through a
+/// `serde_json::Value`: fields `T` does not have are skipped unread, so a crafted body
+/// (`{"pad": [0,0,0,…]}`) cannot become a tree many times its size.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::malformed_json(format!("the body is not valid JSON: {e}")))?;
-    if !value.is_object() {
-        return Err(ApiError::invalid_field("the body must be a JSON object"));
+    let starts_object = bytes
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'{');
+    if !starts_object {
+        return Err(match serde_json::from_slice::<IgnoredAny>(bytes) {
+            Ok(_) => ApiError::invalid_field("the body must be a JSON object"),
+            Err(e) => malformed_json(e),
+        });
     }
-    from_value(value)
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        if e.inner().is_data() {
+            ApiError::invalid_field(format!("{}: {}", e.path(), e.inner()))
+        } else {
+            malformed_json(e.into_inner())
+        }
+    })?;
+    de.end().map_err(malformed_json)?;
+    Ok(value)
 }
 
-/// Reads an already parsed JSON value into `T`; a value of the wrong type is 422
-/// `invalid_field` naming the field.
-pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(value)
-        .map_err(|e| ApiError::invalid_field(format!("{}: {}", e.path(), e.inner())))
+fn malformed_json(e: serde_json::Error) -> ApiError {
+    ApiError::malformed_json(format!("the body is not valid JSON: {e}"))
 }
 
 /// True for `application/json` and `application/<anything>+json`.

@@ -281,3 +281,44 @@ async fn a_body_of_unknown_length_is_refused_once_past_the_limit() {
     );
     api.until_in_flight("back to 0", |n| n == 0).await;
 }
+
+/// `{"question": "q", "pad": [0,0,0,…]}`: JSON whose parsed tree would be many times its size.
+fn crafted_body(len: usize, batch: bool) -> Vec<u8> {
+    let (open, close): (&[u8], &[u8]) = if batch {
+        (
+            br#"{"tasks":[{"kind":"full_query","question":"q","pad":["#,
+            b"0]}]}",
+        )
+    } else {
+        (br#"{"question":"q","pad":["#, b"0]}")
+    };
+    let zeros = (len - open.len() - close.len()) / 2;
+    let mut body = open.to_vec();
+    body.extend(b"0,".repeat(zeros));
+    body.extend_from_slice(close);
+    body
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crafted_json_body_costs_no_more_than_its_reservation() {
+    let redis = RedisServer::start().expect("redis-server");
+    let api = ApiProcess::start(&redis.url(), &[]).await;
+    for (path, batch) in [("/api/async/query", false), ("/api/async/batch", true)] {
+        let body = Arc::new(crafted_body(16 * MIB as usize - 64, batch));
+        let before = api.peak_rss();
+        let head = json_head(path, body.len(), None);
+        let answer = post_raw(api.addr, head, Arc::clone(&body)).await;
+        assert_eq!(answer.map(|a| a.0), Some(202), "{path}");
+        let grew = api.peak_rss().saturating_sub(before);
+        eprintln!(
+            "{path}: {} byte body, VmHWM +{} KiB",
+            body.len(),
+            grew / 1024
+        );
+        assert!(
+            grew <= 6 * body.len() as u64,
+            "{path}: a {} byte body took {grew} bytes",
+            body.len()
+        );
+    }
+}
