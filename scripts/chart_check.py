@@ -432,6 +432,11 @@ def expect_default(objects: list[dict[str, Any]]) -> None:
     assert "RAGPOOL_NAMESPACE" not in env and "keyPrefix" not in pool["spec"]["redis"], (
         "the default key prefix is every process's default: nothing to set"
     )
+    # docs/operations.md, "Sizing the API": the memory limit holds the budget and a baseline.
+    budget = int(env["RAGPOOL_MAX_INFLIGHT_SUBMISSION_BYTES"]["value"])
+    limit = api_container(objects)["resources"]["limits"]["memory"]
+    assert limit.endswith("Mi"), limit
+    assert int(limit[:-2]) * 2**20 >= budget + 64 * 2**20, (limit, budget)
     assert "RAGPOOL_PARTITIONS" not in env and "RAGPOOL_PARTITIONS" not in op_env, (
         "one partition is every process's default: nothing to set"
     )

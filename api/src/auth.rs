@@ -246,6 +246,8 @@ impl FromRequestParts<AppState> for Caller {
         if let Some(name) = &caller.name {
             tracing::Span::current().record("caller", name.as_str());
         }
+        // The body extractors reserve the submission budget under the caller's key.
+        parts.extensions.insert(caller.clone());
         Ok(caller)
     }
 }

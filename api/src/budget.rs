@@ -1,132 +1,141 @@
-//! A byte budget for request bodies in flight, so many large submissions at once cannot take
-//! the API's memory with them.
+//! A byte budget for submissions in flight, so many large submissions at once cannot take the
+//! API's memory with them, and one key cannot take the whole budget from the others.
 //!
-//! A submission's body is held while it is parsed, its image decoded and checked, and the
-//! task written to Redis: a few times its size in memory, for as long as that takes. Each
-//! request that carries a body reserves its length (`Content-Length`, or the body limit for a
-//! body of unknown length) from one budget before it is read, and gives it back when its
-//! response is ready. A request that does not fit is answered at once with `503` and
-//! `Retry-After`, rather than queued: a queue of waiting bodies would be held in memory too.
-//! A body larger than the whole budget reserves all of it, so it runs, alone.
+//! A submission's body is held while it is read, parsed, its image checked and the task
+//! written to Redis; on its way to Redis the payload is copied a few more times (serialised,
+//! put in the script call, encoded for the socket). [`COPIES`] is how many times over a body
+//! is held at the peak, measured with the real binary; a submission reserves that many times
+//! its declared length (`Content-Length`, or the body limit for a body of unknown length),
+//! so the budget counts the memory a submission really takes.
 //!
-//! The budget is counted in KiB, since a semaphore counts permits in `u32`.
+//! Only the extractors that read a body reserve (see `extract.rs`): a request that takes no
+//! body reserves nothing, whatever its `Content-Length` says, and the caller is authenticated
+//! before anything is reserved. The reservation lives as long as the request is handled and
+//! is given back the moment it ends: answered, refused, or dropped because the client went.
+//!
+//! A request that does not fit is answered at once (`503 over_capacity`, or `429
+//! over_key_share` when its key holds its share already), rather than queued: a queue of
+//! waiting bodies would be held in memory too. A reservation larger than the whole budget
+//! takes all of it, so it runs, alone; a key holding nothing may always reserve once, so a
+//! share smaller than one body still lets the key submit.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 
-use axum::extract::{Request, State};
-use axum::http::{StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::error::{ApiError, ExpectedOutage};
-use crate::state::AppState;
+/// How many times over a submission's body is held at its peak: the body, the parsed
+/// payload, and the copies on the way to Redis (the serialised payload, the script call's
+/// argument, the command and its encoding for the socket). Measured with the release binary
+/// and `VmHWM`; see docs/operations.md.
+pub const COPIES: usize = 6;
 
-const UNIT: usize = 1024;
+/// [`COPIES`] for a multipart body: its image is stored base64-encoded, 4/3 of its size, and
+/// that is copied on its way to Redis as a JSON body's image is.
+pub const MULTIPART_COPIES: usize = 8;
 
 /// See the module documentation. Cheap to clone; clones share the budget.
 #[derive(Debug, Clone)]
 pub struct SubmissionBudget {
-    permits: Arc<Semaphore>,
-    total_units: u32,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    total: usize,
+    per_key: usize,
+    usage: Mutex<Usage>,
     in_flight: Gauge,
+}
+
+#[derive(Debug, Default)]
+struct Usage {
+    used: usize,
+    /// Bytes held per key name; a key holding nothing has no entry.
+    by_key: HashMap<String, usize>,
 }
 
 /// A reservation of the budget, given back when dropped.
 #[derive(Debug)]
 pub struct Reservation {
-    _permit: OwnedSemaphorePermit,
-    bytes: i64,
-    in_flight: Gauge,
+    budget: SubmissionBudget,
+    bytes: usize,
+    key: Option<String>,
 }
 
 impl Drop for Reservation {
     fn drop(&mut self) {
-        self.in_flight.dec_by(self.bytes);
+        let inner = &self.budget.inner;
+        let mut usage = inner.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        usage.used -= self.bytes;
+        if let Some(key) = &self.key
+            && let Some(held) = usage.by_key.get_mut(key)
+        {
+            *held -= self.bytes;
+            if *held == 0 {
+                usage.by_key.remove(key);
+            }
+        }
+        inner.in_flight.dec_by(gauge_value(self.bytes));
     }
 }
 
-/// The budget has no room for a request now.
+/// Why a reservation was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("{bytes} bytes of submissions do not fit in the budget now")]
-pub struct OverBudget {
-    pub bytes: usize,
+pub enum OverBudget {
+    #[error("{bytes} bytes of submissions do not fit in the budget now")]
+    Full { bytes: usize },
+    #[error("{bytes} more bytes would take this key past its share of the budget")]
+    KeyShare { bytes: usize },
 }
 
 impl SubmissionBudget {
-    /// A budget of `total_bytes` (at least 1 KiB, at most 4 TiB), reporting the bytes
-    /// reserved in `in_flight`.
-    pub fn new(total_bytes: usize, in_flight: Gauge) -> Self {
-        let total_units = u32::try_from(total_bytes / UNIT).unwrap_or(u32::MAX).max(1);
+    /// A budget of `total_bytes` (at least 1), of which one key may hold `key_share_percent`
+    /// (1 to 100), reporting the bytes reserved in `in_flight`.
+    pub fn new(total_bytes: usize, key_share_percent: u8, in_flight: Gauge) -> Self {
+        let total = total_bytes.max(1);
+        let per_key = (total / 100)
+            .saturating_mul(usize::from(key_share_percent.clamp(1, 100)))
+            .max(1);
         SubmissionBudget {
-            permits: Arc::new(Semaphore::new(total_units as usize)),
-            total_units,
-            in_flight,
+            inner: Arc::new(Inner {
+                total,
+                per_key,
+                usage: Mutex::default(),
+                in_flight,
+            }),
         }
     }
 
-    /// Reserves `bytes`, or all of the budget if `bytes` is more, if that is free now.
-    pub fn try_reserve(&self, bytes: usize) -> Result<Reservation, OverBudget> {
-        let units = u32::try_from(bytes.div_ceil(UNIT))
-            .unwrap_or(u32::MAX)
-            .clamp(1, self.total_units);
-        let permit = Arc::clone(&self.permits)
-            .try_acquire_many_owned(units)
-            .map_err(|_| OverBudget { bytes })?;
-        let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);
-        self.in_flight.inc_by(bytes);
+    /// Reserves `bytes` (all of the budget if `bytes` is more) for a request of `key` (none
+    /// with auth off), if that fits now.
+    pub fn try_reserve(&self, bytes: usize, key: Option<&str>) -> Result<Reservation, OverBudget> {
+        let inner = &self.inner;
+        let asked = bytes;
+        let bytes = bytes.clamp(1, inner.total);
+        let mut usage = inner.usage.lock().unwrap_or_else(PoisonError::into_inner);
+        if usage.used + bytes > inner.total {
+            return Err(OverBudget::Full { bytes: asked });
+        }
+        if let Some(key) = key {
+            let held = usage.by_key.get(key).copied().unwrap_or(0);
+            if held > 0 && held + bytes > inner.per_key {
+                return Err(OverBudget::KeyShare { bytes: asked });
+            }
+            usage.by_key.insert(key.to_string(), held + bytes);
+        }
+        usage.used += bytes;
+        inner.in_flight.inc_by(gauge_value(bytes));
         Ok(Reservation {
-            _permit: permit,
+            budget: self.clone(),
             bytes,
-            in_flight: self.in_flight.clone(),
+            key: key.map(str::to_string),
         })
     }
 }
 
-/// The bytes a request's body may take: its `Content-Length` (at most `max_body`), `max_body`
-/// for a body of unknown length, `None` for a request without a body.
-fn body_bytes(request: &Request, max_body: usize) -> Option<usize> {
-    let headers = request.headers();
-    match headers.get(header::CONTENT_LENGTH) {
-        Some(len) => match len.to_str().ok().and_then(|l| l.trim().parse::<u64>().ok()) {
-            Some(0) => None,
-            Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX).min(max_body)),
-            // A malformed length is the body's reader's to refuse; reserve as for any body.
-            None => Some(max_body),
-        },
-        None => headers
-            .contains_key(header::TRANSFER_ENCODING)
-            .then_some(max_body),
-    }
-}
-
-/// Middleware: holds a [`Reservation`] for the body of each request while it is answered.
-pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    let Some(bytes) = body_bytes(&request, state.limits().max_body_bytes) else {
-        return next.run(request).await;
-    };
-    match state.submission_budget().try_reserve(bytes) {
-        Ok(reservation) => {
-            let response = next.run(request).await;
-            drop(reservation);
-            response
-        }
-        Err(over) => {
-            let mut response = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "over_capacity",
-                "too many large submissions are in progress; try again shortly",
-            )
-            .into_response();
-            // Answered on purpose: logged at WARN, rate-limited, like a Redis outage.
-            response.extensions_mut().insert(ExpectedOutage {
-                what: "submission budget full",
-                cause: over.to_string(),
-            });
-            response
-        }
-    }
+fn gauge_value(bytes: usize) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
 #[cfg(test)]
@@ -136,55 +145,53 @@ mod tests {
     #[test]
     fn reservations_share_the_budget_and_give_it_back() {
         let gauge = Gauge::default();
-        let budget = SubmissionBudget::new(10 * UNIT, gauge.clone());
-        let a = budget.try_reserve(6 * UNIT).unwrap();
-        assert_eq!(gauge.get(), 6 * UNIT as i64);
-        // 5 KiB more does not fit next to 6 KiB; 4 KiB does.
+        let budget = SubmissionBudget::new(10, 100, gauge.clone());
+        let a = budget.try_reserve(6, None).unwrap();
+        assert_eq!(gauge.get(), 6);
         assert_eq!(
-            budget.try_reserve(5 * UNIT).unwrap_err(),
-            OverBudget { bytes: 5 * UNIT }
+            budget.try_reserve(5, None).unwrap_err(),
+            OverBudget::Full { bytes: 5 }
         );
-        let b = budget.try_reserve(4 * UNIT).unwrap();
-        assert!(budget.try_reserve(1).is_err(), "a byte still takes a unit");
+        let b = budget.try_reserve(4, None).unwrap();
+        assert!(budget.try_reserve(1, None).is_err());
         drop(a);
-        assert_eq!(gauge.get(), 4 * UNIT as i64);
-        let c = budget.try_reserve(5 * UNIT).unwrap();
+        assert_eq!(gauge.get(), 4);
+        let c = budget.try_reserve(5, None).unwrap();
         drop((b, c));
         assert_eq!(gauge.get(), 0);
     }
 
     #[test]
     fn a_body_larger_than_the_budget_runs_alone() {
-        let budget = SubmissionBudget::new(4 * UNIT, Gauge::default());
-        let small = budget.try_reserve(1).unwrap();
-        assert!(budget.try_reserve(100 * UNIT).is_err());
+        let budget = SubmissionBudget::new(4, 100, Gauge::default());
+        let small = budget.try_reserve(1, None).unwrap();
+        assert!(budget.try_reserve(100, None).is_err());
         drop(small);
-        let big = budget.try_reserve(100 * UNIT).unwrap();
-        assert!(budget.try_reserve(1).is_err());
+        let big = budget.try_reserve(100, None).unwrap();
+        assert!(budget.try_reserve(1, None).is_err());
         drop(big);
-        assert!(budget.try_reserve(1).is_ok());
+        assert!(budget.try_reserve(1, None).is_ok());
     }
 
     #[test]
-    fn only_requests_with_a_body_reserve() {
-        let req = |headers: &[(&str, &str)]| {
-            let mut b = Request::builder();
-            for (k, v) in headers {
-                b = b.header(*k, *v);
-            }
-            b.body(axum::body::Body::empty()).unwrap()
-        };
-        assert_eq!(body_bytes(&req(&[]), 100), None);
-        assert_eq!(body_bytes(&req(&[("content-length", "0")]), 100), None);
-        assert_eq!(body_bytes(&req(&[("content-length", "42")]), 100), Some(42));
+    fn one_key_holds_at_most_its_share() {
+        let budget = SubmissionBudget::new(100, 50, Gauge::default());
+        let a1 = budget.try_reserve(30, Some("a")).unwrap();
+        let a2 = budget.try_reserve(20, Some("a")).unwrap();
         assert_eq!(
-            body_bytes(&req(&[("content-length", "4200")]), 100),
-            Some(100)
+            budget.try_reserve(1, Some("a")).unwrap_err(),
+            OverBudget::KeyShare { bytes: 1 }
         );
-        assert_eq!(
-            body_bytes(&req(&[("transfer-encoding", "chunked")]), 100),
-            Some(100)
-        );
-        assert_eq!(body_bytes(&req(&[("content-length", "x")]), 100), Some(100));
+        // Another key still has room, and anonymous requests count only globally.
+        let b = budget.try_reserve(40, Some("b")).unwrap();
+        assert!(budget.try_reserve(10, None).is_ok());
+        drop(a1);
+        let a3 = budget.try_reserve(10, Some("a")).unwrap();
+        drop((a2, a3, b));
+        // A key holding nothing may take one body larger than its share.
+        let big = budget.try_reserve(80, Some("a")).unwrap();
+        assert!(budget.try_reserve(1, Some("a")).is_err());
+        drop(big);
+        assert!(budget.try_reserve(1, Some("a")).is_ok());
     }
 }

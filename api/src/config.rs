@@ -66,6 +66,17 @@ pub struct ApiConfig {
     #[command(flatten)]
     pub queues: QueueFlags,
 
+    /// How long a Redis call waits for its answer. A submission's script call waits behind
+    /// every other submission in flight on the shared connection, so this must cover Redis
+    /// taking in the whole in-flight budget; a call past it is answered `503
+    /// outcome_unknown` (the task may have been created).
+    #[arg(
+        long,
+        env = "RAGPOOL_REDIS_RESPONSE_TIMEOUT_SECONDS",
+        default_value_t = 60
+    )]
+    pub redis_response_timeout_seconds: u64,
+
     /// Workers not heard from for this long are left out of `/api/queue/stats`.
     #[arg(long, env = "RAGPOOL_WORKER_TTL_SECONDS", default_value_t = 30)]
     pub worker_ttl_seconds: u64,
@@ -108,15 +119,31 @@ pub struct Limits {
     #[arg(long, env = "RAGPOOL_MAX_STREAM_SECONDS", default_value_t = 1800)]
     pub max_stream_seconds: u64,
 
-    /// Bytes of request bodies being handled at once, across all requests; a request whose
-    /// body does not fit is answered 503 with Retry-After. Memory use is a small multiple of
-    /// it (a body is parsed, its image decoded and the task stored).
+    /// Memory for submissions being handled at once, across all requests: each reserves
+    /// six times its body (the copies it takes on its way to Redis); one that does not fit
+    /// is answered 503 with Retry-After. The API's memory limit must be this plus a fixed
+    /// baseline (docs/operations.md).
     #[arg(
         long,
         env = "RAGPOOL_MAX_INFLIGHT_SUBMISSION_BYTES",
-        default_value_t = 256 * 1024 * 1024
+        default_value_t = DEFAULT_MAX_INFLIGHT_SUBMISSION_BYTES
     )]
     pub max_inflight_submission_bytes: usize,
+
+    /// Percent of the in-flight submission budget one API key may hold; past it the key's
+    /// submissions are answered 429 with Retry-After, so one tenant cannot starve the others.
+    #[arg(
+        long,
+        env = "RAGPOOL_MAX_INFLIGHT_SHARE_PER_KEY",
+        default_value_t = 50,
+        value_parser = clap::value_parser!(u8).range(1..=100)
+    )]
+    pub max_inflight_share_per_key: u8,
+
+    /// Time a request body has to arrive whole, however steadily it trickles; past it the
+    /// request is answered 408 and its share of the budget given back.
+    #[arg(long, env = "RAGPOOL_BODY_DEADLINE_SECONDS", default_value_t = 60)]
+    pub body_deadline_seconds: u64,
 
     /// Most tasks in one `POST /api/async/batch` (1 to 1000). The default, 1000, is the most
     /// one enqueue script call carries, so a whole batch is queued atomically in one round
@@ -133,6 +160,16 @@ pub struct Limits {
 /// See [`Limits::max_batch_tasks`].
 pub const DEFAULT_MAX_BATCH_TASKS: u64 = MAX_ENQUEUE_BATCH as u64;
 
+/// See [`Limits::max_inflight_submission_bytes`].
+pub const DEFAULT_MAX_INFLIGHT_SUBMISSION_BYTES: usize = 256 * 1024 * 1024;
+
+impl Limits {
+    /// See [`Limits::body_deadline_seconds`].
+    pub fn body_deadline(&self) -> Duration {
+        Duration::from_secs(self.body_deadline_seconds)
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
@@ -142,7 +179,9 @@ impl Default for Limits {
             max_top_k: 100,
             max_wait_seconds: 60,
             max_stream_seconds: 1800,
-            max_inflight_submission_bytes: 256 * 1024 * 1024,
+            max_inflight_submission_bytes: DEFAULT_MAX_INFLIGHT_SUBMISSION_BYTES,
+            max_inflight_share_per_key: 50,
+            body_deadline_seconds: 60,
             max_batch_tasks: DEFAULT_MAX_BATCH_TASKS,
         }
     }
@@ -255,6 +294,7 @@ impl Default for ApiConfig {
             auth: AuthConfig::default(),
             allow_image_urls: false,
             queues: QueueFlags::default(),
+            redis_response_timeout_seconds: 60,
             worker_ttl_seconds: 30,
         }
     }
@@ -270,6 +310,7 @@ impl ApiConfig {
         }
         config.namespace = self.namespace.clone();
         config.queues = self.queues.queue_configs()?;
+        config.response_timeout = Duration::from_secs(self.redis_response_timeout_seconds);
         self.durability.apply(&mut config);
         self.partitions.apply(&mut config);
         Ok(config)

@@ -177,6 +177,28 @@ impl From<QueueError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The error for a submission whose enqueue failed. When Redis may have run the script
+    /// (it was reached but its answer never came), the task may exist: say so (503
+    /// `outcome_unknown`) rather than answer as if nothing happened. Otherwise as any queue
+    /// error.
+    pub fn enqueue_failed(e: QueueError) -> Self {
+        if !e.outcome_unknown() {
+            return e.into();
+        }
+        ApiError {
+            cause: Some(e.to_string()),
+            ..ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "outcome_unknown",
+                "the task store did not confirm the submission: the task may have been \
+                 created. Retry with the same Idempotency-Key to get that task rather than a \
+                 second one; without a key a retry may create a second task",
+            )
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let outage = (self.status == StatusCode::SERVICE_UNAVAILABLE).then(|| ExpectedOutage {

@@ -1,55 +1,207 @@
-//! Request extractors whose failures are API errors: a JSON body that tells malformed JSON
-//! (400) from a field of the wrong type (422), the task id in the path, and the
-//! `Idempotency-Key` header.
+//! Request extractors whose failures are API errors: a submission's body (admitted to the
+//! submission budget, refused at once when its declared length is over the limit, read within
+//! the body deadline), a JSON body that tells malformed JSON (400) from a field of the wrong
+//! type (422), the task id in the path, and the `Idempotency-Key` header.
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use std::time::Duration;
+
 use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt as _;
 use ragpool_queue::TaskId;
-use serde::de::DeserializeOwned;
+use serde::de::{DeserializeOwned, IgnoredAny};
 
-use crate::error::ApiError;
+use crate::auth::Caller;
+use crate::budget::{COPIES, OverBudget, Reservation};
+use crate::error::{ApiError, ExpectedOutage};
+use crate::state::AppState;
 
 /// Longest accepted `Idempotency-Key`.
 pub const MAX_IDEMPOTENCY_KEY_LEN: usize = 255;
 
-/// A JSON request body. Needs `Content-Type: application/json` (or `+json`).
-pub struct JsonBody<T>(pub T);
+/// A JSON request body. Needs `Content-Type: application/json` (or `+json`). Holds its
+/// share of the submission budget until dropped: keep it bound (`JsonBody(body, _held)`) for
+/// as long as the submission is handled.
+pub struct JsonBody<T>(pub T, pub Reservation);
 
-impl<T, S> FromRequest<S> for JsonBody<T>
+impl<T> FromRequest<AppState> for JsonBody<T>
 where
     T: DeserializeOwned,
-    S: Send + Sync,
 {
-    type Rejection = ApiError;
+    type Rejection = BodyRejection;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, BodyRejection> {
         if !is_json(req.headers()) {
-            return Err(unsupported_media_type("application/json"));
+            return Err(unsupported_media_type("application/json").into());
         }
-        let bytes = Bytes::from_request(req, state).await.map_err(body_error)?;
-        parse_json(&bytes).map(JsonBody)
+        let held = admit(&req, state, COPIES)?;
+        let bytes = read_body(req, state).await?;
+        let value = parse_json(&bytes)?;
+        Ok(JsonBody(value, held))
     }
+}
+
+/// Why a body was not taken: an [`ApiError`], or a budget refusal logged as an outage.
+pub struct BodyRejection(Box<Response>);
+
+impl From<ApiError> for BodyRejection {
+    fn from(e: ApiError) -> Self {
+        BodyRejection(Box::new(e.into_response()))
+    }
+}
+
+impl IntoResponse for BodyRejection {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+/// The length a request declares in `Content-Length`; `None` when it declares none (a
+/// chunked body). hyper refuses a malformed length before a handler runs.
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Admits a request's body to the submission budget: refuses at once (413) a body declared
+/// over `--max-body-bytes`, then reserves `copies` times its declared length (the body limit
+/// for a body of unknown length) under the caller's key. Runs after authentication: the
+/// `Caller` extractor leaves the caller in the request's extensions.
+pub fn admit(req: &Request, state: &AppState, copies: usize) -> Result<Reservation, BodyRejection> {
+    let max = state.limits().max_body_bytes;
+    let body = match declared_length(req.headers()) {
+        Some(n) if n > max as u64 => return Err(body_too_large().into()),
+        Some(n) => usize::try_from(n).unwrap_or(max),
+        None => max,
+    };
+    let key = req
+        .extensions()
+        .get::<Caller>()
+        .and_then(|c| c.name.as_deref());
+    state
+        .submission_budget()
+        .try_reserve(body.saturating_mul(copies), key)
+        .map_err(refused)
+}
+
+/// The answer to a reservation that does not fit, marked as an outage the service chose so
+/// it is logged at WARN, rate-limited.
+fn refused(over: OverBudget) -> BodyRejection {
+    let error = match over {
+        OverBudget::Full { .. } => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "over_capacity",
+            "too many large submissions are in progress; try again shortly",
+        ),
+        OverBudget::KeyShare { .. } => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "over_key_share",
+            "this key's submissions in progress hold its share of the server's capacity; \
+             try again shortly",
+        ),
+    };
+    let mut response = error.into_response();
+    response.extensions_mut().insert(ExpectedOutage {
+        what: "submission budget full",
+        cause: over.to_string(),
+    });
+    BodyRejection(Box::new(response))
+}
+
+/// Reads a whole body into one buffer sized by its `Content-Length`, within
+/// `--max-body-bytes` and the body deadline: the body is held once, not collected in pieces
+/// and copied together.
+pub async fn read_body(req: Request, state: &AppState) -> Result<Vec<u8>, ApiError> {
+    let limits = state.limits();
+    let max = limits.max_body_bytes;
+    let capacity = declared_capacity(req.headers(), state);
+    let mut stream = req.into_body().into_data_stream();
+    let read = async {
+        let mut bytes = Vec::with_capacity(capacity);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("reading the body failed: {e}"),
+                )
+            })?;
+            if bytes.len() + chunk.len() > max {
+                return Err(body_too_large());
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(bytes)
+    };
+    within_deadline(limits.body_deadline(), read).await?
+}
+
+/// The buffer to read a body into: its declared length, within `--max-body-bytes`; none
+/// for a body of unknown length.
+pub fn declared_capacity(headers: &HeaderMap, state: &AppState) -> usize {
+    let max = state.limits().max_body_bytes;
+    declared_length(headers).map_or(0, |n| usize::try_from(n).unwrap_or(max).min(max))
+}
+
+/// Runs a body read within `deadline`: a body must arrive whole in that time, however
+/// steadily it trickles.
+pub async fn within_deadline<T>(
+    deadline: Duration,
+    read: impl Future<Output = T>,
+) -> Result<T, ApiError> {
+    tokio::time::timeout(deadline, read).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            format!(
+                "the request body did not arrive within {} s",
+                deadline.as_secs()
+            ),
+        )
+    })
+}
+
+/// 413 `body_too_large`.
+pub fn body_too_large() -> ApiError {
+    ApiError::too_large("body_too_large", "the request body is over the limit")
 }
 
 /// Parses a JSON object into `T`: bad syntax is 400 `malformed_json`, a value of the wrong
-/// type is 422 `invalid_field` naming the field.
+/// type is 422 `invalid_field` naming the field. Straight into `T`, never through a
+/// `serde_json::Value`: fields `T` does not have are skipped unread, so a crafted body
+/// (`{"pad": [0,0,0,…]}`) cannot become a tree many times its size.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::malformed_json(format!("the body is not valid JSON: {e}")))?;
-    if !value.is_object() {
-        return Err(ApiError::invalid_field("the body must be a JSON object"));
+    let starts_object = bytes
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'{');
+    if !starts_object {
+        return Err(match serde_json::from_slice::<IgnoredAny>(bytes) {
+            Ok(_) => ApiError::invalid_field("the body must be a JSON object"),
+            Err(e) => malformed_json(e),
+        });
     }
-    from_value(value)
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        if e.inner().is_data() {
+            ApiError::invalid_field(format!("{}: {}", e.path(), e.inner()))
+        } else {
+            malformed_json(e.into_inner())
+        }
+    })?;
+    de.end().map_err(malformed_json)?;
+    Ok(value)
 }
 
-/// Reads an already parsed JSON value into `T`; a value of the wrong type is 422
-/// `invalid_field` naming the field.
-pub fn from_value<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
-    serde_path_to_error::deserialize(value)
-        .map_err(|e| ApiError::invalid_field(format!("{}: {}", e.path(), e.inner())))
+fn malformed_json(e: serde_json::Error) -> ApiError {
+    ApiError::malformed_json(format!("the body is not valid JSON: {e}"))
 }
 
 /// True for `application/json` and `application/<anything>+json`.
@@ -72,19 +224,6 @@ pub fn unsupported_media_type(expected: &str) -> ApiError {
         "unsupported_media_type",
         format!("expected Content-Type: {expected}"),
     )
-}
-
-/// Maps a failure to read the body: over the limit is 413, anything else 400.
-pub fn body_error(rejection: BytesRejection) -> ApiError {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::too_large("body_too_large", "the request body is over the limit")
-    } else {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("reading the body failed: {}", rejection.body_text()),
-        )
-    }
 }
 
 /// The `{task_id}` path segment, checked to be a UUID (400 `invalid_task_id` otherwise).

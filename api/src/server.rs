@@ -3,7 +3,8 @@
 //!
 //! Request tracing: every response is logged at INFO. A `5xx` is logged at ERROR as a
 //! failure, except a `503` the service answered on purpose (an [`ExpectedOutage`]: Redis is
-//! unreachable, or the in-flight submission budget is full). During an outage every request gets one, so those are logged at WARN by
+//! unreachable, or the in-flight submission budget is full). During an outage every request
+//! gets one, so those are logged at WARN by
 //! [`OutageLog`], at most once per [`OUTAGE_LOG_EVERY`] with a count of the ones in between.
 //!
 //! Shutdown: when the caller's shutdown future resolves, the listener stops accepting and
@@ -32,7 +33,6 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, OnResponse, TraceLayer};
 use tracing::{Level, Span};
 
-use crate::budget;
 use crate::config::ApiConfig;
 use crate::error::ExpectedOutage;
 use crate::metrics;
@@ -60,7 +60,6 @@ fn router_with(state: AppState, outages: OutageLog) -> Router {
     api.route_layer(middleware::from_fn(metrics::tag_route))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
-        .layer(middleware::from_fn_with_state(state.clone(), budget::limit))
         .layer(DefaultBodyLimit::max(state.limits().max_body_bytes))
         .layer(Extension(OpenApiJson(Arc::new(doc))))
         .layer(

@@ -43,6 +43,7 @@ impl AppState {
         let metrics = Metrics::new();
         let submission_budget = SubmissionBudget::new(
             config.limits.max_inflight_submission_bytes,
+            config.limits.max_inflight_share_per_key,
             metrics.submission_bytes_in_flight(),
         );
         Ok(AppState {

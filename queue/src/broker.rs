@@ -1308,7 +1308,7 @@ fn masters_of(slots: &Value) -> BTreeSet<String> {
 /// True for a Redis error that proves the command never ran: the server refused the
 /// connection, or the cluster refused the slot or redirected the command (the client gives
 /// up redirecting when the slot's master does not answer).
-fn never_ran(e: &redis::RedisError) -> bool {
+pub(crate) fn never_ran(e: &redis::RedisError) -> bool {
     e.is_connection_refusal()
         || matches!(
             e.code(),

@@ -67,4 +67,14 @@ impl QueueError {
     }
 }
 
+impl QueueError {
+    /// True when a state change may have taken effect although it failed: Redis was reached
+    /// but did not answer (the reply timed out, or the connection dropped after the command
+    /// was sent). False when Redis refused before running anything, and for every other error.
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, QueueError::Redis(e)
+            if !crate::broker::never_ran(e) && (e.is_io_error() || e.is_timeout()))
+    }
+}
+
 pub type Result<T, E = QueueError> = std::result::Result<T, E>;

@@ -12,8 +12,9 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
+use crate::budget::{MULTIPART_COPIES, Reservation};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{self, IdempotencyKey, JsonBody};
+use crate::extract::{self, BodyRejection, IdempotencyKey, JsonBody};
 use crate::image;
 use crate::routes::submit::{self, image_error};
 use crate::routes::view::Submitted;
@@ -55,11 +56,16 @@ pub struct Submission {
     prompt: Option<String>,
 }
 
-impl FromRequest<AppState> for Submission {
-    type Rejection = ApiError;
+/// A submission read from a request, with its share of the submission budget.
+pub struct Received(Submission, Reservation);
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+impl FromRequest<AppState> for Received {
+    type Rejection = BodyRejection;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, BodyRejection> {
         if extract::media_type(req.headers()).as_deref() == Some("multipart/form-data") {
+            let held = extract::admit(&req, state, MULTIPART_COPIES)?;
+            let capacity = extract::declared_capacity(req.headers(), state);
             let multipart = Multipart::from_request(req, state).await.map_err(|e| {
                 ApiError::new(
                     StatusCode::BAD_REQUEST,
@@ -67,15 +73,18 @@ impl FromRequest<AppState> for Submission {
                     e.body_text(),
                 )
             })?;
-            return read_form(multipart).await;
+            let deadline = state.limits().body_deadline();
+            let form = extract::within_deadline(deadline, read_form(multipart, capacity)).await??;
+            return Ok(Received(form, held));
         }
         if !extract::is_json(req.headers()) {
-            return Err(extract::unsupported_media_type(
-                "application/json or multipart/form-data",
-            ));
+            return Err(
+                extract::unsupported_media_type("application/json or multipart/form-data").into(),
+            );
         }
-        let JsonBody(body) = JsonBody::<AnalyzeImageRequest>::from_request(req, state).await?;
-        Ok(body.into())
+        let JsonBody(body, held) =
+            JsonBody::<AnalyzeImageRequest>::from_request(req, state).await?;
+        Ok(Received(body.into(), held))
     }
 }
 
@@ -90,16 +99,22 @@ impl From<AnalyzeImageRequest> for Submission {
     }
 }
 
-async fn read_form(mut multipart: Multipart) -> Result<Submission, ApiError> {
+/// Reads the form's fields; the image into one buffer of `capacity` (the body's declared
+/// length), not collected in pieces and copied together.
+async fn read_form(mut multipart: Multipart, capacity: usize) -> Result<Submission, ApiError> {
     let mut image = None;
     let mut prompt = None;
-    while let Some(field) = multipart.next_field().await.map_err(multipart_error)? {
+    while let Some(mut field) = multipart.next_field().await.map_err(multipart_error)? {
         match field.name() {
             Some("image") => {
                 if image.is_some() {
                     return Err(ApiError::invalid_field("the image field is given twice"));
                 }
-                image = Some(field.bytes().await.map_err(multipart_error)?.to_vec());
+                let mut bytes = Vec::with_capacity(capacity);
+                while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
+                    bytes.extend_from_slice(&chunk);
+                }
+                image = Some(bytes);
             }
             Some("prompt") => {
                 // `Field::text` would replace invalid UTF-8 silently; JSON refuses it.
@@ -127,7 +142,7 @@ async fn read_form(mut multipart: Multipart) -> Result<Submission, ApiError> {
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::too_large("body_too_large", "the request body is over the limit")
+        extract::body_too_large()
     } else {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -157,10 +172,13 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
             headers(("Location" = String, description = "The task's status URL"))),
         (status = 400, description = "Malformed body, bad base64, missing or empty field", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 408, description = "The body did not arrive whole within the body deadline (`body_timeout`)", body = ErrorBody),
         (status = 413, description = "Body, image or text over the limit", body = ErrorBody),
         (status = 415, description = "Not JSON or multipart, or not a PNG, JPEG, WebP or GIF image", body = ErrorBody),
         (status = 422, description = "A field of the wrong type, or a refused image URL", body = ErrorBody),
-        (status = 503, description = "Redis unreachable, or too many large submissions in progress (`over_capacity`); retry after the Retry-After seconds", body = ErrorBody,
+        (status = 429, description = "This key holds its share of the in-flight submission budget (`over_key_share`); retry after the Retry-After seconds", body = ErrorBody,
+            headers(("Retry-After" = u32))),
+        (status = 503, description = "Redis unreachable, too many large submissions in progress (`over_capacity`), or Redis did not answer a call that was sent (`outcome_unknown`: the task may exist; retry with the same Idempotency-Key); retry after the Retry-After seconds", body = ErrorBody,
             headers(("Retry-After" = u32))),
     ),
     security((), ("bearer" = [])),
@@ -169,7 +187,7 @@ pub async fn analyze_image(
     caller: Caller,
     State(state): State<AppState>,
     idempotency: IdempotencyKey,
-    submission: Submission,
+    Received(submission, _held): Received,
 ) -> Result<Response, ApiError> {
     let payload = check(&state, submission).await?;
     submit::enqueue(&state, &caller, idempotency, payload).await

@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use ragpool_queue::{NewTask, Payload, TaskKind};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+use serde_json::value::RawValue;
 use utoipa::ToSchema;
 
 use crate::auth::Caller;
@@ -28,11 +28,12 @@ use crate::routes::submit;
 use crate::routes::view::Submitted;
 use crate::state::AppState;
 
-/// A batch as read: items stay JSON until each is checked on its own, so one item of the
-/// wrong shape is that item's error, not the whole request's.
+/// A batch as read: items stay JSON text until each is checked on its own, so one item of
+/// the wrong shape is that item's error, not the whole request's. Text, not a parsed
+/// `Value`: a parsed tree of a crafted item (`[0,0,0,…]`) takes many times the body's size.
 #[derive(Debug, Deserialize)]
 pub struct BatchBody {
-    tasks: Option<Vec<Value>>,
+    tasks: Option<Vec<Box<RawValue>>>,
     partial: Option<bool>,
 }
 
@@ -129,10 +130,13 @@ pub struct ItemError {
         (status = 202, description = "Queued: each item's task (or, with `partial`, its error), in order", body = BatchAccepted),
         (status = 400, description = "Malformed JSON, or `tasks` missing", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 408, description = "The body did not arrive whole within the body deadline (`body_timeout`)", body = ErrorBody),
         (status = 413, description = "Body over the limit, or more tasks than `--max-batch-tasks` (`too_many_tasks`)", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "A bad item (`invalid_batch`, each listed in `errors` with its single endpoint's code) and nothing queued, or a field of the wrong type", body = BatchRejected),
-        (status = 503, description = "Redis unreachable, or too many large submissions in progress (`over_capacity`); retry after the Retry-After seconds", body = ErrorBody,
+        (status = 429, description = "This key holds its share of the in-flight submission budget (`over_key_share`); retry after the Retry-After seconds", body = ErrorBody,
+            headers(("Retry-After" = u32))),
+        (status = 503, description = "Redis unreachable, too many large submissions in progress (`over_capacity`), or Redis did not answer a call that was sent (`outcome_unknown`: the task may exist; retry with the same Idempotency-Key); retry after the Retry-After seconds", body = ErrorBody,
             headers(("Retry-After" = u32))),
     ),
     security((), ("bearer" = [])),
@@ -140,7 +144,7 @@ pub struct ItemError {
 pub async fn batch(
     caller: Caller,
     State(state): State<AppState>,
-    JsonBody(body): JsonBody<BatchBody>,
+    JsonBody(body, _held): JsonBody<BatchBody>,
 ) -> Result<Response, ApiError> {
     let items = body.tasks.ok_or_else(|| ApiError::missing_field("tasks"))?;
     let partial = body.partial.unwrap_or(false);
@@ -205,7 +209,12 @@ pub async fn batch(
             })
         })
         .collect();
-    let mut enqueued = state.broker().enqueue_many(new).await?.into_iter();
+    let mut enqueued = state
+        .broker()
+        .enqueue_many(new)
+        .await
+        .map_err(ApiError::enqueue_failed)?
+        .into_iter();
 
     let (mut queued, mut replayed) = (0, 0);
     let mut tasks = Vec::with_capacity(checked.len());
@@ -253,25 +262,27 @@ pub async fn batch(
 async fn check_item(
     state: &AppState,
     caller: &Caller,
-    item: Value,
+    item: Box<RawValue>,
 ) -> Result<(Payload, Option<String>), ApiError> {
-    let Value::Object(fields) = &item else {
+    let json = item.get().as_bytes();
+    if json.first() != Some(&b'{') {
         return Err(ApiError::invalid_field("a task must be a JSON object"));
+    }
+    let head: ItemHead = extract::parse_json(json)?;
+    let kind = match text_field(head.kind) {
+        Field::Absent => return Err(ApiError::missing_field("kind")),
+        Field::Text(k) => k.parse::<TaskKind>().map_err(|_| unknown_kind(&k))?,
+        Field::Other => return Err(unknown_kind("(not a string)")),
     };
-    let kind = match fields.get("kind") {
-        None | Some(Value::Null) => return Err(ApiError::missing_field("kind")),
-        Some(Value::String(k)) => k.parse::<TaskKind>().map_err(|_| unknown_kind(k))?,
-        Some(_) => return Err(unknown_kind("(not a string)")),
-    };
-    let key = match fields.get("idempotency_key") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(k)) => Some(extract::checked_idempotency_key(k).ok_or_else(|| {
+    let key = match text_field(head.idempotency_key) {
+        Field::Absent => None,
+        Field::Text(k) => Some(extract::checked_idempotency_key(&k).ok_or_else(|| {
             ApiError::invalid_field(format!(
                 "idempotency_key must be 1 to {} printable ASCII characters",
                 extract::MAX_IDEMPOTENCY_KEY_LEN
             ))
         })?),
-        Some(_) => {
+        Field::Other => {
             return Err(ApiError::invalid_field(
                 "idempotency_key: expected a string",
             ));
@@ -279,19 +290,43 @@ async fn check_item(
     };
     let payload = match kind {
         TaskKind::AnalyzeImage => {
-            let body: AnalyzeImageRequest = extract::from_value(item)?;
+            let body: AnalyzeImageRequest = extract::parse_json(json)?;
+            drop(item);
             analyze_image::check(state, body.into()).await?
         }
         TaskKind::CompleteAnswer => {
-            let body: CompleteAnswerRequest = extract::from_value(item)?;
+            let body: CompleteAnswerRequest = extract::parse_json(json)?;
             complete_answer::check(state, caller, body).await?
         }
         TaskKind::FullQuery => {
-            let body: QueryRequest = extract::from_value(item)?;
+            let body: QueryRequest = extract::parse_json(json)?;
             query::check(state, body).await?
         }
     };
     Ok((payload, key))
+}
+
+/// The fields of an item that say what it is, read before the item as its kind; each kept
+/// as its JSON text, whatever its type.
+#[derive(Deserialize)]
+struct ItemHead {
+    kind: Option<Box<RawValue>>,
+    idempotency_key: Option<Box<RawValue>>,
+}
+
+/// A field that should be a string.
+enum Field {
+    Absent,
+    Text(String),
+    Other,
+}
+
+fn text_field(raw: Option<Box<RawValue>>) -> Field {
+    match raw {
+        // `null` reads as `None`.
+        None => Field::Absent,
+        Some(raw) => serde_json::from_str(raw.get()).map_or(Field::Other, Field::Text),
+    }
 }
 
 fn unknown_kind(given: &str) -> ApiError {

@@ -50,10 +50,13 @@ pub struct CompleteAnswerRequest {
             headers(("Location" = String, description = "The task's status URL"))),
         (status = 400, description = "Malformed JSON, missing or empty field", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 408, description = "The body did not arrive whole within the body deadline (`body_timeout`)", body = ErrorBody),
         (status = 413, description = "Body or text over the limit", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "A field of the wrong type or out of range, or a context task that is not an image analysis", body = ErrorBody),
-        (status = 503, description = "Redis unreachable, or too many large submissions in progress (`over_capacity`); retry after the Retry-After seconds", body = ErrorBody,
+        (status = 429, description = "This key holds its share of the in-flight submission budget (`over_key_share`); retry after the Retry-After seconds", body = ErrorBody,
+            headers(("Retry-After" = u32))),
+        (status = 503, description = "Redis unreachable, too many large submissions in progress (`over_capacity`), or Redis did not answer a call that was sent (`outcome_unknown`: the task may exist; retry with the same Idempotency-Key); retry after the Retry-After seconds", body = ErrorBody,
             headers(("Retry-After" = u32))),
     ),
     security((), ("bearer" = [])),
@@ -62,7 +65,7 @@ pub async fn complete_answer(
     caller: Caller,
     State(state): State<AppState>,
     idempotency: IdempotencyKey,
-    JsonBody(body): JsonBody<CompleteAnswerRequest>,
+    JsonBody(body, _held): JsonBody<CompleteAnswerRequest>,
 ) -> Result<Response, ApiError> {
     let payload = check(&state, &caller, body).await?;
     submit::enqueue(&state, &caller, idempotency, payload).await

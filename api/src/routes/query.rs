@@ -50,10 +50,13 @@ pub struct QueryRequest {
             headers(("Location" = String, description = "The task's status URL"))),
         (status = 400, description = "Malformed JSON, bad base64, missing or empty field", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
+        (status = 408, description = "The body did not arrive whole within the body deadline (`body_timeout`)", body = ErrorBody),
         (status = 413, description = "Body, image or text over the limit", body = ErrorBody),
         (status = 415, description = "Not JSON, or not a PNG, JPEG, WebP or GIF image", body = ErrorBody),
         (status = 422, description = "A field of the wrong type or out of range, or a refused image URL", body = ErrorBody),
-        (status = 503, description = "Redis unreachable, or too many large submissions in progress (`over_capacity`); retry after the Retry-After seconds", body = ErrorBody,
+        (status = 429, description = "This key holds its share of the in-flight submission budget (`over_key_share`); retry after the Retry-After seconds", body = ErrorBody,
+            headers(("Retry-After" = u32))),
+        (status = 503, description = "Redis unreachable, too many large submissions in progress (`over_capacity`), or Redis did not answer a call that was sent (`outcome_unknown`: the task may exist; retry with the same Idempotency-Key); retry after the Retry-After seconds", body = ErrorBody,
             headers(("Retry-After" = u32))),
     ),
     security((), ("bearer" = [])),
@@ -62,7 +65,7 @@ pub async fn query(
     caller: Caller,
     State(state): State<AppState>,
     idempotency: IdempotencyKey,
-    JsonBody(body): JsonBody<QueryRequest>,
+    JsonBody(body, _held): JsonBody<QueryRequest>,
 ) -> Result<Response, ApiError> {
     let payload = check(&state, body).await?;
     submit::enqueue(&state, &caller, idempotency, payload).await

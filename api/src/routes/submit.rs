@@ -76,7 +76,8 @@ pub async fn enqueue(
             idempotency_key: scoped_key(caller, idempotency.0),
             owner: caller.name.clone(),
         })
-        .await?;
+        .await
+        .map_err(ApiError::enqueue_failed)?;
     tracing::Span::current().record("task_id", enqueued.id.as_str());
     let state = outcome(state, kind, &enqueued).await?;
     let mut headers = HeaderMap::new();

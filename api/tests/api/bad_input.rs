@@ -174,14 +174,8 @@ async fn bad_inputs_get_the_right_status_and_code() {
             413,
             "text_too_large",
         ),
-        case(
-            "body over the limit",
-            Method::POST,
-            QUERY,
-            Body::Json(json!({"question": "q", "pad": "x".repeat(70_000)})),
-            413,
-            "body_too_large",
-        ),
+        // A body over the limit is refused before it is read, and a client still sending
+        // may see the connection reset: budget.rs sends those over raw sockets.
         case(
             "not JSON at all",
             Method::POST,
@@ -632,7 +626,8 @@ async fn submissions_past_the_in_flight_budget_get_503_with_retry_after() {
     )
     .await
     .unwrap();
-    until_in_flight(&api, 60_000).await;
+    // Six times 60 000 bytes is more than the whole budget: it holds all of it.
+    until_in_flight(&api, 64 * 1024).await;
 
     let big = json!({"question": "q", "pad": "x".repeat(10_000)});
     let r = api.post(QUERY).json(&big).send().await.unwrap();

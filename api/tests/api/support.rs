@@ -44,9 +44,15 @@ impl TestApi {
     }
 
     /// The API with `config` (its Redis URL is replaced) over a Redis started with `opts`.
-    pub async fn start_with(mut config: ApiConfig, opts: ServerOptions) -> TestApi {
+    pub async fn start_with(config: ApiConfig, opts: ServerOptions) -> TestApi {
         let redis = RedisServer::start_with(opts).expect("starting redis-server");
-        config.redis_url = redis.url();
+        let url = redis.url();
+        Self::start_through(config, redis, &url).await
+    }
+
+    /// The API with `config` over `redis`, reached at `url` (a proxy in front of it).
+    pub async fn start_through(mut config: ApiConfig, redis: RedisServer, url: &str) -> TestApi {
+        config.redis_url = url.to_string();
         let broker = Broker::connect(config.broker_config().expect("broker config"))
             .await
             .expect("broker");
