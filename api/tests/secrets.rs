@@ -42,3 +42,16 @@ fn a_malformed_redis_url_is_reported_without_its_password() {
         assert!(!out.contains(SECRET), "{url}: {out}");
     }
 }
+
+#[test]
+fn a_redis_url_that_is_only_a_password_is_not_echoed() {
+    let password = format!("hunter2{SECRET}");
+    let output = api(
+        &["--listen", "127.0.0.1:0"],
+        &[("RAGPOOL_REDIS_URL", password.clone())],
+    );
+    let out = printed(&output);
+    assert!(!output.status.success(), "{out}");
+    assert!(out.contains("invalid Redis URL"), "{out}");
+    assert!(!out.contains(&password) && !out.contains(SECRET), "{out}");
+}

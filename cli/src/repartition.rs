@@ -10,7 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Args;
-use ragpool_queue::conn::redact;
+use ragpool_queue::redact::redact;
 use ragpool_queue::keys::MAX_PARTITIONS;
 use ragpool_queue::{Broker, BrokerConfig};
 

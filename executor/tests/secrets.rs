@@ -49,3 +49,50 @@ fn a_malformed_redis_url_is_reported_without_its_password() {
         assert!(!out.contains(SECRET), "{url}: {out}");
     }
 }
+
+#[test]
+fn a_redis_url_that_is_only_a_password_is_not_echoed() {
+    let password = format!("hunter2{SECRET}");
+    let output = executor(
+        &["--metrics-listen", "127.0.0.1:0"],
+        &[("RAGPOOL_REDIS_URL", password.clone())],
+    );
+    let out = printed(&output);
+    assert!(!output.status.success(), "{out}");
+    assert!(out.contains("invalid Redis URL"), "{out}");
+    assert!(!out.contains(&password) && !out.contains(SECRET), "{out}");
+}
+
+#[test]
+fn a_bad_backend_url_is_named_by_its_setting_not_echoed() {
+    for (backend, variable, flag) in [
+        ("http", "RAGPOOL_HTTP_URL", "--http-url"),
+        ("http", "RAGPOOL_HTTP_QUERY_URL", "--http-query-url"),
+        ("openai", "RAGPOOL_OPENAI_BASE_URL", "--openai-base-url"),
+    ] {
+        for url in [
+            format!("ftp://u:{SECRET}@host/x"),
+            format!("http://u:{SECRET}@[bad"),
+            format!("{SECRET}:u@host"),
+            format!("u:{SECRET}"),
+        ] {
+            let mut env = vec![
+                ("RAGPOOL_BACKEND", backend.to_string()),
+                ("RAGPOOL_HTTP_URL", "http://127.0.0.1:1".to_string()),
+                ("RAGPOOL_OPENAI_MODEL", "m".to_string()),
+                ("RAGPOOL_REDIS_URL", "redis://127.0.0.1:1".to_string()),
+            ];
+            env.retain(|(name, _)| *name != variable);
+            env.push((variable, url.clone()));
+            let output = executor(&["--metrics-listen", "127.0.0.1:0"], &env);
+            let out = printed(&output);
+            assert!(!output.status.success(), "{variable}={url}: {out}");
+            assert!(
+                out.contains(flag) && out.contains(variable),
+                "{variable}={url}: {out}"
+            );
+            assert!(!out.contains(SECRET), "{variable}={url}: {out}");
+            assert!(!out.contains("host"), "{variable}={url}: {out}");
+        }
+    }
+}
