@@ -81,18 +81,19 @@ pub(crate) const METADATA_ALLOWANCE: u64 = 4 * 1024 * 1024;
 /// images carry a handful.
 const MAX_PNG_TEXT_CHUNKS: usize = 256;
 
-/// The memory opening a decoder on `len` bytes may take before any pixel is decoded: a JPEG
-/// or WebP decoder keeps a copy of the file, and reading the header reads the metadata before
-/// it, up to [`METADATA_ALLOWANCE`].
+/// The memory opening a decoder on `len` bytes and reading its header may take, before any
+/// pixel is decoded: a JPEG or WebP decoder's copy of the file, the metadata read before the
+/// pixels (up to [`METADATA_ALLOWANCE`]) and the EXIF block handed out for the orientation (at
+/// most the file).
 pub(crate) fn probe_cost(len: u64) -> u64 {
-    len + METADATA_ALLOWANCE
+    2 * len + METADATA_ALLOWANCE
 }
 
 /// The peak memory decoding and analysing `bytes` may take beyond [`probe_cost`], in bytes,
 /// estimated from its header alone: the decoded pixels, what the format's decoder holds
-/// besides them, the RGBA copy the statistics may need, the downscaling's intermediate rows
-/// and the EXIF block handed out for the orientation. An image wider or taller than
-/// [`MAX_EDGE`] is refused here, before any pixel is decoded.
+/// besides them, the RGBA copy the statistics may need and the downscaling's intermediate
+/// rows. An image wider or taller than [`MAX_EDGE`] is refused here, before any pixel is
+/// decoded.
 pub(crate) fn decode_cost(bytes: &[u8]) -> Result<u64, BackendError> {
     let (format, decoder) = open(bytes)?;
     Ok(Needs::of(format, &decoder).total)
@@ -128,10 +129,10 @@ impl Needs {
         };
         // Downscaling resamples vertically first, into 32-bit float RGBA rows.
         let resample = u64::from(width) * u64::from(STATS_EDGE) * 16;
-        let decoder_own = pixels * per_pixel_own + METADATA_ALLOWANCE;
+        let decoder_own = pixels * per_pixel_own;
         Needs {
             decoder_own,
-            total: pixels * (decoded + rgba_copy) + decoder_own + resample + METADATA_ALLOWANCE,
+            total: pixels * (decoded + rgba_copy) + decoder_own + resample,
         }
     }
 }

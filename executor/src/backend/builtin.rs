@@ -69,22 +69,11 @@ impl BuiltinBackend {
         let Some(source) = source else {
             return Ok(None);
         };
-        let (mut bytes, mut reservation) = self.image_input(&source).await?;
+        let (bytes, reservation) = self.image_input(source).await?;
         // Judged from the header before anything is decoded, and held until the decode's
         // memory is freed.
         let cost = analysis::decode_cost(&bytes)?;
-        if !reservation.try_grow(cost) {
-            let total = reservation.bytes() + cost;
-            drop(reservation);
-            // A copy that can be made again is not held while waiting for room.
-            if let ImageSource::Inline(encoded) = source {
-                drop(bytes);
-                reservation = self.image_budget.reserve(total).await?;
-                bytes = input::decode_base64(encoded, self.fetcher.max_bytes())?;
-            } else {
-                reservation = self.image_budget.reserve(total).await?;
-            }
-        }
+        let reservation = self.image_budget.grow(reservation, cost).await?;
         let analysis = tokio::task::spawn_blocking(move || {
             let analysis = analysis::analyze(&bytes);
             drop(bytes);
@@ -100,9 +89,9 @@ impl BuiltinBackend {
     /// from, and for opening a decoder on them ([`analysis::probe_cost`]).
     async fn image_input(
         &self,
-        source: &ImageSource<&str>,
+        source: ImageSource<&str>,
     ) -> Result<(Vec<u8>, ImageReservation), BackendError> {
-        match *source {
+        match source {
             ImageSource::Inline(encoded) => {
                 let decoded = input::decoded_len(encoded);
                 let held = encoded.len() as u64 + decoded + analysis::probe_cost(decoded);
@@ -111,14 +100,14 @@ impl BuiltinBackend {
                 Ok((bytes, reservation))
             }
             ImageSource::Url(url) => {
-                let cap = self.fetcher.max_bytes();
-                let mut reservation = self
-                    .image_budget
-                    .reserve(cap + analysis::probe_cost(cap))
-                    .await?;
+                let mut reservation = self.image_budget.reserve(self.fetcher.max_bytes()).await?;
                 let bytes = self.fetcher.fetch(url).await?;
                 let len = bytes.len() as u64;
-                reservation.shrink_to(len + analysis::probe_cost(len));
+                reservation.shrink_to(len);
+                let reservation = self
+                    .image_budget
+                    .grow(reservation, analysis::probe_cost(len))
+                    .await?;
                 Ok((bytes, reservation))
             }
         }

@@ -7,10 +7,12 @@
 //! 1. the input: the encoded payload the task holds and its decoded copy (or, for an
 //!    `image_url`, the fetch cap, shrunk to what arrived), and what opening a decoder on it
 //!    takes ([`super::analysis::probe_cost`]: a file copy, metadata up to a fixed allowance);
-//! 2. the decode, estimated from the header ([`super::analysis::decode_cost`]) and added to
-//!    the first reservation if it fits at once. If it does not, the task gives everything back
-//!    and waits until the whole amount fits: a task never waits while holding part of the
-//!    budget, so two tasks cannot each hold what the other waits for.
+//! 2. the decode, estimated from the header ([`super::analysis::decode_cost`]).
+//!
+//! A later step is added to what the task holds if it fits at once ([`ImageBudget::grow`]);
+//! if not, the task gives everything back and waits until the whole amount fits: a task never
+//! waits while holding part of the budget, so two tasks cannot each hold what the other waits
+//! for. While it waits, its image bytes are outside the budget.
 //!
 //! An image whose total is over the whole budget is refused as `bad_input`; one that does not
 //! fit next to the decodes already running waits for them. So at most the budget is in use
@@ -66,6 +68,22 @@ impl ImageBudget {
             permit,
             permits: Arc::clone(&self.permits),
         })
+    }
+
+    /// `reservation` grown by `bytes`: at once if the room is free, else by giving it all back
+    /// and waiting for the whole amount, so that no task waits while holding budget another
+    /// one needs.
+    pub async fn grow(
+        &self,
+        mut reservation: ImageReservation,
+        bytes: u64,
+    ) -> Result<ImageReservation, BackendError> {
+        if reservation.try_grow(bytes) {
+            return Ok(reservation);
+        }
+        let total = reservation.bytes() + bytes;
+        drop(reservation);
+        self.reserve(total).await
     }
 }
 
@@ -140,6 +158,23 @@ mod tests {
         assert_eq!(first.bytes(), 2 * UNIT);
         drop(other);
         assert!(budget.reserve(8 * UNIT).now_or_never().unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn two_tasks_growing_at_once_do_not_wait_for_each_other() {
+        let budget = ImageBudget::new(10 * UNIT);
+        let a = budget.reserve(5 * UNIT).await.unwrap();
+        let b = budget.reserve(5 * UNIT).await.unwrap();
+        // Neither fits next to the other; each gives its part back while it waits.
+        let mut grow_a = Box::pin(budget.grow(a, 3 * UNIT));
+        assert!((&mut grow_a).now_or_never().is_none());
+        let mut grow_b = Box::pin(budget.grow(b, 3 * UNIT));
+        assert!((&mut grow_b).now_or_never().is_none());
+        let a = grow_a.now_or_never().expect("a has room").unwrap();
+        assert_eq!(a.bytes(), 8 * UNIT);
+        drop(a);
+        let b = grow_b.now_or_never().expect("b has room").unwrap();
+        assert_eq!(b.bytes(), 8 * UNIT);
     }
 
     #[tokio::test]
