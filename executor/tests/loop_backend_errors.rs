@@ -35,7 +35,9 @@ async fn unreachable_backends_are_reported_without_their_address() {
         let error = task.error.expect("a failed task has an error");
         assert_eq!(error.kind, "backend_unavailable", "{backend}: {error:?}");
         assert!(
-            error.message.contains("could not be reached: connection refused"),
+            error
+                .message
+                .contains("could not be reached: connection refused"),
             "{backend}: {error:?}"
         );
         executor.sigterm();

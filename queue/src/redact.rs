@@ -161,10 +161,16 @@ mod tests {
                 "http://user:secret@127.0.0.1:8080/complete-answer",
                 "http://***@127.0.0.1:8080/complete-answer",
             ),
-            ("https://rag:8000/v1?api_key=secret", "https://rag:8000/v1?***"),
+            (
+                "https://rag:8000/v1?api_key=secret",
+                "https://rag:8000/v1?***",
+            ),
             ("ftp://u:secret@host/x", "ftp://***@host/x"),
             ("http://u:secret@[bad", "http://***@***"),
-            ("https://img.example/a.png?sig=secret#x", "https://img.example/a.png?***"),
+            (
+                "https://img.example/a.png?sig=secret#x",
+                "https://img.example/a.png?***",
+            ),
         ] {
             let redacted = redact(url);
             assert_eq!(redacted, shown, "{url}");

@@ -201,9 +201,9 @@ fn check_png_text_chunks(bytes: &[u8]) -> Result<(), BackendError> {
 pub(crate) fn analyze(bytes: &[u8]) -> Result<ImageAnalysis, BackendError> {
     let (format, mut decoder) = open(bytes)?;
     let needs = Needs::of(format, &decoder);
-    decoder
-        .set_limits(limits(needs.decoder_own))
-        .map_err(|e| BackendError::bad_input(format!("decoding the {} image: {e}", name(format))))?;
+    decoder.set_limits(limits(needs.decoder_own)).map_err(|e| {
+        BackendError::bad_input(format!("decoding the {} image: {e}", name(format)))
+    })?;
     let orientation = exif_orientation(&mut decoder);
     let image = DynamicImage::from_decoder(decoder).map_err(|e| {
         BackendError::bad_input(format!("decoding the {} image: {e}", name(format)))

@@ -154,7 +154,11 @@ fn transfer_failed(doing: &str, url: &Url, e: reqwest::Error) -> BackendError {
     tracing::debug!(host = shown(url), cause = %error_chain(&e), "{doing} an image failed");
     BackendError::retryable(
         kinds::FETCH_FAILED,
-        format!("{doing} the image from {}: {}", shown(url), transfer_cause(&e)),
+        format!(
+            "{doing} the image from {}: {}",
+            shown(url),
+            transfer_cause(&e)
+        ),
         None,
     )
 }

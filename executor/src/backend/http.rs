@@ -52,8 +52,9 @@ impl HttpBackend {
         let base = configured_url("the RAG service's base URL", &config.base_url)?;
         let url = |over: &Option<String>, path: &str| -> Result<String, BuildError> {
             match over {
-                Some(u) => configured_url(&format!("the RAG service's {path} URL"), u)
-                    .map(str::to_owned),
+                Some(u) => {
+                    configured_url(&format!("the RAG service's {path} URL"), u).map(str::to_owned)
+                }
                 None => Ok(format!("{base}/{path}")),
             }
         };

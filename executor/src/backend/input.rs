@@ -51,7 +51,12 @@ mod tests {
 
     #[test]
     fn decoded_len_bounds_the_decoded_copy() {
-        for encoded in ["aGk=", "aGk", "aGVsbG8gd29ybGQ=", "data:image/png;base64,aGk="] {
+        for encoded in [
+            "aGk=",
+            "aGk",
+            "aGVsbG8gd29ybGQ=",
+            "data:image/png;base64,aGk=",
+        ] {
             let decoded = decode_base64(encoded, 100).unwrap();
             assert!(decoded.len() as u64 <= decoded_len(encoded), "{encoded}");
         }
