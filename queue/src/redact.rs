@@ -142,21 +142,7 @@ mod tests {
             ("redis://user:secret", "redis://***"),
             ("redis://h:1/secret:x", "redis://h:1/***"),
             ("sec ret://h:1", "***://h:1"),
-            // Cluster seeds: each one redacted.
-            (
-                "redis://:secret@a:1, redis://:secret@b:2,c:3",
-                "redis://***@a:1,redis://***@b:2,c:3",
-            ),
-        ] {
-            let redacted = redact(url);
-            assert_eq!(redacted, shown, "{url}");
-            assert!(!redacted.contains("secret"), "{url} -> {redacted}");
-        }
-    }
-
-    #[test]
-    fn backend_and_image_urls_lose_credentials_and_queries() {
-        for (url, shown) in [
+            // Backend and image URLs.
             (
                 "http://user:secret@127.0.0.1:8080/complete-answer",
                 "http://***@127.0.0.1:8080/complete-answer",
@@ -170,6 +156,11 @@ mod tests {
             (
                 "https://img.example/a.png?sig=secret#x",
                 "https://img.example/a.png?***",
+            ),
+            // Cluster seeds: each one redacted.
+            (
+                "redis://:secret@a:1, redis://:secret@b:2,c:3",
+                "redis://***@a:1,redis://***@b:2,c:3",
             ),
         ] {
             let redacted = redact(url);

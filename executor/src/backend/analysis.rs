@@ -177,7 +177,7 @@ fn check_png_text_chunks(bytes: &[u8]) -> Result<(), BackendError> {
     const SIGNATURE: usize = 8;
     let mut at = SIGNATURE;
     let mut texts = 0usize;
-    while let Some(header) = bytes.get(at..at + 8) {
+    while let Some(header) = at.checked_add(8).and_then(|end| bytes.get(at..end)) {
         let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
         let kind = &header[4..8];
         if matches!(kind, b"tEXt" | b"zTXt" | b"iTXt") {
@@ -614,6 +614,35 @@ mod tests {
             "{}",
             a.summary
         );
+    }
+
+    /// A 1×1 PNG with `texts` `tEXt` chunks before its pixels.
+    fn png_with_texts(texts: usize) -> Vec<u8> {
+        let plain = png(RgbaImage::from_pixel(1, 1, image::Rgba([1, 2, 3, 255])));
+        let (head, tail) = plain.split_at(8 + 25); // signature and IHDR
+        let mut out = head.to_vec();
+        for _ in 0..texts {
+            let mut crc = flate2::Crc::new();
+            crc.update(b"tEXtk\0");
+            out.extend_from_slice(&2u32.to_be_bytes());
+            out.extend_from_slice(b"tEXtk\0");
+            out.extend_from_slice(&crc.sum().to_be_bytes());
+        }
+        out.extend_from_slice(tail);
+        out
+    }
+
+    #[test]
+    fn png_text_chunks_are_counted_before_decoding() {
+        let a = analyze(&png_with_texts(MAX_PNG_TEXT_CHUNKS)).unwrap();
+        assert_eq!((a.width, a.height), (1, 1));
+        let err = analyze(&png_with_texts(MAX_PNG_TEXT_CHUNKS + 1)).unwrap_err();
+        assert_eq!(err.kind(), "bad_input");
+        assert!(err.message().contains("text chunks"), "{err}");
+        // A chunk length running past the end stops the walk instead of overflowing.
+        let mut truncated = png_with_texts(1);
+        truncated[33..37].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(check_png_text_chunks(&truncated).is_ok());
     }
 
     #[test]
