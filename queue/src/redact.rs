@@ -27,14 +27,7 @@ fn redact_one(url: &str) -> String {
     let mut out = String::new();
     if let Some(scheme) = scheme {
         // A scheme is short and plain; anything else was not one.
-        if scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
-        {
-            out.push_str(scheme);
-        } else {
-            out.push_str("***");
-        }
+        out.push_str(plain_or(scheme, "+-.", "***"));
         out.push_str("://");
     }
     let rest = match rest.rsplit_once('@') {
@@ -61,18 +54,23 @@ fn redact_one(url: &str) -> String {
     } else {
         out.push_str("***");
     }
-    if path
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "/._-".contains(c))
-    {
-        out.push_str(path);
-    } else {
-        out.push_str("/***");
-    }
+    out.push_str(plain_or(path, "/._-", "/***"));
     if query {
         out.push_str("?***");
     }
     out
+}
+
+/// `text` if it is only ASCII letters, digits and `also`, else `hidden`.
+fn plain_or<'a>(text: &'a str, also: &str, hidden: &'a str) -> &'a str {
+    if text
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || also.contains(c))
+    {
+        text
+    } else {
+        hidden
+    }
 }
 
 /// `host`, `host:port`, `[v6]` or `[v6]:port`, or nothing (a Unix socket URL).
