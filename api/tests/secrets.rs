@@ -1,5 +1,5 @@
 //! The `ragpool-api` binary never prints a secret from its environment: not in `--help`, not
-//! in the error about a malformed Redis URL.
+//! in the error about a malformed Redis URL (or a password given in its place).
 
 use std::process::Output;
 
@@ -30,6 +30,8 @@ fn a_malformed_redis_url_is_reported_without_its_password() {
     for url in [
         format!(":{SECRET}@h:1"),
         format!("user:{SECRET}@h:1"),
+        // Only the password, where the URL belongs.
+        format!("hunter2{SECRET}"),
         format!("http://:{SECRET}@h:1"),
     ] {
         let output = api(

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use ragpool_queue::conn::redact;
+use ragpool_queue::redact::redact;
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
 use serde_json::Value;

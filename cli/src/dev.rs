@@ -14,7 +14,7 @@ use clap::{Args, Parser};
 use ragpool_api::ApiConfig;
 use ragpool_executor::settings::ExecutorSettings;
 use ragpool_queue::PartitionArgs;
-use ragpool_queue::conn::redact;
+use ragpool_queue::redact::redact;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

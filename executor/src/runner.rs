@@ -383,15 +383,17 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
     let started = Instant::now();
 
     let (cx, mut progress) = TaskContext::for_task(task.id.clone(), task.attempts);
+    let timeout = task.timeout;
     // A panicking backend fails this task instead of the executor. Caught in place rather
     // than on a task of its own: the call is raced below and dropped when it loses, and a
-    // spawn would cost a hand-off between threads on every task.
+    // spawn would cost a hand-off between threads on every task. The payload moves into the
+    // call: an image payload is the task's largest allocation, and one copy of it is enough.
     let work = std::panic::AssertUnwindSafe(call_backend(
         &shared.broker,
         shared.backend.as_ref(),
-        task.payload.clone(),
+        task.payload,
         &cx,
-        task.timeout,
+        timeout,
     ))
     .catch_unwind();
 
@@ -435,7 +437,7 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
             Err(panic) => Outcome::Failed(BackendError::permanent(kinds::INTERNAL, format!("task runner crashed: {}", panic_message(&*panic)))),
         },
         o = heartbeat => o,
-        _ = tokio::time::sleep(task.timeout) => Outcome::TimedOut,
+        _ = tokio::time::sleep(timeout) => Outcome::TimedOut,
         _ = shared.release.cancelled() => Outcome::Released,
     };
 
@@ -476,7 +478,7 @@ async fn report(shared: &Shared, lease: &ragpool_queue::Lease, outcome: Outcome)
                 BackendError::Permanent { .. } => Retry::Permanent,
             };
             let error = TaskError::new(e.kind(), e.message());
-            tracing::warn!(kind = e.kind(), message = e.message(), "task failed");
+            tracing::warn!(kind = e.kind(), error = e.message(), "task failed");
             retry_redis(shared, lease, || b.fail(lease, &error, retry))
                 .await
                 .map(|outcome| match outcome {

@@ -9,6 +9,7 @@ use ragpool_queue::durability::DurabilityArgs;
 use ragpool_queue::http_server::ServerArgs;
 use ragpool_queue::{ClaimPolicy, PartitionArgs, QueueConfig, QueueEntry, QueueSettings};
 
+use crate::backend::http::checked_base_url;
 use crate::backend::{BackendConfig, BuiltinConfig, HttpConfig, OpenAiConfig, SecretString};
 
 /// Everything `ragpool-executor` can be told.
@@ -168,10 +169,11 @@ impl BackendSettings {
                 ..BuiltinConfig::default()
             })),
             "openai" => {
-                let base = self
-                    .openai_base_url
-                    .clone()
-                    .ok_or("--backend openai needs --openai-base-url (RAGPOOL_OPENAI_BASE_URL)")?;
+                let base = url_flag(
+                    "--openai-base-url (RAGPOOL_OPENAI_BASE_URL)",
+                    &self.openai_base_url,
+                )?
+                .ok_or("--backend openai needs --openai-base-url (RAGPOOL_OPENAI_BASE_URL)")?;
                 let model = self
                     .openai_model
                     .clone()
@@ -185,14 +187,21 @@ impl BackendSettings {
                 Ok(BackendConfig::OpenAi(c))
             }
             "http" => {
-                let base = self
-                    .http_url
-                    .clone()
+                let base = url_flag("--http-url (RAGPOOL_HTTP_URL)", &self.http_url)?
                     .ok_or("--backend http needs --http-url (RAGPOOL_HTTP_URL)")?;
                 let mut c = HttpConfig::new(base);
-                c.analyze_image_url = self.http_analyze_image_url.clone();
-                c.complete_answer_url = self.http_complete_answer_url.clone();
-                c.query_url = self.http_query_url.clone();
+                c.analyze_image_url = url_flag(
+                    "--http-analyze-image-url (RAGPOOL_HTTP_ANALYZE_IMAGE_URL)",
+                    &self.http_analyze_image_url,
+                )?;
+                c.complete_answer_url = url_flag(
+                    "--http-complete-answer-url (RAGPOOL_HTTP_COMPLETE_ANSWER_URL)",
+                    &self.http_complete_answer_url,
+                )?;
+                c.query_url = url_flag(
+                    "--http-query-url (RAGPOOL_HTTP_QUERY_URL)",
+                    &self.http_query_url,
+                )?;
                 c.forward_image_urls = self.http_forward_image_urls;
                 c.timeout_secs = self.request_timeout_seconds;
                 Ok(BackendConfig::Http(c))
@@ -202,6 +211,19 @@ impl BackendSettings {
             )),
         }
     }
+}
+
+/// The value of the URL setting `flag`, if it is an http(s) URL. The error names the flag and
+/// what is wrong, never the value: a backend URL may carry credentials.
+fn url_flag(flag: &str, value: &Option<String>) -> Result<Option<String>, String> {
+    value
+        .as_deref()
+        .map(|url| {
+            checked_base_url(url)
+                .map(|_| url.to_owned())
+                .map_err(|why| format!("{flag} {why}"))
+        })
+        .transpose()
 }
 
 impl ExecutorSettings {

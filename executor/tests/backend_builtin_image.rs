@@ -274,8 +274,9 @@ async fn the_budget_is_a_setting() {
             ..Default::default()
         })
     };
-    // 64×32 RGB plus the downscaler's rows is about 137 KB.
-    let roomy = backend::build(&with_budget(1 << 20)).await.unwrap();
+    // 64×32 RGB plus the downscaler's rows is about 137 KB; the payload, its decoded copy and
+    // the decoder's 4 MiB metadata allowance come on top.
+    let roomy = backend::build(&with_budget(8 << 20)).await.unwrap();
     let a = roomy.analyze_image(&req, &cx).await.unwrap();
     assert_eq!(a["width"], 64);
     let tight = backend::build(&with_budget(64 << 10)).await.unwrap();

@@ -1,5 +1,5 @@
 //! The `ragpool-executor` binary never prints a secret from its environment: not in
-//! `--help`, not in the error about a malformed Redis URL.
+//! `--help`, not in the error about a malformed Redis URL (or a password given in its place).
 
 use std::process::Output;
 
@@ -37,6 +37,8 @@ fn a_malformed_redis_url_is_reported_without_its_password() {
     for url in [
         format!(":{SECRET}@h:1"),
         format!("user:{SECRET}@h:1"),
+        // Only the password, where the URL belongs.
+        format!("hunter2{SECRET}"),
         format!("redis://:{SECRET}@a:1,http://:{SECRET}@b:2"),
     ] {
         let output = executor(
@@ -47,5 +49,39 @@ fn a_malformed_redis_url_is_reported_without_its_password() {
         assert!(!output.status.success(), "{url}: {out}");
         assert!(out.contains("invalid Redis URL"), "{url}: {out}");
         assert!(!out.contains(SECRET), "{url}: {out}");
+    }
+}
+
+#[test]
+fn a_bad_backend_url_is_named_by_its_setting_not_echoed() {
+    for (backend, variable, flag) in [
+        ("http", "RAGPOOL_HTTP_URL", "--http-url"),
+        ("http", "RAGPOOL_HTTP_QUERY_URL", "--http-query-url"),
+        ("openai", "RAGPOOL_OPENAI_BASE_URL", "--openai-base-url"),
+    ] {
+        for url in [
+            format!("ftp://u:{SECRET}@host/x"),
+            format!("http://u:{SECRET}@[bad"),
+            format!("{SECRET}:u@host"),
+            format!("u:{SECRET}"),
+        ] {
+            let mut env = vec![
+                ("RAGPOOL_BACKEND", backend.to_string()),
+                ("RAGPOOL_HTTP_URL", "http://127.0.0.1:1".to_string()),
+                ("RAGPOOL_OPENAI_MODEL", "m".to_string()),
+                ("RAGPOOL_REDIS_URL", "redis://127.0.0.1:1".to_string()),
+            ];
+            env.retain(|(name, _)| *name != variable);
+            env.push((variable, url.clone()));
+            let output = executor(&["--metrics-listen", "127.0.0.1:0"], &env);
+            let out = printed(&output);
+            assert!(!output.status.success(), "{variable}={url}: {out}");
+            assert!(
+                out.contains(flag) && out.contains(variable),
+                "{variable}={url}: {out}"
+            );
+            assert!(!out.contains(SECRET), "{variable}={url}: {out}");
+            assert!(!out.contains("host"), "{variable}={url}: {out}");
+        }
     }
 }

@@ -30,6 +30,7 @@ pub mod http_server;
 pub mod image_input;
 pub mod keys;
 pub mod payload;
+pub mod redact;
 mod scripts;
 mod sentinel;
 pub mod stats;

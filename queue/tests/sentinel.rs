@@ -302,7 +302,7 @@ fn sentinel_urls_parse_and_redact() {
         assert!(!err.contains("pw@"), "{bad}: {err}");
     }
     assert_eq!(
-        ragpool_queue::conn::redact("redis+sentinel://:s3cret@a:1,b:2/m/0?sentinel_password=x"),
+        ragpool_queue::redact::redact("redis+sentinel://:s3cret@a:1,b:2/m/0?sentinel_password=x"),
         "redis+sentinel://***@a:1,b:2/m/0?***"
     );
 }

@@ -16,7 +16,8 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::io::Cursor;
 
-use image::{DynamicImage, ImageDecoder as _, ImageFormat, ImageReader, Limits, RgbaImage};
+use image::metadata::Orientation;
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Limits, RgbaImage};
 use serde::{Deserialize, Serialize};
 
 use super::error::BackendError;
@@ -24,8 +25,6 @@ use super::error::BackendError;
 const STATS_EDGE: u32 = 128;
 /// Largest width or height decoded; beyond this an upload is more likely an attack than a photo.
 const MAX_EDGE: u32 = 16_384;
-/// Per decode; several tasks decode at once.
-const MAX_DECODE_ALLOC: u64 = 256 * 1024 * 1024;
 const MAX_COLORS: usize = 5;
 /// Colours covering less of the image than this are noise (anti-aliased edges, compression).
 const MIN_COLOR_SHARE: f64 = 0.02;
@@ -72,12 +71,77 @@ pub struct DominantColor {
     pub share: f64,
 }
 
-/// The peak memory decoding and analysing `bytes` may take, in bytes, estimated from its
-/// header alone: the decoded pixels, what the format's decoder holds besides them, the RGBA
-/// copy the statistics may need and the downscaling's intermediate rows. An image wider or
-/// taller than [`MAX_EDGE`] is refused here, before any pixel is decoded.
+/// What a decoder may allocate for an image's metadata beyond its pixels: ICC profile, text,
+/// EXIF and XMP chunks, and its row buffers. It is the decoder's `max_alloc` while the header
+/// is read: past it a PNG's ICC profile is dropped (however far it would inflate) and text or
+/// EXIF refuses the image.
+pub(crate) const METADATA_ALLOWANCE: u64 = 4 * 1024 * 1024;
+/// Text chunks (`tEXt`, `zTXt`, `iTXt`) a PNG may carry. The decoder keeps each one in a
+/// record of its own that costs a few hundred bytes beyond the text its limit counts; real
+/// images carry a handful.
+const MAX_PNG_TEXT_CHUNKS: usize = 256;
+
+/// The memory opening a decoder on `len` bytes and reading its header may take, before any
+/// pixel is decoded: a JPEG or WebP decoder's copy of the file, the metadata read before the
+/// pixels (up to [`METADATA_ALLOWANCE`]) and the EXIF block handed out for the orientation (at
+/// most the file).
+pub(crate) fn probe_cost(len: u64) -> u64 {
+    2 * len + METADATA_ALLOWANCE
+}
+
+/// The peak memory decoding and analysing `bytes` may take beyond [`probe_cost`], in bytes,
+/// estimated from its header alone: the decoded pixels, what the format's decoder holds
+/// besides them, the RGBA copy the statistics may need and the downscaling's intermediate
+/// rows. An image wider or taller than [`MAX_EDGE`] is refused here, before any pixel is
+/// decoded.
 pub(crate) fn decode_cost(bytes: &[u8]) -> Result<u64, BackendError> {
-    let reader = ImageReader::new(Cursor::new(bytes))
+    let (format, decoder) = open(bytes)?;
+    Ok(Needs::of(format, &decoder).total)
+}
+
+/// Memory a decode needs, from the decoder's header.
+struct Needs {
+    /// What the decoder allocates beside its output: its `max_alloc` for the decode.
+    decoder_own: u64,
+    /// Everything beyond [`probe_cost`].
+    total: u64,
+}
+
+impl Needs {
+    fn of(format: ImageFormat, decoder: &impl ImageDecoder) -> Needs {
+        let (width, height) = decoder.dimensions();
+        let color = decoder.color_type();
+        let pixels = u64::from(width) * u64::from(height);
+        let decoded = u64::from(color.bytes_per_pixel());
+        // Held by the decoder next to its output: a progressive JPEG keeps 16-bit coefficients
+        // for every sample, a lossless WebP decodes to 32-bit ARGB and converts, a GIF frame is
+        // composed into an RGBA canvas.
+        let per_pixel_own = match format {
+            ImageFormat::Jpeg => 2 * u64::from(color.channel_count()),
+            ImageFormat::WebP | ImageFormat::Gif => 4,
+            _ => 0,
+        };
+        // `stats_copy` converts an image with alpha to RGBA8 (free if it already is).
+        let rgba_copy = if color.has_alpha() && color != image::ColorType::Rgba8 {
+            4
+        } else {
+            0
+        };
+        // Downscaling resamples vertically first, into 32-bit float RGBA rows.
+        let resample = u64::from(width) * u64::from(STATS_EDGE) * 16;
+        let decoder_own = pixels * per_pixel_own;
+        Needs {
+            decoder_own,
+            total: pixels * (decoded + rgba_copy) + decoder_own + resample,
+        }
+    }
+}
+
+/// A decoder for `bytes` with its header read, allocating at most [`METADATA_ALLOWANCE`]
+/// for metadata; refuses formats other than PNG, JPEG, WebP and GIF, images over
+/// [`MAX_EDGE`] a side and PNGs with more than [`MAX_PNG_TEXT_CHUNKS`] text chunks.
+fn open(bytes: &[u8]) -> Result<(ImageFormat, impl ImageDecoder + '_), BackendError> {
+    let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| BackendError::bad_input(format!("reading the image: {e}")))?;
     let format = reader
@@ -89,58 +153,59 @@ pub(crate) fn decode_cost(bytes: &[u8]) -> Result<u64, BackendError> {
             )
         })
         .ok_or_else(|| BackendError::bad_input("the image is not PNG, JPEG, WebP or GIF"))?;
+    if format == ImageFormat::Png {
+        check_png_text_chunks(bytes)?;
+    }
+    reader.limits(limits(METADATA_ALLOWANCE));
     let decoder = reader.into_decoder().map_err(|e| {
         BackendError::bad_input(format!("reading the {} header: {e}", name(format)))
     })?;
-    let (width, height) = decoder.dimensions();
-    if width > MAX_EDGE || height > MAX_EDGE {
-        return Err(BackendError::bad_input(format!(
-            "the image is {width}×{height}; at most {MAX_EDGE} pixels a side are decoded"
-        )));
+    Ok((format, decoder))
+}
+
+fn limits(max_alloc: u64) -> Limits {
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_EDGE);
+    limits.max_image_height = Some(MAX_EDGE);
+    limits.max_alloc = Some(max_alloc);
+    limits
+}
+
+/// Refuses a PNG with more than [`MAX_PNG_TEXT_CHUNKS`] text chunks, walking the chunk
+/// headers without reading their data. A malformed chunk list is left to the decoder.
+fn check_png_text_chunks(bytes: &[u8]) -> Result<(), BackendError> {
+    const SIGNATURE: usize = 8;
+    let mut at = SIGNATURE;
+    let mut texts = 0usize;
+    while let Some(header) = at.checked_add(8).and_then(|end| bytes.get(at..end)) {
+        let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let kind = &header[4..8];
+        if matches!(kind, b"tEXt" | b"zTXt" | b"iTXt") {
+            texts += 1;
+            if texts > MAX_PNG_TEXT_CHUNKS {
+                return Err(BackendError::bad_input(format!(
+                    "the png image carries more than {MAX_PNG_TEXT_CHUNKS} text chunks"
+                )));
+            }
+        }
+        if kind == b"IDAT" || kind == b"IEND" {
+            break;
+        }
+        // Length, type, data and CRC.
+        at = at.saturating_add(12).saturating_add(len);
     }
-    let color = decoder.color_type();
-    let pixels = u64::from(width) * u64::from(height);
-    let decoded = u64::from(color.bytes_per_pixel());
-    // Held by the decoder next to its output: a progressive JPEG keeps 16-bit coefficients
-    // for every sample, a lossless WebP decodes to 32-bit ARGB and converts, a GIF frame is
-    // composed into an RGBA canvas.
-    let decoder_own = match format {
-        ImageFormat::Jpeg => 2 * u64::from(color.channel_count()),
-        ImageFormat::WebP | ImageFormat::Gif => 4,
-        _ => 0,
-    };
-    // `stats_copy` converts an image with alpha to RGBA8 (free if it already is).
-    let rgba_copy = if color.has_alpha() && color != image::ColorType::Rgba8 {
-        4
-    } else {
-        0
-    };
-    // Downscaling resamples vertically first, into 32-bit float RGBA rows.
-    let resample = u64::from(width) * u64::from(STATS_EDGE) * 16;
-    Ok(pixels * (decoded + decoder_own + rgba_copy) + resample)
+    Ok(())
 }
 
 /// Decodes and analyses `bytes`. CPU-bound: run it on the blocking pool.
 pub(crate) fn analyze(bytes: &[u8]) -> Result<ImageAnalysis, BackendError> {
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| BackendError::bad_input(format!("reading the image: {e}")))?;
-    let format = match reader.format() {
-        Some(f @ (ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP | ImageFormat::Gif)) => {
-            f
-        }
-        _ => {
-            return Err(BackendError::bad_input(
-                "the image is not PNG, JPEG, WebP or GIF",
-            ));
-        }
-    };
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_EDGE);
-    limits.max_image_height = Some(MAX_EDGE);
-    limits.max_alloc = Some(MAX_DECODE_ALLOC);
-    reader.limits(limits);
-    let image = reader.decode().map_err(|e| {
+    let (format, mut decoder) = open(bytes)?;
+    let needs = Needs::of(format, &decoder);
+    decoder.set_limits(limits(needs.decoder_own)).map_err(|e| {
+        BackendError::bad_input(format!("decoding the {} image: {e}", name(format)))
+    })?;
+    let orientation = exif_orientation(&mut decoder);
+    let image = DynamicImage::from_decoder(decoder).map_err(|e| {
         BackendError::bad_input(format!("decoding the {} image: {e}", name(format)))
     })?;
 
@@ -149,7 +214,6 @@ pub(crate) fn analyze(bytes: &[u8]) -> Result<ImageAnalysis, BackendError> {
     let rgba = small.to_rgba8();
     let dominant_colors = dominant_colors(&rgba);
     let luma = luma_stats(&rgba);
-    let orientation = exif_orientation(bytes);
     let perceptual_hash = perceptual_hash(&small);
 
     let mut analysis = ImageAnalysis {
@@ -356,14 +420,12 @@ fn color_name([r, g, b]: [u8; 3]) -> String {
     }
 }
 
-/// The EXIF orientation (1–8) of a JPEG, PNG or WebP that has one.
-fn exif_orientation(bytes: &[u8]) -> Option<u16> {
-    let exif = exif::Reader::new()
-        .read_from_container(&mut Cursor::new(bytes))
-        .ok()?;
-    let field = exif.get_field(exif::Tag::Orientation, exif::In::PRIMARY)?;
-    let value = field.value.get_uint(0)?;
-    u16::try_from(value).ok().filter(|v| (1..=8).contains(v))
+/// The EXIF orientation (1–8) of an image that has one. Only the first directory's
+/// `Orientation` entry is read (the image crate's reader), however many entries or however
+/// much data the EXIF block carries.
+fn exif_orientation(decoder: &mut impl ImageDecoder) -> Option<u16> {
+    let exif = decoder.exif_metadata().ok()??;
+    Orientation::from_exif_chunk(&exif).map(|o| u16::from(o.to_exif()))
 }
 
 fn orientation_text(orientation: u16) -> &'static str {
@@ -552,6 +614,35 @@ mod tests {
             "{}",
             a.summary
         );
+    }
+
+    /// A 1×1 PNG with `texts` `tEXt` chunks before its pixels.
+    fn png_with_texts(texts: usize) -> Vec<u8> {
+        let plain = png(RgbaImage::from_pixel(1, 1, image::Rgba([1, 2, 3, 255])));
+        let (head, tail) = plain.split_at(8 + 25); // signature and IHDR
+        let mut out = head.to_vec();
+        for _ in 0..texts {
+            let mut crc = flate2::Crc::new();
+            crc.update(b"tEXtk\0");
+            out.extend_from_slice(&2u32.to_be_bytes());
+            out.extend_from_slice(b"tEXtk\0");
+            out.extend_from_slice(&crc.sum().to_be_bytes());
+        }
+        out.extend_from_slice(tail);
+        out
+    }
+
+    #[test]
+    fn png_text_chunks_are_counted_before_decoding() {
+        let a = analyze(&png_with_texts(MAX_PNG_TEXT_CHUNKS)).unwrap();
+        assert_eq!((a.width, a.height), (1, 1));
+        let err = analyze(&png_with_texts(MAX_PNG_TEXT_CHUNKS + 1)).unwrap_err();
+        assert_eq!(err.kind(), "bad_input");
+        assert!(err.message().contains("text chunks"), "{err}");
+        // A chunk length running past the end stops the walk instead of overflowing.
+        let mut truncated = png_with_texts(1);
+        truncated[33..37].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(check_png_text_chunks(&truncated).is_ok());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use ragpool_queue::image_input::{self, ImageSource};
 use ragpool_queue::payload::{AnalyzeImage, CompleteAnswer, FullQuery};
 use serde_json::Value;
 
@@ -17,7 +18,7 @@ use super::context::TaskContext;
 use super::error::{BackendError, BuildError};
 use super::extract;
 use super::fetch::ImageFetcher;
-use super::image_budget::ImageBudget;
+use super::image_budget::{ImageBudget, ImageReservation};
 use super::input;
 use super::retrieval::{DocumentIndex, Hit};
 
@@ -63,21 +64,53 @@ impl BuiltinBackend {
         image: Option<&str>,
         image_url: Option<&str>,
     ) -> Result<Option<ImageAnalysis>, BackendError> {
-        let Some(bytes) = input::image_bytes(image, image_url, &self.fetcher).await? else {
+        let source = image_input::image_source(image, image_url)
+            .map_err(|both| BackendError::bad_input(both.to_string()))?;
+        let Some(source) = source else {
             return Ok(None);
         };
+        let (bytes, reservation) = self.image_input(source).await?;
         // Judged from the header before anything is decoded, and held until the decode's
         // memory is freed.
         let cost = analysis::decode_cost(&bytes)?;
-        let reservation = self.image_budget.reserve(cost).await?;
+        let reservation = self.image_budget.grow(reservation, cost).await?;
         let analysis = tokio::task::spawn_blocking(move || {
             let analysis = analysis::analyze(&bytes);
+            drop(bytes);
             drop(reservation);
             analysis
         })
         .await
         .map_err(|e| BackendError::internal(format!("image analysis failed: {e}")))??;
         Ok(Some(analysis))
+    }
+
+    /// The image's bytes, under a reservation for them, for the payload they were decoded
+    /// from, and for opening a decoder on them ([`analysis::probe_cost`]).
+    async fn image_input(
+        &self,
+        source: ImageSource<&str>,
+    ) -> Result<(Vec<u8>, ImageReservation), BackendError> {
+        match source {
+            ImageSource::Inline(encoded) => {
+                let decoded = input::decoded_len(encoded);
+                let held = encoded.len() as u64 + decoded + analysis::probe_cost(decoded);
+                let reservation = self.image_budget.reserve(held).await?;
+                let bytes = input::decode_base64(encoded, self.fetcher.max_bytes())?;
+                Ok((bytes, reservation))
+            }
+            ImageSource::Url(url) => {
+                let mut reservation = self.image_budget.reserve(self.fetcher.max_bytes()).await?;
+                let bytes = self.fetcher.fetch(url).await?;
+                let len = bytes.len() as u64;
+                reservation.shrink_to(len);
+                let reservation = self
+                    .image_budget
+                    .grow(reservation, analysis::probe_cost(len))
+                    .await?;
+                Ok((bytes, reservation))
+            }
+        }
     }
 
     async fn retrieve(&self, question: &str, top_k: Option<u32>) -> Result<Vec<Hit>, BackendError> {

@@ -49,10 +49,12 @@ pub struct HttpBackend {
 
 impl HttpBackend {
     pub fn new(config: &HttpConfig) -> Result<Self, BuildError> {
-        let base = checked_base_url(&config.base_url)?;
+        let base = configured_url("the RAG service's base URL", &config.base_url)?;
         let url = |over: &Option<String>, path: &str| -> Result<String, BuildError> {
             match over {
-                Some(u) => checked_base_url(u).map(str::to_owned),
+                Some(u) => {
+                    configured_url(&format!("the RAG service's {path} URL"), u).map(str::to_owned)
+                }
                 None => Ok(format!("{base}/{path}")),
             }
         };
@@ -145,15 +147,19 @@ impl Backend for HttpBackend {
     }
 }
 
-/// `url` without a trailing slash, if it is an absolute http(s) URL.
-pub(crate) fn checked_base_url(url: &str) -> Result<&str, BuildError> {
+/// `url` without a trailing slash, if it is an absolute http(s) URL. The error says what is
+/// wrong without repeating any of the URL: it may carry credentials, and even a scheme or a
+/// fragment of a mistyped one can be a password.
+pub(crate) fn checked_base_url(url: &str) -> Result<&str, String> {
     let trimmed = url.trim().trim_end_matches('/');
-    let parsed = reqwest::Url::parse(trimmed)
-        .map_err(|e| BuildError::Config(format!("{url:?} is not a URL: {e}")))?;
+    let parsed = reqwest::Url::parse(trimmed).map_err(|e| format!("is not a URL ({e})"))?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(BuildError::Config(format!(
-            "{url:?} must be an http or https URL"
-        )));
+        return Err("must be an http or https URL".into());
     }
     Ok(trimmed)
+}
+
+/// [`checked_base_url`] for one of the backend's URLs, named in the error as `what`.
+pub(crate) fn configured_url<'a>(what: &str, url: &'a str) -> Result<&'a str, BuildError> {
+    checked_base_url(url).map_err(|why| BuildError::Config(format!("{what} {why}")))
 }

@@ -22,6 +22,11 @@ pub(crate) async fn image_bytes(
     }
 }
 
+/// The most bytes `encoded` base64 can decode to.
+pub(crate) fn decoded_len(encoded: &str) -> u64 {
+    (encoded.len() as u64).div_ceil(4) * 3
+}
+
 /// Decodes standard base64, tolerating a `data:…;base64,` prefix and line breaks.
 pub(crate) fn decode_base64(encoded: &str, max_bytes: u64) -> Result<Vec<u8>, BackendError> {
     let max_bytes = usize::try_from(max_bytes).unwrap_or(usize::MAX);
@@ -42,6 +47,19 @@ mod tests {
             b"hi"
         );
         assert_eq!(decode_base64("aG\nk=", 10).unwrap(), b"hi");
+    }
+
+    #[test]
+    fn decoded_len_bounds_the_decoded_copy() {
+        for encoded in [
+            "aGk=",
+            "aGk",
+            "aGVsbG8gd29ybGQ=",
+            "data:image/png;base64,aGk=",
+        ] {
+            let decoded = decode_base64(encoded, 100).unwrap();
+            assert!(decoded.len() as u64 <= decoded_len(encoded), "{encoded}");
+        }
     }
 
     #[test]

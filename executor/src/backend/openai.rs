@@ -65,7 +65,7 @@ impl Completion {
 impl OpenAiBackend {
     /// Reads the key file and indexes the docs folder, when configured.
     pub async fn new(config: &OpenAiConfig) -> Result<Self, BuildError> {
-        let base = super::http::checked_base_url(&config.base_url)?;
+        let base = super::http::configured_url("the model server's base URL", &config.base_url)?;
         if config.model.trim().is_empty() {
             return Err(BuildError::Config(
                 "the OpenAI backend needs a model".into(),

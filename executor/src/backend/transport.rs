@@ -83,7 +83,8 @@ impl JsonClient {
                 });
             }
             retries += 1;
-            tracing::debug!(%url, %kind, %message, ?wait, retries, "retrying request");
+            // The URL stays out of the log like out of the task: the peer's name says which.
+            tracing::debug!(peer = self.peer, %kind, %message, ?wait, retries, "retrying request");
             tokio::time::sleep(wait).await;
         }
     }
@@ -105,27 +106,16 @@ impl JsonClient {
         if let Some(key) = &self.bearer {
             request = request.bearer_auth(key.expose());
         }
-        let response = request.send().await.map_err(|e| {
-            let what = if e.is_timeout() {
-                "timed out"
-            } else {
-                "could not be reached"
-            };
-            BackendError::retryable(
-                kinds::BACKEND_UNAVAILABLE,
-                format!("the {} at {url} {what}: {}", self.peer, error_chain(&e)),
-                None,
-            )
-        })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.unavailable("could not be reached", e))?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
-        let text = response.text().await.map_err(|e| {
-            BackendError::retryable(
-                kinds::BACKEND_UNAVAILABLE,
-                format!("reading the {}'s response: {}", self.peer, error_chain(&e)),
-                None,
-            )
-        })?;
+        let text = response
+            .text()
+            .await
+            .map_err(|e| self.unavailable("did not send its whole answer", e))?;
         if status.is_success() {
             return serde_json::from_str(&text).map_err(|e| {
                 BackendError::permanent(
@@ -158,6 +148,40 @@ impl JsonClient {
             | StatusCode::UNPROCESSABLE_ENTITY => BackendError::bad_input(message),
             _ => BackendError::permanent(kinds::MODEL_ERROR, message),
         })
+    }
+}
+
+impl JsonClient {
+    /// A transfer that failed, for the task: the kind of failure, never the server's URL,
+    /// host or credentials (a submitter reads task errors). The log keeps the cause in full,
+    /// still without the URL.
+    fn unavailable(&self, what: &str, e: reqwest::Error) -> BackendError {
+        let e = e.without_url();
+        let message = format!("the {} {what}: {}", self.peer, transfer_cause(&e));
+        tracing::debug!(cause = %error_chain(&e), "{message}");
+        BackendError::retryable(kinds::BACKEND_UNAVAILABLE, message, None)
+    }
+}
+
+/// Why a transfer failed, in words that name no address: `timed out`, the I/O error's kind
+/// (`connection refused`, `connection reset`…) or a plain description.
+pub(crate) fn transfer_cause(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".into();
+    }
+    let mut io_kind = None;
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            io_kind = Some(io.kind());
+        }
+        source = s.source();
+    }
+    match io_kind {
+        Some(kind) if kind != std::io::ErrorKind::Other => kind.to_string(),
+        _ if e.is_connect() => "the connection failed".into(),
+        _ if e.is_body() || e.is_decode() => "the response was cut off".into(),
+        _ => "the request failed".into(),
     }
 }
 
