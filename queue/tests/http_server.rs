@@ -7,10 +7,11 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::ConnectInfo;
 use axum::routing::{get, post};
 use ragpool_queue::http_server::{ServerLimits, serve};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
@@ -24,6 +25,7 @@ fn limits() -> ServerLimits {
         header_timeout: Duration::from_millis(300),
         body_timeout: Duration::from_millis(300),
         max_connections: 8,
+        max_connections_per_peer: 8,
     }
 }
 
@@ -43,6 +45,12 @@ impl TestServer {
         let entered = Arc::new(Notify::new());
         let router = Router::new()
             .route("/hello", get(|| async { "hello" }))
+            .route(
+                "/peer",
+                get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
+                    format!("from {}", peer.ip())
+                }),
+            )
             .route(
                 "/echo",
                 post(|body: Bytes| async move { format!("{} bytes", body.len()) }),
@@ -75,6 +83,13 @@ impl TestServer {
 
     async fn connect(&self) -> TcpStream {
         TcpStream::connect(self.addr).await.unwrap()
+    }
+
+    /// A connection from the loopback address `from` (127.0.0.0/8 is all loopback).
+    async fn connect_from(&self, from: [u8; 4]) -> TcpStream {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((from, 0))).unwrap();
+        socket.connect(self.addr).await.unwrap()
     }
 }
 
@@ -188,6 +203,10 @@ async fn connections_past_the_limit_are_refused_until_one_closes() {
         seen.is_empty() || seen.starts_with("HTTP/1.1 503"),
         "{seen}"
     );
+    assert!(
+        seen.is_empty() || seen.contains(r#"{"error":{"code":"too_many_connections""#),
+        "{seen}"
+    );
     // The held connections still work.
     request_ok(&mut first, "/hello", "hello").await;
 
@@ -213,6 +232,33 @@ async fn connections_past_the_limit_are_refused_until_one_closes() {
     })
     .await;
     assert!(served.is_ok(), "no connection was served after one closed");
+}
+
+#[tokio::test]
+async fn one_peer_past_its_share_is_refused_while_another_is_served() {
+    let server = TestServer::start(ServerLimits {
+        max_connections_per_peer: 2,
+        header_timeout: Duration::from_secs(60),
+        ..limits()
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = server.connect_from([127, 0, 0, 2]).await;
+        request_ok(&mut stream, "/peer", "from 127.0.0.2").await;
+        held.push(stream);
+    }
+    let mut third = server.connect_from([127, 0, 0, 2]).await;
+    let seen = read_until_closed(&mut third).await;
+    assert!(seen.starts_with("HTTP/1.1 429"), "{seen}");
+    assert!(seen.contains("retry-after: 1\r\n"), "{seen}");
+    assert!(
+        seen.ends_with(r#""code":"too_many_connections_from_peer","message":"this address has too many open connections; close some or try again shortly"}}"#),
+        "{seen}"
+    );
+    // Another address is served, and the handler is told which one it is.
+    let mut other = server.connect_from([127, 0, 0, 3]).await;
+    request_ok(&mut other, "/peer", "from 127.0.0.3").await;
 }
 
 #[tokio::test]
