@@ -3,8 +3,8 @@
 //
 // What it checks: the page loads without console errors; submitted tasks show as queued
 // and then finished; a task that fails shows its error, and retry from the page requeues it
-// and it finishes; cancel from the page ends a queued task; the workers table lists the
-// running executors. It saves a screenshot of the main page.
+// and it finishes; cancel from the page ends a queued task, whose page (no result yet) shows
+// no stray `false`; the workers table lists the running executors. It saves a screenshot of the main page.
 //
 // Environment: API (base URL), REDIS_URL, EXECUTOR (binary), WORK (scratch folder),
 // PLAYWRIGHT (folder holding node_modules/playwright-core), SCREENSHOT (PNG path),
@@ -129,6 +129,7 @@ async function main() {
     await page.waitForSelector('#task .status-queued');
     const payload = await page.textContent('main');
     assert.ok(!payload.includes(PNG), 'the image data is not shown');
+    assert.ok(!/false|true/.test(payload), `a task without a result shows no stray booleans: ${payload}`);
     await page.click('#task button[data-action="cancel"]');
     await confirm(page);
     await page.waitForSelector('#task .status-canceled');
