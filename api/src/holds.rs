@@ -95,3 +95,50 @@ fn refused(whose: &str, cap: usize) -> ApiError {
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(name: &str) -> Caller {
+        Caller {
+            name: Some(name.into()),
+            admin: false,
+        }
+    }
+
+    #[test]
+    fn a_hold_takes_a_slot_of_its_key_and_of_its_peer() {
+        let holds = Holds::new(2, 3);
+        let (a, b) = (
+            Peer(Some(IpAddr::from([127, 0, 0, 2]))),
+            Peer(Some(IpAddr::from([127, 0, 0, 3]))),
+        );
+        let first = holds.try_hold(&key("alice"), a).unwrap();
+        let _second = holds.try_hold(&key("alice"), b).unwrap();
+        let refused = holds.try_hold(&key("alice"), b).unwrap_err();
+        assert_eq!(
+            (refused.status, refused.code),
+            (StatusCode::TOO_MANY_REQUESTS, "too_many_held_requests")
+        );
+        assert!(
+            refused.message.contains("this API key holds 2"),
+            "{}",
+            refused.message
+        );
+        // Another key from the same address is served until the address is full.
+        let _bob = holds.try_hold(&key("bob"), a).unwrap();
+        let _anonymous = holds.try_hold(&Caller::anonymous(), a).unwrap();
+        let refused = holds.try_hold(&key("carol"), a).unwrap_err();
+        assert!(
+            refused.message.contains("this address holds 3"),
+            "{}",
+            refused.message
+        );
+        // A refusal by the address gives back the key's slot it took.
+        drop(first);
+        assert!(holds.try_hold(&key("carol"), b).is_ok());
+        // A request from no known address is capped by its key alone.
+        assert!(holds.try_hold(&key("dave"), Peer(None)).is_ok());
+    }
+}
