@@ -136,6 +136,7 @@ mod tests {
             refused.message
         );
         // A refusal by the address gives back the key's slot it took.
+        assert_eq!(holds.per_key.held_by(&"carol".to_string()), 0);
         drop(first);
         assert!(holds.try_hold(&key("carol"), b).is_ok());
         // A request from no known address is capped by its key alone.
