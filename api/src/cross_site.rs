@@ -242,13 +242,17 @@ mod tests {
         )
     }
 
+    /// Keys configured, method, headers, the refusal's code.
+    type Case<'a> = (bool, Method, &'a [(&'a str, &'a str)], Option<&'a str>);
+
     /// The one table of what each rule lets in: (keys configured, method, headers, the
     /// refusal's code or `None`).
     #[test]
     fn the_rules_by_case() {
         let json = ("content-type", "application/json; charset=utf-8");
         let form = ("content-type", "application/x-www-form-urlencoded");
-        let cases: &[(bool, Method, &[(&str, &str)], Option<&str>)] = &[
+        #[rustfmt::skip]
+        let cases: &[Case] = &[
             // Host, with no keys.
             (false, Method::GET, &[("host", "127.0.0.1:8080")], None),
             (false, Method::GET, &[("host", "[::1]:8080")], None),
@@ -256,154 +260,34 @@ mod tests {
             (false, Method::GET, &[("host", "localhost:8080")], None),
             (false, Method::GET, &[("host", "api.localhost")], None),
             (false, Method::GET, &[("host", "API.Internal:80")], None),
-            (
-                false,
-                Method::GET,
-                &[("host", "evil.example:8080")],
-                Some("host_not_allowed"),
-            ),
-            (
-                false,
-                Method::GET,
-                &[("host", "localhost.evil.example")],
-                Some("host_not_allowed"),
-            ),
-            (
-                false,
-                Method::GET,
-                &[("host", "127.0.0.1.nip.io")],
-                Some("host_not_allowed"),
-            ),
-            (
-                false,
-                Method::GET,
-                &[("host", "bad host")],
-                Some("host_not_allowed"),
-            ),
+            (false, Method::GET, &[("host", "evil.example:8080")], Some("host_not_allowed")),
+            (false, Method::GET, &[("host", "localhost.evil.example")], Some("host_not_allowed")),
+            (false, Method::GET, &[("host", "127.0.0.1.nip.io")], Some("host_not_allowed")),
+            (false, Method::GET, &[("host", "bad host")], Some("host_not_allowed")),
             (false, Method::GET, &[], None),
             // With keys the name is free.
             (true, Method::GET, &[("host", "evil.example")], None),
             // Origin.
-            (
-                false,
-                Method::POST,
-                &[
-                    ("host", "127.0.0.1:8080"),
-                    ("origin", "http://127.0.0.1:8080"),
-                    json,
-                ],
-                None,
-            ),
-            (
-                false,
-                Method::POST,
-                &[
-                    ("host", "api.internal"),
-                    ("origin", "https://api.internal"),
-                    json,
-                ],
-                None,
-            ),
-            (
-                false,
-                Method::POST,
-                &[
-                    ("host", "api.internal"),
-                    ("origin", "http://api.internal:8080"),
-                    json,
-                ],
-                Some("origin_not_allowed"),
-            ),
-            (
-                false,
-                Method::POST,
-                &[
-                    ("host", "127.0.0.1:8080"),
-                    ("origin", "http://evil.example"),
-                    json,
-                ],
-                Some("origin_not_allowed"),
-            ),
-            (
-                false,
-                Method::GET,
-                &[("host", "127.0.0.1:8080"), ("origin", "null")],
-                Some("origin_not_allowed"),
-            ),
-            (
-                false,
-                Method::POST,
-                &[
-                    ("host", "127.0.0.1:8080"),
-                    ("origin", "https://app.example"),
-                    json,
-                ],
-                None,
-            ),
-            (
-                true,
-                Method::POST,
-                &[
-                    ("host", "evil.example"),
-                    ("origin", "http://evil.example"),
-                    ("authorization", "Bearer k"),
-                ],
-                None,
-            ),
+            (false, Method::POST, &[("host", "127.0.0.1:8080"), ("origin", "http://127.0.0.1:8080"), json], None),
+            (false, Method::POST, &[("host", "api.internal"), ("origin", "https://api.internal"), json], None),
+            (false, Method::POST, &[("host", "api.internal"), ("origin", "http://api.internal:8080"), json], Some("origin_not_allowed")),
+            (false, Method::POST, &[("host", "127.0.0.1:8080"), ("origin", "http://evil.example"), json], Some("origin_not_allowed")),
+            (false, Method::GET, &[("host", "127.0.0.1:8080"), ("origin", "null")], Some("origin_not_allowed")),
+            (false, Method::POST, &[("host", "127.0.0.1:8080"), ("origin", "https://app.example"), json], None),
+            (true, Method::POST, &[("host", "evil.example"), ("origin", "http://evil.example"), ("authorization", "Bearer k")], None),
             // A request a form cannot send.
-            (
-                false,
-                Method::POST,
-                &[("host", "127.0.0.1"), form],
-                Some("cross_site_request"),
-            ),
-            (
-                false,
-                Method::POST,
-                &[
-                    ("host", "127.0.0.1"),
-                    ("content-type", "multipart/form-data; boundary=x"),
-                ],
-                Some("cross_site_request"),
-            ),
-            (
-                false,
-                Method::POST,
-                &[("host", "127.0.0.1"), ("content-type", "text/plain")],
-                Some("cross_site_request"),
-            ),
-            (
-                false,
-                Method::POST,
-                &[("host", "127.0.0.1")],
-                Some("cross_site_request"),
-            ),
-            (
-                false,
-                Method::DELETE,
-                &[("host", "127.0.0.1")],
-                Some("cross_site_request"),
-            ),
+            (false, Method::POST, &[("host", "127.0.0.1"), form], Some("cross_site_request")),
+            (false, Method::POST, &[("host", "127.0.0.1"), ("content-type", "multipart/form-data; boundary=x")], Some("cross_site_request")),
+            (false, Method::POST, &[("host", "127.0.0.1"), ("content-type", "text/plain")], Some("cross_site_request")),
+            (false, Method::POST, &[("host", "127.0.0.1")], Some("cross_site_request")),
+            (false, Method::DELETE, &[("host", "127.0.0.1")], Some("cross_site_request")),
             (false, Method::POST, &[("host", "127.0.0.1"), json], None),
-            (
-                false,
-                Method::POST,
-                &[("host", "127.0.0.1"), ("x-ragpool-client", "cli")],
-                None,
-            ),
-            (
-                false,
-                Method::DELETE,
-                &[("host", "127.0.0.1"), ("x-ragpool-client", "dashboard")],
-                None,
-            ),
-            (
-                true,
-                Method::POST,
-                &[("authorization", "Bearer k"), form],
-                None,
-            ),
+            (false, Method::POST, &[("host", "127.0.0.1"), ("x-ragpool-client", "cli")], None),
+            (false, Method::DELETE, &[("host", "127.0.0.1"), ("x-ragpool-client", "dashboard")], None),
+            (true, Method::POST, &[("authorization", "Bearer k"), form], None),
             (false, Method::GET, &[("host", "127.0.0.1"), form], None),
+            // Methods no route has are the router's to refuse (405).
+            (false, Method::from_bytes(b"PURGE").unwrap(), &[("host", "127.0.0.1")], None),
         ];
         let allowed = |keys| policy(keys, &["api.internal"], &["https://app.example"]);
         for (keys, method, pairs, expected) in cases {

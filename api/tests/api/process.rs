@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use ragpool_api::ApiConfig;
 use ragpool_queue::Broker;
-use ragpool_queue::testing::RedisServer;
+use ragpool_queue::testing::{RedisServer, read_until_closed};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 
@@ -150,17 +150,5 @@ pub fn client_from(from: IpAddr) -> reqwest::Client {
 
 /// Everything the server sends until it closes the connection (a reset counts as a close).
 pub async fn read_to_close(stream: &mut TcpStream) -> String {
-    let mut seen = Vec::new();
-    let closed = tokio::time::timeout(PATIENCE, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => seen.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "the server never closed the connection");
-    String::from_utf8_lossy(&seen).into_owned()
+    read_until_closed(stream, PATIENCE).await
 }
