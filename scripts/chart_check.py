@@ -437,6 +437,15 @@ def expect_default(objects: list[dict[str, Any]]) -> None:
     limit = api_container(objects)["resources"]["limits"]["memory"]
     assert limit.endswith("Mi"), limit
     assert int(limit[:-2]) * 2**20 >= budget + 64 * 2**20, (limit, budget)
+    c = api_container(objects)
+    assert env["RAGPOOL_HEALTH_LISTEN"]["value"] == "0.0.0.0:8081", env["RAGPOOL_HEALTH_LISTEN"]
+    for probe in ("livenessProbe", "readinessProbe"):
+        assert c[probe]["httpGet"]["port"] == "health", c[probe]
+    svc = f"{RELEASE}-api"
+    assert env["RAGPOOL_ALLOWED_HOSTS"]["value"] == ",".join(
+        [svc, f"{svc}.{NAMESPACE}", f"{svc}.{NAMESPACE}.svc", f"{svc}.{NAMESPACE}.svc.cluster.local"]
+    ), env["RAGPOOL_ALLOWED_HOSTS"]
+    assert "RAGPOOL_ALLOWED_ORIGINS" not in env
     assert "RAGPOOL_PARTITIONS" not in env and "RAGPOOL_PARTITIONS" not in op_env, (
         "one partition is every process's default: nothing to set"
     )
@@ -475,6 +484,7 @@ def expect_auth(objects: list[dict[str, Any]]) -> None:
     c = api_container(objects)
     env = env_of(c)
     assert env["RAGPOOL_API_KEYS_FILE"]["value"] == "/etc/ragpool/api-keys/api-keys"
+    assert "RAGPOOL_ALLOWED_HOSTS" not in env, "with keys any name may reach the API"
     assert env["RAGPOOL_ALLOW_IMAGE_URLS"]["value"] == "true"
     assert env["RAGPOOL_MAX_IMAGE_BYTES"]["value"] == "20971520"
     assert env["RAGPOOL_REDIS_URL"]["value"] == "redis://:$(RAGPOOL_REDIS_PASSWORD)@redis-master.data.svc:6379/0"
@@ -513,7 +523,9 @@ def expect_ingress_hpa_netpol(objects: list[dict[str, Any]]) -> None:
     }
     assert components == {"api", "operator", "ragpool-executor"}, components
     api_rule = policies[f"{RELEASE}-api"]["spec"]["ingress"]
-    assert api_rule == [{"ports": [{"port": "http", "protocol": "TCP"}]}], api_rule
+    assert api_rule == [
+        {"ports": [{"port": "http", "protocol": "TCP"}, {"port": "health", "protocol": "TCP"}]}
+    ], api_rule
     for name in ("operator", "executors"):
         peers = policies[f"{RELEASE}-{name}"]["spec"]["ingress"][0]["from"]
         assert peers[0] == {"podSelector": {}} and len(peers) == 2, peers

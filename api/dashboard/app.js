@@ -68,9 +68,13 @@ function notify(text, ok) {
 
 class NeedKey extends Error {}
 
+// X-Ragpool-Client marks the page's own requests: a cross-site form cannot send it, so the
+// API takes state-changing requests that carry it (see docs/api.md, "Browsers").
 function authHeaders() {
   const key = sessionStorage.getItem(KEY);
-  return key ? { Authorization: `Bearer ${key}` } : {};
+  const headers = { 'X-Ragpool-Client': 'dashboard' };
+  if (key) headers.Authorization = `Bearer ${key}`;
+  return headers;
 }
 
 async function api(method, path) {
@@ -477,8 +481,9 @@ async function renderTask(quiet) {
       field('context size', p.context_bytes !== undefined ? `${count(p.context_bytes)} bytes` : null),
       field('context task', p.context_task_id), field('top k', p.top_k),
       field('image', p.image_bytes !== undefined ? `inline, ${count(p.image_bytes)} bytes (not shown)` : p.image_url))),
-    t.result !== undefined && h('h2', {}, 'Result'),
-    t.result !== undefined && h('section', { class: 'card' }, h('pre', { id: 'task-result' }, JSON.stringify(t.result, null, 2))));
+    // replaceChildren, unlike h(), prints `false`: the result's nodes are spread in or not.
+    ...(t.result !== undefined ? [h('h2', {}, 'Result'),
+      h('section', { class: 'card' }, h('pre', { id: 'task-result' }, JSON.stringify(t.result, null, 2)))] : []));
 }
 
 function navigate() {

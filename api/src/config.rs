@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::cross_site::CrossSiteArgs;
 use ragpool_queue::durability::DurabilityArgs;
 use ragpool_queue::http_server::ServerArgs;
 use ragpool_queue::{
@@ -48,6 +49,11 @@ pub struct ApiConfig {
     #[arg(long, env = "RAGPOOL_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
+    /// A second address serving only /healthz and /readyz, for the kubelet's probes: its
+    /// connections are its own, so no client of the API can crowd the probes out.
+    #[arg(long, env = "RAGPOOL_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+
     #[command(flatten)]
     pub limits: Limits,
 
@@ -57,6 +63,10 @@ pub struct ApiConfig {
 
     #[command(flatten)]
     pub auth: AuthConfig,
+
+    /// Which origins and host names browsers may reach the API from.
+    #[command(flatten)]
+    pub cross_site: CrossSiteArgs,
 
     /// Accept `image_url` in submissions (https only, never to loopback, private or
     /// link-local addresses). Off by default: the executor would fetch the URL.
@@ -119,6 +129,24 @@ pub struct Limits {
     #[arg(long, env = "RAGPOOL_MAX_STREAM_SECONDS", default_value_t = 1800)]
     pub max_stream_seconds: u64,
 
+    /// Event streams and `?wait` requests one API key may hold open at once (from any
+    /// address); one more is answered 429 with Retry-After.
+    #[arg(
+        long,
+        env = "RAGPOOL_MAX_HELD_REQUESTS_PER_KEY",
+        default_value_t = DEFAULT_MAX_HELD_REQUESTS_PER_KEY
+    )]
+    pub max_held_requests_per_key: usize,
+
+    /// Event streams and `?wait` requests one peer address may hold open at once (under any
+    /// key, or none); one more is answered 429 with Retry-After.
+    #[arg(
+        long,
+        env = "RAGPOOL_MAX_HELD_REQUESTS_PER_PEER",
+        default_value_t = DEFAULT_MAX_HELD_REQUESTS_PER_PEER
+    )]
+    pub max_held_requests_per_peer: usize,
+
     /// Memory for submissions being handled at once, across all requests: each reserves
     /// six times its body (the copies it takes on its way to Redis); one that does not fit
     /// is answered 503 with Retry-After. The API's memory limit must be this plus a fixed
@@ -157,6 +185,11 @@ pub struct Limits {
     pub max_batch_tasks: u64,
 }
 
+/// An eighth of the default connection limit: eight tenants at their cap still leave room.
+pub const DEFAULT_MAX_HELD_REQUESTS_PER_KEY: usize = 64;
+/// Half of the default per-peer connection limit: an address at its cap can still submit.
+pub const DEFAULT_MAX_HELD_REQUESTS_PER_PEER: usize = 64;
+
 /// See [`Limits::max_batch_tasks`].
 pub const DEFAULT_MAX_BATCH_TASKS: u64 = MAX_ENQUEUE_BATCH as u64;
 
@@ -182,6 +215,8 @@ impl Default for Limits {
             max_inflight_submission_bytes: DEFAULT_MAX_INFLIGHT_SUBMISSION_BYTES,
             max_inflight_share_per_key: 50,
             body_deadline_seconds: 60,
+            max_held_requests_per_key: DEFAULT_MAX_HELD_REQUESTS_PER_KEY,
+            max_held_requests_per_peer: DEFAULT_MAX_HELD_REQUESTS_PER_PEER,
             max_batch_tasks: DEFAULT_MAX_BATCH_TASKS,
         }
     }
@@ -289,9 +324,11 @@ impl Default for ApiConfig {
             namespace: DEFAULT_NAMESPACE.into(),
             partitions: PartitionArgs::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            health_listen: None,
             limits: Limits::default(),
             server: ServerArgs::default(),
             auth: AuthConfig::default(),
+            cross_site: CrossSiteArgs::default(),
             allow_image_urls: false,
             queues: QueueFlags::default(),
             redis_response_timeout_seconds: 60,
@@ -351,6 +388,18 @@ mod tests {
         );
         assert_eq!(parsed.queues.max_attempts, default.queues.max_attempts);
         assert_eq!(parsed.server, default.server);
+        assert_eq!(parsed.health_listen, None);
+        assert_eq!(
+            (
+                parsed.limits.max_held_requests_per_key,
+                parsed.limits.max_held_requests_per_peer
+            ),
+            (
+                default.limits.max_held_requests_per_key,
+                default.limits.max_held_requests_per_peer
+            )
+        );
+        assert!(parsed.cross_site.allowed_hosts.is_empty());
         assert_eq!(parsed.partitions, default.partitions);
         assert!(!parsed.allow_image_urls);
     }

@@ -16,6 +16,10 @@ use utoipa::ToSchema;
 /// reconnects within about a second, so a short hint avoids idle clients.
 pub const RETRY_AFTER_SECONDS: u32 = 1;
 
+/// Seconds a client over one of its own caps (`429`) is told to wait: what it holds lasts
+/// seconds to minutes, so an earlier retry would only be refused again.
+pub const RETRY_AFTER_TOO_MANY_SECONDS: u32 = 5;
+
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -218,6 +222,12 @@ impl IntoResponse for ApiError {
         let headers = response.headers_mut();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
+        }
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(RETRY_AFTER_TOO_MANY_SECONDS),
+            );
         }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(

@@ -20,8 +20,10 @@
 pub mod auth;
 mod budget;
 pub mod config;
+pub mod cross_site;
 pub mod error;
 mod extract;
+mod holds;
 mod image;
 mod live;
 mod metrics;
@@ -32,6 +34,7 @@ mod state;
 
 pub use auth::{ApiKeys, Caller};
 pub use config::{ApiConfig, AuthConfig, Limits, QueueFlags};
+pub use cross_site::CrossSiteArgs;
 pub use error::ApiError;
 pub use server::{openapi, router, serve};
 pub use state::AppState;

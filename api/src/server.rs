@@ -7,6 +7,10 @@
 //! gets one, so those are logged at WARN by
 //! [`OutageLog`], at most once per [`OUTAGE_LOG_EVERY`] with a count of the ones in between.
 //!
+//! Probes: with `--health-listen`, `/healthz` and `/readyz` are served on a second listener
+//! of their own as well, so a client that takes every connection of the API's listener
+//! cannot fail the kubelet's probes and have the pod restarted.
+//!
 //! Shutdown: when the caller's shutdown future resolves, the listener stops accepting and
 //! the shared [`CancellationToken`](tokio_util::sync::CancellationToken) is cancelled, so
 //! `?wait` requests answer at once and event streams end; every request in flight then
@@ -14,6 +18,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -23,7 +28,9 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue, Response, header};
 use axum::{Extension, middleware};
 use ragpool_queue::Broker;
+use ragpool_queue::http_server::ServerLimits;
 use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
 use tower_http::classify::{
     ClassifiedResponse, ClassifyResponse, NeverClassifyEos, ServerErrorsAsFailures,
@@ -34,6 +41,7 @@ use tower_http::trace::{DefaultOnRequest, DefaultOnResponse, OnResponse, TraceLa
 use tracing::{Level, Span};
 
 use crate::config::ApiConfig;
+use crate::cross_site;
 use crate::error::ExpectedOutage;
 use crate::metrics;
 use crate::routes::{self, health::OpenApiJson};
@@ -50,7 +58,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 fn router_with(state: AppState, outages: OutageLog) -> Router {
-    let (api, doc) = routes::api_router().split_for_parts();
+    let (api, doc) = routes::api();
     let mut doc = serde_json::to_value(&doc).unwrap_or_default();
     // The batch limit is a setting: the document states this server's, and clients read it.
     if let Some(tasks) = doc.pointer_mut("/components/schemas/BatchRequest/properties/tasks") {
@@ -60,6 +68,11 @@ fn router_with(state: AppState, outages: OutageLog) -> Router {
     api.route_layer(middleware::from_fn(metrics::tag_route))
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        // Before any handler and its body extractor: a forged request reserves nothing.
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            cross_site::guard,
+        ))
         .layer(DefaultBodyLimit::max(state.limits().max_body_bytes))
         .layer(Extension(OpenApiJson(Arc::new(doc))))
         .layer(
@@ -235,7 +248,7 @@ impl OutageLog {
 
 /// The OpenAPI document of every endpoint.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes::api_router().into_openapi()
+    routes::api().1
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes the requests in
@@ -257,20 +270,52 @@ pub async fn serve(
         tracing::warn!("no API keys configured: auth is off, every caller sees every task");
     }
     let token = state.shutdown_token();
+    let limits = config.server.limits();
+    let probes = match config.health_listen {
+        Some(addr) => Some(serve_probes(addr, state.clone(), limits).await?),
+        None => None,
+    };
     let app = router(state);
     let addr = listener
         .local_addr()
         .context("reading the listen address")?;
     tracing::info!(%addr, "ragpool-api listening");
-    let limits = config.server.limits();
     ragpool_queue::http_server::serve(listener, app, limits, async move {
         shutdown.await;
         tracing::info!("shutting down: finishing requests in flight");
         token.cancel();
     })
     .await;
+    if let Some(probes) = probes {
+        // It stops with the same token; a probe in flight is answered first.
+        let _ = probes.await;
+    }
     tracing::info!("ragpool-api stopped");
     Ok(())
+}
+
+/// Binds `addr` and serves `/healthz` and `/readyz` there until the API shuts down, with the
+/// API's timeouts and limits but connections of its own.
+async fn serve_probes(
+    addr: SocketAddr,
+    state: AppState,
+    limits: ServerLimits,
+) -> anyhow::Result<JoinHandle<()>> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding the health listener {addr}"))?;
+    let bound = listener
+        .local_addr()
+        .context("reading the health listen address")?;
+    tracing::info!(addr = %bound, "health listening");
+    let token = state.shutdown_token();
+    let probes = routes::health::probe_router().with_state(state);
+    Ok(tokio::spawn(ragpool_queue::http_server::serve(
+        listener,
+        probes,
+        limits,
+        async move { token.cancelled().await },
+    )))
 }
 
 #[cfg(test)]

@@ -10,6 +10,8 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::{ApiKeys, KeyConfigError};
 use crate::budget::SubmissionBudget;
 use crate::config::{ApiConfig, Limits};
+use crate::cross_site::CrossSitePolicy;
+use crate::holds::Holds;
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::rates::RateWindow;
@@ -28,6 +30,8 @@ struct Inner {
     worker_ttl: Duration,
     metrics: Metrics,
     submission_budget: SubmissionBudget,
+    holds: Holds,
+    cross_site: CrossSitePolicy,
     /// Cancelled when the server begins shutting down: long waits and event streams end
     /// early, so in-flight requests can finish.
     shutdown: CancellationToken,
@@ -46,6 +50,7 @@ impl AppState {
             config.limits.max_inflight_share_per_key,
             metrics.submission_bytes_in_flight(),
         );
+        let cross_site = CrossSitePolicy::new(&config.cross_site, keys.enabled());
         Ok(AppState {
             inner: Arc::new(Inner {
                 broker,
@@ -55,6 +60,11 @@ impl AppState {
                 worker_ttl: Duration::from_secs(config.worker_ttl_seconds),
                 metrics,
                 submission_budget,
+                holds: Holds::new(
+                    config.limits.max_held_requests_per_key,
+                    config.limits.max_held_requests_per_peer,
+                ),
+                cross_site,
                 shutdown: CancellationToken::new(),
                 rates: Mutex::new(RateWindow::default()),
                 live: Live::default(),
@@ -84,6 +94,15 @@ impl AppState {
 
     pub fn submission_budget(&self) -> &SubmissionBudget {
         &self.inner.submission_budget
+    }
+
+    /// The caps on event streams and `?wait` requests.
+    pub fn holds(&self) -> &Holds {
+        &self.inner.holds
+    }
+
+    pub fn cross_site(&self) -> &CrossSitePolicy {
+        &self.inner.cross_site
     }
 
     pub fn metrics(&self) -> &Metrics {

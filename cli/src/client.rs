@@ -12,6 +12,9 @@ use serde_json::Value;
 /// The API's longest `?wait=N`; longer waits are split into several requests.
 pub const MAX_WAIT_PER_REQUEST: u64 = 60;
 
+/// The header that tells the API a request is not a cross-site form.
+const CLIENT_HEADER: &str = "x-ragpool-client";
+
 /// The header that makes a retried submission return the same task.
 pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
@@ -323,7 +326,9 @@ impl ApiClient {
     }
 
     fn request(&self, method: Method, url: Url) -> reqwest::RequestBuilder {
-        let request = self.http.request(method, url);
+        // Says this is no cross-site form: a keyless API takes a bodiless retry or cancel
+        // only with it (docs/api.md, "Browsers").
+        let request = self.http.request(method, url).header(CLIENT_HEADER, "cli");
         match &self.api_key {
             Some(key) => request.bearer_auth(key),
             None => request,

@@ -1,5 +1,5 @@
-//! Serving an axum router to clients that may be hostile: a header timeout, a body timeout
-//! and a cap on open connections, with a graceful shutdown.
+//! Serving an axum router to clients that may be hostile: a header timeout, a body timeout,
+//! a cap on open connections and on those of one peer address, with a graceful shutdown.
 //!
 //! It lives here, behind the `http-server` feature, because `ragpool-queue` is the one crate
 //! every component links: the API, the executor's health and metrics listener and the
@@ -17,6 +17,13 @@
 //! - **Connection limit**: a semaphore with one permit per open connection. A connection
 //!   past the limit is answered `503` with `Connection: close` and closed at once, so the
 //!   client learns why instead of waiting in the listen backlog.
+//! - **Per-peer limit**: at most so many of those connections from one peer address
+//!   ([`Slots`]); one more is answered `429` and closed the same way. One client (one
+//!   address) can then no longer hold every connection, the probes' included.
+//!
+//! Both refusals are JSON in the API's error shape, with `Retry-After`, written without
+//! reading the request. Each served request carries its peer's address as axum's
+//! [`ConnectInfo`]`<SocketAddr>`, for per-peer rules further in.
 //!
 //! Only HTTP/1 is served, as before: the components are reached by probes, Prometheus and
 //! HTTP/1 clients, and HTTP/2 would add a protocol surface nobody uses.
@@ -26,7 +33,8 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::{Extension, Router};
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -36,6 +44,9 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower::Layer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
+
+mod slots;
+pub use slots::{Slot, Slots};
 
 /// The limits every listener applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +58,9 @@ pub struct ServerLimits {
     pub body_timeout: Duration,
     /// Connections open at once; one more is answered `503` and closed.
     pub max_connections: usize,
+    /// Connections open at once from one peer address; one more is answered `429` and
+    /// closed.
+    pub max_connections_per_peer: usize,
 }
 
 impl Default for ServerLimits {
@@ -55,6 +69,7 @@ impl Default for ServerLimits {
             header_timeout: Duration::from_secs(DEFAULT_HEADER_TIMEOUT_SECONDS),
             body_timeout: Duration::from_secs(DEFAULT_BODY_TIMEOUT_SECONDS),
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER,
         }
     }
 }
@@ -62,6 +77,9 @@ impl Default for ServerLimits {
 pub const DEFAULT_HEADER_TIMEOUT_SECONDS: u64 = 30;
 pub const DEFAULT_BODY_TIMEOUT_SECONDS: u64 = 30;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
+/// A quarter of [`DEFAULT_MAX_CONNECTIONS`]: four busy addresses (a proxy's, a NAT's) fit,
+/// and one address alone leaves three quarters to everyone else.
+pub const DEFAULT_MAX_CONNECTIONS_PER_PEER: usize = 128;
 
 /// The flags and `RAGPOOL_*` variables that set [`ServerLimits`], the same in every binary.
 #[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
@@ -94,6 +112,17 @@ pub struct ServerArgs {
         value_parser = clap::value_parser!(u64).range(1..=1_000_000)
     )]
     pub max_connections: u64,
+
+    /// Connections open at once from one peer address; one more is answered 429 and closed.
+    /// Behind a proxy every client shares the proxy's address: raise it to
+    /// --max-connections there.
+    #[arg(
+        long,
+        env = "RAGPOOL_MAX_CONNECTIONS_PER_PEER",
+        default_value_t = DEFAULT_MAX_CONNECTIONS_PER_PEER as u64,
+        value_parser = clap::value_parser!(u64).range(1..=1_000_000)
+    )]
+    pub max_connections_per_peer: u64,
 }
 
 impl Default for ServerArgs {
@@ -102,6 +131,7 @@ impl Default for ServerArgs {
             header_timeout_seconds: DEFAULT_HEADER_TIMEOUT_SECONDS,
             body_timeout_seconds: DEFAULT_BODY_TIMEOUT_SECONDS,
             max_connections: DEFAULT_MAX_CONNECTIONS as u64,
+            max_connections_per_peer: DEFAULT_MAX_CONNECTIONS_PER_PEER as u64,
         }
     }
 }
@@ -112,13 +142,48 @@ impl ServerArgs {
             header_timeout: Duration::from_secs(self.header_timeout_seconds),
             body_timeout: Duration::from_secs(self.body_timeout_seconds),
             max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            max_connections_per_peer: usize::try_from(self.max_connections_per_peer)
+                .unwrap_or(usize::MAX),
         }
     }
 }
 
-/// What a connection past the limit is told before it is closed.
-const REFUSED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\n\
-retry-after: 1\r\ncontent-type: text/plain\r\ncontent-length: 20\r\n\r\ntoo many connections";
+/// Why a connection is refused before its request is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Refusal {
+    /// Every connection of the listener is taken.
+    Full,
+    /// Its peer address holds its share already.
+    PeerFull,
+}
+
+impl Refusal {
+    /// The whole answer, in the API's error shape (`{"error": {"code", "message"}}`).
+    fn answer(self) -> Vec<u8> {
+        let (status, code, message) = match self {
+            Refusal::Full => (
+                "503 Service Unavailable",
+                "too_many_connections",
+                "the server has too many open connections; try again shortly",
+            ),
+            Refusal::PeerFull => (
+                "429 Too Many Requests",
+                "too_many_connections_from_peer",
+                "this address has too many open connections; close some or try again shortly",
+            ),
+        };
+        let body = format!(r#"{{"error":{{"code":"{code}","message":"{message}"}}}}"#);
+        format!(
+            "HTTP/1.1 {status}\r\nconnection: close\r\nretry-after: {REFUSED_RETRY_AFTER_SECONDS}\r\n\
+             content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+}
+
+/// The `Retry-After` of a refused connection: connections come and go within seconds.
+const REFUSED_RETRY_AFTER_SECONDS: u32 = 1;
 
 /// Serves `router` on `listener` with `limits` until `shutdown` resolves; then stops
 /// accepting, lets every request in flight finish (idle connections close at once) and
@@ -136,6 +201,7 @@ pub async fn serve(
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let peers = Slots::new(limits.max_connections_per_peer);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     // Logged when the limit is first hit and when it is left, not per connection: a flood
@@ -165,7 +231,13 @@ pub async fn serve(
                 refusing = true;
                 tracing::warn!(%peer, limit = limits.max_connections, "connection limit reached; refusing new connections");
             }
-            tokio::spawn(refuse(stream));
+            tokio::spawn(refuse(stream, Refusal::Full));
+            continue;
+        };
+        let Some(peer_slot) = peers.try_take(&peer.ip()) else {
+            // Per connection at DEBUG only: the address that floods would flood the log too.
+            tracing::debug!(%peer, limit = limits.max_connections_per_peer, "per-peer connection limit reached; refused");
+            tokio::spawn(refuse(stream, Refusal::PeerFull));
             continue;
         };
         if refusing {
@@ -178,10 +250,9 @@ pub async fn serve(
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(%peer, error = %e, "cannot set TCP_NODELAY");
         }
-        let connection = http.serve_connection(
-            TokioIo::new(stream),
-            TowerToHyperService::new(service.clone()),
-        );
+        let service = Extension(ConnectInfo(peer)).layer(service.clone());
+        let connection =
+            http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             // Timeouts and clients going away end connections with an error; neither is the
@@ -189,17 +260,17 @@ pub async fn serve(
             if let Err(e) = connection.await {
                 tracing::debug!(%peer, error = %e, "connection closed");
             }
-            drop(permit);
+            drop((permit, peer_slot));
         });
     }
     drop(listener);
     graceful.shutdown().await;
 }
 
-/// Tells a connection past the limit why it is closed. The answer is sent without reading
+/// Tells a connection past a limit why it is closed. The answer is sent without reading
 /// the request: it fits in the empty socket buffer, so the write never waits.
-async fn refuse(mut stream: TcpStream) {
-    let _ = stream.try_write(REFUSED);
+async fn refuse(mut stream: TcpStream, why: Refusal) {
+    let _ = stream.try_write(&why.answer());
     let _ = stream.shutdown().await;
 }
 

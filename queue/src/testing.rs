@@ -50,6 +50,29 @@ pub fn printed(output: &std::process::Output) -> String {
     )
 }
 
+/// Everything a server sends on `stream` until it closes the connection (a reset counts as a
+/// close), for tests of listeners that close or refuse connections.
+///
+/// # Panics
+/// When the server has not closed it within `guard`: a guard against a hang, never what a
+/// test asserts.
+pub async fn read_until_closed(stream: &mut tokio::net::TcpStream, guard: Duration) -> String {
+    use tokio::io::AsyncReadExt as _;
+    let mut seen = Vec::new();
+    let closed = tokio::time::timeout(guard, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the server never closed the connection");
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
 /// A valid payload of `kind` whose text (question or prompt) is `text`, for tests that need
 /// tasks of every kind and do not care what they ask.
 pub fn sample_payload(kind: TaskKind, text: &str) -> Payload {

@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::ConnectInfo;
 use axum::routing::{get, post};
 use ragpool_queue::http_server::{ServerLimits, serve};
+use ragpool_queue::testing::read_until_closed;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
@@ -24,6 +26,7 @@ fn limits() -> ServerLimits {
         header_timeout: Duration::from_millis(300),
         body_timeout: Duration::from_millis(300),
         max_connections: 8,
+        max_connections_per_peer: 8,
     }
 }
 
@@ -43,6 +46,12 @@ impl TestServer {
         let entered = Arc::new(Notify::new());
         let router = Router::new()
             .route("/hello", get(|| async { "hello" }))
+            .route(
+                "/peer",
+                get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
+                    format!("from {}", peer.ip())
+                }),
+            )
             .route(
                 "/echo",
                 post(|body: Bytes| async move { format!("{} bytes", body.len()) }),
@@ -76,23 +85,13 @@ impl TestServer {
     async fn connect(&self) -> TcpStream {
         TcpStream::connect(self.addr).await.unwrap()
     }
-}
 
-/// Everything the server sends until it closes the connection (a reset counts as a close).
-async fn read_until_closed(stream: &mut TcpStream) -> String {
-    let mut seen = Vec::new();
-    let read = tokio::time::timeout(HANG_GUARD, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => seen.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(read.is_ok(), "the server never closed the connection");
-    String::from_utf8_lossy(&seen).into_owned()
+    /// A connection from the loopback address `from` (127.0.0.0/8 is all loopback).
+    async fn connect_from(&self, from: [u8; 4]) -> TcpStream {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind(SocketAddr::from((from, 0))).unwrap();
+        socket.connect(self.addr).await.unwrap()
+    }
 }
 
 /// Sends one keep-alive request and reads its response, which must be `200 OK` with `body`.
@@ -123,7 +122,7 @@ async fn a_connection_that_never_finishes_its_headers_is_closed() {
         .write_all(b"GET /hello HTTP/1.1\r\nhost: x\r\nx-slow: ")
         .await
         .unwrap();
-    let seen = read_until_closed(&mut stream).await;
+    let seen = read_until_closed(&mut stream, HANG_GUARD).await;
     assert!(!seen.contains("hello"), "{seen}");
 }
 
@@ -131,7 +130,7 @@ async fn a_connection_that_never_finishes_its_headers_is_closed() {
 async fn a_connection_that_sends_nothing_is_closed() {
     let server = TestServer::start(limits()).await;
     let mut stream = server.connect().await;
-    let seen = read_until_closed(&mut stream).await;
+    let seen = read_until_closed(&mut stream, HANG_GUARD).await;
     assert!(!seen.contains("200 OK"), "{seen}");
 }
 
@@ -142,7 +141,7 @@ async fn an_idle_kept_alive_connection_is_closed() {
     request_ok(&mut stream, "/hello", "hello").await;
     request_ok(&mut stream, "/hello", "hello").await;
     // Nothing more is sent: the wait for the next request head runs out.
-    assert_eq!(read_until_closed(&mut stream).await, "");
+    assert_eq!(read_until_closed(&mut stream, HANG_GUARD).await, "");
 }
 
 #[tokio::test]
@@ -153,7 +152,7 @@ async fn a_stalled_body_fails_and_closes_the_connection() {
         .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nonly ten b")
         .await
         .unwrap();
-    let seen = read_until_closed(&mut stream).await;
+    let seen = read_until_closed(&mut stream, HANG_GUARD).await;
     assert!(!seen.contains("100 bytes"), "{seen}");
     // axum answers a body that failed to arrive with a client error.
     assert!(seen.starts_with("HTTP/1.1 4"), "{seen}");
@@ -164,7 +163,7 @@ async fn a_stalled_body_fails_and_closes_the_connection() {
         .write_all(b"POST /echo HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\nconnection: close\r\n\r\nfive!")
         .await
         .unwrap();
-    let seen = read_until_closed(&mut stream).await;
+    let seen = read_until_closed(&mut stream, HANG_GUARD).await;
     assert!(seen.ends_with("5 bytes"), "{seen}");
 }
 
@@ -183,9 +182,13 @@ async fn connections_past_the_limit_are_refused_until_one_closes() {
     request_ok(&mut second, "/hello", "hello").await;
 
     let mut third = server.connect().await;
-    let seen = read_until_closed(&mut third).await;
+    let seen = read_until_closed(&mut third, HANG_GUARD).await;
     assert!(
         seen.is_empty() || seen.starts_with("HTTP/1.1 503"),
+        "{seen}"
+    );
+    assert!(
+        seen.is_empty() || seen.contains(r#"{"error":{"code":"too_many_connections""#),
         "{seen}"
     );
     // The held connections still work.
@@ -200,7 +203,7 @@ async fn connections_past_the_limit_are_refused_until_one_closes() {
             let _ = next
                 .write_all(b"GET /hello HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
                 .await;
-            let seen = read_until_closed(&mut next).await;
+            let seen = read_until_closed(&mut next, HANG_GUARD).await;
             if seen.starts_with("HTTP/1.1 200") {
                 break;
             }
@@ -213,6 +216,33 @@ async fn connections_past_the_limit_are_refused_until_one_closes() {
     })
     .await;
     assert!(served.is_ok(), "no connection was served after one closed");
+}
+
+#[tokio::test]
+async fn one_peer_past_its_share_is_refused_while_another_is_served() {
+    let server = TestServer::start(ServerLimits {
+        max_connections_per_peer: 2,
+        header_timeout: Duration::from_secs(60),
+        ..limits()
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = server.connect_from([127, 0, 0, 2]).await;
+        request_ok(&mut stream, "/peer", "from 127.0.0.2").await;
+        held.push(stream);
+    }
+    let mut third = server.connect_from([127, 0, 0, 2]).await;
+    let seen = read_until_closed(&mut third, HANG_GUARD).await;
+    assert!(seen.starts_with("HTTP/1.1 429"), "{seen}");
+    assert!(seen.contains("retry-after: 1\r\n"), "{seen}");
+    assert!(
+        seen.ends_with(r#""code":"too_many_connections_from_peer","message":"this address has too many open connections; close some or try again shortly"}}"#),
+        "{seen}"
+    );
+    // Another address is served, and the handler is told which one it is.
+    let mut other = server.connect_from([127, 0, 0, 3]).await;
+    request_ok(&mut other, "/peer", "from 127.0.0.3").await;
 }
 
 #[tokio::test]
@@ -233,10 +263,10 @@ async fn shutdown_finishes_requests_in_flight_and_closes_idle_connections() {
     let _ = server.stop.take().map(|stop| stop.send(()));
 
     // The idle connection is closed by the shutdown, long before its header timeout.
-    assert_eq!(read_until_closed(&mut idle).await, "");
+    assert_eq!(read_until_closed(&mut idle, HANG_GUARD).await, "");
     // The request in flight still gets its answer, and then the connection closes.
     server.release.notify_one();
-    let seen = read_until_closed(&mut busy).await;
+    let seen = read_until_closed(&mut busy, HANG_GUARD).await;
     assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
     assert!(seen.ends_with("finished"), "{seen}");
     tokio::time::timeout(HANG_GUARD, &mut server.task)

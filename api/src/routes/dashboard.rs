@@ -24,6 +24,7 @@ use utoipa::ToSchema;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::TaskIdParam;
+use crate::holds::Peer;
 use crate::live::{self, DashboardSnapshot, WorkerRow};
 use crate::routes::task::{view, visible_task};
 use crate::routes::view::{EventView, TaskView};
@@ -323,6 +324,8 @@ pub struct DashboardSseEvent {
             content_type = "text/event-stream", body = DashboardSseEvent),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 403, description = "Not an admin key", body = ErrorBody),
+        (status = 429, description = "This key or address holds its most event streams and ?wait requests; \
+            retry after the Retry-After seconds", body = ErrorBody, headers(("Retry-After" = u32))),
         (status = 503, description = "Redis unreachable; retry after the Retry-After seconds", body = ErrorBody,
             headers(("Retry-After" = u32))),
     ),
@@ -330,15 +333,19 @@ pub struct DashboardSseEvent {
 )]
 pub async fn events(
     caller: Caller,
+    peer: Peer,
     State(state): State<AppState>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     caller.require_admin()?;
+    let hold = state.holds().try_hold(&caller, peer)?;
     let mut changes_rx = state.broker().events().await?.subscribe();
     let mut snapshots = state.live().subscribe(&state);
     let shutdown = state.shutdown_token();
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(state.limits().max_stream_seconds);
     let stream = async_stream::stream! {
+        // Given back when the stream ends or the client goes.
+        let _hold = hold;
         let mut pending = ChangesView::default();
         let mut dirty = false;
         let mut flush = tokio::time::interval(CHANGE_BATCH);

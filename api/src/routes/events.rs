@@ -19,6 +19,7 @@ use tokio::sync::broadcast::error::RecvError;
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::TaskIdParam;
+use crate::holds::Peer;
 use crate::routes::task::visible_task;
 use crate::routes::view::EventView;
 use crate::state::AppState;
@@ -53,6 +54,8 @@ pub struct SseEvent {
         (status = 400, description = "Not a valid task id", body = ErrorBody),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 404, description = "Unknown, expired, or another key's task", body = ErrorBody),
+        (status = 429, description = "This key or address holds its most event streams and ?wait requests; \
+            retry after the Retry-After seconds", body = ErrorBody, headers(("Retry-After" = u32))),
         (status = 503, description = "Redis unreachable; retry after the Retry-After seconds", body = ErrorBody,
             headers(("Retry-After" = u32))),
     ),
@@ -60,9 +63,11 @@ pub struct SseEvent {
 )]
 pub async fn task_events(
     caller: Caller,
+    peer: Peer,
     State(state): State<AppState>,
     TaskIdParam(id): TaskIdParam,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let hold = state.holds().try_hold(&caller, peer)?;
     let mut rx = state.broker().events().await?.subscribe();
     let task = visible_task(&state, &caller, &id).await?;
     let broker = state.broker().clone();
@@ -70,6 +75,8 @@ pub async fn task_events(
     let deadline =
         tokio::time::Instant::now() + Duration::from_secs(state.limits().max_stream_seconds);
     let stream = async_stream::stream! {
+        // Given back when the stream ends or the client goes.
+        let _hold = hold;
         let mut last = task.state;
         yield Ok(snapshot(&task));
         if last.is_terminal() {

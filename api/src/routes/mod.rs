@@ -58,8 +58,49 @@ impl Modify for BearerAuth {
     }
 }
 
-/// Every endpoint, with its OpenAPI description.
-pub fn api_router() -> OpenApiRouter<AppState> {
+/// Every endpoint, and the OpenAPI document that describes them.
+pub fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut doc) = api_router().split_for_parts();
+    document_cross_site_refusals(&mut doc);
+    (router, doc)
+}
+
+/// Adds the `403` of `crate::cross_site` to every operation: its rules run before any
+/// route, so every operation may answer it.
+fn document_cross_site_refusals(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
+    const REFUSED: &str = "Refused as a possible cross-site request: `host_not_allowed` (no API keys and \
+        a Host that is not an IP address, localhost or an --allowed-hosts name), `origin_not_allowed` \
+        (an Origin other than the API's own or an --allowed-origins one), `cross_site_request` (a \
+        state-changing request without Content-Type: application/json, Authorization or X-Ragpool-Client)";
+    for item in doc.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ];
+        for operation in operations.into_iter().flatten() {
+            let responses = &mut operation.responses.responses;
+            let description = match responses.get("403") {
+                Some(RefOr::T(existing)) => format!("{}; or: {REFUSED}", existing.description),
+                _ => REFUSED.to_string(),
+            };
+            let content = ContentBuilder::new()
+                .schema(Some(Ref::from_schema_name("ErrorBody")))
+                .build();
+            let response = ResponseBuilder::new()
+                .description(description)
+                .content("application/json", content)
+                .build();
+            responses.insert("403".to_string(), RefOr::T(response));
+        }
+    }
+}
+
+/// Every endpoint, with its OpenAPI description (less what [`api`] adds).
+fn api_router() -> OpenApiRouter<AppState> {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     OpenApiRouter::with_openapi(doc)

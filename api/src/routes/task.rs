@@ -11,6 +11,7 @@ use ragpool_queue::{Task, TaskId, TaskState};
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::TaskIdParam;
+use crate::holds::Peer;
 use crate::routes::view::TaskView;
 use crate::state::AppState;
 
@@ -30,6 +31,8 @@ use crate::state::AppState;
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 404, description = "Unknown, expired, or another key's task", body = ErrorBody),
         (status = 422, description = "wait is not a number of seconds within the limit", body = ErrorBody),
+        (status = 429, description = "With ?wait: this key or address holds its most event streams and ?wait \
+            requests; retry after the Retry-After seconds", body = ErrorBody, headers(("Retry-After" = u32))),
         (status = 503, description = "Redis unreachable; retry after the Retry-After seconds", body = ErrorBody,
             headers(("Retry-After" = u32))),
     ),
@@ -37,6 +40,7 @@ use crate::state::AppState;
 )]
 pub async fn get_task(
     caller: Caller,
+    peer: Peer,
     State(state): State<AppState>,
     TaskIdParam(id): TaskIdParam,
     RawQuery(query): RawQuery,
@@ -44,6 +48,7 @@ pub async fn get_task(
     let wait = parse_wait(query.as_deref(), state.limits().max_wait_seconds)?;
     let mut task = visible_task(&state, &caller, &id).await?;
     if !wait.is_zero() && !task.state.is_terminal() {
+        let _hold = state.holds().try_hold(&caller, peer)?;
         let shutdown = state.shutdown_token();
         tokio::select! {
             waited = state.broker().wait_for_end(&id, wait) => {

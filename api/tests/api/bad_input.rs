@@ -619,7 +619,7 @@ async fn submissions_past_the_in_flight_budget_get_503_with_retry_after() {
     let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
     slow.write_all(
         format!(
-            "POST {QUERY} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+            "POST {QUERY} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
              Content-Length: 60000\r\n\r\n"
         )
         .as_bytes(),

@@ -48,7 +48,7 @@ fn large_image_body() -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_large_images_keep_peak_memory_within_budget_plus_baseline() {
     let redis = RedisServer::start().expect("redis-server");
-    let api = ApiProcess::start(&redis.url(), &[]).await;
+    let api = ApiProcess::start_on(&redis.url(), &[]).await;
     let small = serde_json::to_vec(&json!({ "image": b64(PNG_1X1) })).unwrap();
     for _ in 0..5 {
         let r = api
@@ -105,7 +105,7 @@ async fn concurrent_large_images_keep_peak_memory_within_budget_plus_baseline() 
 async fn one_keys_trickling_bodies_leave_another_keys_submissions_accepted() {
     let redis = RedisServer::start().expect("redis-server");
     let keys = format!("alice:{ALICE},bob:{BOB}");
-    let api = ApiProcess::start(&redis.url(), &[("RAGPOOL_API_KEYS", &keys)]).await;
+    let api = ApiProcess::start_on(&redis.url(), &[("RAGPOOL_API_KEYS", &keys)]).await;
     let declared = 16 * MIB as usize;
     let mut trickling = Vec::new();
     let mut one = 0;
@@ -182,7 +182,7 @@ async fn one_keys_trickling_bodies_leave_another_keys_submissions_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_must_arrive_whole_within_the_deadline() {
     let redis = RedisServer::start().expect("redis-server");
-    let api = ApiProcess::start(&redis.url(), &[("RAGPOOL_BODY_DEADLINE_SECONDS", "1")]).await;
+    let api = ApiProcess::start_on(&redis.url(), &[("RAGPOOL_BODY_DEADLINE_SECONDS", "1")]).await;
     // A byte every 100 ms never pauses long enough for the pause timeout (30 s).
     let head = json_head("/api/async/query", 1024 * 1024, None);
     let slow = Trickler::start(api.addr, head, Duration::from_millis(100)).await;
@@ -198,7 +198,7 @@ async fn a_body_must_arrive_whole_within_the_deadline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_without_a_body_reserves_nothing_whatever_its_length_says() {
     let redis = RedisServer::start().expect("redis-server");
-    let api = ApiProcess::start(&redis.url(), &[]).await;
+    let api = ApiProcess::start_on(&redis.url(), &[]).await;
     let r = api
         .client
         .post(api.url("/api/async/query"))
@@ -238,7 +238,7 @@ async fn a_request_without_a_body_reserves_nothing_whatever_its_length_says() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_body_declared_over_the_limit_is_refused_from_its_header() {
     let redis = RedisServer::start().expect("redis-server");
-    let api = ApiProcess::start(&redis.url(), &[]).await;
+    let api = ApiProcess::start_on(&redis.url(), &[]).await;
     // Only the head is sent: the answer must not wait for a body.
     let mut stream = send_head(api.addr, &json_head("/api/async/query", 1 << 30, None)).await;
     let (status, body) = read_answer(&mut stream).await.expect("an answer");
@@ -255,7 +255,7 @@ async fn a_body_of_unknown_length_is_refused_once_past_the_limit() {
     use tokio::io::AsyncWriteExt as _;
 
     let redis = RedisServer::start().expect("redis-server");
-    let api = ApiProcess::start(&redis.url(), &[("RAGPOOL_MAX_BODY_BYTES", "65536")]).await;
+    let api = ApiProcess::start_on(&redis.url(), &[("RAGPOOL_MAX_BODY_BYTES", "65536")]).await;
     let head = head(
         "POST",
         "/api/async/query",
@@ -302,7 +302,7 @@ fn crafted_body(len: usize, batch: bool) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crafted_json_body_costs_no_more_than_its_reservation() {
     let redis = RedisServer::start().expect("redis-server");
-    let api = ApiProcess::start(&redis.url(), &[]).await;
+    let api = ApiProcess::start_on(&redis.url(), &[]).await;
     for (path, batch) in [("/api/async/query", false), ("/api/async/batch", true)] {
         let body = Arc::new(crafted_body(16 * MIB as usize - 64, batch));
         let before = api.peak_rss();

@@ -6,6 +6,8 @@ mod auth;
 mod bad_input;
 mod batch;
 mod budget;
+mod cross_site;
+mod crowding;
 mod dashboard;
 mod endpoints;
 mod faults;

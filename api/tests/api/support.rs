@@ -71,7 +71,7 @@ impl TestApi {
         ));
         TestApi {
             base,
-            client: reqwest::Client::new(),
+            client: client(),
             broker,
             redis,
             key: None,
@@ -168,6 +168,20 @@ impl TestApi {
             .and_then(|n| n.parse().ok())
             .unwrap_or(0)
     }
+}
+
+/// The tests' client: it says it is no cross-site form (`X-Ragpool-Client`), as the CLI and
+/// the dashboard do, so requests without a JSON body reach their handlers.
+fn client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        "x-ragpool-client",
+        reqwest::header::HeaderValue::from_static("test"),
+    );
+    reqwest::Client::builder()
+        .default_headers(headers)
+        .build()
+        .expect("client")
 }
 
 /// Status and JSON body of a response (`Value::Null` when the body is not JSON).

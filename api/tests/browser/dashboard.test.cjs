@@ -3,8 +3,9 @@
 //
 // What it checks: the page loads without console errors; submitted tasks show as queued
 // and then finished; a task that fails shows its error, and retry from the page requeues it
-// and it finishes; cancel from the page ends a queued task; the workers table lists the
-// running executors. It saves a screenshot of the main page.
+// and it finishes; cancel from the page ends a queued task, whose page (no result yet) shows
+// no stray `false`; the workers table lists the running executors; a page of another origin
+// cannot purge through a form or a no-cors fetch. It saves a screenshot of the main page.
 //
 // Environment: API (base URL), REDIS_URL, EXECUTOR (binary), WORK (scratch folder),
 // PLAYWRIGHT (folder holding node_modules/playwright-core), SCREENSHOT (PNG path),
@@ -14,6 +15,7 @@
 const path = require('node:path');
 const { spawn } = require('node:child_process');
 const fs = require('node:fs');
+const http = require('node:http');
 const assert = require('node:assert/strict');
 
 const { chromium } = require(path.join(process.env.PLAYWRIGHT, 'node_modules', 'playwright-core'));
@@ -62,6 +64,41 @@ async function confirm(page) {
   await dialog.waitFor({ state: 'visible' });
   await page.click('#confirm-ok');
   await dialog.waitFor({ state: 'hidden' });
+}
+
+// The finished tasks of full_query, as the API counts them.
+async function finishedCount() {
+  const r = await fetch(`${API}/api/queue/full_query/tasks?state=finished&limit=1`);
+  return (await r.json()).total;
+}
+
+// A page of another origin (another port) that posts a form to the API's purge and fires a
+// no-cors fetch at it, as a malicious site would: the API refuses both, nothing is purged.
+async function crossSiteForms(browser) {
+  const purge = `${API}/api/queue/full_query/purge?state=finished`;
+  const evil = http.createServer((req, res) => {
+    res.setHeader('content-type', 'text/html');
+    res.end(`<!doctype html><form id="f" method="POST" action="${purge}">
+      <input name="confirm" value="1"></form>
+      <script>fetch(${JSON.stringify(purge)}, { method: 'POST', mode: 'no-cors' })
+        .finally(() => document.getElementById('f').submit());</script>`);
+  });
+  await new Promise((resolve) => evil.listen(0, '127.0.0.1', resolve));
+  try {
+    const before = await finishedCount();
+    assert.ok(before > 0, 'finished tasks to purge');
+    const page = await browser.newPage();
+    await page.goto(`http://127.0.0.1:${evil.address().port}/`);
+    // The form's answer replaces the page: the API's refusal.
+    await page.waitForURL(purge);
+    const answer = await page.textContent('body');
+    assert.match(answer, /origin_not_allowed/, answer);
+    await page.close();
+    assert.equal(await finishedCount(), before, 'nothing was purged');
+    console.log(`ok: a cross-site form and no-cors fetch to purge were refused (${before} finished tasks kept)`);
+  } finally {
+    evil.close();
+  }
 }
 
 async function main() {
@@ -129,6 +166,7 @@ async function main() {
     await page.waitForSelector('#task .status-queued');
     const payload = await page.textContent('main');
     assert.ok(!payload.includes(PNG), 'the image data is not shown');
+    assert.ok(!/false|true/.test(payload), `a task without a result shows no stray booleans: ${payload}`);
     await page.click('#task button[data-action="cancel"]');
     await confirm(page);
     await page.waitForSelector('#task .status-canceled');
@@ -156,6 +194,7 @@ async function main() {
     assert.ok(overflow <= 0, `the page is ${overflow}px wider than a phone`);
     console.log('ok: the page fits a phone-width window');
     await page.close();
+    await crossSiteForms(browser);
   } finally {
     await browser.close();
     for (const id of [...children.keys()]) await stop(id);

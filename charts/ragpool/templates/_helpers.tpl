@@ -101,6 +101,17 @@ timeoutSeconds: 2
 failureThreshold: 3
 {{- end -}}
 
+{{/* The host names the API answers with auth off: its Service's names, the ingress host and
+api.allowedHosts, comma-separated. */}}
+{{- define "ragpool.apiHostNames" -}}
+{{- $api := .Values.api -}}
+{{- $svc := printf "%s-api" (include "ragpool.fullname" .) -}}
+{{- $ns := .Release.Namespace -}}
+{{- $names := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns $api.clusterDomain) -}}
+{{- if $api.ingress.enabled }}{{- $names = append $names $api.ingress.host -}}{{- end -}}
+{{- join "," (concat $names $api.allowedHosts) -}}
+{{- end -}}
+
 {{/* Redis: the bundled one's Service and password Secret names. */}}
 {{- define "ragpool.redisName" -}}
 {{- printf "%s-redis" (include "ragpool.fullname" .) -}}
