@@ -398,6 +398,7 @@ impl Broker {
             let o = action(part, left).await?;
             out.done += o.done;
             out.remaining += o.remaining;
+            out.input_gone += o.input_gone;
         }
         Ok(out)
     }
