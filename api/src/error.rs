@@ -16,6 +16,10 @@ use utoipa::ToSchema;
 /// reconnects within about a second, so a short hint avoids idle clients.
 pub const RETRY_AFTER_SECONDS: u32 = 1;
 
+/// Seconds a client is told to wait when the queued payloads are at a limit: room comes back
+/// as executors claim tasks, which takes seconds, not milliseconds.
+pub const PAYLOAD_LIMIT_RETRY_AFTER_SECONDS: u32 = 5;
+
 /// The body of every error response.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorBody {
@@ -156,6 +160,11 @@ impl From<QueueError> for ApiError {
             QueueError::WrongState { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "wrong_state", e.to_string())
             }
+            QueueError::InputGone(_) => ApiError::new(StatusCode::GONE, "input_gone", e.to_string()),
+            // The code names the limit (its flag, in snake case).
+            QueueError::PayloadLimit { limit, .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, limit.flag(), e.to_string())
+            }
             QueueError::Layout { .. } => {
                 // The operator's mistake, not the client's: say what is wrong, in the log and
                 // in the answer, since every request fails the same way until it is fixed.
@@ -197,6 +206,12 @@ impl IntoResponse for ApiError {
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECONDS));
         }
+        if self.status == StatusCode::TOO_MANY_REQUESTS {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(PAYLOAD_LIMIT_RETRY_AFTER_SECONDS),
+            );
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(
                 header::WWW_AUTHENTICATE,
@@ -230,6 +245,18 @@ mod tests {
                 "wrong_state",
             ),
             (QueueError::Corrupt("x".into()), 500, "internal"),
+            (QueueError::InputGone("x".into()), 410, "input_gone"),
+            (
+                QueueError::PayloadLimit {
+                    limit: ragpool_queue::PayloadLimit::PerKey(10),
+                    share: 10,
+                    shares: 1,
+                    queued: 8,
+                    asked: 4,
+                },
+                429,
+                "max_queued_payload_bytes_per_key",
+            ),
             (
                 QueueError::NotReplicated {
                     timeout: std::time::Duration::from_secs(1),
