@@ -394,7 +394,10 @@ mod tests {
             .find(|q| q.name == "full_query")
             .unwrap();
         assert_eq!(fq.timeout, Duration::from_secs(42));
-        assert_eq!(broker.payload_limits.per_key, DEFAULT_MAX_QUEUED_PAYLOAD_BYTES_PER_KEY);
+        assert_eq!(
+            broker.payload_limits.per_key,
+            DEFAULT_MAX_QUEUED_PAYLOAD_BYTES_PER_KEY
+        );
         assert_eq!(broker.queues.len(), 3);
     }
 }

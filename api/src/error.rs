@@ -160,7 +160,9 @@ impl From<QueueError> for ApiError {
             QueueError::WrongState { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "wrong_state", e.to_string())
             }
-            QueueError::InputGone(_) => ApiError::new(StatusCode::GONE, "input_gone", e.to_string()),
+            QueueError::InputGone(_) => {
+                ApiError::new(StatusCode::GONE, "input_gone", e.to_string())
+            }
             // The code names the limit (its flag, in snake case).
             QueueError::PayloadLimit { limit, .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, limit.flag(), e.to_string())

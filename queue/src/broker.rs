@@ -572,9 +572,9 @@ impl Broker {
                 done => return done,
             }
         }
-        Err(full.or(unreachable).unwrap_or_else(|| {
-            QueueError::Corrupt("no partition to enqueue in".into())
-        }))
+        Err(full
+            .or(unreachable)
+            .unwrap_or_else(|| QueueError::Corrupt("no partition to enqueue in".into())))
     }
 
     /// One call of the enqueue script in one partition (see `lua/enqueue.lua`).
@@ -638,7 +638,13 @@ impl Broker {
                 .arg(idem)
                 .arg(new.owner.as_deref().unwrap_or_default())
                 .arg(input.summary.bytes)
-                .arg(input.summary.image_bytes.map(|n| n.to_string()).unwrap_or_default())
+                .arg(
+                    input
+                        .summary
+                        .image_bytes
+                        .map(|n| n.to_string())
+                        .unwrap_or_default(),
+                )
                 .arg(input.summary.image_type.unwrap_or_default())
                 .arg(input.summary.sha256)
                 .arg(input.brief);
@@ -705,13 +711,12 @@ impl Broker {
     /// and tests, never on a status read.
     pub async fn payload(&self, id: &TaskId) -> Result<Option<Payload>> {
         let part = self.keys().of_task(id);
-        let (kind, legacy, own): (Option<String>, Option<String>, Option<String>) =
-            redis::pipe()
-                .hget(part.task(id.as_str()), "kind")
-                .hget(part.task(id.as_str()), "payload")
-                .get(part.payload(id.as_str()))
-                .query_async(&mut self.conn())
-                .await?;
+        let (kind, legacy, own): (Option<String>, Option<String>, Option<String>) = redis::pipe()
+            .hget(part.task(id.as_str()), "kind")
+            .hget(part.task(id.as_str()), "payload")
+            .get(part.payload(id.as_str()))
+            .query_async(&mut self.conn())
+            .await?;
         match (kind, own.or(legacy)) {
             (Some(kind), Some(json)) => decode::payload(kind.parse()?, &json).map(Some),
             _ => Ok(None),

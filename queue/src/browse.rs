@@ -331,13 +331,20 @@ impl Broker {
     /// [`BulkOutcome::input_gone`].
     pub async fn retry_failed(&self, queue: &str, max: u64) -> Result<BulkOutcome> {
         let index = |part: &Partition| part.queue(queue).failed;
-        self.in_partitions(max, index, |part, max| self.retry_failed_in(part, queue, max))
-            .await
+        self.in_partitions(max, index, |part, max| {
+            self.retry_failed_in(part, queue, max)
+        })
+        .await
     }
 
     /// [`Broker::retry_failed`] in one partition: chunks, each starting behind the tasks
     /// earlier chunks passed over.
-    async fn retry_failed_in(&self, part: &Partition, queue: &str, max: u64) -> Result<BulkOutcome> {
+    async fn retry_failed_in(
+        &self,
+        part: &Partition,
+        queue: &str,
+        max: u64,
+    ) -> Result<BulkOutcome> {
         let qk = part.queue(queue);
         let mut out = BulkOutcome::default();
         let mut handled = 0;
@@ -358,7 +365,9 @@ impl Broker {
                 .map(|v| v.parse().unwrap_or(0))
                 .collect::<Vec<u64>>()[..]
             else {
-                return Err(QueueError::Corrupt(format!("retry_failed replied {reply:?}")));
+                return Err(QueueError::Corrupt(format!(
+                    "retry_failed replied {reply:?}"
+                )));
             };
             ack.require()?;
             out.done += done;

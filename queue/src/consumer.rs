@@ -34,8 +34,8 @@ use crate::decode;
 use crate::error::{QueueError, Result};
 use crate::events::AbortOnDrop;
 use crate::keys::Partition;
-use crate::scripts;
 use crate::payload::Payload;
+use crate::scripts;
 use crate::task::{Task, TaskError, TaskId};
 
 /// Who claims, from which queues, how.
@@ -96,15 +96,16 @@ fn claimed_entry(entry: Value) -> Result<(decode::Fields, Option<String>)> {
         return Err(QueueError::Corrupt(format!("claim replied {entry:?}")));
     };
     // Taken, not copied: it may be an image of many megabytes.
-    let payload = match parts.len() {
-        2 => match parts.pop() {
-            Some(Value::BulkString(bytes)) => Some(String::from_utf8(bytes).map_err(|e| {
-                QueueError::Corrupt(format!("a stored payload is not UTF-8: {e}"))
-            })?),
+    let payload =
+        match parts.len() {
+            2 => match parts.pop() {
+                Some(Value::BulkString(bytes)) => Some(String::from_utf8(bytes).map_err(|e| {
+                    QueueError::Corrupt(format!("a stored payload is not UTF-8: {e}"))
+                })?),
+                _ => None,
+            },
             _ => None,
-        },
-        _ => None,
-    };
+        };
     parts.truncate(1);
     let hash = parts
         .pop()

@@ -123,7 +123,9 @@ pub struct InputSummary {
 /// bytes) are decoded.
 fn sniff_image_type(b64: &str) -> Option<&'static str> {
     let head = b64.get(..16.min(b64.len() - b64.len() % 4))?;
-    let bytes = base64::engine::general_purpose::STANDARD.decode(head).ok()?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(head)
+        .ok()?;
     const SIGNATURES: [(&[u8], &str); 5] = [
         (b"\x89PNG", "image/png"),
         (b"\xFF\xD8\xFF", "image/jpeg"),
@@ -239,7 +241,10 @@ mod tests {
         assert_eq!(s.image_bytes, Some(png.len() as u64));
         assert_eq!(s.image_type.as_deref(), Some("image/png"));
         assert_eq!(s.sha256.len(), 64);
-        assert_ne!(s.sha256, p.brief().summary(&p.brief().to_json().unwrap()).sha256);
+        assert_ne!(
+            s.sha256,
+            p.brief().summary(&p.brief().to_json().unwrap()).sha256
+        );
         assert_eq!(p.brief().image(), None);
         assert_eq!(p.brief().to_json().unwrap(), r#"{"prompt":"what"}"#);
         let text = Payload::from(CompleteAnswer {

@@ -33,7 +33,11 @@ async fn payload_ttl(broker: &Broker, id: &TaskId) -> i64 {
 }
 
 async fn queued_bytes(broker: &Broker, queue: &str) -> u64 {
-    broker.queue_stats(queue).await.unwrap().queued_payload_bytes
+    broker
+        .queue_stats(queue)
+        .await
+        .unwrap()
+        .queued_payload_bytes
 }
 
 async fn payload_follows_the_task(env: Env) {
@@ -67,10 +71,7 @@ async fn payload_follows_the_task(env: Env) {
     assert_eq!(t.input.sha256.len(), 64);
     let brief = b.brief(&done.id).await.unwrap().unwrap();
     assert_eq!(brief.image(), None);
-    assert_eq!(
-        brief,
-        sample_payload(TaskKind::AnalyzeImage, "q1").brief()
-    );
+    assert_eq!(brief, sample_payload(TaskKind::AnalyzeImage, "q1").brief());
 
     // Canceled while queued: gone at once, and no longer counted as queued.
     let canceled = b.enqueue(image(2)).await.unwrap();
@@ -84,7 +85,9 @@ async fn payload_follows_the_task(env: Env) {
     let claimed = c.try_claim().await.unwrap().unwrap();
     b.cancel(&running.id).await.unwrap();
     let stop = TaskError::new("canceled", "stopped");
-    b.fail(&claimed.lease, &stop, Retry::Permanent).await.unwrap();
+    b.fail(&claimed.lease, &stop, Retry::Permanent)
+        .await
+        .unwrap();
     assert_eq!(
         b.get(&running.id).await.unwrap().unwrap().state,
         TaskState::Canceled
@@ -95,12 +98,18 @@ async fn payload_follows_the_task(env: Env) {
     let failed = b.enqueue(image(4)).await.unwrap();
     let claimed = c.try_claim().await.unwrap().unwrap();
     let bad = TaskError::new("bad_input", "no");
-    b.fail(&claimed.lease, &bad, Retry::Permanent).await.unwrap();
+    b.fail(&claimed.lease, &bad, Retry::Permanent)
+        .await
+        .unwrap();
     let ttl = payload_ttl(b, &failed.id).await;
     let failure_ttl = b.queue("image_analysis").unwrap().failure_ttl.as_millis() as i64;
     assert!(ttl > 0 && ttl <= failure_ttl, "payload TTL {ttl} ms");
     b.retry(&failed.id).await.unwrap();
-    assert_eq!(payload_ttl(b, &failed.id).await, -1, "kept again while queued");
+    assert_eq!(
+        payload_ttl(b, &failed.id).await,
+        -1,
+        "kept again while queued"
+    );
     assert_eq!(queued_bytes(b, "image_analysis").await, size);
     let claimed = c.try_claim().await.unwrap().unwrap();
     assert_eq!(
@@ -110,7 +119,9 @@ async fn payload_follows_the_task(env: Env) {
 
     // Once the failed task's payload is gone (its TTL ran out), a retry says so and
     // changes nothing; a bulk retry leaves it failed and counts it.
-    b.fail(&claimed.lease, &bad, Retry::Permanent).await.unwrap();
+    b.fail(&claimed.lease, &bad, Retry::Permanent)
+        .await
+        .unwrap();
     let mut conn = ragpool_queue::conn::Conn::open(&b.config().target, None)
         .await
         .unwrap();
@@ -138,9 +149,7 @@ on_both!(payload_follows_t, payload_follows_the_task);
 async fn a_reaped_task_keeps_its_payload(env: Env) {
     let b = &env.broker;
     let q = b.enqueue(image(1)).await.unwrap();
-    let c = env
-        .consumer("dies", &ALL, Duration::from_millis(100))
-        .await;
+    let c = env.consumer("dies", &ALL, Duration::from_millis(100)).await;
     let first = c.try_claim().await.unwrap().unwrap();
     maintain_until(b, |m| m.requeued == 1).await;
     assert_eq!(payload_ttl(b, &q.id).await, -1);

@@ -9,6 +9,7 @@ mod endpoints;
 mod faults;
 mod hostile;
 mod partitions;
+mod payloads;
 mod replicated;
 mod support;
 mod wait_events;
