@@ -163,7 +163,10 @@ pub async fn rows(args: &Args) -> anyhow::Result<Vec<Row>> {
         text_kept.1,
     ));
     rows.push(Row::ratio(
-        format!("used_memory growth per finished {} MiB image task", args.image_mib),
+        format!(
+            "used_memory growth per finished {} MiB image task",
+            args.image_mib
+        ),
         image_kept.0,
         "B",
         "per finished text task",
