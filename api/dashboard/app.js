@@ -282,6 +282,14 @@ function showError(e) {
     h('p', { class: 'empty' }, `Could not load: ${e.message}. It is retried with the next update.`));
 }
 
+// Bytes in the largest unit that keeps a number of at least 1.
+function size(bytes) {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let n = bytes, u = 0;
+  while (n >= 1024 && u < units.length - 1) { n /= 1024; u += 1; }
+  return u === 0 ? `${n} B` : `${n.toFixed(1)} ${units[u]}`;
+}
+
 function queueRow(q) {
   const link = (state, n) => h('a', { href: `#/queue/${encodeURIComponent(q.queue)}/${state}` }, count(n));
   const rates = q.rates || {};
@@ -293,6 +301,7 @@ function queueRow(q) {
     h('td', { class: 'num' }, `${ms(q.wait.p50_ms)} / ${ms(q.wait.p95_ms)}`),
     h('td', { class: 'num hide-narrow' }, `${ms(q.processing.p50_ms)} / ${ms(q.processing.p95_ms)}`),
     h('td', { class: 'num' }, q.queued ? ms(q.oldest_queued_age_ms) : '–'),
+    h('td', { class: 'num hide-narrow', 'data-field': 'queued-payload' }, size(q.queued_payload_bytes || 0)),
     h('td', {}, h('span', { class: 'actions' },
       h('button', { class: 'small', type: 'button', disabled: !q.failed, 'data-action': 'retry-failed', onclick: () => retryFailed(q.queue) }, 'Retry failed'),
       h('button', { class: 'small danger', type: 'button', disabled: !q.finished, 'data-action': 'purge', onclick: () => purgeFinished(q.queue) }, 'Purge'))));
@@ -371,7 +380,7 @@ function renderOverview() {
         h('thead', {}, h('tr', {}, h('th', {}, 'queue'), STATES.map((st) => h('th', { class: 'num' }, st)),
           h('th', { class: 'num hide-narrow' }, 'in'), h('th', { class: 'num hide-narrow' }, 'done'),
           h('th', { class: 'num' }, 'wait p50 / p95'), h('th', { class: 'num hide-narrow' }, 'run p50 / p95'),
-          h('th', { class: 'num' }, 'oldest queued'), h('th', {}, ''))),
+          h('th', { class: 'num' }, 'oldest queued'), h('th', { class: 'num hide-narrow' }, 'queued payloads'), h('th', {}, ''))),
         h('tbody', {}, s.queues.map(queueRow)))),
       total === 0 && h('p', { class: 'empty' }, 'No tasks yet: submit one with ',
         h('code', {}, 'ragpool submit query "why is the sky blue?"'), ' or POST /api/async/query.')),
@@ -480,7 +489,9 @@ async function renderTask(quiet) {
       field('question', p.question), field('prompt', p.prompt), field('context', p.context),
       field('context size', p.context_bytes !== undefined ? `${count(p.context_bytes)} bytes` : null),
       field('context task', p.context_task_id), field('top k', p.top_k),
-      field('image', p.image_bytes !== undefined ? `inline, ${count(p.image_bytes)} bytes (not shown)` : p.image_url))),
+      field('image', p.image_bytes !== undefined
+        ? `inline, ${count(p.image_bytes)} bytes${p.image_type ? `, ${p.image_type}` : ''} (not shown)` : p.image_url),
+      field('stored input', `${size(p.input_bytes || 0)}${p.input_sha256 ? `, sha256 ${p.input_sha256.slice(0, 16)}…` : ''}`))),
     // replaceChildren, unlike h(), prints `false`: the result's nodes are spread in or not.
     ...(t.result !== undefined ? [h('h2', {}, 'Result'),
       h('section', { class: 'card' }, h('pre', { id: 'task-result' }, JSON.stringify(t.result, null, 2)))] : []));

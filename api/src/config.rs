@@ -183,12 +183,38 @@ pub struct Limits {
         value_parser = clap::value_parser!(u64).range(1..=MAX_ENQUEUE_BATCH as u64)
     )]
     pub max_batch_tasks: u64,
+
+    /// Payload bytes all queued tasks may hold in Redis together; a submission that would
+    /// go over is answered 429 with Retry-After until executors claim tasks. 0: no limit.
+    #[arg(
+        long,
+        env = "RAGPOOL_MAX_QUEUED_PAYLOAD_BYTES",
+        default_value_t = DEFAULT_MAX_QUEUED_PAYLOAD_BYTES
+    )]
+    pub max_queued_payload_bytes: u64,
+
+    /// Payload bytes the queued tasks of one API key may hold; as above, per key. Tasks
+    /// submitted without keys (auth off) count against the namespace limit only. 0: no limit.
+    #[arg(
+        long,
+        env = "RAGPOOL_MAX_QUEUED_PAYLOAD_BYTES_PER_KEY",
+        default_value_t = DEFAULT_MAX_QUEUED_PAYLOAD_BYTES_PER_KEY
+    )]
+    pub max_queued_payload_bytes_per_key: u64,
 }
 
 /// An eighth of the default connection limit: eight tenants at their cap still leave room.
 pub const DEFAULT_MAX_HELD_REQUESTS_PER_KEY: usize = 64;
 /// Half of the default per-peer connection limit: an address at its cap can still submit.
 pub const DEFAULT_MAX_HELD_REQUESTS_PER_PEER: usize = 64;
+
+/// See [`Limits::max_queued_payload_bytes`]: 2 GiB, about 120 images of the largest size
+/// (13.3 MiB of base64 each) or millions of text tasks.
+pub const DEFAULT_MAX_QUEUED_PAYLOAD_BYTES: u64 = 2 << 30;
+
+/// See [`Limits::max_queued_payload_bytes_per_key`]: a quarter of the namespace's, so one key
+/// cannot take the whole backlog.
+pub const DEFAULT_MAX_QUEUED_PAYLOAD_BYTES_PER_KEY: u64 = DEFAULT_MAX_QUEUED_PAYLOAD_BYTES / 4;
 
 /// See [`Limits::max_batch_tasks`].
 pub const DEFAULT_MAX_BATCH_TASKS: u64 = MAX_ENQUEUE_BATCH as u64;
@@ -218,6 +244,8 @@ impl Default for Limits {
             max_held_requests_per_key: DEFAULT_MAX_HELD_REQUESTS_PER_KEY,
             max_held_requests_per_peer: DEFAULT_MAX_HELD_REQUESTS_PER_PEER,
             max_batch_tasks: DEFAULT_MAX_BATCH_TASKS,
+            max_queued_payload_bytes: DEFAULT_MAX_QUEUED_PAYLOAD_BYTES,
+            max_queued_payload_bytes_per_key: DEFAULT_MAX_QUEUED_PAYLOAD_BYTES_PER_KEY,
         }
     }
 }
@@ -252,6 +280,12 @@ pub struct QueueFlags {
     #[arg(long, env = "RAGPOOL_FAILURE_TTL_SECONDS", default_value_t = 24 * 3600)]
     pub failure_ttl_seconds: u64,
 
+    /// How long a finished or canceled task keeps its payload (for inspecting inputs); 0
+    /// deletes it when the task ends. A failed task keeps it for its failure TTL, so it can
+    /// be retried.
+    #[arg(long, env = "RAGPOOL_KEEP_PAYLOAD_SECONDS", default_value_t = 0)]
+    pub keep_payload_seconds: u64,
+
     /// Time limit of one `analyze_image` attempt.
     #[arg(
         long,
@@ -283,6 +317,7 @@ impl Default for QueueFlags {
             max_attempts: 3,
             result_ttl_seconds: 3600,
             failure_ttl_seconds: 24 * 3600,
+            keep_payload_seconds: 0,
             image_analysis_timeout_seconds: 600,
             answer_generation_timeout_seconds: 600,
             full_query_timeout_seconds: 900,
@@ -299,6 +334,7 @@ impl QueueFlags {
             max_attempts: Some(self.max_attempts),
             result_ttl: Some(secs(self.result_ttl_seconds)),
             failure_ttl: Some(secs(self.failure_ttl_seconds)),
+            keep_payload: Some(secs(self.keep_payload_seconds)),
             timeouts: vec![
                 (
                     TaskKind::AnalyzeImage,
@@ -348,6 +384,10 @@ impl ApiConfig {
         config.namespace = self.namespace.clone();
         config.queues = self.queues.queue_configs()?;
         config.response_timeout = Duration::from_secs(self.redis_response_timeout_seconds);
+        config.payload_limits = ragpool_queue::PayloadLimits {
+            namespace: self.limits.max_queued_payload_bytes,
+            per_key: self.limits.max_queued_payload_bytes_per_key,
+        };
         self.durability.apply(&mut config);
         self.partitions.apply(&mut config);
         Ok(config)
@@ -387,6 +427,17 @@ mod tests {
             default.limits.max_batch_tasks
         );
         assert_eq!(parsed.queues.max_attempts, default.queues.max_attempts);
+        assert_eq!(parsed.queues.keep_payload_seconds, 0);
+        assert_eq!(
+            (
+                parsed.limits.max_queued_payload_bytes,
+                parsed.limits.max_queued_payload_bytes_per_key
+            ),
+            (
+                default.limits.max_queued_payload_bytes,
+                default.limits.max_queued_payload_bytes_per_key
+            )
+        );
         assert_eq!(parsed.server, default.server);
         assert_eq!(parsed.health_listen, None);
         assert_eq!(
@@ -433,6 +484,10 @@ mod tests {
             .find(|q| q.name == "full_query")
             .unwrap();
         assert_eq!(fq.timeout, Duration::from_secs(42));
+        assert_eq!(
+            broker.payload_limits.per_key,
+            DEFAULT_MAX_QUEUED_PAYLOAD_BYTES_PER_KEY
+        );
         assert_eq!(broker.queues.len(), 3);
     }
 }

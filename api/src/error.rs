@@ -160,6 +160,13 @@ impl From<QueueError> for ApiError {
             QueueError::WrongState { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "wrong_state", e.to_string())
             }
+            QueueError::InputGone(_) => {
+                ApiError::new(StatusCode::GONE, "input_gone", e.to_string())
+            }
+            // The code names the limit (its flag, in snake case).
+            QueueError::PayloadLimit { limit, .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, limit.flag(), e.to_string())
+            }
             QueueError::Layout { .. } => {
                 // The operator's mistake, not the client's: say what is wrong, in the log and
                 // in the answer, since every request fails the same way until it is fixed.
@@ -262,6 +269,18 @@ mod tests {
                 "wrong_state",
             ),
             (QueueError::Corrupt("x".into()), 500, "internal"),
+            (QueueError::InputGone("x".into()), 410, "input_gone"),
+            (
+                QueueError::PayloadLimit {
+                    limit: ragpool_queue::PayloadLimit::PerKey(10),
+                    share: 10,
+                    shares: 1,
+                    queued: 8,
+                    asked: 4,
+                },
+                429,
+                "max_queued_payload_bytes_per_key",
+            ),
             (
                 QueueError::NotReplicated {
                     timeout: std::time::Duration::from_secs(1),

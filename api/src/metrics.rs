@@ -54,6 +54,7 @@ struct Inner {
     latency: HistogramFamily,
     submissions: Family<QueueLabels, Counter>,
     submission_bytes_in_flight: Gauge,
+    queued_payload_bytes: Family<QueueLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -94,8 +95,15 @@ impl Metrics {
             "Bytes of request bodies being handled now (the in-flight submission budget in use)",
             submission_bytes_in_flight.clone(),
         );
+        let queued_payload_bytes = Family::<QueueLabels, Gauge>::default();
+        registry.register(
+            "queued_payload_bytes",
+            "Payload bytes of the queued tasks in Redis, by queue (read from Redis at each scrape)",
+            queued_payload_bytes.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
+                queued_payload_bytes,
                 registry,
                 requests,
                 latency,
@@ -111,6 +119,16 @@ impl Metrics {
     }
 
     /// Counts a task created on `queue`.
+    /// Records a queue's queued payload bytes as read from Redis.
+    pub fn queued_payload_bytes(&self, queue: &str, bytes: u64) {
+        self.inner
+            .queued_payload_bytes
+            .get_or_create(&QueueLabels {
+                queue: queue.to_string(),
+            })
+            .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
     pub fn submitted(&self, queue: &str) {
         self.inner
             .submissions

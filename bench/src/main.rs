@@ -11,6 +11,7 @@ mod enqueue;
 mod executor;
 mod footprint;
 mod latency;
+mod payloads;
 mod queue;
 mod report;
 
@@ -47,6 +48,9 @@ enum Command {
     /// One Redis Cluster master against three, same partition count: enqueue and drain
     /// throughput, CPU per process, each master's share.
     Cluster(cluster::Args),
+    /// What a large input costs: Redis bytes per finished image task, status reads of image
+    /// tasks, Redis output over a polled image task's life; each against a text task's.
+    Payloads(payloads::Args),
     /// The executor, latency and enqueue sections in one table.
     All(AllArgs),
 }
@@ -75,6 +79,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Cluster(args) => cluster::run(args).await,
         Command::Executor(args) => executor::run(args).await,
         Command::Latency(args) => latency::run(args).await,
+        Command::Payloads(args) => payloads::run(args).await,
         Command::All(args) => {
             let mut rows = executor::rows(&args.executor).await?;
             rows.extend(

@@ -376,7 +376,12 @@ async fn run_task(shared: &Shared, claimed: Claimed, lease_len: Duration) {
 }
 
 async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) {
-    let Claimed { task, lease } = claimed;
+    // The payload is moved into the backend call, not cloned: one copy per task in flight.
+    let Claimed {
+        task,
+        payload,
+        lease,
+    } = claimed;
     let kind = task.kind();
     shared.health.task_started();
     shared.metrics.in_flight.inc();
@@ -391,7 +396,7 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
     let work = std::panic::AssertUnwindSafe(call_backend(
         &shared.broker,
         shared.backend.as_ref(),
-        task.payload,
+        payload,
         &cx,
         timeout,
     ))

@@ -4,25 +4,27 @@
 -- as `count` claims of one, in one round trip.
 --
 -- KEYS[1] events stream      {ns}:events
--- then for each queue i (n = (#KEYS - 1) / 4), at KEYS[2 + 4(i-1)] ...:
+-- KEYS[2] queued-bytes hash  {ns}:queued_bytes
+-- then for each queue i (n = (#KEYS - 2) / 4), at KEYS[3 + 4(i-1)] ...:
 --   ready set {ns}:q:<queue>:ready, started set {ns}:q:<queue>:active,
 --   wake-up list {ns}:q:<queue>:signal, wait samples {ns}:q:<queue>:wait_ms
 -- ARGV[1] prefix, ARGV[2] worker id, ARGV[3] lease ms, ARGV[4] count k,
 -- ARGV[5 .. 4+k] the lease tokens, one per task claimed,
 -- ARGV[5+k .. 4+2k] each turn's first queue (1-based, in KEYS order); the other queues follow
 --   in KEYS order.
--- Returns the claimed tasks in claim order, each its hash as a flat field/value array (after
--- the claim: state `started`, attempts counted, lease deadline set); an empty array when
--- every queue is empty.
+-- Returns the claimed tasks in claim order, each {hash, payload}: its hash as a flat
+-- field/value array (after the claim: state `started`, attempts counted, lease deadline set)
+-- and its payload (from its own key; nil when it is gone). An empty array when every queue is
+-- empty. A claim is the one transition that reads a payload.
 local prefix, worker, lease_ms, k = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-local n = (#KEYS - 1) / 4
+local n = (#KEYS - 2) / 4
 local now = now_ms()
 local claimed = {}
 local looked = {}
 
 -- Claims the first ready task of queue i (0-based), if it has one.
 local function take(i)
-  local ready, started, waits = KEYS[2 + 4 * i], KEYS[3 + 4 * i], KEYS[5 + 4 * i]
+  local ready, started, waits = KEYS[3 + 4 * i], KEYS[4 + 4 * i], KEYS[6 + 4 * i]
   looked[i] = true
   while true do
     local popped = redis.call('ZPOPMIN', ready)
@@ -33,13 +35,17 @@ local function take(i)
     if redis.call('HGET', tkey, 'state') == 'queued' then
       local token = ARGV[5 + #claimed]
       local queued_at = tonumber(redis.call('HGET', tkey, 'queued_at')) or now
+      count_queued(KEYS[2], tkey, -1)
       redis.call('HSET', tkey, 'state', 'started', 'worker', worker, 'lease', token,
         'started_at', now)
       redis.call('HINCRBY', tkey, 'attempts', 1)
       redis.call('ZADD', started, now + lease_ms, id)
       sample(waits, now - queued_at)
       emit(KEYS[1], id, redis.call('HGET', tkey, 'queue'), 'started', {'worker', worker})
-      claimed[#claimed + 1] = redis.call('HGETALL', tkey)
+      -- (false: a nil reply; a task stored before payloads had their own key holds it in
+      -- its hash.)
+      local payload = redis.call('GET', payload_key(prefix, id)) or false
+      claimed[#claimed + 1] = {redis.call('HGETALL', tkey), payload}
       return true
     end
   end
@@ -60,7 +66,7 @@ end
 -- blocked consumer that could take one is woken, and none wakes for nothing.
 for i = 0, n - 1 do
   if looked[i] then
-    local ready, signal = KEYS[2 + 4 * i], KEYS[4 + 4 * i]
+    local ready, signal = KEYS[3 + 4 * i], KEYS[5 + 4 * i]
     local want = math.min(redis.call('ZCARD', ready), 1000)
     local have = redis.call('LLEN', signal)
     if want == 0 then

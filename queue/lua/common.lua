@@ -15,6 +15,25 @@ local function task_key(prefix, id)
   return prefix .. 'task:' .. id
 end
 
+-- A task's payload lives apart from its hash (see keys.rs), in the same partition.
+local function payload_key(prefix, id)
+  return prefix .. 'payload:' .. id
+end
+
+-- Queued payload bytes (the backlog limits and the stats): `sign` 1 when a task becomes
+-- `queued`, -1 when it stops being queued. `acct` is the partition's queued-bytes hash.
+-- A task enqueued before its size was recorded counts 0 both ways.
+local function count_queued(acct, tkey, sign)
+  local h = redis.call('HMGET', tkey, 'input_bytes', 'queue', 'owner')
+  local n = tonumber(h[1]) or 0
+  if n == 0 then return end
+  local fields = {'all', 'queue:' .. h[2]}
+  if h[3] then fields[3] = 'owner:' .. h[3] end
+  for _, f in ipairs(fields) do
+    if redis.call('HINCRBY', acct, f, sign * n) <= 0 then redis.call('HDEL', acct, f) end
+  end
+end
+
 -- Append a state change to the events stream (bounded, approximately 10k entries).
 local function emit(events, id, queue, state, extra)
   local args = {'XADD', events, 'MAXLEN', '~', '10000', '*', 'id', id, 'queue', queue, 'state', state}
@@ -37,14 +56,40 @@ local function expire_task(tkey, ttl_ms)
   if idem then redis.call('PEXPIRE', idem, ttl_ms) end
 end
 
--- End a task: terminal state, finish time, kept for its TTL in the ended set of that state.
-local function finish_as(tkey, id, ended_set, state, ttl_field, now)
+-- What an ended task keeps of its input. A failed task keeps its payload as long as it can
+-- be retried by hand (its failure TTL); a finished or canceled one drops it now, or after
+-- its `keep_payload_ms` (at most its own TTL) when inputs are kept for inspection. A task
+-- stored before payloads had their own key holds it in the hash field `payload`.
+local function end_payload(tkey, pkey, state, ttl)
+  if state == 'failed' then
+    redis.call('PEXPIRE', pkey, ttl)
+    return
+  end
+  local keep = tonumber(redis.call('HGET', tkey, 'keep_payload_ms')) or 0
+  if keep > 0 then
+    redis.call('PEXPIRE', pkey, math.min(keep, ttl))
+  else
+    redis.call('DEL', pkey)
+    redis.call('HDEL', tkey, 'payload')
+  end
+end
+
+-- True while a task's payload is still stored (in its own key, or in the hash for a task
+-- stored before payloads had one): the condition for running it again.
+local function input_kept(tkey, pkey)
+  return redis.call('EXISTS', pkey) == 1 or redis.call('HEXISTS', tkey, 'payload') == 1
+end
+
+-- End a task: terminal state, finish time, kept for its TTL in the ended set of that state;
+-- its payload (key `pkey`) as `end_payload` says.
+local function finish_as(tkey, pkey, id, ended_set, state, ttl_field, now)
   local h = redis.call('HMGET', tkey, 'queue', ttl_field)
   local ttl = tonumber(h[2])
   redis.call('HSET', tkey, 'state', state, 'finished_at', now)
   redis.call('HDEL', tkey, 'lease')
   redis.call('ZADD', ended_set, now + ttl, id)
   expire_task(tkey, ttl)
+  end_payload(tkey, pkey, state, ttl)
   return h[1]
 end
 
@@ -63,8 +108,10 @@ local function next_seq(key, n)
   return string.format('%d', first)
 end
 
--- Put a task back at its place in the ready set and wake one blocked consumer.
-local function make_ready(tkey, id, ready, signal, seq, now)
+-- Put a task back at its place in the ready set and wake one blocked consumer; its payload
+-- counts as queued again (`acct`, see `count_queued`).
+local function make_ready(tkey, id, ready, signal, seq, now, acct)
+  count_queued(acct, tkey, 1)
   redis.call('HSET', tkey, 'state', 'queued', 'queued_at', now, 'seq', seq)
   redis.call('HDEL', tkey, 'lease', 'worker', 'started_at')
   redis.call('ZADD', ready, seq, id)

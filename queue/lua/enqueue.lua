@@ -1,27 +1,42 @@
 -- enqueue: create tasks in state `queued`, in the order given, or return the live task that
 -- already holds a task's idempotency key. One call carries one task (`Broker::enqueue`) or a
--- batch (`Broker::enqueue_many`). Per task it writes the task hash, its ready entry and its
--- event; the clock, the sequence counter, the counters, the wake-up tokens and the ready-set
--- insert are one command per call (per queue), however many tasks it carries.
+-- batch (`Broker::enqueue_many`). Per task it writes the task hash, its payload key, its
+-- ready entry and its event; the clock, the sequence counter, the counters, the wake-up
+-- tokens and the ready-set insert are one command per call (per queue), however many tasks
+-- it carries.
+--
+-- The payload goes to a key of its own and the hash keeps a summary of it (sizes, image
+-- type, digest): reading a task's state never carries its input. The new tasks' payload
+-- bytes must fit under this partition's share of the backlog limits (all queued tasks, and
+-- the queued tasks of each owner); when they do not, nothing is written.
 --
 -- KEYS[1] events stream      {ns}:events
 -- KEYS[2] sequence counter   {ns}:seq
 -- KEYS[3] known queues set   {ns}:queues
--- then for each queue j of the call (m = ARGV[2]), at KEYS[4 + 3(j-1)]:
+-- KEYS[4] queued-bytes hash  {ns}:queued_bytes
+-- then for each queue j of the call (m = ARGV[2]), at KEYS[5 + 3(j-1)]:
 --   ready set {ns}:q:<queue>:ready, counters hash {ns}:q:<queue>:counters,
 --   wake-up list {ns}:q:<queue>:signal
--- then for each task i, at KEYS[4 + 3m + 2(i-1)]:
---   task hash {ns}:task:<id>, idempotency key {ns}:idem:<key> (the sequence key when none)
--- ARGV[1] prefix, ARGV[2] m
--- then for each queue j, 7 values from ARGV[3 + 7(j-1)]: name, max attempts, timeout ms,
---   result TTL ms, failure TTL ms, backoff base ms, backoff max ms
--- then for each task i, 6 values from ARGV[3 + 7m + 6(i-1)]: id, queue number j, kind,
---   payload JSON, idempotency key ('' for none), owner ('' for none)
+-- then for each task i, at KEYS[5 + 3m + 3(i-1)]:
+--   task hash {ns}:task:<id>, idempotency key {ns}:idem:<key> (the sequence key when none),
+--   payload {ns}:payload:<id>
+-- ARGV[1] prefix, ARGV[2] m, ARGV[3] limit on all queued payload bytes (0: none),
+-- ARGV[4] limit on one owner's queued payload bytes (0: none)
+-- then for each queue j, 8 values from ARGV[5 + 8(j-1)]: name, max attempts, timeout ms,
+--   result TTL ms, failure TTL ms, backoff base ms, backoff max ms, keep-payload ms
+-- then for each task i, 11 values from ARGV[5 + 8m + 11(i-1)]: id, queue number j, kind,
+--   payload JSON, idempotency key ('' for none), owner ('' for none), payload bytes, image
+--   bytes ('' for none), image type ('' for none), payload SHA-256 (hex), brief JSON (the
+--   payload without its image)
 -- Returns, per task in order, {created 1|0, id, queue}: a task whose key names a live task
--- (made earlier, or by an earlier task of this call) gets that task's id and queue.
+-- (made earlier, or by an earlier task of this call) gets that task's id and queue. Or, when
+-- the new payloads do not fit, {'over_limit', 'all'|'owner', limit, bytes queued now, bytes
+-- asked for} and nothing is written.
 local prefix, m = ARGV[1], tonumber(ARGV[2])
-local qbase, tbase = 3, 3 + 7 * m
-local n = (#ARGV - tbase + 1) / 6
+local limit_all, limit_owner = tonumber(ARGV[3]), tonumber(ARGV[4])
+local qbase, tbase = 5, 5 + 8 * m
+local n = (#ARGV - tbase + 1) / 11
+local acct = KEYS[4]
 
 local reply = {}
 local create = {}
@@ -30,10 +45,10 @@ local create = {}
 local taken
 
 for i = 0, n - 1 do
-  local a = tbase + 6 * i
+  local a = tbase + 11 * i
   local id, j, idem = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 4]
-  local queue = ARGV[qbase + 7 * (j - 1)]
-  local ikey = KEYS[5 + 3 * m + 2 * i]
+  local queue = ARGV[qbase + 8 * (j - 1)]
+  local ikey = KEYS[6 + 3 * m + 3 * i]
   local found
   if idem ~= '' then
     found = taken and taken[ikey]
@@ -59,26 +74,58 @@ end
 
 if #create == 0 then return reply end
 
+-- The backlog limits: refuse before writing anything. Replays above take no room.
+if limit_all > 0 or limit_owner > 0 then
+  local asked, by_owner = 0, {}
+  for _, i in ipairs(create) do
+    local a = tbase + 11 * i
+    local bytes, owner = tonumber(ARGV[a + 6]), ARGV[a + 5]
+    asked = asked + bytes
+    if owner ~= '' then by_owner[owner] = (by_owner[owner] or 0) + bytes end
+  end
+  if limit_all > 0 then
+    local held = tonumber(redis.call('HGET', acct, 'all')) or 0
+    if held + asked > limit_all then return {'over_limit', 'all', limit_all, held, asked} end
+  end
+  if limit_owner > 0 then
+    for owner, bytes in pairs(by_owner) do
+      local held = tonumber(redis.call('HGET', acct, 'owner:' .. owner)) or 0
+      if held + bytes > limit_owner then
+        return {'over_limit', 'owner', limit_owner, held, bytes}
+      end
+    end
+  end
+end
+
 local now = now_ms()
 local seq = tonumber(next_seq(KEYS[2], #create)) - 1
 -- Per queue: ready-set members (score, id, ...), two per task created.
 local ready = {}
 
 for _, i in ipairs(create) do
-  local a = tbase + 6 * i
+  local a = tbase + 11 * i
   local id, j, idem, owner = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 4], ARGV[a + 5]
-  local q = qbase + 7 * (j - 1)
+  local q = qbase + 8 * (j - 1)
   local queue = ARGV[q]
-  local tkey, ikey = KEYS[4 + 3 * m + 2 * i], KEYS[5 + 3 * m + 2 * i]
+  local k = 5 + 3 * m + 3 * i
+  local tkey, ikey, pkey = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   seq = seq + 1
   local sseq = string.format('%d', seq)
   local fields = {
-    'id', id, 'kind', ARGV[a + 2], 'queue', queue, 'payload', ARGV[a + 3], 'state', 'queued',
+    'id', id, 'kind', ARGV[a + 2], 'queue', queue, 'state', 'queued',
     'attempts', 0, 'max_attempts', ARGV[q + 1], 'timeout_ms', ARGV[q + 2],
     'result_ttl_ms', ARGV[q + 3], 'failure_ttl_ms', ARGV[q + 4],
     'backoff_base_ms', ARGV[q + 5], 'backoff_max_ms', ARGV[q + 6],
+    'keep_payload_ms', ARGV[q + 7],
     'enqueued_at', now, 'queued_at', now, 'seq', sseq, 'progress', 0, 'cancel', 0,
+    'input_bytes', ARGV[a + 6], 'input_sha256', ARGV[a + 9], 'input_brief', ARGV[a + 10],
   }
+  if ARGV[a + 7] ~= '' then
+    fields[#fields + 1] = 'image_bytes'; fields[#fields + 1] = ARGV[a + 7]
+  end
+  if ARGV[a + 8] ~= '' then
+    fields[#fields + 1] = 'image_type'; fields[#fields + 1] = ARGV[a + 8]
+  end
   if idem ~= '' then
     fields[#fields + 1] = 'idem_key'; fields[#fields + 1] = idem
     fields[#fields + 1] = 'idem'; fields[#fields + 1] = ikey
@@ -89,6 +136,8 @@ for _, i in ipairs(create) do
     fields[#fields + 1] = 'owner'; fields[#fields + 1] = owner
   end
   redis.call('HSET', tkey, unpack(fields))
+  redis.call('SET', pkey, ARGV[a + 3])
+  count_queued(acct, tkey, 1)
   local members = ready[j]
   if not members then
     members = {}
@@ -99,7 +148,7 @@ for _, i in ipairs(create) do
 end
 
 for j, members in pairs(ready) do
-  local k = 4 + 3 * (j - 1)
+  local k = 5 + 3 * (j - 1)
   local c = #members / 2
   redis.call('ZADD', KEYS[k], unpack(members))
   -- One wake-up token per new task, as if each had been enqueued alone.
@@ -113,7 +162,7 @@ for j, members in pairs(ready) do
   -- The known-queues set changes only on a queue's first task: the running total starts
   -- there, so it tells when, without a write per task.
   if redis.call('HINCRBY', KEYS[k + 1], 'enqueued', c) == c then
-    redis.call('SADD', KEYS[3], ARGV[qbase + 7 * (j - 1)])
+    redis.call('SADD', KEYS[3], ARGV[qbase + 8 * (j - 1)])
   end
 end
 return reply

@@ -3,7 +3,7 @@
 -- for its failure TTL). A task whose cancel was asked for ends `canceled` instead.
 --
 -- KEYS[1] task hash, KEYS[2] started set, KEYS[3] delayed set, KEYS[4] failed set,
--- KEYS[5] canceled set, KEYS[6] counters hash, KEYS[7] events stream
+-- KEYS[5] canceled set, KEYS[6] counters hash, KEYS[7] events stream, KEYS[8] payload
 -- ARGV[1] id, ARGV[2] lease token, ARGV[3] error kind, ARGV[4] error message,
 -- ARGV[5] retryable 0|1, ARGV[6] jitter in [0, 1), ARGV[7] minimum delay ms (a server's
 -- Retry-After; 0 for none)
@@ -21,7 +21,7 @@ local h = redis.call('HMGET', tkey, 'cancel', 'attempts', 'max_attempts', 'backo
   'backoff_max_ms', 'queue')
 if h[1] == '1' then
   redis.call('HSET', tkey, 'error_kind', 'canceled', 'error_msg', 'canceled while running')
-  local queue = finish_as(tkey, id, KEYS[5], 'canceled', 'failure_ttl_ms', now)
+  local queue = finish_as(tkey, KEYS[8], id, KEYS[5], 'canceled', 'failure_ttl_ms', now)
   emit(KEYS[7], id, queue, 'canceled')
   return reported(tkey, ARGV[2], {'canceled'})
 end
@@ -41,7 +41,7 @@ if ARGV[5] == '1' and attempts < max_attempts then
   return reported(tkey, ARGV[2], {'delayed', due})
 end
 
-local queue = finish_as(tkey, id, KEYS[4], 'failed', 'failure_ttl_ms', now)
+local queue = finish_as(tkey, KEYS[8], id, KEYS[4], 'failed', 'failure_ttl_ms', now)
 redis.call('HINCRBY', KEYS[6], 'failed', 1)
 emit(KEYS[7], id, queue, 'failed', {'error_kind', ARGV[3]})
 return reported(tkey, ARGV[2], {'failed'})

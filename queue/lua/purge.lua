@@ -1,4 +1,5 @@
--- purge: delete up to ARGV[3] ended tasks of one state (and their idempotency keys) before
+-- purge: delete up to ARGV[3] ended tasks of one state (their idempotency keys and any kept
+-- payload too) before
 -- their TTL, oldest first. Bounded per call; the caller calls again while tasks are left.
 --
 -- KEYS[1] the ended set (finished, failed or canceled)
@@ -14,7 +15,7 @@ for _, id in ipairs(ids) do
   if redis.call('HGET', tkey, 'state') == state then
     local idem = redis.call('HGET', tkey, 'idem')
     if idem then redis.call('DEL', idem) end
-    redis.call('DEL', tkey)
+    redis.call('DEL', tkey, payload_key(prefix, id))
     purged = purged + 1
   end
 end

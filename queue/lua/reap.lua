@@ -9,7 +9,7 @@
 --
 -- KEYS[1] started set, KEYS[2] ready set, KEYS[3] wake-up list, KEYS[4] finished set,
 -- KEYS[5] failed set, KEYS[6] canceled set, KEYS[7] counters hash, KEYS[8] events stream,
--- KEYS[9] outage clock
+-- KEYS[9] outage clock, KEYS[10] queued-bytes hash
 -- ARGV[1] prefix, ARGV[2] at most this many leases per call, ARGV[3] outage gap ms and
 -- ARGV[4] hold ms of the caller's lease (0: only respect a hold, do not observe the clock)
 -- Returns {requeued, failed, hold deadline ms while reaping is held else 0}.
@@ -40,14 +40,14 @@ for _, id in ipairs(expired) do
     local message = 'lease of worker ' .. (h[7] or '?') .. ' expired'
     redis.call('HSET', tkey, 'error_kind', 'lease_expired', 'error_msg', message)
     if h[4] == '1' then
-      finish_as(tkey, id, KEYS[6], 'canceled', 'failure_ttl_ms', now)
+      finish_as(tkey, payload_key(prefix, id), id, KEYS[6], 'canceled', 'failure_ttl_ms', now)
       emit(KEYS[8], id, h[6], 'canceled')
     elseif tonumber(h[2]) < tonumber(h[3]) then
-      make_ready(tkey, id, KEYS[2], KEYS[3], h[5], now)
+      make_ready(tkey, id, KEYS[2], KEYS[3], h[5], now, KEYS[10])
       emit(KEYS[8], id, h[6], 'queued', {'error_kind', 'lease_expired'})
       requeued = requeued + 1
     else
-      finish_as(tkey, id, KEYS[5], 'failed', 'failure_ttl_ms', now)
+      finish_as(tkey, payload_key(prefix, id), id, KEYS[5], 'failed', 'failure_ttl_ms', now)
       redis.call('HINCRBY', KEYS[7], 'failed', 1)
       emit(KEYS[8], id, h[6], 'failed', {'error_kind', 'lease_expired'})
       failed = failed + 1

@@ -14,7 +14,7 @@ use crate::config::{QueueConfig, default_queues};
 use crate::conn::{Conn, RedisTarget};
 use crate::decode;
 use crate::durability::{Ack, Acknowledged, Durability};
-use crate::error::{QueueError, Result};
+use crate::error::{PayloadLimit, QueueError, Result};
 use crate::keys::{Keys, MAX_PARTITIONS, Partition};
 use crate::payload::Payload;
 use crate::scripts;
@@ -57,6 +57,32 @@ pub struct BrokerConfig {
     /// namespace 1 on a single server or Sentinel, [`PARTITIONS_PER_MASTER`] per master on a
     /// cluster.
     pub partitions: u16,
+    /// Bounds on the payload bytes of queued tasks, checked by every enqueue.
+    pub payload_limits: PayloadLimits,
+}
+
+/// Bounds on the payload bytes of queued tasks (see `docs/queue.md`): enqueueing more is
+/// refused with [`QueueError::PayloadLimit`] and writes nothing; claims make room. Zero means
+/// no limit. With several partitions each partition holds an equal share of each limit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PayloadLimits {
+    /// All queued tasks of the namespace.
+    pub namespace: u64,
+    /// The queued tasks of one owner (an API key's name); tasks without an owner count
+    /// against the namespace limit only.
+    pub per_key: u64,
+}
+
+impl PayloadLimits {
+    /// Partition `index`'s share of `limit` out of `count`: equal parts, the remainder to the
+    /// first partitions, so the shares add up to the limit. Zero stays "no limit".
+    pub fn share(limit: u64, index: u16, count: u16) -> u64 {
+        if limit == 0 {
+            return 0;
+        }
+        let count = u64::from(count.max(1));
+        (limit / count + u64::from(u64::from(index) < limit % count)).max(1)
+    }
 }
 
 impl BrokerConfig {
@@ -70,6 +96,7 @@ impl BrokerConfig {
             durability: Durability::Local,
             replication_timeout: DEFAULT_REPLICATION_TIMEOUT,
             partitions: AUTO_PARTITIONS,
+            payload_limits: PayloadLimits::default(),
         }
     }
 
@@ -527,20 +554,27 @@ impl Broker {
     /// server refuses before running anything (a cluster master down: connection refused,
     /// `CLUSTERDOWN`), in the next one: a master away costs its partitions, not submissions.
     /// An error that may come after the script ran is returned, never retried elsewhere,
-    /// since that could create the tasks twice.
+    /// since that could create the tasks twice. A partition whose share of a payload limit
+    /// is full wrote nothing either: the next one is tried, and the first refusal is
+    /// returned when every share is full.
     async fn enqueue_anywhere(&self, first: usize, tasks: &[NewTask]) -> Result<Vec<Enqueued>> {
         let parts = self.keys().partitions();
-        let mut last = None;
+        let (mut unreachable, mut full) = (None, None);
         for p in (0..parts.len()).map(|i| (first + i) % parts.len()) {
             match self.enqueue_in(&parts[p], tasks).await {
                 Err(QueueError::Redis(e)) if never_ran(&e) => {
                     tracing::debug!(partition = p, error = %e, "partition unavailable; trying the next");
-                    last = Some(QueueError::Redis(e));
+                    unreachable = Some(QueueError::Redis(e));
+                }
+                Err(e @ QueueError::PayloadLimit { .. }) => {
+                    full.get_or_insert(e);
                 }
                 done => return done,
             }
         }
-        Err(last.unwrap_or_else(|| QueueError::Corrupt("no partition to enqueue in".into())))
+        Err(full
+            .or(unreachable)
+            .unwrap_or_else(|| QueueError::Corrupt("no partition to enqueue in".into())))
     }
 
     /// One call of the enqueue script in one partition (see `lua/enqueue.lua`).
@@ -548,8 +582,7 @@ impl Broker {
         let mut queues: Vec<&QueueConfig> = Vec::new();
         let mut prepared = Vec::with_capacity(tasks.len());
         for new in tasks {
-            let kind = new.payload.kind();
-            let q = self.queue(kind.queue())?;
+            let q = self.queue(new.payload.kind().queue())?;
             let index = match queues.iter().position(|known| known.name == q.name) {
                 Some(i) => i,
                 None => {
@@ -557,25 +590,24 @@ impl Broker {
                     queues.len() - 1
                 }
             };
-            let payload = new
-                .payload
-                .to_json()
-                .map_err(|e| QueueError::Corrupt(format!("payload does not serialize: {e}")))?;
-            prepared.push((
-                index + 1,
-                kind,
-                payload,
-                new.idempotency_key.clone(),
-                new.owner.clone(),
-            ));
+            prepared.push((index + 1, StoredInput::of(&new.payload)?, new));
         }
+        let limits = &self.inner.config.payload_limits;
+        let share = |limit| PayloadLimits::share(limit, part.index(), self.keys().count());
         let mut invocation = scripts::ENQUEUE.key(part.events());
-        invocation.key(part.seq()).key(part.queues());
+        invocation
+            .key(part.seq())
+            .key(part.queues())
+            .key(part.queued_bytes());
         for q in &queues {
             let qk = part.queue(&q.name);
             invocation.key(qk.ready).key(qk.counters).key(qk.signal);
         }
-        invocation.arg(part.prefix()).arg(queues.len());
+        invocation
+            .arg(part.prefix())
+            .arg(queues.len())
+            .arg(share(limits.namespace))
+            .arg(share(limits.per_key));
         for q in &queues {
             invocation
                 .arg(&q.name)
@@ -584,28 +616,44 @@ impl Broker {
                 .arg(millis(q.result_ttl))
                 .arg(millis(q.failure_ttl))
                 .arg(millis(q.backoff_base))
-                .arg(millis(q.backoff_max));
+                .arg(millis(q.backoff_max))
+                .arg(millis(q.keep_payload));
         }
-        for (queue, kind, payload, idem, owner) in prepared {
+        for (queue, input, new) in prepared {
             let id = part.new_task_id();
-            let idem = idem.unwrap_or_default();
+            let idem = new.idempotency_key.as_deref().unwrap_or_default();
             invocation
                 .key(part.task(id.as_str()))
                 .key(if idem.is_empty() {
                     part.seq()
                 } else {
-                    part.idempotency(&idem)
-                });
+                    part.idempotency(idem)
+                })
+                .key(part.payload(id.as_str()));
             invocation
                 .arg(id.as_str())
                 .arg(queue)
-                .arg(kind.as_str())
-                .arg(payload)
+                .arg(new.payload.kind().as_str())
+                .arg(input.json)
                 .arg(idem)
-                .arg(owner.unwrap_or_default());
+                .arg(new.owner.as_deref().unwrap_or_default())
+                .arg(input.summary.bytes)
+                .arg(
+                    input
+                        .summary
+                        .image_bytes
+                        .map(|n| n.to_string())
+                        .unwrap_or_default(),
+                )
+                .arg(input.summary.image_type.unwrap_or_default())
+                .arg(input.summary.sha256)
+                .arg(input.brief);
         }
         let (reply, ack) = self.change(&invocation).await?;
         let reply = decode::status(&reply)?;
+        if let Some(refused) = self.over_limit(&reply) {
+            return Err(refused);
+        }
         ack.require()?;
         reply
             .chunks(3)
@@ -620,16 +668,76 @@ impl Broker {
             .collect()
     }
 
-    /// Reads a task; `None` when it never existed or has expired.
+    /// The enqueue script's refusal `{'over_limit', which, share, queued, asked}`, if that is
+    /// what it replied.
+    fn over_limit(&self, reply: &[String]) -> Option<QueueError> {
+        let [code, which, share, queued, asked] = reply else {
+            return None;
+        };
+        if code != "over_limit" {
+            return None;
+        }
+        let limits = &self.inner.config.payload_limits;
+        let num = |v: &String| v.parse().unwrap_or(0);
+        Some(QueueError::PayloadLimit {
+            limit: if which == "owner" {
+                PayloadLimit::PerKey(limits.per_key)
+            } else {
+                PayloadLimit::Namespace(limits.namespace)
+            },
+            share: num(share),
+            shares: self.keys().count(),
+            queued: num(queued),
+            asked: num(asked),
+        })
+    }
+
+    /// Reads a task; `None` when it never existed or has expired. Reads only the fields a
+    /// [`Task`] holds: never the payload.
     pub async fn get(&self, id: &TaskId) -> Result<Option<Task>> {
-        let fields: HashMap<String, String> = redis::cmd("HGETALL")
+        let values: Vec<Option<String>> = redis::cmd("HMGET")
             .arg(self.keys().of_task(id).task(id.as_str()))
+            .arg(&decode::TASK_FIELDS[..])
             .query_async(&mut self.conn())
             .await?;
-        if fields.is_empty() {
-            return Ok(None);
+        match decode::task_fields(values) {
+            Some(fields) => decode::task(&fields).map(Some),
+            None => Ok(None),
         }
-        decode::task(&fields).map(Some)
+    }
+
+    /// A task's payload while it is stored (until the task ends, see `docs/queue.md`);
+    /// `None` once it is gone or for an unknown task. Reads the whole input: for inspection
+    /// and tests, never on a status read.
+    pub async fn payload(&self, id: &TaskId) -> Result<Option<Payload>> {
+        let part = self.keys().of_task(id);
+        let (kind, legacy, own): (Option<String>, Option<String>, Option<String>) = redis::pipe()
+            .hget(part.task(id.as_str()), "kind")
+            .hget(part.task(id.as_str()), "payload")
+            .get(part.payload(id.as_str()))
+            .query_async(&mut self.conn())
+            .await?;
+        match (kind, own.or(legacy)) {
+            (Some(kind), Some(json)) => decode::payload(kind.parse()?, &json).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// What a task asked for without its inline image ([`Payload::brief`]): kept for the
+    /// task's whole life, for a detail view. `None` for an unknown task.
+    pub async fn brief(&self, id: &TaskId) -> Result<Option<Payload>> {
+        let (kind, brief): (Option<String>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.keys().task(id))
+            .arg("kind")
+            .arg("input_brief")
+            .query_async(&mut self.conn())
+            .await?;
+        match (kind, brief) {
+            (Some(kind), Some(json)) => decode::payload(kind.parse()?, &json).map(Some),
+            // A task stored before briefs were kept: its payload, while it has one.
+            (Some(_), None) => Ok(self.payload(id).await?.map(|p| p.brief())),
+            _ => Ok(None),
+        }
     }
 
     /// A queued task's place in its queue (0 = next), `None` when it is not queued.
@@ -711,6 +819,7 @@ impl Broker {
                     .key(&qk.counters)
                     .key(&qk.processing)
                     .key(keys.events())
+                    .key(keys.payload(lease.task.as_str()))
                     .arg(lease.task.as_str())
                     .arg(&lease.token)
                     .arg(result),
@@ -747,6 +856,7 @@ impl Broker {
                     .key(&qk.canceled)
                     .key(&qk.counters)
                     .key(keys.events())
+                    .key(keys.payload(lease.task.as_str()))
                     .arg(lease.task.as_str())
                     .arg(&lease.token)
                     .arg(&error.kind)
@@ -782,6 +892,8 @@ impl Broker {
                     .key(&qk.signal)
                     .key(&qk.canceled)
                     .key(keys.events())
+                    .key(keys.payload(lease.task.as_str()))
+                    .key(keys.queued_bytes())
                     .arg(lease.task.as_str())
                     .arg(&lease.token),
             )
@@ -834,6 +946,8 @@ impl Broker {
                     .key(&qk.delayed)
                     .key(&qk.canceled)
                     .key(keys.events())
+                    .key(keys.payload(id.as_str()))
+                    .key(keys.queued_bytes())
                     .arg(id.as_str()),
             )
             .await?;
@@ -876,11 +990,14 @@ impl Broker {
                     .key(&qk.signal)
                     .key(keys.seq())
                     .key(keys.events())
+                    .key(keys.payload(id.as_str()))
+                    .key(keys.queued_bytes())
                     .arg(id.as_str()),
             )
             .await?;
         match decode::status(&reply)?.as_slice() {
             [s] if s == "queued" => ack.require(),
+            [s] if s == "input_gone" => Err(QueueError::InputGone(id.to_string())),
             [s, state] if s == "wrong_state" => Err(QueueError::WrongState {
                 id: id.to_string(),
                 state: state.clone(),
@@ -926,6 +1043,7 @@ impl Broker {
                 .key(&qk.counters)
                 .key(keys.events())
                 .key(keys.clock())
+                .key(keys.queued_bytes())
                 .arg(keys.prefix())
                 .arg(MAINTENANCE_BATCH)
                 .arg(gap)
@@ -969,6 +1087,7 @@ impl Broker {
                 .key(&qk.signal)
                 .key(keys.seq())
                 .key(keys.events())
+                .key(keys.queued_bytes())
                 .arg(keys.prefix())
                 .arg(MAINTENANCE_BATCH)
                 .invoke_async(&mut self.conn())
@@ -1077,6 +1196,7 @@ impl Broker {
             out.total_failed += s.total_failed;
             out.total_lease_expired += s.total_lease_expired;
             out.oldest_queued_age_ms = out.oldest_queued_age_ms.max(s.oldest_queued_age_ms);
+            out.queued_payload_bytes += s.queued_payload_bytes;
             out.at_ms = out.at_ms.max(s.at_ms);
             processing.extend(p);
             wait.extend(w);
@@ -1103,7 +1223,9 @@ impl Broker {
             .key(&qk.counters)
             .key(&qk.processing)
             .key(&qk.wait)
+            .key(keys.queued_bytes())
             .arg(keys.prefix())
+            .arg(queue)
             .invoke_async(&mut self.conn())
             .await?;
         let Value::Array(parts) = reply else {
@@ -1121,6 +1243,7 @@ impl Broker {
             processing,
             wait,
             oldest,
+            queued_payload_bytes,
         ] = parts.as_slice()
         else {
             return Err(QueueError::Corrupt(
@@ -1151,6 +1274,7 @@ impl Broker {
                 now.saturating_sub(oldest as u64)
             },
             at_ms: now,
+            queued_payload_bytes: decode::int(queued_payload_bytes)?.max(0) as u64,
         };
         Ok((stats, decode::list(processing)?, decode::list(wait)?))
     }
@@ -1318,6 +1442,28 @@ pub(crate) fn never_ran(e: &redis::RedisError) -> bool {
 
 pub(crate) fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A payload in the forms the enqueue script stores: the payload, its brief and its summary.
+struct StoredInput {
+    json: String,
+    brief: String,
+    summary: crate::payload::InputSummary,
+}
+
+impl StoredInput {
+    fn of(payload: &Payload) -> Result<StoredInput> {
+        let encode = |p: &Payload| {
+            p.to_json()
+                .map_err(|e| QueueError::Corrupt(format!("payload does not serialize: {e}")))
+        };
+        let json = encode(payload)?;
+        Ok(StoredInput {
+            brief: encode(&payload.brief())?,
+            summary: payload.summary(&json),
+            json,
+        })
+    }
 }
 
 /// Turns a script's refusal code into the matching error.

@@ -75,6 +75,13 @@ pub struct BulkOutcome {
     pub done: u64,
     /// Tasks still in the set when the call stopped (at its per-call bound); call again.
     pub remaining: u64,
+    /// Failed tasks left failed because their payload is gone (retry only).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub input_gone: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// One minute's sample of a queue's running totals and wait times.
@@ -320,24 +327,57 @@ impl Broker {
 
     /// Puts failed tasks of `queue` back on it with their attempts reset, oldest first, in
     /// chunks of [`BULK_CHUNK`] (one atomic script call each), until none is left or `max`
-    /// have been handled.
+    /// have been handled. Failed tasks whose payload is gone stay failed and are counted in
+    /// [`BulkOutcome::input_gone`].
     pub async fn retry_failed(&self, queue: &str, max: u64) -> Result<BulkOutcome> {
         let index = |part: &Partition| part.queue(queue).failed;
-        self.in_partitions(max, index, |keys, max| async move {
-            let qk = keys.queue(queue);
-            self.in_chunks(max, "retry_failed", |chunk| {
-                let mut call = scripts::RETRY_FAILED.key(&qk.failed);
-                call.key(&qk.ready)
-                    .key(&qk.signal)
-                    .key(keys.seq())
-                    .key(keys.events())
-                    .arg(keys.prefix())
-                    .arg(chunk);
-                call
-            })
-            .await
+        self.in_partitions(max, index, |part, max| {
+            self.retry_failed_in(part, queue, max)
         })
         .await
+    }
+
+    /// [`Broker::retry_failed`] in one partition: chunks, each starting behind the tasks
+    /// earlier chunks passed over.
+    async fn retry_failed_in(
+        &self,
+        part: &Partition,
+        queue: &str,
+        max: u64,
+    ) -> Result<BulkOutcome> {
+        let qk = part.queue(queue);
+        let mut out = BulkOutcome::default();
+        let mut handled = 0;
+        loop {
+            let chunk = (max - handled).min(u64::from(BULK_CHUNK));
+            let mut call = scripts::RETRY_FAILED.key(&qk.failed);
+            call.key(&qk.ready)
+                .key(&qk.signal)
+                .key(part.seq())
+                .key(part.events())
+                .key(part.queued_bytes())
+                .arg(part.prefix())
+                .arg(chunk)
+                .arg(out.input_gone);
+            let (reply, ack) = self.change(&call).await?;
+            let [done, left, gone] = decode::status(&reply)?
+                .iter()
+                .map(|v| v.parse().unwrap_or(0))
+                .collect::<Vec<u64>>()[..]
+            else {
+                return Err(QueueError::Corrupt(format!(
+                    "retry_failed replied {reply:?}"
+                )));
+            };
+            ack.require()?;
+            out.done += done;
+            out.input_gone += gone;
+            out.remaining = left;
+            handled += chunk;
+            if left == 0 || handled >= max {
+                return Ok(out);
+            }
+        }
     }
 
     /// Runs a bulk action on each partition in turn (over the set `index` names), sharing
@@ -367,6 +407,7 @@ impl Broker {
             let o = action(part, left).await?;
             out.done += o.done;
             out.remaining += o.remaining;
+            out.input_gone += o.input_gone;
         }
         Ok(out)
     }

@@ -39,6 +39,12 @@ pub struct QueueConfig {
     pub backoff_max: Duration,
     /// Share of claims under the weighted policy.
     pub weight: u32,
+    /// How long a finished or canceled task keeps its payload, for inspecting inputs; zero
+    /// (the default) deletes it in the step that ends the task. Never longer than the task's
+    /// own TTL. A failed task keeps its payload for its failure TTL whatever this says, so it
+    /// can be retried.
+    #[serde(with = "secs", default)]
+    pub keep_payload: Duration,
 }
 
 impl QueueConfig {
@@ -54,6 +60,7 @@ impl QueueConfig {
             backoff_base: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             weight: 1,
+            keep_payload: Duration::ZERO,
         }
     }
 
@@ -175,6 +182,8 @@ pub struct QueueSettings {
     pub max_attempts: Option<u32>,
     pub result_ttl: Option<Duration>,
     pub failure_ttl: Option<Duration>,
+    /// How long ended tasks keep their payloads; see [`QueueConfig::keep_payload`].
+    pub keep_payload: Option<Duration>,
     /// Time limit of one attempt, by task kind; it applies to the kind's queue
     /// ([`TaskKind::queue`]) when that queue is among `queues`.
     pub timeouts: Vec<(TaskKind, Duration)>,
@@ -208,6 +217,9 @@ impl QueueSettings {
             }
             if let Some(ttl) = self.failure_ttl {
                 q.failure_ttl = ttl;
+            }
+            if let Some(keep) = self.keep_payload {
+                q.keep_payload = keep;
             }
             if let Some((_, t)) = self.timeouts.iter().find(|(k, _)| k.queue() == q.name) {
                 q.timeout = *t;

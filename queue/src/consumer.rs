@@ -34,6 +34,7 @@ use crate::decode;
 use crate::error::{QueueError, Result};
 use crate::events::AbortOnDrop;
 use crate::keys::Partition;
+use crate::payload::Payload;
 use crate::scripts;
 use crate::task::{Task, TaskError, TaskId};
 
@@ -50,10 +51,13 @@ pub struct ConsumerConfig {
     pub lease: Duration,
 }
 
-/// A claimed task and the lease to present when reporting on it.
+/// A claimed task, its payload (read once, by the claim) and the lease to present when
+/// reporting on it.
 #[derive(Debug, Clone)]
 pub struct Claimed {
     pub task: Task,
+    /// What to run; its variant is `task.kind`.
+    pub payload: Payload,
     pub lease: Lease,
 }
 
@@ -84,6 +88,42 @@ const MAX_BLOCK: Duration = Duration::from_secs(5);
 /// Most tasks one claim call takes: the script holds Redis while it runs, so a call for a
 /// thousand slots is split rather than stalling every other client for its duration.
 pub const MAX_CLAIM: usize = 32;
+
+/// One entry of the claim script's reply: the task hash and its payload (nil when its own key
+/// is gone).
+fn claimed_entry(entry: Value) -> Result<(decode::Fields, Option<String>)> {
+    let Value::Array(mut parts) = entry else {
+        return Err(QueueError::Corrupt(format!("claim replied {entry:?}")));
+    };
+    // Taken, not copied: it may be an image of many megabytes.
+    let payload =
+        match parts.len() {
+            2 => match parts.pop() {
+                Some(Value::BulkString(bytes)) => Some(String::from_utf8(bytes).map_err(|e| {
+                    QueueError::Corrupt(format!("a stored payload is not UTF-8: {e}"))
+                })?),
+                _ => None,
+            },
+            _ => None,
+        };
+    parts.truncate(1);
+    let hash = parts
+        .pop()
+        .ok_or_else(|| QueueError::Corrupt("claim replied an empty entry".into()))?;
+    Ok((decode::pairs(&hash)?, payload))
+}
+
+/// A claimed task and its payload; a task stored before payloads had their own key holds it
+/// in its hash. A task whose payload is gone does not decode (see
+/// [`Consumer::try_claim`]).
+fn decode_claimed(fields: &decode::Fields, payload: Option<String>) -> Result<(Task, Payload)> {
+    let task = decode::task(fields)?;
+    let json = payload
+        .or_else(|| fields.get("payload").cloned())
+        .ok_or_else(|| QueueError::Corrupt(format!("task {} has no stored payload", task.id)))?;
+    let payload = decode::payload(task.kind, &json)?;
+    Ok((task, payload))
+}
 
 impl Consumer {
     pub(crate) async fn new(broker: Broker, config: ConsumerConfig) -> Result<Consumer> {
@@ -172,12 +212,13 @@ impl Consumer {
             let hashes = self.claim_round(tokens).await?;
             let returned = hashes.len();
             let mut out = Vec::with_capacity(returned);
-            for (hash, token) in hashes {
-                let fields = decode::pairs(&hash)?;
-                match decode::task(&fields) {
-                    Ok(task) => out.push(Claimed {
+            for (entry, token) in hashes {
+                let (fields, payload) = claimed_entry(entry)?;
+                match decode_claimed(&fields, payload) {
+                    Ok((task, payload)) => out.push(Claimed {
                         lease: self.lease(task.id.clone(), task.queue.clone(), token),
                         task,
+                        payload,
                     }),
                     Err(e) => self.refuse_undecodable(&fields, token, e).await?,
                 }
@@ -255,6 +296,7 @@ impl Consumer {
         tokens: Vec<String>,
     ) -> Result<Vec<(Value, String)>> {
         let mut invocation = scripts::CLAIM.key(keys.events());
+        invocation.key(keys.queued_bytes());
         for &i in order {
             let qk = keys.queue(&self.config.queues[i]);
             invocation

@@ -6,7 +6,7 @@ use std::time::Duration;
 use redis::Value;
 
 use crate::error::{QueueError, Result};
-use crate::payload::Payload;
+use crate::payload::{InputSummary, Payload};
 use crate::task::{Progress, Task, TaskError, TaskId, TaskKind};
 
 /// A task hash as field → value.
@@ -43,10 +43,50 @@ fn json(f: &Fields, name: &str) -> Result<Option<serde_json::Value>> {
 }
 
 /// The payload, read as the stored kind says.
-fn payload(f: &Fields) -> Result<Payload> {
-    let kind: TaskKind = text(f, "kind")?.parse()?;
-    Payload::from_json(kind, &text(f, "payload")?)
+pub(crate) fn payload(kind: TaskKind, json: &str) -> Result<Payload> {
+    Payload::from_json(kind, json)
         .map_err(|e| QueueError::Corrupt(format!("payload is not a valid {kind} payload: {e}")))
+}
+
+/// The fields of a task hash that [`task`] reads: never the payload (nor the brief of it, nor
+/// a worker's last report), so reading a task's state costs its size, not its input's.
+pub(crate) const TASK_FIELDS: [&str; 26] = [
+    "id",
+    "queue",
+    "kind",
+    "state",
+    "attempts",
+    "max_attempts",
+    "enqueued_at",
+    "started_at",
+    "finished_at",
+    "retry_at",
+    "worker",
+    "progress",
+    "progress_msg",
+    "result",
+    "error_kind",
+    "error_msg",
+    "timeout_ms",
+    "result_ttl_ms",
+    "failure_ttl_ms",
+    "idem_key",
+    "owner",
+    "cancel",
+    "input_bytes",
+    "image_bytes",
+    "image_type",
+    "input_sha256",
+];
+
+/// [`TASK_FIELDS`] zipped with an `HMGET` reply; `None` when the task does not exist.
+pub(crate) fn task_fields(values: Vec<Option<String>>) -> Option<Fields> {
+    let fields: Fields = TASK_FIELDS
+        .iter()
+        .zip(values)
+        .filter_map(|(name, v)| v.map(|v| (name.to_string(), v)))
+        .collect();
+    (!fields.is_empty()).then_some(fields)
 }
 
 fn opt_text(f: &Fields, name: &str) -> Option<String> {
@@ -62,7 +102,13 @@ pub(crate) fn task(f: &Fields) -> Result<Task> {
     Ok(Task {
         id: TaskId::from_str_unchecked(text(f, "id")?),
         queue: text(f, "queue")?,
-        payload: payload(f)?,
+        kind: text(f, "kind")?.parse()?,
+        input: InputSummary {
+            bytes: num(f, "input_bytes")?.unwrap_or(0),
+            image_bytes: num(f, "image_bytes")?,
+            image_type: opt_text(f, "image_type"),
+            sha256: f.get("input_sha256").cloned().unwrap_or_default(),
+        },
         state: text(f, "state")?.parse()?,
         attempts: req(f, "attempts")?,
         max_attempts: req(f, "max_attempts")?,

@@ -25,6 +25,28 @@ pub enum QueueError {
         state: String,
         action: &'static str,
     },
+    /// A failed task's payload is gone (its failure TTL ran out, or it was removed), so it
+    /// cannot run again; submit it anew.
+    #[error("task {0} cannot be retried: its input is no longer stored; submit it again")]
+    InputGone(String),
+    /// Enqueueing would put more payload bytes in the queues than a backlog limit allows;
+    /// nothing was written. Claims make room.
+    #[error(
+        "the queued tasks' payloads would exceed {}: {asked} more bytes asked for, {queued} \
+         queued{}; try again once queued tasks have been claimed",
+        limit.describe(), if *shares > 1 {
+            format!(" in this task's partition, whose share of the limit is {share} bytes \
+                     ({shares} partitions)")
+        } else { String::new() }
+    )]
+    PayloadLimit {
+        limit: PayloadLimit,
+        /// The partition's share of the limit (the whole limit with one partition).
+        share: u64,
+        shares: u16,
+        queued: u64,
+        asked: u64,
+    },
     #[error("unknown queue {0:?}")]
     UnknownQueue(String),
     #[error("invalid configuration: {0}")]
@@ -74,6 +96,36 @@ impl QueueError {
     pub fn outcome_unknown(&self) -> bool {
         matches!(self, QueueError::Redis(e)
             if !crate::broker::never_ran(e) && (e.is_io_error() || e.is_timeout()))
+    }
+}
+
+/// Which backlog limit an enqueue ran into (see [`crate::PayloadLimits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PayloadLimit {
+    /// Payload bytes of all queued tasks of the namespace, with its configured value.
+    Namespace(u64),
+    /// Payload bytes of one owner's (API key's) queued tasks, with its configured value.
+    PerKey(u64),
+}
+
+impl PayloadLimit {
+    /// The flag that sets it.
+    pub fn flag(self) -> &'static str {
+        match self {
+            PayloadLimit::Namespace(_) => "max_queued_payload_bytes",
+            PayloadLimit::PerKey(_) => "max_queued_payload_bytes_per_key",
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            PayloadLimit::Namespace(n) => {
+                format!("the namespace's limit of {n} bytes (--max-queued-payload-bytes)")
+            }
+            PayloadLimit::PerKey(n) => {
+                format!("this key's limit of {n} bytes (--max-queued-payload-bytes-per-key)")
+            }
+        }
     }
 }
 

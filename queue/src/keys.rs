@@ -188,6 +188,18 @@ impl Partition {
         format!("{}task:{id}", self.prefix)
     }
 
+    /// STRING: a task's payload, apart from its hash so that reading a task's state never
+    /// carries its input; only a claim (and an inspection by id) reads it.
+    pub fn payload(&self, id: &str) -> String {
+        format!("{}payload:{id}", self.prefix)
+    }
+
+    /// HASH: payload bytes of the partition's queued tasks: `all`, `queue:<name>` and
+    /// `owner:<name>` (an API key's name), for the backlog limits and the stats.
+    pub fn queued_bytes(&self) -> String {
+        format!("{}queued_bytes", self.prefix)
+    }
+
     pub fn idempotency(&self, key: &str) -> String {
         format!("{}idem:{key}", self.prefix)
     }

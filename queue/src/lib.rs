@@ -40,7 +40,7 @@ pub mod testing;
 
 pub use broker::{
     AUTO_PARTITIONS, Broker, BrokerConfig, CancelOutcome, Enqueued, FailOutcome, Heartbeat, Lease,
-    MAX_ENQUEUE_BATCH, Maintenance, NewTask, OutageClock, ReleaseOutcome, Retry,
+    MAX_ENQUEUE_BATCH, Maintenance, NewTask, OutageClock, PayloadLimits, ReleaseOutcome, Retry,
 };
 pub use browse::{BulkOutcome, HistorySample, TaskPage, TaskSummary};
 #[cfg(feature = "http-server")]
@@ -51,9 +51,9 @@ pub use config::{
 pub use conn::{RedisTarget, SentinelTarget};
 pub use consumer::{Claimed, Consumer, ConsumerConfig, MAX_CLAIM};
 pub use durability::Durability;
-pub use error::{QueueError, Result};
+pub use error::{PayloadLimit, QueueError, Result};
 pub use events::{EventHub, TaskEvent};
 pub use keys::DEFAULT_KEY_PREFIX;
-pub use payload::Payload;
+pub use payload::{InputSummary, Payload};
 pub use stats::{DurationSummary, QueueStats, WorkerInfo};
 pub use task::{Progress, Task, TaskError, TaskId, TaskKind, TaskState};

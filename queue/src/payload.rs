@@ -9,8 +9,14 @@
 //! On the wire (the task hash's `kind` and `payload` fields, and the body the `http` backend
 //! forwards) a payload is its variant's struct as plain JSON, with the kind stored beside it;
 //! [`Payload::to_json`] and [`Payload::from_json`] are the only places that convert.
+//!
+//! A payload may carry an image of many megabytes, so it is stored apart from its task and
+//! read only by a claim; the task keeps an [`InputSummary`] and a [`Payload::brief`] (the
+//! payload without its image bytes), which is what status reads and the dashboard show.
 
+use base64::Engine;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::task::TaskKind;
 
@@ -49,6 +55,91 @@ impl Payload {
             TaskKind::FullQuery => Payload::FullQuery(serde_json::from_str(json)?),
         })
     }
+}
+
+impl Payload {
+    /// The inline image (base64), when the payload carries one.
+    pub fn image(&self) -> Option<&str> {
+        match self {
+            Payload::AnalyzeImage(p) => p.image.as_deref(),
+            Payload::FullQuery(p) => p.image.as_deref(),
+            Payload::CompleteAnswer(_) => None,
+        }
+    }
+
+    /// The payload without its inline image: what a task keeps to show what it asked for
+    /// once its payload is gone. Small: every other field is bounded by the API's limits.
+    pub fn brief(&self) -> Payload {
+        match self {
+            Payload::AnalyzeImage(p) => Payload::AnalyzeImage(AnalyzeImage {
+                image: None,
+                image_url: p.image_url.clone(),
+                prompt: p.prompt.clone(),
+            }),
+            Payload::FullQuery(p) => Payload::FullQuery(FullQuery {
+                question: p.question.clone(),
+                image: None,
+                image_url: p.image_url.clone(),
+                top_k: p.top_k,
+            }),
+            Payload::CompleteAnswer(p) => Payload::CompleteAnswer(p.clone()),
+        }
+    }
+
+    /// The summary a task keeps of this payload, whose stored form is `json`.
+    pub fn summary(&self, json: &str) -> InputSummary {
+        let image = self.image();
+        InputSummary {
+            bytes: json.len() as u64,
+            // Base64 holds 3 bytes per 4 characters.
+            image_bytes: image.map(|b64| (b64.trim_end_matches('=').len() * 3 / 4) as u64),
+            image_type: image.and_then(sniff_image_type).map(str::to_owned),
+            sha256: format!("{:x}", Sha256::digest(json.as_bytes())),
+        }
+    }
+}
+
+/// What a task keeps of its input after the payload is gone: recorded at enqueue, so
+/// showing it never reads the payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct InputSummary {
+    /// Bytes of the stored payload (its JSON, an inline image as base64 included): what it
+    /// costs in Redis while it is kept, and what the backlog limits count.
+    pub bytes: u64,
+    /// Bytes of the inline image after base64 decoding, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_bytes: Option<u64>,
+    /// The inline image's type by its first bytes (`image/png`, `image/jpeg`, …), when
+    /// recognised.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_type: Option<String>,
+    /// SHA-256 of the stored payload, hex: tells two submissions of the same input apart
+    /// from two different ones without keeping either.
+    pub sha256: String,
+}
+
+/// The media type of a base64 image by its signature: only the first 16 characters (12
+/// bytes) are decoded.
+fn sniff_image_type(b64: &str) -> Option<&'static str> {
+    let head = b64.get(..16.min(b64.len() - b64.len() % 4))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(head)
+        .ok()?;
+    const SIGNATURES: [(&[u8], &str); 5] = [
+        (b"\x89PNG", "image/png"),
+        (b"\xFF\xD8\xFF", "image/jpeg"),
+        (b"GIF8", "image/gif"),
+        (b"BM", "image/bmp"),
+        (b"II*\x00", "image/tiff"),
+    ];
+    if bytes.len() >= 12 && &bytes[..4] == b"RIFF" && &bytes[8..12] == b"WEBP" {
+        return Some("image/webp");
+    }
+    SIGNATURES
+        .iter()
+        .find(|(sig, _)| bytes.starts_with(sig))
+        .map(|(_, t)| *t)
 }
 
 impl From<AnalyzeImage> for Payload {
@@ -132,5 +223,39 @@ mod tests {
             TaskKind::FullQuery
         );
         assert!(Payload::from_json(TaskKind::CompleteAnswer, "{}").is_err());
+    }
+
+    #[test]
+    fn summary_sizes_types_and_digests_without_the_image() {
+        use base64::Engine;
+        let png = [b"\x89PNG\r\n\x1a\n".as_slice(), &[0u8; 100]].concat();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+        let p = Payload::from(AnalyzeImage {
+            image: Some(b64),
+            prompt: Some("what".into()),
+            ..AnalyzeImage::default()
+        });
+        let json = p.to_json().unwrap();
+        let s = p.summary(&json);
+        assert_eq!(s.bytes, json.len() as u64);
+        assert_eq!(s.image_bytes, Some(png.len() as u64));
+        assert_eq!(s.image_type.as_deref(), Some("image/png"));
+        assert_eq!(s.sha256.len(), 64);
+        assert_ne!(
+            s.sha256,
+            p.brief().summary(&p.brief().to_json().unwrap()).sha256
+        );
+        assert_eq!(p.brief().image(), None);
+        assert_eq!(p.brief().to_json().unwrap(), r#"{"prompt":"what"}"#);
+        let text = Payload::from(CompleteAnswer {
+            question: "q".into(),
+            ..CompleteAnswer::default()
+        });
+        let s = text.summary(&text.to_json().unwrap());
+        assert_eq!((s.image_bytes, s.image_type), (None, None));
+        // Not an image, or too short to tell: no type.
+        for b64 in ["aGVsbG8gd29ybGQgaGVsbG8=", "iVA", ""] {
+            assert_eq!(sniff_image_type(b64), None, "{b64}");
+        }
     }
 }

@@ -40,6 +40,10 @@ pub struct QueueStats {
     pub wait: DurationSummary,
     /// Age of the oldest queued task in milliseconds, 0 when none is queued.
     pub oldest_queued_age_ms: u64,
+    /// Payload bytes of the queued tasks: what the backlog holds in Redis, and what the
+    /// queued-payload limits count.
+    #[serde(default)]
+    pub queued_payload_bytes: u64,
     /// Redis server time the snapshot was taken at, milliseconds since the epoch. Not
     /// serialized: a reply that lists several queues states its snapshot time once.
     #[serde(skip)]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::QueueError;
-use crate::payload::Payload;
+use crate::payload::InputSummary;
 
 /// A task's id: a random UUID, unguessable by other clients. With one partition it is a
 /// version 4 UUID (122 random bits); with more, version 8 with the partition in its last two
@@ -83,7 +83,8 @@ impl FromStr for TaskId {
 }
 
 /// What a task asks for: the discriminant of [`Payload`], for labels, logs and checks that
-/// need the kind without its payload. A task's kind is always `task.payload.kind()`.
+/// need the kind without its payload. A stored task's kind is its payload's, written beside
+/// it at enqueue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -223,13 +224,16 @@ pub struct Progress {
     pub message: String,
 }
 
-/// A task as stored, decoded.
+/// A task as stored, decoded: everything but its payload, which only a claim reads (see
+/// [`crate::Claimed`] and [`crate::Broker::payload`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Task {
     pub id: TaskId,
     pub queue: String,
-    /// What to run; its variant is the task's kind.
-    pub payload: Payload,
+    /// The variant of its payload.
+    pub kind: TaskKind,
+    /// Sizes, image type and digest of its payload, recorded at enqueue.
+    pub input: InputSummary,
     pub state: TaskState,
     /// Claims that counted against `max_attempts` so far.
     pub attempts: u32,
@@ -256,8 +260,8 @@ pub struct Task {
 }
 
 impl Task {
-    /// The task's kind, read from its payload.
+    /// The task's kind: the variant of its payload.
     pub fn kind(&self) -> TaskKind {
-        self.payload.kind()
+        self.kind
     }
 }

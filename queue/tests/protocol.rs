@@ -30,7 +30,10 @@ async fn roundtrip(env: Env) {
     assert_eq!(t.max_attempts, 3);
     assert_eq!(t.timeout, Duration::from_secs(600));
     assert_eq!(t.result_ttl, Duration::from_secs(3600));
-    assert_eq!(t.payload, sample_payload(TaskKind::AnalyzeImage, "q1"));
+    assert_eq!(
+        b.payload(&q.id).await.unwrap(),
+        Some(sample_payload(TaskKind::AnalyzeImage, "q1"))
+    );
     assert_eq!(t.kind(), TaskKind::AnalyzeImage);
     assert_eq!(b.position(&q.id, &q.queue).await.unwrap(), Some(0));
 
@@ -409,23 +412,30 @@ async fn stored_payloads_read_back_by_kind(env: Env) {
     let b = &env.broker;
     let q = b.enqueue(new(TaskKind::FullQuery, 1)).await.unwrap();
     let stored = task_hash(&env, &q.id).await;
-    // The stored fields keep their shape: the kind's name and the payload struct's JSON.
+    // The kind's name in the hash, the payload struct's JSON in a key of its own.
     assert_eq!(stored["kind"], "full_query");
-    assert_eq!(stored["payload"], r#"{"question":"q1"}"#);
+    assert!(!stored.contains_key("payload"), "{stored:?}");
+    let mut conn = redis_conn(&env).await;
+    let own: String = redis::cmd("GET")
+        .arg(b.keys().of_task(&q.id).payload(q.id.as_str()))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(own, r#"{"question":"q1"}"#);
 
     // A payload that is not its kind's (a foreign writer) is failed as bad input at claim,
     // and the claim moves on to the next task.
     let next = b.enqueue(new(TaskKind::FullQuery, 2)).await.unwrap();
-    let _: () = redis::cmd("HSET")
-        .arg(b.keys().task(&q.id))
-        .arg("payload")
+    let _: () = redis::cmd("SET")
+        .arg(b.keys().of_task(&q.id).payload(q.id.as_str()))
         .arg(r#"{"n":1}"#)
-        .query_async(&mut redis_conn(&env).await)
+        .query_async(&mut conn)
         .await
         .unwrap();
     let c = env.consumer("w", &ALL, LEASE).await;
     let claimed = c.try_claim().await.unwrap().expect("the next task");
     assert_eq!(claimed.task.id, next.id);
+    assert_eq!(claimed.payload, sample_payload(TaskKind::FullQuery, "q2"));
     let fields = task_hash(&env, &q.id).await;
     assert_eq!(fields["state"], "failed");
     assert_eq!(fields["error_kind"], "bad_input");
@@ -434,6 +444,19 @@ async fn stored_payloads_read_back_by_kind(env: Env) {
         "{}",
         fields["error_msg"]
     );
+
+    // A task stored the old way, its payload in its hash, is still claimed with it.
+    let old = b.enqueue(new(TaskKind::FullQuery, 3)).await.unwrap();
+    let pkey = b.keys().of_task(&old.id).payload(old.id.as_str());
+    let _: () = redis::pipe()
+        .hset(b.keys().task(&old.id), "payload", r#"{"question":"q3"}"#)
+        .del(&pkey)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let claimed = c.try_claim().await.unwrap().expect("the old task");
+    assert_eq!(claimed.task.id, old.id);
+    assert_eq!(claimed.payload, sample_payload(TaskKind::FullQuery, "q3"));
 }
 on_both!(stored_payloads_t, stored_payloads_read_back_by_kind);
 

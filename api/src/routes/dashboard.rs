@@ -15,7 +15,7 @@ use axum::Json;
 use axum::extract::{Path, RawQuery, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
-use ragpool_queue::payload::Payload;
+use ragpool_queue::payload::{InputSummary, Payload};
 use ragpool_queue::{BulkOutcome, TaskPage, TaskState, browse};
 use serde::Serialize;
 use tokio::sync::broadcast::error::RecvError;
@@ -414,8 +414,9 @@ fn snapshot_event(value: &Result<String, String>) -> Event {
     }
 }
 
-/// What a task asked for, without image data: texts shortened, an image described by size
-/// and origin.
+/// What a task asked for, without image data: texts shortened, an image described by size,
+/// type and origin. Built from what the task keeps for its whole life (its payload's brief
+/// and input summary), so it never reads the payload.
 #[derive(Debug, Default, Serialize, ToSchema)]
 pub struct PayloadSummary {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -433,7 +434,15 @@ pub struct PayloadSummary {
     pub top_k: Option<u32>,
     /// Decoded size of an inline image.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub image_bytes: Option<usize>,
+    pub image_bytes: Option<u64>,
+    /// An inline image's type by its first bytes, when recognised.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_type: Option<String>,
+    /// Bytes the stored payload took (an inline image as base64 included).
+    pub input_bytes: u64,
+    /// SHA-256 of the stored payload, hex.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub input_sha256: String,
     /// An image URL's scheme, host and path (no query, which may hold a token).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub image_url: Option<String>,
@@ -463,14 +472,22 @@ fn image_url_summary(raw: &str) -> String {
 }
 
 impl PayloadSummary {
-    pub fn of(payload: &Payload) -> Self {
-        // Base64 holds 3 bytes per 4 characters.
-        let image_bytes =
-            |b64: &Option<String>| b64.as_ref().map(|s| s.trim_end_matches('=').len() * 3 / 4);
+    /// `brief` is the payload without its image ([`Payload::brief`]), `input` its summary.
+    pub fn of(brief: Option<&Payload>, input: &InputSummary) -> Self {
+        let texts = brief.map(Self::texts).unwrap_or_default();
+        PayloadSummary {
+            image_bytes: input.image_bytes,
+            image_type: input.image_type.clone(),
+            input_bytes: input.bytes,
+            input_sha256: input.sha256.clone(),
+            ..texts
+        }
+    }
+
+    fn texts(payload: &Payload) -> Self {
         match payload {
             Payload::AnalyzeImage(p) => PayloadSummary {
                 prompt: p.prompt.as_deref().map(shorten),
-                image_bytes: image_bytes(&p.image),
                 image_url: p.image_url.as_deref().map(image_url_summary),
                 ..Default::default()
             },
@@ -485,7 +502,6 @@ impl PayloadSummary {
             Payload::FullQuery(p) => PayloadSummary {
                 question: Some(shorten(&p.question)),
                 top_k: p.top_k,
-                image_bytes: image_bytes(&p.image),
                 image_url: p.image_url.as_deref().map(image_url_summary),
                 ..Default::default()
             },
@@ -523,7 +539,8 @@ pub async fn task_detail(
     TaskIdParam(id): TaskIdParam,
 ) -> Result<Json<TaskDetail>, ApiError> {
     let task = visible_task(&state, &caller, &id).await?;
-    let payload = PayloadSummary::of(&task.payload);
+    let brief = state.broker().brief(&id).await?;
+    let payload = PayloadSummary::of(brief.as_ref(), &task.input);
     Ok(Json(TaskDetail {
         task: view(&state, task).await?,
         payload,
@@ -539,23 +556,27 @@ mod tests {
     #[test]
     fn payload_summaries_hold_no_image_data_or_url_query() {
         let image = "A".repeat(4000);
-        let s = PayloadSummary::of(&Payload::AnalyzeImage(AnalyzeImage {
+        let payload = Payload::AnalyzeImage(AnalyzeImage {
             image: Some(image.clone()),
             image_url: None,
             prompt: Some("what is it".into()),
-        }));
+        });
+        let input = payload.summary(&payload.to_json().unwrap());
+        let s = PayloadSummary::of(Some(&payload.brief()), &input);
         assert_eq!(s.image_bytes, Some(3000));
+        assert_eq!(s.prompt.as_deref(), Some("what is it"));
         let json = serde_json::to_string(&s).unwrap();
         assert!(!json.contains("AAAA"), "{json}");
 
-        let s = PayloadSummary::of(&Payload::AnalyzeImage(AnalyzeImage {
+        let of = |p: &Payload| PayloadSummary::of(Some(p), &InputSummary::default());
+        let s = of(&Payload::AnalyzeImage(AnalyzeImage {
             image: None,
             image_url: Some("https://img.example/a/b.png?token=secret".into()),
             prompt: None,
         }));
         assert_eq!(s.image_url.as_deref(), Some("https://img.example/a/b.png"));
 
-        let s = PayloadSummary::of(&Payload::CompleteAnswer(CompleteAnswer {
+        let s = of(&Payload::CompleteAnswer(CompleteAnswer {
             question: "q".repeat(600),
             context: Some("c".repeat(1000)),
             ..CompleteAnswer::default()

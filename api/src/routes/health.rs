@@ -70,6 +70,7 @@ const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=
     responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String)),
 )]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    read_queue_gauges(&state).await;
     let text = state
         .metrics()
         .encode()
@@ -79,6 +80,23 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         text,
     )
         .into_response())
+}
+
+/// Refreshes the gauges read from Redis (the configured queues' queued payload bytes). A
+/// scrape while Redis is away keeps the last values: the request metrics still matter then.
+async fn read_queue_gauges(state: &AppState) {
+    let broker = state.broker();
+    for queue in &broker.config().queues {
+        match broker.queue_stats(&queue.name).await {
+            Ok(stats) => state
+                .metrics()
+                .queued_payload_bytes(&queue.name, stats.queued_payload_bytes),
+            Err(e) => {
+                tracing::debug!(error = %e, "queue gauges not refreshed");
+                return;
+            }
+        }
+    }
 }
 
 /// The generated OpenAPI document, rendered once when the router is built.

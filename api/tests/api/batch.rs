@@ -17,7 +17,7 @@ async fn post(api: &TestApi, body: Value) -> (u16, Value) {
 
 async fn payload(api: &TestApi, id: &Value) -> Payload {
     let id: TaskId = id.as_str().expect("task_id").parse().unwrap();
-    api.broker.get(&id).await.unwrap().expect("stored").payload
+    api.broker.payload(&id).await.unwrap().expect("stored")
 }
 
 async fn total_enqueued(api: &TestApi) -> u64 {

@@ -12,7 +12,7 @@ use crate::support::{PNG_1X1, TestApi, b64, json};
 
 async fn payload(api: &TestApi, id: &str) -> Payload {
     let id: TaskId = id.parse().unwrap();
-    api.broker.get(&id).await.unwrap().unwrap().payload
+    api.broker.payload(&id).await.unwrap().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ mod endpoints;
 mod faults;
 mod hostile;
 mod partitions;
+mod payloads;
 mod process;
 mod replicated;
 mod slow_redis;

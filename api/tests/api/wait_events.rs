@@ -45,13 +45,13 @@ async fn wait_returns_when_the_task_finishes() {
     let id = api.submit_query("wait for me").await;
     let claimed = api.claim("full_query").await;
 
-    let before = api.command_calls("hgetall").await;
+    let before = api.command_calls("hmget").await;
     let request = api.get(&format!("/api/async/task/{id}?wait=60")).send();
     let waiting = tokio::spawn(request);
     // The handler reads the task once for access, then `wait_for_end` subscribes and reads
     // it again: after two reads the request is waiting on events.
     until("the request to start waiting", || async {
-        api.command_calls("hgetall").await >= before + 2
+        api.command_calls("hmget").await >= before + 2
     })
     .await;
     assert!(!waiting.is_finished(), "answered before the task ended");
@@ -200,10 +200,10 @@ async fn shutdown_ends_waits_and_streams_and_finishes_them() {
         .send()
         .await
         .unwrap();
-    let before = api.command_calls("hgetall").await;
+    let before = api.command_calls("hmget").await;
     let waiting = tokio::spawn(api.get(&format!("/api/async/task/{id}?wait=60")).send());
     until("the request to start waiting", || async {
-        api.command_calls("hgetall").await >= before + 2
+        api.command_calls("hmget").await >= before + 2
     })
     .await;
 
