@@ -19,6 +19,7 @@
 
 pub mod auth;
 mod budget;
+pub mod cli;
 pub mod config;
 pub mod cross_site;
 pub mod error;

@@ -1,7 +1,7 @@
-//! The server components inside the one `ragpool` binary: `ragpool operator ARGS` runs the
-//! operator's own command line, and so does the binary when it is started under the
-//! component's name (`ragpool-operator`, a link to `ragpool` in the image), so manifests that
-//! name the component's binary keep working.
+//! The server components inside the one `ragpool` binary: `ragpool api ARGS` runs the API's
+//! own command line (and `executor`, `operator` theirs), and so does the binary when it is
+//! started under the component's name (`ragpool-api`, a link to `ragpool` in the image), so
+//! manifests that name the component's binary keep working.
 
 use std::ffi::{OsStr, OsString};
 use std::path::Path;
@@ -12,15 +12,19 @@ use clap::Args;
 /// A server component whose command line lives in its own crate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Component {
+    Api,
+    Executor,
     Operator,
 }
 
 impl Component {
-    pub const ALL: [Component; 1] = [Component::Operator];
+    pub const ALL: [Component; 3] = [Component::Api, Component::Executor, Component::Operator];
 
     /// The component's own binary name, which the image links to `ragpool`.
     pub fn program(self) -> &'static str {
         match self {
+            Component::Api => "ragpool-api",
+            Component::Executor => "ragpool-executor",
             Component::Operator => "ragpool-operator",
         }
     }
@@ -34,6 +38,8 @@ impl Component {
     /// Runs the component's command line `args` (the program name first).
     pub fn main(self, args: Vec<OsString>) -> ExitCode {
         match self {
+            Component::Api => ragpool_api::cli::main(args),
+            Component::Executor => ragpool_executor::cli::main(args),
             Component::Operator => ragpool_operator::cli::main(args),
         }
     }
@@ -69,6 +75,8 @@ mod tests {
             Some(Component::Operator)
         );
         assert_eq!(found("ragpool-operator"), Some(Component::Operator));
+        assert_eq!(found("./ragpool-api"), Some(Component::Api));
+        assert_eq!(found("ragpool-executor"), Some(Component::Executor));
         assert_eq!(found("/usr/local/bin/ragpool"), None);
         assert_eq!(found("ragpool-operator-old"), None);
     }

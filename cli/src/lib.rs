@@ -58,6 +58,11 @@ pub enum Command {
     /// Change the partition count a namespace is recorded with (stop every API, executor
     /// and operator of it first; refused while tasks wait or run).
     Repartition(repartition::RepartitionArgs),
+    /// Run the HTTP API: `ragpool api --help` lists its flags (the same as `ragpool-api`'s).
+    Api(ComponentArgs),
+    /// Run an executor: `ragpool executor --help` lists its flags (the same as
+    /// `ragpool-executor`'s).
+    Executor(ComponentArgs),
     /// Run the operator: `ragpool operator --help` lists its flags (the same as
     /// `ragpool-operator`'s).
     Operator(ComponentArgs),
@@ -75,12 +80,18 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
 /// Runs a parsed command line to its exit status. Errors are printed to stderr.
 pub fn run(cli: Cli) -> ExitCode {
     // Components build their own runtime and logging.
-    let cli = match cli.command {
-        Command::Operator(args) => {
-            return Component::Operator.main(args.command_line(Component::Operator));
-        }
-        command => Cli { command },
+    let (component, args) = match cli.command {
+        Command::Api(args) => (Component::Api, args),
+        Command::Executor(args) => (Component::Executor, args),
+        Command::Operator(args) => (Component::Operator, args),
+        command => return run_client(command),
     };
+    component.main(args.command_line(component))
+}
+
+/// Runs `ragpool`'s own commands (everything but the components).
+fn run_client(command: Command) -> ExitCode {
+    let cli = Cli { command };
     if matches!(cli.command, Command::Dev(_)) {
         init_tracing();
     }
@@ -118,7 +129,9 @@ pub fn run(cli: Cli) -> ExitCode {
             }
             Command::Simulate(a) => simulate::run(a)?,
             Command::Repartition(a) => repartition::run(a).await?,
-            Command::Operator(_) => unreachable!("components run before the runtime starts"),
+            Command::Api(_) | Command::Executor(_) | Command::Operator(_) => {
+                unreachable!("run hands the components their own command line")
+            }
         })
     });
     match result {

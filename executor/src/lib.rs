@@ -5,6 +5,7 @@
 //! [`runner::Runner`] is the job loop alone, for tests that bring their own backend.
 
 pub mod backend;
+pub mod cli;
 pub mod health;
 pub mod metrics;
 pub mod runner;
