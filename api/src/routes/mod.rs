@@ -1,5 +1,7 @@
-//! The HTTP endpoints, one file per endpoint (the three submissions share `submit.rs`), and
-//! the router that joins them with the OpenAPI document generated from their annotations.
+//! The HTTP endpoints, one file per endpoint or family of endpoints (the three submissions
+//! share `submit.rs`; `dashboard.rs` holds the dashboard's task lists, workers, bulk actions,
+//! snapshot, event stream and task detail), and the router that joins them with the OpenAPI
+//! document generated from their annotations.
 
 pub mod analyze_image;
 pub mod batch;
