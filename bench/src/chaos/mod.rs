@@ -371,7 +371,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut broker_config = BrokerConfig::from_url(&redis_url)?;
     broker_config.response_timeout = Duration::from_secs(2);
     broker_config.partitions = partitions;
-    let broker = Broker::connect(broker_config).await?;
     let follower = tokio::spawn(follow_events(redis_url.clone(), partitions, events.clone()));
 
     // The load: evenly spread over the schedule, 64 submissions in flight at most.
@@ -424,7 +423,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|p| p.into_inner())
         .acknowledged
         .clone();
-    let ends = wait_for_ends(&broker, &acknowledged, Duration::from_secs(120)).await;
+    let ends = wait_for_ends(&broker_config, &acknowledged, Duration::from_secs(120)).await;
     system.note("every acknowledged task ended, or the deadline passed".into());
     // A last read of the stream, then stop following it.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -497,53 +496,94 @@ type Read = Option<(TaskState, Option<serde_json::Value>)>;
 #[derive(Default)]
 struct Ends {
     tasks: HashMap<String, Read>,
+    /// Tasks no read answered for by the deadline, and the last error a read gave.
+    unread: usize,
+    last_error: Option<String>,
 }
 
+/// Reads every acknowledged task back until each has ended or `patience` has passed. The
+/// reads use connections made for them, not ones that sat idle through the schedule's
+/// Redis kills, and a pass where a read failed is followed by fresh connections: what is
+/// tested is whether the tasks are there, not how a client library heals an idle
+/// connection. A task that no read reached is counted apart from a task that is gone.
 async fn wait_for_ends(
-    broker: &Broker,
+    config: &BrokerConfig,
     acknowledged: &HashMap<String, usize>,
     patience: Duration,
 ) -> Ends {
     let deadline = Instant::now() + patience;
     let mut ends = Ends::default();
     let mut pending: Vec<String> = acknowledged.keys().cloned().collect();
+    let mut broker: Option<Broker> = None;
     while !pending.is_empty() {
-        let reads: Vec<(String, Option<Read>)> = futures::stream::iter(pending.clone())
-            .map(|id| async move {
-                let read = match id.parse::<TaskId>() {
-                    Ok(task_id) => broker
-                        .get(&task_id)
-                        .await
-                        .ok()
-                        .map(|t| t.map(|t| (t.state, t.result))),
-                    Err(_) => Some(None),
-                };
-                (id, read)
+        let reader = match &broker {
+            Some(b) => b.clone(),
+            None => match Broker::connect(config.clone()).await {
+                Ok(b) => {
+                    broker = Some(b.clone());
+                    b
+                }
+                Err(e) => {
+                    ends.last_error = Some(format!("connecting: {e:#}"));
+                    if Instant::now() > deadline {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    continue;
+                }
+            },
+        };
+        let reads: Vec<(String, Result<Read, String>)> = futures::stream::iter(pending.clone())
+            .map(|id| {
+                let reader = reader.clone();
+                async move {
+                    let read = match id.parse::<TaskId>() {
+                        Ok(task_id) => reader
+                            .get(&task_id)
+                            .await
+                            .map(|t| t.map(|t| (t.state, t.result)))
+                            .map_err(|e| format!("{e:#}")),
+                        Err(_) => Ok(None),
+                    };
+                    (id, read)
+                }
             })
             .buffer_unordered(32)
             .collect()
             .await;
         pending.clear();
+        let mut failed = false;
         for (id, read) in reads {
             match read {
-                Some(Some((state, result))) if state.is_terminal() => {
+                Ok(Some((state, result))) if state.is_terminal() => {
                     ends.tasks.insert(id, Some((state, result)));
                 }
-                Some(None) => {
+                Ok(None) => {
                     ends.tasks.insert(id, None);
                 }
-                Some(Some((state, result))) => {
+                Ok(Some((state, result))) => {
                     ends.tasks.insert(id.clone(), Some((state, result)));
                     pending.push(id);
                 }
-                None => pending.push(id),
+                Err(e) => {
+                    failed = true;
+                    ends.last_error = Some(e);
+                    pending.push(id);
+                }
             }
+        }
+        if failed {
+            broker = None;
         }
         if pending.is_empty() || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    ends.unread = pending
+        .iter()
+        .filter(|id| !ends.tasks.contains_key(*id))
+        .count();
     ends
 }
 
@@ -739,6 +779,8 @@ struct Tally {
     /// Lost tasks acknowledged inside a failover (see [`Failover::may_have_lost`]).
     lost_in_failover: usize,
     not_ended: usize,
+    /// Tasks no read reached by the deadline: neither shown to be there nor to be gone.
+    unread: usize,
     wrong: usize,
     twice: usize,
 }
@@ -754,7 +796,7 @@ impl Tally {
         } else {
             self.lost - self.lost_in_failover
         };
-        lost + self.not_ended + self.wrong + self.twice > 0
+        lost + self.not_ended + self.unread + self.wrong + self.twice > 0
     }
 
     fn count(
@@ -787,7 +829,10 @@ impl Tally {
         for (id, n) in &seen.acknowledged {
             let question = Submission::new(*n).question;
             match ends.tasks.get(id) {
-                None | Some(None) => {
+                None => {
+                    errors.push(format!("task {id} (submission {n}) was never read back"));
+                }
+                Some(None) => {
                     lost += 1;
                     let at = seen.acknowledged_at.get(id);
                     let during = at.and_then(|at| failovers.iter().find(|f| f.may_have_lost(*at)));
@@ -964,6 +1009,14 @@ impl Tally {
                 "must be 0".into(),
             ],
             vec![
+                "not read back".into(),
+                ends.unread.to_string(),
+                match &ends.last_error {
+                    Some(e) if ends.unread > 0 => format!("must be 0; last read error: {e}"),
+                    _ => "must be 0".into(),
+                },
+            ],
+            vec![
                 "wrong results".into(),
                 wrong.to_string(),
                 "must be 0".into(),
@@ -1081,6 +1134,7 @@ impl Tally {
             lost,
             lost_in_failover,
             not_ended,
+            unread: ends.unread,
             wrong,
             twice,
         }
