@@ -475,6 +475,7 @@ def expect_external_secret_tls(objects: list[dict[str, Any]]) -> None:
     assert pool["spec"]["executor"]["imagePullSecrets"] == [{"name": "registry-credentials"}]
     assert pool["spec"]["executor"]["terminationGracePeriodSeconds"] == 90
     assert pool["spec"]["executor"]["backend"]["type"] == "openai"
+    assert pool["spec"]["executor"]["docs"] == {"configMap": "handbook"}
     assert pool["spec"]["scaling"]["mode"] == "targetWait"
 
 

@@ -69,6 +69,11 @@ if [ -x scripts/dashboard-check.sh ]; then
   scripts/dashboard-check.sh "$CARGO_TARGET_DIR/debug"
 fi
 
+step "Python client example (examples/client.py against API + builtin executor + Redis)"
+[ -x "$CARGO_TARGET_DIR/debug/ragpool-api" ] || cargo build -p ragpool-api --bin ragpool-api
+[ -x "$CARGO_TARGET_DIR/debug/ragpool-executor" ] || cargo build -p ragpool-executor --bin ragpool-executor
+scripts/client-check.sh "$CARGO_TARGET_DIR/debug"
+
 # Last: the release build takes a while, and the check chroots into the image as uid 65532.
 if [ "$(id -u)" -eq 0 ]; then
   step "container image (release build, every binary run inside it, contents, size)"

@@ -1,5 +1,10 @@
-//! The executor's HTTP endpoints: `/healthz` (the process answers), `/readyz` (Redis reachable
-//! and the claim loop turning) and `/metrics`, and [`Health`], what the job loop tells them.
+//! The executor's HTTP endpoints: `/healthz` (the process answers), `/readyz` (the backend
+//! built, Redis reachable and the claim loop turning) and `/metrics`, and [`Health`], what the
+//! executor tells them.
+//!
+//! They answer from the start, before the backend has indexed its documents: a large corpus
+//! takes a while, and a liveness probe must not kill the pod meanwhile, while the readiness
+//! probe keeps it out of rotation until tasks can run.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -21,6 +26,8 @@ pub struct Health {
     /// Milliseconds since the epoch of the claim loop's last turn.
     loop_beat_ms: AtomicU64,
     redis_ok: AtomicBool,
+    /// The backend is built (its documents indexed).
+    backend_ready: AtomicBool,
 }
 
 impl Health {
@@ -33,11 +40,23 @@ impl Health {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// Redis answered the last time the loop talked to it, and the loop turned recently.
+    /// The backend is built, Redis answered the last time the loop talked to it, and the
+    /// loop turned recently.
     pub fn ready(&self, max_silence: Duration) -> bool {
         let last = self.loop_beat_ms.load(Ordering::Relaxed);
-        self.redis_ok.load(Ordering::Relaxed)
+        self.backend_ready()
+            && self.redis_ok.load(Ordering::Relaxed)
             && now_ms().saturating_sub(last) <= max_silence.as_millis() as u64
+    }
+
+    /// Whether the backend is built: until then no task can run.
+    pub fn backend_ready(&self) -> bool {
+        self.backend_ready.load(Ordering::Relaxed)
+    }
+
+    /// The backend is built and its documents indexed.
+    pub fn backend_built(&self) {
+        self.backend_ready.store(true, Ordering::Relaxed);
     }
 
     /// The claim loop turned.
@@ -90,6 +109,11 @@ async fn ready(State(p): State<Probe>) -> impl IntoResponse {
     // The loop turns at least every few seconds while idle (its wait for work is bounded).
     if p.health.ready(Duration::from_secs(15)) {
         (StatusCode::OK, "ready")
+    } else if !p.health.backend_ready() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting: building the backend (indexing documents)",
+        )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -106,4 +130,23 @@ async fn render(State(p): State<Probe>) -> impl IntoResponse {
         )],
         p.metrics.render(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn not_ready_until_the_backend_is_built() {
+        let health = Health::default();
+        // Redis answers and the loop turns (as it would for a backend given ready-made) …
+        health.redis_answered(true);
+        health.beat();
+        assert!(!health.ready(Duration::from_secs(15)));
+        // … but only a built backend makes the executor ready.
+        health.backend_built();
+        assert!(health.ready(Duration::from_secs(15)));
+        health.redis_answered(false);
+        assert!(!health.ready(Duration::from_secs(15)));
+    }
 }

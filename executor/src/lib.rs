@@ -24,18 +24,96 @@ use runner::{Runner, RunnerConfig};
 use settings::ExecutorSettings;
 
 /// Runs an executor with the backend its settings name until `stop` fires and it has drained.
+///
+/// The health endpoints answer first, `/readyz` with 503 while the backend builds (indexing
+/// its documents can take a while); the job loop starts once it is built.
 pub async fn run(settings: ExecutorSettings, stop: CancellationToken) -> anyhow::Result<()> {
     let config = settings.backend.to_config().map_err(anyhow::Error::msg)?;
-    let backend = backend::build(&config)
-        .await
-        .with_context(|| format!("starting the {} backend", config.name()))?;
-    run_with_backend(settings, backend, stop).await
+    let endpoints = Endpoints::start(&settings).await?;
+    let built = tokio::select! {
+        built = backend::build(&config) => built,
+        () = stop.cancelled() => {
+            tracing::info!("stopped while the backend was being built");
+            endpoints.stop().await;
+            return Ok(());
+        }
+    };
+    let backend = match built.with_context(|| format!("starting the {} backend", config.name())) {
+        Ok(backend) => backend,
+        Err(e) => {
+            endpoints.stop().await;
+            return Err(e);
+        }
+    };
+    endpoints.health.backend_built();
+    run_loop(settings, backend, endpoints, stop).await
 }
 
 /// Runs an executor over a given backend.
 pub async fn run_with_backend(
     settings: ExecutorSettings,
     backend: Arc<dyn Backend>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let endpoints = Endpoints::start(&settings).await?;
+    endpoints.health.backend_built();
+    run_loop(settings, backend, endpoints, stop).await
+}
+
+/// The health and metrics listener, and what it reports.
+struct Endpoints {
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl Endpoints {
+    async fn start(settings: &ExecutorSettings) -> anyhow::Result<Endpoints> {
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::default());
+        let listener = tokio::net::TcpListener::bind(settings.metrics_listen)
+            .await
+            .with_context(|| format!("binding --metrics-listen {}", settings.metrics_listen))?;
+        tracing::info!(addr = %listener.local_addr()?, "health and metrics listening");
+        let app = health::router(health.clone(), metrics.clone());
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(ragpool_queue::http_server::serve(
+            listener,
+            app,
+            settings.server.limits(),
+            stop.clone().cancelled_owned(),
+        ));
+        Ok(Endpoints {
+            health,
+            metrics,
+            stop,
+            server,
+        })
+    }
+
+    async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.server.await;
+    }
+}
+
+/// Connects to Redis and runs the job loop until `stop` fires and it has drained.
+async fn run_loop(
+    settings: ExecutorSettings,
+    backend: Arc<dyn Backend>,
+    endpoints: Endpoints,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    let result = job_loop(settings, backend, &endpoints, stop).await;
+    endpoints.stop().await;
+    result
+}
+
+async fn job_loop(
+    settings: ExecutorSettings,
+    backend: Arc<dyn Backend>,
+    endpoints: &Endpoints,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
     let queues = settings.queue_configs().map_err(anyhow::Error::msg)?;
@@ -64,22 +142,6 @@ pub async fn run_with_backend(
             &uuid::Uuid::new_v4().simple().to_string()[..6]
         )
     });
-    let metrics = Arc::new(Metrics::new());
-    let health = Arc::new(Health::default());
-
-    let listener = tokio::net::TcpListener::bind(settings.metrics_listen)
-        .await
-        .with_context(|| format!("binding --metrics-listen {}", settings.metrics_listen))?;
-    tracing::info!(addr = %listener.local_addr()?, "health and metrics listening");
-    let app = health::router(health.clone(), metrics.clone());
-    let server_stop = CancellationToken::new();
-    let server = tokio::spawn(ragpool_queue::http_server::serve(
-        listener,
-        app,
-        settings.server.limits(),
-        server_stop.clone().cancelled_owned(),
-    ));
-
     let runner = Runner::new(
         RunnerConfig {
             worker_id: worker_id.clone(),
@@ -96,11 +158,8 @@ pub async fn run_with_backend(
         },
         broker,
         backend,
-        metrics,
-        health,
+        endpoints.metrics.clone(),
+        endpoints.health.clone(),
     );
-    let result = runner.run(stop).await;
-    server_stop.cancel();
-    let _ = server.await;
-    result.context("job loop")
+    runner.run(stop).await.context("job loop")
 }

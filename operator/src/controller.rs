@@ -994,6 +994,64 @@ mod tests {
         assert_eq!(seen.len(), 4);
     }
 
+    #[tokio::test]
+    async fn an_openai_pool_mounts_and_indexes_its_docs_config_map() {
+        let mut s = spec();
+        s.executor.backend.kind = crate::crd::BackendKind::Openai;
+        s.executor.backend.openai = Some(crate::crd::OpenAiBackend {
+            base_url: "http://vllm.models:8000/v1".into(),
+            model: "qwen".into(),
+            ..Default::default()
+        });
+        s.executor.docs = Some(crate::crd::DocsSpec {
+            config_map: Some("handbook".into()),
+            ..Default::default()
+        });
+        let seen = run(
+            pool(s),
+            vec![
+                get_deployment(not_found("deployments.apps", "pool-executor")),
+                Exchange::new(Method::PATCH, CONFIG_MAP)
+                    .query(FM)
+                    .check(|body| {
+                        let data = &body["data"];
+                        assert_eq!(data["RAGPOOL_BACKEND"], "openai");
+                        assert_eq!(data["RAGPOOL_OPENAI_BASE_URL"], "http://vllm.models:8000/v1");
+                        assert_eq!(data["RAGPOOL_DOCS"], resources::DOCS_MOUNT);
+                    }),
+                Exchange::new(Method::PATCH, DEPLOYMENT)
+                    .query(FM)
+                    .check(|body| {
+                        let pod = &body["spec"]["template"]["spec"];
+                        assert_eq!(
+                            pod["volumes"],
+                            json!([
+                                {"name": "tmp", "emptyDir": {}},
+                                {"name": "docs", "configMap": {"name": "handbook"}},
+                            ])
+                        );
+                        let container = &pod["containers"][0];
+                        assert_eq!(
+                            container["volumeMounts"],
+                            json!([
+                                {"name": "tmp", "mountPath": "/tmp"},
+                                {"name": "docs", "mountPath": resources::DOCS_MOUNT, "readOnly": true},
+                            ])
+                        );
+                        // RAGPOOL_DOCS reaches the container through the ConfigMap above.
+                        assert_eq!(
+                            container["envFrom"],
+                            json!([{"configMapRef": {"name": "pool-executor", "optional": false}}])
+                        );
+                    }),
+                status_patch().query(FM),
+            ],
+            vec![Ok(obs(100, 3, 0))],
+        )
+        .await;
+        assert_eq!(seen.len(), 4);
+    }
+
     /// A pass over a new pool with the operator's default partition count `default`: the
     /// count the executors get (`RAGPOOL_PARTITIONS` in the ConfigMap, `None` when not
     /// written) and the one the pool was observed with.

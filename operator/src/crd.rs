@@ -222,6 +222,10 @@ pub struct SecretKeyRef {
 /// The executor pods.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.docs) || !has(self.backend) || !has(self.backend.builtin) || (!has(self.backend.builtin.docsConfigMap) && !has(self.backend.builtin.docsPath))", "message": "docs replaces backend.builtin.docsConfigMap and docsPath: set only docs"},
+    {"rule": "!has(self.docs) || !has(self.backend) || !has(self.backend.type) || self.backend.type != 'http'", "message": "docs needs the builtin or openai backend: the http backend's service retrieves on its own"}
+]))]
 pub struct ExecutorSpec {
     /// Container image that provides the `ragpool-executor` binary.
     #[schemars(length(min = 1, max = 1024))]
@@ -261,6 +265,10 @@ pub struct ExecutorSpec {
     /// The RAG backend the executors run tasks against.
     #[serde(default)]
     pub backend: BackendSpec,
+    /// The document corpus the executors index at start and retrieve passages from, for the
+    /// builtin and the openai backend alike.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub docs: Option<DocsSpec>,
     /// Node labels the pods must be scheduled on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<BTreeMap<String, String>>,
@@ -328,15 +336,78 @@ pub enum BackendKind {
     Http,
 }
 
+/// Where a pool's documents come from: exactly one of a ConfigMap, a PersistentVolumeClaim
+/// (either mounted read-only at `/var/lib/ragpool/docs`) or a folder in the image.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "(has(self.configMap) ? 1 : 0) + (has(self.persistentVolumeClaim) ? 1 : 0) + (has(self.path) ? 1 : 0) == 1", "message": "set exactly one of configMap, persistentVolumeClaim and path"},
+    {"rule": "!has(self.subPath) || !has(self.path)", "message": "subPath is a folder inside the mounted volume; path names a folder in the image"}
+]))]
+pub struct DocsSpec {
+    /// A ConfigMap in the pool's namespace whose keys are the documents (Markdown or text
+    /// files, 1 MiB in all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub config_map: Option<String>,
+    /// A PersistentVolumeClaim in the pool's namespace holding the documents, for corpora
+    /// beyond a ConfigMap's 1 MiB. Every executor pod mounts it read-only, so with more than
+    /// one replica on several nodes it must be ReadOnlyMany or ReadWriteMany.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub persistent_volume_claim: Option<String>,
+    /// A folder inside the ConfigMap or claim to index instead of all of it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub sub_path: Option<String>,
+    /// A folder of documents inside the container image (for an image built with its
+    /// corpus).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub path: Option<String>,
+}
+
+impl DocsSpec {
+    /// The corpus the executors index: `executor.docs`, else the builtin backend's older
+    /// `docsConfigMap` or `docsPath` (aliases of `docs.configMap` and `docs.path`), else
+    /// none. The http backend indexes nothing.
+    pub fn of(executor: &ExecutorSpec) -> Option<DocsSpec> {
+        let backend = &executor.backend;
+        if backend.kind == BackendKind::Http {
+            return None;
+        }
+        if let Some(docs) = &executor.docs {
+            return Some(docs.clone());
+        }
+        let builtin = backend
+            .builtin
+            .as_ref()
+            .filter(|_| backend.kind == BackendKind::Builtin)?;
+        match (&builtin.docs_config_map, &builtin.docs_path) {
+            (Some(map), _) => Some(DocsSpec {
+                config_map: Some(map.clone()),
+                ..DocsSpec::default()
+            }),
+            (None, Some(path)) => Some(DocsSpec {
+                path: Some(path.clone()),
+                ..DocsSpec::default()
+            }),
+            (None, None) => None,
+        }
+    }
+}
+
 /// Settings of the builtin backend.
 #[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct BuiltinBackend {
-    /// A ConfigMap in the pool's namespace whose files (Markdown or text) form the document
-    /// corpus; it is mounted at `/var/lib/ragpool/docs`.
+    /// Alias of `executor.docs.configMap`, kept for pools written before `executor.docs`:
+    /// a ConfigMap whose files form the corpus, mounted at `/var/lib/ragpool/docs`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docs_config_map: Option<String>,
-    /// Folder of documents inside the container; the image's sample corpus when unset.
+    /// Alias of `executor.docs.path`: a folder of documents inside the container. Without
+    /// either (and without `executor.docs`) the index is empty and answers use only the
+    /// context a task gives.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub docs_path: Option<String>,
 }
@@ -623,6 +694,7 @@ impl ExecutorSpec {
             resources: None,
             env: None,
             backend: BackendSpec::default(),
+            docs: None,
             node_selector: None,
             tolerations: None,
             affinity: None,
@@ -694,6 +766,7 @@ impl RagWorkerPoolSpec {
         if self.executor.termination_grace_period() <= i64::from(self.executor.drain_seconds) {
             return fail("executor.terminationGracePeriodSeconds must exceed drainSeconds");
         }
+        self.validate_docs()?;
         match self.executor.backend.kind {
             BackendKind::Openai if self.executor.backend.openai.is_none() => {
                 fail("executor.backend: type openai needs the openai settings")
@@ -703,6 +776,43 @@ impl RagWorkerPoolSpec {
             }
             _ => Ok(()),
         }
+    }
+
+    /// The rules of `executor.docs`, as its CEL expressions and the executor spec's state
+    /// them.
+    fn validate_docs(&self) -> Result<(), SpecError> {
+        let fail = |msg: &str| Err(SpecError(msg.to_owned()));
+        let executor = &self.executor;
+        let Some(docs) = &executor.docs else {
+            return Ok(());
+        };
+        let sources = [
+            docs.config_map.is_some(),
+            docs.persistent_volume_claim.is_some(),
+            docs.path.is_some(),
+        ];
+        if sources.iter().filter(|set| **set).count() != 1 {
+            return fail(
+                "executor.docs: set exactly one of configMap, persistentVolumeClaim and path",
+            );
+        }
+        if docs.sub_path.is_some() && docs.path.is_some() {
+            return fail("executor.docs: subPath is for a mounted volume, not for path");
+        }
+        if executor
+            .backend
+            .builtin
+            .as_ref()
+            .is_some_and(|b| b.docs_config_map.is_some() || b.docs_path.is_some())
+        {
+            return fail(
+                "executor.docs replaces backend.builtin.docsConfigMap and docsPath: set only docs",
+            );
+        }
+        if executor.backend.kind == BackendKind::Http {
+            return fail("executor.docs needs the builtin or openai backend");
+        }
+        Ok(())
     }
 
     /// The queue names as plain strings, in priority order.
@@ -973,6 +1083,44 @@ mod tests {
         short_grace.executor.termination_grace_period_seconds = Some(30);
         let mut openai_without_settings = fixtures::spec();
         openai_without_settings.executor.backend.kind = BackendKind::Openai;
+        let mut docs_and_alias = fixtures::spec();
+        docs_and_alias.executor.docs = Some(DocsSpec {
+            config_map: Some("a".into()),
+            ..DocsSpec::default()
+        });
+        let mut docs_ok = docs_and_alias.clone();
+        assert_eq!(docs_ok.validate(), Ok(()));
+        docs_and_alias.executor.backend.builtin = Some(BuiltinBackend {
+            docs_config_map: Some("b".into()),
+            docs_path: None,
+        });
+        let mut docs_two_sources = docs_ok.clone();
+        docs_two_sources
+            .executor
+            .docs
+            .as_mut()
+            .unwrap()
+            .persistent_volume_claim = Some("claim".into());
+        let mut docs_no_source = docs_ok.clone();
+        docs_no_source.executor.docs = Some(DocsSpec::default());
+        let mut docs_path_with_sub_path = docs_ok.clone();
+        docs_path_with_sub_path.executor.docs = Some(DocsSpec {
+            path: Some("/corpus".into()),
+            sub_path: Some("en".into()),
+            ..DocsSpec::default()
+        });
+        let mut docs_for_http = docs_ok.clone();
+        docs_for_http.executor.backend.kind = BackendKind::Http;
+        docs_for_http.executor.backend.http = Some(HttpBackend {
+            url: "http://rag:8000".into(),
+            timeout_seconds: None,
+        });
+        docs_ok.executor.docs = Some(DocsSpec {
+            persistent_volume_claim: Some("claim".into()),
+            sub_path: Some("en".into()),
+            ..DocsSpec::default()
+        });
+        assert_eq!(docs_ok.validate(), Ok(()));
         let mut too_many_partitions = fixtures::spec();
         too_many_partitions.redis.partitions = Some(65);
         let mut no_partitions = fixtures::spec();
@@ -986,6 +1134,11 @@ mod tests {
             ("idle not below min", idle_not_below_min),
             ("grace not above drain", short_grace),
             ("openai without settings", openai_without_settings),
+            ("docs and its alias", docs_and_alias),
+            ("docs from two sources", docs_two_sources),
+            ("docs from no source", docs_no_source),
+            ("docs path with subPath", docs_path_with_sub_path),
+            ("docs for the http backend", docs_for_http),
         ] {
             assert!(spec.validate().is_err(), "{name} passed validation");
         }

@@ -11,15 +11,17 @@ use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, ConfigMapEnvSource, ConfigMapVolumeSource, Container, ContainerPort,
     EmptyDirVolumeSource, EnvFromSource, EnvVar, EnvVarSource, HTTPGetAction, ObjectFieldSelector,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretKeySelector,
-    SecurityContext, Volume, VolumeMount,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecretKeySelector, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use ragpool_queue::QueueEntry;
 
-use crate::crd::{BackendKind, PriorityPolicy, RagWorkerPool, SecretKeyRef, SentinelSpec};
+use crate::crd::{
+    BackendKind, DocsSpec, PriorityPolicy, RagWorkerPool, SecretKeyRef, SentinelSpec,
+};
 
 /// The field manager of every write the operator makes.
 pub const MANAGER: &str = "ragpool-operator";
@@ -32,7 +34,8 @@ pub const SPEC_HASH_ANNOTATION: &str = "ragpool.io/spec-hash";
 pub const CONFIG_HASH_ANNOTATION: &str = "ragpool.io/config-hash";
 /// Port of the executor's `/healthz`, `/readyz` and `/metrics`.
 pub const METRICS_PORT: i32 = 9090;
-/// Where a docs ConfigMap is mounted for the builtin backend.
+/// Where a pool's docs ConfigMap or claim is mounted (`RAGPOOL_DOCS` then points here, or
+/// at the `subPath` folder under it).
 pub const DOCS_MOUNT: &str = "/var/lib/ragpool/docs";
 /// The uid and gid the executor runs as (the distroless `nonroot` user).
 const RUN_AS: i64 = 65532;
@@ -103,7 +106,21 @@ pub fn settings(pool: &RagWorkerPool) -> BTreeMap<String, String> {
         set(KEY_PREFIX_ENV, prefix.clone());
     }
     env.extend(backend_settings(pool));
+    if let Some(docs) = DocsSpec::of(executor) {
+        env.insert("RAGPOOL_DOCS".into(), docs_folder(&docs));
+    }
     env
+}
+
+/// `RAGPOOL_DOCS`: the image's folder for `path`, else the mount (or `subPath` under it).
+/// The volume is mounted whole and `subPath` only narrows what is indexed: a subPath mount
+/// would keep a ConfigMap's updates from reaching the pod.
+fn docs_folder(docs: &DocsSpec) -> String {
+    match (&docs.path, &docs.sub_path) {
+        (Some(path), _) => path.clone(),
+        (None, Some(sub)) => format!("{DOCS_MOUNT}/{}", sub.trim_matches('/')),
+        (None, None) => DOCS_MOUNT.into(),
+    }
 }
 
 /// The executor's setting for the key prefix.
@@ -140,15 +157,7 @@ fn backend_settings(pool: &RagWorkerPool) -> Vec<(String, String)> {
     let mut env = Vec::new();
     let mut set = |k: &str, v: String| env.push((k.to_owned(), v));
     match backend.kind {
-        BackendKind::Builtin => {
-            set("RAGPOOL_BACKEND", "builtin".into());
-            let builtin = backend.builtin.clone().unwrap_or_default();
-            if builtin.docs_config_map.is_some() {
-                set("RAGPOOL_DOCS", DOCS_MOUNT.into());
-            } else if let Some(path) = builtin.docs_path {
-                set("RAGPOOL_DOCS", path);
-            }
-        }
+        BackendKind::Builtin => set("RAGPOOL_BACKEND", "builtin".into()),
         BackendKind::Openai => {
             set("RAGPOOL_BACKEND", "openai".into());
             if let Some(openai) = &backend.openai {
@@ -413,15 +422,8 @@ fn pod_spec(pool: &RagWorkerPool) -> PodSpec {
 }
 
 /// The pod's volumes and the executor's mounts of them: a writable `/tmp` (the root
-/// filesystem is read-only) and, for the builtin backend, the documents ConfigMap.
+/// filesystem is read-only) and the pool's documents, when a ConfigMap or a claim holds them.
 fn volumes(pool: &RagWorkerPool) -> (Vec<Volume>, Vec<VolumeMount>) {
-    let executor = &pool.spec.executor;
-    let docs_map = executor
-        .backend
-        .builtin
-        .as_ref()
-        .and_then(|b| b.docs_config_map.clone())
-        .filter(|_| executor.backend.kind == BackendKind::Builtin);
     let mut volumes = vec![Volume {
         name: "tmp".into(),
         empty_dir: Some(EmptyDirVolumeSource::default()),
@@ -432,15 +434,8 @@ fn volumes(pool: &RagWorkerPool) -> (Vec<Volume>, Vec<VolumeMount>) {
         mount_path: "/tmp".into(),
         ..VolumeMount::default()
     }];
-    if let Some(name) = docs_map {
-        volumes.push(Volume {
-            name: "docs".into(),
-            config_map: Some(ConfigMapVolumeSource {
-                name,
-                ..ConfigMapVolumeSource::default()
-            }),
-            ..Volume::default()
-        });
+    if let Some(volume) = DocsSpec::of(&pool.spec.executor).and_then(|d| docs_volume(&d)) {
+        volumes.push(volume);
         mounts.push(VolumeMount {
             name: "docs".into(),
             mount_path: DOCS_MOUNT.into(),
@@ -449,6 +444,31 @@ fn volumes(pool: &RagWorkerPool) -> (Vec<Volume>, Vec<VolumeMount>) {
         });
     }
     (volumes, mounts)
+}
+
+/// The volume holding the documents; `None` when they are a folder in the image.
+fn docs_volume(docs: &DocsSpec) -> Option<Volume> {
+    let volume = Volume {
+        name: "docs".into(),
+        ..Volume::default()
+    };
+    if let Some(name) = &docs.config_map {
+        return Some(Volume {
+            config_map: Some(ConfigMapVolumeSource {
+                name: name.clone(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..volume
+        });
+    }
+    let claim = docs.persistent_volume_claim.as_ref()?;
+    Some(Volume {
+        persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+            claim_name: claim.clone(),
+            read_only: Some(true),
+        }),
+        ..volume
+    })
 }
 
 /// The `ragpool-executor` container: settings from the pool's ConfigMap, secrets and the
@@ -514,7 +534,9 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::crd::{BuiltinBackend, HttpBackend, QueueName, Weight};
+    use crate::crd::{
+        BuiltinBackend, HttpBackend, OpenAiBackend, QueueName, RagWorkerPoolSpec, Weight,
+    };
     use crate::fixtures::{pool, spec};
 
     fn env_of(d: &Deployment) -> Vec<EnvVar> {
@@ -771,26 +793,149 @@ mod tests {
         assert_eq!(last.as_deref(), Some("redis://other:6379"));
     }
 
+    /// A pool spec, and the `RAGPOOL_DOCS`, mounted ConfigMap and mounted claim it should get.
+    type DocsCase<'a> = (
+        &'a str,
+        RagWorkerPoolSpec,
+        Option<&'a str>,
+        Option<&'a str>,
+        Option<&'a str>,
+    );
+
+    /// The docs volume of a Deployment's pods and the executor's mount of it.
+    fn docs_of(d: &Deployment) -> (Option<Volume>, Option<VolumeMount>) {
+        let pod = pod(d);
+        let volume = pod
+            .volumes
+            .unwrap_or_default()
+            .into_iter()
+            .find(|v| v.name == "docs");
+        let mount = pod.containers[0]
+            .volume_mounts
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .find(|m| m.name == "docs");
+        (volume, mount)
+    }
+
     #[test]
-    fn docs_config_map_is_mounted_for_builtin() {
-        let mut s = spec();
-        s.executor.backend.builtin = Some(BuiltinBackend {
-            docs_config_map: Some("docs".into()),
-            docs_path: None,
+    fn docs_are_mounted_and_named_for_builtin_and_openai_alike() {
+        let openai = || {
+            let mut s = spec();
+            s.executor.backend.kind = BackendKind::Openai;
+            s.executor.backend.openai = Some(OpenAiBackend {
+                base_url: "http://vllm:8000/v1".into(),
+                model: "m".into(),
+                ..OpenAiBackend::default()
+            });
+            s
+        };
+        let config_map = |name: &str| DocsSpec {
+            config_map: Some(name.into()),
+            ..DocsSpec::default()
+        };
+        let claim = DocsSpec {
+            persistent_volume_claim: Some("corpus".into()),
+            sub_path: Some("/en/".into()),
+            ..DocsSpec::default()
+        };
+        let in_image = DocsSpec {
+            path: Some("/corpus".into()),
+            ..DocsSpec::default()
+        };
+        let alias = |map: Option<&str>, path: Option<&str>| {
+            let mut s = spec();
+            s.executor.backend.builtin = Some(BuiltinBackend {
+                docs_config_map: map.map(Into::into),
+                docs_path: path.map(Into::into),
+            });
+            s
+        };
+        let with_docs = |mut s: RagWorkerPoolSpec, docs: DocsSpec| {
+            s.executor.docs = Some(docs);
+            s
+        };
+        let mut http = with_docs(spec(), config_map("docs"));
+        http.executor.backend.kind = BackendKind::Http;
+        http.executor.backend.http = Some(HttpBackend {
+            url: "http://rag:8000".into(),
+            timeout_seconds: None,
         });
-        let p = pool(s);
-        assert_eq!(
-            settings(&p).get("RAGPOOL_DOCS").map(String::as_str),
-            Some(DOCS_MOUNT)
-        );
-        let pod = pod(&deployment(&p, 1));
-        assert!(
-            pod.volumes.unwrap_or_default().iter().any(|v| v
-                .config_map
+        let sub_folder = format!("{DOCS_MOUNT}/en");
+        let cases: Vec<DocsCase> = vec![
+            ("no docs", spec(), None, None, None),
+            ("openai, no docs", openai(), None, None, None),
+            (
+                "builtin, docs.configMap",
+                with_docs(spec(), config_map("docs")),
+                Some(DOCS_MOUNT),
+                Some("docs"),
+                None,
+            ),
+            (
+                "openai, docs.configMap",
+                with_docs(openai(), config_map("docs")),
+                Some(DOCS_MOUNT),
+                Some("docs"),
+                None,
+            ),
+            (
+                "openai, docs.persistentVolumeClaim with subPath",
+                with_docs(openai(), claim),
+                Some(&sub_folder),
+                None,
+                Some("corpus"),
+            ),
+            (
+                "openai, docs.path",
+                with_docs(openai(), in_image),
+                Some("/corpus"),
+                None,
+                None,
+            ),
+            (
+                "builtin.docsConfigMap alias",
+                alias(Some("old"), None),
+                Some(DOCS_MOUNT),
+                Some("old"),
+                None,
+            ),
+            (
+                "builtin.docsPath alias",
+                alias(None, Some("/d")),
+                Some("/d"),
+                None,
+                None,
+            ),
+            ("http ignores docs", http, None, None, None),
+        ];
+        for (case, s, folder, map, claim) in cases {
+            let p = pool(s);
+            assert_eq!(
+                settings(&p).get("RAGPOOL_DOCS").map(String::as_str),
+                folder,
+                "{case}"
+            );
+            let (volume, mount) = docs_of(&deployment(&p, 1));
+            let mounted_map = volume
                 .as_ref()
-                .map(|c| c.name.as_str())
-                == Some("docs"))
-        );
+                .and_then(|v| v.config_map.as_ref())
+                .map(|c| c.name.as_str());
+            let mounted_claim = volume
+                .as_ref()
+                .and_then(|v| v.persistent_volume_claim.as_ref())
+                .map(|c| (c.claim_name.as_str(), c.read_only));
+            assert_eq!(mounted_map, map, "{case}");
+            assert_eq!(mounted_claim, claim.map(|c| (c, Some(true))), "{case}");
+            let expected_mount = (map.is_some() || claim.is_some())
+                .then(|| (DOCS_MOUNT.to_string(), Some(true), None));
+            assert_eq!(
+                mount.map(|m| (m.mount_path, m.read_only, m.sub_path)),
+                expected_mount,
+                "{case}"
+            );
+        }
     }
 
     #[test]

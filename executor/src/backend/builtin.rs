@@ -37,11 +37,6 @@ impl BuiltinBackend {
         let index =
             DocumentIndex::build_async(config.docs.clone(), config.retrieval.max_passage_chars)
                 .await?;
-        tracing::info!(
-            documents = index.document_count(),
-            passages = index.passage_count(),
-            "document index built"
-        );
         Ok(Self::with_index(index, config))
     }
 

@@ -96,7 +96,13 @@ impl OpenAiBackend {
                 DocumentIndex::build_async(Some(docs.clone()), config.retrieval.max_passage_chars)
                     .await?,
             ),
-            None => None,
+            None => {
+                tracing::info!(
+                    "no document corpus (--docs / RAGPOOL_DOCS unset): answers are plain model \
+                     calls, without retrieved passages or citations"
+                );
+                None
+            }
         };
         let client = JsonClient::new(
             "model server",

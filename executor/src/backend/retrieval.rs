@@ -103,15 +103,26 @@ impl DocumentIndex {
         Self::from_passages(passages, documents)
     }
 
-    /// [`DocumentIndex::build`] on the blocking pool.
+    /// [`DocumentIndex::build`] on the blocking pool, logging what it indexed: an operator
+    /// sees at start whether the corpus arrived (a wrong mount shows as 0 documents).
     pub async fn build_async(
         folder: Option<PathBuf>,
         max_passage_chars: usize,
     ) -> Result<Arc<Self>, BuildError> {
-        tokio::task::spawn_blocking(move || Self::build(folder.as_deref(), max_passage_chars))
-            .await
-            .map_err(|e| BuildError::Index(format!("indexing task failed: {e}")))?
-            .map(Arc::new)
+        let shown = folder
+            .as_deref()
+            .map_or_else(|| "(none)".into(), |f| f.display().to_string());
+        let index =
+            tokio::task::spawn_blocking(move || Self::build(folder.as_deref(), max_passage_chars))
+                .await
+                .map_err(|e| BuildError::Index(format!("indexing task failed: {e}")))??;
+        tracing::info!(
+            folder = %shown,
+            documents = index.document_count(),
+            passages = index.passage_count(),
+            "document index built"
+        );
+        Ok(Arc::new(index))
     }
 
     fn from_passages(passages: Vec<Passage>, documents: usize) -> Result<Self, BuildError> {
