@@ -24,6 +24,9 @@ cargo fmt --all -- --check
 step "Helm chart (lint, render, Kubernetes and CRD schemas, RBAC, refused values)"
 scripts/chart-check.sh
 
+step "docs (every Markdown link resolves)"
+scripts/docs-check.sh
+
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
