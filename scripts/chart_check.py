@@ -512,7 +512,7 @@ def expect_ingress_hpa_netpol(objects: list[dict[str, Any]]) -> None:
     op = one(objects, "Deployment", f"{RELEASE}-operator")
     assert op["spec"]["replicas"] == 2
     op_env = env_of(op["spec"]["template"]["spec"]["containers"][0])
-    assert op_env["RAGPOOL_OPERATOR_LEADER_ELECTION"]["value"] == "true"
+    assert op_env["RAGPOOL_OPERATOR_LEADERSHIP"]["value"] == "true"
     assert op["spec"]["template"]["spec"]["topologySpreadConstraints"]
     policies = {p["metadata"]["name"]: p for p in find(objects, "NetworkPolicy")}
     assert set(policies) == {f"{RELEASE}-{n}" for n in ("api", "operator", "executors", "redis")}, set(policies)
@@ -617,7 +617,8 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("wrong type: replicas as a string", {"operator": {"replicas": "two"}}, "/operator/replicas"),
     ("wrong type: auth.enabled as a string", {"api": {"auth": {"enabled": "yes"}}}, "/api/auth/enabled"),
     ("wrong type: image.tag as a number", {"image": {"tag": 1.5}}, "/image/tag"),
-    ("two operator replicas without leader election", {"operator": {"replicas": 2, "leaderElection": False}}, "/operator/leaderElection"),
+    ("two operator replicas without leadership", {"operator": {"replicas": 2, "leadership": False}}, "/operator/leadership"),
+    ("two operator replicas without leadership, older name", {"operator": {"replicas": 2, "leaderElection": False}}, "/operator/leaderElection"),
     ("redis.url beside the bundled Redis", {"redis": {"url": "redis://r:6379"}}, "/redis/url"),
     ("no Redis at all", {"redis": {"bundled": {"enabled": False}}}, "/redis/existingSecret"),
     ("both redis.url and redis.existingSecret", {"redis": {"bundled": {"enabled": False}, "url": "redis://r:6379", "existingSecret": "s"}}, "'not' failed"),
@@ -733,6 +734,21 @@ def check_long_release_name() -> str:
     return f"longest name {longest} ({len(longest)})"
 
 
+def check_older_leadership_names() -> str:
+    """`operator.leaderElection` and `operator.leaseSeconds`, the older names of
+    `leadership` and `leadershipSeconds`, still reach the operator, and win when set."""
+    def operator_env(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        op = one(render(values), "Deployment", f"{RELEASE}-operator")
+        return env_of(op["spec"]["template"]["spec"]["containers"][0])
+    new = operator_env({"operator": {"leadership": False, "leadershipSeconds": 20}})
+    assert new["RAGPOOL_OPERATOR_LEADERSHIP"]["value"] == "false", new
+    assert new["RAGPOOL_OPERATOR_LEADERSHIP_SECONDS"]["value"] == "20", new
+    old = operator_env({"operator": {"leaderElection": False, "leaseSeconds": 40}})
+    assert old["RAGPOOL_OPERATOR_LEADERSHIP"]["value"] == "false", old
+    assert old["RAGPOOL_OPERATOR_LEADERSHIP_SECONDS"]["value"] == "40", old
+    return "leaderElection and leaseSeconds still read"
+
+
 def check_validators_catch_mistakes() -> str:
     """The validators above must be able to fail: a misspelt field, a wrong type and a value
     out of range each give an error."""
@@ -760,6 +776,7 @@ def main() -> int:
     check("helm lint --strict", check_lint)
     check("validators catch mistakes", check_validators_catch_mistakes)
     check("53-character release name", check_long_release_name)
+    check("older leadership value names", check_older_leadership_names)
     for name, values in value_sets().items():
         check(f"render {name}", lambda v=values, n=name: check_value_set(n, copy.deepcopy(v)))
     for name, values, needle in BAD_VALUES:

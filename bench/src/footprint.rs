@@ -78,7 +78,7 @@ pub async fn rows() -> anyhow::Result<Vec<Row>> {
             "idle ragpool-operator (stub Kubernetes API)",
             Guard::spawn(
                 Command::new(dir.join("ragpool-operator"))
-                    .args(["--listen", "127.0.0.1:0", "--leader-election", "false"])
+                    .args(["--listen", "127.0.0.1:0", "--leadership", "false"])
                     .env("KUBECONFIG", &kubeconfig),
             )?,
         ),

@@ -57,23 +57,24 @@ struct RunArgs {
     /// Header and body timeouts and the connection limit of that listener.
     #[command(flatten)]
     server: ServerArgs,
-    /// Elect a leader with a Lease so several replicas can run; off for a single replica.
-    #[arg(long, env = "RAGPOOL_OPERATOR_LEADER_ELECTION", default_value_t = true, action = ArgAction::Set)]
-    leader_election: bool,
-    /// Namespace of the Lease; the pod's own namespace when unset (`POD_NAMESPACE`, else the
-    /// ServiceAccount's namespace file), else the kubeconfig context's namespace.
-    #[arg(long, env = "RAGPOOL_OPERATOR_NAMESPACE")]
-    lease_namespace: Option<String>,
-    /// Name of the Lease.
-    #[arg(
-        long,
-        env = "RAGPOOL_OPERATOR_LEASE_NAME",
-        default_value = "ragpool-operator"
-    )]
-    lease_name: String,
-    /// Seconds a leader holds the Lease without renewing; it renews every third of that.
-    #[arg(long, env = "RAGPOOL_OPERATOR_LEASE_SECONDS", default_value_t = 15)]
-    lease_seconds: u64,
+    /// Leadership: elect one leader through a Lease so several replicas can run; off for a
+    /// single replica. [env: RAGPOOL_OPERATOR_LEADERSHIP, or the older
+    /// RAGPOOL_OPERATOR_LEADER_ELECTION] [default: true]
+    #[arg(long, alias = "leader-election", action = ArgAction::Set)]
+    leadership: Option<bool>,
+    /// Namespace of the leadership Lease; the pod's own namespace when unset (`POD_NAMESPACE`,
+    /// else the ServiceAccount's namespace file), else the kubeconfig context's namespace.
+    #[arg(long, alias = "lease-namespace", env = "RAGPOOL_OPERATOR_NAMESPACE")]
+    leadership_namespace: Option<String>,
+    /// Name of the leadership Lease. [env: RAGPOOL_OPERATOR_LEADERSHIP_LEASE, or the older
+    /// RAGPOOL_OPERATOR_LEASE_NAME] [default: ragpool-operator]
+    #[arg(long, alias = "lease-name")]
+    leadership_lease: Option<String>,
+    /// Seconds a leader holds the leadership Lease without renewing; it renews every third of
+    /// that. [env: RAGPOOL_OPERATOR_LEADERSHIP_SECONDS, or the older
+    /// RAGPOOL_OPERATOR_LEASE_SECONDS] [default: 15]
+    #[arg(long, alias = "lease-seconds")]
+    leadership_seconds: Option<u64>,
     /// This replica's identity in the Lease and in Events; the pod name (HOSTNAME) when unset.
     #[arg(long, env = "RAGPOOL_OPERATOR_IDENTITY")]
     identity: Option<String>,
@@ -90,6 +91,62 @@ struct RunArgs {
 enum LogFormat {
     Text,
     Json,
+}
+
+/// The leadership settings, each from its flag, else its environment variable, else the
+/// variable's older name, else its default.
+#[derive(Debug, PartialEq)]
+struct Leadership {
+    enabled: bool,
+    lease: String,
+    seconds: u64,
+}
+
+impl Leadership {
+    fn resolve(args: &RunArgs, env: impl Fn(&str) -> Option<String>) -> anyhow::Result<Leadership> {
+        let from_env = |names: [&str; 2]| {
+            names
+                .into_iter()
+                .find_map(|name| env(name).map(|value| (name.to_string(), value)))
+        };
+        let enabled = match args.leadership {
+            Some(on) => on,
+            None => match from_env([
+                "RAGPOOL_OPERATOR_LEADERSHIP",
+                "RAGPOOL_OPERATOR_LEADER_ELECTION",
+            ]) {
+                Some((name, value)) => value
+                    .parse()
+                    .with_context(|| format!("{name} must be true or false, not {value:?}"))?,
+                None => true,
+            },
+        };
+        let lease = match &args.leadership_lease {
+            Some(lease) => lease.clone(),
+            None => from_env([
+                "RAGPOOL_OPERATOR_LEADERSHIP_LEASE",
+                "RAGPOOL_OPERATOR_LEASE_NAME",
+            ])
+            .map_or_else(|| "ragpool-operator".to_string(), |(_, v)| v),
+        };
+        let seconds = match args.leadership_seconds {
+            Some(seconds) => seconds,
+            None => match from_env([
+                "RAGPOOL_OPERATOR_LEADERSHIP_SECONDS",
+                "RAGPOOL_OPERATOR_LEASE_SECONDS",
+            ]) {
+                Some((name, value)) => value.parse().with_context(|| {
+                    format!("{name} must be a number of seconds, not {value:?}")
+                })?,
+                None => 15,
+            },
+        };
+        Ok(Leadership {
+            enabled,
+            lease,
+            seconds,
+        })
+    }
 }
 
 fn init_tracing(format: LogFormat) {
@@ -173,24 +230,25 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         ))
     };
 
+    let leadership = Leadership::resolve(&args, |name| std::env::var(name).ok())?;
     // `stop` ends the controller on shutdown or when leadership is lost.
     let stop = shutdown.child_token();
-    let lock = args.leader_election.then(|| {
+    let lock = leadership.enabled.then(|| {
         let namespace = lease_namespace(
-            args.lease_namespace.as_deref(),
+            args.leadership_namespace.as_deref(),
             std::env::var("POD_NAMESPACE").ok().as_deref(),
             std::fs::read_to_string(SERVICE_ACCOUNT_NAMESPACE_FILE)
                 .ok()
                 .as_deref(),
             client.default_namespace(),
         );
-        info!(namespace = %namespace, lease = %args.lease_name, "leader election");
+        info!(namespace = %namespace, lease = %leadership.lease, "leadership election");
         LeaseLock::new(
             client.clone(),
             &namespace,
-            &args.lease_name,
+            &leadership.lease,
             &identity,
-            Duration::from_secs(args.lease_seconds.max(3)),
+            Duration::from_secs(leadership.seconds.max(3)),
         )
     });
     if let Some(lock) = &lock
@@ -203,7 +261,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let keeper = lock.map(|lock| {
         let (shutdown, stop) = (shutdown.clone(), stop.clone());
-        let every = Duration::from_secs((args.lease_seconds / 3).max(1));
+        let every = Duration::from_secs((leadership.seconds / 3).max(1));
         tokio::spawn(async move {
             lock.keep(every, &shutdown, &stop).await;
             lock
@@ -273,5 +331,109 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Some(Command::Run(args)) => run(args).await,
         None => run(cli.run).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run_args(argv: &[&str]) -> RunArgs {
+        let mut full = vec!["ragpool-operator"];
+        full.extend_from_slice(argv);
+        Cli::try_parse_from(full).expect("parses").run
+    }
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn leadership_comes_from_flags_then_new_then_old_variables_then_defaults() {
+        let defaults = Leadership::resolve(&run_args(&[]), env_of(&[])).unwrap();
+        assert_eq!(
+            defaults,
+            Leadership {
+                enabled: true,
+                lease: "ragpool-operator".into(),
+                seconds: 15
+            }
+        );
+        let old = env_of(&[
+            ("RAGPOOL_OPERATOR_LEADER_ELECTION", "false"),
+            ("RAGPOOL_OPERATOR_LEASE_NAME", "old-lease"),
+            ("RAGPOOL_OPERATOR_LEASE_SECONDS", "30"),
+        ]);
+        let from_old = Leadership::resolve(&run_args(&[]), old).unwrap();
+        assert_eq!(
+            from_old,
+            Leadership {
+                enabled: false,
+                lease: "old-lease".into(),
+                seconds: 30
+            }
+        );
+        let both = env_of(&[
+            ("RAGPOOL_OPERATOR_LEADERSHIP_SECONDS", "20"),
+            ("RAGPOOL_OPERATOR_LEASE_SECONDS", "30"),
+        ]);
+        assert_eq!(
+            Leadership::resolve(&run_args(&[]), both).unwrap().seconds,
+            20
+        );
+        let flags = run_args(&[
+            "--leadership",
+            "false",
+            "--leadership-lease",
+            "mine",
+            "--leadership-seconds",
+            "9",
+        ]);
+        let from_flags =
+            Leadership::resolve(&flags, env_of(&[("RAGPOOL_OPERATOR_LEASE_SECONDS", "30")]))
+                .unwrap();
+        assert_eq!(
+            from_flags,
+            Leadership {
+                enabled: false,
+                lease: "mine".into(),
+                seconds: 9
+            }
+        );
+    }
+
+    #[test]
+    fn the_older_flag_spellings_still_parse() {
+        let args = run_args(&[
+            "--leader-election",
+            "false",
+            "--lease-name",
+            "l",
+            "--lease-seconds",
+            "6",
+            "--lease-namespace",
+            "ns",
+        ]);
+        let l = Leadership::resolve(&args, env_of(&[])).unwrap();
+        assert_eq!((l.enabled, l.lease.as_str(), l.seconds), (false, "l", 6));
+        assert_eq!(args.leadership_namespace.as_deref(), Some("ns"));
+    }
+
+    #[test]
+    fn a_bad_leadership_variable_is_named() {
+        let err = Leadership::resolve(
+            &run_args(&[]),
+            env_of(&[("RAGPOOL_OPERATOR_LEASE_SECONDS", "soon")]),
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("RAGPOOL_OPERATOR_LEASE_SECONDS"),
+            "{err:#}"
+        );
     }
 }
