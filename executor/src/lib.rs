@@ -73,7 +73,7 @@ pub async fn run_with_backend(
     tracing::info!(addr = %listener.local_addr()?, "health and metrics listening");
     let app = health::router(health.clone(), metrics.clone());
     let server_stop = CancellationToken::new();
-    let server = tokio::spawn(ragpool_queue::http_server::serve(
+    let server = tokio::spawn(ragpool_runtime::http_server::serve(
         listener,
         app,
         settings.server.limits(),
