@@ -6,11 +6,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::cross_site::CrossSiteArgs;
-use ragpool_queue::durability::DurabilityArgs;
-use ragpool_queue::http_server::ServerArgs;
-use ragpool_queue::{
-    BrokerConfig, MAX_ENQUEUE_BATCH, PartitionArgs, QueueConfig, QueueSettings, TaskKind,
-};
+use ragpool_queue::{BrokerConfig, MAX_ENQUEUE_BATCH, QueueConfig, QueueSettings, TaskKind};
+use ragpool_runtime::DurabilityArgs;
+use ragpool_runtime::PartitionArgs;
+use ragpool_runtime::http_server::ServerArgs;
 
 /// Everything `ragpool-api` can be told. Every flag has an environment fallback.
 #[derive(Debug, Clone, clap::Args)]

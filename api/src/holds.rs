@@ -13,7 +13,7 @@ use std::net::{IpAddr, SocketAddr};
 use axum::extract::{ConnectInfo, FromRequestParts};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
-use ragpool_queue::http_server::{Slot, Slots};
+use ragpool_runtime::http_server::{Slot, Slots};
 
 use crate::auth::Caller;
 use crate::error::ApiError;

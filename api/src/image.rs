@@ -3,14 +3,14 @@
 //! GIF are accepted; the file name or declared content type of an upload is never trusted.
 //!
 //! The rules shared with the executor (one field at most, base64, which URLs and addresses
-//! are allowed) live in [`ragpool_queue::image_input`]; this module maps their refusals to
+//! are allowed) live in [`ragpool_runtime::image_input`]; this module maps their refusals to
 //! API errors. The URL check here is the first of two: DNS answers can change between
 //! submission and fetch, so the executor checks again and pins the connection.
 
 use axum::http::StatusCode;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use ragpool_queue::image_input::{self, DecodeError, ImageSource, UrlRefused};
+use ragpool_runtime::image_input::{self, DecodeError, ImageSource, UrlRefused};
 
 use crate::error::ApiError;
 use crate::state::AppState;

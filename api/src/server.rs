@@ -28,7 +28,7 @@ use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, HeaderValue, Response, header};
 use axum::{Extension, middleware};
 use ragpool_queue::Broker;
-use ragpool_queue::http_server::ServerLimits;
+use ragpool_runtime::http_server::ServerLimits;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
@@ -255,7 +255,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// flight and returns. Fails when the key configuration is invalid, or when the namespace
 /// is laid out in another partition count than `--partitions` (an unreachable Redis is no
 /// reason not to start: see [`ragpool_queue::check_layout_at_start`]). The listener's
-/// timeouts and connection limit are `config.server`'s (see [`ragpool_queue::http_server`]).
+/// timeouts and connection limit are `config.server`'s (see [`ragpool_runtime::http_server`]).
 pub async fn serve(
     config: ApiConfig,
     broker: Broker,
@@ -280,7 +280,7 @@ pub async fn serve(
         .local_addr()
         .context("reading the listen address")?;
     tracing::info!(%addr, "ragpool-api listening");
-    ragpool_queue::http_server::serve(listener, app, limits, async move {
+    ragpool_runtime::http_server::serve(listener, app, limits, async move {
         shutdown.await;
         tracing::info!("shutting down: finishing requests in flight");
         token.cancel();
@@ -310,7 +310,7 @@ async fn serve_probes(
     tracing::info!(addr = %bound, "health listening");
     let token = state.shutdown_token();
     let probes = routes::health::probe_router().with_state(state);
-    Ok(tokio::spawn(ragpool_queue::http_server::serve(
+    Ok(tokio::spawn(ragpool_runtime::http_server::serve(
         listener,
         probes,
         limits,

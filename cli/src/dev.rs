@@ -13,8 +13,8 @@ use anyhow::{Context, bail};
 use clap::{Args, Parser};
 use ragpool_api::ApiConfig;
 use ragpool_executor::settings::ExecutorSettings;
-use ragpool_queue::PartitionArgs;
 use ragpool_queue::redact::redact;
+use ragpool_runtime::PartitionArgs;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

@@ -24,7 +24,8 @@ use ragpool_operator::policy::{Decision, History, desired_replicas};
 use ragpool_operator::redis_observer::observe_queues;
 use ragpool_operator::redis_url;
 use ragpool_operator::resources::{executor_name, with_tls};
-use ragpool_queue::{Broker, BrokerConfig, PartitionArgs};
+use ragpool_queue::{Broker, BrokerConfig};
+use ragpool_runtime::PartitionArgs;
 
 /// `ragpool explain`.
 #[derive(Debug, Clone, Args)]

@@ -78,7 +78,7 @@ impl Endpoints {
         tracing::info!(addr = %listener.local_addr()?, "health and metrics listening");
         let app = health::router(health.clone(), metrics.clone());
         let stop = CancellationToken::new();
-        let server = tokio::spawn(ragpool_queue::http_server::serve(
+        let server = tokio::spawn(ragpool_runtime::http_server::serve(
             listener,
             app,
             settings.server.limits(),

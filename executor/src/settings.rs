@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use ragpool_queue::durability::DurabilityArgs;
-use ragpool_queue::http_server::ServerArgs;
-use ragpool_queue::{ClaimPolicy, PartitionArgs, QueueConfig, QueueEntry, QueueSettings};
+use ragpool_queue::{ClaimPolicy, QueueConfig, QueueEntry, QueueSettings};
+use ragpool_runtime::DurabilityArgs;
+use ragpool_runtime::PartitionArgs;
+use ragpool_runtime::http_server::ServerArgs;
 
 use crate::backend::http::checked_base_url;
 use crate::backend::{BackendConfig, BuiltinConfig, HttpConfig, OpenAiConfig, SecretString};

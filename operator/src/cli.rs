@@ -13,8 +13,8 @@ use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
 use kube::api::ListParams;
 use kube::runtime::events::Reporter;
 use kube::{Api, Client};
-use ragpool_queue::PartitionArgs;
-use ragpool_queue::http_server::ServerArgs;
+use ragpool_runtime::PartitionArgs;
+use ragpool_runtime::http_server::ServerArgs;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -222,7 +222,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             metrics: metrics.clone(),
             ready: ready.clone(),
         });
-        tokio::spawn(ragpool_queue::http_server::serve(
+        tokio::spawn(ragpool_runtime::http_server::serve(
             listener,
             app,
             args.server.limits(),

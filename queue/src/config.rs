@@ -5,9 +5,6 @@
 //! [`QueueSettings::resolve`]; the operator writes the executor's queue list with
 //! [`QueueEntry::format_list`], the inverse of [`QueueEntry::parse_list`]. The defaults live
 //! in [`QueueConfig::named`], so a queue name means the same settings everywhere.
-//!
-//! `PartitionArgs` (with the `http-server` feature) is the `--partitions` flag every
-//! process of a namespace reads the same way.
 
 use std::time::Duration;
 
@@ -231,65 +228,6 @@ impl QueueSettings {
     }
 }
 
-/// The `--partitions` flag (`RAGPOOL_PARTITIONS`) of the API, the executor, the operator and
-/// `ragpool dev`. Every process of a namespace must use the same count: the namespace records
-/// it, and a process configured with another one refuses to work ([`QueueError::Layout`]).
-#[cfg(feature = "http-server")]
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::Args)]
-pub struct PartitionArgs {
-    /// Partitions each queue is split into, each its own Redis Cluster hash slot: more
-    /// spreads the load over a cluster's masters, at the cost of one round trip per
-    /// partition for claims, stats and maintenance. `auto`: the namespace's recorded count;
-    /// for a new namespace 1 on a single Redis or Sentinel, 2 per master on a cluster. Same
-    /// count on every process of a namespace; change it with `ragpool repartition`.
-    #[arg(
-        long,
-        env = "RAGPOOL_PARTITIONS",
-        default_value = "auto",
-        value_parser = parse_partitions
-    )]
-    pub partitions: u16,
-}
-
-/// `auto` ([`crate::AUTO_PARTITIONS`]) or a count from 1 to [`crate::keys::MAX_PARTITIONS`].
-#[cfg(feature = "http-server")]
-fn parse_partitions(s: &str) -> std::result::Result<u16, String> {
-    let max = crate::keys::MAX_PARTITIONS;
-    if s.eq_ignore_ascii_case("auto") {
-        return Ok(crate::AUTO_PARTITIONS);
-    }
-    s.parse::<u16>()
-        .ok()
-        .filter(|n| (1..=max).contains(n))
-        .ok_or_else(|| format!("expected auto or a count from 1 to {max}, got {s:?}"))
-}
-
-#[cfg(feature = "http-server")]
-impl Default for PartitionArgs {
-    fn default() -> Self {
-        PartitionArgs {
-            partitions: crate::AUTO_PARTITIONS,
-        }
-    }
-}
-
-#[cfg(feature = "http-server")]
-impl PartitionArgs {
-    /// The flag's value as it is written: `auto` or the count.
-    pub fn as_arg(&self) -> String {
-        if self.partitions == crate::AUTO_PARTITIONS {
-            "auto".into()
-        } else {
-            self.partitions.to_string()
-        }
-    }
-
-    /// Sets the count on a broker's configuration.
-    pub fn apply(&self, config: &mut crate::BrokerConfig) {
-        config.partitions = self.partitions;
-    }
-}
-
 /// The start-up check of a process that serves a namespace (the API, an executor): a
 /// partition count that differs from the namespace's is an error to stop on, with
 /// [`QueueError::Layout`]'s message. Redis being unreachable is not: a process starts
@@ -405,34 +343,5 @@ mod tests {
             ..QueueSettings::default()
         };
         assert!(bad.resolve().is_err());
-    }
-
-    #[cfg(feature = "http-server")]
-    #[test]
-    fn partitions_flag_takes_one_to_the_most_and_defaults_to_auto() {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Cli {
-            #[command(flatten)]
-            partitions: PartitionArgs,
-        }
-        let parse = |args: &[&str]| {
-            Cli::try_parse_from(std::iter::once("x").chain(args.iter().copied()))
-                .map(|c| c.partitions)
-        };
-        assert_eq!(parse(&[]).unwrap(), PartitionArgs::default());
-        assert_eq!(parse(&[]).unwrap().partitions, crate::AUTO_PARTITIONS);
-        assert_eq!(
-            parse(&["--partitions", "Auto"]).unwrap().partitions,
-            crate::AUTO_PARTITIONS
-        );
-        assert_eq!(parse(&["--partitions", "64"]).unwrap().partitions, 64);
-        for bad in ["0", "65", "x"] {
-            let err = parse(&["--partitions", bad]).unwrap_err().to_string();
-            assert!(err.contains("--partitions"), "{bad}: {err}");
-        }
-        let mut config = crate::BrokerConfig::from_url("redis://127.0.0.1:1").unwrap();
-        parse(&["--partitions", "6"]).unwrap().apply(&mut config);
-        assert_eq!(config.partitions, 6);
     }
 }

@@ -73,46 +73,6 @@ impl FromStr for Durability {
     }
 }
 
-/// The `--durability` and `--replication-timeout-ms` flags every component reads, with their
-/// `RAGPOOL_*` fallbacks.
-#[cfg(feature = "http-server")]
-#[derive(Debug, Clone, PartialEq, Eq, clap::Args)]
-pub struct DurabilityArgs {
-    /// When a state change counts as done: `local` (the primary applied it) or `replicated`
-    /// (a replica acknowledged it too, `WAIT 1` after each change; survives a failover).
-    #[arg(long, env = "RAGPOOL_DURABILITY", default_value = "local")]
-    pub durability: Durability,
-
-    /// Under `replicated`: how long a change waits for a replica before it is reported not
-    /// replicated (the API answers 503, the executor retries). Below the 5 s response timeout.
-    #[arg(
-        long,
-        env = "RAGPOOL_REPLICATION_TIMEOUT_MS",
-        default_value_t = 1000,
-        value_parser = clap::value_parser!(u64).range(1..5000)
-    )]
-    pub replication_timeout_ms: u64,
-}
-
-#[cfg(feature = "http-server")]
-impl Default for DurabilityArgs {
-    fn default() -> Self {
-        DurabilityArgs {
-            durability: Durability::Local,
-            replication_timeout_ms: 1000,
-        }
-    }
-}
-
-#[cfg(feature = "http-server")]
-impl DurabilityArgs {
-    /// Sets these on a broker's configuration.
-    pub fn apply(&self, config: &mut crate::BrokerConfig) {
-        config.durability = self.durability;
-        config.replication_timeout = Duration::from_millis(self.replication_timeout_ms);
-    }
-}
-
 /// Whether a change reached a replica.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Ack {

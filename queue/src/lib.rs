@@ -24,10 +24,6 @@ mod decode;
 pub mod durability;
 pub mod error;
 pub mod events;
-#[cfg(feature = "http-server")]
-pub mod http_server;
-#[cfg(feature = "image-input")]
-pub mod image_input;
 pub mod keys;
 pub mod payload;
 pub mod redact;
@@ -43,8 +39,6 @@ pub use broker::{
     MAX_ENQUEUE_BATCH, Maintenance, NewTask, OutageClock, PayloadLimits, ReleaseOutcome, Retry,
 };
 pub use browse::{BulkOutcome, HistorySample, TaskPage, TaskSummary};
-#[cfg(feature = "http-server")]
-pub use config::PartitionArgs;
 pub use config::{
     ClaimPolicy, QueueConfig, QueueEntry, QueueSettings, check_layout_at_start, default_queues,
 };

@@ -2,8 +2,8 @@
 //! state or hold its connections.
 
 use ragpool_api::ApiConfig;
-use ragpool_queue::http_server::ServerArgs;
 use ragpool_queue::testing::ServerOptions;
+use ragpool_runtime::http_server::ServerArgs;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 

@@ -7,8 +7,8 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ragpool_queue::image_input::{self, ImageSource};
 use ragpool_queue::payload::{AnalyzeImage, CompleteAnswer, FullQuery};
+use ragpool_runtime::image_input::{self, ImageSource};
 use serde_json::Value;
 
 use super::Backend;

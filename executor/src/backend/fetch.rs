@@ -2,7 +2,7 @@
 //!
 //! The URL comes from whoever submitted the task, and the executor runs next to Redis, the
 //! model servers and the cloud metadata endpoint. Which URLs and addresses are allowed is
-//! decided by [`ragpool_queue::image_input`], the rules the API applied at submission; here
+//! decided by [`ragpool_runtime::image_input`], the rules the API applied at submission; here
 //! they are applied again at fetch time, because a DNS answer can change in between. The
 //! host is resolved and judged before every request; the connection is pinned to the
 //! addresses that were checked (no second DNS answer can swap them, and no proxy from the
@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use ragpool_queue::image_input::{self, UrlRefused};
+use ragpool_runtime::image_input::{self, UrlRefused};
 use reqwest::Url;
 
 use super::config::FetchConfig;

@@ -1,7 +1,7 @@
 //! Turning a payload's `image` / `image_url` fields into image bytes, by the rules of
-//! [`ragpool_queue::image_input`] (the same ones the API checked at submission).
+//! [`ragpool_runtime::image_input`] (the same ones the API checked at submission).
 
-use ragpool_queue::image_input::{self, DecodeError, ImageSource};
+use ragpool_runtime::image_input::{self, DecodeError, ImageSource};
 
 use super::error::BackendError;
 use super::fetch::ImageFetcher;

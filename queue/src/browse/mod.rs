@@ -7,8 +7,6 @@
 //! per chunk, so a million tasks never hold Redis for more than one chunk's time. The chart
 //! history is one sample per minute in Redis, written by whichever reader comes first.
 
-use std::collections::BTreeMap;
-
 use redis::Value;
 use serde::Serialize;
 
@@ -19,11 +17,14 @@ use crate::keys::Partition;
 use crate::scripts;
 use crate::task::{TaskId, TaskKind, TaskState};
 
+mod bulk;
+mod history;
+
+pub use bulk::{BULK_CHUNK, BulkOutcome};
+pub use history::{HISTORY_MINUTES, HistorySample};
+
 /// The largest page [`Broker::list_tasks`] returns.
 pub const MAX_PAGE: u32 = 200;
-
-/// Tasks one bulk script call touches at most.
-pub const BULK_CHUNK: u32 = 500;
 
 /// A task in a list: enough for a row of a table, never the payload or the result.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -66,71 +67,6 @@ pub struct TaskPage {
     /// Pass as `cursor` for the next page; `None` on the last page.
     pub next_cursor: Option<String>,
 }
-
-/// What a bulk action did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct BulkOutcome {
-    /// Tasks the action applied to.
-    pub done: u64,
-    /// Tasks still in the set when the call stopped (at its per-call bound); call again.
-    pub remaining: u64,
-    /// Failed tasks left failed because their payload is gone (retry only).
-    #[serde(skip_serializing_if = "is_zero")]
-    pub input_gone: u64,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
-}
-
-/// One minute's sample of a queue's running totals and wait times.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Default)]
-pub struct HistorySample {
-    /// The minute (since the epoch) the sample belongs to.
-    pub minute: u64,
-    /// When it was taken, milliseconds since the epoch (Redis server clock).
-    pub at_ms: u64,
-    pub enqueued: u64,
-    pub finished: u64,
-    pub failed: u64,
-    pub wait_p50_ms: f64,
-    pub wait_p95_ms: f64,
-    pub processing_p50_ms: f64,
-}
-
-impl HistorySample {
-    fn encode(&self) -> String {
-        format!(
-            "{} {} {} {} {} {} {}",
-            self.at_ms,
-            self.enqueued,
-            self.finished,
-            self.failed,
-            self.wait_p50_ms,
-            self.wait_p95_ms,
-            self.processing_p50_ms
-        )
-    }
-
-    fn decode(minute: &str, value: &str) -> Option<HistorySample> {
-        let mut parts = value.split(' ');
-        let mut next = || parts.next();
-        Some(HistorySample {
-            minute: minute.parse().ok()?,
-            at_ms: next()?.parse().ok()?,
-            enqueued: next()?.parse().ok()?,
-            finished: next()?.parse().ok()?,
-            failed: next()?.parse().ok()?,
-            wait_p50_ms: next()?.parse().ok()?,
-            wait_p95_ms: next()?.parse().ok()?,
-            processing_p50_ms: next()?.parse().ok()?,
-        })
-    }
-}
-
-/// How many minutes of history are kept.
-pub const HISTORY_MINUTES: u64 = 61;
 
 /// True when `cursor` has the shape of a `next_cursor` (so a caller can refuse it with a
 /// clear message before asking Redis).
@@ -324,183 +260,6 @@ impl Broker {
             rows.iter().map(summary).collect::<Result<_>>()?,
         ))
     }
-
-    /// Puts failed tasks of `queue` back on it with their attempts reset, oldest first, in
-    /// chunks of [`BULK_CHUNK`] (one atomic script call each), until none is left or `max`
-    /// have been handled. Failed tasks whose payload is gone stay failed and are counted in
-    /// [`BulkOutcome::input_gone`].
-    pub async fn retry_failed(&self, queue: &str, max: u64) -> Result<BulkOutcome> {
-        let index = |part: &Partition| part.queue(queue).failed;
-        self.in_partitions(max, index, |part, max| {
-            self.retry_failed_in(part, queue, max)
-        })
-        .await
-    }
-
-    /// [`Broker::retry_failed`] in one partition: chunks, each starting behind the tasks
-    /// earlier chunks passed over.
-    async fn retry_failed_in(
-        &self,
-        part: &Partition,
-        queue: &str,
-        max: u64,
-    ) -> Result<BulkOutcome> {
-        let qk = part.queue(queue);
-        let mut out = BulkOutcome::default();
-        let mut handled = 0;
-        loop {
-            let chunk = (max - handled).min(u64::from(BULK_CHUNK));
-            let mut call = scripts::RETRY_FAILED.key(&qk.failed);
-            call.key(&qk.ready)
-                .key(&qk.signal)
-                .key(part.seq())
-                .key(part.events())
-                .key(part.queued_bytes())
-                .arg(part.prefix())
-                .arg(chunk)
-                .arg(out.input_gone);
-            let (reply, ack) = self.change(&call).await?;
-            let [done, left, gone] = decode::status(&reply)?
-                .iter()
-                .map(|v| v.parse().unwrap_or(0))
-                .collect::<Vec<u64>>()[..]
-            else {
-                return Err(QueueError::Corrupt(format!(
-                    "retry_failed replied {reply:?}"
-                )));
-            };
-            ack.require()?;
-            out.done += done;
-            out.input_gone += gone;
-            out.remaining = left;
-            handled += chunk;
-            if left == 0 || handled >= max {
-                return Ok(out);
-            }
-        }
-    }
-
-    /// Runs a bulk action on each partition in turn (over the set `index` names), sharing
-    /// `max` between them.
-    async fn in_partitions<'a, F, Fut>(
-        &'a self,
-        max: u64,
-        index: impl Fn(&Partition) -> String,
-        action: F,
-    ) -> Result<BulkOutcome>
-    where
-        F: Fn(&'a Partition, u64) -> Fut,
-        Fut: std::future::Future<Output = Result<BulkOutcome>>,
-    {
-        let mut out = BulkOutcome::default();
-        for part in self.keys().partitions() {
-            let left = max - out.done.min(max);
-            if left == 0 {
-                // Out of budget: count what this partition still holds without touching it.
-                let held: u64 = redis::cmd("ZCARD")
-                    .arg(index(part))
-                    .query_async(&mut self.conn())
-                    .await?;
-                out.remaining += held;
-                continue;
-            }
-            let o = action(part, left).await?;
-            out.done += o.done;
-            out.remaining += o.remaining;
-            out.input_gone += o.input_gone;
-        }
-        Ok(out)
-    }
-
-    /// Deletes ended tasks of `queue` in `state` (finished, failed or canceled) before their
-    /// TTL, oldest first, in chunks of [`BULK_CHUNK`], until none is left or `max` have been
-    /// handled.
-    pub async fn purge(&self, queue: &str, state: TaskState, max: u64) -> Result<BulkOutcome> {
-        if !state.is_terminal() {
-            return Err(QueueError::WrongState {
-                id: queue.to_string(),
-                state: state.to_string(),
-                action: "purge",
-            });
-        }
-        let index = |part: &Partition| Self::state_index(part, queue, state);
-        self.in_partitions(max, index, |part, max| async move {
-            let index = Self::state_index(part, queue, state);
-            self.in_chunks(max, "purge", |chunk| {
-                let mut call = scripts::PURGE.key(&index);
-                call.arg(part.prefix()).arg(state.as_str()).arg(chunk);
-                call
-            })
-            .await
-        })
-        .await
-    }
-
-    /// Runs a bulk script (replying `{done, remaining}`) for chunks of at most [`BULK_CHUNK`]
-    /// until nothing remains or `max` have been handled. Each chunk is a state change of its
-    /// own: under `replicated` an unconfirmed one fails the call, and calling again redoes
-    /// whatever a failover lost.
-    async fn in_chunks(
-        &self,
-        max: u64,
-        what: &str,
-        call: impl Fn(u64) -> redis::ScriptInvocation<'static>,
-    ) -> Result<BulkOutcome> {
-        let mut out = BulkOutcome::default();
-        let mut handled = 0;
-        loop {
-            let chunk = (max - handled).min(u64::from(BULK_CHUNK));
-            let (reply, ack) = self.change(&call(chunk)).await?;
-            let (done, left) = pair(&reply, what)?;
-            ack.require()?;
-            out.done += done;
-            out.remaining = left;
-            handled += chunk;
-            if left == 0 || handled >= max {
-                return Ok(out);
-            }
-        }
-    }
-
-    /// Stores `sample` as its minute's entry unless another reader stored one first, drops
-    /// entries older than [`HISTORY_MINUTES`], and returns what is kept, oldest first.
-    pub async fn record_history(
-        &self,
-        queue: &str,
-        sample: &HistorySample,
-    ) -> Result<Vec<HistorySample>> {
-        let reply: Value = scripts::HISTORY
-            .key(history_key(self, queue))
-            .arg(sample.minute)
-            .arg(sample.encode())
-            .arg(HISTORY_MINUTES)
-            .invoke_async(&mut self.conn())
-            .await?;
-        let kept: BTreeMap<u64, HistorySample> = decode::pairs(&reply)?
-            .iter()
-            .filter_map(|(minute, value)| HistorySample::decode(minute, value))
-            .map(|s| (s.minute, s))
-            .collect();
-        Ok(kept.into_values().collect())
-    }
-
-    /// The Redis server's clock, milliseconds since the epoch.
-    pub async fn server_time_ms(&self) -> Result<u64> {
-        let (secs, micros): (u64, u64) = redis::cmd("TIME").query_async(&mut self.conn()).await?;
-        Ok(secs * 1000 + micros / 1000)
-    }
-}
-
-/// `{ns}:q:<queue>:history`: HASH minute → sample (see `history.lua`).
-fn history_key(broker: &Broker, queue: &str) -> String {
-    broker.keys().history(queue)
-}
-
-fn pair(reply: &Value, script: &str) -> Result<(u64, u64)> {
-    match decode::status(reply)?.as_slice() {
-        [a, b] => Ok((a.parse().unwrap_or(0), b.parse().unwrap_or(0))),
-        other => Err(QueueError::Corrupt(format!("{script} replied {other:?}"))),
-    }
 }
 
 #[cfg(test)]
@@ -515,26 +274,5 @@ mod tests {
         for bad in ["", "12", "x:y", &format!("inf:{id}"), "12:not-a-uuid"] {
             assert!(parse_cursor(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn history_samples_round_trip() {
-        let s = HistorySample {
-            minute: 28_000_000,
-            at_ms: 1_680_000_001_234,
-            enqueued: 10,
-            finished: 8,
-            failed: 1,
-            wait_p50_ms: 12.5,
-            wait_p95_ms: 40.0,
-            processing_p50_ms: 300.0,
-        };
-        assert_eq!(
-            HistorySample::decode("28000000", &s.encode()),
-            Some(s),
-            "{}",
-            s.encode()
-        );
-        assert_eq!(HistorySample::decode("1", "garbage"), None);
     }
 }

@@ -1,8 +1,8 @@
 //! Serving an axum router to clients that may be hostile: a header timeout, a body timeout,
 //! a cap on open connections and on those of one peer address, with a graceful shutdown.
 //!
-//! It lives here, behind the `http-server` feature, because `ragpool-queue` is the one crate
-//! every component links: the API, the executor's health and metrics listener and the
+//! It lives in `ragpool-runtime`, the crate every component links for what they share
+//! beyond the queue protocol: the API, the executor's health and metrics listener and the
 //! operator's all serve through [`serve`], so the limits are written once and every
 //! listener has them. Plain `axum::serve` sets none, and an idle or half-sent connection is
 //! then held until file descriptors run out.

@@ -21,7 +21,7 @@
 //! (a cluster cannot block on keys of several slots in one command); a token taken after the
 //! consumer stopped waiting is pushed back for another consumer.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use redis::Value;
@@ -32,11 +32,16 @@ use crate::config::ClaimPolicy;
 use crate::conn::Conn;
 use crate::decode;
 use crate::error::{QueueError, Result};
-use crate::events::AbortOnDrop;
 use crate::keys::Partition;
 use crate::payload::Payload;
 use crate::scripts;
 use crate::task::{Task, TaskError, TaskId};
+
+mod plan;
+mod wait;
+
+use plan::plan_turns;
+use wait::Watch;
 
 /// Who claims, from which queues, how.
 #[derive(Debug, Clone)]
@@ -71,14 +76,6 @@ pub struct Consumer {
     blocking: tokio::sync::Mutex<Option<Conn>>,
     /// With several partitions: the per-partition waiters, started on the first wait.
     watch: tokio::sync::Mutex<Option<Watch>>,
-}
-
-/// The per-partition `BLPOP` loops of a consumer with several partitions.
-struct Watch {
-    /// True while the consumer waits: a waiter blocks only then.
-    waiting: tokio::sync::watch::Sender<bool>,
-    woken: Arc<tokio::sync::Notify>,
-    _waiters: Vec<AbortOnDrop>,
 }
 
 /// Longest single `BLPOP`, so a consumer notices a dropped connection and tasks made ready
@@ -380,207 +377,5 @@ impl Consumer {
             }
             self.wait_for_signal(remaining.min(MAX_BLOCK)).await?;
         }
-    }
-
-    /// Waits until a task may be ready on one of the queues, or `wait` (at most 5 s) passes;
-    /// then call [`Consumer::try_claim`]. Unlike a claim, this wait may be abandoned at any
-    /// point (a shutdown) without losing a task.
-    pub async fn wait_for_work(&self, wait: Duration) -> Result<()> {
-        self.wait_for_signal(wait.min(MAX_BLOCK)).await
-    }
-
-    /// Blocks until one of the queues' wake-up lists has a token, or `wait` passes.
-    async fn wait_for_signal(&self, wait: Duration) -> Result<()> {
-        if self.broker.keys().count() > 1 {
-            return self.wait_in_partitions(wait).await;
-        }
-        let mut guard = self.blocking.lock().await;
-        let established = guard.is_some();
-        let conn = match guard.as_mut() {
-            Some(conn) => conn,
-            None => guard.insert(Conn::open(&self.broker.config().target, None).await?),
-        };
-        let part = &self.broker.keys().partitions()[0];
-        let mut cmd = redis::cmd("BLPOP");
-        for name in &self.config.queues {
-            cmd.arg(part.queue(name).signal);
-        }
-        // BLPOP takes seconds as a decimal; 0 would mean forever.
-        cmd.arg(format!("{:.3}", wait.as_secs_f64().max(0.01)));
-        let result: redis::RedisResult<Value> = cmd.query_async(conn).await;
-        if let Err(e) = result {
-            // Open a fresh connection next time rather than trusting this one.
-            *guard = None;
-            // A connection that worked and was cut (a failover demoting the primary ends its
-            // blocked commands) counts as a wake-up: the caller claims again, on the
-            // multiplexed connection, which reports a real outage.
-            if established && (e.is_connection_dropped() || e.code() == Some("UNBLOCKED")) {
-                return Ok(());
-            }
-            return Err(e.into());
-        }
-        Ok(())
-    }
-
-    /// [`Consumer::wait_for_signal`] with several partitions: the per-partition waiters
-    /// block while this call waits, and the first token ends it.
-    async fn wait_in_partitions(&self, wait: Duration) -> Result<()> {
-        let mut guard = self.watch.lock().await;
-        let watch = guard.get_or_insert_with(|| self.start_watch());
-        let woken = watch.woken.clone();
-        watch.waiting.send_replace(true);
-        let _ = tokio::time::timeout(wait, woken.notified()).await;
-        watch.waiting.send_replace(false);
-        Ok(())
-    }
-
-    fn start_watch(&self) -> Watch {
-        let (waiting, _) = tokio::sync::watch::channel(false);
-        let woken = Arc::new(tokio::sync::Notify::new());
-        let waiters = self
-            .broker
-            .keys()
-            .partitions()
-            .iter()
-            .map(|part| {
-                let signals: Vec<String> = self
-                    .config
-                    .queues
-                    .iter()
-                    .map(|q| part.queue(q).signal)
-                    .collect();
-                AbortOnDrop(tokio::spawn(watch_partition(
-                    self.broker.config().target.clone(),
-                    signals,
-                    waiting.subscribe(),
-                    woken.clone(),
-                )))
-            })
-            .collect();
-        Watch {
-            waiting,
-            woken,
-            _waiters: waiters,
-        }
-    }
-}
-
-/// One partition's waiter: while the consumer waits, `BLPOP` on the partition's wake-up
-/// lists; a token wakes the consumer, or goes back when the consumer no longer waits.
-async fn watch_partition(
-    target: crate::conn::RedisTarget,
-    signals: Vec<String>,
-    mut waiting: tokio::sync::watch::Receiver<bool>,
-    woken: Arc<tokio::sync::Notify>,
-) {
-    let mut conn: Option<Conn> = None;
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        if waiting.wait_for(|w| *w).await.is_err() {
-            return;
-        }
-        let c = match conn.as_mut() {
-            Some(c) => c,
-            None => match Conn::open(&target, None).await {
-                Ok(c) => conn.insert(c),
-                Err(e) => {
-                    tracing::debug!(error = %e, "wake-up connection failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_BLOCK);
-                    continue;
-                }
-            },
-        };
-        let mut cmd = redis::cmd("BLPOP");
-        cmd.arg(&signals)
-            .arg(format!("{:.3}", MAX_BLOCK.as_secs_f64()));
-        match cmd.query_async::<Option<(String, String)>>(c).await {
-            Ok(Some((key, _))) => {
-                backoff = Duration::from_millis(100);
-                if *waiting.borrow() {
-                    woken.notify_one();
-                } else {
-                    // Taken for a consumer that stopped waiting: another may want it.
-                    let pushed: redis::RedisResult<()> =
-                        redis::cmd("LPUSH").arg(&key).arg("1").query_async(c).await;
-                    if pushed.is_err() {
-                        conn = None;
-                    }
-                }
-            }
-            Ok(None) => backoff = Duration::from_millis(100),
-            Err(e) => {
-                // Wake the consumer: its next claim reports a real outage.
-                tracing::debug!(error = %e, "waiting for a wake-up failed");
-                conn = None;
-                woken.notify_one();
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BLOCK);
-            }
-        }
-    }
-}
-
-/// Assigns each turn (its first queue, as a position in `order`) to a partition: the turn
-/// takes the first queue in its preference (its first, then `order`) that holds a ready task
-/// anywhere, and of that queue the oldest head across the partitions. `heads[p][q]` are the
-/// queue times of partition p's first ready tasks of configured queue q, oldest first.
-/// Returns, per partition, the turns it got as (turn number, first-queue position), in turn
-/// order; turns stop once every queue is empty.
-fn plan_turns(
-    heads: Vec<Vec<Vec<f64>>>,
-    order: &[usize],
-    firsts: &[usize],
-) -> Vec<Vec<(usize, usize)>> {
-    let n = heads.len();
-    // How many of each partition's heads of each queue are taken by earlier turns.
-    let mut taken: Vec<Vec<usize>> = heads.iter().map(|h| vec![0; h.len()]).collect();
-    let mut plan = vec![Vec::new(); n];
-    for (turn, &first) in firsts.iter().enumerate() {
-        let pick = std::iter::once(first)
-            .chain((0..order.len()).filter(|&i| i != first))
-            .find_map(|pos| {
-                let q = order[pos];
-                (0..n)
-                    .filter_map(|p| heads[p][q].get(taken[p][q]).map(|&t| (t, p)))
-                    .min_by(|a, b| a.0.total_cmp(&b.0))
-                    .map(|(_, p)| (pos, p))
-            });
-        let Some((pos, p)) = pick else { break };
-        taken[p][order[pos]] += 1;
-        plan[p].push((turn, pos));
-    }
-    plan
-}
-
-#[cfg(test)]
-mod tests {
-    use super::plan_turns;
-
-    #[test]
-    fn turns_follow_the_policy_across_partitions() {
-        // Two partitions, queues 0 (high) and 1 (low); strict order, three turns.
-        let heads = vec![
-            vec![vec![], vec![1.0, 2.0, 3.0]],
-            vec![vec![5.0, 6.0], vec![]],
-        ];
-        let plan = plan_turns(heads, &[0, 1], &[0, 0, 0]);
-        // Both high-priority tasks (partition 1) before any low one (partition 0).
-        assert_eq!(plan, vec![vec![(2, 1)], vec![(0, 0), (1, 0)]]);
-    }
-
-    #[test]
-    fn the_oldest_head_goes_first_whatever_its_partition() {
-        let heads = vec![vec![vec![2.0, 5.0]], vec![vec![1.0, 3.0]], vec![vec![4.0]]];
-        let plan = plan_turns(heads, &[0], &[0, 0, 0, 0]);
-        // Times 1 (p1), 2 (p0), 3 (p1), 4 (p2).
-        assert_eq!(plan, vec![vec![(1, 0)], vec![(0, 0), (2, 0)], vec![(3, 0)]]);
-    }
-
-    #[test]
-    fn planning_stops_when_every_queue_is_empty() {
-        let heads = vec![vec![vec![], vec![7.0]], vec![vec![], vec![]]];
-        let plan = plan_turns(heads, &[0, 1], &[0, 0, 0]);
-        assert_eq!(plan, vec![vec![(0, 1)], vec![]]);
     }
 }

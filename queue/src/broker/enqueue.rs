@@ -1,0 +1,283 @@
+//! Enqueueing: one task or a batch, spread over the partitions, bounded by the payload
+//! limits.
+
+use std::sync::atomic::Ordering;
+
+use super::{Broker, PayloadLimits, millis, never_ran};
+use crate::config::QueueConfig;
+use crate::decode;
+use crate::error::{PayloadLimit, QueueError, Result};
+use crate::keys::Partition;
+use crate::payload::Payload;
+use crate::scripts;
+use crate::task::TaskId;
+
+/// A new task to enqueue. Its kind, and so its queue, is its payload's variant.
+#[derive(Debug, Clone)]
+pub struct NewTask {
+    pub payload: Payload,
+    /// While a task created with this key is kept, enqueueing with the same key returns it.
+    pub idempotency_key: Option<String>,
+    pub owner: Option<String>,
+}
+
+impl NewTask {
+    pub fn new(payload: impl Into<Payload>) -> Self {
+        NewTask {
+            payload: payload.into(),
+            idempotency_key: None,
+            owner: None,
+        }
+    }
+}
+
+/// What [`Broker::enqueue`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Enqueued {
+    pub id: TaskId,
+    pub queue: String,
+    /// False when an idempotency key matched a task that already exists.
+    pub created: bool,
+}
+
+/// The most tasks one enqueue script call carries. [`Broker::enqueue_many`] splits larger
+/// batches, so one call never holds Redis for long (about a millisecond per few hundred
+/// tasks) and its argument lists stay well inside Lua's stack.
+pub const MAX_ENQUEUE_BATCH: usize = 1000;
+
+impl Broker {
+    /// Puts a new task on its queue, or returns the task an idempotency key already names.
+    pub async fn enqueue(&self, new: NewTask) -> Result<Enqueued> {
+        let mut done = self.enqueue_many(vec![new]).await?;
+        done.pop()
+            .ok_or_else(|| QueueError::Corrupt("enqueue replied with no task".into()))
+    }
+
+    /// Puts many tasks on their queues (any mix of kinds), in one script call per
+    /// [`MAX_ENQUEUE_BATCH`] tasks, so a batch costs one round trip rather than one per task.
+    /// The answers are in the order of `tasks`. Idempotency keys work as in
+    /// [`Broker::enqueue`], within the batch too: a second task with a key an earlier one
+    /// used gets the earlier one's id, with `created: false`. Tasks of one queue keep their
+    /// order in it. A batch of at most [`MAX_ENQUEUE_BATCH`] tasks is written atomically;
+    /// nothing is sent for an empty one.
+    pub async fn enqueue_many(&self, tasks: Vec<NewTask>) -> Result<Vec<Enqueued>> {
+        let mut out = Vec::with_capacity(tasks.len());
+        let mut tasks = tasks.into_iter().peekable();
+        while tasks.peek().is_some() {
+            let chunk: Vec<NewTask> = tasks.by_ref().take(MAX_ENQUEUE_BATCH).collect();
+            out.extend(self.enqueue_chunk(chunk).await?);
+        }
+        Ok(out)
+    }
+
+    /// Enqueues a chunk: one script call per partition it touches, run side by side. A task
+    /// with an idempotency key goes to that key's partition; the others of the chunk go
+    /// together to the next partition in turn, so a chunk without keys is one atomic call.
+    async fn enqueue_chunk(&self, tasks: Vec<NewTask>) -> Result<Vec<Enqueued>> {
+        self.check_layout().await?;
+        let keys = self.keys();
+        let parts = keys.partitions();
+        if parts.len() == 1 {
+            return self.enqueue_in(&parts[0], &tasks).await;
+        }
+        let turn = self.inner.next_partition.fetch_add(1, Ordering::Relaxed) % parts.len();
+        // Per partition the tasks whose key puts them there; last, the tasks without a key,
+        // which may go to any partition.
+        let mut groups: Vec<(Vec<usize>, Vec<NewTask>)> = vec![Default::default(); parts.len() + 1];
+        for (i, new) in tasks.into_iter().enumerate() {
+            let g = match &new.idempotency_key {
+                Some(key) => usize::from(keys.of_idempotency(key).index()),
+                None => parts.len(),
+            };
+            groups[g].0.push(i);
+            groups[g].1.push(new);
+        }
+        let calls = groups
+            .into_iter()
+            .enumerate()
+            .filter(|(_, (at, _))| !at.is_empty())
+            .map(|(g, (at, tasks))| async move {
+                let done = match parts.get(g) {
+                    Some(part) => self.enqueue_in(part, &tasks).await,
+                    None => self.enqueue_anywhere(turn, &tasks).await,
+                };
+                done.map(|done| (at, done))
+            });
+        let mut out: Vec<Option<Enqueued>> = Vec::new();
+        for (at, done) in futures::future::try_join_all(calls).await? {
+            for (i, e) in at.into_iter().zip(done) {
+                if out.len() <= i {
+                    out.resize(i + 1, None);
+                }
+                out[i] = Some(e);
+            }
+        }
+        out.into_iter()
+            .map(|e| e.ok_or_else(|| QueueError::Corrupt("enqueue left out a task".into())))
+            .collect()
+    }
+
+    /// Enqueues tasks without idempotency keys in partition `first`, or, while a partition's
+    /// server refuses before running anything (a cluster master down: connection refused,
+    /// `CLUSTERDOWN`), in the next one: a master away costs its partitions, not submissions.
+    /// An error that may come after the script ran is returned, never retried elsewhere,
+    /// since that could create the tasks twice. A partition whose share of a payload limit
+    /// is full wrote nothing either: the next one is tried, and the first refusal is
+    /// returned when every share is full.
+    async fn enqueue_anywhere(&self, first: usize, tasks: &[NewTask]) -> Result<Vec<Enqueued>> {
+        let parts = self.keys().partitions();
+        let (mut unreachable, mut full) = (None, None);
+        for p in (0..parts.len()).map(|i| (first + i) % parts.len()) {
+            match self.enqueue_in(&parts[p], tasks).await {
+                Err(QueueError::Redis(e)) if never_ran(&e) => {
+                    tracing::debug!(partition = p, error = %e, "partition unavailable; trying the next");
+                    unreachable = Some(QueueError::Redis(e));
+                }
+                Err(e @ QueueError::PayloadLimit { .. }) => {
+                    full.get_or_insert(e);
+                }
+                done => return done,
+            }
+        }
+        Err(full
+            .or(unreachable)
+            .unwrap_or_else(|| QueueError::Corrupt("no partition to enqueue in".into())))
+    }
+
+    /// One call of the enqueue script in one partition (see `lua/enqueue.lua`).
+    async fn enqueue_in(&self, part: &Partition, tasks: &[NewTask]) -> Result<Vec<Enqueued>> {
+        let mut queues: Vec<&QueueConfig> = Vec::new();
+        let mut prepared = Vec::with_capacity(tasks.len());
+        for new in tasks {
+            let q = self.queue(new.payload.kind().queue())?;
+            let index = match queues.iter().position(|known| known.name == q.name) {
+                Some(i) => i,
+                None => {
+                    queues.push(q);
+                    queues.len() - 1
+                }
+            };
+            prepared.push((index + 1, StoredInput::of(&new.payload)?, new));
+        }
+        let limits = &self.inner.config.payload_limits;
+        let share = |limit| PayloadLimits::share(limit, part.index(), self.keys().count());
+        let mut invocation = scripts::ENQUEUE.key(part.events());
+        invocation
+            .key(part.seq())
+            .key(part.queues())
+            .key(part.queued_bytes());
+        for q in &queues {
+            let qk = part.queue(&q.name);
+            invocation.key(qk.ready).key(qk.counters).key(qk.signal);
+        }
+        invocation
+            .arg(part.prefix())
+            .arg(queues.len())
+            .arg(share(limits.namespace))
+            .arg(share(limits.per_key));
+        for q in &queues {
+            invocation
+                .arg(&q.name)
+                .arg(q.max_attempts)
+                .arg(millis(q.timeout))
+                .arg(millis(q.result_ttl))
+                .arg(millis(q.failure_ttl))
+                .arg(millis(q.backoff_base))
+                .arg(millis(q.backoff_max))
+                .arg(millis(q.keep_payload));
+        }
+        for (queue, input, new) in prepared {
+            let id = part.new_task_id();
+            let idem = new.idempotency_key.as_deref().unwrap_or_default();
+            invocation
+                .key(part.task(id.as_str()))
+                .key(if idem.is_empty() {
+                    part.seq()
+                } else {
+                    part.idempotency(idem)
+                })
+                .key(part.payload(id.as_str()));
+            invocation
+                .arg(id.as_str())
+                .arg(queue)
+                .arg(new.payload.kind().as_str())
+                .arg(input.json)
+                .arg(idem)
+                .arg(new.owner.as_deref().unwrap_or_default())
+                .arg(input.summary.bytes)
+                .arg(
+                    input
+                        .summary
+                        .image_bytes
+                        .map(|n| n.to_string())
+                        .unwrap_or_default(),
+                )
+                .arg(input.summary.image_type.unwrap_or_default())
+                .arg(input.summary.sha256)
+                .arg(input.brief);
+        }
+        let (reply, ack) = self.change(&invocation).await?;
+        let reply = decode::status(&reply)?;
+        if let Some(refused) = self.over_limit(&reply) {
+            return Err(refused);
+        }
+        ack.require()?;
+        reply
+            .chunks(3)
+            .map(|answer| match answer {
+                [created, id, queue] => Ok(Enqueued {
+                    id: id.parse()?,
+                    queue: queue.clone(),
+                    created: created == "1",
+                }),
+                other => Err(QueueError::Corrupt(format!("enqueue replied {other:?}"))),
+            })
+            .collect()
+    }
+
+    /// The enqueue script's refusal `{'over_limit', which, share, queued, asked}`, if that is
+    /// what it replied.
+    fn over_limit(&self, reply: &[String]) -> Option<QueueError> {
+        let [code, which, share, queued, asked] = reply else {
+            return None;
+        };
+        if code != "over_limit" {
+            return None;
+        }
+        let limits = &self.inner.config.payload_limits;
+        let num = |v: &String| v.parse().unwrap_or(0);
+        Some(QueueError::PayloadLimit {
+            limit: if which == "owner" {
+                PayloadLimit::PerKey(limits.per_key)
+            } else {
+                PayloadLimit::Namespace(limits.namespace)
+            },
+            share: num(share),
+            shares: self.keys().count(),
+            queued: num(queued),
+            asked: num(asked),
+        })
+    }
+}
+
+/// A payload in the forms the enqueue script stores: the payload, its brief and its summary.
+struct StoredInput {
+    json: String,
+    brief: String,
+    summary: crate::payload::InputSummary,
+}
+
+impl StoredInput {
+    fn of(payload: &Payload) -> Result<StoredInput> {
+        let encode = |p: &Payload| {
+            p.to_json()
+                .map_err(|e| QueueError::Corrupt(format!("payload does not serialize: {e}")))
+        };
+        let json = encode(payload)?;
+        Ok(StoredInput {
+            brief: encode(&payload.brief())?,
+            summary: payload.summary(&json),
+            json,
+        })
+    }
+}
