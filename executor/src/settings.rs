@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use ragpool_queue::durability::DurabilityArgs;
 use ragpool_queue::http_server::ServerArgs;
-use ragpool_queue::{ClaimPolicy, PartitionArgs, QueueConfig, QueueEntry, QueueSettings};
+use ragpool_queue::{ClaimPolicy, PartitionArgs, QueueConfig, QueueEntry, QueueSettings, TaskKind};
 
 use crate::backend::http::checked_base_url;
 use crate::backend::{BackendConfig, BuiltinConfig, HttpConfig, OpenAiConfig, SecretString};
@@ -49,7 +49,7 @@ pub struct ExecutorSettings {
     #[arg(
         long,
         env = "RAGPOOL_QUEUES",
-        default_value = "image_analysis,answer_generation,full_query",
+        default_value = TaskKind::default_queue_list(),
         value_delimiter = ','
     )]
     pub queues: Vec<String>,
