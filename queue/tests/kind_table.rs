@@ -17,9 +17,12 @@ fn wire_names_are_the_serde_names_and_parse_back() {
     assert!("no_such_kind".parse::<TaskKind>().is_err());
 }
 
+/// A column of the table: its name and how to read it from a kind.
+type Column = (&'static str, fn(TaskKind) -> &'static str);
+
 #[test]
 fn every_name_of_a_kind_is_unique() {
-    let columns: [(&str, fn(TaskKind) -> &'static str); 5] = [
+    let columns: [Column; 5] = [
         ("name", |k| k.descriptor().name),
         ("queue", |k| k.descriptor().queue),
         ("api_path", |k| k.descriptor().api_path),
