@@ -289,7 +289,7 @@ pub struct QueueFlags {
     #[arg(
         long,
         env = "RAGPOOL_IMAGE_ANALYSIS_TIMEOUT_SECONDS",
-        default_value_t = 600
+        default_value_t = TaskKind::AnalyzeImage.descriptor().timeout_secs
     )]
     pub image_analysis_timeout_seconds: u64,
 
@@ -297,7 +297,7 @@ pub struct QueueFlags {
     #[arg(
         long,
         env = "RAGPOOL_ANSWER_GENERATION_TIMEOUT_SECONDS",
-        default_value_t = 600
+        default_value_t = TaskKind::CompleteAnswer.descriptor().timeout_secs
     )]
     pub answer_generation_timeout_seconds: u64,
 
@@ -305,7 +305,7 @@ pub struct QueueFlags {
     #[arg(
         long,
         env = "RAGPOOL_FULL_QUERY_TIMEOUT_SECONDS",
-        default_value_t = 900
+        default_value_t = TaskKind::FullQuery.descriptor().timeout_secs
     )]
     pub full_query_timeout_seconds: u64,
 }
@@ -317,15 +317,24 @@ impl Default for QueueFlags {
             result_ttl_seconds: 3600,
             failure_ttl_seconds: 24 * 3600,
             keep_payload_seconds: 0,
-            image_analysis_timeout_seconds: 600,
-            answer_generation_timeout_seconds: 600,
-            full_query_timeout_seconds: 900,
+            image_analysis_timeout_seconds: TaskKind::AnalyzeImage.descriptor().timeout_secs,
+            answer_generation_timeout_seconds: TaskKind::CompleteAnswer.descriptor().timeout_secs,
+            full_query_timeout_seconds: TaskKind::FullQuery.descriptor().timeout_secs,
         }
     }
 }
 
 impl QueueFlags {
-    /// The three queues with these settings applied.
+    /// The flag that sets `kind`'s timeout. No catch-all arm: a new kind needs its flag.
+    fn timeout_seconds(&self, kind: TaskKind) -> u64 {
+        match kind {
+            TaskKind::AnalyzeImage => self.image_analysis_timeout_seconds,
+            TaskKind::CompleteAnswer => self.answer_generation_timeout_seconds,
+            TaskKind::FullQuery => self.full_query_timeout_seconds,
+        }
+    }
+
+    /// The queues of every kind with these settings applied.
     pub fn queue_configs(&self) -> ragpool_queue::Result<Vec<QueueConfig>> {
         let secs = Duration::from_secs;
         QueueSettings {
@@ -334,17 +343,10 @@ impl QueueFlags {
             result_ttl: Some(secs(self.result_ttl_seconds)),
             failure_ttl: Some(secs(self.failure_ttl_seconds)),
             keep_payload: Some(secs(self.keep_payload_seconds)),
-            timeouts: vec![
-                (
-                    TaskKind::AnalyzeImage,
-                    secs(self.image_analysis_timeout_seconds),
-                ),
-                (
-                    TaskKind::CompleteAnswer,
-                    secs(self.answer_generation_timeout_seconds),
-                ),
-                (TaskKind::FullQuery, secs(self.full_query_timeout_seconds)),
-            ],
+            timeouts: TaskKind::ALL
+                .iter()
+                .map(|&kind| (kind, secs(self.timeout_seconds(kind))))
+                .collect(),
         }
         .resolve()
     }

@@ -4,6 +4,7 @@
 
 use std::time::{Duration, Instant};
 
+use ragpool_queue::TaskKind;
 use ragpool_queue::redact::redact;
 use reqwest::{Method, StatusCode, Url};
 use serde::Deserialize;
@@ -188,7 +189,12 @@ impl ApiClient {
         if let Some(p) = prompt {
             body["prompt"] = Value::from(p);
         }
-        self.submit("analyze-image", body, idempotency_key).await
+        self.submit(
+            TaskKind::AnalyzeImage.descriptor().api_path,
+            body,
+            idempotency_key,
+        )
+        .await
     }
 
     /// `POST /api/async/complete-answer`. `context` is text, or the id of a finished image
@@ -207,7 +213,12 @@ impl ApiClient {
         if let Some(k) = top_k {
             body["top_k"] = Value::from(k);
         }
-        self.submit("complete-answer", body, idempotency_key).await
+        self.submit(
+            TaskKind::CompleteAnswer.descriptor().api_path,
+            body,
+            idempotency_key,
+        )
+        .await
     }
 
     /// `POST /api/async/query`, with an image (sent as base64) when given.
@@ -226,7 +237,12 @@ impl ApiClient {
         if let Some(k) = top_k {
             body["top_k"] = Value::from(k);
         }
-        self.submit("query", body, idempotency_key).await
+        self.submit(
+            TaskKind::FullQuery.descriptor().api_path,
+            body,
+            idempotency_key,
+        )
+        .await
     }
 
     async fn submit(

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use ragpool_queue::{ClaimPolicy, QueueConfig, QueueEntry, QueueSettings};
+use ragpool_queue::{ClaimPolicy, QueueConfig, QueueEntry, QueueSettings, TaskKind};
 use ragpool_runtime::DurabilityArgs;
 use ragpool_runtime::PartitionArgs;
 use ragpool_runtime::http_server::ServerArgs;
@@ -50,7 +50,7 @@ pub struct ExecutorSettings {
     #[arg(
         long,
         env = "RAGPOOL_QUEUES",
-        default_value = "image_analysis,answer_generation,full_query",
+        default_value = TaskKind::default_queue_list(),
         value_delimiter = ','
     )]
     pub queues: Vec<String>,

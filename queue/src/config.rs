@@ -104,16 +104,19 @@ impl QueueConfig {
     }
 }
 
-/// The seed's three queues, highest priority first: `image_analysis` (10 min),
-/// `answer_generation` (10 min), `full_query` (15 min); weights 6/3/1.
+/// One queue per task kind, highest priority first, with the kind's default timeout and
+/// weight ([`TaskKind::descriptor`]): `image_analysis` (10 min, weight 6),
+/// `answer_generation` (10 min, 3), `full_query` (15 min, 1).
 pub fn default_queues() -> Vec<QueueConfig> {
-    vec![
-        QueueConfig::new("image_analysis").with_weight(6),
-        QueueConfig::new("answer_generation").with_weight(3),
-        QueueConfig::new("full_query")
-            .with_timeout(Duration::from_secs(900))
-            .with_weight(1),
-    ]
+    TaskKind::ALL
+        .iter()
+        .map(|kind| {
+            let d = kind.descriptor();
+            QueueConfig::new(d.queue)
+                .with_timeout(Duration::from_secs(d.timeout_secs))
+                .with_weight(d.weight)
+        })
+        .collect()
 }
 
 /// One item of a queue list: a queue name and, optionally, its weight.

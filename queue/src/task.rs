@@ -84,7 +84,10 @@ impl FromStr for TaskId {
 
 /// What a task asks for: the discriminant of [`Payload`], for labels, logs and checks that
 /// need the kind without its payload. A stored task's kind is its payload's, written beside
-/// it at enqueue.
+/// it at enqueue. Every fact about a kind (its names, queue, paths and defaults) is its row
+/// of the kind table below: see [`KindDescriptor`] and [`TaskKind::descriptor`].
+///
+/// [`Payload`]: crate::Payload
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
@@ -94,28 +97,98 @@ pub enum TaskKind {
     FullQuery,
 }
 
-impl TaskKind {
-    pub const ALL: [TaskKind; 3] = [
-        TaskKind::AnalyzeImage,
-        TaskKind::CompleteAnswer,
-        TaskKind::FullQuery,
-    ];
+/// The names and defaults of one task kind, in the one table every component reads them
+/// from. Wire names are older than the code's and differ per place; they stay as they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KindDescriptor {
+    pub kind: TaskKind,
+    /// The kind on the wire: the task hash's `kind`, a batch item's `kind`, metric labels.
+    pub name: &'static str,
+    /// The queue every task of this kind goes to.
+    pub queue: &'static str,
+    /// The API's submission path below `/api/async/`.
+    pub api_path: &'static str,
+    /// The `ragpool submit` subcommand.
+    pub cli_word: &'static str,
+    /// The queue's default time limit of one attempt, in seconds.
+    pub timeout_secs: u64,
+    /// The queue's default share of claims under the weighted policy.
+    pub weight: u32,
+    /// The `http` backend's path below the RAG service's base URL.
+    pub backend_path: &'static str,
+}
 
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskKind::AnalyzeImage => "analyze_image",
-            TaskKind::CompleteAnswer => "complete_answer",
-            TaskKind::FullQuery => "full_query",
+/// Writes [`TaskKind::ALL`] (the rows in order, which is also the default queue priority) and
+/// [`TaskKind::descriptor`] from one row per kind. The `match` it writes has no `_` arm, so a
+/// variant without a row, or a row without a variant, does not compile.
+macro_rules! kind_table {
+    ($($variant:ident { $($field:ident: $value:expr),* $(,)? }),* $(,)?) => {
+        impl TaskKind {
+            /// Every kind, highest default priority first.
+            pub const ALL: [TaskKind; [$(TaskKind::$variant),*].len()] = [$(TaskKind::$variant),*];
+
+            /// This kind's row of the table.
+            pub const fn descriptor(self) -> &'static KindDescriptor {
+                match self {
+                    $(TaskKind::$variant => {
+                        const ROW: KindDescriptor = KindDescriptor {
+                            kind: TaskKind::$variant,
+                            $($field: $value),*
+                        };
+                        &ROW
+                    })*
+                }
+            }
         }
+    };
+}
+
+kind_table! {
+    AnalyzeImage {
+        name: "analyze_image",
+        queue: "image_analysis",
+        api_path: "analyze-image",
+        cli_word: "image",
+        timeout_secs: 600,
+        weight: 6,
+        backend_path: "analyze-image",
+    },
+    CompleteAnswer {
+        name: "complete_answer",
+        queue: "answer_generation",
+        api_path: "complete-answer",
+        cli_word: "answer",
+        timeout_secs: 600,
+        weight: 3,
+        backend_path: "complete-answer",
+    },
+    FullQuery {
+        name: "full_query",
+        queue: "full_query",
+        api_path: "query",
+        cli_word: "query",
+        timeout_secs: 900,
+        weight: 1,
+        backend_path: "query",
+    },
+}
+
+impl TaskKind {
+    pub fn as_str(self) -> &'static str {
+        self.descriptor().name
     }
 
     /// The queue every task of this kind goes to; the one place a kind meets its queue.
     pub fn queue(self) -> &'static str {
-        match self {
-            TaskKind::AnalyzeImage => "image_analysis",
-            TaskKind::CompleteAnswer => "answer_generation",
-            TaskKind::FullQuery => "full_query",
-        }
+        self.descriptor().queue
+    }
+
+    /// The default queue list, highest priority first, as the executor's `--queues` reads it:
+    /// every kind's queue, comma-separated.
+    pub fn default_queue_list() -> &'static str {
+        static LIST: std::sync::LazyLock<String> =
+            std::sync::LazyLock::new(|| TaskKind::ALL.map(TaskKind::queue).join(","));
+        LIST.as_str()
     }
 }
 

@@ -7,6 +7,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use ragpool_queue::TaskKind;
 use serde::{Deserialize, Serialize};
 
 /// Which backend to run, and its settings. Serialised with a `kind` tag:
@@ -212,6 +213,17 @@ pub struct HttpConfig {
 }
 
 impl HttpConfig {
+    /// The URL set for `kind` instead of `{base_url}/` and the kind's backend path
+    /// ([`ragpool_queue::task::KindDescriptor::backend_path`]). No catch-all arm: a new kind
+    /// decides here whether it has an override.
+    pub fn url_override(&self, kind: TaskKind) -> Option<&str> {
+        match kind {
+            TaskKind::AnalyzeImage => self.analyze_image_url.as_deref(),
+            TaskKind::CompleteAnswer => self.complete_answer_url.as_deref(),
+            TaskKind::FullQuery => self.query_url.as_deref(),
+        }
+    }
+
     /// A configuration with defaults for everything but the service's base URL.
     pub fn new(base_url: impl Into<String>) -> Self {
         Self {

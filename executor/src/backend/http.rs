@@ -15,10 +15,12 @@
 //! could not be stored), so each request names the task and attempt in [`TASK_ID_HEADER`] and
 //! [`ATTEMPT_HEADER`]: a service with side effects can deduplicate on the task id.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use base64::Engine as _;
+use ragpool_queue::TaskKind;
 use ragpool_queue::payload::{AnalyzeImage, CompleteAnswer, FullQuery};
 use serde::Serialize;
 use serde_json::Value;
@@ -40,9 +42,8 @@ pub const ATTEMPT_HEADER: &str = "x-ragpool-attempt";
 #[derive(Debug)]
 pub struct HttpBackend {
     client: JsonClient,
-    analyze_image_url: String,
-    complete_answer_url: String,
-    query_url: String,
+    /// Where each kind's tasks go, one URL per kind.
+    urls: HashMap<TaskKind, String>,
     /// `None` when `image_url` is forwarded as it is.
     fetcher: Option<ImageFetcher>,
 }
@@ -50,18 +51,17 @@ pub struct HttpBackend {
 impl HttpBackend {
     pub fn new(config: &HttpConfig) -> Result<Self, BuildError> {
         let base = configured_url("the RAG service's base URL", &config.base_url)?;
-        let url = |over: &Option<String>, path: &str| -> Result<String, BuildError> {
-            match over {
-                Some(u) => {
-                    configured_url(&format!("the RAG service's {path} URL"), u).map(str::to_owned)
-                }
-                None => Ok(format!("{base}/{path}")),
-            }
-        };
+        let mut urls = HashMap::new();
+        for kind in TaskKind::ALL {
+            let path = kind.descriptor().backend_path;
+            let url = match config.url_override(kind) {
+                Some(u) => configured_url(&format!("the RAG service's {path} URL"), u)?.to_owned(),
+                None => format!("{base}/{path}"),
+            };
+            urls.insert(kind, url);
+        }
         Ok(Self {
-            analyze_image_url: url(&config.analyze_image_url, "analyze-image")?,
-            complete_answer_url: url(&config.complete_answer_url, "complete-answer")?,
-            query_url: url(&config.query_url, "query")?,
+            urls,
             fetcher: (!config.forward_image_urls).then(|| ImageFetcher::new(&config.fetch)),
             client: JsonClient::new(
                 "RAG service",
@@ -90,12 +90,14 @@ impl HttpBackend {
         }
     }
 
+    /// POSTs a task of `kind` to that kind's URL.
     async fn forward(
         &self,
-        url: &str,
+        kind: TaskKind,
         payload: &impl Serialize,
         cx: &TaskContext,
     ) -> Result<Value, BackendError> {
+        let url = &self.urls[&kind];
         let body = serde_json::to_value(payload)
             .map_err(|e| BackendError::internal(format!("encoding the payload: {e}")))?;
         let headers: Vec<(&'static str, String)> = match cx.task() {
@@ -122,7 +124,7 @@ impl Backend for HttpBackend {
             image_url,
             prompt: req.prompt.clone(),
         };
-        self.forward(&self.analyze_image_url, &req, cx).await
+        self.forward(TaskKind::AnalyzeImage, &req, cx).await
     }
 
     async fn complete_answer(
@@ -130,7 +132,7 @@ impl Backend for HttpBackend {
         req: &CompleteAnswer,
         cx: &TaskContext,
     ) -> Result<Value, BackendError> {
-        self.forward(&self.complete_answer_url, req, cx).await
+        self.forward(TaskKind::CompleteAnswer, req, cx).await
     }
 
     async fn full_query(&self, req: &FullQuery, cx: &TaskContext) -> Result<Value, BackendError> {
@@ -141,7 +143,7 @@ impl Backend for HttpBackend {
             ..req.clone()
         };
         cx.progress(10, "forwarded to the RAG service");
-        let result = self.forward(&self.query_url, &req, cx).await?;
+        let result = self.forward(TaskKind::FullQuery, &req, cx).await?;
         cx.progress(100, "done");
         Ok(result)
     }
