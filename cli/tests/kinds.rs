@@ -95,7 +95,8 @@ fn strings(v: &Value) -> Vec<String> {
 }
 
 /// A pool's `queues` (`names`, and `weights` when given) against the table: names known,
-/// weights the defaults; with `all`, every queue in the table's order.
+/// a weight for each name when weights are given, each the default; with `all`, every queue
+/// in the table's order.
 fn check_pool_queues(p: &mut Problems, file: &str, queues_value: &Value, all: bool) {
     let names = strings(&queues_value["names"]);
     if all {
@@ -108,7 +109,9 @@ fn check_pool_queues(p: &mut Problems, file: &str, queues_value: &Value, all: bo
             .keys()
             .filter_map(|k| k.as_str().map(str::to_owned))
             .collect();
-        p.subset(file, "queues.weights", &listed, &queues());
+        // Weights given for some queues must be given for all the pool names (a queue
+        // without one would fall back silently); with `all`, that is every kind's queue.
+        p.same_set(file, "queues.weights", &listed, &names);
         for kind in TaskKind::ALL {
             let d = kind.descriptor();
             if let Some(w) = weights.get(d.queue).and_then(Value::as_u64) {
