@@ -89,8 +89,11 @@ async fn with_redis_down_at_start_the_mismatch_is_logged_whole_once_redis_is_bac
     let rag = FakeRag::start(|_, _| Behaviour::Answer(200, json!({"answer": "no"}))).await;
     let mut vars = http_executor_env(&url, &rag, "executor-six");
     vars.push(("RAGPOOL_PARTITIONS", "6"));
-    // Starting means binding the health endpoint, which comes after the start-up check.
     let mut executor = ExecutorProcess::start(&vars).await;
+    // The start-up check found Redis away and left the count to the first claim.
+    executor
+        .wait_log("cannot check the namespace's partition count now; checked again on first use")
+        .await;
 
     env.restart_redis().await;
     let refused = executor
