@@ -183,7 +183,7 @@ pub async fn decide(target: &Target, sample: Duration) -> anyhow::Result<Explana
     let mut config = BrokerConfig::from_url(&target.redis_url).context("--redis-url")?;
     config.partitions = target.pool.spec.redis.partition_count(1);
     // The queues the operator observes for the pool: those under its key prefix.
-    config.namespace = target.pool.spec.redis.key_prefix().to_owned();
+    config.key_prefix = target.pool.spec.redis.key_prefix().to_owned();
     let broker = Broker::connect(config)
         .await
         .context("connecting to the pool's Redis")?;

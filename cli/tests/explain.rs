@@ -136,7 +136,7 @@ async fn explains_the_queues_under_the_pools_key_prefix() {
         .expect("harness thread")
         .expect("redis-server starts");
     let mut config = BrokerConfig::from_url(&server.url()).expect("url");
-    config.namespace = "tenant-a".into();
+    config.key_prefix = "tenant-a".into();
     let tenant = Broker::connect(config).await.expect("connects");
     let default = Broker::connect(BrokerConfig::from_url(&server.url()).expect("url"))
         .await

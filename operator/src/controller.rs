@@ -1102,7 +1102,8 @@ mod tests {
             vec![
                 get_deployment(not_found("deployments.apps", "pool-executor")),
                 Exchange::new(Method::PATCH, CONFIG_MAP).check(|body| {
-                    assert_eq!(body["data"][resources::KEY_PREFIX_ENV], "tenant-a");
+                    assert_eq!(body["data"]["RAGPOOL_KEY_PREFIX"], "tenant-a");
+                    assert!(body["data"]["RAGPOOL_NAMESPACE"].is_null(), "{body}");
                 }),
                 Exchange::new(Method::PATCH, DEPLOYMENT),
                 status_patch().check(|body| {

@@ -124,10 +124,10 @@ pub struct RedisSpec {
     pub durability: Option<DurabilitySetting>,
     /// Partitions each queue is split into, each its own Redis Cluster hash slot (1 to 64):
     /// more spreads the load over a cluster's masters, at one round trip per partition for
-    /// claims and stats. Every process of the namespace must use the same count, so set the
+    /// claims and stats. Every process of the key prefix must use the same count, so set the
     /// API's `RAGPOOL_PARTITIONS` to the same; change it with `ragpool repartition`. Unset:
-    /// the operator's own `--partitions`, whose default `auto` takes the namespace's recorded
-    /// count (for a new namespace: 1 on a single Redis or Sentinel, 2 per master on a
+    /// the operator's own `--partitions`, whose default `auto` takes the key prefix's recorded
+    /// count (for a new key prefix: 1 on a single Redis or Sentinel, 2 per master on a
     /// cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 64))]

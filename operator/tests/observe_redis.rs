@@ -260,7 +260,7 @@ async fn observes_the_queues_under_the_pools_key_prefix() {
         .unwrap();
     let broker_under = |prefix: &str| {
         let mut config = BrokerConfig::from_url(&server.url()).unwrap();
-        config.namespace = prefix.into();
+        config.key_prefix = prefix.into();
         Broker::connect(config)
     };
     let tenant = broker_under("tenant-a").await.unwrap();
