@@ -245,10 +245,10 @@ pub fn render(target: &Target, explanation: &Explanation) -> String {
         });
     let _ = writeln!(
         out,
-        "Queues {}: {} queued, {} in flight, {} delayed, oldest {:.1}s; {rate}; {service}; {} executors",
+        "Queues {}: {} queued, {} started, {} delayed, oldest {:.1}s; {rate}; {service}; {} executors",
         spec.queue_names().join(", "),
         obs.queued,
-        obs.in_flight,
+        obs.started,
         obs.delayed,
         obs.oldest_queued_age_ms as f64 / 1000.0,
         obs.workers.len(),

@@ -77,7 +77,7 @@ async fn explains_a_backlog_with_the_operators_policy() {
     let decision = desired_replicas(Some(&observation), &pool.spec, &History::new(2));
     assert_eq!(
         decision.message(),
-        "queueLength: (40 queued + 0 in flight) / 5 per replica = 8.00; → 8; \
+        "queueLength: (40 queued + 0 started) / 5 per replica = 8.00; → 8; \
          scale-up step limit 6 per 15s"
     );
     let lines: Vec<&str> = stdout.lines().collect();
@@ -86,7 +86,7 @@ async fn explains_a_backlog_with_the_operators_policy() {
         "Pool rag/images: queueLength 5 per replica, 0–20 replicas, 2 now"
     );
     assert!(
-        lines[1].starts_with("Queues image_analysis: 40 queued, 0 in flight, 0 delayed"),
+        lines[1].starts_with("Queues image_analysis: 40 queued, 0 started, 0 delayed"),
         "{stdout}"
     );
     let decision_at = lines

@@ -50,7 +50,7 @@ pub struct Metrics {
     pub reconcile_seconds: Histogram,
     pub desired_replicas: Family<PoolLabels, Gauge>,
     pub queued: Family<PoolLabels, Gauge>,
-    pub in_flight: Family<PoolLabels, Gauge>,
+    pub started: Family<PoolLabels, Gauge>,
     pub oldest_queued_age_seconds: Family<PoolLabels, FloatGauge>,
     pub scale_events: Family<PoolLabels, Counter>,
     pub current_replicas: Family<PoolLabels, Gauge>,
@@ -68,7 +68,7 @@ impl Default for Metrics {
         let reconcile_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let desired_replicas = Family::<PoolLabels, Gauge>::default();
         let queued = Family::<PoolLabels, Gauge>::default();
-        let in_flight = Family::<PoolLabels, Gauge>::default();
+        let started = Family::<PoolLabels, Gauge>::default();
         let oldest = Family::<PoolLabels, FloatGauge>::default();
         let scale_events = Family::<PoolLabels, Counter>::default();
         let current_replicas = Family::<PoolLabels, Gauge>::default();
@@ -98,9 +98,9 @@ impl Default for Metrics {
             queued.clone(),
         );
         registry.register(
-            "in_flight",
-            "Tasks running in a pool's executors",
-            in_flight.clone(),
+            "started",
+            "Tasks started (claimed and running) in a pool's queues",
+            started.clone(),
         );
         registry.register(
             "oldest_queued_age_seconds",
@@ -149,7 +149,7 @@ impl Default for Metrics {
             reconcile_seconds,
             desired_replicas,
             queued,
-            in_flight,
+            started,
             oldest_queued_age_seconds: oldest,
             scale_events,
         }

@@ -18,8 +18,9 @@ use crate::crd::RagWorkerPool;
 pub struct Observation {
     /// Tasks waiting to be claimed, summed over the pool's queues.
     pub queued: u64,
-    /// Tasks claimed and running.
-    pub in_flight: u64,
+    /// Tasks started (claimed and running), summed over the pool's queues: a pool-wide
+    /// count, not one executor's `in_flight`.
+    pub started: u64,
     /// Tasks waiting out a retry backoff; they come back, so they keep a pool from idling.
     pub delayed: u64,
     /// Age of the oldest queued task across the pool's queues, in milliseconds.
@@ -64,7 +65,7 @@ impl Observation {
             .collect();
         Self {
             queued: mine.iter().map(|s| s.queued).sum(),
-            in_flight: mine.iter().map(|s| s.started).sum(),
+            started: mine.iter().map(|s| s.started).sum(),
             delayed: mine.iter().map(|s| s.delayed).sum(),
             oldest_queued_age_ms: mine
                 .iter()
@@ -80,7 +81,7 @@ impl Observation {
 
     /// Anything queued, delayed or running.
     pub fn has_work(&self) -> bool {
-        self.queued > 0 || self.in_flight > 0 || self.delayed > 0
+        self.queued > 0 || self.started > 0 || self.delayed > 0
     }
 
     /// The point on the enqueued-tasks counter this observation saw.
@@ -195,7 +196,7 @@ mod tests {
         ];
         let obs = Observation::from_stats(&[a, b, other], &[], &queues);
         assert_eq!(obs.queued, 7);
-        assert_eq!(obs.in_flight, 3);
+        assert_eq!(obs.started, 3);
         assert_eq!(obs.delayed, 1);
         assert_eq!(obs.oldest_queued_age_ms, 2_500);
         assert_eq!(obs.total_enqueued, 150);

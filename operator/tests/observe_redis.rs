@@ -9,7 +9,7 @@ use ragpool_queue::{Broker, BrokerConfig, ConsumerConfig, NewTask, TaskKind, Wor
 use serde_json::json;
 
 #[tokio::test]
-async fn observes_queued_in_flight_and_busy_pods() {
+async fn observes_queued_started_and_busy_pods() {
     let server = tokio::task::spawn_blocking(RedisServer::start)
         .await
         .unwrap()
@@ -71,7 +71,7 @@ async fn observes_queued_in_flight_and_busy_pods() {
     let obs = observe_queues(&broker, &["image_analysis".to_string()])
         .await
         .unwrap();
-    assert_eq!((obs.queued, obs.in_flight, obs.delayed), (2, 2, 0));
+    assert_eq!((obs.queued, obs.started, obs.delayed), (2, 2, 0));
     assert_eq!(obs.total_enqueued, 5);
     assert!(
         obs.mean_service_ms.is_some(),
