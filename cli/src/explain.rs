@@ -239,7 +239,7 @@ pub fn render(target: &Target, explanation: &Explanation) -> String {
             format!("{r:.2}/s arriving")
         });
     let service = obs
-        .mean_service_ms
+        .mean_processing_ms
         .map_or("no task finished yet".into(), |ms| {
             format!("{:.2}s per task", ms / 1000.0)
         });

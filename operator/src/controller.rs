@@ -745,8 +745,8 @@ impl RagWorkerPool {
         }
         if let Some(obs) = seen.observation() {
             set_or_remove(&m.arrival_rate, &l, plan.arrival_rate);
-            let service = obs.mean_service_ms.map(|ms| ms / 1000.0);
-            set_or_remove(&m.mean_service_seconds, &l, service);
+            let service = obs.mean_processing_ms.map(|ms| ms / 1000.0);
+            set_or_remove(&m.mean_processing_seconds, &l, service);
             ctx.metrics
                 .queued
                 .get_or_create(&l)
@@ -812,7 +812,7 @@ fn set_queue_figures(
     status.delayed = i64::try_from(obs.delayed).unwrap_or(i64::MAX);
     status.oldest_queued_age_seconds = obs.oldest_queued_age_ms as f64 / 1000.0;
     status.arrival_rate = arrival_rate.map(round3);
-    status.mean_service_seconds = obs.mean_service_ms.map(|ms| round3(ms / 1000.0));
+    status.mean_processing_seconds = obs.mean_processing_ms.map(|ms| round3(ms / 1000.0));
 }
 
 /// Three decimals are plenty for rates and seconds, and keep the status from changing on
@@ -1556,7 +1556,7 @@ mod tests {
         let p = pool(spec());
         let busy = Observation {
             total_enqueued: 10,
-            mean_service_ms: Some(2_500.0),
+            mean_processing_ms: Some(2_500.0),
             ..obs(102, 18, 5)
         };
         let (client, server) = mock_api(vec![
@@ -1584,7 +1584,7 @@ mod tests {
             ("queue_depth", "18"),
             ("started", "5"),
             ("arrival_rate", "5.0"),
-            ("mean_service_seconds", "2.5"),
+            ("mean_processing_seconds", "2.5"),
             ("scale_events_total", "1"),
         ] {
             let line = format!("ragpool_operator_{name}{pool} {value}");
@@ -1700,7 +1700,7 @@ mod tests {
         let at = |t: u64, queued: u64, started: u64, total: u64| {
             Ok(Observation {
                 total_enqueued: total,
-                mean_service_ms: Some(4_000.0),
+                mean_processing_ms: Some(4_000.0),
                 ..obs(t, queued, started)
             })
         };

@@ -466,7 +466,7 @@ pub struct ScalingSpec {
     pub max_replicas: i32,
     /// `queueLength`: one replica per `targetQueueLength` tasks queued or started.
     /// `targetWait`: enough replicas that a newly queued task waits about
-    /// `targetWaitSeconds`, from the measured service time and arrival rate.
+    /// `targetWaitSeconds`, from the measured processing time and arrival rate.
     #[serde(default)]
     pub mode: ScalingMode,
     /// Tasks (queued + started) per replica in `queueLength` mode.
@@ -585,7 +585,7 @@ pub struct RagWorkerPoolStatus {
     pub arrival_rate: Option<f64>,
     /// Mean time from claim to completion over the recent window, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mean_service_seconds: Option<f64>,
+    pub mean_processing_seconds: Option<f64>,
     /// When the operator last changed the replica count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,

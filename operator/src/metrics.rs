@@ -56,7 +56,7 @@ pub struct Metrics {
     pub current_replicas: Family<PoolLabels, Gauge>,
     pub raw_recommendation: Family<PoolLabels, FloatGauge>,
     pub arrival_rate: Family<PoolLabels, FloatGauge>,
-    pub mean_service_seconds: Family<PoolLabels, FloatGauge>,
+    pub mean_processing_seconds: Family<PoolLabels, FloatGauge>,
     pub decisions: Family<DecisionLabels, Counter>,
 }
 
@@ -74,7 +74,7 @@ impl Default for Metrics {
         let current_replicas = Family::<PoolLabels, Gauge>::default();
         let raw_recommendation = Family::<PoolLabels, FloatGauge>::default();
         let arrival_rate = Family::<PoolLabels, FloatGauge>::default();
-        let mean_service_seconds = Family::<PoolLabels, FloatGauge>::default();
+        let mean_processing_seconds = Family::<PoolLabels, FloatGauge>::default();
         let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register("reconciles", "Reconciles of a pool", reconciles.clone());
         registry.register(
@@ -128,9 +128,9 @@ impl Default for Metrics {
             arrival_rate.clone(),
         );
         registry.register(
-            "mean_service_seconds",
+            "mean_processing_seconds",
             "Mean claim-to-completion time of a pool's tasks",
-            mean_service_seconds.clone(),
+            mean_processing_seconds.clone(),
         );
         registry.register(
             "decisions",
@@ -142,7 +142,7 @@ impl Default for Metrics {
             current_replicas,
             raw_recommendation,
             arrival_rate,
-            mean_service_seconds,
+            mean_processing_seconds,
             decisions,
             reconciles,
             errors,

@@ -492,10 +492,10 @@ impl<'a> Deciding<'a> {
         });
     }
 
-    /// The arrival rate and service time, for the modes whose formula leaves them out.
+    /// The arrival rate and processing time, for the modes whose formula leaves them out.
     fn context(&self) -> String {
         let rate = self.history.arrival_rate(self.obs);
-        let service = self.obs.mean_service_ms.map(|ms| ms / 1000.0);
+        let service = self.obs.mean_processing_ms.map(|ms| ms / 1000.0);
         match (rate, service) {
             (Some(l), Some(s)) => format!(" ({l:.2}/s arriving, {s:.2}s per task)"),
             (Some(l), None) => format!(" ({l:.2}/s arriving)"),
@@ -508,7 +508,7 @@ impl<'a> Deciding<'a> {
     fn raw_recommendation(&mut self) -> f64 {
         match self.scaling.mode {
             ScalingMode::QueueLength => self.by_queue_length(),
-            ScalingMode::TargetWait => match self.obs.mean_service_ms {
+            ScalingMode::TargetWait => match self.obs.mean_processing_ms {
                 Some(service_ms) if service_ms > 0.0 => self.by_target_wait(service_ms / 1000.0),
                 _ => self.by_task_count(),
             },
@@ -526,7 +526,7 @@ impl<'a> Deciding<'a> {
         raw
     }
 
-    /// `targetWait` with a mean service time of `s` seconds, by Little's law: λ·S slots are
+    /// `targetWait` with a mean processing time of `s` seconds, by Little's law: λ·S slots are
     /// busy keeping up with arrivals; the backlog needs queued/W tasks per second more, each
     /// holding a slot for S.
     fn by_target_wait(&mut self, s: f64) -> f64 {
@@ -549,7 +549,7 @@ impl<'a> Deciding<'a> {
         let raw = (queued + started) as f64 / per_pod;
         let context = self.context();
         self.why.push(format!(
-            "targetWait (no service time measured yet): ({queued} queued + {started} started) / {per_pod} per replica = {raw:.2}{context}"
+            "targetWait (no processing time measured yet): ({queued} queued + {started} started) / {per_pod} per replica = {raw:.2}{context}"
         ));
         raw
     }
@@ -946,20 +946,20 @@ mod tests {
                 reason: "→ 12",
             },
             Case {
-                name: "targetWait without a measured service time: one slot per task",
+                name: "targetWait without a measured processing time: one slot per task",
                 spec: with(|s| s.mode = ScalingMode::TargetWait),
                 current: 1,
                 observation: Some(obs(0, 8, 4)),
                 replicas: 3,
                 limited: false,
-                reason: "no service time measured yet",
+                reason: "no processing time measured yet",
             },
             Case {
                 name: "targetWait keeps the slots in use",
                 spec: with(|s| s.mode = ScalingMode::TargetWait),
                 current: 2,
                 observation: Some(Observation {
-                    mean_service_ms: Some(15_000.0),
+                    mean_processing_ms: Some(15_000.0),
                     ..obs(0, 0, 8)
                 }),
                 replicas: 2,
@@ -1345,7 +1345,7 @@ mod tests {
         });
         let at = |t: u64, total: u64| Observation {
             total_enqueued: total,
-            mean_service_ms: Some(15_000.0),
+            mean_processing_ms: Some(15_000.0),
             ..obs(t, 100, 0)
         };
         let mut history = History::new(13);

@@ -74,8 +74,8 @@ async fn observes_queued_started_and_busy_pods() {
     assert_eq!((obs.queued, obs.started, obs.delayed), (2, 2, 0));
     assert_eq!(obs.total_enqueued, 5);
     assert!(
-        obs.mean_service_ms.is_some(),
-        "one task finished, so service time is known"
+        obs.mean_processing_ms.is_some(),
+        "one task finished, so processing time is known"
     );
     let mut ids: Vec<&str> = obs.workers.iter().map(|w| w.id.as_str()).collect();
     ids.sort();

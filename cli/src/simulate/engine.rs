@@ -429,7 +429,7 @@ impl Sim<'_> {
                 .map_or(0, |t| (self.now - self.tasks[*t].arrival_us) / 1000),
             total_enqueued: self.next_arrival as u64,
             at_ms,
-            mean_service_ms: (!self.service_window.is_empty())
+            mean_processing_ms: (!self.service_window.is_empty())
                 .then(|| self.service_sum as f64 / self.service_window.len() as f64 / 1000.0),
             workers: Vec::new(),
         }
