@@ -429,7 +429,7 @@ def expect_default(objects: list[dict[str, Any]]) -> None:
     for kind in ("Ingress", "HorizontalPodAutoscaler", "NetworkPolicy", "PodDisruptionBudget", "ServiceMonitor"):
         assert not find(objects, kind), f"{kind} rendered without being asked for"
     assert "RAGPOOL_API_KEYS_FILE" not in env, "auth on by default"
-    assert "RAGPOOL_NAMESPACE" not in env and "keyPrefix" not in pool["spec"]["redis"], (
+    assert not {"RAGPOOL_KEY_PREFIX", "RAGPOOL_NAMESPACE"} & env.keys() and "keyPrefix" not in pool["spec"]["redis"], (
         "the default key prefix is every process's default: nothing to set"
     )
     # docs/operations.md, "Sizing the API": the memory limit holds the budget and a baseline.
@@ -569,7 +569,8 @@ def expect_cluster(objects: list[dict[str, Any]]) -> None:
     op_env = env_of(op["spec"]["template"]["spec"]["containers"][0])
     assert op_env["RAGPOOL_PARTITIONS"]["value"] == "6", op_env.get("RAGPOOL_PARTITIONS")
     # The key prefix: the API's and the pool's are one value.
-    assert env["RAGPOOL_NAMESPACE"]["value"] == "rag-prod", env.get("RAGPOOL_NAMESPACE")
+    assert env["RAGPOOL_KEY_PREFIX"]["value"] == "rag-prod", env.get("RAGPOOL_KEY_PREFIX")
+    assert "RAGPOOL_NAMESPACE" not in env, "the old variable is read only when the new one is unset"
     assert pool["spec"]["redis"]["keyPrefix"] == "rag-prod", pool["spec"]["redis"]
 
 

@@ -45,7 +45,7 @@ struct Inner {
     total: usize,
     per_key: usize,
     usage: Mutex<Usage>,
-    in_flight: Gauge,
+    reserved_bytes: Gauge,
 }
 
 #[derive(Debug, Default)]
@@ -76,7 +76,7 @@ impl Drop for Reservation {
                 usage.by_key.remove(key);
             }
         }
-        inner.in_flight.dec_by(gauge_value(self.bytes));
+        inner.reserved_bytes.dec_by(gauge_value(self.bytes));
     }
 }
 
@@ -91,8 +91,8 @@ pub enum OverBudget {
 
 impl SubmissionBudget {
     /// A budget of `total_bytes` (at least 1), of which one key may hold `key_share_percent`
-    /// (1 to 100), reporting the bytes reserved in `in_flight`.
-    pub fn new(total_bytes: usize, key_share_percent: u8, in_flight: Gauge) -> Self {
+    /// (1 to 100), reporting the bytes reserved in `reserved_bytes`.
+    pub fn new(total_bytes: usize, key_share_percent: u8, reserved_bytes: Gauge) -> Self {
         let total = total_bytes.max(1);
         let per_key = (total / 100)
             .saturating_mul(usize::from(key_share_percent.clamp(1, 100)))
@@ -102,7 +102,7 @@ impl SubmissionBudget {
                 total,
                 per_key,
                 usage: Mutex::default(),
-                in_flight,
+                reserved_bytes,
             }),
         }
     }
@@ -125,7 +125,7 @@ impl SubmissionBudget {
             usage.by_key.insert(key.to_string(), held + bytes);
         }
         usage.used += bytes;
-        inner.in_flight.inc_by(gauge_value(bytes));
+        inner.reserved_bytes.inc_by(gauge_value(bytes));
         Ok(Reservation {
             budget: self.clone(),
             bytes,

@@ -8,6 +8,7 @@ use std::time::Duration;
 use crate::cross_site::CrossSiteArgs;
 use ragpool_queue::{BrokerConfig, MAX_ENQUEUE_BATCH, QueueConfig, QueueSettings, TaskKind};
 use ragpool_runtime::DurabilityArgs;
+use ragpool_runtime::KeyPrefixArgs;
 use ragpool_runtime::PartitionArgs;
 use ragpool_runtime::http_server::ServerArgs;
 
@@ -35,12 +36,11 @@ pub struct ApiConfig {
     #[command(flatten)]
     pub durability: DurabilityArgs,
 
-    /// Key prefix (and Redis Cluster hash tag) of every queue key; the executors must use the
-    /// same one.
-    #[arg(long, env = "RAGPOOL_NAMESPACE", default_value = DEFAULT_NAMESPACE)]
-    pub namespace: String,
+    /// Key prefix of every queue key: see `--key-prefix`. The executors must use the same one.
+    #[command(flatten)]
+    pub key_prefix: KeyPrefixArgs,
 
-    /// How many partitions the namespace's queues are split into: see `--partitions`.
+    /// How many partitions the key prefix's queues are split into: see `--partitions`.
     #[command(flatten)]
     pub partitions: PartitionArgs,
 
@@ -92,7 +92,6 @@ pub struct ApiConfig {
 }
 
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
-pub const DEFAULT_NAMESPACE: &str = "ragpool";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
 /// Size and range limits of submissions.
@@ -193,7 +192,7 @@ pub struct Limits {
     pub max_queued_payload_bytes: u64,
 
     /// Payload bytes the queued tasks of one API key may hold; as above, per key. Tasks
-    /// submitted without keys (auth off) count against the namespace limit only. 0: no limit.
+    /// submitted without keys (auth off) count against the total limit only. 0: no limit.
     #[arg(
         long,
         env = "RAGPOOL_MAX_QUEUED_PAYLOAD_BYTES_PER_KEY",
@@ -211,7 +210,7 @@ pub const DEFAULT_MAX_HELD_REQUESTS_PER_PEER: usize = 64;
 /// (13.3 MiB of base64 each) or millions of text tasks.
 pub const DEFAULT_MAX_QUEUED_PAYLOAD_BYTES: u64 = 2 << 30;
 
-/// See [`Limits::max_queued_payload_bytes_per_key`]: a quarter of the namespace's, so one key
+/// See [`Limits::max_queued_payload_bytes_per_key`]: a quarter of the total, so one key
 /// cannot take the whole backlog.
 pub const DEFAULT_MAX_QUEUED_PAYLOAD_BYTES_PER_KEY: u64 = DEFAULT_MAX_QUEUED_PAYLOAD_BYTES / 4;
 
@@ -358,7 +357,7 @@ impl Default for ApiConfig {
             redis_url: DEFAULT_REDIS_URL.into(),
             redis_ca_file: None,
             durability: DurabilityArgs::default(),
-            namespace: DEFAULT_NAMESPACE.into(),
+            key_prefix: KeyPrefixArgs::default(),
             partitions: PartitionArgs::default(),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             health_listen: None,
@@ -382,11 +381,11 @@ impl ApiConfig {
         if let Some(ca) = &self.redis_ca_file {
             config.target = config.target.with_ca_file(ca)?;
         }
-        config.namespace = self.namespace.clone();
+        self.key_prefix.apply(&mut config);
         config.queues = self.queues.queue_configs()?;
         config.response_timeout = Duration::from_secs(self.redis_response_timeout_seconds);
         config.payload_limits = ragpool_queue::PayloadLimits {
-            namespace: self.limits.max_queued_payload_bytes,
+            total: self.limits.max_queued_payload_bytes,
             per_key: self.limits.max_queued_payload_bytes_per_key,
         };
         self.durability.apply(&mut config);
@@ -474,10 +473,10 @@ mod tests {
     fn queue_settings_reach_the_broker_config() {
         let mut config = ApiConfig::default();
         config.queues.full_query_timeout_seconds = 42;
-        config.namespace = "other".into();
+        config.key_prefix = KeyPrefixArgs::new("other");
         config.partitions.partitions = 6;
         let broker = config.broker_config().unwrap();
-        assert_eq!(broker.namespace, "other");
+        assert_eq!(broker.key_prefix, "other");
         assert_eq!(broker.partitions, 6);
         let fq = broker
             .queues

@@ -53,7 +53,7 @@ struct Inner {
     requests: Family<RequestLabels, Counter>,
     latency: HistogramFamily,
     submissions: Family<QueueLabels, Counter>,
-    submission_bytes_in_flight: Gauge,
+    submission_reserved_bytes: Gauge,
     queued_payload_bytes: Family<QueueLabels, Gauge>,
 }
 
@@ -89,11 +89,11 @@ impl Metrics {
             "Tasks created through the API, by queue (idempotent replays not counted)",
             submissions.clone(),
         );
-        let submission_bytes_in_flight = Gauge::default();
+        let submission_reserved_bytes = Gauge::default();
         registry.register(
-            "submission_bytes_in_flight",
-            "Bytes of request bodies being handled now (the in-flight submission budget in use)",
-            submission_bytes_in_flight.clone(),
+            "submission_reserved_bytes",
+            "Bytes reserved now from the submission budget (6 or 8 times each body being handled)",
+            submission_reserved_bytes.clone(),
         );
         let queued_payload_bytes = Family::<QueueLabels, Gauge>::default();
         registry.register(
@@ -108,14 +108,14 @@ impl Metrics {
                 requests,
                 latency,
                 submissions,
-                submission_bytes_in_flight,
+                submission_reserved_bytes,
             }),
         }
     }
 
-    /// The gauge of bytes reserved from the in-flight submission budget.
-    pub fn submission_bytes_in_flight(&self) -> Gauge {
-        self.inner.submission_bytes_in_flight.clone()
+    /// The gauge of bytes reserved from the submission budget.
+    pub fn submission_reserved_bytes(&self) -> Gauge {
+        self.inner.submission_reserved_bytes.clone()
     }
 
     /// Counts a task created on `queue`.

@@ -252,7 +252,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes the requests in
-/// flight and returns. Fails when the key configuration is invalid, or when the namespace
+/// flight and returns. Fails when the key configuration is invalid, or when the key prefix
 /// is laid out in another partition count than `--partitions` (an unreachable Redis is no
 /// reason not to start: see [`ragpool_queue::check_layout_at_start`]). The listener's
 /// timeouts and connection limit are `config.server`'s (see [`ragpool_runtime::http_server`]).

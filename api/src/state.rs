@@ -48,7 +48,7 @@ impl AppState {
         let submission_budget = SubmissionBudget::new(
             config.limits.max_inflight_submission_bytes,
             config.limits.max_inflight_share_per_key,
-            metrics.submission_bytes_in_flight(),
+            metrics.submission_reserved_bytes(),
         );
         let cross_site = CrossSitePolicy::new(&config.cross_site, keys.enabled());
         Ok(AppState {

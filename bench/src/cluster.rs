@@ -2,7 +2,7 @@
 //! count, the same binary and the same workload, measured in one run.
 //!
 //! Two clusters run side by side on loopback: one master serving all 16384 slots, and three
-//! masters splitting them evenly. Both hold the namespace in `--partitions` partitions; on
+//! masters splitting them evenly. Both hold the key prefix in `--partitions` partitions; on
 //! the first every partition lives on the one master, on the second each master holds a
 //! third of them. Each round, alternating between the two:
 //!
@@ -46,7 +46,7 @@ const MASTERS: usize = 3;
 /// Flags of `ragpool-bench cluster`.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Args {
-    /// Partitions of the namespace, the same on both clusters.
+    /// Partitions of the key prefix, the same on both clusters.
     #[arg(long, default_value_t = 6)]
     pub partitions: u16,
     /// Tasks enqueued, then drained, per run.

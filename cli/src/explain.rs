@@ -183,7 +183,7 @@ pub async fn decide(target: &Target, sample: Duration) -> anyhow::Result<Explana
     let mut config = BrokerConfig::from_url(&target.redis_url).context("--redis-url")?;
     config.partitions = target.pool.spec.redis.partition_count(1);
     // The queues the operator observes for the pool: those under its key prefix.
-    config.namespace = target.pool.spec.redis.key_prefix().to_owned();
+    config.key_prefix = target.pool.spec.redis.key_prefix().to_owned();
     let broker = Broker::connect(config)
         .await
         .context("connecting to the pool's Redis")?;
@@ -239,16 +239,16 @@ pub fn render(target: &Target, explanation: &Explanation) -> String {
             format!("{r:.2}/s arriving")
         });
     let service = obs
-        .mean_service_ms
+        .mean_processing_ms
         .map_or("no task finished yet".into(), |ms| {
             format!("{:.2}s per task", ms / 1000.0)
         });
     let _ = writeln!(
         out,
-        "Queues {}: {} queued, {} in flight, {} delayed, oldest {:.1}s; {rate}; {service}; {} executors",
+        "Queues {}: {} queued, {} started, {} delayed, oldest {:.1}s; {rate}; {service}; {} executors",
         spec.queue_names().join(", "),
         obs.queued,
-        obs.in_flight,
+        obs.started,
         obs.delayed,
         obs.oldest_queued_age_ms as f64 / 1000.0,
         obs.workers.len(),

@@ -1,7 +1,7 @@
 //! `ragpool`, the command line: `ragpool dev` runs ragpool on one machine, `submit`,
 //! `status`, `stats`, `cancel` and `retry` are thin clients of its HTTP API, `explain`
 //! shows what the operator's scaling policy would decide for a pool now, and `repartition`
-//! changes a namespace's partition count in Redis.
+//! changes a key prefix's partition count in Redis.
 
 pub mod client;
 pub mod commands;
@@ -55,7 +55,7 @@ pub enum Command {
     Explain(ExplainArgs),
     /// Replay an arrival trace against a pool's autoscaling policy (no cluster needed).
     Simulate(simulate::SimulateArgs),
-    /// Change the partition count a namespace is recorded with (stop every API, executor
+    /// Change the partition count a key prefix is recorded with (stop every API, executor
     /// and operator of it first; refused while tasks wait or run).
     Repartition(repartition::RepartitionArgs),
     /// Run the HTTP API: `ragpool api --help` lists its flags (the same as `ragpool-api`'s).

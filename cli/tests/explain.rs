@@ -77,7 +77,7 @@ async fn explains_a_backlog_with_the_operators_policy() {
     let decision = desired_replicas(Some(&observation), &pool.spec, &History::new(2));
     assert_eq!(
         decision.message(),
-        "queueLength: (40 queued + 0 in flight) / 5 per replica = 8.00; → 8; \
+        "queueLength: (40 queued + 0 started) / 5 per replica = 8.00; → 8; \
          scale-up step limit 6 per 15s"
     );
     let lines: Vec<&str> = stdout.lines().collect();
@@ -86,7 +86,7 @@ async fn explains_a_backlog_with_the_operators_policy() {
         "Pool rag/images: queueLength 5 per replica, 0–20 replicas, 2 now"
     );
     assert!(
-        lines[1].starts_with("Queues image_analysis: 40 queued, 0 in flight, 0 delayed"),
+        lines[1].starts_with("Queues image_analysis: 40 queued, 0 started, 0 delayed"),
         "{stdout}"
     );
     let decision_at = lines
@@ -136,7 +136,7 @@ async fn explains_the_queues_under_the_pools_key_prefix() {
         .expect("harness thread")
         .expect("redis-server starts");
     let mut config = BrokerConfig::from_url(&server.url()).expect("url");
-    config.namespace = "tenant-a".into();
+    config.key_prefix = "tenant-a".into();
     let tenant = Broker::connect(config).await.expect("connects");
     let default = Broker::connect(BrokerConfig::from_url(&server.url()).expect("url"))
         .await

@@ -94,7 +94,7 @@ fn strings(v: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// A pool's `queues` (`names`, and `weights` when given) against the table: names known,
+/// A pool's `queues` (`names`, and `weights` when any are given) against the table: names known,
 /// a weight for each name when weights are given, each the default; with `all`, every queue
 /// in the table's order.
 fn check_pool_queues(p: &mut Problems, file: &str, queues_value: &Value, all: bool) {
@@ -104,7 +104,11 @@ fn check_pool_queues(p: &mut Problems, file: &str, queues_value: &Value, all: bo
     } else {
         p.subset(file, "queues.names", &names, &queues());
     }
-    if let Some(weights) = queues_value["weights"].as_mapping() {
+    // `weights: {}` (the chart's default) gives none: every queue takes its default weight.
+    if let Some(weights) = queues_value["weights"]
+        .as_mapping()
+        .filter(|w| !w.is_empty())
+    {
         let listed: Vec<String> = weights
             .keys()
             .filter_map(|k| k.as_str().map(str::to_owned))

@@ -125,7 +125,7 @@ async fn job_loop(
             .with_ca_file(ca)
             .context("--redis-ca-file (RAGPOOL_REDIS_CA_FILE)")?;
     }
-    broker_config.namespace = settings.namespace.clone();
+    settings.key_prefix.apply(&mut broker_config);
     broker_config.queues = queues.clone();
     settings.durability.apply(&mut broker_config);
     settings.partitions.apply(&mut broker_config);

@@ -256,7 +256,7 @@ async fn drain(shared: &Shared, drain: Duration, mut tasks: JoinSet<()>) {
 }
 
 /// Waits before the next claim after `e`. A partition count that differs from the
-/// namespace's does not heal by itself (the process must be restarted with the right
+/// key prefix's does not heal by itself (the process must be restarted with the right
 /// count), so it is logged as an error with its whole message, and retried less often.
 async fn redis_trouble(shared: &Shared, e: &QueueError) {
     shared.health.redis_answered(false);

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use ragpool_queue::{ClaimPolicy, QueueConfig, QueueEntry, QueueSettings, TaskKind};
 use ragpool_runtime::DurabilityArgs;
+use ragpool_runtime::KeyPrefixArgs;
 use ragpool_runtime::PartitionArgs;
 use ragpool_runtime::http_server::ServerArgs;
 
@@ -36,11 +37,11 @@ pub struct ExecutorSettings {
     #[command(flatten)]
     pub durability: DurabilityArgs,
 
-    /// Key namespace (and Redis Cluster hash tag) shared with the API.
-    #[arg(long, env = "RAGPOOL_NAMESPACE", default_value = "ragpool")]
-    pub namespace: String,
+    /// Key prefix of every queue key, shared with the API: see `--key-prefix`.
+    #[command(flatten)]
+    pub key_prefix: KeyPrefixArgs,
 
-    /// How many partitions the namespace's queues are split into: see `--partitions`. The
+    /// How many partitions the key prefix's queues are split into: see `--partitions`. The
     /// API's and the operator's must be the same.
     #[command(flatten)]
     pub partitions: PartitionArgs,

@@ -1,5 +1,5 @@
 //! The partition count at start-up: an executor configured with another count than the
-//! namespace's ends with the message that says how to fix it; the namespace's own count runs
+//! key prefix's ends with the message that says how to fix it; the key prefix's own count runs
 //! tasks; and with Redis down at start it starts anyway and reports the mismatch, whole, once
 //! Redis is back.
 
@@ -22,7 +22,7 @@ async fn broker(url: &str, partitions: u16) -> Broker {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_count_than_the_namespaces_ends_the_process_with_the_message() {
+async fn another_count_than_the_recorded_one_ends_the_process_with_the_message() {
     let env = Env::start(quick_queues()).await;
     env.broker.check_layout().await.expect("recording 1");
     let url = env.url();
@@ -50,7 +50,7 @@ async fn another_count_than_the_namespaces_ends_the_process_with_the_message() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_namespaces_own_count_runs_tasks() {
+async fn the_recorded_count_runs_tasks() {
     let env = Env::start(quick_queues()).await;
     let url = env.url();
     let six = broker(&url, 6).await;

@@ -12,7 +12,7 @@ use loop_support::settings;
 #[test]
 fn defaults_match_the_documented_ones() {
     let s = settings("redis://127.0.0.1:6379", &[]);
-    assert_eq!(s.namespace, "ragpool");
+    assert_eq!(s.key_prefix.resolve(), "ragpool");
     assert_eq!(s.concurrency, 4);
     assert_eq!(s.lease(), Duration::from_secs(15));
     assert_eq!(s.drain(), Duration::from_secs(30));

@@ -745,16 +745,16 @@ impl RagWorkerPool {
         }
         if let Some(obs) = seen.observation() {
             set_or_remove(&m.arrival_rate, &l, plan.arrival_rate);
-            let service = obs.mean_service_ms.map(|ms| ms / 1000.0);
-            set_or_remove(&m.mean_service_seconds, &l, service);
+            let service = obs.mean_processing_ms.map(|ms| ms / 1000.0);
+            set_or_remove(&m.mean_processing_seconds, &l, service);
             ctx.metrics
                 .queued
                 .get_or_create(&l)
                 .set(i64::try_from(obs.queued).unwrap_or(i64::MAX));
             ctx.metrics
-                .in_flight
+                .started
                 .get_or_create(&l)
-                .set(i64::try_from(obs.in_flight).unwrap_or(i64::MAX));
+                .set(i64::try_from(obs.started).unwrap_or(i64::MAX));
             ctx.metrics
                 .oldest_queued_age_seconds
                 .get_or_create(&l)
@@ -808,11 +808,11 @@ fn set_queue_figures(
     arrival_rate: Option<f64>,
 ) {
     status.queued = i64::try_from(obs.queued).unwrap_or(i64::MAX);
-    status.in_flight = i64::try_from(obs.in_flight).unwrap_or(i64::MAX);
+    status.started = i64::try_from(obs.started).unwrap_or(i64::MAX);
     status.delayed = i64::try_from(obs.delayed).unwrap_or(i64::MAX);
     status.oldest_queued_age_seconds = obs.oldest_queued_age_ms as f64 / 1000.0;
     status.arrival_rate = arrival_rate.map(round3);
-    status.mean_service_seconds = obs.mean_service_ms.map(|ms| round3(ms / 1000.0));
+    status.mean_processing_seconds = obs.mean_processing_ms.map(|ms| round3(ms / 1000.0));
 }
 
 /// Three decimals are plenty for rates and seconds, and keep the status from changing on
@@ -1102,7 +1102,8 @@ mod tests {
             vec![
                 get_deployment(not_found("deployments.apps", "pool-executor")),
                 Exchange::new(Method::PATCH, CONFIG_MAP).check(|body| {
-                    assert_eq!(body["data"][resources::KEY_PREFIX_ENV], "tenant-a");
+                    assert_eq!(body["data"]["RAGPOOL_KEY_PREFIX"], "tenant-a");
+                    assert!(body["data"]["RAGPOOL_NAMESPACE"].is_null(), "{body}");
                 }),
                 Exchange::new(Method::PATCH, DEPLOYMENT),
                 status_patch().check(|body| {
@@ -1179,7 +1180,7 @@ mod tests {
                 event("ScaledUp", "Normal", "1 → 5 replicas"),
                 status_patch().query(FM).check(|body| {
                     assert_eq!(body["status"]["desiredReplicas"], 5);
-                    assert_eq!(body["status"]["inFlight"], 5);
+                    assert_eq!(body["status"]["started"], 5);
                     let reason = body["status"]["lastScaleReason"]
                         .as_str()
                         .unwrap_or_default();
@@ -1193,7 +1194,7 @@ mod tests {
                     assert_eq!(recent[0]["time"], body["status"]["lastScaleTime"]);
                     assert_eq!(
                         recent[0]["message"],
-                        "queueLength: (18 queued + 5 in flight) / 5 per replica = 4.60; → 5"
+                        "queueLength: (18 queued + 5 started) / 5 per replica = 4.60; → 5"
                     );
                 }),
             ],
@@ -1293,7 +1294,7 @@ mod tests {
                     let message = recent["message"].as_str().unwrap_or_default();
                     assert!(
                         message.starts_with(
-                            "queueLength: (100 queued + 0 in flight) / 5 per replica = 20.00"
+                            "queueLength: (100 queued + 0 started) / 5 per replica = 20.00"
                         ) && message.ends_with("capped at maxReplicas 3"),
                         "{message}"
                     );
@@ -1542,7 +1543,7 @@ mod tests {
         let last = &written[2];
         assert_eq!(
             last.recent_decisions[1].message,
-            "queueLength: (40 queued + 0 in flight) / 5 per replica = 8.00 (0.00/s arriving); → 8; capped at maxReplicas 6"
+            "queueLength: (40 queued + 0 started) / 5 per replica = 8.00 (0.00/s arriving); → 8; capped at maxReplicas 6"
         );
         assert_eq!(
             last.last_scale_time.as_ref(),
@@ -1555,7 +1556,7 @@ mod tests {
         let p = pool(spec());
         let busy = Observation {
             total_enqueued: 10,
-            mean_service_ms: Some(2_500.0),
+            mean_processing_ms: Some(2_500.0),
             ..obs(102, 18, 5)
         };
         let (client, server) = mock_api(vec![
@@ -1581,9 +1582,9 @@ mod tests {
             ("current_replicas", "5"),
             ("raw_recommended_replicas", "4.6"),
             ("queue_depth", "18"),
-            ("in_flight", "5"),
+            ("started", "5"),
             ("arrival_rate", "5.0"),
-            ("mean_service_seconds", "2.5"),
+            ("mean_processing_seconds", "2.5"),
             ("scale_events_total", "1"),
         ] {
             let line = format!("ragpool_operator_{name}{pool} {value}");
@@ -1696,11 +1697,11 @@ mod tests {
                 .check(move |body| assert_eq!(body["spec"]["replicas"], to))
         };
         let series = || Exchange::new(Method::PATCH, &format!("{EVENTS}/")).prefix();
-        let at = |t: u64, queued: u64, in_flight: u64, total: u64| {
+        let at = |t: u64, queued: u64, started: u64, total: u64| {
             Ok(Observation {
                 total_enqueued: total,
-                mean_service_ms: Some(4_000.0),
-                ..obs(t, queued, in_flight)
+                mean_processing_ms: Some(4_000.0),
+                ..obs(t, queued, started)
             })
         };
         // The passes' wall-clock times follow the observations' Redis clock.
@@ -1788,7 +1789,7 @@ mod tests {
         assert!(text.contains("    Reason:   ScaleDownWindow\n"), "{text}");
         assert!(
             text.contains(
-                "    Message:  queueLength: (0 queued + 4 in flight) / 5 per replica = 0.80"
+                "    Message:  queueLength: (0 queued + 4 started) / 5 per replica = 0.80"
             ),
             "{text}"
         );

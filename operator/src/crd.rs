@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredReplicas"}"#,
     printcolumn = r#"{"name":"Ready","type":"integer","jsonPath":".status.readyReplicas"}"#,
     printcolumn = r#"{"name":"Queued","type":"integer","jsonPath":".status.queued"}"#,
-    printcolumn = r#"{"name":"In-flight","type":"integer","jsonPath":".status.inFlight"}"#,
+    printcolumn = r#"{"name":"Started","type":"integer","jsonPath":".status.started"}"#,
     printcolumn = r#"{"name":"Last Scale","type":"date","jsonPath":".status.lastScaleTime"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
@@ -124,10 +124,10 @@ pub struct RedisSpec {
     pub durability: Option<DurabilitySetting>,
     /// Partitions each queue is split into, each its own Redis Cluster hash slot (1 to 64):
     /// more spreads the load over a cluster's masters, at one round trip per partition for
-    /// claims and stats. Every process of the namespace must use the same count, so set the
+    /// claims and stats. Every process of the key prefix must use the same count, so set the
     /// API's `RAGPOOL_PARTITIONS` to the same; change it with `ragpool repartition`. Unset:
-    /// the operator's own `--partitions`, whose default `auto` takes the namespace's recorded
-    /// count (for a new namespace: 1 on a single Redis or Sentinel, 2 per master on a
+    /// the operator's own `--partitions`, whose default `auto` takes the key prefix's recorded
+    /// count (for a new key prefix: 1 on a single Redis or Sentinel, 2 per master on a
     /// cluster).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 64))]
@@ -464,12 +464,12 @@ pub struct ScalingSpec {
     /// Most replicas.
     #[schemars(range(min = 1, max = 10000))]
     pub max_replicas: i32,
-    /// `queueLength`: one replica per `targetQueueLength` tasks queued or in flight.
+    /// `queueLength`: one replica per `targetQueueLength` tasks queued or started.
     /// `targetWait`: enough replicas that a newly queued task waits about
-    /// `targetWaitSeconds`, from the measured service time and arrival rate.
+    /// `targetWaitSeconds`, from the measured processing time and arrival rate.
     #[serde(default)]
     pub mode: ScalingMode,
-    /// Tasks (queued + in flight) per replica in `queueLength` mode.
+    /// Tasks (queued + started) per replica in `queueLength` mode.
     #[serde(default = "default_target_queue_length")]
     #[schemars(range(min = 1, max = 1000000))]
     pub target_queue_length: i32,
@@ -543,7 +543,7 @@ pub struct ScalingRules {
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum ScalingMode {
-    /// Replicas = ceil((queued + in flight) / targetQueueLength).
+    /// Replicas = ceil((queued + started) / targetQueueLength).
     #[default]
     QueueLength,
     /// Replicas sized so the backlog drains within targetWaitSeconds while keeping up with
@@ -571,9 +571,9 @@ pub struct RagWorkerPoolStatus {
     /// Tasks waiting in the pool's queues.
     #[serde(default)]
     pub queued: i64,
-    /// Tasks claimed and running.
+    /// Tasks started (claimed and running) in the pool's queues, over all its executors.
     #[serde(default)]
-    pub in_flight: i64,
+    pub started: i64,
     /// Tasks waiting out a retry backoff.
     #[serde(default)]
     pub delayed: i64,
@@ -585,7 +585,7 @@ pub struct RagWorkerPoolStatus {
     pub arrival_rate: Option<f64>,
     /// Mean time from claim to completion over the recent window, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mean_service_seconds: Option<f64>,
+    pub mean_processing_seconds: Option<f64>,
     /// When the operator last changed the replica count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,
@@ -621,7 +621,7 @@ pub struct ScalingDecision {
     /// `ScaleDownWindow`, `FromZero`, `ScaleUpLimit` or `ScaleDownLimit`.
     #[schemars(length(max = 64))]
     pub reason: String,
-    /// The policy's reason in words and numbers: queued, in flight, arrival rate, service
+    /// The policy's reason in words and numbers: queued, started, arrival rate, service
     /// time, the target, and the bound, window or limit that held the count.
     #[schemars(length(max = 512))]
     pub message: String,
@@ -1028,14 +1028,7 @@ mod tests {
             .collect();
         assert_eq!(
             columns,
-            [
-                "Desired",
-                "Ready",
-                "Queued",
-                "In-flight",
-                "Last Scale",
-                "Age"
-            ]
+            ["Desired", "Ready", "Queued", "Started", "Last Scale", "Age"]
         );
         let partitions =
             &schema()["properties"]["spec"]["properties"]["redis"]["properties"]["partitions"];

@@ -42,11 +42,11 @@ pub fn pool(spec: RagWorkerPoolSpec) -> RagWorkerPool {
     pool
 }
 
-/// An observation at `at_s` seconds with `queued` waiting and `in_flight` running.
-pub fn obs(at_s: u64, queued: u64, in_flight: u64) -> Observation {
+/// An observation at `at_s` seconds with `queued` waiting and `started` running.
+pub fn obs(at_s: u64, queued: u64, started: u64) -> Observation {
     Observation {
         queued,
-        in_flight,
+        started,
         at_ms: at_s * 1000,
         ..Observation::default()
     }

@@ -50,13 +50,13 @@ pub struct Metrics {
     pub reconcile_seconds: Histogram,
     pub desired_replicas: Family<PoolLabels, Gauge>,
     pub queued: Family<PoolLabels, Gauge>,
-    pub in_flight: Family<PoolLabels, Gauge>,
+    pub started: Family<PoolLabels, Gauge>,
     pub oldest_queued_age_seconds: Family<PoolLabels, FloatGauge>,
     pub scale_events: Family<PoolLabels, Counter>,
     pub current_replicas: Family<PoolLabels, Gauge>,
     pub raw_recommendation: Family<PoolLabels, FloatGauge>,
     pub arrival_rate: Family<PoolLabels, FloatGauge>,
-    pub mean_service_seconds: Family<PoolLabels, FloatGauge>,
+    pub mean_processing_seconds: Family<PoolLabels, FloatGauge>,
     pub decisions: Family<DecisionLabels, Counter>,
 }
 
@@ -68,13 +68,13 @@ impl Default for Metrics {
         let reconcile_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
         let desired_replicas = Family::<PoolLabels, Gauge>::default();
         let queued = Family::<PoolLabels, Gauge>::default();
-        let in_flight = Family::<PoolLabels, Gauge>::default();
+        let started = Family::<PoolLabels, Gauge>::default();
         let oldest = Family::<PoolLabels, FloatGauge>::default();
         let scale_events = Family::<PoolLabels, Counter>::default();
         let current_replicas = Family::<PoolLabels, Gauge>::default();
         let raw_recommendation = Family::<PoolLabels, FloatGauge>::default();
         let arrival_rate = Family::<PoolLabels, FloatGauge>::default();
-        let mean_service_seconds = Family::<PoolLabels, FloatGauge>::default();
+        let mean_processing_seconds = Family::<PoolLabels, FloatGauge>::default();
         let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register("reconciles", "Reconciles of a pool", reconciles.clone());
         registry.register(
@@ -98,9 +98,9 @@ impl Default for Metrics {
             queued.clone(),
         );
         registry.register(
-            "in_flight",
-            "Tasks running in a pool's executors",
-            in_flight.clone(),
+            "started",
+            "Tasks started (claimed and running) in a pool's queues",
+            started.clone(),
         );
         registry.register(
             "oldest_queued_age_seconds",
@@ -128,9 +128,9 @@ impl Default for Metrics {
             arrival_rate.clone(),
         );
         registry.register(
-            "mean_service_seconds",
+            "mean_processing_seconds",
             "Mean claim-to-completion time of a pool's tasks",
-            mean_service_seconds.clone(),
+            mean_processing_seconds.clone(),
         );
         registry.register(
             "decisions",
@@ -142,14 +142,14 @@ impl Default for Metrics {
             current_replicas,
             raw_recommendation,
             arrival_rate,
-            mean_service_seconds,
+            mean_processing_seconds,
             decisions,
             reconciles,
             errors,
             reconcile_seconds,
             desired_replicas,
             queued,
-            in_flight,
+            started,
             oldest_queued_age_seconds: oldest,
             scale_events,
         }

@@ -18,8 +18,9 @@ use crate::crd::RagWorkerPool;
 pub struct Observation {
     /// Tasks waiting to be claimed, summed over the pool's queues.
     pub queued: u64,
-    /// Tasks claimed and running.
-    pub in_flight: u64,
+    /// Tasks started (claimed and running), summed over the pool's queues: a pool-wide
+    /// count, not one executor's `in_flight`.
+    pub started: u64,
     /// Tasks waiting out a retry backoff; they come back, so they keep a pool from idling.
     pub delayed: u64,
     /// Age of the oldest queued task across the pool's queues, in milliseconds.
@@ -31,7 +32,7 @@ pub struct Observation {
     pub at_ms: u64,
     /// Mean claim-to-completion time over the recent window, in milliseconds, weighted by
     /// each queue's sample count; `None` before any task finished.
-    pub mean_service_ms: Option<f64>,
+    pub mean_processing_ms: Option<f64>,
     /// Executors registered for any of the pool's queues, as their registry records.
     pub workers: Vec<WorkerInfo>,
 }
@@ -51,7 +52,7 @@ impl Observation {
     pub fn from_stats(stats: &[QueueStats], workers: &[WorkerInfo], queues: &[String]) -> Self {
         let mine: Vec<&QueueStats> = stats.iter().filter(|s| queues.contains(&s.queue)).collect();
         let samples: u64 = mine.iter().map(|s| s.processing.samples).sum();
-        let mean_service_ms = (samples > 0).then(|| {
+        let mean_processing_ms = (samples > 0).then(|| {
             mine.iter()
                 .map(|s| s.processing.mean_ms * s.processing.samples as f64)
                 .sum::<f64>()
@@ -64,7 +65,7 @@ impl Observation {
             .collect();
         Self {
             queued: mine.iter().map(|s| s.queued).sum(),
-            in_flight: mine.iter().map(|s| s.started).sum(),
+            started: mine.iter().map(|s| s.started).sum(),
             delayed: mine.iter().map(|s| s.delayed).sum(),
             oldest_queued_age_ms: mine
                 .iter()
@@ -73,14 +74,14 @@ impl Observation {
                 .unwrap_or(0),
             total_enqueued: mine.iter().map(|s| s.total_enqueued).sum(),
             at_ms: mine.iter().map(|s| s.at_ms).max().unwrap_or(0),
-            mean_service_ms,
+            mean_processing_ms,
             workers,
         }
     }
 
     /// Anything queued, delayed or running.
     pub fn has_work(&self) -> bool {
-        self.queued > 0 || self.in_flight > 0 || self.delayed > 0
+        self.queued > 0 || self.started > 0 || self.delayed > 0
     }
 
     /// The point on the enqueued-tasks counter this observation saw.
@@ -195,22 +196,22 @@ mod tests {
         ];
         let obs = Observation::from_stats(&[a, b, other], &[], &queues);
         assert_eq!(obs.queued, 7);
-        assert_eq!(obs.in_flight, 3);
+        assert_eq!(obs.started, 3);
         assert_eq!(obs.delayed, 1);
         assert_eq!(obs.oldest_queued_age_ms, 2_500);
         assert_eq!(obs.total_enqueued, 150);
         assert_eq!(obs.at_ms, 5_001);
         // (10 × 1000 + 30 × 3000) / 40
-        assert_eq!(obs.mean_service_ms, Some(2500.0));
+        assert_eq!(obs.mean_processing_ms, Some(2500.0));
         assert!(obs.has_work());
     }
 
     #[test]
-    fn unused_queues_count_as_empty_and_no_samples_mean_unknown_service_time() {
+    fn unused_queues_count_as_empty_and_no_samples_mean_unknown_processing_time() {
         let obs = Observation::from_stats(&[], &[], &["image_analysis".to_string()]);
         assert_eq!(obs, Observation::default());
         assert!(!obs.has_work());
-        assert_eq!(obs.mean_service_ms, None);
+        assert_eq!(obs.mean_processing_ms, None);
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub enum Cause {
     MaxReplicas,
     /// Raised to `minReplicas`.
     MinReplicas,
-    /// Raised to one replica because work is queued, delayed or in flight.
+    /// Raised to one replica because work is queued, delayed or started.
     WorkPending,
     /// Idle, but within `cooldownSeconds` of the last work: kept.
     Cooldown,
@@ -261,7 +261,7 @@ pub struct History {
     recommendations: VecDeque<(u64, i32)>,
     /// Replica changes, oldest first, for the step limits.
     scale_events: VecDeque<ScaleEvent>,
-    /// When the pool last had anything queued, delayed or in flight (or was first seen).
+    /// When the pool last had anything queued, delayed or started (or was first seen).
     last_busy_ms: Option<u64>,
     /// Enqueued-task counter samples over the last [`ARRIVAL_SPAN_MS`], oldest first.
     arrivals: VecDeque<ArrivalSample>,
@@ -365,7 +365,7 @@ impl History {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Floor {
     MinReplicas,
-    /// Work is queued, delayed or in flight: someone has to run (and reap, and promote) it.
+    /// Work is queued, delayed or started: someone has to run (and reap, and promote) it.
     Work,
     /// Idle, but within the cooldown: keep what is running.
     Cooldown,
@@ -492,10 +492,10 @@ impl<'a> Deciding<'a> {
         });
     }
 
-    /// The arrival rate and service time, for the modes whose formula leaves them out.
+    /// The arrival rate and processing time, for the modes whose formula leaves them out.
     fn context(&self) -> String {
         let rate = self.history.arrival_rate(self.obs);
-        let service = self.obs.mean_service_ms.map(|ms| ms / 1000.0);
+        let service = self.obs.mean_processing_ms.map(|ms| ms / 1000.0);
         match (rate, service) {
             (Some(l), Some(s)) => format!(" ({l:.2}/s arriving, {s:.2}s per task)"),
             (Some(l), None) => format!(" ({l:.2}/s arriving)"),
@@ -508,7 +508,7 @@ impl<'a> Deciding<'a> {
     fn raw_recommendation(&mut self) -> f64 {
         match self.scaling.mode {
             ScalingMode::QueueLength => self.by_queue_length(),
-            ScalingMode::TargetWait => match self.obs.mean_service_ms {
+            ScalingMode::TargetWait => match self.obs.mean_processing_ms {
                 Some(service_ms) if service_ms > 0.0 => self.by_target_wait(service_ms / 1000.0),
                 _ => self.by_task_count(),
             },
@@ -516,40 +516,40 @@ impl<'a> Deciding<'a> {
     }
 
     fn by_queue_length(&mut self) -> f64 {
-        let (queued, in_flight) = (self.obs.queued, self.obs.in_flight);
+        let (queued, started) = (self.obs.queued, self.obs.started);
         let target = self.scaling.target_queue_length.max(1);
-        let raw = (queued + in_flight) as f64 / f64::from(target);
+        let raw = (queued + started) as f64 / f64::from(target);
         let context = self.context();
         self.why.push(format!(
-            "queueLength: ({queued} queued + {in_flight} in flight) / {target} per replica = {raw:.2}{context}"
+            "queueLength: ({queued} queued + {started} started) / {target} per replica = {raw:.2}{context}"
         ));
         raw
     }
 
-    /// `targetWait` with a mean service time of `s` seconds, by Little's law: λ·S slots are
+    /// `targetWait` with a mean processing time of `s` seconds, by Little's law: λ·S slots are
     /// busy keeping up with arrivals; the backlog needs queued/W tasks per second more, each
     /// holding a slot for S.
     fn by_target_wait(&mut self, s: f64) -> f64 {
         let lambda = self.history.arrival_rate(self.obs).unwrap_or(0.0);
         let wait = self.scaling.target_wait_seconds.max(0.001);
         let queued = self.obs.queued;
-        let in_flight = self.obs.in_flight;
-        let slots = (lambda * s + queued as f64 * s / wait).max(in_flight as f64);
+        let started = self.obs.started;
+        let slots = (lambda * s + queued as f64 * s / wait).max(started as f64);
         let per_pod = self.per_pod;
         let raw = slots / per_pod;
         self.why.push(format!(
-            "targetWait: max({lambda:.2}/s × {s:.2}s + {queued} queued × {s:.2}s / {wait}s, {in_flight} in flight) = {slots:.1} slots / {per_pod} per replica = {raw:.2}"
+            "targetWait: max({lambda:.2}/s × {s:.2}s + {queued} queued × {s:.2}s / {wait}s, {started} started) = {slots:.1} slots / {per_pod} per replica = {raw:.2}"
         ));
         raw
     }
 
     /// `targetWait` before any task finished: one slot per task.
     fn by_task_count(&mut self) -> f64 {
-        let (queued, in_flight, per_pod) = (self.obs.queued, self.obs.in_flight, self.per_pod);
-        let raw = (queued + in_flight) as f64 / per_pod;
+        let (queued, started, per_pod) = (self.obs.queued, self.obs.started, self.per_pod);
+        let raw = (queued + started) as f64 / per_pod;
         let context = self.context();
         self.why.push(format!(
-            "targetWait (no service time measured yet): ({queued} queued + {in_flight} in flight) / {per_pod} per replica = {raw:.2}{context}"
+            "targetWait (no processing time measured yet): ({queued} queued + {started} started) / {per_pod} per replica = {raw:.2}{context}"
         ));
         raw
     }
@@ -796,13 +796,13 @@ mod tests {
         };
         let cases = vec![
             Case {
-                name: "queueLength: ceil((queued + in flight) / target)",
+                name: "queueLength: ceil((queued + started) / target)",
                 spec: spec(),
                 current: 2,
                 observation: Some(obs(0, 18, 5)),
                 replicas: 5,
                 limited: false,
-                reason: "queueLength: (18 queued + 5 in flight) / 5 per replica",
+                reason: "queueLength: (18 queued + 5 started) / 5 per replica",
             },
             Case {
                 name: "queueLength: an exact multiple needs no extra replica",
@@ -862,7 +862,7 @@ mod tests {
                 replicas: 1,
                 limited: false,
                 // A fresh history has nothing in the window to hold the count at zero.
-                reason: "queueLength: (3 queued + 0 in flight) / 5 per replica = 0.60; → 1",
+                reason: "queueLength: (3 queued + 0 started) / 5 per replica = 0.60; → 1",
             },
             Case {
                 name: "from zero goes to the recommendation at once, step limits or not",
@@ -946,20 +946,20 @@ mod tests {
                 reason: "→ 12",
             },
             Case {
-                name: "targetWait without a measured service time: one slot per task",
+                name: "targetWait without a measured processing time: one slot per task",
                 spec: with(|s| s.mode = ScalingMode::TargetWait),
                 current: 1,
                 observation: Some(obs(0, 8, 4)),
                 replicas: 3,
                 limited: false,
-                reason: "no service time measured yet",
+                reason: "no processing time measured yet",
             },
             Case {
                 name: "targetWait keeps the slots in use",
                 spec: with(|s| s.mode = ScalingMode::TargetWait),
                 current: 2,
                 observation: Some(Observation {
-                    mean_service_ms: Some(15_000.0),
+                    mean_processing_ms: Some(15_000.0),
                     ..obs(0, 0, 8)
                 }),
                 replicas: 2,
@@ -1101,7 +1101,7 @@ mod tests {
         assert_eq!(notes.join("; "), d.reason);
         assert_eq!(
             d.reason,
-            "queueLength: (40 queued + 0 in flight) / 5 per replica = 8.00; → 8; \
+            "queueLength: (40 queued + 0 started) / 5 per replica = 8.00; → 8; \
              scale-up step limit 5 per 15s"
         );
     }
@@ -1142,7 +1142,7 @@ mod tests {
             .collect()
     }
 
-    /// `(second, queued, in flight)` triples as observations.
+    /// `(second, queued, started)` triples as observations.
     fn timeline(points: &[(u64, u64, u64)]) -> Vec<Observation> {
         points.iter().map(|&(t, q, f)| obs(t, q, f)).collect()
     }
@@ -1328,7 +1328,7 @@ mod tests {
         assert_eq!(d.replicas, 1, "{}", d.reason);
         assert_eq!(
             d.reason,
-            "queueLength: (3 queued + 0 in flight) / 5 per replica = 0.60 (0.00/s arriving); \
+            "queueLength: (3 queued + 0 started) / 5 per replica = 0.60 (0.00/s arriving); \
              → 1; scale-up window 120s holds at 0; from zero at once"
         );
         assert_eq!(d.cause, Cause::FromZero);
@@ -1345,7 +1345,7 @@ mod tests {
         });
         let at = |t: u64, total: u64| Observation {
             total_enqueued: total,
-            mean_service_ms: Some(15_000.0),
+            mean_processing_ms: Some(15_000.0),
             ..obs(t, 100, 0)
         };
         let mut history = History::new(13);

@@ -46,7 +46,7 @@ impl RedisObserver {
         let mut config =
             BrokerConfig::from_url(url).map_err(|e| ObserveError::Config(e.to_string()))?;
         config.partitions = partitions;
-        config.namespace = key_prefix.to_string();
+        config.key_prefix = key_prefix.to_string();
         let broker = Broker::connect(config).await.map_err(unreachable)?;
         brokers.insert(key, broker.clone());
         Ok(broker)
@@ -82,7 +82,7 @@ pub async fn observe_queues(
 fn unreachable(e: QueueError) -> ObserveError {
     match e {
         QueueError::Config(m) => ObserveError::Config(m),
-        // A partition count other than the namespace's is a setting to fix, not an outage.
+        // A partition count other than the key prefix's is a setting to fix, not an outage.
         e @ QueueError::Layout { .. } => ObserveError::Config(e.to_string()),
         other => ObserveError::Unreachable(other.to_string()),
     }

@@ -123,8 +123,9 @@ fn docs_folder(docs: &DocsSpec) -> String {
     }
 }
 
-/// The executor's setting for the key prefix.
-pub const KEY_PREFIX_ENV: &str = "RAGPOOL_NAMESPACE";
+/// The executor's setting for the key prefix (`RAGPOOL_KEY_PREFIX`; the executor still reads
+/// the older `RAGPOOL_NAMESPACE` when it is unset, which the operator no longer writes).
+pub use ragpool_runtime::args::KEY_PREFIX_ENV;
 
 /// `RAGPOOL_QUEUES`: the queue names, highest priority first; weighted, each as
 /// `name=weight` (1 when the spec gives none).

@@ -9,7 +9,7 @@ use ragpool_queue::{Broker, BrokerConfig, ConsumerConfig, NewTask, TaskKind, Wor
 use serde_json::json;
 
 #[tokio::test]
-async fn observes_queued_in_flight_and_busy_pods() {
+async fn observes_queued_started_and_busy_pods() {
     let server = tokio::task::spawn_blocking(RedisServer::start)
         .await
         .unwrap()
@@ -71,11 +71,11 @@ async fn observes_queued_in_flight_and_busy_pods() {
     let obs = observe_queues(&broker, &["image_analysis".to_string()])
         .await
         .unwrap();
-    assert_eq!((obs.queued, obs.in_flight, obs.delayed), (2, 2, 0));
+    assert_eq!((obs.queued, obs.started, obs.delayed), (2, 2, 0));
     assert_eq!(obs.total_enqueued, 5);
     assert!(
-        obs.mean_service_ms.is_some(),
-        "one task finished, so service time is known"
+        obs.mean_processing_ms.is_some(),
+        "one task finished, so processing time is known"
     );
     let mut ids: Vec<&str> = obs.workers.iter().map(|w| w.id.as_str()).collect();
     ids.sort();
@@ -260,7 +260,7 @@ async fn observes_the_queues_under_the_pools_key_prefix() {
         .unwrap();
     let broker_under = |prefix: &str| {
         let mut config = BrokerConfig::from_url(&server.url()).unwrap();
-        config.namespace = prefix.into();
+        config.key_prefix = prefix.into();
         Broker::connect(config)
     };
     let tenant = broker_under("tenant-a").await.unwrap();

@@ -3,11 +3,11 @@
 -- orders (strict or weighted priority), so `count` claims in one call hand out the same tasks
 -- as `count` claims of one, in one round trip.
 --
--- KEYS[1] events stream      {ns}:events
--- KEYS[2] queued-bytes hash  {ns}:queued_bytes
+-- KEYS[1] events stream      {prefix}:events
+-- KEYS[2] queued-bytes hash  {prefix}:queued_bytes
 -- then for each queue i (n = (#KEYS - 2) / 4), at KEYS[3 + 4(i-1)] ...:
---   ready set {ns}:q:<queue>:ready, started set {ns}:q:<queue>:active,
---   wake-up list {ns}:q:<queue>:signal, wait samples {ns}:q:<queue>:wait_ms
+--   ready set {prefix}:q:<queue>:ready, started set {prefix}:q:<queue>:active,
+--   wake-up list {prefix}:q:<queue>:signal, wait samples {prefix}:q:<queue>:wait_ms
 -- ARGV[1] prefix, ARGV[2] worker id, ARGV[3] lease ms, ARGV[4] count k,
 -- ARGV[5 .. 4+k] the lease tokens, one per task claimed,
 -- ARGV[5+k .. 4+2k] each turn's first queue (1-based, in KEYS order); the other queues follow

@@ -9,7 +9,7 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- Keys derived from an id carry the namespace's hash tag (it is part of `prefix`), so they
+-- Keys derived from an id carry the key prefix's hash tag (it is part of `prefix`), so they
 -- live in the same slot as the KEYS the script was called with.
 local function task_key(prefix, id)
   return prefix .. 'task:' .. id
@@ -127,7 +127,7 @@ local function check_lease(tkey, lease)
   return nil
 end
 
--- The outage clock {ns}:clock (a hash): `seen` is the last time an executor's periodic script
+-- The outage clock {prefix}:clock (a hash): `seen` is the last time an executor's periodic script
 -- (a maintenance pass or a registry beat) ran, `hold_until` the time before which no lease may
 -- be reaped. A gap longer than `gap_ms` since `seen` means nobody could reach Redis (it was
 -- down, restarted, or every executor was cut off): lease time did not run for anyone, so

@@ -10,16 +10,16 @@
 -- bytes must fit under this partition's share of the backlog limits (all queued tasks, and
 -- the queued tasks of each owner); when they do not, nothing is written.
 --
--- KEYS[1] events stream      {ns}:events
--- KEYS[2] sequence counter   {ns}:seq
--- KEYS[3] known queues set   {ns}:queues
--- KEYS[4] queued-bytes hash  {ns}:queued_bytes
+-- KEYS[1] events stream      {prefix}:events
+-- KEYS[2] sequence counter   {prefix}:seq
+-- KEYS[3] known queues set   {prefix}:queues
+-- KEYS[4] queued-bytes hash  {prefix}:queued_bytes
 -- then for each queue j of the call (m = ARGV[2]), at KEYS[5 + 3(j-1)]:
---   ready set {ns}:q:<queue>:ready, counters hash {ns}:q:<queue>:counters,
---   wake-up list {ns}:q:<queue>:signal
+--   ready set {prefix}:q:<queue>:ready, counters hash {prefix}:q:<queue>:counters,
+--   wake-up list {prefix}:q:<queue>:signal
 -- then for each task i, at KEYS[5 + 3m + 3(i-1)]:
---   task hash {ns}:task:<id>, idempotency key {ns}:idem:<key> (the sequence key when none),
---   payload {ns}:payload:<id>
+--   task hash {prefix}:task:<id>, idempotency key {prefix}:idem:<key> (the sequence key when none),
+--   payload {prefix}:payload:<id>
 -- ARGV[1] prefix, ARGV[2] m, ARGV[3] limit on all queued payload bytes (0: none),
 -- ARGV[4] limit on one owner's queued payload bytes (0: none)
 -- then for each queue j, 8 values from ARGV[5 + 8(j-1)]: name, max attempts, timeout ms,

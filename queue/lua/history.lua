@@ -2,7 +2,7 @@
 -- so that every API replica draws the same chart and a restart loses nothing. The first
 -- caller in a minute writes that minute's sample; later callers (other replicas) only read.
 --
--- KEYS[1] history hash {ns}:q:<queue>:history (field: minute since the epoch, value: sample)
+-- KEYS[1] history hash {prefix}:q:<queue>:history (field: minute since the epoch, value: sample)
 -- ARGV[1] this minute, ARGV[2] its sample, ARGV[3] minutes to keep
 -- Returns the kept samples as a flat field/value array.
 local minute, keep = tonumber(ARGV[1]), tonumber(ARGV[3])

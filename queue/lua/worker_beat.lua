@@ -2,9 +2,9 @@
 -- running executor) observe the outage clock: after a gap, the first to arrive may be a beat,
 -- not a maintenance pass, and the gap must not go unnoticed.
 --
--- KEYS[1] workers set {ns}:workers (member: worker id, score: last seen ms)
--- KEYS[2] worker record {ns}:worker:<id>
--- KEYS[3] outage clock {ns}:clock
+-- KEYS[1] workers set {prefix}:workers (member: worker id, score: last seen ms)
+-- KEYS[2] worker record {prefix}:worker:<id>
+-- KEYS[3] outage clock {prefix}:clock
 -- ARGV[1] worker id, ARGV[2] record JSON, ARGV[3] time to live ms, ARGV[4] outage gap ms and
 -- ARGV[5] hold ms of the executor's lease (0: a registration only, the clock is left alone)
 -- Returns the server time in ms.

@@ -231,8 +231,8 @@ impl QueueSettings {
     }
 }
 
-/// The start-up check of a process that serves a namespace (the API, an executor): a
-/// partition count that differs from the namespace's is an error to stop on, with
+/// The start-up check of a process that serves a key prefix (the API, an executor): a
+/// partition count that differs from the key prefix's is an error to stop on, with
 /// [`QueueError::Layout`]'s message. Redis being unreachable is not: a process starts
 /// without it (and reports 503 or retries), so the check is only logged and happens again
 /// on first use ([`crate::Broker::check_layout`] runs before every first enqueue, claim,
@@ -243,7 +243,7 @@ pub async fn check_layout_at_start(broker: &crate::Broker) -> Result<()> {
         Err(e) => {
             tracing::warn!(
                 error = %e,
-                "cannot check the namespace's partition count now; checked again on first use"
+                "cannot check the key prefix's partition count now; checked again on first use"
             );
             Ok(())
         }

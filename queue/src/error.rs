@@ -59,17 +59,17 @@ pub enum QueueError {
          it may be lost in a failover, try again"
     )]
     NotReplicated { timeout: std::time::Duration },
-    /// This process's partition count differs from the one the namespace was laid out with;
+    /// This process's partition count differs from the one the key prefix was laid out with;
     /// it would look for tasks where they are not. See [`crate::keys`].
     #[error(
-        "namespace {namespace:?} is laid out in {recorded} partition(s) but this process is \
+        "key prefix {key_prefix:?} is laid out in {recorded} partition(s) but this process is \
          configured with {configured} (--partitions / RAGPOOL_PARTITIONS): every API, executor \
-         and operator of a namespace must use the same count. To change it, stop them, run \
+         and operator of a key prefix must use the same count. To change it, stop them, run \
          `ragpool repartition --partitions {configured}` (it refuses while tasks wait or run) \
          and start them again with the new count"
     )]
     Layout {
-        namespace: String,
+        key_prefix: String,
         recorded: String,
         configured: u16,
     },
@@ -102,8 +102,8 @@ impl QueueError {
 /// Which backlog limit an enqueue ran into (see [`crate::PayloadLimits`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PayloadLimit {
-    /// Payload bytes of all queued tasks of the namespace, with its configured value.
-    Namespace(u64),
+    /// Payload bytes of all queued tasks of the key prefix, with its configured value.
+    Total(u64),
     /// Payload bytes of one owner's (API key's) queued tasks, with its configured value.
     PerKey(u64),
 }
@@ -112,15 +112,15 @@ impl PayloadLimit {
     /// The flag that sets it.
     pub fn flag(self) -> &'static str {
         match self {
-            PayloadLimit::Namespace(_) => "max_queued_payload_bytes",
+            PayloadLimit::Total(_) => "max_queued_payload_bytes",
             PayloadLimit::PerKey(_) => "max_queued_payload_bytes_per_key",
         }
     }
 
     fn describe(self) -> String {
         match self {
-            PayloadLimit::Namespace(n) => {
-                format!("the namespace's limit of {n} bytes (--max-queued-payload-bytes)")
+            PayloadLimit::Total(n) => {
+                format!("the key prefix's limit of {n} bytes (--max-queued-payload-bytes)")
             }
             PayloadLimit::PerKey(n) => {
                 format!("this key's limit of {n} bytes (--max-queued-payload-bytes-per-key)")

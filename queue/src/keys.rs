@@ -1,20 +1,20 @@
-//! The Redis key layout of one namespace (see `docs/queue.md`).
+//! The Redis key layout of one key prefix (see `docs/queue.md`).
 //!
-//! A namespace's tasks live in one or more **partitions**. A partition is a hash tag: every
+//! A key prefix's tasks live in one or more **partitions**. A partition is a hash tag: every
 //! key of a partition (its tasks, idempotency keys, events stream, sequence and the keys of
 //! each queue) hashes to one Redis Cluster slot, so a script may touch any of them, and
 //! different partitions land on different slots and so, in a cluster, on different masters.
 //!
-//! - With one partition (the default) every key starts with `{<namespace>}:`, the layout of
+//! - With one partition (the default) every key starts with `{<key_prefix>}:`, the layout of
 //!   every release before partitions existed.
-//! - With `P > 1`, partition `p` starts with `{<namespace>:p<p>of<P>:<n>}:`, where `n` is the
+//! - With `P > 1`, partition `p` starts with `{<key_prefix>:p<p>of<P>:<n>}:`, where `n` is the
 //!   smallest number that puts the tag's slot in the `p`-th of `P` equal slot ranges. With
 //!   the usual even split of slots over `M` masters and `P` a multiple of `M`, each master
 //!   serves `P / M` partitions.
 //!
 //! A task's id says which partition it lives in (see [`Partition::new_task_id`]), so any
-//! component finds a task from its id alone. Namespace-wide keys (the worker registry, the
-//! recorded partition count, the dashboard history) keep the `{<namespace>}:` tag.
+//! component finds a task from its id alone. Prefix-wide keys (the worker registry, the
+//! recorded partition count, the dashboard history) keep the `{<key_prefix>}:` tag.
 
 use crate::task::TaskId;
 
@@ -24,7 +24,7 @@ const SLOTS: u32 = 16384;
 /// The key prefix every component uses unless told otherwise.
 pub const DEFAULT_KEY_PREFIX: &str = "ragpool";
 
-/// The most partitions a namespace may have; far more than masters anyone runs, and few
+/// The most partitions a key prefix may have; far more than masters anyone runs, and few
 /// enough that a pass over every partition stays a handful of round trips.
 pub const MAX_PARTITIONS: u16 = 64;
 
@@ -33,15 +33,15 @@ pub fn slot(tag: &str) -> u16 {
     (u32::from(crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes())) % SLOTS) as u16
 }
 
-/// Builds key names for one namespace.
+/// Builds key names for one key prefix.
 #[derive(Debug, Clone)]
 pub struct Keys {
     prefix: String,
-    namespace: String,
+    key_prefix: String,
     partitions: Vec<Partition>,
 }
 
-/// One partition of a namespace: its keys share one hash tag.
+/// One partition of a key prefix: its keys share one hash tag.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Partition {
     index: u16,
@@ -50,32 +50,32 @@ pub struct Partition {
 }
 
 impl Keys {
-    /// The keys of a namespace with one partition.
-    pub fn new(namespace: &str) -> Self {
-        Self::with_partitions(namespace, 1)
+    /// The keys of a key prefix with one partition.
+    pub fn new(key_prefix: &str) -> Self {
+        Self::with_partitions(key_prefix, 1)
     }
 
-    /// The keys of a namespace split into `count` partitions (at least 1; callers validate
+    /// The keys of a key prefix split into `count` partitions (at least 1; callers validate
     /// the upper bound, [`MAX_PARTITIONS`]).
-    pub fn with_partitions(namespace: &str, count: u16) -> Self {
+    pub fn with_partitions(key_prefix: &str, count: u16) -> Self {
         let count = count.max(1);
         Keys {
-            prefix: format!("{{{namespace}}}:"),
-            namespace: namespace.to_string(),
+            prefix: format!("{{{key_prefix}}}:"),
+            key_prefix: key_prefix.to_string(),
             partitions: (0..count)
-                .map(|index| Partition::new(namespace, index, count))
+                .map(|index| Partition::new(key_prefix, index, count))
                 .collect(),
         }
     }
 
-    /// `{ns}:` — the tag of the namespace-wide keys (and of the only partition when there is
+    /// `{prefix}:` — the tag of the prefix-wide keys (and of the only partition when there is
     /// one).
     pub fn prefix(&self) -> &str {
         &self.prefix
     }
 
-    pub fn namespace(&self) -> &str {
-        &self.namespace
+    pub fn key_prefix(&self) -> &str {
+        &self.key_prefix
     }
 
     /// Every partition of the layout, in index order.
@@ -95,7 +95,7 @@ impl Keys {
         let (index, count) = id.partition().unwrap_or((0, 1));
         match self.partitions.get(usize::from(index)) {
             Some(p) if p.count == count => p.clone(),
-            _ => Partition::new(&self.namespace, index, count),
+            _ => Partition::new(&self.key_prefix, index, count),
         }
     }
 
@@ -111,7 +111,7 @@ impl Keys {
         &self.partitions[i]
     }
 
-    /// STRING: the partition count the namespace was laid out with, written by the first
+    /// STRING: the partition count the key prefix was laid out with, written by the first
     /// process that used it; every process checks its own count against it.
     pub fn layout(&self) -> String {
         format!("{}partitions", self.prefix)
@@ -123,7 +123,7 @@ impl Keys {
         format!("{}replication-probe", self.prefix)
     }
 
-    /// The outage clock under the namespace-wide tag: the only partition's clock when there
+    /// The outage clock under the prefix-wide tag: the only partition's clock when there
     /// is one partition (see [`Partition::clock`]); unused otherwise.
     pub fn clock(&self) -> String {
         format!("{}clock", self.prefix)
@@ -137,24 +137,24 @@ impl Keys {
         format!("{}worker:{id}", self.prefix)
     }
 
-    /// HASH minute → sample: a queue's chart history, namespace-wide.
+    /// HASH minute → sample: a queue's chart history, prefix-wide.
     pub fn history(&self, queue: &str) -> String {
         format!("{}q:{queue}:history", self.prefix)
     }
 }
 
 impl Partition {
-    fn new(namespace: &str, index: u16, count: u16) -> Partition {
+    fn new(key_prefix: &str, index: u16, count: u16) -> Partition {
         let prefix = if count <= 1 {
-            format!("{{{namespace}}}:")
+            format!("{{{key_prefix}}}:")
         } else {
             let lo = u32::from(index) * SLOTS / u32::from(count);
             let hi = (u32::from(index) + 1) * SLOTS / u32::from(count);
             // About `count` tries on average; every process finds the same `n`.
             let tag = (0u32..)
-                .map(|n| format!("{namespace}:p{index}of{count}:{n}"))
+                .map(|n| format!("{key_prefix}:p{index}of{count}:{n}"))
                 .find(|tag| (lo..hi).contains(&u32::from(slot(tag))))
-                .unwrap_or_else(|| format!("{namespace}:p{index}of{count}"));
+                .unwrap_or_else(|| format!("{key_prefix}:p{index}of{count}"));
             format!("{{{tag}}}:")
         };
         Partition {
@@ -270,7 +270,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn one_partition_keeps_the_namespace_tag() {
+    fn one_partition_keeps_the_key_prefix_tag() {
         let keys = Keys::new("ragpool");
         let p = &keys.partitions()[0];
         assert_eq!(p.prefix(), "{ragpool}:");

@@ -3,7 +3,7 @@
 //! Every state change of a task is one atomic Lua script (see `lua/` and `docs/queue.md`),
 //! called through a typed method on [`Broker`]. Every script touches the keys of one
 //! partition, which share one hash tag, so the protocol runs unchanged on Redis Cluster, and a
-//! namespace split into several partitions spreads over its masters (see [`keys`]).
+//! key prefix split into several partitions spreads over its masters (see [`keys`]).
 //!
 //! ```no_run
 //! # async fn demo() -> ragpool_queue::Result<()> {

@@ -32,7 +32,7 @@ impl TaskId {
         TaskId(uuid::Uuid::new_v8(bytes).to_string())
     }
 
-    /// The partition `(index, count)` the id was made in; `None` for an id of a namespace
+    /// The partition `(index, count)` the id was made in; `None` for an id of a key prefix
     /// with one partition (or one that names no valid partition).
     pub fn partition(&self) -> Option<(u16, u16)> {
         let u = uuid::Uuid::try_parse(&self.0).ok()?;

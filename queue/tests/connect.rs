@@ -146,8 +146,8 @@ async fn tls_with_rediss() {
     assert!(broker.ping().await.is_err());
 }
 
-/// `auto`, the default partition count: 1 on a single server; on a cluster the namespace's
-/// recorded count, or 2 per master for a new namespace, recorded by its first use.
+/// `auto`, the default partition count: 1 on a single server; on a cluster the key prefix's
+/// recorded count, or 2 per master for a new key prefix, recorded by its first use.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_default_partition_count_follows_the_deployment() {
     let server = tokio::task::spawn_blocking(RedisServer::start)
@@ -160,9 +160,9 @@ async fn the_default_partition_count_follows_the_deployment() {
     assert_eq!(single.keys().count(), 1);
 
     let (_cluster, target) = common::three_masters().await;
-    let config = |namespace: &str| {
+    let config = |key_prefix: &str| {
         let mut c = BrokerConfig::new(target.clone());
-        c.namespace = namespace.into();
+        c.key_prefix = key_prefix.into();
         c
     };
     let fresh = Broker::connect(config("fresh")).await.unwrap();
@@ -171,7 +171,7 @@ async fn the_default_partition_count_follows_the_deployment() {
         .enqueue(NewTask::new(sample_payload(TaskKind::FullQuery, "q")))
         .await
         .unwrap();
-    // A namespace recorded with another count keeps it: a later process adopts it.
+    // A key prefix recorded with another count keeps it: a later process adopts it.
     let mut four = config("planned");
     four.partitions = 4;
     let four = Broker::connect(four).await.unwrap();

@@ -222,7 +222,7 @@ async fn fill(b: &Broker, owner: Option<&str>) -> (u64, QueueError) {
     panic!("never refused");
 }
 
-async fn the_namespace_limit_refuses_exactly_at_it(env: Env) {
+async fn the_total_limit_refuses_exactly_at_it(env: Env) {
     let parts = u64::from(env.broker.keys().count());
     let size = answer_size();
     // Three tasks' worth per partition: each partition's share holds exactly three.
@@ -230,7 +230,7 @@ async fn the_namespace_limit_refuses_exactly_at_it(env: Env) {
     let b = limited(
         &env,
         PayloadLimits {
-            namespace: limit,
+            total: limit,
             per_key: 0,
         },
     )
@@ -249,11 +249,11 @@ async fn the_namespace_limit_refuses_exactly_at_it(env: Env) {
     assert_eq!(queued_bytes(&b, "answer_generation").await, limit);
     match refused {
         QueueError::PayloadLimit {
-            limit: PayloadLimit::Namespace(l),
+            limit: PayloadLimit::Total(l),
             asked,
             ..
         } => assert_eq!((l, asked), (limit, size)),
-        other => panic!("expected the namespace limit, got {other:?}"),
+        other => panic!("expected the key prefix limit, got {other:?}"),
     }
     assert!(
         refused.to_string().contains("--max-queued-payload-bytes"),
@@ -267,7 +267,7 @@ async fn the_namespace_limit_refuses_exactly_at_it(env: Env) {
     let (taken, _) = fill(&b, None).await;
     assert_eq!(taken, 1);
 }
-on_both!(namespace_limit_t, the_namespace_limit_refuses_exactly_at_it);
+on_both!(total_limit_t, the_total_limit_refuses_exactly_at_it);
 
 async fn the_per_key_limit_bounds_one_key_only(env: Env) {
     let parts = u64::from(env.broker.keys().count());
@@ -275,7 +275,7 @@ async fn the_per_key_limit_bounds_one_key_only(env: Env) {
     let b = limited(
         &env,
         PayloadLimits {
-            namespace: 0,
+            total: 0,
             per_key: 2 * parts * size,
         },
     )

@@ -1,4 +1,4 @@
-//! How one namespace's load spreads over the masters of a Redis Cluster.
+//! How one key prefix's load spreads over the masters of a Redis Cluster.
 //!
 //! A realistic workload runs on the 3-master test cluster: all three task kinds, enqueued one
 //! by one and in batches, some with idempotency keys, with payloads the size of real ones;

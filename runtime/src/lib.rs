@@ -3,8 +3,8 @@
 //!
 //! - [`http_server`]: the listener every component serves its router through, with the
 //!   timeouts and connection limits a hostile client needs.
-//! - [`args`]: the command-line arguments every process of a namespace reads the same way
-//!   (`--partitions`, `--durability`).
+//! - [`args`]: the command-line arguments every process of a key prefix reads the same way
+//!   (`--key-prefix`, `--partitions`, `--durability`).
 //! - [`image_input`]: the rules for a task's image, checked by the API at submission and
 //!   again by the executor before it decodes or fetches the image.
 
@@ -12,4 +12,4 @@ pub mod args;
 pub mod http_server;
 pub mod image_input;
 
-pub use args::{DurabilityArgs, PartitionArgs};
+pub use args::{DurabilityArgs, KeyPrefixArgs, PartitionArgs};

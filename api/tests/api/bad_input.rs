@@ -584,7 +584,7 @@ async fn bytes_in_flight(api: &TestApi) -> i64 {
         .await
         .unwrap();
     text.lines()
-        .find_map(|l| l.strip_prefix("ragpool_api_submission_bytes_in_flight "))
+        .find_map(|l| l.strip_prefix("ragpool_api_submission_reserved_bytes "))
         .and_then(|v| v.trim().parse().ok())
         .expect("the gauge is exported")
 }

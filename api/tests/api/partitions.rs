@@ -1,5 +1,5 @@
 //! The partition count at start-up: an API configured with another count than the
-//! namespace's refuses to start, with the message that says how to fix it; the same count
+//! key prefix's refuses to start, with the message that says how to fix it; the same count
 //! starts; and with Redis down at start it starts anyway and answers `500 misconfigured` on
 //! first use once Redis is back.
 
@@ -20,7 +20,7 @@ fn config(redis: &RedisServer, partitions: u16) -> ApiConfig {
     config
 }
 
-/// Records the namespace's partition count the way any process's first use does.
+/// Records the key prefix's partition count the way any process's first use does.
 async fn record(redis: &RedisServer, partitions: u16) {
     let mut config = BrokerConfig::from_url(&redis.url()).expect("url");
     config.partitions = partitions;
@@ -50,14 +50,14 @@ async fn serve_until_stopped(
 }
 
 #[tokio::test]
-async fn another_count_than_the_namespaces_stops_the_start() {
+async fn another_count_than_the_recorded_one_stops_the_start() {
     let redis = RedisServer::start().expect("redis-server");
     record(&redis, 1).await;
     let (_, _stop, server) = serve_until_stopped(config(&redis, 6)).await;
     let err = server
         .await
         .expect("server task")
-        .expect_err("an API with 6 partitions on a namespace of 1 must not start");
+        .expect_err("an API with 6 partitions on a key prefix of 1 must not start");
     let message = format!("{err:#}");
     assert!(
         message.contains("\"ragpool\" is laid out in 1 partition(s)")
@@ -68,7 +68,7 @@ async fn another_count_than_the_namespaces_stops_the_start() {
 }
 
 #[tokio::test]
-async fn the_namespaces_own_count_starts_and_serves() {
+async fn the_recorded_count_starts_and_serves() {
     let redis = RedisServer::start().expect("redis-server");
     record(&redis, 6).await;
     let (base, stop, server) = serve_until_stopped(config(&redis, 6)).await;

@@ -168,12 +168,12 @@ impl ApiProcess {
             .expect("metrics text")
     }
 
-    /// `ragpool_api_submission_bytes_in_flight`: the submission budget in use.
+    /// `ragpool_api_submission_reserved_bytes`: the submission budget in use.
     pub async fn in_flight(&self) -> i64 {
         self.metrics()
             .await
             .lines()
-            .find_map(|l| l.strip_prefix("ragpool_api_submission_bytes_in_flight "))
+            .find_map(|l| l.strip_prefix("ragpool_api_submission_reserved_bytes "))
             .and_then(|v| v.trim().parse().ok())
             .expect("the gauge is exported")
     }

@@ -194,7 +194,7 @@ Kubernetes' $(VAR) expansion, so it never appears in a manifest. */}}
 {{- end }}
 {{- include "ragpool.partitionsEnv" . }}
 {{- if ne (.Values.redis.keyPrefix | default "ragpool") "ragpool" }}
-- name: RAGPOOL_NAMESPACE
+- name: RAGPOOL_KEY_PREFIX
   value: {{ .Values.redis.keyPrefix | quote }}
 {{- end }}
 {{- end -}}

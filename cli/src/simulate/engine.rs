@@ -183,7 +183,7 @@ struct Sim<'a> {
     free_slots: VecDeque<usize>,
     queue: VecDeque<usize>,
     next_arrival: usize,
-    in_flight: u64,
+    started: u64,
     replicas: i32,
     ready: i32,
     service_window: VecDeque<u64>,
@@ -206,7 +206,7 @@ pub fn run(pool: &PoolModel, tasks: &[Task], scaler: &mut dyn Autoscaler) -> Out
         free_slots: VecDeque::new(),
         queue: VecDeque::new(),
         next_arrival: 0,
-        in_flight: 0,
+        started: 0,
         replicas: 0,
         ready: 0,
         service_window: VecDeque::with_capacity(SERVICE_SAMPLES),
@@ -271,7 +271,7 @@ pub fn run(pool: &PoolModel, tasks: &[Task], scaler: &mut dyn Autoscaler) -> Out
             timeline.push(Sample {
                 at_us: sim.now,
                 queued_max: sim.queued_max.max(sim.queue.len() as u64),
-                in_flight: sim.in_flight,
+                in_flight: sim.started,
                 replicas: sim.replicas,
                 ready: sim.ready,
             });
@@ -284,7 +284,7 @@ pub fn run(pool: &PoolModel, tasks: &[Task], scaler: &mut dyn Autoscaler) -> Out
     timeline.push(Sample {
         at_us: end_us,
         queued_max: sim.queued_max.max(sim.queue.len() as u64),
-        in_flight: sim.in_flight,
+        in_flight: sim.started,
         replicas: sim.replicas,
         ready: sim.ready,
     });
@@ -358,7 +358,7 @@ impl Sim<'_> {
                     return;
                 };
                 p.running.swap_remove(i);
-                self.in_flight -= 1;
+                self.started -= 1;
                 self.completed += 1;
                 self.sample_service(self.tasks[task].service_us);
                 match self.pods[pod].state {
@@ -375,7 +375,7 @@ impl Sim<'_> {
                     return;
                 }
                 let handed_back = std::mem::take(&mut self.pods[pod].running);
-                self.in_flight -= handed_back.len() as u64;
+                self.started -= handed_back.len() as u64;
                 self.released += handed_back.len() as u64;
                 // Back at their old place: the head of the queue.
                 for task in handed_back.into_iter().rev() {
@@ -411,7 +411,7 @@ impl Sim<'_> {
             };
             self.waits[task] = self.now - self.tasks[task].arrival_us;
             self.pods[pod].running.push(task);
-            self.in_flight += 1;
+            self.started += 1;
             let done = self.now + self.tasks[task].service_us;
             self.schedule(done, Event::Done { pod, task });
         }
@@ -421,7 +421,7 @@ impl Sim<'_> {
         let at_ms = self.now / 1000;
         Observation {
             queued: self.queue.len() as u64,
-            in_flight: self.in_flight,
+            started: self.started,
             delayed: 0,
             oldest_queued_age_ms: self
                 .queue
@@ -429,7 +429,7 @@ impl Sim<'_> {
                 .map_or(0, |t| (self.now - self.tasks[*t].arrival_us) / 1000),
             total_enqueued: self.next_arrival as u64,
             at_ms,
-            mean_service_ms: (!self.service_window.is_empty())
+            mean_processing_ms: (!self.service_window.is_empty())
                 .then(|| self.service_sum as f64 / self.service_window.len() as f64 / 1000.0),
             workers: Vec::new(),
         }
@@ -500,7 +500,7 @@ impl Sim<'_> {
     fn settled(&self, idle_replicas: i32) -> bool {
         self.next_arrival == self.tasks.len()
             && self.queue.is_empty()
-            && self.in_flight == 0
+            && self.started == 0
             && self.replicas == idle_replicas
             && self.pods.iter().all(|p| p.state != PodState::Draining)
     }

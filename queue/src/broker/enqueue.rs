@@ -173,7 +173,7 @@ impl Broker {
         invocation
             .arg(part.prefix())
             .arg(queues.len())
-            .arg(share(limits.namespace))
+            .arg(share(limits.total))
             .arg(share(limits.per_key));
         for q in &queues {
             invocation
@@ -250,7 +250,7 @@ impl Broker {
             limit: if which == "owner" {
                 PayloadLimit::PerKey(limits.per_key)
             } else {
-                PayloadLimit::Namespace(limits.namespace)
+                PayloadLimit::Total(limits.total)
             },
             share: num(share),
             shares: self.keys().count(),

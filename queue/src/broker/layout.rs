@@ -1,4 +1,4 @@
-//! The namespace's layout: its partition count, recorded once, checked by every process,
+//! The key prefix's layout: its partition count, recorded once, checked by every process,
 //! and changed by a repartition.
 
 use std::collections::BTreeSet;
@@ -12,8 +12,8 @@ use crate::error::{QueueError, Result};
 use crate::keys::{Keys, MAX_PARTITIONS};
 
 impl Broker {
-    /// Checks this process's partition count against the one recorded for the namespace,
-    /// recording it when the namespace has none yet; once per process. Writers (enqueue,
+    /// Checks this process's partition count against the one recorded for the key prefix,
+    /// recording it when the key prefix has none yet; once per process. Writers (enqueue,
     /// claim) and readers of every partition (stats, maintenance) check before their first
     /// call, so a process with the wrong count fails with [`QueueError::Layout`] instead of
     /// looking for tasks where they are not.
@@ -31,7 +31,7 @@ impl Broker {
                 let recorded = match recorded {
                     Some(r) => r,
                     None => {
-                        // A namespace used before its count was recorded has the one-partition
+                        // A key prefix used before its count was recorded has the one-partition
                         // layout; its sequence key exists from the first task on.
                         let used: bool = redis::cmd("EXISTS")
                             .arg(keys.partitions()[0].seq())
@@ -52,7 +52,7 @@ impl Broker {
                     Ok(())
                 } else {
                     Err(QueueError::Layout {
-                        namespace: keys.namespace().to_string(),
+                        key_prefix: keys.key_prefix().to_string(),
                         recorded,
                         configured: count,
                     })
@@ -62,10 +62,10 @@ impl Broker {
             .map(|_| ())
     }
 
-    /// Changes the namespace's recorded partition count to `count`, when no task of any
+    /// Changes the key prefix's recorded partition count to `count`, when no task of any
     /// queue waits, runs or waits out a backoff under the recorded one. Ended tasks stay
     /// readable by id until their TTL (an id names its own partition); they leave the state
-    /// counts. Stop every process of the namespace first: a running one keeps its count.
+    /// counts. Stop every process of the key prefix first: a running one keeps its count.
     pub async fn repartition(&self, count: u16) -> Result<u16> {
         if count == 0 || count > MAX_PARTITIONS {
             return Err(QueueError::Config(format!(
@@ -84,7 +84,7 @@ impl Broker {
                 .map_err(|_| QueueError::Corrupt(format!("recorded partition count {r:?}")))?,
             None => 1,
         };
-        let old_keys = Keys::with_partitions(keys.namespace(), old);
+        let old_keys = Keys::with_partitions(keys.key_prefix(), old);
         let mut busy = Vec::new();
         for part in old_keys.partitions() {
             let names: Vec<String> = redis::cmd("SMEMBERS")
@@ -110,9 +110,9 @@ impl Broker {
         }
         if !busy.is_empty() {
             return Err(QueueError::Config(format!(
-                "cannot change the partition count of namespace {:?} from {old} to {count} \
+                "cannot change the partition count of key prefix {:?} from {old} to {count} \
                  while tasks wait or run: {}; let the executors drain them first",
-                keys.namespace(),
+                keys.key_prefix(),
                 busy.join(", ")
             )));
         }
@@ -132,7 +132,7 @@ pub(super) async fn auto_partitions(conn: &Conn, config: &BrokerConfig) -> Resul
         return Ok(1);
     }
     let mut conn = conn.clone();
-    let keys = Keys::new(&config.namespace);
+    let keys = Keys::new(&config.key_prefix);
     let recorded: Option<String> = redis::cmd("GET")
         .arg(keys.layout())
         .query_async(&mut conn)

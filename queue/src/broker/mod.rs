@@ -44,12 +44,12 @@ pub use maintenance::{Maintenance, OutageClock};
 /// for a busy replica and still answers a client well inside its patience.
 pub const DEFAULT_REPLICATION_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// [`BrokerConfig::partitions`] meaning "choose for me": the namespace's recorded count, and
-/// for a new namespace 1 on a single server or Sentinel, [`PARTITIONS_PER_MASTER`] per master
+/// [`BrokerConfig::partitions`] meaning "choose for me": the key prefix's recorded count, and
+/// for a new key prefix 1 on a single server or Sentinel, [`PARTITIONS_PER_MASTER`] per master
 /// on a cluster (counted when the broker connects).
 pub const AUTO_PARTITIONS: u16 = 0;
 
-/// Partitions per master of a new namespace on a cluster under [`AUTO_PARTITIONS`]: two, so
+/// Partitions per master of a new key prefix on a cluster under [`AUTO_PARTITIONS`]: two, so
 /// each master holds more than one (a reshard can move one whole) while claims and stats
 /// read few.
 pub const PARTITIONS_PER_MASTER: u16 = 2;
@@ -59,8 +59,8 @@ pub const PARTITIONS_PER_MASTER: u16 = 2;
 pub struct BrokerConfig {
     pub target: RedisTarget,
     /// Prefix (and part of every hash tag) of every key; several deployments can share one Redis
-    /// under different namespaces.
-    pub namespace: String,
+    /// under different key prefixes.
+    pub key_prefix: String,
     pub queues: Vec<QueueConfig>,
     /// How long a non-blocking command may take before it counts as a failure.
     pub response_timeout: Duration,
@@ -71,9 +71,9 @@ pub struct BrokerConfig {
     pub replication_timeout: Duration,
     /// How many partitions every queue is split into (see [`crate::keys`]): 1 keeps all keys
     /// under one hash tag; on Redis Cluster, a few per master spread the load over them.
-    /// Every process of a namespace must use the same count; the first records it.
-    /// [`AUTO_PARTITIONS`] (the default) takes the namespace's recorded count, and for a new
-    /// namespace 1 on a single server or Sentinel, [`PARTITIONS_PER_MASTER`] per master on a
+    /// Every process of a key prefix must use the same count; the first records it.
+    /// [`AUTO_PARTITIONS`] (the default) takes the key prefix's recorded count, and for a new
+    /// key prefix 1 on a single server or Sentinel, [`PARTITIONS_PER_MASTER`] per master on a
     /// cluster.
     pub partitions: u16,
     /// Bounds on the payload bytes of queued tasks, checked by every enqueue.
@@ -85,10 +85,10 @@ pub struct BrokerConfig {
 /// no limit. With several partitions each partition holds an equal share of each limit.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PayloadLimits {
-    /// All queued tasks of the namespace.
-    pub namespace: u64,
+    /// All queued tasks of the key prefix.
+    pub total: u64,
     /// The queued tasks of one owner (an API key's name); tasks without an owner count
-    /// against the namespace limit only.
+    /// against the key prefix limit only.
     pub per_key: u64,
 }
 
@@ -105,11 +105,11 @@ impl PayloadLimits {
 }
 
 impl BrokerConfig {
-    /// The seed's three queues in namespace `ragpool`.
+    /// The seed's three queues under key prefix `ragpool`.
     pub fn new(target: RedisTarget) -> Self {
         BrokerConfig {
             target,
-            namespace: "ragpool".into(),
+            key_prefix: crate::DEFAULT_KEY_PREFIX.into(),
             queues: default_queues(),
             response_timeout: Duration::from_secs(5),
             durability: Durability::Local,
@@ -158,9 +158,9 @@ impl Broker {
                 )));
             }
         }
-        if config.namespace.is_empty() || config.namespace.contains(['{', '}']) {
+        if config.key_prefix.is_empty() || config.key_prefix.contains(['{', '}']) {
             return Err(QueueError::Config(
-                "namespace must be non-empty and free of braces".into(),
+                "the key prefix must be non-empty and free of braces".into(),
             ));
         }
         if config.partitions > MAX_PARTITIONS {
@@ -195,7 +195,7 @@ impl Broker {
         Ok(Broker {
             inner: Arc::new(Inner {
                 conn,
-                keys: Keys::with_partitions(&config.namespace, config.partitions),
+                keys: Keys::with_partitions(&config.key_prefix, config.partitions),
                 config,
                 queues,
                 events: tokio::sync::OnceCell::new(),

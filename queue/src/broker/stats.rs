@@ -13,7 +13,7 @@ use crate::stats::{DurationSummary, QueueStats};
 
 impl Broker {
     /// Configured queues first (in configuration order), then any other queue that has seen
-    /// tasks in this namespace (in any partition).
+    /// tasks in this key prefix (in any partition).
     pub async fn queue_names(&self) -> Result<Vec<String>> {
         let reads = self.keys().partitions().iter().map(|part| async move {
             redis::cmd("SMEMBERS")

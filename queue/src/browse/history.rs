@@ -89,7 +89,7 @@ impl Broker {
     }
 }
 
-/// `{ns}:q:<queue>:history`: HASH minute → sample (see `history.lua`).
+/// `{prefix}:q:<queue>:history`: HASH minute → sample (see `history.lua`).
 fn history_key(broker: &Broker, queue: &str) -> String {
     broker.keys().history(queue)
 }
