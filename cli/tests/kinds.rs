@@ -115,9 +115,7 @@ fn check_pool_queues(p: &mut Problems, file: &str, queues_value: &Value, all: bo
             .collect();
         // Weights given for some queues must be given for all the pool names (a queue
         // without one would fall back silently); with `all`, that is every kind's queue.
-        if !listed.is_empty() {
-            p.same_set(file, "queues.weights", &listed, &names);
-        }
+        p.same_set(file, "queues.weights", &listed, &names);
         for kind in TaskKind::ALL {
             let d = kind.descriptor();
             if let Some(w) = weights.get(d.queue).and_then(Value::as_u64) {

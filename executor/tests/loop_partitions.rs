@@ -92,7 +92,7 @@ async fn with_redis_down_at_start_the_mismatch_is_logged_whole_once_redis_is_bac
     let mut executor = ExecutorProcess::start(&vars).await;
     // The start-up check found Redis away and left the count to the first claim.
     executor
-        .wait_log("cannot check the namespace's partition count now; checked again on first use")
+        .wait_log("cannot check the key prefix's partition count now; checked again on first use")
         .await;
 
     env.restart_redis().await;
