@@ -28,11 +28,11 @@ use prometheus_client::metrics::gauge::Gauge;
 /// payload, and the copies on the way to Redis (the serialised payload, the script call's
 /// argument, the command and its encoding for the socket). Measured with the release binary
 /// and `VmHWM`; see docs/operations.md.
-pub const COPIES: usize = 6;
+pub const COPIES: usize = 2;
 
 /// [`COPIES`] for a multipart body: its image is stored base64-encoded, 4/3 of its size, and
 /// that is copied on its way to Redis as a JSON body's image is.
-pub const MULTIPART_COPIES: usize = 8;
+pub const MULTIPART_COPIES: usize = 2;
 
 /// See the module documentation. Cheap to clone; clones share the budget.
 #[derive(Debug, Clone)]
