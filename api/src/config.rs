@@ -146,7 +146,7 @@ pub struct Limits {
     pub max_held_requests_per_peer: usize,
 
     /// Memory for submissions being handled at once, across all requests: each reserves
-    /// six times its body (the copies it takes on its way to Redis); one that does not fit
+    /// two times its body (what it holds at its peak, measured); one that does not fit
     /// is answered 503 with Retry-After. The API's memory limit must be this plus a fixed
     /// baseline (docs/operations.md).
     #[arg(

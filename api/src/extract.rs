@@ -43,6 +43,33 @@ where
     }
 }
 
+/// A request whose JSON may carry a large inline `image` (base64): [`ImageJsonBody`] moves
+/// the image out of the body's buffer into this field, rather than copying it.
+pub trait InlineImage {
+    fn image_mut(&mut self) -> &mut Option<String>;
+}
+
+/// [`JsonBody`] for a request with an inline image (see [`parse_json_with_image`]): the
+/// image is held once, in the buffer the body was read into.
+pub struct ImageJsonBody<T>(pub T, pub Reservation);
+
+impl<T> FromRequest<AppState> for ImageJsonBody<T>
+where
+    T: DeserializeOwned + InlineImage,
+{
+    type Rejection = BodyRejection;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, BodyRejection> {
+        if !is_json(req.headers()) {
+            return Err(unsupported_media_type("application/json").into());
+        }
+        let held = admit(&req, state, COPIES)?;
+        let bytes = read_body(req, state).await?;
+        let value = parse_json_with_image(bytes)?;
+        Ok(ImageJsonBody(value, held))
+    }
+}
+
 /// Why a body was not taken: an [`ApiError`], or a budget refusal logged as an outage.
 pub struct BodyRejection(Box<Response>);
 
@@ -200,6 +227,55 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     Ok(value)
 }
 
+/// Images shorter than this are parsed as any other field; the buffer games below are for
+/// the large ones.
+const MOVE_IMAGES_FROM: usize = 64 * 1024;
+
+/// [`parse_json`] for a request with an inline image: an image whose JSON text needs no
+/// unescaping (base64 never does) is not copied out of the body but becomes the body's own
+/// buffer, the rest of the body moved out of its way; the other fields are parsed from a
+/// copy of the body without it. Anything else (no image, a short one, an escaped one, a
+/// body that does not parse) is parsed as [`parse_json`] does, with the same answers.
+pub fn parse_json_with_image<T>(body: Vec<u8>) -> Result<T, ApiError>
+where
+    T: DeserializeOwned + InlineImage,
+{
+    #[derive(serde::Deserialize)]
+    struct Image<'a> {
+        // Only text that needs no unescaping can be borrowed; other text fails here and is
+        // parsed the usual way.
+        #[serde(borrow, default)]
+        image: Option<&'a str>,
+    }
+    let span = match serde_json::from_slice::<Image<'_>>(&body) {
+        Ok(Image { image: Some(text) }) if text.len() >= MOVE_IMAGES_FROM => {
+            let start = text.as_ptr() as usize - body.as_ptr() as usize;
+            Some(start..start + text.len())
+        }
+        _ => None,
+    };
+    let Some(span) = span else {
+        return parse_json(&body);
+    };
+    let mut rest = Vec::with_capacity(body.len() - span.len());
+    rest.extend_from_slice(&body[..span.start]);
+    rest.extend_from_slice(&body[span.end..]);
+    // A refusal is the whole body's, so its positions are the client's.
+    let Ok(mut value) = parse_json::<T>(&rest) else {
+        drop(rest);
+        return parse_json(&body);
+    };
+    drop(rest);
+    let mut image = body;
+    image.truncate(span.end);
+    image.drain(..span.start);
+    // It was a `&str`, so this takes the buffer as it is.
+    let image = String::from_utf8(image)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    *value.image_mut() = Some(image);
+    Ok(value)
+}
+
 fn malformed_json(e: serde_json::Error) -> ApiError {
     ApiError::malformed_json(format!("the body is not valid JSON: {e}"))
 }
@@ -306,6 +382,52 @@ mod tests {
         let e = parse_json::<Body>(b"[1, 2]").unwrap_err();
         assert_eq!((e.status.as_u16(), e.code), (422, "invalid_field"));
         assert!(parse_json::<Body>(br#"{"question": "q", "extra": 1}"#).is_ok());
+    }
+
+    #[derive(Debug, Deserialize, PartialEq)]
+    struct WithImage {
+        image: Option<String>,
+        prompt: Option<String>,
+    }
+
+    impl InlineImage for WithImage {
+        fn image_mut(&mut self) -> &mut Option<String> {
+            &mut self.image
+        }
+    }
+
+    #[test]
+    fn a_large_image_becomes_the_bodys_buffer() {
+        let image = "QUJD".repeat(MOVE_IMAGES_FROM);
+        let body = format!(r#" {{"prompt": "p\"q", "image": "{image}", "x": [1]}} "#).into_bytes();
+        let at = body.as_ptr();
+        let parsed: WithImage = parse_json_with_image(body).unwrap();
+        assert_eq!(parsed.prompt.as_deref(), Some("p\"q"));
+        assert_eq!(parsed.image.as_deref(), Some(image.as_str()));
+        let moved = parsed.image.unwrap_or_default();
+        assert_eq!(moved.as_ptr(), at, "moved, not copied");
+        // The same answers as `parse_json` otherwise.
+        let escaped = format!(r#"{{"image": "\/{image}"}}"#);
+        let small = r#"{"image": "QUJD", "prompt": null}"#.to_string();
+        let bad = [
+            format!(r#"{{"image": "{image}", "prompt": 5}}"#),
+            format!(r#"{{"image": "{image}""#),
+            format!(r#"{{"image": "{image}"}} x"#),
+            format!(r#"{{"image": "{image}", "image": "QUJD"}}"#),
+            format!(r#"[{{"image": "{image}"}}]"#),
+        ];
+        for body in [escaped, small] {
+            let parsed: WithImage = parse_json_with_image(body.clone().into_bytes()).unwrap();
+            assert_eq!(parsed, parse_json::<WithImage>(body.as_bytes()).unwrap());
+        }
+        for body in bad {
+            let e = parse_json_with_image::<WithImage>(body.clone().into_bytes()).unwrap_err();
+            let expected = parse_json::<WithImage>(body.as_bytes()).unwrap_err();
+            assert_eq!(
+                (e.status, e.code, &e.message),
+                (expected.status, expected.code, &expected.message)
+            );
+        }
     }
 
     #[test]

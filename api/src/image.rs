@@ -54,23 +54,39 @@ pub fn sniff(bytes: &[u8]) -> Option<ImageFormat> {
 
 /// Checks raw image bytes (an upload).
 pub fn check_bytes(bytes: &[u8], max_bytes: usize) -> Result<ImageFormat, ImageError> {
-    if bytes.is_empty() {
+    check_parts(bytes.len(), bytes, max_bytes)
+}
+
+/// Checks an image of `len` bytes that begin with `head`.
+fn check_parts(len: usize, head: &[u8], max_bytes: usize) -> Result<ImageFormat, ImageError> {
+    if len == 0 {
         return Err(ImageError::Empty);
     }
-    if bytes.len() > max_bytes {
+    if len > max_bytes {
         return Err(ImageError::TooLarge { limit: max_bytes });
     }
-    sniff(bytes).ok_or(ImageError::UnsupportedType)
+    sniff(head).ok_or(ImageError::UnsupportedType)
+}
+
+fn decode_error(e: DecodeError) -> ImageError {
+    match e {
+        DecodeError::Empty => ImageError::Empty,
+        DecodeError::BadBase64(reason) => ImageError::BadBase64(reason),
+        DecodeError::TooLarge { limit } => ImageError::TooLarge { limit },
+    }
+}
+
+/// Checks canonical base64 (see [`is_canonical`]) as [`decode_base64`] does, a few
+/// kilobytes at a time: the decoded image is never held.
+fn check_canonical(encoded: &str, max_bytes: usize) -> Result<ImageFormat, ImageError> {
+    let scanned = image_input::scan_base64(encoded, max_bytes).map_err(decode_error)?;
+    check_parts(scanned.len, &scanned.head, max_bytes)
 }
 
 /// Decodes base64 (standard alphabet, padding optional, a `data:…;base64,` prefix and line
 /// breaks tolerated) and checks the result. Oversized input is refused before decoding.
 pub fn decode_base64(encoded: &str, max_bytes: usize) -> Result<Vec<u8>, ImageError> {
-    let bytes = image_input::decode_base64(encoded, max_bytes).map_err(|e| match e {
-        DecodeError::Empty => ImageError::Empty,
-        DecodeError::BadBase64(reason) => ImageError::BadBase64(reason),
-        DecodeError::TooLarge { limit } => ImageError::TooLarge { limit },
-    })?;
+    let bytes = image_input::decode_base64(encoded, max_bytes).map_err(decode_error)?;
     check_bytes(&bytes, max_bytes)?;
     Ok(bytes)
 }
@@ -78,6 +94,31 @@ pub fn decode_base64(encoded: &str, max_bytes: usize) -> Result<Vec<u8>, ImageEr
 /// The canonical encoding stored in a task payload.
 pub fn encode(bytes: &[u8]) -> String {
     STANDARD.encode(bytes)
+}
+
+/// [`encode`], in the buffer that holds the bytes: an upload becomes its base64 without
+/// being held twice. Reserve 4/3 of the bytes' length (plus 4) up front and the buffer is
+/// not even moved.
+pub fn encode_in_place(mut bytes: Vec<u8>) -> String {
+    // Whole 3-byte groups per piece, so every piece but the last encodes without padding.
+    const PIECE: usize = 3 * 4096;
+    let len = bytes.len();
+    bytes.resize(len.div_ceil(3) * 4, 0);
+    let mut piece = [0u8; PIECE / 3 * 4];
+    // From the last piece back: piece [a, b) encodes to [a/3*4, b/3*4), which starts at or
+    // after `a`, so it only overwrites bytes already encoded; and it ends where the next
+    // piece's encoding begins.
+    for start in (0..len).step_by(PIECE).rev() {
+        let end = (start + PIECE).min(len);
+        // `piece` fits a whole piece's encoding, so this cannot fail.
+        let n = STANDARD
+            .encode_slice(&bytes[start..end], &mut piece)
+            .unwrap_or_default();
+        let at = start / 3 * 4;
+        bytes[at..at + n].copy_from_slice(&piece[..n]);
+    }
+    // Base64 is ASCII: this takes the buffer as it is.
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 /// Whether base64 that decoded is already [`encode`]'s form: padded, with no prefix or line
@@ -106,14 +147,14 @@ pub async fn image_input(
         .map_err(|both| ApiError::invalid_field(both.to_string()))?;
     match source {
         Some(ImageSource::Inline(encoded)) => {
-            let bytes = decode_base64(&encoded, state.limits().max_image_bytes)
-                .map_err(|e| image_error(e, "image"))?;
-            // Most clients send canonical base64 already: keep it rather than hold a second
-            // copy of a large image while encoding it again.
+            let max = state.limits().max_image_bytes;
+            // Most clients send canonical base64 already: check it a piece at a time and keep
+            // it, rather than hold the decoded image, or a second encoding, beside it.
             let image = if is_canonical(&encoded) {
-                drop(bytes);
+                check_canonical(&encoded, max).map_err(|e| image_error(e, "image"))?;
                 encoded
             } else {
+                let bytes = decode_base64(&encoded, max).map_err(|e| image_error(e, "image"))?;
                 encode(&bytes)
             };
             Ok(ImageInput {
@@ -202,6 +243,21 @@ pub(crate) mod tests {
                 canonical,
                 "{other}"
             );
+        }
+    }
+
+    #[test]
+    fn encoding_in_place_is_encoding() {
+        let bytes: Vec<u8> = (0..30_000u32).map(|i| (i * 31 % 256) as u8).collect();
+        for len in (0..20).chain([12_287, 12_288, 12_289, 24_576, 24_577, 30_000]) {
+            let mut buf = Vec::with_capacity(len / 3 * 4 + 4);
+            buf.extend_from_slice(&bytes[..len]);
+            let at = buf.as_ptr();
+            let encoded = encode_in_place(buf);
+            assert_eq!(encoded, encode(&bytes[..len]), "{len}");
+            if len > 0 {
+                assert_eq!(encoded.as_ptr(), at, "{len}: not moved");
+            }
         }
     }
 

@@ -78,7 +78,7 @@ async fn explains_a_backlog_with_the_operators_policy() {
     assert_eq!(
         decision.message(),
         "queueLength: (40 queued + 0 started) / 5 per replica = 8.00; → 8; \
-         scale-up step limit 6 per 15s"
+         backlog: 40 queued > 8 slots; scale-up step limit 6 skipped"
     );
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(
@@ -93,10 +93,7 @@ async fn explains_a_backlog_with_the_operators_policy() {
         .iter()
         .position(|l| l.starts_with("Decision: "))
         .expect("a decision line");
-    assert_eq!(
-        lines[decision_at],
-        "Decision: 2 → 6 (ScaleUpLimit, would scale)"
-    );
+    assert_eq!(lines[decision_at], "Decision: 2 → 8 (Backlog, would scale)");
     assert_eq!(lines[decision_at + 1], format!("  {}", decision.message()));
     let steps: Vec<&str> = lines[3..decision_at]
         .iter()

@@ -182,6 +182,63 @@ fn every_sample_trace_runs_with_both_policies() {
     }
 }
 
+/// Every sample trace with `minReplicas` 0, 1, 2 and 5: ragpool's p95 wait against the
+/// KEDA-style baseline's, and its pod-seconds against the baseline's. `Some(r)`: ragpool's
+/// p95 is at most `r` times the baseline's; the pod-seconds are never more.
+#[test]
+fn warm_and_cold_pools_beat_the_baseline_on_every_trace() {
+    // (trace, minReplicas, bound on the p95 ratio, pod-seconds at most the baseline's)
+    let cases: [(&str, i32, f64, bool); 16] = [
+        ("steady", 0, 0.5, true),
+        ("diurnal", 0, 0.5, true),
+        ("burst", 0, 0.5, true),
+        ("onoff", 0, 0.5, true),
+        ("steady", 1, 0.5, true),
+        ("diurnal", 1, 0.5, true),
+        ("burst", 1, 0.5, true),
+        ("onoff", 1, 0.5, true),
+        // Two warm replicas keep up with `steady` and most of `diurnal` on their own; the
+        // baseline then only pays for them, and ragpool's 60 s scale-down window costs more.
+        ("steady", 2, 0.5, false),
+        ("diurnal", 2, 0.5, false),
+        ("burst", 2, 0.5, true),
+        ("onoff", 2, 0.5, true),
+        // Five replicas never scale on these three: both policies run the same pool.
+        ("steady", 5, 1.0, true),
+        ("diurnal", 5, 1.0, true),
+        // Capacity-bound: 20 replicas ready 10 s after the first look drain 500 tasks no
+        // faster than this.
+        ("burst", 5, 0.56, true),
+        ("onoff", 5, 1.0, true),
+    ];
+    for (name, min, ratio, cheaper) in cases {
+        let spec = load_pool(
+            &traces().join("pool.yaml"),
+            &[format!("scaling.minReplicas={min}")],
+        )
+        .expect("pool");
+        let arrivals = load_trace(&traces().join(format!("{name}.csv")), 1).expect("trace");
+        let scenario = Scenario::new(
+            spec,
+            &arrivals,
+            &ServiceTime::Exponential { mean: 3.0 },
+            10.0,
+            1,
+        );
+        let mut runs = vec![scenario.ragpool(), scenario.keda()];
+        ragpool_cli::simulate::same_end(&mut runs);
+        let (ours, theirs) = (Waits::of(&runs[0].waits_us), Waits::of(&runs[1].waits_us));
+        let label = format!(
+            "{name} at minReplicas {min}: p95 {:.2} s vs {:.2} s, {} vs {} pod-µs",
+            ours.p95, theirs.p95, runs[0].pod_us, runs[1].pod_us
+        );
+        assert!(ours.p95 <= ratio * theirs.p95, "{label}");
+        if cheaper {
+            assert!(runs[0].pod_us <= runs[1].pod_us, "{label}");
+        }
+    }
+}
+
 #[test]
 fn the_same_seed_gives_the_same_run() {
     let spec = load_pool(&traces().join("pool.yaml"), &[]).expect("pool");

@@ -95,6 +95,71 @@ async fn hostile_images_stay_within_the_image_budget() {
     assert!(status.success(), "{status}\n{output}");
 }
 
+/// The most an executor holds of a large image task's payload, in payloads (its stored
+/// base64 text): the claim's reply, the parsed payload, the decoded bytes. Pixels are the
+/// image budget's, and a valid PNG of one pixel has next to none.
+const MAX_PAYLOADS_HELD: u64 = 2;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_image_task_holds_its_payload_at_most_twice() {
+    let env = Env::start(quick_queues()).await;
+    let url = env.url();
+    let executor = ExecutorProcess::start(&[
+        ("RAGPOOL_REDIS_URL", url.as_str()),
+        ("RAGPOOL_BACKEND", "builtin"),
+        ("RAGPOOL_CONCURRENCY", "4"),
+        ("RAGPOOL_WORKER_ID", "executor-large"),
+    ])
+    .await;
+    let small = png_with(|_| {});
+    let warm = env
+        .enqueue(AnalyzeImage {
+            image: Some(base64(&small)),
+            ..AnalyzeImage::default()
+        })
+        .await;
+    env.ended(&warm.id).await;
+    let baseline = vm_hwm(executor.pid());
+
+    // A 1×1 PNG followed by 10 MiB of filler (the API's default image limit), which the
+    // decoder never reads: about 13.3 MiB of base64.
+    let mut image = small;
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    image.extend((0..10 << 20).map(|_| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x as u8
+    }));
+    let payload = AnalyzeImage {
+        image: Some(base64(&image)),
+        ..AnalyzeImage::default()
+    };
+    let len = payload.image.as_ref().map_or(0, |i| i.len()) as u64;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(env.enqueue(payload.clone()).await.id);
+    }
+    drop(payload);
+    for id in &ids {
+        let task = env.ended(id).await;
+        assert_eq!(task.state, TaskState::Finished, "{:?}", task.error);
+    }
+    let grew = vm_hwm(executor.pid()) - baseline;
+    eprintln!(
+        "executor: 4 x {len} byte payload: VmHWM +{} KiB, {:.2} payloads each",
+        grew >> 10,
+        grew as f64 / (4 * len) as f64
+    );
+    assert!(
+        grew <= 4 * MAX_PAYLOADS_HELD * len + (8 << 20),
+        "4 tasks of {len} payload bytes took {grew} bytes"
+    );
+    executor.sigterm();
+    let (status, output) = executor.exit().await;
+    assert!(status.success(), "{status}\n{output}");
+}
+
 /// The peak resident memory of process `pid`, in bytes.
 fn vm_hwm(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");

@@ -1511,12 +1511,17 @@ mod tests {
                     status(),
                 ]
             },
-            vec![
-                Ok(obs(100, 40, 0)),
-                Ok(obs(102, 40, 0)),
-                Ok(obs(104, 40, 0)),
-                Ok(obs(120, 40, 0)),
-            ],
+            // Tasks of 1 s: 40 drain through one replica's 4 slots within targetWait, so the
+            // step limit paces the scale-up.
+            [100, 102, 104, 120]
+                .into_iter()
+                .map(|t| {
+                    Ok(Observation {
+                        mean_processing_ms: Some(1_000.0),
+                        ..obs(t, 40, 0)
+                    })
+                })
+                .collect(),
         )
         .await;
         let summary = |s: &RagWorkerPoolStatus| -> Vec<(i32, i32, String)> {
@@ -1543,11 +1548,96 @@ mod tests {
         let last = &written[2];
         assert_eq!(
             last.recent_decisions[1].message,
-            "queueLength: (40 queued + 0 started) / 5 per replica = 8.00 (0.00/s arriving); → 8; capped at maxReplicas 6"
+            "queueLength: (40 queued + 0 started) / 5 per replica = 8.00 (0.00/s arriving, 1.00s per task); → 8; capped at maxReplicas 6"
         );
         assert_eq!(
             last.last_scale_time.as_ref(),
             Some(&last.recent_decisions[1].time)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_warm_pool_with_a_backlog_scales_to_its_recommendation_in_one_pass() {
+        let mut s = spec();
+        s.scaling.min_replicas = 2;
+        let p = pool(s);
+        let written = statuses(
+            &p,
+            |status| {
+                vec![
+                    // 500 tasks on two warm replicas: to maxReplicas at once, not 2 → 6.
+                    get_deployment(existing(&p, 2)),
+                    Exchange::new(Method::PATCH, SCALE)
+                        .check(|body| assert_eq!(body, &json!({"spec": {"replicas": 20}}))),
+                    event("ScaledUp", "Normal", "2 → 20 replicas"),
+                    status(),
+                ]
+            },
+            vec![Ok(Observation {
+                mean_processing_ms: Some(3_000.0),
+                ..obs(100, 500, 8)
+            })],
+        )
+        .await;
+        let decisions = &written[0].recent_decisions;
+        assert_eq!(decisions.len(), 1, "{decisions:?}");
+        assert_eq!((decisions[0].from, decisions[0].to), (2, 20));
+        assert_eq!(decisions[0].reason, "Backlog");
+        assert_eq!(
+            decisions[0].message,
+            "queueLength: (500 queued + 8 started) / 5 per replica = 101.60 (3.00s per task); \
+             → 102; capped at maxReplicas 20; \
+             backlog: 500 queued × 3.00s / 8 slots = 187.5s > targetWait 10s; \
+             scale-up step limit 6 skipped"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_short_spike_doubles_a_warm_pool_once() {
+        let p = pool(spec());
+        let scale = |to: i32| {
+            Exchange::new(Method::PATCH, SCALE)
+                .check(move |body| assert_eq!(body["spec"]["replicas"], to))
+        };
+        let at = |t: u64, queued: u64, started: u64| {
+            Ok(Observation {
+                mean_processing_ms: Some(1_000.0),
+                ..obs(t, queued, started)
+            })
+        };
+        let written = statuses(
+            &p,
+            |status| {
+                vec![
+                    // 40 tasks of 1 s on four replicas drain in 2.5 s: paced, +100 % to 8.
+                    get_deployment(existing(&p, 4)),
+                    scale(8),
+                    event("ScaledUp", "Normal", "4 → 8 replicas"),
+                    status(),
+                    // Still there 2 s later: held at 8 for the rest of the period.
+                    get_deployment(existing(&p, 8)),
+                    status(),
+                    // Gone: the scale-down window keeps 8; no second doubling, no scale call.
+                    get_deployment(existing(&p, 8)),
+                    status(),
+                ]
+            },
+            vec![at(100, 40, 16), at(102, 40, 16), at(104, 0, 10)],
+        )
+        .await;
+        let last = written.last().cloned().unwrap_or_default();
+        let reasons: Vec<(i32, i32, &str)> = last
+            .recent_decisions
+            .iter()
+            .map(|d| (d.from, d.to, d.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                (4, 8, "ScaleUpLimit"),
+                (8, 8, "ScaleUpLimit"),
+                (8, 8, "ScaleDownWindow"),
+            ]
         );
     }
 
@@ -1700,7 +1790,7 @@ mod tests {
         let at = |t: u64, queued: u64, started: u64, total: u64| {
             Ok(Observation {
                 total_enqueued: total,
-                mean_processing_ms: Some(4_000.0),
+                mean_processing_ms: Some(1_000.0),
                 ..obs(t, queued, started)
             })
         };
@@ -1717,7 +1807,8 @@ mod tests {
             &p,
             |status| {
                 vec![
-                    // 40 tasks land on one replica: +4 pods per 15 s.
+                    // 40 tasks of 1 s land on one replica: they drain within targetWait, so
+                    // +4 pods per 15 s.
                     get_deployment(existing(&p, 1)),
                     scale(5),
                     event("ScaledUp", "Normal", "1 → 5 replicas"),

@@ -618,7 +618,7 @@ pub struct ScalingDecision {
     pub to: i32,
     /// The policy step that settled the count: `Load`, `Tolerance`, `MaxReplicas`,
     /// `MinReplicas`, `WorkPending`, `Cooldown`, `Idle`, `ScaleUpWindow`,
-    /// `ScaleDownWindow`, `FromZero`, `ScaleUpLimit` or `ScaleDownLimit`.
+    /// `ScaleDownWindow`, `FromZero`, `Backlog`, `ScaleUpLimit` or `ScaleDownLimit`.
     #[schemars(length(max = 64))]
     pub reason: String,
     /// The policy's reason in words and numbers: queued, started, arrival rate, service

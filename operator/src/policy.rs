@@ -10,8 +10,10 @@
 //! 5. Stabilisation windows like the HorizontalPodAutoscaler's: up to the lowest and down to
 //!    the highest recommendation within the window.
 //! 6. From zero at once: a pool at zero with work skips the scale-up window.
-//! 7. Step limits per period, except from zero: a pool at zero has no pods whose start the
-//!    limit could pace, and every queued task is work it needs.
+//! 7. Step limits per period, except from zero and for a backlog: a pool at zero has no pods
+//!    whose start the limit could pace, and a queue the current pods cannot drain within
+//!    `targetWaitSeconds` is work, not noise. Either goes to the whole recommendation in one
+//!    pass, once per period.
 //!
 //! [`desired_replicas`] runs steps 2 to 7 as methods of one decision in the making
 //! (`raw_recommendation`, `tolerate`, `bound`, `stabilise`, `start_from_zero`,
@@ -105,6 +107,9 @@ pub enum Cause {
     ScaleDownWindow,
     /// A pool at zero with work started at once, skipping the scale-up window.
     FromZero,
+    /// A backlog the current pods cannot drain within `targetWaitSeconds`: the scale-up step
+    /// limit was skipped.
+    Backlog,
     /// The scale-up step limit of the period.
     ScaleUpLimit,
     /// The scale-down step limit of the period.
@@ -113,7 +118,7 @@ pub enum Cause {
 
 impl Cause {
     /// Every cause, in the order of the policy's steps.
-    pub const ALL: [Cause; 14] = [
+    pub const ALL: [Cause; 15] = [
         Cause::Paused,
         Cause::NoData,
         Cause::Load,
@@ -126,6 +131,7 @@ impl Cause {
         Cause::ScaleUpWindow,
         Cause::ScaleDownWindow,
         Cause::FromZero,
+        Cause::Backlog,
         Cause::ScaleUpLimit,
         Cause::ScaleDownLimit,
     ];
@@ -145,6 +151,7 @@ impl Cause {
             Cause::ScaleUpWindow => "ScaleUpWindow",
             Cause::ScaleDownWindow => "ScaleDownWindow",
             Cause::FromZero => "FromZero",
+            Cause::Backlog => "Backlog",
             Cause::ScaleUpLimit => "ScaleUpLimit",
             Cause::ScaleDownLimit => "ScaleDownLimit",
         }
@@ -165,6 +172,7 @@ impl Cause {
             Cause::ScaleUpWindow => "scale_up_window",
             Cause::ScaleDownWindow => "scale_down_window",
             Cause::FromZero => "from_zero",
+            Cause::Backlog => "backlog",
             Cause::ScaleUpLimit => "scale_up_limit",
             Cause::ScaleDownLimit => "scale_down_limit",
         }
@@ -699,6 +707,37 @@ impl<'a> Deciding<'a> {
         desired
     }
 
+    /// Why the queue is a backlog, if it is one: the oldest task has waited longer than
+    /// `targetWaitSeconds`, or the queued tasks would take longer than that to drain through
+    /// the current pods' slots. Before any processing time is measured, each queued task
+    /// counts as `targetWaitSeconds` of work for one slot (as `targetWait` sizes on one slot
+    /// per task), so the queue is a backlog when it holds more tasks than the pool has slots.
+    fn backlog(&self) -> Option<String> {
+        let target = self.scaling.target_wait_seconds;
+        let oldest = self.obs.oldest_queued_age_ms as f64 / 1000.0;
+        if oldest > target {
+            return Some(format!(
+                "backlog: oldest task waited {oldest:.1}s > targetWait {target}s"
+            ));
+        }
+        let queued = self.obs.queued;
+        let slots = f64::from(self.current) * self.per_pod;
+        match self.obs.mean_processing_ms {
+            Some(ms) if ms > 0.0 => {
+                let s = ms / 1000.0;
+                let drain = queued as f64 * s / slots.max(1.0);
+                (drain > target).then(|| {
+                    format!(
+                        "backlog: {queued} queued × {s:.2}s / {slots} slots = {drain:.1}s > targetWait {target}s"
+                    )
+                })
+            }
+            _ => {
+                (queued as f64 > slots).then(|| format!("backlog: {queued} queued > {slots} slots"))
+            }
+        }
+    }
+
     /// Step 7, step limits: how far the count may move within one period.
     fn step_limit(&mut self, desired: i32) -> i32 {
         let current = self.current;
@@ -713,6 +752,19 @@ impl<'a> Deciding<'a> {
             // never leave zero. A limit only holds a scale-up back, never lowers the count: a
             // jump from zero earlier in the period may have gone past it.
             let limit = (start + self.up.allowance(start).max(1)).max(current);
+            // A backlog is work the pool already has, not a noisy metric: a warm pool goes to
+            // the whole recommendation at once, as a pool at zero does. Once per period, like
+            // the jump from zero, so a queue that is still there two seconds later cannot
+            // double the pool again before the new pods have started.
+            if limit < desired
+                && start == current
+                && let Some(why) = self.backlog()
+            {
+                self.cause = Cause::Backlog;
+                self.why
+                    .push(format!("{why}; scale-up step limit {limit} skipped"));
+                return desired;
+            }
             (limit.min(desired), self.up, "up", Cause::ScaleUpLimit)
         } else if desired < current {
             let start = self
@@ -775,6 +827,14 @@ mod tests {
         let mut s = spec();
         f(&mut s.scaling);
         s
+    }
+
+    /// `observation` with tasks measured at `seconds` each.
+    fn taking(seconds: f64, observation: Observation) -> Observation {
+        Observation {
+            mean_processing_ms: Some(seconds * 1000.0),
+            ..observation
+        }
     }
 
     /// One decision from a fresh history.
@@ -877,10 +937,51 @@ mod tests {
                 name: "from one replica the step limit applies (4 pods per period by default)",
                 spec: spec(),
                 current: 1,
-                observation: Some(obs(0, 40, 0)),
+                // 40 tasks of 1 s drain through 4 slots in 10 s: within targetWait.
+                observation: Some(taking(1.0, obs(0, 40, 0))),
                 replicas: 5,
                 limited: true,
                 reason: "scale-up step limit 5",
+            },
+            Case {
+                name: "a backlog skips the step limit: more queued than slots, no time measured",
+                spec: spec(),
+                current: 2,
+                observation: Some(obs(0, 40, 0)),
+                replicas: 8,
+                limited: false,
+                reason: "backlog: 40 queued > 8 slots; scale-up step limit 6 skipped",
+            },
+            Case {
+                name: "a backlog skips the step limit: the queue drains slower than targetWait",
+                spec: spec(),
+                current: 2,
+                observation: Some(taking(3.0, obs(0, 30, 8))),
+                replicas: 8,
+                limited: false,
+                reason: "backlog: 30 queued × 3.00s / 8 slots = 11.2s > targetWait 10s; \
+                         scale-up step limit 6 skipped",
+            },
+            Case {
+                name: "a backlog skips the step limit: the oldest task is late",
+                spec: spec(),
+                current: 2,
+                observation: Some(Observation {
+                    oldest_queued_age_ms: 12_000,
+                    ..taking(1.0, obs(0, 30, 8))
+                }),
+                replicas: 8,
+                limited: false,
+                reason: "backlog: oldest task waited 12.0s > targetWait 10s",
+            },
+            Case {
+                name: "a queue the pods drain within targetWait is paced by the step limit",
+                spec: spec(),
+                current: 2,
+                observation: Some(taking(1.0, obs(0, 30, 8))),
+                replicas: 6,
+                limited: true,
+                reason: "→ 8; scale-up step limit 6 per 15s",
             },
             Case {
                 name: "delayed retries keep one replica to promote them",
@@ -1050,8 +1151,16 @@ mod tests {
                 "step",
                 spec(),
                 1,
-                Some(obs(0, 40, 0)),
+                Some(taking(1.0, obs(0, 40, 0))),
                 Cause::ScaleUpLimit,
+                false,
+            ),
+            (
+                "backlog",
+                spec(),
+                2,
+                Some(obs(0, 40, 0)),
+                Cause::Backlog,
                 false,
             ),
             (
@@ -1077,7 +1186,7 @@ mod tests {
     #[test]
     fn a_decision_keeps_each_step_and_the_raw_recommendation() {
         // 40 tasks / 5 per replica = 8 from one, but at most 4 pods per 15 s.
-        let d = desired_replicas(Some(&obs(0, 40, 0)), &spec(), &History::new(1));
+        let d = desired_replicas(Some(&taking(1.0, obs(0, 40, 0))), &spec(), &History::new(1));
         assert_eq!(d.raw, Some(8.0));
         let steps: Vec<(&str, Option<i32>)> =
             d.steps.iter().map(|s| (s.name, s.replicas)).collect();
@@ -1101,7 +1210,7 @@ mod tests {
         assert_eq!(notes.join("; "), d.reason);
         assert_eq!(
             d.reason,
-            "queueLength: (40 queued + 0 started) / 5 per replica = 8.00; → 8; \
+            "queueLength: (40 queued + 0 started) / 5 per replica = 8.00 (1.00s per task); → 8; \
              scale-up step limit 5 per 15s"
         );
     }
@@ -1145,6 +1254,14 @@ mod tests {
     /// `(second, queued, started)` triples as observations.
     fn timeline(points: &[(u64, u64, u64)]) -> Vec<Observation> {
         points.iter().map(|&(t, q, f)| obs(t, q, f)).collect()
+    }
+
+    /// [`timeline`] with tasks measured at one second each.
+    fn timeline_1s(points: &[(u64, u64, u64)]) -> Vec<Observation> {
+        timeline(points)
+            .into_iter()
+            .map(|o| taking(1.0, o))
+            .collect()
     }
 
     struct Sequence {
@@ -1218,8 +1335,33 @@ mod tests {
                 name: "scale-up step limit: +4 pods or +100 % per 15 s",
                 spec: with(|s| s.target_queue_length = 1),
                 start: 2,
-                steps: timeline(&[(0, 20, 0), (2, 20, 0), (16, 20, 0), (31, 20, 0)]),
+                steps: timeline_1s(&[(0, 20, 0), (2, 20, 0), (16, 20, 0), (31, 20, 0)]),
                 replicas: vec![6, 6, 12, 20],
+            },
+            Sequence {
+                name: "a backlog on a warm pool: the whole recommendation in one pass",
+                spec: with(|s| s.min_replicas = 2),
+                start: 2,
+                steps: timeline(&[(46, 500, 0), (48, 492, 8), (62, 400, 80)]),
+                replicas: vec![20, 20, 20],
+            },
+            Sequence {
+                name: "a backlog skips the limit once per period, as a jump from zero does",
+                spec: spec(),
+                start: 2,
+                // 2 → 8 at once; 2 s later 100 tasks want 20, but the period has had its
+                // jump; a period later, the backlog is still there: to 20.
+                steps: timeline(&[(0, 40, 0), (2, 100, 0), (16, 100, 0)]),
+                replicas: vec![8, 8, 20],
+            },
+            Sequence {
+                name: "a short spike the pods drain within targetWait doubles the pool once",
+                spec: spec(),
+                start: 4,
+                // 40 queued of 1 s on 16 slots drain in 2.5 s: paced, +100 % to 8, and the
+                // spike still there 2 s later cannot double it again within the period.
+                steps: timeline_1s(&[(0, 40, 16), (2, 40, 16), (4, 0, 10), (16, 0, 8)]),
+                replicas: vec![8, 8, 8, 8],
             },
             Sequence {
                 name: "a jump from zero counts against the period's step limit, never lowers",
@@ -1227,7 +1369,7 @@ mod tests {
                 start: 0,
                 // 0 → 5 at once; within the period the limit from 0 (+4) holds at 5; once the
                 // jump is a period old, +100 % of 5.
-                steps: timeline(&[(0, 25, 0), (2, 60, 0), (4, 60, 0), (15, 60, 0)]),
+                steps: timeline_1s(&[(0, 25, 0), (2, 60, 0), (4, 60, 0), (15, 60, 0)]),
                 replicas: vec![5, 5, 5, 10],
             },
             Sequence {

@@ -6,7 +6,10 @@
 -- it carries.
 --
 -- The payload goes to a key of its own and the hash keeps a summary of it (sizes, image
--- type, digest): reading a task's state never carries its input. The new tasks' payload
+-- type, digest): reading a task's state never carries its input. A small payload is an
+-- argument; a large one was written beforehand to its staging key, in pieces, and is renamed
+-- into place here, so no command carries it whole. A staging key left over (a replay, a
+-- refusal) is deleted; one whose enqueue never comes expires. The new tasks' payload
 -- bytes must fit under this partition's share of the backlog limits (all queued tasks, and
 -- the queued tasks of each owner); when they do not, nothing is written.
 --
@@ -17,9 +20,9 @@
 -- then for each queue j of the call (m = ARGV[2]), at KEYS[5 + 3(j-1)]:
 --   ready set {prefix}:q:<queue>:ready, counters hash {prefix}:q:<queue>:counters,
 --   wake-up list {prefix}:q:<queue>:signal
--- then for each task i, at KEYS[5 + 3m + 3(i-1)]:
+-- then for each task i, at KEYS[5 + 3m + 4(i-1)]:
 --   task hash {prefix}:task:<id>, idempotency key {prefix}:idem:<key> (the sequence key when none),
---   payload {prefix}:payload:<id>
+--   payload {prefix}:payload:<id>, staging key {prefix}:staging:<id>
 -- ARGV[1] prefix, ARGV[2] m, ARGV[3] limit on all queued payload bytes (0: none),
 -- ARGV[4] limit on one owner's queued payload bytes (0: none), ARGV[5] o, the number of owners
 --   with settings
@@ -28,14 +31,17 @@
 -- then for each queue j, 8 values from ARGV[6 + 4o + 8(j-1)]: name, max attempts, timeout ms,
 --   result TTL ms, failure TTL ms, backoff base ms, backoff max ms, keep-payload ms
 -- then for each task i, 11 values from ARGV[6 + 4o + 8m + 11(i-1)]: id, queue number j, kind,
---   payload JSON, idempotency key ('' for none), owner ('' for none), payload bytes, image
+--   payload JSON ('' when it is in the staging key), idempotency key ('' for none), owner
+--   ('' for none), payload bytes, image
 --   bytes ('' for none), image type ('' for none), payload SHA-256 (hex), brief JSON (the
 --   payload without its image)
 -- Returns, per task in order, {created 1|0, id, queue}: a task whose key names a live task
 -- (made earlier, or by an earlier task of this call) gets that task's id and queue. Or, when
 -- the new payloads do not fit, {'over_limit', 'all'|'owner', limit, bytes queued now, bytes
 -- asked for}, or when an owner's new tasks do not fit under its maxQueued, {'over_limit',
--- 'owner_tasks', maxQueued, tasks queued now, tasks asked for}; then nothing is written.
+-- 'owner_tasks', maxQueued, tasks queued now, tasks asked for}; then nothing is written; or
+-- {'staging_lost', id} when a staged payload is not whole in its staging key (it expired
+-- before this call) and nothing is written.
 local prefix, m, o = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[5])
 local limit_all, limit_owner = tonumber(ARGV[3]), tonumber(ARGV[4])
 local obase = 6
@@ -43,6 +49,20 @@ local qbase = obase + 4 * o
 local tbase = qbase + 8 * m
 local n = (#ARGV - tbase + 1) / 11
 local acct = KEYS[4]
+
+-- The staging key of task i when its payload was staged, else nil.
+local function staged(i)
+  if ARGV[tbase + 11 * i + 3] ~= '' then return nil end
+  return KEYS[8 + 3 * m + 4 * i]
+end
+
+-- Deletes the staging keys of the tasks `list` (indexes) that have one.
+local function drop_staged(list)
+  for _, i in ipairs(list) do
+    local skey = staged(i)
+    if skey then redis.call('DEL', skey) end
+  end
+end
 
 local reply = {}
 local create = {}
@@ -54,7 +74,7 @@ for i = 0, n - 1 do
   local a = tbase + 11 * i
   local id, j, idem = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 4]
   local queue = ARGV[qbase + 8 * (j - 1)]
-  local ikey = KEYS[6 + 3 * m + 3 * i]
+  local ikey = KEYS[6 + 3 * m + 4 * i]
   local found
   if idem ~= '' then
     found = taken and taken[ikey]
@@ -67,6 +87,7 @@ for i = 0, n - 1 do
     end
   end
   if found then
+    drop_staged({i})
     reply[#reply + 1] = 0; reply[#reply + 1] = found[1]; reply[#reply + 1] = found[2]
   else
     if idem ~= '' then
@@ -79,6 +100,14 @@ for i = 0, n - 1 do
 end
 
 if #create == 0 then return reply end
+
+for _, i in ipairs(create) do
+  local skey = staged(i)
+  if skey and redis.call('STRLEN', skey) ~= tonumber(ARGV[tbase + 11 * i + 6]) then
+    drop_staged(create)
+    return {'staging_lost', ARGV[tbase + 11 * i]}
+  end
+end
 
 -- The backlog limits: refuse before writing anything. Replays above take no room.
 local owners = prefix .. 'owners'
@@ -93,6 +122,7 @@ if o > 0 then
     if max > 0 and asked[name] then
       local held = tonumber(redis.call('HGET', owners, 'queued:' .. name)) or 0
       if held + asked[name] > max then
+        drop_staged(create)
         return {'over_limit', 'owner_tasks', max, held, asked[name]}
       end
     end
@@ -108,12 +138,16 @@ if limit_all > 0 or limit_owner > 0 then
   end
   if limit_all > 0 then
     local held = tonumber(redis.call('HGET', acct, 'all')) or 0
-    if held + asked > limit_all then return {'over_limit', 'all', limit_all, held, asked} end
+    if held + asked > limit_all then
+      drop_staged(create)
+      return {'over_limit', 'all', limit_all, held, asked}
+    end
   end
   if limit_owner > 0 then
     for owner, bytes in pairs(by_owner) do
       local held = tonumber(redis.call('HGET', acct, 'owner:' .. owner)) or 0
       if held + bytes > limit_owner then
+        drop_staged(create)
         return {'over_limit', 'owner', limit_owner, held, bytes}
       end
     end
@@ -144,7 +178,7 @@ for _, i in ipairs(create) do
   local id, j, idem, owner = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 4], ARGV[a + 5]
   local q = qbase + 8 * (j - 1)
   local queue = ARGV[q]
-  local k = 5 + 3 * m + 3 * i
+  local k = 5 + 3 * m + 4 * i
   local tkey, ikey, pkey = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   seq = seq + 1
   local sseq = string.format('%d', seq)
@@ -173,7 +207,13 @@ for _, i in ipairs(create) do
     fields[#fields + 1] = 'owner'; fields[#fields + 1] = owner
   end
   redis.call('HSET', tkey, unpack(fields))
-  redis.call('SET', pkey, ARGV[a + 3])
+  local skey = staged(i)
+  if skey then
+    redis.call('RENAME', skey, pkey)
+    redis.call('PERSIST', pkey)
+  else
+    redis.call('SET', pkey, ARGV[a + 3])
+  end
   count_queued(acct, tkey, 1)
   fair_add(prefix, prefix .. 'q:' .. queue .. ':', owner, id, sseq)
   local members = ready[j]

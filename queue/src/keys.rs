@@ -200,6 +200,13 @@ impl Partition {
         format!("{}payload:{id}", self.prefix)
     }
 
+    /// STRING: a large payload on its way in, written in pieces before the enqueue script
+    /// renames it to [`Partition::payload`]; it expires on its own when the enqueue never
+    /// comes (see `broker/enqueue.rs`).
+    pub fn staging(&self, id: &str) -> String {
+        format!("{}staging:{id}", self.prefix)
+    }
+
     /// HASH: payload bytes of the partition's queued tasks: `all`, `queue:<name>` and
     /// `owner:<name>` (an API key's name), for the backlog limits and the stats.
     pub fn queued_bytes(&self) -> String {

@@ -70,15 +70,21 @@ impl Payload {
     /// The payload without its inline image: what a task keeps to show what it asked for
     /// once its payload is gone. Small: every other field is bounded by the API's limits.
     pub fn brief(&self) -> Payload {
+        self.with_image(None)
+    }
+
+    /// This payload with `image` in place of its inline image (a kind without one is
+    /// returned as it is).
+    fn with_image(&self, image: Option<String>) -> Payload {
         match self {
             Payload::AnalyzeImage(p) => Payload::AnalyzeImage(AnalyzeImage {
-                image: None,
+                image,
                 image_url: p.image_url.clone(),
                 prompt: p.prompt.clone(),
             }),
             Payload::FullQuery(p) => Payload::FullQuery(FullQuery {
                 question: p.question.clone(),
-                image: None,
+                image,
                 image_url: p.image_url.clone(),
                 top_k: p.top_k,
             }),
@@ -86,16 +92,94 @@ impl Payload {
         }
     }
 
+    /// The stored form ([`Payload::to_json`]'s text) in pieces that borrow the inline image
+    /// rather than copy it: a payload of many megabytes is written to Redis from the image
+    /// its caller holds, never serialised whole beside it.
+    pub fn stored(&self) -> serde_json::Result<StoredJson<'_>> {
+        // Base64 (any text without quotes, backslashes and control characters) is its own
+        // JSON string body; other text needs escaping, so it is serialised the usual way.
+        let plain = |b: u8| b >= 0x20 && b != b'"' && b != b'\\';
+        let whole = || -> serde_json::Result<StoredJson<'_>> {
+            Ok(StoredJson {
+                head: self.to_json()?,
+                image: "",
+                tail: String::new(),
+            })
+        };
+        let Some(image) = self.image().filter(|i| i.bytes().all(plain)) else {
+            return whole();
+        };
+        let mut head = self.with_image(Some(String::new())).to_json()?;
+        // The image's key: inside a string value every quote is escaped, so `{"` or `,"`
+        // only ever opens a key.
+        const KEY: &str = "\"image\":\"";
+        let Some(at) = head
+            .match_indices(KEY)
+            .map(|(at, _)| at)
+            .find(|&at| at > 0 && matches!(head.as_bytes()[at - 1], b'{' | b','))
+        else {
+            return whole();
+        };
+        let tail = head.split_off(at + KEY.len());
+        Ok(StoredJson { head, image, tail })
+    }
+
     /// The summary a task keeps of this payload, whose stored form is `json`.
     pub fn summary(&self, json: &str) -> InputSummary {
+        self.summary_of(json.len() as u64, Sha256::digest(json.as_bytes()).into())
+    }
+
+    fn summary_of(&self, bytes: u64, sha256: [u8; 32]) -> InputSummary {
         let image = self.image();
         InputSummary {
-            bytes: json.len() as u64,
+            bytes,
             // Base64 holds 3 bytes per 4 characters.
             image_bytes: image.map(|b64| (b64.trim_end_matches('=').len() * 3 / 4) as u64),
             image_type: image.and_then(sniff_image_type).map(str::to_owned),
-            sha256: format!("{:x}", Sha256::digest(json.as_bytes())),
+            sha256: sha256.iter().map(|b| format!("{b:02x}")).collect(),
         }
+    }
+}
+
+/// A payload's stored form as a head, the inline image and a tail: see [`Payload::stored`].
+#[derive(Debug)]
+pub struct StoredJson<'a> {
+    head: String,
+    image: &'a str,
+    tail: String,
+}
+
+impl StoredJson<'_> {
+    /// The pieces, in order; together they are the stored form.
+    pub fn pieces(&self) -> [&[u8]; 3] {
+        [
+            self.head.as_bytes(),
+            self.image.as_bytes(),
+            self.tail.as_bytes(),
+        ]
+    }
+
+    /// Bytes of the stored form.
+    pub fn len(&self) -> usize {
+        self.head.len() + self.image.len() + self.tail.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The stored form in one string: a copy, for a small payload.
+    pub fn to_text(&self) -> String {
+        [self.head.as_str(), self.image, self.tail.as_str()].concat()
+    }
+
+    /// The summary a task keeps of `payload`, whose stored form this is.
+    pub fn summary(&self, payload: &Payload) -> InputSummary {
+        let mut digest = Sha256::new();
+        for piece in self.pieces() {
+            digest.update(piece);
+        }
+        payload.summary_of(self.len() as u64, digest.finalize().into())
     }
 }
 
@@ -256,6 +340,44 @@ mod tests {
         // Not an image, or too short to tell: no type.
         for b64 in ["aGVsbG8gd29ybGQgaGVsbG8=", "iVA", ""] {
             assert_eq!(sniff_image_type(b64), None, "{b64}");
+        }
+    }
+
+    #[test]
+    fn stored_pieces_are_the_stored_form_without_copying_the_image() {
+        let b64 = "iVBORw0KGgo+/AAAA==".to_string();
+        let tricky = r#"x","image":"y\"#.to_string();
+        for p in [
+            Payload::from(AnalyzeImage {
+                image: Some(b64.clone()),
+                prompt: Some(tricky.clone()),
+                ..AnalyzeImage::default()
+            }),
+            Payload::from(FullQuery {
+                question: tricky.clone(),
+                image: Some(b64.clone()),
+                top_k: Some(2),
+                ..FullQuery::default()
+            }),
+            // Text that JSON must escape is serialised whole.
+            Payload::from(AnalyzeImage {
+                image: Some("a\"b".into()),
+                ..AnalyzeImage::default()
+            }),
+            Payload::from(CompleteAnswer {
+                question: tricky.clone(),
+                ..CompleteAnswer::default()
+            }),
+        ] {
+            let json = p.to_json().unwrap();
+            let stored = p.stored().unwrap();
+            assert_eq!(stored.to_text(), json);
+            assert_eq!(stored.len(), json.len());
+            assert_eq!(stored.summary(&p), p.summary(&json));
+            if let Some(image) = p.image().filter(|i| *i == b64) {
+                // Borrowed, not copied.
+                assert_eq!(stored.pieces()[1].as_ptr(), image.as_ptr());
+            }
         }
     }
 }

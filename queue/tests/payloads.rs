@@ -309,3 +309,87 @@ async fn the_per_key_limit_bounds_one_key_only(env: Env) {
     assert_eq!(taken, 2, "room for the two claimed");
 }
 on_both!(per_key_limit_t, the_per_key_limit_bounds_one_key_only);
+
+/// An image payload of about `len` bytes: over the size an enqueue call carries inline.
+fn large_image(len: usize) -> NewTask {
+    let mut p = sample_payload(TaskKind::AnalyzeImage, "large");
+    if let ragpool_queue::Payload::AnalyzeImage(a) = &mut p {
+        let image = a.image.get_or_insert_default();
+        image.push_str(&"ABCD".repeat(len / 4));
+    }
+    NewTask::new(p)
+}
+
+/// The staging keys left in a single server (a cluster's keys are spread over its masters).
+async fn staging_keys(b: &Broker) -> Option<Vec<String>> {
+    if b.config().target.cluster {
+        return None;
+    }
+    let mut conn = ragpool_queue::conn::Conn::open(&b.config().target, None)
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*staging:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    Some(keys)
+}
+
+async fn a_large_payload_is_staged_and_renamed_into_place(env: Env) {
+    let b = &env.broker;
+    let mut big = large_image(3 * 1024 * 1024);
+    big.idempotency_key = Some("big".into());
+    let expected = big.payload.clone();
+    let first = b.enqueue(big.clone()).await.unwrap();
+    assert!(first.created);
+    assert_eq!(payload_ttl(b, &first.id).await, -1, "no staging TTL left");
+    assert_eq!(b.payload(&first.id).await.unwrap(), Some(expected.clone()));
+    let json = expected.to_json().unwrap();
+    let t = b.get(&first.id).await.unwrap().unwrap();
+    assert_eq!(t.input, expected.summary(&json));
+    assert_eq!(queued_bytes(b, "image_analysis").await, json.len() as u64);
+
+    // A replay stages its payload too, and the script drops it.
+    let again = b.enqueue(big).await.unwrap();
+    assert_eq!((again.id, again.created), (first.id.clone(), false));
+    // A batch of several, with one small task among them.
+    let batch = vec![large_image(100_000), image(1), large_image(200_000)];
+    let done = b.enqueue_many(batch.clone()).await.unwrap();
+    for (task, new) in done.iter().zip(&batch) {
+        assert!(task.created);
+        assert_eq!(
+            b.payload(&task.id).await.unwrap(),
+            Some(new.payload.clone())
+        );
+    }
+    if let Some(left) = staging_keys(b).await {
+        assert_eq!(left, Vec::<String>::new());
+    }
+
+    // Refused by a limit: nothing written, nothing staged left behind.
+    let tight = limited(
+        &env,
+        PayloadLimits {
+            total: 1024 * 1024,
+            per_key: 0,
+        },
+    )
+    .await;
+    assert!(matches!(
+        tight.enqueue(large_image(2 * 1024 * 1024)).await,
+        Err(QueueError::PayloadLimit { .. })
+    ));
+    if let Some(left) = staging_keys(b).await {
+        assert_eq!(left, Vec::<String>::new());
+    }
+
+    // Claimed whole.
+    let c = env.consumer("w", &ALL, LEASE).await;
+    let claimed = c.try_claim().await.unwrap().unwrap();
+    assert_eq!((claimed.task.id, claimed.payload), (first.id, expected));
+}
+on_both!(
+    staged_payload_t,
+    a_large_payload_is_staged_and_renamed_into_place
+);

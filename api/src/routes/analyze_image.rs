@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 use crate::auth::Caller;
 use crate::budget::{MULTIPART_COPIES, Reservation};
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{self, BodyRejection, IdempotencyKey, JsonBody};
+use crate::extract::{self, BodyRejection, IdempotencyKey, ImageJsonBody, InlineImage};
 use crate::image;
 use crate::routes::submit::{self, image_error};
 use crate::routes::view::Submitted;
@@ -31,6 +31,12 @@ pub struct AnalyzeImageRequest {
     /// What to look for in the image.
     #[schema(example = "What does the chart show?")]
     pub prompt: Option<String>,
+}
+
+impl InlineImage for AnalyzeImageRequest {
+    fn image_mut(&mut self) -> &mut Option<String> {
+        &mut self.image
+    }
 }
 
 /// A 1×1 PNG, the example image of the OpenAPI document.
@@ -82,8 +88,8 @@ impl FromRequest<AppState> for Received {
                 extract::unsupported_media_type("application/json or multipart/form-data").into(),
             );
         }
-        let JsonBody(body, held) =
-            JsonBody::<AnalyzeImageRequest>::from_request(req, state).await?;
+        let ImageJsonBody(body, held) =
+            ImageJsonBody::<AnalyzeImageRequest>::from_request(req, state).await?;
         Ok(Received(body.into(), held))
     }
 }
@@ -100,7 +106,8 @@ impl From<AnalyzeImageRequest> for Submission {
 }
 
 /// Reads the form's fields; the image into one buffer of `capacity` (the body's declared
-/// length), not collected in pieces and copied together.
+/// length), not collected in pieces and copied together, with room to become its base64 in
+/// place.
 async fn read_form(mut multipart: Multipart, capacity: usize) -> Result<Submission, ApiError> {
     let mut image = None;
     let mut prompt = None;
@@ -110,7 +117,7 @@ async fn read_form(mut multipart: Multipart, capacity: usize) -> Result<Submissi
                 if image.is_some() {
                     return Err(ApiError::invalid_field("the image field is given twice"));
                 }
-                let mut bytes = Vec::with_capacity(capacity);
+                let mut bytes = Vec::with_capacity(capacity / 3 * 4 + 4);
                 while let Some(chunk) = field.chunk().await.map_err(multipart_error)? {
                     bytes.extend_from_slice(&chunk);
                 }
@@ -203,7 +210,7 @@ pub async fn check(state: &AppState, submission: Submission) -> Result<Payload, 
             image::check_bytes(&bytes, limits.max_image_bytes)
                 .map_err(|e| image_error(e, "image"))?;
             submit::ImageInput {
-                image: Some(image::encode(&bytes)),
+                image: Some(image::encode_in_place(bytes)),
                 image_url: None,
             }
         }

@@ -290,9 +290,10 @@ async fn check_item(
         }
     };
     let payload = match kind {
+        // An image is moved out of the item's own buffer, not copied (see
+        // `extract::parse_json_with_image`).
         TaskKind::AnalyzeImage => {
-            let body: AnalyzeImageRequest = extract::parse_json(json)?;
-            drop(item);
+            let body: AnalyzeImageRequest = extract::parse_json_with_image(item_bytes(item))?;
             analyze_image::check(state, body.into()).await?
         }
         TaskKind::CompleteAnswer => {
@@ -300,11 +301,17 @@ async fn check_item(
             complete_answer::check(state, caller, body).await?
         }
         TaskKind::FullQuery => {
-            let body: QueryRequest = extract::parse_json(json)?;
+            let body: QueryRequest = extract::parse_json_with_image(item_bytes(item))?;
             query::check(state, body).await?
         }
     };
     Ok((payload, key))
+}
+
+/// An item's JSON text as a buffer of its own, taken rather than copied.
+fn item_bytes(item: Box<RawValue>) -> Vec<u8> {
+    let text: Box<str> = item.into();
+    text.into_string().into_bytes()
 }
 
 /// The fields of an item that say what it is, read before the item as its kind; each kept

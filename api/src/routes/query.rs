@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
-use crate::extract::{IdempotencyKey, JsonBody};
+use crate::extract::{IdempotencyKey, ImageJsonBody, InlineImage};
 use crate::routes::submit;
 use crate::routes::view::Submitted;
 use crate::state::AppState;
@@ -34,6 +34,12 @@ pub struct QueryRequest {
     /// How many passages to retrieve.
     #[schema(minimum = 1, example = 5)]
     pub top_k: Option<u32>,
+}
+
+impl InlineImage for QueryRequest {
+    fn image_mut(&mut self) -> &mut Option<String> {
+        &mut self.image
+    }
 }
 
 /// Queue a full query.
@@ -65,7 +71,7 @@ pub async fn query(
     caller: Caller,
     State(state): State<AppState>,
     idempotency: IdempotencyKey,
-    JsonBody(body, _held): JsonBody<QueryRequest>,
+    ImageJsonBody(body, _held): ImageJsonBody<QueryRequest>,
 ) -> Result<Response, ApiError> {
     let payload = check(&state, body).await?;
     submit::enqueue(&state, &caller, idempotency, payload).await

@@ -33,6 +33,11 @@ fn json_head(path: &str, length: usize, key: Option<&str>) -> Vec<u8> {
 
 /// A 10 MiB image (the default image limit) as a JSON body: about 13.3 MiB of base64.
 fn large_image_body() -> Vec<u8> {
+    serde_json::to_vec(&json!({ "image": b64(&large_image()), "prompt": "what is it?" })).unwrap()
+}
+
+/// A 10 MiB PNG, as far as the API looks.
+fn large_image() -> Vec<u8> {
     let mut image = PNG_1X1.to_vec();
     // Incompressible filler after a valid PNG header: the API checks the type only.
     let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
@@ -42,7 +47,102 @@ fn large_image_body() -> Vec<u8> {
         x ^= x << 17;
         x as u8
     }));
-    serde_json::to_vec(&json!({ "image": b64(&image), "prompt": "what is it?" })).unwrap()
+    image
+}
+
+const BOUNDARY: &str = "ragpool-test-boundary";
+
+/// A 10 MiB image as a multipart body, with a prompt.
+fn large_multipart_body() -> Vec<u8> {
+    let mut body = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nwhat is it?\r\n\
+         --{BOUNDARY}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\
+         Content-Type: image/png\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend(large_image());
+    body.extend(format!("\r\n--{BOUNDARY}--\r\n").into_bytes());
+    body
+}
+
+/// The most a submission may hold at its peak, in bodies: what [`COPIES`] and
+/// [`MULTIPART_COPIES`] reserve (`api/src/budget.rs`) must cover it.
+const MAX_BODIES_HELD: u64 = 2;
+
+/// What a process holds apart from its submissions' copies, which these measurements allow
+/// for: the allocator's arenas, a connection's buffers.
+const FIXED: u64 = 8 * MIB;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_submission_holds_its_body_at_most_twice() {
+    let redis = RedisServer::start().expect("redis-server");
+    let batch = json!({ "tasks": [
+        { "kind": "analyze_image", "image": b64(&large_image()), "prompt": "what is it?" },
+    ] });
+    let cases = [
+        (
+            "/api/async/analyze-image",
+            "application/json",
+            large_image_body(),
+        ),
+        (
+            "/api/async/analyze-image",
+            "multipart/form-data; boundary=ragpool-test-boundary",
+            large_multipart_body(),
+        ),
+        (
+            "/api/async/batch",
+            "application/json",
+            serde_json::to_vec(&batch).unwrap(),
+        ),
+    ];
+    for (path, content_type, body) in cases {
+        for at_once in [1u64, 3] {
+            // A fresh process each time, so its peak is this submission's alone.
+            let api = ApiProcess::start_on(&redis.url(), &[]).await;
+            let small = serde_json::to_vec(&json!({ "image": b64(PNG_1X1) })).unwrap();
+            for _ in 0..5 {
+                let r = api
+                    .client
+                    .post(api.url("/api/async/analyze-image"))
+                    .header("Content-Type", "application/json")
+                    .body(small.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 202);
+            }
+            let baseline = api.peak_rss();
+            let body = Arc::new(body.clone());
+            let head = head(
+                "POST",
+                path,
+                &[
+                    ("Content-Type", content_type.to_string()),
+                    ("Content-Length", body.len().to_string()),
+                    ("x-ragpool-client", "test".to_string()),
+                ],
+            );
+            let answers = futures::future::join_all(
+                (0..at_once).map(|_| post_raw(api.addr, head.clone(), Arc::clone(&body))),
+            )
+            .await;
+            for answer in &answers {
+                assert_eq!(answer.as_ref().map(|a| a.0), Some(202), "{answer:?}");
+            }
+            let grew = api.peak_rss() - baseline;
+            let len = body.len() as u64;
+            eprintln!(
+                "{path} {content_type}: {at_once} x {len} byte body at once: VmHWM +{} KiB, {:.2} bodies each",
+                grew / 1024,
+                grew as f64 / (at_once * len) as f64
+            );
+            assert!(
+                grew <= at_once * MAX_BODIES_HELD * len + FIXED,
+                "{path}: {at_once} x {len} byte {content_type} bodies took {grew} bytes"
+            );
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -316,7 +416,7 @@ async fn a_crafted_json_body_costs_no_more_than_its_reservation() {
             grew / 1024
         );
         assert!(
-            grew <= 6 * body.len() as u64,
+            grew <= MAX_BODIES_HELD * body.len() as u64,
             "{path}: a {} byte body took {grew} bytes",
             body.len()
         );

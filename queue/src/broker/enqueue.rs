@@ -2,13 +2,14 @@
 //! limits.
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use super::{Broker, PayloadLimits, millis, never_ran};
 use crate::config::QueueConfig;
 use crate::decode;
 use crate::error::{PayloadLimit, QueueError, Result};
 use crate::keys::Partition;
-use crate::payload::Payload;
+use crate::payload::{Payload, StoredJson};
 use crate::scripts;
 use crate::task::TaskId;
 
@@ -87,6 +88,19 @@ pub struct Enqueued {
 /// batches, so one call never holds Redis for long (about a millisecond per few hundred
 /// tasks) and its argument lists stay well inside Lua's stack.
 pub const MAX_ENQUEUE_BATCH: usize = 1000;
+
+/// The largest payload (stored form, in bytes) an enqueue script call carries as an
+/// argument; a larger one is staged (see [`Broker::stage`]). Every copy of a script call's
+/// arguments (the invocation, its command, the packed command, the socket's buffer) is a copy
+/// of the payload, so an image must not travel that way.
+pub const INLINE_PAYLOAD_BYTES: usize = 64 * 1024;
+
+/// The largest piece of a staged payload one command carries.
+const STAGE_PIECE_BYTES: usize = 256 * 1024;
+
+/// How long a staging key outlives its last piece: long enough for the enqueue script that
+/// follows at once, short enough that an enqueue that never comes leaves nothing for long.
+const STAGING_TTL: Duration = Duration::from_secs(60);
 
 impl Broker {
     /// Puts a new task on its queue, or returns the task an idempotency key already names.
@@ -192,7 +206,9 @@ impl Broker {
             .unwrap_or_else(|| QueueError::Corrupt("no partition to enqueue in".into())))
     }
 
-    /// One call of the enqueue script in one partition (see `lua/enqueue.lua`).
+    /// One call of the enqueue script in one partition (see `lua/enqueue.lua`). A payload
+    /// over [`INLINE_PAYLOAD_BYTES`] is staged first (see [`Broker::stage`]) and the script
+    /// renames it into place, so the call carries small payloads only.
     async fn enqueue_in(&self, part: &Partition, tasks: &[NewTask]) -> Result<Vec<Enqueued>> {
         let mut queues: Vec<&QueueConfig> = Vec::new();
         let mut prepared = Vec::with_capacity(tasks.len());
@@ -205,7 +221,17 @@ impl Broker {
                     queues.len() - 1
                 }
             };
-            prepared.push((index + 1, StoredInput::of(&new.payload)?, new));
+            prepared.push((
+                index + 1,
+                part.new_task_id(),
+                StoredInput::of(&new.payload)?,
+                new,
+            ));
+        }
+        for (_, id, input, _) in &prepared {
+            if input.json.len() > INLINE_PAYLOAD_BYTES {
+                self.stage(&part.staging(id.as_str()), &input.json).await?;
+            }
         }
         let mut owners: Vec<(&str, OwnerShare)> = Vec::new();
         for new in tasks {
@@ -250,8 +276,7 @@ impl Broker {
                 .arg(millis(q.backoff_max))
                 .arg(millis(q.keep_payload));
         }
-        for (queue, input, new) in prepared {
-            let id = part.new_task_id();
+        for (queue, id, input, new) in prepared {
             let idem = new.idempotency_key.as_deref().unwrap_or_default();
             invocation
                 .key(part.task(id.as_str()))
@@ -260,12 +285,18 @@ impl Broker {
                 } else {
                     part.idempotency(idem)
                 })
-                .key(part.payload(id.as_str()));
+                .key(part.payload(id.as_str()))
+                .key(part.staging(id.as_str()));
+            let inline = if input.json.len() > INLINE_PAYLOAD_BYTES {
+                String::new()
+            } else {
+                input.json.to_text()
+            };
             invocation
                 .arg(id.as_str())
                 .arg(queue)
                 .arg(new.payload.kind().as_str())
-                .arg(input.json)
+                .arg(inline)
                 .arg(idem)
                 .arg(new.owner.as_deref().unwrap_or_default())
                 .arg(input.summary.bytes)
@@ -285,6 +316,13 @@ impl Broker {
         if let Some(refused) = self.over_limit(&reply) {
             return Err(refused);
         }
+        if let [code, id] = reply.as_slice()
+            && code == "staging_lost"
+        {
+            return Err(QueueError::Corrupt(format!(
+                "the staged payload of task {id} expired before its enqueue"
+            )));
+        }
         ack.require()?;
         reply
             .chunks(3)
@@ -297,6 +335,33 @@ impl Broker {
                 other => Err(QueueError::Corrupt(format!("enqueue replied {other:?}"))),
             })
             .collect()
+    }
+
+    /// Writes a large payload to `key` in pieces of at most [`STAGE_PIECE_BYTES`], one
+    /// round trip each, so neither this process nor Redis's client buffers ever hold the
+    /// payload whole a second time. Every piece renews the key's [`STAGING_TTL`]: a staging
+    /// key whose enqueue never comes (the process died, the script was refused, Redis
+    /// failed in between) is gone soon after, and a task was never acknowledged for it.
+    async fn stage(&self, key: &str, json: &StoredJson<'_>) -> Result<()> {
+        let mut conn = self.conn();
+        for piece in json
+            .pieces()
+            .into_iter()
+            .flat_map(|p| p.chunks(STAGE_PIECE_BYTES))
+        {
+            redis::pipe()
+                .cmd("APPEND")
+                .arg(key)
+                .arg(piece)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(key)
+                .arg(millis(STAGING_TTL))
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        Ok(())
     }
 
     /// The enqueue script's refusal `{'over_limit', which, share, queued, asked}`, if that is
@@ -331,23 +396,22 @@ impl Broker {
     }
 }
 
-/// A payload in the forms the enqueue script stores: the payload, its brief and its summary.
-struct StoredInput {
-    json: String,
+/// A payload in the forms the enqueue script stores: the payload (in pieces that borrow its
+/// image), its brief and its summary.
+struct StoredInput<'a> {
+    json: StoredJson<'a>,
     brief: String,
     summary: crate::payload::InputSummary,
 }
 
-impl StoredInput {
-    fn of(payload: &Payload) -> Result<StoredInput> {
-        let encode = |p: &Payload| {
-            p.to_json()
-                .map_err(|e| QueueError::Corrupt(format!("payload does not serialize: {e}")))
-        };
-        let json = encode(payload)?;
+impl StoredInput<'_> {
+    fn of(payload: &Payload) -> Result<StoredInput<'_>> {
+        let corrupt =
+            |e: serde_json::Error| QueueError::Corrupt(format!("payload does not serialize: {e}"));
+        let json = payload.stored().map_err(corrupt)?;
         Ok(StoredInput {
-            brief: encode(&payload.brief())?,
-            summary: payload.summary(&json),
+            brief: payload.brief().to_json().map_err(corrupt)?,
+            summary: json.summary(payload),
             json,
         })
     }
