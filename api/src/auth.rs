@@ -19,6 +19,8 @@ use axum::http::request::Parts;
 use sha2::{Digest, Sha256};
 use subtle::{ConditionallySelectable, ConstantTimeEq};
 
+use ragpool_queue::OwnerShare;
+
 use crate::config::AuthConfig;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -49,6 +51,7 @@ struct KeyEntry {
     name: String,
     digest: [u8; 32],
     admin: bool,
+    share: OwnerShare,
 }
 
 /// The configured keys. Empty means auth is off.
@@ -79,7 +82,8 @@ impl ApiKeys {
         Ok(keys)
     }
 
-    /// Parses entries `NAME:KEY` or `NAME:KEY:admin`, separated by commas or newlines; `#`
+    /// Parses entries `NAME:KEY` followed by options, each after a `:` — `admin`,
+    /// `weight=N`, `maxQueued=N`, `maxInFlight=N` — separated by commas or newlines; `#`
     /// starts a comment.
     pub fn parse(text: &str) -> Result<ApiKeys, KeyConfigError> {
         let mut keys = ApiKeys::default();
@@ -101,11 +105,13 @@ impl ApiKeys {
                 reason: reason.to_string(),
             };
             let parts: Vec<&str> = entry.split(':').collect();
-            let (name, key, admin) = match parts.as_slice() {
-                [name, key] => (*name, *key, false),
-                [name, key, "admin"] => (*name, *key, true),
-                _ => return Err(invalid("expected NAME:KEY or NAME:KEY:admin")),
+            let [name, key, options @ ..] = parts.as_slice() else {
+                return Err(invalid(
+                    "expected NAME:KEY, then options such as :admin or :weight=2",
+                ));
             };
+            let (name, key) = (*name, *key);
+            let (admin, share) = parse_options(options).map_err(|reason| invalid(&reason))?;
             if name.is_empty()
                 || !name
                     .chars()
@@ -135,6 +141,7 @@ impl ApiKeys {
                 name: name.to_string(),
                 digest,
                 admin,
+                share,
             });
         }
         Ok(())
@@ -172,8 +179,49 @@ impl ApiKeys {
         Some(Caller {
             name: Some(entry.name.clone()),
             admin: entry.admin,
+            share: entry.share,
         })
     }
+}
+
+/// A key entry's options: `admin`, and its share of the queues (`weight=N`, `maxQueued=N`,
+/// `maxInFlight=N`; see [`OwnerShare`]).
+fn parse_options(options: &[&str]) -> Result<(bool, OwnerShare), String> {
+    let mut admin = false;
+    let mut share = OwnerShare::default();
+    for option in options {
+        let number = |value: &str| -> Result<u64, String> {
+            match value.parse::<u64>() {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(format!(
+                    "{option:?}: the value must be a whole number above 0"
+                )),
+            }
+        };
+        match option.split_once('=') {
+            None if *option == "admin" => admin = true,
+            Some(("weight", v)) => {
+                share.weight = u32::try_from(number(v)?)
+                    .ok()
+                    .filter(|w| *w <= 1000)
+                    .ok_or_else(|| format!("{option:?}: the weight must be 1 to 1000"))?;
+            }
+            Some(("maxQueued", v)) => share.max_queued = Some(number(v)?),
+            Some(("maxInFlight", v)) => {
+                share.max_in_flight = Some(
+                    u32::try_from(number(v)?)
+                        .map_err(|_| format!("{option:?}: the value is too large"))?,
+                );
+            }
+            _ => {
+                return Err(format!(
+                    "unknown option {option:?} (expected admin, weight=N, maxQueued=N or \
+                     maxInFlight=N)"
+                ));
+            }
+        }
+    }
+    Ok((admin, share))
 }
 
 fn read(path: &Path) -> Result<String, KeyConfigError> {
@@ -194,6 +242,8 @@ pub struct Caller {
     /// The key's name; `None` with auth off.
     pub name: Option<String>,
     pub admin: bool,
+    /// The key's share of the queues (the default with auth off).
+    pub share: OwnerShare,
 }
 
 impl Caller {
@@ -202,6 +252,7 @@ impl Caller {
         Caller {
             name: None,
             admin: true,
+            share: OwnerShare::default(),
         }
     }
 
@@ -267,7 +318,8 @@ mod tests {
             keys.identify("aaaaaaaaaaaaaaaa"),
             Some(Caller {
                 name: Some("alice".into()),
-                admin: false
+                admin: false,
+                share: OwnerShare::default(),
             })
         );
         assert_eq!(
@@ -277,6 +329,43 @@ mod tests {
         assert!(keys.identify("rrrrrrrrrrrrrrrr").unwrap().admin);
         assert_eq!(keys.identify("aaaaaaaaaaaaaaa"), None);
         assert_eq!(keys.identify(""), None);
+    }
+
+    #[test]
+    fn keys_carry_their_share_of_the_queues() {
+        let keys = ApiKeys::parse(
+            "batch:aaaaaaaaaaaaaaaa:weight=1:maxQueued=10000:maxInFlight=4\n\
+             live:bbbbbbbbbbbbbbbb:weight=3\n\
+             root:rrrrrrrrrrrrrrrr:admin:weight=2",
+        )
+        .unwrap();
+        let batch = keys.identify("aaaaaaaaaaaaaaaa").unwrap();
+        assert_eq!(
+            batch.share,
+            OwnerShare {
+                weight: 1,
+                max_queued: Some(10000),
+                max_in_flight: Some(4)
+            }
+        );
+        assert!(!batch.admin);
+        assert_eq!(keys.identify("bbbbbbbbbbbbbbbb").unwrap().share.weight, 3);
+        let root = keys.identify("rrrrrrrrrrrrrrrr").unwrap();
+        assert!(root.admin);
+        assert_eq!(root.share.weight, 2);
+        for (entry, named) in [
+            ("a:aaaaaaaaaaaaaaaa:weight=0", "\"weight=0\""),
+            ("a:aaaaaaaaaaaaaaaa:weight=1001", "1 to 1000"),
+            ("a:aaaaaaaaaaaaaaaa:maxQueued=-1", "\"maxQueued=-1\""),
+            (
+                "a:aaaaaaaaaaaaaaaa:maxinflight=2",
+                "unknown option \"maxinflight=2\"",
+            ),
+            ("a:aaaaaaaaaaaaaaaa:root", "unknown option \"root\""),
+        ] {
+            let e = ApiKeys::parse(entry).unwrap_err().to_string();
+            assert!(e.contains("entry 1") && e.contains(named), "{entry}: {e}");
+        }
     }
 
     #[test]
@@ -307,6 +396,7 @@ mod tests {
         let alice = Caller {
             name: Some("alice".into()),
             admin: false,
+            share: OwnerShare::default(),
         };
         assert!(alice.may_see(Some("alice")));
         assert!(!alice.may_see(Some("bob")));

@@ -251,12 +251,13 @@ impl Default for Limits {
 /// Where API keys come from. With no key configured, auth is off.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct AuthConfig {
-    /// API keys, comma- or newline-separated entries `NAME:KEY` or `NAME:KEY:admin`.
+    /// API keys, comma- or newline-separated entries `NAME:KEY`, then options after colons:
+    /// `admin`, `weight=N`, `maxQueued=N`, `maxInFlight=N`.
     #[arg(long, env = "RAGPOOL_API_KEYS", hide_env_values = true)]
     pub api_keys: Option<String>,
 
-    /// A file of API keys, one `NAME:KEY` or `NAME:KEY:admin` per line (`#` starts a
-    /// comment). Combined with `--api-keys`.
+    /// A file of API keys, one entry (as for `--api-keys`) per line (`#` starts a comment).
+    /// Combined with `--api-keys`.
     #[arg(long, env = "RAGPOOL_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
 }

@@ -167,6 +167,9 @@ impl From<QueueError> for ApiError {
             QueueError::PayloadLimit { limit, .. } => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, limit.flag(), e.to_string())
             }
+            QueueError::OwnerQueued { .. } => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "max_queued", e.to_string())
+            }
             QueueError::Layout { .. } => {
                 // The operator's mistake, not the client's: say what is wrong, in the log and
                 // in the answer, since every request fails the same way until it is fixed.

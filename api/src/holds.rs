@@ -104,6 +104,7 @@ mod tests {
         Caller {
             name: Some(name.into()),
             admin: false,
+            share: Default::default(),
         }
     }
 

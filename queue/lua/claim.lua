@@ -1,5 +1,6 @@
 -- claim: take up to `count` ready tasks and grant the caller a lease on each. Each task is a
--- turn: it comes from the first non-empty queue of that turn's order. The caller picks the
+-- turn: it comes from the first non-empty queue of that turn's order; within a queue, from
+-- the owner whose turn it is (fair share, see common.lua). The caller picks the
 -- orders (strict or weighted priority), so `count` claims in one call hand out the same tasks
 -- as `count` claims of one, in one round trip.
 --
@@ -22,16 +23,60 @@ local now = now_ms()
 local claimed = {}
 local looked = {}
 
--- Claims the first ready task of queue i (0-based), if it has one.
+-- The id of the next task of the queue whose ready set is `ready`, taken out of its ready
+-- sets, or nil when no task may be claimed. Fair share (see common.lua): the oldest task of
+-- the owner whose turn it is. A task queued before owners had ready sets of their own (the
+-- head of the ready set, older than 'since', in no owner's set) goes first, as before.
+local function next_task(ready)
+  local base = queue_base(ready)
+  local turns, fair = base .. 'turns', base .. 'fair'
+  local since = redis.call('HGET', fair, 'since')
+  local head = redis.call('ZRANGE', ready, 0, 0, 'WITHSCORES')
+  if #head == 0 then return nil end
+  if not since or tonumber(head[2]) < tonumber(since) then
+    local owner = redis.call('HGET', task_key(prefix, head[1]), 'owner') or ''
+    if not redis.call('ZSCORE', base .. 'by:' .. owner, head[1]) then
+      redis.call('ZREM', ready, head[1])
+      return head[1]
+    end
+  end
+  while true do
+    local turn = redis.call('ZRANGE', turns, 0, 0, 'WITHSCORES')
+    if #turn == 0 then return nil end
+    local owner, vt = turn[1], tonumber(turn[2])
+    local mine = base .. 'by:' .. owner
+    if owner ~= '' and at_limit(prefix, owner) then
+      -- At its `maxInFlight` since its turn was given (a claim in another queue): it waits.
+      leave_turns(base, owner, vt)
+      redis.call('SADD', prefix .. 'held:' .. owner, base)
+    else
+      local popped = redis.call('ZPOPMIN', mine)
+      if #popped == 0 then
+        redis.call('ZREM', turns, owner)
+      else
+        local after = vt + 1 / (tonumber(redis.call('HGET', fair, 'w:' .. owner)) or 1)
+        redis.call('HSET', fair, 'v', vt)
+        if redis.call('ZCARD', mine) == 0 then
+          leave_turns(base, owner, after)
+        else
+          redis.call('ZADD', turns, after, owner)
+        end
+        redis.call('ZREM', ready, popped[1])
+        return popped[1]
+      end
+    end
+  end
+end
+
+-- Claims the next task of queue i (0-based), if it has one.
 local function take(i)
   local ready, started, waits = KEYS[3 + 4 * i], KEYS[4 + 4 * i], KEYS[6 + 4 * i]
   looked[i] = true
   while true do
-    local popped = redis.call('ZPOPMIN', ready)
-    if #popped == 0 then return false end
-    local id = popped[1]
+    local id = next_task(ready)
+    if not id then return false end
     local tkey = task_key(prefix, id)
-    -- A ready entry whose hash is gone or has moved on is stale: drop it and look further.
+    -- An entry whose hash is gone or has moved on is stale: drop it and look further.
     if redis.call('HGET', tkey, 'state') == 'queued' then
       local token = ARGV[5 + #claimed]
       local queued_at = tonumber(redis.call('HGET', tkey, 'queued_at')) or now
@@ -40,6 +85,7 @@ local function take(i)
         'started_at', now)
       redis.call('HINCRBY', tkey, 'attempts', 1)
       redis.call('ZADD', started, now + lease_ms, id)
+      count_started(prefix, redis.call('HGET', tkey, 'owner'), 1)
       sample(waits, now - queued_at)
       emit(KEYS[1], id, redis.call('HGET', tkey, 'queue'), 'started', {'worker', worker})
       -- (false: a nil reply; a task stored before payloads had their own key holds it in
@@ -63,11 +109,19 @@ for turn = 1, k do
 end
 
 -- Keep one wake-up token per ready task (up to 1000) on every queue looked at, so that every
--- blocked consumer that could take one is woken, and none wakes for nothing.
+-- blocked consumer that could take one is woken, and none wakes for nothing: none while every
+-- owner with queued tasks is held at its `maxInFlight` (the end of one of its tasks gives a
+-- token back, see `count_started`).
 for i = 0, n - 1 do
   if looked[i] then
     local ready, signal = KEYS[3 + 4 * i], KEYS[5 + 4 * i]
     local want = math.min(redis.call('ZCARD', ready), 1000)
+    if want > 0 and redis.call('ZCARD', queue_base(ready) .. 'turns') == 0 then
+      -- Only tasks queued before owners had sets of their own, if any, may be claimed.
+      local since = redis.call('HGET', queue_base(ready) .. 'fair', 'since')
+      local head = redis.call('ZRANGE', ready, 0, 0, 'WITHSCORES')
+      if since and tonumber(head[2]) >= tonumber(since) then want = 0 end
+    end
     local have = redis.call('LLEN', signal)
     if want == 0 then
       redis.call('DEL', signal)

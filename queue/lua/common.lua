@@ -25,6 +25,13 @@ end
 -- A task enqueued before its size was recorded counts 0 both ways.
 local function count_queued(acct, tkey, sign)
   local h = redis.call('HMGET', tkey, 'input_bytes', 'queue', 'owner')
+  if h[3] then
+    -- The owner's count of queued tasks (its `maxQueued`), in the partition's owners hash.
+    local owners = string.sub(acct, 1, -13) .. 'owners'
+    if redis.call('HINCRBY', owners, 'queued:' .. h[3], sign) <= 0 then
+      redis.call('HDEL', owners, 'queued:' .. h[3])
+    end
+  end
   local n = tonumber(h[1]) or 0
   if n == 0 then return end
   local fields = {'all', 'queue:' .. h[2]}
@@ -108,6 +115,91 @@ local function next_seq(key, n)
   return string.format('%d', first)
 end
 
+-- Fair share between owners (API key names; '' for tasks without one). Besides the queue's
+-- ready set, each owner's queued tasks of a queue are in a ready set of their own, and the
+-- queue's owners that have queued tasks and may be claimed from are in its turns set, scored
+-- by virtual time (start-time fair queueing): a claim takes the oldest task of the owner with
+-- the lowest virtual time, whose time then moves on by 1 / its weight. An owner that joins
+-- (again) starts at the virtual time of the last claim, or at the time its last claim ended,
+-- if later, so an owner gains nothing by leaving and coming back. Per queue, under
+-- `base` = '{prefix}q:<queue>:':
+--   base .. 'by:' .. owner  ZSET id -> sequence number: the owner's queued tasks
+--   base .. 'turns'         ZSET owner -> virtual time of its next claim
+--   base .. 'fair'          HASH 'v' the virtual time of the last claim, 'w:<owner>' an owner's
+--                           weight, 'f:<owner>' where an owner that left stopped, 'since'
+--                           the first sequence number queued with owners' sets
+-- Per partition, '{prefix}owners' (HASH 'queued:<owner>', 'started:<owner>' and
+-- 'max:<owner>', its `maxInFlight`) and '{prefix}held:<owner>' (SET of the bases whose turns
+-- an owner at its `maxInFlight` was taken out of).
+
+-- The queue's key base, from its ready set's key.
+local function queue_base(ready)
+  return string.sub(ready, 1, -6)
+end
+
+-- The partition's key prefix, from a task's key.
+local function prefix_of(tkey, id)
+  return string.sub(tkey, 1, #tkey - #id - 5)
+end
+
+-- True while `owner` holds as many started tasks as its `maxInFlight` allows.
+local function at_limit(prefix, owner)
+  local h = redis.call('HMGET', prefix .. 'owners', 'started:' .. owner, 'max:' .. owner)
+  local max = tonumber(h[2]) or 0
+  return max > 0 and (tonumber(h[1]) or 0) >= max
+end
+
+-- Gives `owner` a turn in the queue at `base` (it has queued tasks there), unless it has one,
+-- or is at its `maxInFlight`: then it waits in its held set for a started task to end.
+local function join_turns(prefix, base, owner)
+  local turns = base .. 'turns'
+  if redis.call('ZSCORE', turns, owner) then return end
+  if owner ~= '' and at_limit(prefix, owner) then
+    redis.call('SADD', prefix .. 'held:' .. owner, base)
+    return
+  end
+  local h = redis.call('HMGET', base .. 'fair', 'v', 'f:' .. owner)
+  redis.call('ZADD', turns, math.max(tonumber(h[1]) or 0, tonumber(h[2]) or 0), owner)
+  if h[2] then redis.call('HDEL', base .. 'fair', 'f:' .. owner) end
+end
+
+-- Takes `owner` out of the turns at `base`, remembering where its virtual time stood.
+local function leave_turns(base, owner, vt)
+  redis.call('ZREM', base .. 'turns', owner)
+  redis.call('HSET', base .. 'fair', 'f:' .. owner, vt)
+end
+
+-- Puts task `id` (sequence number `seq`) into its owner's ready set of the queue at `base`.
+local function fair_add(prefix, base, owner, id, seq)
+  redis.call('ZADD', base .. 'by:' .. owner, seq, id)
+  redis.call('HSETNX', base .. 'fair', 'since', seq)
+  join_turns(prefix, base, owner)
+end
+
+-- Counts a task of `owner` as started (`sign` 1) or no longer started (-1). When an owner
+-- held at its `maxInFlight` drops below it, it gets its turns back.
+local function count_started(prefix, owner, sign)
+  if not owner then return end
+  local owners = prefix .. 'owners'
+  local n = redis.call('HINCRBY', owners, 'started:' .. owner, sign)
+  if n <= 0 then redis.call('HDEL', owners, 'started:' .. owner) end
+  if sign > 0 then return end
+  local held = prefix .. 'held:' .. owner
+  if redis.call('EXISTS', held) == 0 or at_limit(prefix, owner) then return end
+  for _, base in ipairs(redis.call('SMEMBERS', held)) do
+    if redis.call('ZCARD', base .. 'by:' .. owner) > 0 then
+      join_turns(prefix, base, owner)
+      redis.call('LPUSH', base .. 'signal', '1')
+    end
+  end
+  redis.call('DEL', held)
+end
+
+-- A started task of `tkey` ended or went back to the queue: see `count_started`.
+local function left_started(tkey, id)
+  count_started(prefix_of(tkey, id), redis.call('HGET', tkey, 'owner'), -1)
+end
+
 -- Put a task back at its place in the ready set and wake one blocked consumer; its payload
 -- counts as queued again (`acct`, see `count_queued`).
 local function make_ready(tkey, id, ready, signal, seq, now, acct)
@@ -115,6 +207,7 @@ local function make_ready(tkey, id, ready, signal, seq, now, acct)
   redis.call('HSET', tkey, 'state', 'queued', 'queued_at', now, 'seq', seq)
   redis.call('HDEL', tkey, 'lease', 'worker', 'started_at')
   redis.call('ZADD', ready, seq, id)
+  fair_add(prefix_of(tkey, id), queue_base(ready), redis.call('HGET', tkey, 'owner') or '', id, seq)
   redis.call('LPUSH', signal, '1')
 end
 

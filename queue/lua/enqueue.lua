@@ -24,21 +24,29 @@
 --   task hash {prefix}:task:<id>, idempotency key {prefix}:idem:<key> (the sequence key when none),
 --   payload {prefix}:payload:<id>, staging key {prefix}:staging:<id>
 -- ARGV[1] prefix, ARGV[2] m, ARGV[3] limit on all queued payload bytes (0: none),
--- ARGV[4] limit on one owner's queued payload bytes (0: none)
--- then for each queue j, 8 values from ARGV[5 + 8(j-1)]: name, max attempts, timeout ms,
+-- ARGV[4] limit on one owner's queued payload bytes (0: none), ARGV[5] o, the number of owners
+--   with settings
+-- then for each such owner, 4 values from ARGV[6 + 4(o-1)]: name, weight, maxQueued (0: none),
+--   maxInFlight (0: none)
+-- then for each queue j, 8 values from ARGV[6 + 4o + 8(j-1)]: name, max attempts, timeout ms,
 --   result TTL ms, failure TTL ms, backoff base ms, backoff max ms, keep-payload ms
--- then for each task i, 11 values from ARGV[5 + 8m + 11(i-1)]: id, queue number j, kind,
---   payload JSON ('' when it is in the staging key), idempotency key ('' for none), owner ('' for none), payload bytes, image
+-- then for each task i, 11 values from ARGV[6 + 4o + 8m + 11(i-1)]: id, queue number j, kind,
+--   payload JSON ('' when it is in the staging key), idempotency key ('' for none), owner
+--   ('' for none), payload bytes, image
 --   bytes ('' for none), image type ('' for none), payload SHA-256 (hex), brief JSON (the
 --   payload without its image)
 -- Returns, per task in order, {created 1|0, id, queue}: a task whose key names a live task
 -- (made earlier, or by an earlier task of this call) gets that task's id and queue. Or, when
 -- the new payloads do not fit, {'over_limit', 'all'|'owner', limit, bytes queued now, bytes
--- asked for} and nothing is written; or {'staging_lost', id} when a staged payload is not
--- whole in its staging key (it expired before this call) and nothing is written.
-local prefix, m = ARGV[1], tonumber(ARGV[2])
+-- asked for}, or when an owner's new tasks do not fit under its maxQueued, {'over_limit',
+-- 'owner_tasks', maxQueued, tasks queued now, tasks asked for}; then nothing is written; or
+-- {'staging_lost', id} when a staged payload is not whole in its staging key (it expired
+-- before this call) and nothing is written.
+local prefix, m, o = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[5])
 local limit_all, limit_owner = tonumber(ARGV[3]), tonumber(ARGV[4])
-local qbase, tbase = 5, 5 + 8 * m
+local obase = 6
+local qbase = obase + 4 * o
+local tbase = qbase + 8 * m
 local n = (#ARGV - tbase + 1) / 11
 local acct = KEYS[4]
 
@@ -102,6 +110,24 @@ for _, i in ipairs(create) do
 end
 
 -- The backlog limits: refuse before writing anything. Replays above take no room.
+local owners = prefix .. 'owners'
+if o > 0 then
+  local asked = {}
+  for _, i in ipairs(create) do
+    local owner = ARGV[tbase + 11 * i + 5]
+    asked[owner] = (asked[owner] or 0) + 1
+  end
+  for x = 0, o - 1 do
+    local name, max = ARGV[obase + 4 * x], tonumber(ARGV[obase + 4 * x + 2])
+    if max > 0 and asked[name] then
+      local held = tonumber(redis.call('HGET', owners, 'queued:' .. name)) or 0
+      if held + asked[name] > max then
+        drop_staged(create)
+        return {'over_limit', 'owner_tasks', max, held, asked[name]}
+      end
+    end
+  end
+end
 if limit_all > 0 or limit_owner > 0 then
   local asked, by_owner = 0, {}
   for _, i in ipairs(create) do
@@ -125,6 +151,20 @@ if limit_all > 0 or limit_owner > 0 then
         return {'over_limit', 'owner', limit_owner, held, bytes}
       end
     end
+  end
+end
+
+-- Owners' settings travel with their tasks: claims read them.
+for x = 0, o - 1 do
+  local at = obase + 4 * x
+  local name, max_in_flight = ARGV[at], tonumber(ARGV[at + 3])
+  for j = 0, m - 1 do
+    redis.call('HSET', prefix .. 'q:' .. ARGV[qbase + 8 * j] .. ':fair', 'w:' .. name, ARGV[at + 1])
+  end
+  if max_in_flight > 0 then
+    redis.call('HSET', owners, 'max:' .. name, max_in_flight)
+  else
+    redis.call('HDEL', owners, 'max:' .. name)
   end
 end
 
@@ -175,6 +215,7 @@ for _, i in ipairs(create) do
     redis.call('SET', pkey, ARGV[a + 3])
   end
   count_queued(acct, tkey, 1)
+  fair_add(prefix, prefix .. 'q:' .. queue .. ':', owner, id, sseq)
   local members = ready[j]
   if not members then
     members = {}

@@ -36,6 +36,7 @@ for _, id in ipairs(expired) do
   local h = redis.call('HMGET', tkey, 'state', 'attempts', 'max_attempts', 'cancel', 'seq',
     'queue', 'worker')
   if h[1] == 'started' then
+    left_started(tkey, id)
     redis.call('HINCRBY', KEYS[7], 'lease_expired', 1)
     local message = 'lease of worker ' .. (h[7] or '?') .. ' expired'
     redis.call('HSET', tkey, 'error_kind', 'lease_expired', 'error_msg', message)

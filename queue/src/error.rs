@@ -47,6 +47,13 @@ pub enum QueueError {
         queued: u64,
         asked: u64,
     },
+    /// An owner's new tasks would take its queued tasks past its `maxQueued`; nothing was
+    /// written. Claims make room.
+    #[error(
+        "this key may have {max} queued tasks (its maxQueued); {queued} are queued and \
+         {asked} more were asked for"
+    )]
+    OwnerQueued { max: u64, queued: u64, asked: u64 },
     #[error("unknown queue {0:?}")]
     UnknownQueue(String),
     #[error("invalid configuration: {0}")]

@@ -111,6 +111,12 @@ impl Keys {
         &self.partitions[i]
     }
 
+    /// The home partition of an owner with limits (see [`crate::OwnerShare`]): all its tasks
+    /// and idempotency keys live there, so its counts are exact.
+    pub fn of_owner(&self, owner: &str) -> &Partition {
+        self.of_idempotency(owner)
+    }
+
     /// STRING: the partition count the key prefix was laid out with, written by the first
     /// process that used it; every process checks its own count against it.
     pub fn layout(&self) -> String {
@@ -207,6 +213,12 @@ impl Partition {
         format!("{}queued_bytes", self.prefix)
     }
 
+    /// HASH: per owner (an API key's name) `queued:<owner>` and `started:<owner>`, its task
+    /// counts in this partition, and `max:<owner>`, its `maxInFlight`.
+    pub fn owners(&self) -> String {
+        format!("{}owners", self.prefix)
+    }
+
     pub fn idempotency(&self, key: &str) -> String {
         format!("{}idem:{key}", self.prefix)
     }
@@ -246,6 +258,9 @@ impl Partition {
             counters: format!("{base}counters"),
             processing: format!("{base}processing_ms"),
             wait: format!("{base}wait_ms"),
+            turns: format!("{base}turns"),
+            fair: format!("{base}fair"),
+            base,
         }
     }
 }
@@ -270,6 +285,20 @@ pub struct QueueKeys {
     /// LISTs of the most recent duration samples (ms).
     pub processing: String,
     pub wait: String,
+    /// ZSET owner → virtual time: the owners whose turn may come, lowest first (fair share;
+    /// see `lua/common.lua`).
+    pub turns: String,
+    /// HASH: the fair-share clock (`v`), owners' weights (`w:<owner>`) and where owners that
+    /// left stopped (`f:<owner>`).
+    pub fair: String,
+    base: String,
+}
+
+impl QueueKeys {
+    /// ZSET id → sequence number: one owner's queued tasks (`''` for tasks without one).
+    pub fn owned(&self, owner: &str) -> String {
+        format!("{}by:{owner}", self.base)
+    }
 }
 
 #[cfg(test)]

@@ -36,7 +36,8 @@ pub mod testing;
 
 pub use broker::{
     AUTO_PARTITIONS, Broker, BrokerConfig, CancelOutcome, Enqueued, FailOutcome, Heartbeat, Lease,
-    MAX_ENQUEUE_BATCH, Maintenance, NewTask, OutageClock, PayloadLimits, ReleaseOutcome, Retry,
+    MAX_ENQUEUE_BATCH, Maintenance, NewTask, OutageClock, OwnerShare, PayloadLimits,
+    ReleaseOutcome, Retry,
 };
 pub use browse::{BulkOutcome, HistorySample, TaskPage, TaskSummary};
 pub use config::{

@@ -37,3 +37,4 @@ pub(crate) static LIST: LazyLock<Script> = script!("list.lua");
 pub(crate) static RETRY_FAILED: LazyLock<Script> = script!("retry_failed.lua");
 pub(crate) static PURGE: LazyLock<Script> = script!("purge.lua");
 pub(crate) static HISTORY: LazyLock<Script> = script!("history.lua");
+pub(crate) static HEADS: LazyLock<Script> = script!("heads.lua");

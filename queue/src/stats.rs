@@ -13,6 +13,19 @@ pub struct DurationSummary {
     pub p95_ms: f64,
 }
 
+/// One owner's (API key's) tasks over every queue: see `Broker::owner_stats`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct OwnerStats {
+    /// The key's name (never the key).
+    pub owner: String,
+    pub queued: u64,
+    pub started: u64,
+    /// Its `maxInFlight`, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_in_flight: Option<u64>,
+}
+
 /// One queue's counts and timings, read in one atomic step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

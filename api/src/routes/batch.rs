@@ -204,6 +204,7 @@ pub async fn batch(
                     payload,
                     idempotency_key: submit::scoped_key(&caller, key),
                     owner: caller.name.clone(),
+                    share: caller.share,
                 });
                 kind
             })

@@ -3,10 +3,11 @@
 //! on.
 
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{RawQuery, State};
+use ragpool_queue::stats::OwnerStats;
 use ragpool_queue::{QueueStats, WorkerInfo};
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
 use crate::error::{ApiError, ErrorBody};
@@ -24,6 +25,26 @@ pub struct StatsView {
     pub utilization: Option<f64>,
     /// When the snapshot was taken (Redis server clock).
     pub at: String,
+    /// With `?by=owner`: each API key's queued and started tasks over every queue, by the
+    /// key's name (never the key); keys with neither are left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owners: Option<Vec<OwnerStats>>,
+}
+
+/// What `GET /api/queue/stats` adds to its answer.
+#[derive(Debug, Deserialize, IntoParams)]
+#[allow(dead_code)] // read by `parse_by`, declared for the API description
+#[into_params(parameter_in = Query)]
+pub struct StatsQuery {
+    /// `owner`: add the tasks of each API key (`owners`).
+    pub by: Option<StatsBy>,
+}
+
+/// See [`StatsQuery`].
+#[derive(Debug, Clone, Copy, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum StatsBy {
+    Owner,
 }
 
 /// One queue: the queue's own statistics, and its rates. Differs from [`QueueStats`] only
@@ -61,10 +82,12 @@ pub struct WorkerView {
     get,
     path = "/api/queue/stats",
     tag = "queues",
+    params(StatsQuery),
     responses(
         (status = 200, description = "Every queue and the live workers", body = StatsView),
         (status = 401, description = "Missing or unknown API key", body = ErrorBody),
         (status = 403, description = "Not an admin key", body = ErrorBody),
+        (status = 422, description = "An unknown `by`", body = ErrorBody),
         (status = 503, description = "Redis unreachable; retry after the Retry-After seconds", body = ErrorBody,
             headers(("Retry-After" = u32))),
     ),
@@ -73,8 +96,13 @@ pub struct WorkerView {
 pub async fn queue_stats(
     caller: Caller,
     State(state): State<AppState>,
+    RawQuery(query): RawQuery,
 ) -> Result<Json<StatsView>, ApiError> {
     caller.require_admin()?;
+    let owners = match parse_by(query.as_deref())? {
+        Some(StatsBy::Owner) => Some(state.broker().owner_stats().await?),
+        None => None,
+    };
     let queues = state.broker().stats().await?;
     let workers = state.broker().workers(state.worker_ttl()).await?;
     let at_ms = queues.iter().map(|q| q.at_ms).max().unwrap_or(0);
@@ -95,7 +123,22 @@ pub async fn queue_stats(
         workers: workers.into_iter().map(worker_view).collect(),
         utilization,
         at: rfc3339(at_ms),
+        owners,
     }))
+}
+
+/// Reads `?by=`: see [`StatsQuery`].
+fn parse_by(query: Option<&str>) -> Result<Option<StatsBy>, ApiError> {
+    let by = query.and_then(|q| {
+        url::form_urlencoded::parse(q.as_bytes()).find_map(|(k, v)| (k == "by").then_some(v))
+    });
+    match by.as_deref() {
+        None => Ok(None),
+        Some("owner") => Ok(Some(StatsBy::Owner)),
+        Some(other) => Err(ApiError::invalid_field(format!(
+            "by must be \"owner\", not {other:?}"
+        ))),
+    }
 }
 
 fn worker_view(w: WorkerInfo) -> WorkerView {

@@ -75,6 +75,7 @@ pub async fn enqueue(
             payload,
             idempotency_key: scoped_key(caller, idempotency.0),
             owner: caller.name.clone(),
+            share: caller.share,
         })
         .await
         .map_err(ApiError::enqueue_failed)?;

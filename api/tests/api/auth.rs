@@ -178,3 +178,68 @@ async fn keys_are_required_and_tasks_are_private() {
     .await;
     assert_eq!((status, body["status"].as_str()), (202, Some("queued")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keys_max_queued_refuses_with_429_and_stats_count_by_owner() {
+    let config = ApiConfig {
+        auth: AuthConfig {
+            api_keys: Some(format!(
+                "alice:{ALICE}:maxQueued=2:maxInFlight=1,bob:{BOB}:weight=3,root:{ROOT}:admin"
+            )),
+            api_keys_file: None,
+        },
+        ..ApiConfig::default()
+    };
+    let mut api = TestApi::start_with(config, ServerOptions::default()).await;
+    as_key(&mut api, ALICE);
+    api.submit_query("one").await;
+    api.submit_query("two").await;
+    let r = api
+        .post("/api/async/query")
+        .json(&json!({ "question": "three" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["retry-after"], "5");
+    let (status, body) = json(r).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (429, Some("max_queued"))
+    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("maxQueued") && message.contains("2 are queued"),
+        "{message}"
+    );
+    // Bob is not held back.
+    as_key(&mut api, BOB);
+    api.submit_query("bob's").await;
+
+    // Stats by owner: admin only, names only.
+    let (status, _) = json(api.get("/api/queue/stats?by=owner").send().await.unwrap()).await;
+    assert_eq!(status, 403);
+    as_key(&mut api, ROOT);
+    let (status, body) = json(api.get("/api/queue/stats?by=owner").send().await.unwrap()).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["owners"],
+        json!([
+            {"owner": "alice", "queued": 2, "started": 0, "max_in_flight": 1},
+            {"owner": "bob", "queued": 1, "started": 0},
+        ])
+    );
+    let (_, body) = json(api.get("/api/queue/stats").send().await.unwrap()).await;
+    assert!(body.get("owners").is_none());
+    let (status, body) = json(api.get("/api/queue/stats?by=queue").send().await.unwrap()).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (422, Some("invalid_field")),
+        "{body}"
+    );
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("by must be")
+    );
+}

@@ -19,7 +19,10 @@ pub struct NewTask {
     pub payload: Payload,
     /// While a task created with this key is kept, enqueueing with the same key returns it.
     pub idempotency_key: Option<String>,
+    /// The API key's name that submits it: claims take turns between owners.
     pub owner: Option<String>,
+    /// The owner's share of the queues (ignored without an owner).
+    pub share: OwnerShare,
 }
 
 impl NewTask {
@@ -28,7 +31,47 @@ impl NewTask {
             payload: payload.into(),
             idempotency_key: None,
             owner: None,
+            share: OwnerShare::default(),
         }
+    }
+
+    /// The same task, submitted by `owner` with `share`.
+    pub fn owned_by(self, owner: impl Into<String>, share: OwnerShare) -> Self {
+        NewTask {
+            owner: Some(owner.into()),
+            share,
+            ..self
+        }
+    }
+}
+
+/// How one owner (API key) shares the queues with the others (see docs/queue.md, "Fair
+/// share"). Claims within a queue take turns between the owners that have queued tasks,
+/// `weight` tasks of an owner per turn of weight 1; `max_queued` bounds its queued tasks
+/// (enqueue refuses past it) and `max_in_flight` its started ones (claims pass it over while
+/// it holds that many). An owner with either limit keeps all its tasks in one partition, its
+/// home, so that its limits are exact: that owner's tasks are served by one Redis master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnerShare {
+    pub weight: u32,
+    pub max_queued: Option<u64>,
+    pub max_in_flight: Option<u32>,
+}
+
+impl Default for OwnerShare {
+    fn default() -> Self {
+        OwnerShare {
+            weight: 1,
+            max_queued: None,
+            max_in_flight: None,
+        }
+    }
+}
+
+impl OwnerShare {
+    /// True when the owner has a limit, and so a home partition.
+    pub fn limited(&self) -> bool {
+        self.max_queued.is_some() || self.max_in_flight.is_some()
     }
 }
 
@@ -85,8 +128,10 @@ impl Broker {
     }
 
     /// Enqueues a chunk: one script call per partition it touches, run side by side. A task
-    /// with an idempotency key goes to that key's partition; the others of the chunk go
-    /// together to the next partition in turn, so a chunk without keys is one atomic call.
+    /// of an owner with limits goes to the owner's home partition (its idempotency key too);
+    /// another task with an idempotency key goes to that key's partition; the others of the
+    /// chunk go together to the next partition in turn, so a chunk without keys is one atomic
+    /// call.
     async fn enqueue_chunk(&self, tasks: Vec<NewTask>) -> Result<Vec<Enqueued>> {
         self.check_layout().await?;
         let keys = self.keys();
@@ -99,9 +144,12 @@ impl Broker {
         // which may go to any partition.
         let mut groups: Vec<(Vec<usize>, Vec<NewTask>)> = vec![Default::default(); parts.len() + 1];
         for (i, new) in tasks.into_iter().enumerate() {
-            let g = match &new.idempotency_key {
-                Some(key) => usize::from(keys.of_idempotency(key).index()),
-                None => parts.len(),
+            let g = match (&new.owner, &new.idempotency_key) {
+                (Some(owner), _) if new.share.limited() => {
+                    usize::from(keys.of_owner(owner).index())
+                }
+                (_, Some(key)) => usize::from(keys.of_idempotency(key).index()),
+                _ => parts.len(),
             };
             groups[g].0.push(i);
             groups[g].1.push(new);
@@ -185,6 +233,14 @@ impl Broker {
                 self.stage(&part.staging(id.as_str()), &input.json).await?;
             }
         }
+        let mut owners: Vec<(&str, OwnerShare)> = Vec::new();
+        for new in tasks {
+            if let Some(owner) = new.owner.as_deref()
+                && !owners.iter().any(|(known, _)| *known == owner)
+            {
+                owners.push((owner, new.share));
+            }
+        }
         let limits = &self.inner.config.payload_limits;
         let share = |limit| PayloadLimits::share(limit, part.index(), self.keys().count());
         let mut invocation = scripts::ENQUEUE.key(part.events());
@@ -200,7 +256,15 @@ impl Broker {
             .arg(part.prefix())
             .arg(queues.len())
             .arg(share(limits.total))
-            .arg(share(limits.per_key));
+            .arg(share(limits.per_key))
+            .arg(owners.len());
+        for (owner, s) in &owners {
+            invocation
+                .arg(*owner)
+                .arg(s.weight.max(1))
+                .arg(s.max_queued.unwrap_or(0))
+                .arg(s.max_in_flight.unwrap_or(0));
+        }
         for q in &queues {
             invocation
                 .arg(&q.name)
@@ -311,6 +375,13 @@ impl Broker {
         }
         let limits = &self.inner.config.payload_limits;
         let num = |v: &String| v.parse().unwrap_or(0);
+        if which == "owner_tasks" {
+            return Some(QueueError::OwnerQueued {
+                max: num(share),
+                queued: num(queued),
+                asked: num(asked),
+            });
+        }
         Some(QueueError::PayloadLimit {
             limit: if which == "owner" {
                 PayloadLimit::PerKey(limits.per_key)

@@ -36,7 +36,7 @@ mod workers;
 use layout::auto_partitions;
 
 pub use admin::CancelOutcome;
-pub use enqueue::{Enqueued, MAX_ENQUEUE_BATCH, NewTask};
+pub use enqueue::{Enqueued, MAX_ENQUEUE_BATCH, NewTask, OwnerShare};
 pub use lease::{FailOutcome, Heartbeat, Lease, ReleaseOutcome, Retry};
 pub use maintenance::{Maintenance, OutageClock};
 

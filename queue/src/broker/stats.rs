@@ -9,7 +9,7 @@ use crate::decode;
 use crate::error::{QueueError, Result};
 use crate::keys::Partition;
 use crate::scripts;
-use crate::stats::{DurationSummary, QueueStats};
+use crate::stats::{DurationSummary, OwnerStats, QueueStats};
 
 impl Broker {
     /// Configured queues first (in configuration order), then any other queue that has seen
@@ -39,6 +39,44 @@ impl Broker {
                 .filter(|k| !self.inner.queues.contains_key(k)),
         );
         Ok(names)
+    }
+
+    /// Each owner's (API key's) queued and started tasks over every queue and partition,
+    /// by owner name; owners with neither are left out. Tasks without an owner are not
+    /// counted here.
+    pub async fn owner_stats(&self) -> Result<Vec<OwnerStats>> {
+        self.check_layout().await?;
+        let reads = self.keys().partitions().iter().map(|part| async move {
+            redis::cmd("HGETALL")
+                .arg(part.owners())
+                .query_async::<Vec<(String, String)>>(&mut self.conn())
+                .await
+        });
+        let mut by_owner: std::collections::BTreeMap<String, OwnerStats> = Default::default();
+        for fields in futures::future::try_join_all(reads).await? {
+            for (field, value) in fields {
+                let Some((what, owner)) = field.split_once(':') else {
+                    continue;
+                };
+                let n: u64 = value.parse().unwrap_or(0);
+                let entry = by_owner
+                    .entry(owner.to_string())
+                    .or_insert_with(|| OwnerStats {
+                        owner: owner.to_string(),
+                        ..OwnerStats::default()
+                    });
+                match what {
+                    "queued" => entry.queued += n,
+                    "started" => entry.started += n,
+                    "max" => entry.max_in_flight = Some(n),
+                    _ => {}
+                }
+            }
+        }
+        Ok(by_owner
+            .into_values()
+            .filter(|o| o.queued > 0 || o.started > 0)
+            .collect())
     }
 
     /// One queue's statistics: one atomic snapshot per partition, the partitions read side

@@ -21,7 +21,7 @@
 //! (a cluster cannot block on keys of several slots in one command); a token taken after the
 //! consumer stopped waiting is pushed back for another consumer.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use redis::Value;
@@ -40,7 +40,7 @@ use crate::task::{Task, TaskError, TaskId};
 mod plan;
 mod wait;
 
-use plan::plan_turns;
+use plan::{Head, Shares, plan_turns};
 use wait::Watch;
 
 /// Who claims, from which queues, how.
@@ -76,6 +76,8 @@ pub struct Consumer {
     blocking: tokio::sync::Mutex<Option<Conn>>,
     /// With several partitions: the per-partition waiters, started on the first wait.
     watch: tokio::sync::Mutex<Option<Watch>>,
+    /// With several partitions: fair share between owners across them.
+    shares: Mutex<Shares>,
 }
 
 /// Longest single `BLPOP`, so a consumer notices a dropped connection and tasks made ready
@@ -138,6 +140,7 @@ impl Consumer {
         }
         Ok(Consumer {
             credits: Mutex::new(vec![0; weights.len()]),
+            shares: Mutex::new(Shares::default()),
             weights,
             broker,
             config,
@@ -241,7 +244,10 @@ impl Consumer {
         let k = tokens.len();
         let heads =
             futures::future::try_join_all(parts.iter().map(|p| self.heads_in(p, k))).await?;
-        let plan = plan_turns(heads, &order, &firsts);
+        let plan = {
+            let mut shares = self.shares.lock().unwrap_or_else(PoisonError::into_inner);
+            plan_turns(heads, &order, &firsts, &mut shares)
+        };
         let mut tokens = tokens.into_iter();
         let order = &order;
         let calls = plan
@@ -269,18 +275,30 @@ impl Consumer {
         Ok(claimed.into_iter().map(|(_, c)| c).collect())
     }
 
-    /// The scores (queue times) of the first `k` ready tasks of each of the consumer's
-    /// queues in one partition, oldest first (queues in configuration order).
-    async fn heads_in(&self, part: &Partition, k: usize) -> Result<Vec<Vec<f64>>> {
-        let mut pipe = redis::pipe();
+    /// The next `k` tasks of each of the consumer's queues in one partition, in the order
+    /// its claims would take them (queues in configuration order; `lua/heads.lua`).
+    async fn heads_in(&self, part: &Partition, k: usize) -> Result<Vec<Vec<Head>>> {
+        let mut invocation = scripts::HEADS.prepare_invoke();
         for name in &self.config.queues {
-            pipe.zrange_withscores(part.queue(name).ready, 0, k as isize - 1);
+            invocation.key(part.queue(name).ready);
         }
-        let heads: Vec<Vec<(String, f64)>> = pipe.query_async(&mut self.broker.conn()).await?;
-        Ok(heads
+        invocation.arg(part.prefix()).arg(k);
+        let heads: Vec<Vec<String>> = invocation.invoke_async(&mut self.broker.conn()).await?;
+        heads
             .into_iter()
-            .map(|h| h.into_iter().map(|(_, score)| score).collect())
-            .collect())
+            .map(|flat| {
+                flat.chunks(3)
+                    .map(|t| match t {
+                        [seq, owner, weight] => Ok(Head {
+                            seq: seq.parse().unwrap_or(f64::MAX),
+                            owner: owner.clone(),
+                            weight: weight.parse().unwrap_or(1.0),
+                        }),
+                        other => Err(QueueError::Corrupt(format!("heads replied {other:?}"))),
+                    })
+                    .collect()
+            })
+            .collect()
     }
 
     /// Runs the claim script once in one partition, for as many turns as `firsts` has (one
