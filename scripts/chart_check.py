@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import glob
+import json
 import os
 import re
 import sys
@@ -154,6 +155,57 @@ MONITOR_SCHEMAS = {
     )
     for kind, endpoints in [("ServiceMonitor", "endpoints"), ("PodMonitor", "podMetricsEndpoints")]
 }
+
+# The PrometheusRule fields the chart uses.
+MONITOR_SCHEMAS["PrometheusRule"] = jsonschema.Draft7Validator(
+    {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "metadata": {"type": "object"},
+            "spec": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["groups"],
+                "properties": {
+                    "groups": {
+                        "type": "array",
+                        "minItems": 1,
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["name", "rules"],
+                            "properties": {
+                                "name": {"type": "string"},
+                                "rules": {
+                                    "type": "array",
+                                    "minItems": 1,
+                                    "items": {
+                                        "type": "object",
+                                        "additionalProperties": False,
+                                        "required": ["alert", "expr", "labels", "annotations"],
+                                        "properties": {
+                                            "alert": {"type": "string", "pattern": "^Ragpool[A-Za-z]+$"},
+                                            "expr": {"type": "string"},
+                                            "for": {"type": "string", "pattern": "^[0-9]+[smh]$"},
+                                            "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                                            "annotations": {
+                                                "type": "object",
+                                                "required": ["summary", "description", "runbook_url"],
+                                                "additionalProperties": {"type": "string"},
+                                            },
+                                        },
+                                    },
+                                },
+                            },
+                        },
+                    }
+                },
+            },
+        },
+    }
+)
 
 
 def schema_errors(validator: jsonschema.Validator, obj: Any) -> list[str]:
@@ -402,6 +454,7 @@ def the_pool(objects: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def expect_default(objects: list[dict[str, Any]]) -> None:
+    assert not find(objects, "PrometheusRule") and not find(objects, "ConfigMap", f"{RELEASE}-dashboard")
     redis = one(objects, "StatefulSet", f"{RELEASE}-redis")
     args = redis["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[args.index("--appendonly") + 1] == "yes", "bundled Redis without appendonly"
@@ -460,6 +513,36 @@ def expect_bundled_redis(objects: list[dict[str, Any]]) -> None:
     assert claim["storageClassName"] == "fast-ssd" and claim["resources"]["requests"]["storage"] == "20Gi"
     assert {p["metadata"]["name"] for p in find(objects, "PodDisruptionBudget")} == {f"{RELEASE}-api"}
     assert find(objects, "ServiceMonitor") and find(objects, "PodMonitor")
+    expect_alerts_and_dashboard(objects)
+
+
+def expect_alerts_and_dashboard(objects: list[dict[str, Any]]) -> None:
+    """The PrometheusRule holds files/alerts.yaml unchanged (its Prometheus templates not taken
+    for Helm's), each runbook names a section of docs/operations.md, and the dashboard
+    ConfigMap holds valid dashboard JSON whose queries use only ragpool's metrics."""
+    rule = one(objects, "PrometheusRule", RELEASE)
+    assert rule["metadata"]["labels"]["release"] == "prometheus", rule["metadata"]
+    with open(os.path.join(CHART, "files", "alerts.yaml")) as f:
+        assert rule["spec"]["groups"] == yaml.safe_load(f)["groups"], "the rules differ from files/alerts.yaml"
+    with open(os.path.join(ROOT, "docs", "operations.md")) as f:
+        anchors = {
+            re.sub(r"[^a-z0-9 -]", "", line[4:].strip().lower()).replace(" ", "-")
+            for line in f
+            if line.startswith("### ")
+        }
+    for r in rule["spec"]["groups"][0]["rules"]:
+        assert "{{ $labels." in r["annotations"]["summary"], r["alert"]
+        anchor = r["annotations"]["runbook_url"].split("#", 1)[1]
+        assert anchor in anchors, f"{r['alert']}: no section #{anchor} in docs/operations.md"
+    dashboard = one(objects, "ConfigMap", f"{RELEASE}-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1", dashboard["metadata"]
+    board = json.loads(dashboard["data"]["ragpool.json"])
+    assert board["uid"] == "ragpool-overview" and board["panels"], board.keys()
+    ids = [p["id"] for p in board["panels"]]
+    assert len(ids) == len(set(ids)), "panel ids repeat"
+    for panel in board["panels"]:
+        for target in panel.get("targets", []):
+            assert re.search(r"\bragpool_[a-z_]+", target["expr"]), target["expr"]
 
 
 def expect_external_secret_tls(objects: list[dict[str, Any]]) -> None:

@@ -27,6 +27,9 @@ scripts/chart-check.sh
 step "docs (every Markdown link resolves)"
 scripts/docs-check.sh
 
+step "alerting rules (promtool check rules, promtool test rules)"
+scripts/alerts-check.sh
+
 step "cargo clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 

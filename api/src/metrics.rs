@@ -49,6 +49,7 @@ pub struct Metrics {
 }
 
 struct Inner {
+    redis_up: Gauge,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     latency: HistogramFamily,
@@ -92,7 +93,7 @@ impl Metrics {
         let submission_reserved_bytes = Gauge::default();
         registry.register(
             "submission_reserved_bytes",
-            "Bytes reserved now from the submission budget (6 or 8 times each body being handled)",
+            "Bytes reserved now from the submission budget (twice each body being handled)",
             submission_reserved_bytes.clone(),
         );
         let queued_payload_bytes = Family::<QueueLabels, Gauge>::default();
@@ -101,9 +102,16 @@ impl Metrics {
             "Payload bytes of the queued tasks in Redis, by queue (read from Redis at each scrape)",
             queued_payload_bytes.clone(),
         );
+        let redis_up = Gauge::default();
+        registry.register(
+            "redis_up",
+            "1 when the last scrape read the queues from Redis, 0 when it could not",
+            redis_up.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 queued_payload_bytes,
+                redis_up,
                 registry,
                 requests,
                 latency,
@@ -111,6 +119,11 @@ impl Metrics {
                 submission_reserved_bytes,
             }),
         }
+    }
+
+    /// Records whether the last scrape could read Redis.
+    pub fn redis_up(&self, up: bool) {
+        self.inner.redis_up.set(i64::from(up));
     }
 
     /// The gauge of bytes reserved from the submission budget.

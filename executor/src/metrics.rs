@@ -67,7 +67,8 @@ impl Metrics {
         }
     }
 
-    pub(crate) fn record(&self, kind: TaskKind, outcome: &'static str, took: Duration) {
+    /// Counts a task of `kind` that ended with `outcome` after `took` since its claim.
+    pub fn record(&self, kind: TaskKind, outcome: &'static str, took: Duration) {
         self.tasks
             .get_or_create(&Outcome {
                 kind: kind.as_str().into(),

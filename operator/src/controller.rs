@@ -734,6 +734,22 @@ impl RagWorkerPool {
             seen.current
         };
         m.current_replicas.get_or_create(&l).set(i64::from(current));
+        m.max_replicas
+            .get_or_create(&l)
+            .set(i64::from(self.spec.scaling.max_replicas));
+        let ready = seen
+            .deployment
+            .as_ref()
+            .and_then(|d| d.status.as_ref())
+            .and_then(|s| s.ready_replicas)
+            .unwrap_or(0);
+        m.ready_replicas.get_or_create(&l).set(i64::from(ready));
+        m.redis_reachable
+            .get_or_create(&l)
+            .set(i64::from(seen.observed.is_ok()));
+        m.target_wait_seconds
+            .get_or_create(&l)
+            .set(self.spec.scaling.target_wait_seconds);
         m.count_decision(&l, decision.cause);
         match decision.raw {
             Some(raw) => {

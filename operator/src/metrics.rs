@@ -57,6 +57,10 @@ pub struct Metrics {
     pub raw_recommendation: Family<PoolLabels, FloatGauge>,
     pub arrival_rate: Family<PoolLabels, FloatGauge>,
     pub mean_processing_seconds: Family<PoolLabels, FloatGauge>,
+    pub max_replicas: Family<PoolLabels, Gauge>,
+    pub ready_replicas: Family<PoolLabels, Gauge>,
+    pub redis_reachable: Family<PoolLabels, Gauge>,
+    pub target_wait_seconds: Family<PoolLabels, FloatGauge>,
     pub decisions: Family<DecisionLabels, Counter>,
 }
 
@@ -75,6 +79,10 @@ impl Default for Metrics {
         let raw_recommendation = Family::<PoolLabels, FloatGauge>::default();
         let arrival_rate = Family::<PoolLabels, FloatGauge>::default();
         let mean_processing_seconds = Family::<PoolLabels, FloatGauge>::default();
+        let max_replicas = Family::<PoolLabels, Gauge>::default();
+        let ready_replicas = Family::<PoolLabels, Gauge>::default();
+        let redis_reachable = Family::<PoolLabels, Gauge>::default();
+        let target_wait_seconds = Family::<PoolLabels, FloatGauge>::default();
         let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register("reconciles", "Reconciles of a pool", reconciles.clone());
         registry.register(
@@ -132,6 +140,22 @@ impl Default for Metrics {
             "Mean claim-to-completion time of a pool's tasks",
             mean_processing_seconds.clone(),
         );
+        registry.register("max_replicas", "A pool's maxReplicas", max_replicas.clone());
+        registry.register(
+            "ready_replicas",
+            "Ready replicas of a pool's executor Deployment",
+            ready_replicas.clone(),
+        );
+        registry.register(
+            "redis_reachable",
+            "1 when the last pass read a pool's queues from Redis, 0 when it could not",
+            redis_reachable.clone(),
+        );
+        registry.register(
+            "target_wait_seconds",
+            "A pool's targetWaitSeconds: how long a task should wait at most",
+            target_wait_seconds.clone(),
+        );
         registry.register(
             "decisions",
             "Scaling decisions for a pool, by the policy step that settled the count",
@@ -143,6 +167,10 @@ impl Default for Metrics {
             raw_recommendation,
             arrival_rate,
             mean_processing_seconds,
+            max_replicas,
+            ready_replicas,
+            redis_reachable,
+            target_wait_seconds,
             decisions,
             reconciles,
             errors,

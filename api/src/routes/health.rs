@@ -82,8 +82,9 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         .into_response())
 }
 
-/// Refreshes the gauges read from Redis (the configured queues' queued payload bytes). A
-/// scrape while Redis is away keeps the last values: the request metrics still matter then.
+/// Refreshes the gauges read from Redis (the configured queues' queued payload bytes) and
+/// `redis_up`. A scrape while Redis is away keeps the last values of the others: the request
+/// metrics still matter then.
 async fn read_queue_gauges(state: &AppState) {
     let broker = state.broker();
     for queue in &broker.config().queues {
@@ -93,10 +94,12 @@ async fn read_queue_gauges(state: &AppState) {
                 .queued_payload_bytes(&queue.name, stats.queued_payload_bytes),
             Err(e) => {
                 tracing::debug!(error = %e, "queue gauges not refreshed");
+                state.metrics().redis_up(false);
                 return;
             }
         }
     }
+    state.metrics().redis_up(true);
 }
 
 /// The generated OpenAPI document, rendered once when the router is built.
