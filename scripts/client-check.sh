@@ -13,16 +13,7 @@ root=$(dirname "$here")
 
 ensure_apt_packages redis-server redis-server python3 python3 curl curl
 
-if [ $# -ge 1 ]; then
-  bin=$(cd "$1" && pwd)
-else
-  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ragpool/target}"
-  (cd "$root" && cargo build -q -p ragpool-api -p ragpool-executor --bins)
-  bin=$CARGO_TARGET_DIR/debug
-fi
-for b in ragpool-api ragpool-executor; do
-  [ -x "$bin/$b" ] || { echo "missing $bin/$b" >&2; exit 2; }
-done
+component_binaries "$@"
 
 scratch_workdir client
 executor_pid=""
@@ -34,14 +25,7 @@ trap stop_all EXIT
 
 start_scratch_redis "$work"
 
-api_port=$(free_port)
-RAGPOOL_REDIS_URL="redis://127.0.0.1:$redis_port" \
-RAGPOOL_LISTEN="127.0.0.1:$api_port" \
-RUST_LOG=info \
-  "$bin/ragpool-api" >"$work/api.log" 2>&1 &
-api_pid=$!
-wait_for "ragpool-api on port $api_port" curl -fsS "http://127.0.0.1:$api_port/readyz" \
-  || { cat "$work/api.log" >&2; exit 1; }
+start_scratch_api
 
 metrics_port=$(free_port)
 RAGPOOL_REDIS_URL="redis://127.0.0.1:$redis_port" \

@@ -19,16 +19,7 @@ PLAYWRIGHT_VERSION=1.65.1
 ensure_apt_packages redis-server redis-server chromium chromium npm npm node nodejs \
   python3 python3 curl curl
 
-if [ $# -ge 1 ]; then
-  bin=$(cd "$1" && pwd)
-else
-  export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ragpool/target}"
-  (cd "$root" && cargo build -q -p ragpool-api -p ragpool-executor --bins)
-  bin=$CARGO_TARGET_DIR/debug
-fi
-for b in ragpool-api ragpool-executor; do
-  [ -x "$bin/$b" ] || { echo "missing $bin/$b" >&2; exit 2; }
-done
+component_binaries "$@"
 
 node_dir=${XDG_CACHE_HOME:-$HOME/.cache}/ragpool/node
 installed=$(node -p "require('$node_dir/node_modules/playwright-core/package.json').version" 2>/dev/null || true)
@@ -42,16 +33,7 @@ scratch_workdir dashboard
 
 start_scratch_redis "$work"
 
-api_port=$(free_port)
-# One attempt per task: a task whose backend is down fails at once instead of backing off.
-RAGPOOL_REDIS_URL="redis://127.0.0.1:$redis_port" \
-RAGPOOL_LISTEN="127.0.0.1:$api_port" \
-RAGPOOL_MAX_ATTEMPTS=1 \
-RUST_LOG=info \
-  "$bin/ragpool-api" >"$work/api.log" 2>&1 &
-api_pid=$!
-wait_for "ragpool-api on port $api_port" curl -fsS "http://127.0.0.1:$api_port/readyz" \
-  || { cat "$work/api.log" >&2; exit 1; }
+start_scratch_api RAGPOOL_MAX_ATTEMPTS=1
 
 # A port nothing listens on: the failing executor's backend.
 closed_port=$(free_port)

@@ -118,3 +118,32 @@ stop_scratch() {
   [ -n "$redis_pid" ] && kill "$redis_pid" 2>/dev/null && wait "$redis_pid" 2>/dev/null
   rm -rf "$work"
 }
+
+# component_binaries [BIN_DIR]: sets bin to a folder holding ragpool-api and ragpool-executor:
+# BIN_DIR when given, else a cargo build's (CARGO_TARGET_DIR, default ~/.cache/ragpool/target).
+component_binaries() {
+  if [ $# -ge 1 ]; then
+    bin=$(cd "$1" && pwd)
+  else
+    export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/ragpool/target}"
+    (cd "$(dirname "${BASH_SOURCE[0]}")/.." && cargo build -q -p ragpool-api -p ragpool-executor --bins)
+    bin=$CARGO_TARGET_DIR/debug
+  fi
+  local b
+  for b in ragpool-api ragpool-executor; do
+    [ -x "$bin/$b" ] || { echo "missing $bin/$b" >&2; return 2; }
+  done
+}
+
+# start_scratch_api [NAME=VALUE ...]: starts $bin/ragpool-api against the scratch Redis
+# (start_scratch_redis) on a free loopback port, with these extra environment variables, its
+# log in $work/api.log, and waits until it is ready. Sets api_port and api_pid.
+start_scratch_api() {
+  api_port=$(free_port)
+  env "$@" RAGPOOL_REDIS_URL="redis://127.0.0.1:$redis_port" \
+    RAGPOOL_LISTEN="127.0.0.1:$api_port" RAGPOOL_LOG=info \
+    "$bin/ragpool-api" >"$work/api.log" 2>&1 &
+  api_pid=$!
+  wait_for "ragpool-api on port $api_port" curl -fsS "http://127.0.0.1:$api_port/readyz" \
+    || { cat "$work/api.log" >&2; return 1; }
+}

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser;
 use ragpool_queue::Broker;
-use tracing_subscriber::EnvFilter;
+use ragpool_runtime::process;
 
 use crate::ApiConfig;
 
@@ -27,18 +27,7 @@ struct Cli {
 /// Runs the API's command line `args` (the program name first) to its exit status.
 pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let cli = Cli::parse_from(args);
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-        .and_then(|runtime| runtime.block_on(run(cli)));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("Error: {e:?}");
-            ExitCode::FAILURE
-        }
-    }
+    process::run_to_exit(run(cli))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -46,7 +35,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("{}", crate::openapi().to_pretty_json()?);
         return Ok(());
     }
-    init_tracing();
+    process::init_logging("info", process::json_logs_wanted());
     let config = cli.config;
     let broker = Broker::connect(config.broker_config().context("invalid Redis settings")?)
         .await
@@ -54,43 +43,5 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
-    crate::serve(config, broker, listener, shutdown_signal()).await
-}
-
-/// Logs to stderr; JSON lines when `RAGPOOL_LOG_FORMAT=json`. `RUST_LOG` filters (default
-/// `info`).
-fn init_tracing() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::env::var("RAGPOOL_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
-        builder.json().with_current_span(true).init();
-    } else {
-        builder.init();
-    }
-}
-
-/// Resolves on the first SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only SIGINT stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    crate::serve(config, broker, listener, process::shutdown_signal()).await
 }

@@ -93,7 +93,10 @@ pub fn run(cli: Cli) -> ExitCode {
 fn run_client(command: Command) -> ExitCode {
     let cli = Cli { command };
     if matches!(cli.command, Command::Dev(_)) {
-        init_tracing();
+        ragpool_runtime::process::init_logging(
+            "info,tantivy=warn",
+            ragpool_runtime::process::json_logs_wanted(),
+        );
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -140,21 +143,5 @@ fn run_client(command: Command) -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-/// Logs to stderr (stdout carries the URL and examples); `RAGPOOL_LOG` filters,
-/// `RAGPOOL_LOG_FORMAT=json` switches to JSON lines.
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RAGPOOL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,tantivy=warn"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    if std::env::var("RAGPOOL_LOG_FORMAT").is_ok_and(|f| f == "json") {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

@@ -15,6 +15,7 @@ use kube::runtime::events::Reporter;
 use kube::{Api, Client};
 use ragpool_runtime::PartitionArgs;
 use ragpool_runtime::http_server::ServerArgs;
+use ragpool_runtime::process;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -87,7 +88,7 @@ struct RunArgs {
     partitions: PartitionArgs,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -149,45 +150,13 @@ impl Leadership {
     }
 }
 
-fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 /// Reads each pool's queues and worker registry from the Redis the pool names.
 fn observer(client: &Client) -> Arc<dyn Observer> {
     Arc::new(RedisObserver::new(client.clone()))
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(e) => {
-                warn!(error = %e, "cannot listen for SIGTERM");
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-}
-
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    init_tracing(args.log_format);
+    process::init_logging("info,kube=warn", args.log_format == LogFormat::Json);
     let identity = args
         .identity
         .clone()
@@ -205,8 +174,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     {
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            signal().await;
-            info!("shutting down");
+            process::shutdown_signal().await;
             shutdown.cancel();
         });
     }
@@ -309,18 +277,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 /// Runs the operator's command line `args` (the program name first) to its exit status.
 pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let cli = Cli::parse_from(args);
-    let result = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-        .and_then(|runtime| runtime.block_on(dispatch(cli)));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("Error: {e:?}");
-            ExitCode::FAILURE
-        }
-    }
+    process::run_to_exit(dispatch(cli))
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<()> {

@@ -11,5 +11,6 @@
 pub mod args;
 pub mod http_server;
 pub mod image_input;
+pub mod process;
 
 pub use args::{DurabilityArgs, KeyPrefixArgs, PartitionArgs};
