@@ -33,14 +33,21 @@ where
     type Rejection = BodyRejection;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, BodyRejection> {
-        if !is_json(req.headers()) {
-            return Err(unsupported_media_type("application/json").into());
-        }
-        let held = admit(&req, state, COPIES)?;
-        let bytes = read_body(req, state).await?;
-        let value = parse_json(&bytes)?;
-        Ok(JsonBody(value, held))
+        let (bytes, held) = json_bytes(req, state).await?;
+        Ok(JsonBody(parse_json(&bytes)?, held))
     }
+}
+
+/// A JSON request's body, read under its reservation of the submission budget.
+async fn json_bytes(
+    req: Request,
+    state: &AppState,
+) -> Result<(Vec<u8>, Reservation), BodyRejection> {
+    if !is_json(req.headers()) {
+        return Err(unsupported_media_type("application/json").into());
+    }
+    let held = admit(&req, state, COPIES)?;
+    Ok((read_body(req, state).await?, held))
 }
 
 /// A request whose JSON may carry a large inline `image` (base64): [`ImageJsonBody`] moves
@@ -60,13 +67,8 @@ where
     type Rejection = BodyRejection;
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, BodyRejection> {
-        if !is_json(req.headers()) {
-            return Err(unsupported_media_type("application/json").into());
-        }
-        let held = admit(&req, state, COPIES)?;
-        let bytes = read_body(req, state).await?;
-        let value = parse_json_with_image(bytes)?;
-        Ok(ImageJsonBody(value, held))
+        let (bytes, held) = json_bytes(req, state).await?;
+        Ok(ImageJsonBody(parse_json_with_image(bytes)?, held))
     }
 }
 
