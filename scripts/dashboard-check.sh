@@ -35,10 +35,26 @@ start_scratch_redis "$work"
 
 start_scratch_api RAGPOOL_MAX_ATTEMPTS=1
 
+# A second API with keys, on its own key prefix in the same Redis: the dashboard's table of
+# keys (an admin sees each key's tasks by name, never the key).
+keyed_port=$(free_port)
+keyed_pid=""
+trap '[ -n "$keyed_pid" ] && kill "$keyed_pid" 2>/dev/null && wait "$keyed_pid" 2>/dev/null; stop_scratch' EXIT
+RAGPOOL_REDIS_URL="redis://127.0.0.1:$redis_port" \
+RAGPOOL_LISTEN="127.0.0.1:$keyed_port" \
+RAGPOOL_KEY_PREFIX=keyed \
+RAGPOOL_API_KEYS="alice:alice-key-0123456789:maxInFlight=2,root:root-key-0123456789a:admin" \
+RUST_LOG=info \
+  "$bin/ragpool-api" >"$work/api-keyed.log" 2>&1 &
+keyed_pid=$!
+wait_for "ragpool-api with keys on port $keyed_port" curl -fsS "http://127.0.0.1:$keyed_port/readyz" \
+  || { cat "$work/api-keyed.log" >&2; exit 1; }
+
 # A port nothing listens on: the failing executor's backend.
 closed_port=$(free_port)
 status=0
 API="http://127.0.0.1:$api_port" \
+KEYED_API="http://127.0.0.1:$keyed_port" \
 REDIS_URL="redis://127.0.0.1:$redis_port" \
 EXECUTOR="$bin/ragpool-executor" \
 CLOSED_URL="http://127.0.0.1:$closed_port" \

@@ -44,7 +44,8 @@ RAGPOOL_TEST_PARTITIONS=6 cargo test -p ragpool-queue --no-fail-fast
 step "chaos suite, short (single Redis: executors, Redis and the API killed under load)"
 # Debug binaries: the chaos run starts ragpool-api and ragpool-executor from the directory of
 # ragpool-bench. Exits non-zero if an acknowledged task was lost, a result was wrong or a task
-# ended twice.
+# ended twice. Submissions go under two API keys (a batch key with maxInFlight, a weighted
+# live key), so fair share between keys runs under the chaos too.
 cargo build --workspace --bins
 "$CARGO_TARGET_DIR/debug/ragpool-bench" chaos --short --topology single
 
@@ -58,6 +59,10 @@ step "chaos suite, short (Redis Cluster of three masters, six partitions: a mast
 # Every queue split over the three masters: the API and the executors run as processes with
 # RAGPOOL_PARTITIONS=6; one master is killed twice (its partitions away, the others serving).
 "$CARGO_TARGET_DIR/debug/ragpool-bench" chaos --short --topology cluster
+
+step "fair share bench, smoke (one small round: every task claimed, B's tasks behind A's batch)"
+# Debug build, about 6 s; fails only if a drain misses a task. Figures: bench/README.md.
+"$CARGO_TARGET_DIR/debug/ragpool-bench" fairness --rounds 1 --tasks 2000 --batch 1000
 
 if [ -x scripts/schemathesis.sh ]; then
   step "API contract (schemathesis against /openapi.json)"

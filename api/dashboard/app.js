@@ -367,6 +367,24 @@ function workersTable(workers) {
       h('td', {}, w.silent ? h('span', { class: 'silent' }, 'silent') : w.draining ? 'draining' : 'ok'))))));
 }
 
+// Each API key's queued and started tasks over every queue, by key name (the snapshot never
+// carries a key). Absent without keys, or while no key has tasks.
+function ownersSection(owners) {
+  if (!owners || owners.length === 0) return [];
+  return [
+    h('h2', {}, 'Keys'),
+    h('section', { class: 'card' }, h('div', { class: 'scroll' }, h('table', { id: 'owners' },
+      h('thead', {}, h('tr', {},
+        h('th', {}, 'key'), h('th', { class: 'num' }, 'queued'), h('th', { class: 'num' }, 'started'),
+        h('th', { class: 'num' }, 'max in flight'))),
+      h('tbody', {}, owners.map((o) => h('tr', { 'data-owner': o.owner },
+        h('td', {}, o.owner),
+        h('td', { class: 'num', 'data-count': 'queued' }, count(o.queued)),
+        h('td', { class: 'num', 'data-count': 'started' }, count(o.started)),
+        h('td', { class: 'num' }, o.max_in_flight === undefined ? '–' : count(o.max_in_flight)))))))),
+  ];
+}
+
 function renderOverview() {
   const s = ui.snapshot;
   if (!s) return;
@@ -394,6 +412,7 @@ function renderOverview() {
         { field: 'wait_p50', label: 'p50', color: '#2457c5', swatch: 'swatch-a' },
         { field: 'wait_p95', label: 'p95', color: '#a35b00', swatch: 'swatch-d' },
       ], 'ms')),
+    ...ownersSection(s.owners),
     h('h2', {}, 'Workers', s.utilization !== undefined ? ` · ${Math.round(s.utilization * 100)} % busy` : ''),
     h('section', { class: 'card' }, workersTable(s.workers)));
 }

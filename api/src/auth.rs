@@ -160,6 +160,11 @@ impl ApiKeys {
         self.entries.is_empty()
     }
 
+    /// The configured keys' names, in the order they were listed.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.entries.iter().map(|e| e.name.as_str())
+    }
+
     /// The caller a presented key belongs to, if any. Looks at every entry whatever matches.
     pub fn identify(&self, presented: &str) -> Option<Caller> {
         let presented = digest(presented);

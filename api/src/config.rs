@@ -89,6 +89,12 @@ pub struct ApiConfig {
     /// Workers not heard from for this long are left out of `/api/queue/stats`.
     #[arg(long, env = "RAGPOOL_WORKER_TTL_SECONDS", default_value_t = 30)]
     pub worker_ttl_seconds: u64,
+
+    /// Add the gauges `ragpool_api_owner_queued{owner}` and `ragpool_api_owner_started{owner}`
+    /// to `/metrics`: each configured key's queued and started tasks, by key name (one series
+    /// per key in the key list, none for tasks without a key). Read from Redis at each scrape.
+    #[arg(long, env = "RAGPOOL_METRICS_PER_OWNER")]
+    pub metrics_per_owner: bool,
 }
 
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
@@ -370,6 +376,7 @@ impl Default for ApiConfig {
             queues: QueueFlags::default(),
             redis_response_timeout_seconds: 60,
             worker_ttl_seconds: 30,
+            metrics_per_owner: false,
         }
     }
 }

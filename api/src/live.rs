@@ -16,6 +16,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use ragpool_queue::stats::OwnerStats;
 use ragpool_queue::{HistorySample, QueueStats, WorkerInfo};
 use serde::Serialize;
 use tokio::sync::watch;
@@ -42,6 +43,9 @@ pub struct DashboardSnapshot {
     pub utilization: Option<f64>,
     /// Seconds between snapshots of the live stream.
     pub refresh_seconds: f64,
+    /// Each API key's queued and started tasks over every queue, by key name (never the
+    /// key); keys with neither are left out. Empty when no keys are configured.
+    pub owners: Vec<OwnerStats>,
 }
 
 /// One queue: its statistics, rates and the last hour's history.
@@ -175,6 +179,11 @@ pub async fn read(state: &AppState) -> Result<DashboardSnapshot, ApiError> {
         .unwrap_or_else(PoisonError::into_inner)
         .record(at_ms, Totals::of(&stats));
     let busy_share = utilization(&workers);
+    let owners = if state.keys().enabled() {
+        broker.owner_stats().await?
+    } else {
+        Vec::new()
+    };
     Ok(DashboardSnapshot {
         at: rfc3339(at_ms),
         at_ms,
@@ -190,6 +199,7 @@ pub async fn read(state: &AppState) -> Result<DashboardSnapshot, ApiError> {
         workers: worker_rows(workers, at_ms, state.worker_ttl()),
         utilization: busy_share,
         refresh_seconds: SNAPSHOT_EVERY.as_secs_f64(),
+        owners,
     })
 }
 

@@ -1,10 +1,11 @@
 //! Prometheus metrics of the API: requests by route, method and status, a latency histogram
-//! by route, and accepted submissions by queue. Served as OpenMetrics text on `/metrics`.
+//! by route, and accepted submissions by queue; with `--metrics-per-owner`, each key's queued
+//! and started tasks. Served as OpenMetrics text on `/metrics`.
 //!
 //! Every label comes from a closed set, so no client can add series (each series lives as
 //! long as the process): routes are labelled by their template (`/api/async/task/{task_id}`)
 //! or `unmatched`, never by the raw path; methods are the seven this API could answer, any
-//! other spelling is `other`; statuses are numbers.
+//! other spelling is `other`; statuses are numbers; owners are the names in the key list.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -40,6 +41,17 @@ struct QueueLabels {
     queue: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OwnerLabels {
+    owner: String,
+}
+
+/// Each key's queued and started tasks (`--metrics-per-owner`).
+struct OwnerGauges {
+    queued: Family<OwnerLabels, Gauge>,
+    started: Family<OwnerLabels, Gauge>,
+}
+
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
 /// The API's metrics and the registry that encodes them.
@@ -56,6 +68,7 @@ struct Inner {
     submissions: Family<QueueLabels, Counter>,
     submission_reserved_bytes: Gauge,
     queued_payload_bytes: Family<QueueLabels, Gauge>,
+    owners: Option<OwnerGauges>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -71,6 +84,15 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
+        Metrics::build(false)
+    }
+
+    /// The metrics with the per-owner gauges as well (`--metrics-per-owner`).
+    pub fn with_owner_gauges() -> Metrics {
+        Metrics::build(true)
+    }
+
+    fn build(per_owner: bool) -> Metrics {
         let mut registry = Registry::with_prefix("ragpool_api");
         let requests = Family::<RequestLabels, Counter>::default();
         let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
@@ -108,6 +130,23 @@ impl Metrics {
             "1 when the last scrape read the queues from Redis, 0 when it could not",
             redis_up.clone(),
         );
+        let owners = per_owner.then(|| {
+            let gauges = OwnerGauges {
+                queued: Family::default(),
+                started: Family::default(),
+            };
+            registry.register(
+                "owner_queued",
+                "Queued tasks of each API key, by key name, over every queue (read from Redis at each scrape)",
+                gauges.queued.clone(),
+            );
+            registry.register(
+                "owner_started",
+                "Started tasks of each API key, by key name, over every queue (read from Redis at each scrape)",
+                gauges.started.clone(),
+            );
+            gauges
+        });
         Metrics {
             inner: Arc::new(Inner {
                 queued_payload_bytes,
@@ -117,6 +156,7 @@ impl Metrics {
                 latency,
                 submissions,
                 submission_reserved_bytes,
+                owners,
             }),
         }
     }
@@ -126,12 +166,30 @@ impl Metrics {
         self.inner.redis_up.set(i64::from(up));
     }
 
+    /// True when the per-owner gauges are on.
+    pub fn per_owner(&self) -> bool {
+        self.inner.owners.is_some()
+    }
+
+    /// Records an owner's queued and started tasks as read from Redis. The caller passes
+    /// only configured key names, so the series are bounded by the key list.
+    pub fn owner_tasks(&self, owner: &str, queued: u64, started: u64) {
+        let Some(gauges) = &self.inner.owners else {
+            return;
+        };
+        let labels = OwnerLabels {
+            owner: owner.to_string(),
+        };
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        gauges.queued.get_or_create(&labels).set(n(queued));
+        gauges.started.get_or_create(&labels).set(n(started));
+    }
+
     /// The gauge of bytes reserved from the submission budget.
     pub fn submission_reserved_bytes(&self) -> Gauge {
         self.inner.submission_reserved_bytes.clone()
     }
 
-    /// Counts a task created on `queue`.
     /// Records a queue's queued payload bytes as read from Redis.
     pub fn queued_payload_bytes(&self, queue: &str, bytes: u64) {
         self.inner
@@ -142,6 +200,7 @@ impl Metrics {
             .set(i64::try_from(bytes).unwrap_or(i64::MAX));
     }
 
+    /// Counts a task created on `queue`.
     pub fn submitted(&self, queue: &str) {
         self.inner
             .submissions
@@ -240,6 +299,24 @@ mod tests {
             "ragpool_api_http_requests_total{method=\"POST\",route=\"/api/async/query\",status=\"202\"} 1"
         ));
         assert!(text.contains("ragpool_api_http_request_duration_seconds_bucket"));
+    }
+
+    #[test]
+    fn owner_gauges_only_when_asked_for() {
+        let off = Metrics::new();
+        off.owner_tasks("alice", 3, 1);
+        assert!(!off.encode().unwrap().contains("owner"));
+        let on = Metrics::with_owner_gauges();
+        on.owner_tasks("alice", 3, 1);
+        let text = on.encode().unwrap();
+        assert!(
+            text.contains("ragpool_api_owner_queued{owner=\"alice\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ragpool_api_owner_started{owner=\"alice\"} 1"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -44,7 +44,11 @@ impl AppState {
     /// State for `config`; loads the API keys it names.
     pub fn new(config: &ApiConfig, broker: Broker) -> Result<AppState, KeyConfigError> {
         let keys = ApiKeys::load(&config.auth)?;
-        let metrics = Metrics::new();
+        let metrics = if config.metrics_per_owner {
+            Metrics::with_owner_gauges()
+        } else {
+            Metrics::new()
+        };
         let submission_budget = SubmissionBudget::new(
             config.limits.max_inflight_submission_bytes,
             config.limits.max_inflight_share_per_key,

@@ -258,7 +258,7 @@ async fn ended(broker: &Broker, id: &TaskId) -> anyhow::Result<()> {
 }
 
 /// Nearest-rank percentile of sorted samples.
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }

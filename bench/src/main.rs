@@ -9,6 +9,7 @@ mod dashboard;
 mod durability;
 mod enqueue;
 mod executor;
+mod fairness;
 mod footprint;
 mod latency;
 mod payloads;
@@ -51,6 +52,9 @@ enum Command {
     /// What a large input costs: Redis bytes per finished image task, status reads of image
     /// tasks, Redis output over a polled image task's life; each against a text task's.
     Payloads(payloads::Args),
+    /// Fair share between owners: claim throughput with 1, 10 and 1,000 owners against tasks
+    /// without one, and a late owner's wait behind another's batch with and without it.
+    Fairness(fairness::Args),
     /// The executor, latency and enqueue sections in one table.
     All(AllArgs),
 }
@@ -80,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Executor(args) => executor::run(args).await,
         Command::Latency(args) => latency::run(args).await,
         Command::Payloads(args) => payloads::run(args).await,
+        Command::Fairness(args) => fairness::run(args).await,
         Command::All(args) => {
             let mut rows = executor::rows(&args.executor).await?;
             rows.extend(

@@ -82,9 +82,9 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         .into_response())
 }
 
-/// Refreshes the gauges read from Redis (the configured queues' queued payload bytes) and
-/// `redis_up`. A scrape while Redis is away keeps the last values of the others: the request
-/// metrics still matter then.
+/// Refreshes the gauges read from Redis (the configured queues' queued payload bytes, and
+/// with `--metrics-per-owner` each key's tasks) and `redis_up`. A scrape while Redis is away
+/// keeps the last values of the others: the request metrics still matter then.
 async fn read_queue_gauges(state: &AppState) {
     let broker = state.broker();
     for queue in &broker.config().queues {
@@ -100,6 +100,28 @@ async fn read_queue_gauges(state: &AppState) {
         }
     }
     state.metrics().redis_up(true);
+    if state.metrics().per_owner() {
+        read_owner_gauges(state).await;
+    }
+}
+
+/// Each configured key's queued and started tasks; a key with none reads 0. Owners not in
+/// the key list (a key since removed) get no series, so the series are bounded by the list.
+async fn read_owner_gauges(state: &AppState) {
+    let owners = match state.broker().owner_stats().await {
+        Ok(owners) => owners,
+        Err(e) => {
+            tracing::debug!(error = %e, "owner gauges not refreshed");
+            return;
+        }
+    };
+    for name in state.keys().names() {
+        let (queued, started) = owners
+            .iter()
+            .find(|o| o.owner == name)
+            .map_or((0, 0), |o| (o.queued, o.started));
+        state.metrics().owner_tasks(name, queued, started);
+    }
 }
 
 /// The generated OpenAPI document, rendered once when the router is built.

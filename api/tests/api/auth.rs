@@ -243,3 +243,77 @@ async fn a_keys_max_queued_refuses_with_429_and_stats_count_by_owner() {
             .contains("by must be")
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_per_owner_show_each_keys_tasks_by_name() {
+    let config = ApiConfig {
+        auth: AuthConfig {
+            api_keys: Some(format!("alice:{ALICE},bob:{BOB},root:{ROOT}:admin")),
+            api_keys_file: None,
+        },
+        metrics_per_owner: true,
+        ..ApiConfig::default()
+    };
+    let mut api = TestApi::start_with(config, ServerOptions::default()).await;
+    as_key(&mut api, ALICE);
+    api.submit_query("one").await;
+    api.submit_query("two").await;
+    as_key(&mut api, BOB);
+    api.submit_query("bob's").await;
+    let claimed = api.claim("full_query").await;
+    assert_eq!(claimed.task.owner.as_deref(), Some("alice"));
+
+    let text = api
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        r#"ragpool_api_owner_queued{owner="alice"} 1"#,
+        r#"ragpool_api_owner_started{owner="alice"} 1"#,
+        r#"ragpool_api_owner_queued{owner="bob"} 1"#,
+        r#"ragpool_api_owner_started{owner="bob"} 0"#,
+        // A key with no tasks reads 0; its series exists because the key does.
+        r#"ragpool_api_owner_queued{owner="root"} 0"#,
+    ] {
+        assert!(text.contains(line), "{line} not in\n{text}");
+    }
+    assert!(!text.contains(ALICE) && !text.contains(BOB), "{text}");
+
+    // The task ends: the gauges follow at the next scrape.
+    api.broker
+        .complete(&claimed.lease, &json!({ "answer": "ok" }))
+        .await
+        .unwrap();
+    let text = api
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"ragpool_api_owner_started{owner="alice"} 0"#),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_have_no_owner_gauges_unless_asked_for() {
+    let (mut api, _keys) = start().await;
+    as_key(&mut api, ALICE);
+    api.submit_query("one").await;
+    let text = api
+        .get("/metrics")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("ragpool_api_owner_"), "{text}");
+}

@@ -251,6 +251,7 @@ async fn workers_and_the_snapshot_describe_the_deployment() {
     assert!(fq["history"].is_array());
     assert_eq!(snap["workers"][0]["id"], "exec-1");
     assert_eq!(snap["utilization"], 0.75);
+    assert_eq!(snap["owners"], json!([]), "no keys, no owners");
 
     // The minute's sample is kept in Redis, shared by every replica.
     let client = redis::Client::open(api.redis.url()).unwrap();
@@ -423,6 +424,21 @@ async fn with_keys_the_operator_endpoints_need_an_admin_key() {
     for path in &gets[..3] {
         assert_eq!(api.get(path).send().await.unwrap().status(), 200, "{path}");
     }
+
+    // The snapshot lists each key's tasks by the key's name, never the key.
+    api.key = Some(ALICE.to_string());
+    api.submit_query("one").await;
+    api.submit_query("two").await;
+    api.claim("full_query").await;
+    api.key = Some(ROOT.to_string());
+    let (status, snap) = get_json(&api, "/api/dashboard/snapshot").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        snap["owners"],
+        json!([{"owner": "alice", "queued": 1, "started": 1}])
+    );
+    let text = snap.to_string();
+    assert!(!text.contains(ALICE) && !text.contains(ROOT), "{text}");
     // The page itself holds no data and loads without a key.
     api.key = None;
     assert_eq!(api.get("/dashboard").send().await.unwrap().status(), 200);

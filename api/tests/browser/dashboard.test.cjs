@@ -5,9 +5,12 @@
 // and then finished; a task that fails shows its error, and retry from the page requeues it
 // and it finishes; cancel from the page ends a queued task, whose page (no result yet) shows
 // no stray `false`; the workers table lists the running executors; a page of another origin
-// cannot purge through a form or a no-cors fetch. It saves a screenshot of the main page.
+// cannot purge through a form or a no-cors fetch; on an API with keys, the table of keys shows
+// each key's queued and started tasks by the key's name, never the key. It saves a screenshot
+// of the main page.
 //
-// Environment: API (base URL), REDIS_URL, EXECUTOR (binary), WORK (scratch folder),
+// Environment: API (base URL), KEYED_API (an API with the keys below, on its own key prefix,
+// no executor), REDIS_URL, EXECUTOR (binary), WORK (scratch folder),
 // PLAYWRIGHT (folder holding node_modules/playwright-core), SCREENSHOT (PNG path),
 // CHROMIUM (default /usr/bin/chromium).
 'use strict';
@@ -99,6 +102,40 @@ async function crossSiteForms(browser) {
   } finally {
     evil.close();
   }
+}
+
+// The keys of KEYED_API (scripts/dashboard-check.sh).
+const ALICE_KEY = 'alice-key-0123456789';
+const ROOT_KEY = 'root-key-0123456789a';
+
+// On the API with keys: alice's queued tasks in the table of keys, under her key's name.
+async function ownersTable(browser, problems) {
+  const api = process.env.KEYED_API;
+  for (let i = 0; i < 3; i++) {
+    const r = await fetch(`${api}/api/async/query`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', authorization: `Bearer ${ALICE_KEY}` },
+      body: JSON.stringify({ question: `alice's question ${i}` }),
+    });
+    assert.equal(r.status, 202, await r.text());
+  }
+  const page = await browser.newPage();
+  page.setDefaultTimeout(20000);
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  // The admin key as the key dialog would have stored it, so no request goes without it.
+  await page.addInitScript((key) => sessionStorage.setItem('ragpool.adminKey', key), ROOT_KEY);
+  await page.goto(`${api}/dashboard#/`);
+  await page.waitForFunction(() => {
+    const cell = document.querySelector('#owners tr[data-owner="alice"] td[data-count="queued"]');
+    return cell && cell.textContent === '3';
+  });
+  const text = await page.textContent('#owners');
+  assert.ok(text.includes('alice') && !text.includes(ALICE_KEY), text);
+  const started = await page.textContent('#owners tr[data-owner="alice"] td[data-count="started"]');
+  assert.equal(started, '0');
+  assert.ok(!(await page.content()).includes(ALICE_KEY), 'no key in the page');
+  await page.close();
+  console.log('ok: the table of keys shows alice\'s 3 queued tasks under her name');
 }
 
 async function main() {
@@ -193,8 +230,10 @@ async function main() {
     const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
     assert.ok(overflow <= 0, `the page is ${overflow}px wider than a phone`);
     console.log('ok: the page fits a phone-width window');
+    assert.equal(await page.$('#owners'), null, 'no table of keys without keys');
     await page.close();
     await crossSiteForms(browser);
+    await ownersTable(browser, problems);
   } finally {
     await browser.close();
     for (const id of [...children.keys()]) await stop(id);

@@ -10,10 +10,62 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
+/// The two API keys of a run: fair share between them runs under the chaos.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Owner {
+    /// Most of the tasks, submitted faster than the executors drain them, in the first part
+    /// of the run; at most `BATCH_MAX_IN_FLIGHT` of them started at once.
+    Batch,
+    /// Every fifth task, at an even rate over the whole run, with a weight of 2.
+    Live,
+}
+
+/// `maxInFlight` of the batch key: below the executors' slots, so claims pass it over while
+/// it holds that many and serve the live key.
+pub const BATCH_MAX_IN_FLIGHT: u32 = 24;
+
+impl Owner {
+    pub const ALL: [Owner; 2] = [Owner::Batch, Owner::Live];
+
+    /// The key's name, as tasks and stats carry it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Owner::Batch => "batch",
+            Owner::Live => "live",
+        }
+    }
+
+    /// The key itself.
+    fn key(self) -> &'static str {
+        match self {
+            Owner::Batch => "chaos-batch-key-0123456789",
+            Owner::Live => "chaos-live-key-01234567890",
+        }
+    }
+
+    /// Its options in the key list.
+    pub fn options(self) -> String {
+        match self {
+            Owner::Batch => format!("maxInFlight={BATCH_MAX_IN_FLIGHT}"),
+            Owner::Live => "weight=2".to_string(),
+        }
+    }
+
+    /// The API's key list (`RAGPOOL_API_KEYS`) for both keys.
+    pub fn key_list() -> String {
+        Owner::ALL
+            .iter()
+            .map(|o| format!("{}:{}:{}", o.name(), o.key(), o.options()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 /// One submission of the run.
 #[derive(Debug, Clone)]
 pub struct Submission {
     pub n: usize,
+    pub owner: Owner,
     pub question: String,
     /// `complete-answer` or `query`.
     pub path: &'static str,
@@ -26,6 +78,11 @@ impl Submission {
     pub fn new(n: usize) -> Submission {
         Submission {
             n,
+            owner: if n.is_multiple_of(5) {
+                Owner::Live
+            } else {
+                Owner::Batch
+            },
             question: format!("chaos question {n}"),
             path: if n.is_multiple_of(3) {
                 "query"
@@ -158,6 +215,7 @@ async fn post(http: &reqwest::Client, api: &str, s: &Submission, shared: &Shared
     loop {
         let mut request = http
             .post(format!("{api}/api/async/{}", s.path))
+            .bearer_auth(s.owner.key())
             .json(&body)
             .timeout(Duration::from_secs(10));
         if let Some(key) = &s.key {

@@ -34,7 +34,7 @@ use ragpool_queue::{Broker, BrokerConfig, Durability, RedisTarget, TaskId, TaskS
 use redis::streams::StreamRangeReply;
 
 use backend::{CountingBackend, expected_answer};
-use client::{Submission, submit};
+use client::{Owner, Submission, submit};
 use procs::{Proc, Redis, Topology, binary, free_port};
 
 /// Flags of `ragpool-bench chaos`.
@@ -322,6 +322,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     api_env.extend([
         ("RAGPOOL_LISTEN".to_string(), format!("127.0.0.1:{port}")),
         ("RAGPOOL_MAX_ATTEMPTS".to_string(), "10".to_string()),
+        ("RAGPOOL_API_KEYS".to_string(), Owner::key_list()),
         ("RUST_LOG".to_string(), "warn".to_string()),
     ]);
     let mut executor_env = common.clone();
@@ -388,10 +389,10 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let (http, api_url, seen) = (http.clone(), api_url.clone(), seen.clone());
         let start = tokio::time::Instant::now();
         tokio::spawn(async move {
-            futures::stream::iter(0..tasks)
-                .map(|n| {
+            futures::stream::iter(load_plan(tasks))
+                .map(|(when, n)| {
                     let (http, api_url, seen) = (http.clone(), api_url.clone(), seen.clone());
-                    let due = start + span.mul_f64(n as f64 / tasks as f64);
+                    let due = start + span.mul_f64(when);
                     async move {
                         tokio::time::sleep_until(due).await;
                         submit(&http, &api_url, &Submission::new(n), &seen).await;
@@ -472,6 +473,79 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// A row per API key: its acknowledged tasks and how long they waited from queued to their
+/// first claim (the first `queued` and `started` events' stream ids, Redis's clock).
+fn owner_rows(seen: &client::Seen, events: &EventLog) -> Vec<Vec<String>> {
+    let mut queued: HashMap<&str, u64> = HashMap::new();
+    let mut started: HashMap<&str, u64> = HashMap::new();
+    for ((ms, _, _), (task, event)) in &events.entries {
+        let first = match event.state.as_str() {
+            "queued" => &mut queued,
+            "started" => &mut started,
+            _ => continue,
+        };
+        first.entry(task.as_str()).or_insert(*ms);
+    }
+    Owner::ALL
+        .iter()
+        .map(|owner| {
+            let mut waits: Vec<u64> = seen
+                .acknowledged
+                .iter()
+                .filter(|(_, n)| Submission::new(**n).owner == *owner)
+                .filter_map(|(id, _)| {
+                    let q = queued.get(id.as_str())?;
+                    Some(started.get(id.as_str())?.saturating_sub(*q))
+                })
+                .collect();
+            waits.sort_unstable();
+            let at = |p: f64| {
+                let rank = ((p * waits.len() as f64).ceil() as usize).clamp(1, waits.len().max(1));
+                waits.get(rank - 1).map_or(0.0, |ms| *ms as f64 / 1000.0)
+            };
+            let acknowledged = seen
+                .acknowledged
+                .values()
+                .filter(|n| Submission::new(**n).owner == *owner)
+                .count();
+            vec![
+                format!("  key {} ({})", owner.name(), owner.options()),
+                acknowledged.to_string(),
+                format!(
+                    "queued to first claim: p50 {:.2} s, p99 {:.2} s",
+                    at(0.5),
+                    at(0.99)
+                ),
+            ]
+        })
+        .collect()
+}
+
+/// Part of the run by which the batch key has submitted all its tasks.
+const BATCH_PART: f64 = 0.6;
+
+/// When each submission is due, as a part of the run, earliest first: the live key's at an
+/// even rate over the whole run, the batch key's faster, over its first [`BATCH_PART`], so
+/// that a backlog of the batch key's builds up and the live key's tasks arrive behind it.
+fn load_plan(tasks: usize) -> Vec<(f64, usize)> {
+    let batch = (0..tasks)
+        .filter(|n| Submission::new(*n).owner == Owner::Batch)
+        .count()
+        .max(1);
+    let mut batch_seen = 0;
+    let mut plan: Vec<(f64, usize)> = (0..tasks)
+        .map(|n| match Submission::new(n).owner {
+            Owner::Live => (n as f64 / tasks as f64, n),
+            Owner::Batch => {
+                batch_seen += 1;
+                (BATCH_PART * (batch_seen - 1) as f64 / batch as f64, n)
+            }
+        })
+        .collect();
+    plan.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+    plan
 }
 
 async fn wait_ready(http: &reqwest::Client, api: &str) -> anyhow::Result<()> {
@@ -982,6 +1056,9 @@ impl Tally {
                         .count()
                 ),
             ],
+        ];
+        rows.extend(owner_rows(seen, events));
+        rows.extend([
             vec!["finished".into(), finished.to_string(), String::new()],
             vec![
                 "failed or canceled".into(),
@@ -1039,7 +1116,7 @@ impl Tally {
                 more_than_once.to_string(),
                 String::new(),
             ],
-        ];
+        ]);
         for (why, n) in &reasons {
             rows.push(vec![
                 format!("  re-run: {why}"),
