@@ -1,0 +1,34 @@
+-- backend_acquire: take a permit for one backend call if the limit key's limits allow it.
+--
+-- Permits are leased: a holder renews its permit while its call runs (backend_renew), and a
+-- permit whose lease ran out (its executor died) is dropped here, so no holder can leak one.
+-- The checks run in order: a pause (a backend's Retry-After), the concurrency limit, then
+-- the requests-per-minute bucket; a refused call takes nothing.
+--
+-- KEYS[1] permits ZSET (permit id -> lease deadline ms), KEYS[2] state HASH
+-- ARGV[1] permit id, ARGV[2] lease ms, ARGV[3] max concurrent (0: no limit),
+-- ARGV[4] adaptive floor (0: the limit is fixed at ARGV[3]), ARGV[5] requests per minute
+-- (0: no limit)
+-- Returns {'ok', now, limit, in_use} (in_use counts this permit), {'paused', wait_ms},
+-- {'full', limit, in_use} or {'rate', wait_ms}.
+local permits, state, id = KEYS[1], KEYS[2], ARGV[1]
+local now = now_ms()
+redis.call('ZREMRANGEBYSCORE', permits, '-inf', now)
+
+local paused = tonumber(redis.call('HGET', state, 'paused_until')) or 0
+if paused > now then return {'paused', paused - now} end
+
+local limit = current_limit(state, tonumber(ARGV[3]), tonumber(ARGV[4]))
+local in_use = redis.call('ZCARD', permits)
+if limit > 0 and in_use >= limit and not redis.call('ZSCORE', permits, id) then
+  return {'full', limit, in_use}
+end
+
+local rpm = tonumber(ARGV[5])
+if rpm > 0 then
+  local wait = take_request(state, now, rpm)
+  if wait > 0 then return {'rate', wait} end
+end
+
+redis.call('ZADD', permits, now + tonumber(ARGV[2]), id)
+return {'ok', now, limit, redis.call('ZCARD', permits)}
