@@ -46,6 +46,12 @@ pub struct LimitSettings {
     #[arg(long, env = "RAGPOOL_BACKEND_REQUESTS_PER_MINUTE", default_value_t = 0)]
     pub backend_requests_per_minute: u32,
 
+    /// Model tokens per minute across every executor sharing the limit key (openai backend;
+    /// 0: no limit): each request's estimate is taken before it starts and corrected by the
+    /// response's `usage.total_tokens`.
+    #[arg(long, env = "RAGPOOL_BACKEND_TOKENS_PER_MINUTE", default_value_t = 0)]
+    pub backend_tokens_per_minute: u32,
+
     /// Move the concurrency limit between --backend-min-concurrent and
     /// --backend-max-concurrent by how calls go (AIMD: halve on 429/503/timeouts, add one
     /// per limit's worth of successful calls).
@@ -70,12 +76,16 @@ pub struct LimitSettings {
 impl LimitSettings {
     /// The limits, or `None` when no limit is set (calls then skip Redis).
     pub fn limits(&self, permit_lease: Duration) -> Option<BackendLimits> {
-        if self.backend_max_concurrent == 0 && self.backend_requests_per_minute == 0 {
+        if self.backend_max_concurrent == 0
+            && self.backend_requests_per_minute == 0
+            && self.backend_tokens_per_minute == 0
+        {
             return None;
         }
         Some(BackendLimits {
             max_concurrent: self.backend_max_concurrent,
             requests_per_minute: self.backend_requests_per_minute,
+            tokens_per_minute: self.backend_tokens_per_minute,
             adaptive: self.backend_adaptive.then_some(Adaptive {
                 min: self.backend_min_concurrent,
                 latency_factor: self.backend_latency_factor,
@@ -120,7 +130,7 @@ fn jittered(d: Duration) -> Duration {
 
 #[async_trait]
 impl CallGate for PoolGate {
-    async fn enter(&self) -> Result<Box<dyn CallPass>, BackendError> {
+    async fn enter(&self, tokens: u32) -> Result<Box<dyn CallPass>, BackendError> {
         let id = format!(
             "{}:{}",
             self.worker,
@@ -131,7 +141,7 @@ impl CallGate for PoolGate {
         let mut failing = false;
         let mut paused = false;
         loop {
-            let wait = match self.limiter.try_acquire(&id).await {
+            let wait = match self.limiter.try_acquire_tokens(&id, tokens).await {
                 Ok(Admission::Granted(permit)) => {
                     self.metrics
                         .backend_granted(started.elapsed(), permit.limit, permit.in_use);
@@ -216,7 +226,13 @@ async fn give_back(
     metrics: &Metrics,
 ) {
     match limiter
-        .release(permit, report.outcome, report.latency, report.pause)
+        .release_used(
+            permit,
+            report.outcome,
+            report.latency,
+            report.pause,
+            report.tokens_used,
+        )
         .await
     {
         Ok(r) => metrics.backend_released(r.limit, r.in_use, report.pause.is_some()),
@@ -261,6 +277,7 @@ impl Drop for Pass {
                 outcome: CallOutcome::Other,
                 latency: self.started.elapsed(),
                 pause: None,
+                tokens_used: None,
             };
             if let Ok(rt) = tokio::runtime::Handle::try_current() {
                 rt.spawn(async move {

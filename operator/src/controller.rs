@@ -1395,6 +1395,7 @@ mod tests {
         s.executor.backend.limits = Some(crate::crd::BackendLimitsSpec {
             max_concurrent: Some(16),
             requests_per_minute: Some(600),
+            tokens_per_minute: Some(90000),
             adaptive: true,
             min: Some(2),
             key: Some("vllm-a".into()),
@@ -1404,6 +1405,7 @@ mod tests {
             ("RAGPOOL_BACKEND_LIMIT_KEY", "vllm-a"),
             ("RAGPOOL_BACKEND_MAX_CONCURRENT", "16"),
             ("RAGPOOL_BACKEND_REQUESTS_PER_MINUTE", "600"),
+            ("RAGPOOL_BACKEND_TOKENS_PER_MINUTE", "90000"),
             ("RAGPOOL_BACKEND_ADAPTIVE", "true"),
             ("RAGPOOL_BACKEND_MIN_CONCURRENT", "2"),
         ] {

@@ -346,6 +346,12 @@ pub struct BackendLimitsSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000000))]
     pub requests_per_minute: Option<i32>,
+    /// Model tokens per minute across every executor sharing the limit key (`openai`
+    /// backend): each request's estimate is taken before it starts and corrected by the
+    /// response's `usage`. Unset: no token limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2000000000))]
+    pub tokens_per_minute: Option<i32>,
     /// Move the concurrency limit between `min` and `maxConcurrent` by how calls go (AIMD).
     #[serde(default)]
     pub adaptive: bool,
@@ -850,8 +856,12 @@ impl RagWorkerPoolSpec {
             if l.max_concurrent.is_some_and(|m| m < 1) || l.min.is_some_and(|m| m < 1) {
                 return fail("executor.backend.limits: maxConcurrent and min must be at least 1");
             }
-            if l.requests_per_minute.is_some_and(|r| r < 1) {
-                return fail("executor.backend.limits.requestsPerMinute must be at least 1");
+            if l.requests_per_minute.is_some_and(|r| r < 1)
+                || l.tokens_per_minute.is_some_and(|t| t < 1)
+            {
+                return fail(
+                    "executor.backend.limits: requestsPerMinute and tokensPerMinute must be at least 1",
+                );
             }
             if l.adaptive && l.max_concurrent.is_none() {
                 return fail("executor.backend.limits: adaptive needs maxConcurrent");

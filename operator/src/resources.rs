@@ -194,6 +194,9 @@ fn backend_settings(pool: &RagWorkerPool) -> Vec<(String, String)> {
         if let Some(rpm) = limits.requests_per_minute {
             set("RAGPOOL_BACKEND_REQUESTS_PER_MINUTE", rpm.to_string());
         }
+        if let Some(tpm) = limits.tokens_per_minute {
+            set("RAGPOOL_BACKEND_TOKENS_PER_MINUTE", tpm.to_string());
+        }
         if let Some(min) = limits.adaptive_min() {
             set("RAGPOOL_BACKEND_ADAPTIVE", "true".into());
             set("RAGPOOL_BACKEND_MIN_CONCURRENT", min.to_string());

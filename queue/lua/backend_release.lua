@@ -11,7 +11,8 @@
 -- ARGV[1] permit id, ARGV[2] outcome: 'ok', 'overload' or 'other' (neither says anything
 -- about load), ARGV[3] latency ms, ARGV[4] server ms the permit was granted,
 -- ARGV[5] max concurrent, ARGV[6] adaptive floor (0: fixed), ARGV[7] latency factor,
--- ARGV[8] pause ms (0: none)
+-- ARGV[8] pause ms (0: none), ARGV[9] tokens per minute (0: no limit), ARGV[10] tokens the
+-- call used beyond its estimate (negative: fewer; given back to the bucket)
 -- Returns {limit, in_use, paused_until}.
 local permits, state, id = KEYS[1], KEYS[2], ARGV[1]
 local now = now_ms()
@@ -24,6 +25,11 @@ local paused = tonumber(redis.call('HGET', state, 'paused_until')) or 0
 if pause > 0 and now + pause > paused then
   paused = now + pause
   redis.call('HSET', state, 'paused_until', paused)
+end
+
+local tpm, extra = tonumber(ARGV[9]), tonumber(ARGV[10])
+if tpm > 0 and extra ~= 0 then
+  bucket_store(state, now, 'tokens', bucket_level(state, now, tpm, 'tokens') - extra)
 end
 
 local max, min = tonumber(ARGV[5]), tonumber(ARGV[6])

@@ -2,7 +2,8 @@
 --
 -- A limit key's state is one HASH: `limit` (the adaptive concurrency limit, a float),
 -- `base_ms` (the no-load latency seen so far), `cut_at` (server ms of the last decrease),
--- `tokens` and `refilled` (the requests-per-minute bucket) and `paused_until` (server ms).
+-- `requests`/`requests_at` and `tokens`/`tokens_at` (the per-minute buckets and when they
+-- were last written) and `paused_until` (server ms).
 
 -- The concurrency limit in force: `max` when fixed (`min` 0), else the stored adaptive limit
 -- kept between `min` and `max`. 0 means no limit.
@@ -13,20 +14,21 @@ local function current_limit(state, max, min)
   return math.floor(math.max(min, math.min(max, l)))
 end
 
--- Takes one request from the requests-per-minute bucket. The bucket holds a tenth of a
--- minute's requests (at least one) and refills continuously at rpm/60 per second, so any
--- minute sees at most rpm plus that tenth. Returns 0 when taken, else the ms until a
--- request is available.
-local function take_request(state, now, rpm)
-  local burst = math.max(1, math.floor(rpm / 10))
-  local h = redis.call('HMGET', state, 'tokens', 'refilled')
-  local tokens, at = tonumber(h[1]), tonumber(h[2])
-  if not tokens or not at then tokens, at = burst, now end
-  tokens = math.min(burst, tokens + math.max(0, now - at) * rpm / 60000)
-  if tokens < 1 then
-    redis.call('HSET', state, 'tokens', tostring(tokens), 'refilled', now)
-    return math.max(1, math.ceil((1 - tokens) * 60000 / rpm))
-  end
-  redis.call('HSET', state, 'tokens', tostring(tokens - 1), 'refilled', now)
-  return 0
+-- A per-minute bucket (`field` and `field_at` in the state hash) refilled continuously at
+-- rate/60 per second up to a tenth of a minute's worth (at least one): its level now.
+local function bucket_level(state, now, rate, field)
+  local burst = math.max(1, math.floor(rate / 10))
+  local h = redis.call('HMGET', state, field, field .. '_at')
+  local level, at = tonumber(h[1]), tonumber(h[2])
+  if not level or not at then return burst end
+  return math.min(burst, level + math.max(0, now - at) * rate / 60000)
+end
+
+local function bucket_store(state, now, field, level)
+  redis.call('HSET', state, field, tostring(level), field .. '_at', now)
+end
+
+-- The ms until a bucket at `level` reaches `need`.
+local function bucket_wait(level, need, rate)
+  return math.max(1, math.ceil((need - level) * 60000 / rate))
 end

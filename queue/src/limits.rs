@@ -29,6 +29,9 @@ pub struct BackendLimits {
     pub max_concurrent: u32,
     /// Backend calls started per minute across every executor of the key; 0 for no limit.
     pub requests_per_minute: u32,
+    /// Model tokens per minute across every executor of the key (each call's estimate, then
+    /// corrected by what it used); 0 for no limit.
+    pub tokens_per_minute: u32,
     /// Moves the concurrency limit between a floor and `max_concurrent` from how calls go.
     pub adaptive: Option<Adaptive>,
     /// How long a permit lasts without renewal: a dead holder's permit comes back this long
@@ -55,6 +58,7 @@ impl BackendLimits {
         BackendLimits {
             max_concurrent: 0,
             requests_per_minute: 0,
+            tokens_per_minute: 0,
             adaptive: None,
             permit_lease,
         }
@@ -121,6 +125,8 @@ pub struct Permit {
     pub granted_at_ms: u64,
     /// The concurrency limit in force when it was granted (0: none).
     pub limit: u32,
+    /// The tokens the call was estimated to use, taken from the tokens-per-minute budget.
+    pub tokens: u32,
     /// Permits held at that moment, this one included.
     pub in_use: u32,
 }
@@ -219,6 +225,13 @@ impl BackendLimiter {
 
     /// Tries once to take permit `id` for a call; never waits.
     pub async fn try_acquire(&self, id: &str) -> Result<Admission> {
+        self.try_acquire_tokens(id, 0).await
+    }
+
+    /// [`BackendLimiter::try_acquire`] for a call estimated to use `tokens` model tokens,
+    /// taken from the tokens-per-minute budget (a call larger than the budget's burst still
+    /// passes once the budget is above zero; later calls wait out the debt).
+    pub async fn try_acquire_tokens(&self, id: &str, tokens: u32) -> Result<Admission> {
         let l = &self.limits;
         let reply: Value = scripts::BACKEND_ACQUIRE
             .key(&self.keys.permits)
@@ -228,6 +241,8 @@ impl BackendLimiter {
             .arg(l.max_concurrent)
             .arg(l.floor())
             .arg(l.requests_per_minute)
+            .arg(l.tokens_per_minute)
+            .arg(tokens)
             .invoke_async(&mut self.broker.conn())
             .await?;
         let r = decode::status(&reply)?;
@@ -243,6 +258,7 @@ impl BackendLimiter {
                 granted_at_ms: num(1)?,
                 limit: small(2)?,
                 in_use: small(3)?,
+                tokens,
             })),
             Some("paused") => Ok(Admission::Paused(Duration::from_millis(num(1)?))),
             Some("full") => Ok(Admission::Full {
@@ -277,7 +293,23 @@ impl BackendLimiter {
         latency: Duration,
         pause: Option<Duration>,
     ) -> Result<Released> {
+        self.release_used(permit, outcome, latency, pause, None)
+            .await
+    }
+
+    /// [`BackendLimiter::release`] of a call that used `tokens` model tokens (as its
+    /// response said): the difference from its estimate goes back to, or comes out of, the
+    /// tokens-per-minute budget.
+    pub async fn release_used(
+        &self,
+        permit: &Permit,
+        outcome: CallOutcome,
+        latency: Duration,
+        pause: Option<Duration>,
+        tokens: Option<u32>,
+    ) -> Result<Released> {
         let l = &self.limits;
+        let extra = tokens.map_or(0, |used| i64::from(used) - i64::from(permit.tokens));
         let outcome = match outcome {
             CallOutcome::Succeeded => "ok",
             CallOutcome::Overloaded => "overload",
@@ -294,6 +326,8 @@ impl BackendLimiter {
             .arg(l.floor())
             .arg(l.latency_factor())
             .arg(pause.map_or(0, millis))
+            .arg(l.tokens_per_minute)
+            .arg(extra)
             .invoke_async(&mut self.broker.conn())
             .await?;
         let r = decode::status(&reply)?;

@@ -196,6 +196,33 @@ async fn requests_per_minute_hold() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_per_minute_hold_and_are_corrected_by_usage() {
+    let env = Env::single().await;
+    let tpm = BackendLimits {
+        tokens_per_minute: 6000,
+        ..BackendLimits::none(LEASE)
+    };
+    let l = env.broker.backend_limiter("hosted", tpm).unwrap();
+    // The bucket holds 600 tokens: a call of 500, then one of 500 that goes into debt.
+    let a = granted(l.try_acquire_tokens("a", 500).await.unwrap());
+    let b = granted(l.try_acquire_tokens("b", 500).await.unwrap());
+    assert_eq!((a.tokens, b.tokens), (500, 500));
+    match l.try_acquire_tokens("c", 10).await.unwrap() {
+        // 400 tokens of debt at 100 a second.
+        Admission::RateLimited(wait) => assert!(
+            wait > Duration::from_secs(3) && wait <= Duration::from_millis(4100),
+            "{wait:?}"
+        ),
+        other => panic!("expected a rate limit, got {other:?}"),
+    }
+    // `b` used 50 tokens, not 500: 450 come back, and the budget is above zero again.
+    l.release_used(&b, CallOutcome::Succeeded, Duration::ZERO, None, Some(50))
+        .await
+        .unwrap();
+    granted(l.try_acquire_tokens("c", 10).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pause_holds_every_caller_of_the_key() {
     let env = Env::single().await;
     let one = env.broker.backend_limiter("model", limits(8)).unwrap();

@@ -16,9 +16,9 @@ use super::BackendError;
 /// Decides when a call may start.
 #[async_trait]
 pub trait CallGate: Send + Sync {
-    /// Waits until a call may start; the returned pass is held while it runs. An error ends
-    /// the task's attempt.
-    async fn enter(&self) -> Result<Box<dyn CallPass>, BackendError>;
+    /// Waits until a call estimated to use `tokens` model tokens (0 when unknown) may start;
+    /// the returned pass is held while it runs. An error ends the task's attempt.
+    async fn enter(&self, tokens: u32) -> Result<Box<dyn CallPass>, BackendError>;
 }
 
 /// Admission of one call, held while it runs. Dropping it without [`CallPass::finish`] (the
@@ -36,4 +36,6 @@ pub struct CallReport {
     pub latency: Duration,
     /// The server asked every caller to wait this long (`Retry-After` on 429 or 503).
     pub pause: Option<Duration>,
+    /// Model tokens the call used, as the response's `usage.total_tokens` said.
+    pub tokens_used: Option<u32>,
 }

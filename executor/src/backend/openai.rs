@@ -140,7 +140,11 @@ impl OpenAiBackend {
         if let Some(temperature) = self.temperature {
             body["temperature"] = json!(temperature);
         }
-        let response = self.client.post(&self.endpoint, &body, cx).await?;
+        let estimate = estimate_tokens(&body["messages"], self.max_tokens);
+        let response = self
+            .client
+            .post_metered(&self.endpoint, &body, cx, estimate)
+            .await?;
         let content = &response["choices"][0]["message"]["content"];
         // Most servers send a string; some send a list of text parts.
         let text = match content {
@@ -338,4 +342,53 @@ fn prompt(question: &str, context: Option<&str>, hits: &[Hit]) -> String {
     out.push_str("Question: ");
     out.push_str(question);
     out
+}
+
+/// Tokens assumed for a completion when the request sets no `max_tokens`.
+const COMPLETION_ESTIMATE: u32 = 256;
+
+/// Tokens assumed per image: a 1024×1024 image at high detail on OpenAI's vision models.
+const IMAGE_ESTIMATE: u32 = 765;
+
+/// A request's model tokens, estimated before it is sent for the pool's tokens-per-minute
+/// budget (the response's `usage` corrects it): about four characters a token of text, a
+/// fixed cost per image, and the completion's `max_tokens`.
+fn estimate_tokens(messages: &Value, max_tokens: Option<u32>) -> u32 {
+    let mut chars = 0usize;
+    let mut images = 0u32;
+    for message in messages.as_array().into_iter().flatten() {
+        match &message["content"] {
+            Value::String(text) => chars += text.len(),
+            Value::Array(parts) => {
+                for part in parts {
+                    match part["type"].as_str() {
+                        Some("image_url") => images += 1,
+                        _ => chars += part["text"].as_str().map_or(0, str::len),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let text = u32::try_from(chars.div_ceil(4)).unwrap_or(u32::MAX);
+    text.saturating_add(images.saturating_mul(IMAGE_ESTIMATE))
+        .saturating_add(max_tokens.unwrap_or(COMPLETION_ESTIMATE))
+}
+
+#[cfg(test)]
+mod estimate_tests {
+    use super::*;
+
+    #[test]
+    fn token_estimates_count_text_images_and_the_completion() {
+        let messages = json!([
+            {"role": "system", "content": "x".repeat(40)},
+            {"role": "user", "content": [
+                {"type": "text", "text": "y".repeat(8)},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            ]},
+        ]);
+        assert_eq!(estimate_tokens(&messages, Some(100)), 10 + 2 + 765 + 100);
+        assert_eq!(estimate_tokens(&json!([]), None), 256);
+    }
 }

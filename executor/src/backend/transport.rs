@@ -48,18 +48,21 @@ impl JsonClient {
         })
     }
 
-    /// POSTs `body` to `url` and returns the JSON response. Each request passes the task's
-    /// call gate, if it has one.
-    pub async fn post(
+    /// POSTs a model request estimated to use `tokens` model tokens (for the pool's
+    /// tokens-per-minute budget) and returns the JSON response. Each request, retries
+    /// included, passes the task's call gate, if it has one.
+    pub async fn post_metered(
         &self,
         url: &str,
         body: &Value,
         cx: &TaskContext,
+        tokens: u32,
     ) -> Result<Value, BackendError> {
-        self.post_with_headers(url, body, &[], cx).await
+        self.send(url, body, &[], cx, tokens).await
     }
 
-    /// [`JsonClient::post`] with extra request headers.
+    /// POSTs `body` to `url` with extra request headers and returns the JSON response,
+    /// through the task's call gate like [`JsonClient::post_metered`].
     pub async fn post_with_headers(
         &self,
         url: &str,
@@ -67,9 +70,21 @@ impl JsonClient {
         headers: &[(&'static str, String)],
         cx: &TaskContext,
     ) -> Result<Value, BackendError> {
+        self.send(url, body, headers, cx, 0).await
+    }
+
+    /// Posts with retries, each request through the task's call gate.
+    async fn send(
+        &self,
+        url: &str,
+        body: &Value,
+        headers: &[(&'static str, String)],
+        cx: &TaskContext,
+        tokens: u32,
+    ) -> Result<Value, BackendError> {
         let mut retries = 0;
         loop {
-            let err = match self.gated_post(url, body, headers, cx).await {
+            let err = match self.gated_post(url, body, headers, cx, tokens).await {
                 Ok(value) => return Ok(value),
                 Err(err) => err,
             };
@@ -109,21 +124,28 @@ impl JsonClient {
         body: &Value,
         headers: &[(&'static str, String)],
         cx: &TaskContext,
+        tokens: u32,
     ) -> Result<Value, BackendError> {
         let Some(gate) = cx.gate() else {
             return self.post_once(url, body, headers).await.0;
         };
-        let pass = gate.enter().await?;
+        let pass = gate.enter(tokens).await?;
         let started = Instant::now();
         let (result, outcome) = self.post_once(url, body, headers).await;
         let pause = match (&result, outcome) {
             (Err(e), CallOutcome::Overloaded) => e.retry_after(),
             _ => None,
         };
+        let tokens_used = result
+            .as_ref()
+            .ok()
+            .and_then(|v| v["usage"]["total_tokens"].as_u64())
+            .map(|t| u32::try_from(t).unwrap_or(u32::MAX));
         pass.finish(CallReport {
             outcome,
             latency: started.elapsed(),
             pause,
+            tokens_used,
         })
         .await;
         result
