@@ -19,6 +19,8 @@ use loop_support::{Env, ExecutorProcess, quick_queues};
 /// arrival number (0 for the first); it counts the requests running at once.
 struct FakeModel {
     url: String,
+    /// The number of requests that arrived so far.
+    arrivals: watch::Receiver<usize>,
     arrived: Arc<AtomicUsize>,
     running: Arc<AtomicUsize>,
     most: Arc<AtomicUsize>,
@@ -34,13 +36,14 @@ impl FakeModel {
         let running = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
         let (arrivals, watching) = watch::channel(0usize);
+        let watching_for_app = watching.clone();
         let respond: Arc<Respond> = respond.into();
         let app = {
             let (arrived, running, most) = (arrived.clone(), running.clone(), most.clone());
             Router::new().fallback(move || {
                 let (arrived, running, most) = (arrived.clone(), running.clone(), most.clone());
                 let (respond, arrivals, watching) =
-                    (respond.clone(), arrivals.clone(), watching.clone());
+                    (respond.clone(), arrivals.clone(), watching_for_app.clone());
                 async move {
                     let now = running.fetch_add(1, Ordering::SeqCst) + 1;
                     most.fetch_max(now, Ordering::SeqCst);
@@ -59,6 +62,7 @@ impl FakeModel {
         tokio::spawn(async move { axum::serve(listener, app).await });
         FakeModel {
             url,
+            arrivals: watching,
             arrived,
             running,
             most,
@@ -208,4 +212,61 @@ async fn a_retry_after_pauses_every_executor() {
         let (status, output) = e.exit().await;
         assert!(status.success(), "{output}");
     }
+}
+
+/// An executor killed while its calls hold every permit leaks none: its permits' leases run
+/// out like its tasks' leases, and another executor finishes the tasks under the same limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_executors_permits_come_back() {
+    let env = Env::start(quick_queues()).await;
+    let url = env.url();
+    // The first two calls (the killed executor's) never end; later ones are answered.
+    let model = FakeModel::start(Box::new(|n, _| {
+        Box::pin(async move {
+            if n < 2 {
+                std::future::pending::<()>().await;
+            }
+            answer()
+        })
+    }))
+    .await;
+    let limited = |id: &'static str| {
+        let mut vars = executor_env(&url, &model, id);
+        vars.extend([
+            ("RAGPOOL_CONCURRENCY", "4"),
+            ("RAGPOOL_LEASE_SECONDS", "1"),
+            ("RAGPOOL_BACKEND_MAX_CONCURRENT", "2"),
+        ]);
+        vars
+    };
+    let a = ExecutorProcess::start(&limited("holder")).await;
+    let ids = [env.ask("one?").await, env.ask("two?").await];
+    let mut arrivals = model.arrivals.clone();
+    let _ = arrivals.wait_for(|&n| n >= 2).await;
+    let state = env
+        .broker
+        .backend_limit_state("shared-model")
+        .await
+        .unwrap();
+    assert_eq!(state.in_use, 2, "the holder has every permit");
+    a.sigkill().await;
+
+    let b = ExecutorProcess::start(&limited("successor")).await;
+    for id in &ids {
+        let task = env.ended(id).await;
+        assert_eq!(task.state, TaskState::Finished, "{task:?}");
+        assert_eq!(task.worker.as_deref(), Some("successor"));
+    }
+    let state = env
+        .broker
+        .backend_limit_state("shared-model")
+        .await
+        .unwrap();
+    assert_eq!(
+        state.in_use, 0,
+        "the dead holder's permits are gone, the successor's given back"
+    );
+    b.sigterm();
+    let (status, output) = b.exit().await;
+    assert!(status.success(), "{output}");
 }
