@@ -3,6 +3,7 @@
 //! port, in-process components) and prints one table of figures, each next to the baseline it
 //! is divided by. Absolute numbers depend on the machine; the ratios are what to compare.
 
+mod backend;
 mod chaos;
 mod cluster;
 mod dashboard;
@@ -51,6 +52,9 @@ enum Command {
     /// What a large input costs: Redis bytes per finished image task, status reads of image
     /// tasks, Redis output over a polled image task's life; each against a text task's.
     Payloads(payloads::Args),
+    /// Pool-wide backend limits against a model server that slows past a knee and refuses
+    /// past a ceiling: goodput and p95 without a limit, at the knee, and adaptive.
+    Backend(backend::Args),
     /// The executor, latency and enqueue sections in one table.
     All(AllArgs),
 }
@@ -80,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Executor(args) => executor::run(args).await,
         Command::Latency(args) => latency::run(args).await,
         Command::Payloads(args) => payloads::run(args).await,
+        Command::Backend(args) => backend::run(args).await,
         Command::All(args) => {
             let mut rows = executor::rows(&args.executor).await?;
             rows.extend(
