@@ -3,6 +3,7 @@
 //! port, in-process components) and prints one table of figures, each next to the baseline it
 //! is divided by. Absolute numbers depend on the machine; the ratios are what to compare.
 
+mod backend;
 mod chaos;
 mod cluster;
 mod dashboard;
@@ -55,6 +56,9 @@ enum Command {
     /// Fair share between owners: claim throughput with 1, 10 and 1,000 owners against tasks
     /// without one, and a late owner's wait behind another's batch with and without it.
     Fairness(fairness::Args),
+    /// Pool-wide backend limits against a model server that slows past a knee and refuses
+    /// past a ceiling: goodput and p95 without a limit, at the knee, and adaptive.
+    Backend(backend::Args),
     /// The executor, latency and enqueue sections in one table.
     All(AllArgs),
 }
@@ -85,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Latency(args) => latency::run(args).await,
         Command::Payloads(args) => payloads::run(args).await,
         Command::Fairness(args) => fairness::run(args).await,
+        Command::Backend(args) => backend::run(args).await,
         Command::All(args) => {
             let mut rows = executor::rows(&args.executor).await?;
             rows.extend(

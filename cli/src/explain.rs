@@ -21,7 +21,7 @@ use kube::{Api, Client, ResourceExt};
 use ragpool_operator::crd::{RagWorkerPool, ScalingDecision, ScalingMode};
 use ragpool_operator::observe::Observation;
 use ragpool_operator::policy::{Decision, History, desired_replicas};
-use ragpool_operator::redis_observer::observe_queues;
+use ragpool_operator::redis_observer::{observe_backend, observe_queues};
 use ragpool_operator::redis_url;
 use ragpool_operator::resources::{executor_name, with_tls};
 use ragpool_queue::{Broker, BrokerConfig};
@@ -189,9 +189,13 @@ pub async fn decide(target: &Target, sample: Duration) -> anyhow::Result<Explana
         .context("connecting to the pool's Redis")?;
     let queues = target.pool.spec.queue_names();
     let look = || async {
-        observe_queues(&broker, &queues)
+        let mut observation = observe_queues(&broker, &queues)
             .await
-            .context("reading the pool's queues")
+            .context("reading the pool's queues")?;
+        observation.backend = observe_backend(&broker, &target.pool)
+            .await
+            .context("reading the pool's backend limits")?;
+        anyhow::Ok(observation)
     };
     let mut history = History::new(target.current);
     let mut observation = look().await?;
@@ -253,6 +257,24 @@ pub fn render(target: &Target, explanation: &Explanation) -> String {
         obs.oldest_queued_age_ms as f64 / 1000.0,
         obs.workers.len(),
     );
+    if let Some(b) = &obs.backend {
+        let limit = b
+            .limit
+            .map_or("no concurrency limit".into(), |l| format!("limit {l}"));
+        let ceiling = b
+            .replica_ceiling(spec.executor.concurrency)
+            .map_or(String::new(), |c| format!(", at most {c} replicas"));
+        let paused = if b.paused_ms > 0 {
+            format!(", paused {:.1}s more", b.paused_ms as f64 / 1000.0)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            out,
+            "Backend limit key {}: {limit}, {} calls running{ceiling}{paused}",
+            b.key, b.in_use
+        );
+    }
     let _ = writeln!(out, "Steps:");
     for step in &decision.steps {
         let count = match (step.replicas, decision.raw) {
@@ -343,6 +365,53 @@ mod tests {
         assert_eq!(
             (target.current, target.redis_url.as_str()),
             (0, "redis://127.0.0.1:1")
+        );
+    }
+
+    #[test]
+    fn a_pool_at_its_backend_ceiling_is_explained() {
+        let pool: RagWorkerPool = serde_json::from_value(serde_json::json!({
+            "apiVersion": "ragpool.io/v1alpha1", "kind": "RagWorkerPool",
+            "metadata": {"name": "gpu", "namespace": "rag"},
+            "spec": {"queues": {"names": ["answer_generation"]}, "redis": {"url": "redis://r:6379"},
+                     "executor": {"image": "i", "concurrency": 4,
+                                  "backend": {"limits": {"maxConcurrent": 16}}},
+                     "scaling": {"maxReplicas": 20}}
+        }))
+        .expect("a pool");
+        let observation = Observation {
+            queued: 300,
+            started: 20,
+            backend: Some(ragpool_operator::observe::BackendObservation {
+                key: "gpu".into(),
+                limit: Some(16),
+                in_use: 16,
+                paused_ms: 0,
+            }),
+            ..Observation::default()
+        };
+        let target = Target {
+            pool,
+            current: 5,
+            redis_url: "redis://r:6379".into(),
+        };
+        let decision = desired_replicas(Some(&observation), &target.pool.spec, &History::new(5));
+        let text = render(
+            &target,
+            &Explanation {
+                observation,
+                arrival_rate: None,
+                decision,
+            },
+        );
+        assert!(
+            text.contains("Backend limit key gpu: limit 16, 16 calls running, at most 5 replicas"),
+            "{text}"
+        );
+        assert!(text.contains("Decision: 5 → 5 (BackendLimit"), "{text}");
+        assert!(
+            text.contains("capped at 5 by the backend limit: ceil(16 calls / 4 per replica) + 1"),
+            "{text}"
         );
     }
 

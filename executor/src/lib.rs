@@ -7,6 +7,7 @@
 pub mod backend;
 pub mod cli;
 pub mod health;
+pub mod limits;
 pub mod metrics;
 pub mod runner;
 pub mod settings;
@@ -142,6 +143,17 @@ async fn job_loop(
             &uuid::Uuid::new_v4().simple().to_string()[..6]
         )
     });
+    let gate = match settings.limits.limits(settings.lease()) {
+        Some(limits) => {
+            let key = &settings.limits.backend_limit_key;
+            tracing::info!(key = %key, ?limits, "calls to the backend pass pool-wide limits");
+            let gate =
+                limits::PoolGate::new(&broker, key, limits, &worker_id, endpoints.metrics.clone())
+                    .context("--backend-* limits")?;
+            Some(Arc::new(gate) as Arc<dyn backend::CallGate>)
+        }
+        None => None,
+    };
     let runner = Runner::new(
         RunnerConfig {
             worker_id: worker_id.clone(),
@@ -160,6 +172,7 @@ async fn job_loop(
         backend,
         endpoints.metrics.clone(),
         endpoints.health.clone(),
-    );
+    )
+    .with_gate(gate);
     runner.run(stop).await.context("job loop")
 }

@@ -31,6 +31,10 @@ pub struct Metrics {
     durations: Family<Kind, Histogram>,
     pub(crate) in_flight: Gauge,
     pub(crate) claim_latency: Histogram,
+    backend_permit_wait: Histogram,
+    backend_limit: Gauge,
+    backend_permits_in_use: Gauge,
+    backend_pauses: Counter,
 }
 
 impl Metrics {
@@ -58,12 +62,56 @@ impl Metrics {
             "Round trip of the claim call that took each task (one sample per task claimed)",
             claim_latency.clone(),
         );
+        let backend_permit_wait = Histogram::new(exponential_buckets(0.001, 2.0, 18));
+        let backend_limit = Gauge::default();
+        let backend_permits_in_use = Gauge::default();
+        let backend_pauses = Counter::default();
+        registry.register(
+            "backend_permit_wait_seconds",
+            "Time a call to the backend's server waited for a pool-wide permit",
+            backend_permit_wait.clone(),
+        );
+        registry.register(
+            "backend_limit",
+            "The pool-wide concurrency limit on calls to the backend's server, as last seen (0: none)",
+            backend_limit.clone(),
+        );
+        registry.register(
+            "backend_permits_in_use",
+            "Calls to the backend's server running across the pool, as last seen",
+            backend_permits_in_use.clone(),
+        );
+        registry.register(
+            "backend_pauses",
+            "Times this executor paused the pool's calls on the server's Retry-After",
+            backend_pauses.clone(),
+        );
         Metrics {
             registry,
             tasks,
             durations,
             in_flight,
             claim_latency,
+            backend_permit_wait,
+            backend_limit,
+            backend_permits_in_use,
+            backend_pauses,
+        }
+    }
+
+    /// A permit granted after `waited`, under `limit` with `in_use` held.
+    pub(crate) fn backend_granted(&self, waited: Duration, limit: u32, in_use: u32) {
+        self.backend_permit_wait.observe(waited.as_secs_f64());
+        self.backend_limit.set(i64::from(limit));
+        self.backend_permits_in_use.set(i64::from(in_use));
+    }
+
+    /// A permit given back; `paused` when the call paused the pool.
+    pub(crate) fn backend_released(&self, limit: u32, in_use: u32, paused: bool) {
+        self.backend_limit.set(i64::from(limit));
+        self.backend_permits_in_use.set(i64::from(in_use));
+        if paused {
+            self.backend_pauses.inc();
         }
     }
 

@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::backend::{Backend, BackendError, TaskContext, kinds};
+use crate::backend::{Backend, BackendError, CallGate, TaskContext, kinds};
 use crate::health::{Health, now_ms};
 use crate::metrics::Metrics;
 
@@ -46,6 +46,8 @@ struct Shared {
     health: Arc<Health>,
     /// Fired at the drain deadline: give every running task back.
     release: CancellationToken,
+    /// The pool-wide limits every call to the backend's server passes, if any.
+    gate: Option<Arc<dyn CallGate>>,
 }
 
 /// The executor's job loop over one broker and backend.
@@ -70,8 +72,18 @@ impl Runner {
                 metrics,
                 health,
                 release: CancellationToken::new(),
+                gate: None,
             }),
         }
+    }
+
+    /// Sends every task's calls to the backend's server through `gate` (the pool-wide
+    /// limits of [`crate::limits`]). Call before [`Runner::run`].
+    pub fn with_gate(mut self, gate: Option<Arc<dyn CallGate>>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.gate = gate;
+        }
+        self
     }
 
     /// Runs until `stop` fires, then drains: tasks in flight get `drain` to finish, the rest
@@ -388,6 +400,7 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
     let started = Instant::now();
 
     let (cx, mut progress) = TaskContext::for_task(task.id.clone(), task.attempts);
+    let cx = cx.with_gate(shared.gate.clone());
     let timeout = task.timeout;
     // A panicking backend fails this task instead of the executor. Caught in place rather
     // than on a task of its own: the call is raced below and dropped when it loses, and a

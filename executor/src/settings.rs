@@ -96,6 +96,10 @@ pub struct ExecutorSettings {
 
     #[command(flatten)]
     pub backend: BackendSettings,
+
+    /// Pool-wide limits on calls to the backend's server, shared through Redis.
+    #[command(flatten)]
+    pub limits: crate::limits::LimitSettings,
 }
 
 /// Which RAG backend runs the tasks, and its settings.

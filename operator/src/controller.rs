@@ -34,11 +34,12 @@ use serde_json::json;
 use tracing::{debug, info, warn};
 
 use crate::crd::{
-    RagWorkerPool, RagWorkerPoolSpec, RagWorkerPoolStatus, ScalingDecision, SpecError,
+    BackendLimitStatus, RagWorkerPool, RagWorkerPoolSpec, RagWorkerPoolStatus, ScalingDecision,
+    SpecError,
 };
 use crate::deletion_cost::{DELETION_COST, cost_changes};
 use crate::metrics::{ErrorLabels, FloatGauge, Metrics, PoolLabels};
-use crate::observe::{Observation, ObserveError, Observer};
+use crate::observe::{BackendObservation, Observation, ObserveError, Observer};
 use crate::policy::{Decision, History, desired_replicas};
 use crate::resources::{self, MANAGER, executor_name, pod_selector, spec_hash};
 use crate::status::{self, Conditions, truncate};
@@ -698,6 +699,10 @@ impl RagWorkerPool {
         };
         if let Ok(obs) = &seen.observed {
             set_queue_figures(&mut status, obs, plan.arrival_rate);
+            status.backend = obs
+                .backend
+                .as_ref()
+                .map(|b| backend_status(b, self.spec.executor.concurrency));
         }
         status
     }
@@ -775,6 +780,25 @@ impl RagWorkerPool {
                 .oldest_queued_age_seconds
                 .get_or_create(&l)
                 .set(obs.oldest_queued_age_ms as f64 / 1000.0);
+            match &obs.backend {
+                Some(b) => {
+                    m.backend_permits_in_use
+                        .get_or_create(&l)
+                        .set(i64::from(b.in_use));
+                    match b.limit {
+                        Some(limit) => {
+                            m.backend_limit.get_or_create(&l).set(i64::from(limit));
+                        }
+                        None => {
+                            m.backend_limit.remove(&l);
+                        }
+                    }
+                }
+                None => {
+                    m.backend_permits_in_use.remove(&l);
+                    m.backend_limit.remove(&l);
+                }
+            }
         }
     }
 
@@ -829,6 +853,17 @@ fn set_queue_figures(
     status.oldest_queued_age_seconds = obs.oldest_queued_age_ms as f64 / 1000.0;
     status.arrival_rate = arrival_rate.map(round3);
     status.mean_processing_seconds = obs.mean_processing_ms.map(|ms| round3(ms / 1000.0));
+}
+
+/// The pool's limits on backend calls as its status shows them.
+fn backend_status(b: &BackendObservation, concurrency: i32) -> BackendLimitStatus {
+    BackendLimitStatus {
+        key: b.key.clone(),
+        limit: b.limit.map(i64::from),
+        permits_in_use: i64::from(b.in_use),
+        paused_seconds: (b.paused_ms > 0).then(|| round3(b.paused_ms as f64 / 1000.0)),
+        replica_ceiling: b.replica_ceiling(concurrency),
+    }
 }
 
 /// Three decimals are plenty for rates and seconds, and keep the status from changing on
@@ -1320,6 +1355,84 @@ mod tests {
             vec![Ok(obs(100, 100, 0))],
         )
         .await;
+    }
+
+    #[tokio::test]
+    async fn a_pool_at_its_backend_ceiling_does_not_scale_up_and_says_backend_limit() {
+        let mut s: RagWorkerPoolSpec = spec();
+        s.executor.backend.limits = Some(crate::crd::BackendLimitsSpec {
+            max_concurrent: Some(16),
+            ..Default::default()
+        });
+        let p = pool(s);
+        // Four slots a pod: 16 calls keep ceil(16 / 4) + 1 = 5 pods busy, and 5 run.
+        let growing = Observation {
+            backend: Some(BackendObservation {
+                key: "pool".into(),
+                limit: Some(16),
+                in_use: 16,
+                paused_ms: 0,
+            }),
+            ..obs(100, 400, 20)
+        };
+        run(
+            p.clone(),
+            vec![
+                get_deployment(existing(&p, 5)),
+                status_patch().check(|body| {
+                    let status = &body["status"];
+                    assert_eq!(status["desiredReplicas"], 5);
+                    assert_eq!(condition(body, "ScalingLimited")["status"], "True");
+                    let recent = &status["recentDecisions"][0];
+                    assert_eq!((&recent["from"], &recent["to"]), (&json!(5), &json!(5)));
+                    assert_eq!(recent["reason"], "BackendLimit");
+                    let message = recent["message"].as_str().unwrap_or_default();
+                    assert!(
+                        message.contains(
+                            "capped at 5 by the backend limit: ceil(16 calls / 4 per replica) + 1 (16 in use)"
+                        ),
+                        "{message}"
+                    );
+                    assert_eq!(
+                        status["backend"],
+                        json!({"key": "pool", "limit": 16, "permitsInUse": 16, "replicaCeiling": 5})
+                    );
+                    assert!(status.get("lastScaleTime").is_none());
+                }),
+            ],
+            vec![Ok(growing)],
+        )
+        .await;
+    }
+
+    #[tokio::test]
+    async fn backend_limits_reach_the_executors_settings() {
+        let mut s: RagWorkerPoolSpec = spec();
+        s.executor.backend.limits = Some(crate::crd::BackendLimitsSpec {
+            max_concurrent: Some(16),
+            requests_per_minute: Some(600),
+            tokens_per_minute: Some(90000),
+            adaptive: true,
+            min: Some(2),
+            key: Some("vllm-a".into()),
+        });
+        let settings = crate::resources::settings(&pool(s));
+        for (k, v) in [
+            ("RAGPOOL_BACKEND_LIMIT_KEY", "vllm-a"),
+            ("RAGPOOL_BACKEND_MAX_CONCURRENT", "16"),
+            ("RAGPOOL_BACKEND_REQUESTS_PER_MINUTE", "600"),
+            ("RAGPOOL_BACKEND_TOKENS_PER_MINUTE", "90000"),
+            ("RAGPOOL_BACKEND_ADAPTIVE", "true"),
+            ("RAGPOOL_BACKEND_MIN_CONCURRENT", "2"),
+        ] {
+            assert_eq!(settings.get(k).map(String::as_str), Some(v), "{k}");
+        }
+        // Without limits nothing is written, so existing pools keep their pods.
+        let plain = crate::resources::settings(&pool(spec()));
+        assert!(
+            plain.keys().all(|k| !k.starts_with("RAGPOOL_BACKEND_")),
+            "{plain:?}"
+        );
     }
 
     #[tokio::test]

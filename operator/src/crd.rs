@@ -321,6 +321,67 @@ pub struct BackendSpec {
     /// Settings of the HTTP backend; required when `type` is `http`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpBackend>,
+    /// Pool-wide limits on calls to the backend's server, shared by every executor through
+    /// Redis; the autoscaler never runs more replicas than the concurrency limit can keep
+    /// busy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<BackendLimitsSpec>,
+}
+
+/// Pool-wide limits on calls to the backend's server (see `docs/executor.md`).
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {"rule": "!has(self.adaptive) || !self.adaptive || has(self.maxConcurrent)", "message": "adaptive needs maxConcurrent"},
+    {"rule": "!has(self.min) || !has(self.maxConcurrent) || self.min <= self.maxConcurrent", "message": "min must not exceed maxConcurrent"}
+]))]
+pub struct BackendLimitsSpec {
+    /// Calls running at once across every executor sharing the limit key; under `adaptive`
+    /// the ceiling of the adaptive limit. Unset: no concurrency limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub max_concurrent: Option<i32>,
+    /// Calls started per minute across every executor sharing the limit key. Unset: no rate
+    /// limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000000))]
+    pub requests_per_minute: Option<i32>,
+    /// Model tokens per minute across every executor sharing the limit key (`openai`
+    /// backend): each request's estimate is taken before it starts and corrected by the
+    /// response's `usage`. Unset: no token limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 2000000000))]
+    pub tokens_per_minute: Option<i32>,
+    /// Move the concurrency limit between `min` and `maxConcurrent` by how calls go (AIMD).
+    #[serde(default)]
+    pub adaptive: bool,
+    /// The floor of the adaptive limit; 1 when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub min: Option<i32>,
+    /// The Redis name of the limits: pools naming the same key share one set of limits
+    /// (one model server). The pool's name when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), pattern(r"^[A-Za-z0-9._-]+$"))]
+    pub key: Option<String>,
+}
+
+impl BackendLimitsSpec {
+    /// The limit key of pool `pool`.
+    pub fn key_for<'a>(&'a self, pool: &'a str) -> &'a str {
+        self.key.as_deref().unwrap_or(pool)
+    }
+
+    /// The configured concurrency ceiling, if any.
+    pub fn max_concurrent(&self) -> Option<u32> {
+        self.max_concurrent.and_then(|m| u32::try_from(m).ok())
+    }
+
+    /// The adaptive floor, when the limit is adaptive.
+    pub fn adaptive_min(&self) -> Option<u32> {
+        self.adaptive
+            .then(|| self.min.and_then(|m| u32::try_from(m).ok()).unwrap_or(1))
+    }
 }
 
 /// Which RAG backend the executors use.
@@ -586,6 +647,9 @@ pub struct RagWorkerPoolStatus {
     /// Mean time from claim to completion over the recent window, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mean_processing_seconds: Option<f64>,
+    /// The pool-wide limits on backend calls as last read from Redis, when the pool has any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendLimitStatus>,
     /// When the operator last changed the replica count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,
@@ -606,6 +670,27 @@ pub struct RagWorkerPoolStatus {
     pub conditions: Vec<Condition>,
 }
 
+/// The pool-wide limits on backend calls as last read from Redis.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendLimitStatus {
+    /// The limit key the pool's executors share.
+    pub key: String,
+    /// The concurrency limit in force (the adaptive limit under `adaptive`); unset without a
+    /// concurrency limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+    /// Calls running now across every executor of the key.
+    #[serde(default)]
+    pub permits_in_use: i64,
+    /// Seconds the calls are still paused for after a backend's `Retry-After`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_seconds: Option<f64>,
+    /// The most replicas the limit keeps busy: `ceil(limit / concurrency) + 1`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica_ceiling: Option<i32>,
+}
+
 /// One decision of the operator: a change of the replica count, or a count held back.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -617,7 +702,7 @@ pub struct ScalingDecision {
     /// Replicas after it; the same as `from` when a bound, window or limit held the count.
     pub to: i32,
     /// The policy step that settled the count: `Load`, `Tolerance`, `MaxReplicas`,
-    /// `MinReplicas`, `WorkPending`, `Cooldown`, `Idle`, `ScaleUpWindow`,
+    /// `BackendLimit`, `MinReplicas`, `WorkPending`, `Cooldown`, `Idle`, `ScaleUpWindow`,
     /// `ScaleDownWindow`, `FromZero`, `Backlog`, `ScaleUpLimit` or `ScaleDownLimit`.
     #[schemars(length(max = 64))]
     pub reason: String,
@@ -767,6 +852,34 @@ impl RagWorkerPoolSpec {
             return fail("executor.terminationGracePeriodSeconds must exceed drainSeconds");
         }
         self.validate_docs()?;
+        if let Some(l) = &self.executor.backend.limits {
+            if l.max_concurrent.is_some_and(|m| m < 1) || l.min.is_some_and(|m| m < 1) {
+                return fail("executor.backend.limits: maxConcurrent and min must be at least 1");
+            }
+            if l.requests_per_minute.is_some_and(|r| r < 1)
+                || l.tokens_per_minute.is_some_and(|t| t < 1)
+            {
+                return fail(
+                    "executor.backend.limits: requestsPerMinute and tokensPerMinute must be at least 1",
+                );
+            }
+            if l.adaptive && l.max_concurrent.is_none() {
+                return fail("executor.backend.limits: adaptive needs maxConcurrent");
+            }
+            if let (Some(min), Some(max)) = (l.min, l.max_concurrent)
+                && min > max
+            {
+                return fail("executor.backend.limits: min must not exceed maxConcurrent");
+            }
+            if l.key.as_deref().is_some_and(|k| {
+                k.is_empty()
+                    || !k
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            }) {
+                return fail("executor.backend.limits.key: letters, digits, '.', '_' and '-' only");
+            }
+        }
         match self.executor.backend.kind {
             BackendKind::Openai if self.executor.backend.openai.is_none() => {
                 fail("executor.backend: type openai needs the openai settings")
@@ -1102,6 +1215,41 @@ mod tests {
             sub_path: Some("en".into()),
             ..DocsSpec::default()
         });
+        let limited = |l: BackendLimitsSpec| {
+            let mut s = docs_ok.clone();
+            s.executor.backend.limits = Some(l);
+            s
+        };
+        let adaptive_without_max = limited(BackendLimitsSpec {
+            adaptive: true,
+            ..BackendLimitsSpec::default()
+        });
+        let floor_above_max = limited(BackendLimitsSpec {
+            max_concurrent: Some(4),
+            adaptive: true,
+            min: Some(8),
+            ..BackendLimitsSpec::default()
+        });
+        let zero_rate = limited(BackendLimitsSpec {
+            requests_per_minute: Some(0),
+            ..BackendLimitsSpec::default()
+        });
+        let braced_key = limited(BackendLimitsSpec {
+            max_concurrent: Some(4),
+            key: Some("a{b}".into()),
+            ..BackendLimitsSpec::default()
+        });
+        assert!(
+            limited(BackendLimitsSpec {
+                max_concurrent: Some(16),
+                adaptive: true,
+                min: Some(2),
+                key: Some("vllm.gpu-1".into()),
+                ..BackendLimitsSpec::default()
+            })
+            .validate()
+            .is_ok()
+        );
         let mut docs_for_http = docs_ok.clone();
         docs_for_http.executor.backend.kind = BackendKind::Http;
         docs_for_http.executor.backend.http = Some(HttpBackend {
@@ -1132,6 +1280,10 @@ mod tests {
             ("docs from no source", docs_no_source),
             ("docs path with subPath", docs_path_with_sub_path),
             ("docs for the http backend", docs_for_http),
+            ("adaptive limit without maxConcurrent", adaptive_without_max),
+            ("adaptive floor above maxConcurrent", floor_above_max),
+            ("requestsPerMinute 0", zero_rate),
+            ("limit key with braces", braced_key),
         ] {
             assert!(spec.validate().is_err(), "{name} passed validation");
         }

@@ -62,6 +62,8 @@ pub struct Metrics {
     pub redis_reachable: Family<PoolLabels, Gauge>,
     pub target_wait_seconds: Family<PoolLabels, FloatGauge>,
     pub decisions: Family<DecisionLabels, Counter>,
+    pub backend_limit: Family<PoolLabels, Gauge>,
+    pub backend_permits_in_use: Family<PoolLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -84,6 +86,18 @@ impl Default for Metrics {
         let redis_reachable = Family::<PoolLabels, Gauge>::default();
         let target_wait_seconds = Family::<PoolLabels, FloatGauge>::default();
         let decisions = Family::<DecisionLabels, Counter>::default();
+        let backend_limit = Family::<PoolLabels, Gauge>::default();
+        let backend_permits_in_use = Family::<PoolLabels, Gauge>::default();
+        registry.register(
+            "backend_limit",
+            "The concurrency limit on a pool's backend calls in force (the adaptive limit under adaptive)",
+            backend_limit.clone(),
+        );
+        registry.register(
+            "backend_permits_in_use",
+            "Backend calls running across a pool's limit key",
+            backend_permits_in_use.clone(),
+        );
         registry.register("reconciles", "Reconciles of a pool", reconciles.clone());
         registry.register(
             "reconcile_errors",
@@ -163,6 +177,8 @@ impl Default for Metrics {
         );
         Self {
             registry,
+            backend_limit,
+            backend_permits_in_use,
             current_replicas,
             raw_recommendation,
             arrival_rate,

@@ -9,9 +9,9 @@
 use std::collections::BTreeSet;
 
 use async_trait::async_trait;
-use ragpool_queue::{QueueStats, WorkerInfo};
+use ragpool_queue::{LimitState, QueueStats, WorkerInfo};
 
-use crate::crd::RagWorkerPool;
+use crate::crd::{BackendLimitsSpec, RagWorkerPool};
 
 /// The counts and timings of a pool's queues, and the load of the executors serving them.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -35,6 +35,49 @@ pub struct Observation {
     pub mean_processing_ms: Option<f64>,
     /// Executors registered for any of the pool's queues, as their registry records.
     pub workers: Vec<WorkerInfo>,
+    /// The pool-wide limits on backend calls, when the pool has any.
+    pub backend: Option<BackendObservation>,
+}
+
+/// A pool's limits on backend calls as read from Redis.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct BackendObservation {
+    /// The limit key the pool's executors share.
+    pub key: String,
+    /// The concurrency limit in force: `maxConcurrent`, or the adaptive limit (kept between
+    /// `min` and `maxConcurrent`) once the executors have computed one. `None` without a
+    /// concurrency limit.
+    pub limit: Option<u32>,
+    /// Calls running now across every executor of the key.
+    pub in_use: u32,
+    /// How long calls are still paused for, in milliseconds.
+    pub paused_ms: u64,
+}
+
+impl BackendObservation {
+    /// The observation of limit key `key` configured as `spec`, from its Redis state.
+    pub fn new(key: &str, spec: &BackendLimitsSpec, state: &LimitState) -> Self {
+        let limit = spec.max_concurrent().map(|max| match spec.adaptive_min() {
+            Some(min) => state.adaptive_limit.map_or(max, |l| {
+                (l.floor().max(0.0) as u32).clamp(min.min(max), max)
+            }),
+            None => max,
+        });
+        BackendObservation {
+            key: key.to_owned(),
+            limit,
+            in_use: state.in_use,
+            paused_ms: u64::try_from(state.paused_for.as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// The most replicas the concurrency limit keeps busy with `concurrency` slots each:
+    /// `ceil(limit / concurrency)` plus one pod of headroom (a pod starting or draining).
+    pub fn replica_ceiling(&self, concurrency: i32) -> Option<i32> {
+        let per_pod = u32::try_from(concurrency.max(1)).unwrap_or(1);
+        self.limit
+            .map(|l| i32::try_from(l.div_ceil(per_pod) + 1).unwrap_or(i32::MAX))
+    }
 }
 
 /// A point on the enqueued-tasks counter, for measuring the arrival rate.
@@ -76,6 +119,7 @@ impl Observation {
             at_ms: mine.iter().map(|s| s.at_ms).max().unwrap_or(0),
             mean_processing_ms,
             workers,
+            backend: None,
         }
     }
 

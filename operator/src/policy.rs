@@ -93,6 +93,8 @@ pub enum Cause {
     Tolerance,
     /// Capped at `maxReplicas`.
     MaxReplicas,
+    /// Capped at the replicas the backend's concurrency limit keeps busy.
+    BackendLimit,
     /// Raised to `minReplicas`.
     MinReplicas,
     /// Raised to one replica because work is queued, delayed or started.
@@ -118,12 +120,13 @@ pub enum Cause {
 
 impl Cause {
     /// Every cause, in the order of the policy's steps.
-    pub const ALL: [Cause; 15] = [
+    pub const ALL: [Cause; 16] = [
         Cause::Paused,
         Cause::NoData,
         Cause::Load,
         Cause::Tolerance,
         Cause::MaxReplicas,
+        Cause::BackendLimit,
         Cause::MinReplicas,
         Cause::WorkPending,
         Cause::Cooldown,
@@ -144,6 +147,7 @@ impl Cause {
             Cause::Load => "Load",
             Cause::Tolerance => "Tolerance",
             Cause::MaxReplicas => "MaxReplicas",
+            Cause::BackendLimit => "BackendLimit",
             Cause::MinReplicas => "MinReplicas",
             Cause::WorkPending => "WorkPending",
             Cause::Cooldown => "Cooldown",
@@ -165,6 +169,7 @@ impl Cause {
             Cause::Load => "load",
             Cause::Tolerance => "tolerance",
             Cause::MaxReplicas => "max_replicas",
+            Cause::BackendLimit => "backend_limit",
             Cause::MinReplicas => "min_replicas",
             Cause::WorkPending => "work_pending",
             Cause::Cooldown => "cooldown",
@@ -183,6 +188,7 @@ impl Cause {
         matches!(
             self,
             Cause::MaxReplicas
+                | Cause::BackendLimit
                 | Cause::MinReplicas
                 | Cause::Cooldown
                 | Cause::Idle
@@ -460,6 +466,8 @@ struct Deciding<'a> {
     scaling: &'a ScalingSpec,
     /// Tasks one replica runs at once, for `targetWait`.
     per_pod: f64,
+    /// `executor.concurrency`, for the backend limit's replica ceiling.
+    concurrency: i32,
     history: &'a History,
     current: i32,
     /// The observation's time: the clock every comparison uses.
@@ -479,6 +487,7 @@ impl<'a> Deciding<'a> {
             obs,
             scaling: &spec.scaling,
             per_pod: f64::from(spec.executor.concurrency.max(1)),
+            concurrency: spec.executor.concurrency,
             history,
             current: history.current_replicas,
             now: obs.at_ms,
@@ -618,10 +627,39 @@ impl<'a> Deciding<'a> {
         }
     }
 
-    /// Step 4, bounds: at most `maxReplicas`, at least the [floor](Self::floor).
+    /// The replicas the backend's concurrency limit keeps busy, and the words for it, when
+    /// it is below `maxReplicas`. More pods would only wait for permits.
+    fn backend_ceiling(&self) -> Option<(i32, String)> {
+        let backend = self.obs.backend.as_ref()?;
+        let limit = backend.limit?;
+        let ceiling = backend.replica_ceiling(self.concurrency)?;
+        (ceiling < self.scaling.max_replicas).then(|| {
+            (
+                ceiling,
+                format!(
+                    "capped at {ceiling} by the backend limit: ceil({limit} calls / {} per replica) + 1 ({} in use)",
+                    self.concurrency, backend.in_use
+                ),
+            )
+        })
+    }
+
+    /// Step 4, bounds: at most `maxReplicas` and the backend limit's ceiling, at least the
+    /// [floor](Self::floor) (which wins over the ceiling: `minReplicas` was asked for).
     fn bound(&mut self, rec: i32) -> i32 {
         let max = self.scaling.max_replicas;
         let (floor, source) = self.floor();
+        if let Some((ceiling, mut why)) = self.backend_ceiling()
+            && rec > ceiling.max(floor)
+        {
+            if floor > ceiling {
+                why.push_str(&format!(", raised to the floor {floor}"));
+            }
+            self.limited = true;
+            self.cause = Cause::BackendLimit;
+            self.why.push(why);
+            return ceiling.max(floor);
+        }
         if rec > max {
             self.limited = true;
             self.cause = Cause::MaxReplicas;
@@ -1081,6 +1119,107 @@ mod tests {
                 case.reason
             );
         }
+    }
+
+    /// `observation` with the backend limit key at `limit` calls (`None`: no concurrency
+    /// limit) and `in_use` of them running.
+    fn at_backend(limit: Option<u32>, in_use: u32, observation: Observation) -> Observation {
+        Observation {
+            backend: Some(crate::observe::BackendObservation {
+                key: "pool".into(),
+                limit,
+                in_use,
+                paused_ms: 0,
+            }),
+            ..observation
+        }
+    }
+
+    #[test]
+    fn the_backend_limit_caps_the_pool() {
+        // Concurrency 4 (the fixture's): a limit of 16 calls keeps ceil(16 / 4) + 1 = 5 busy.
+        // (name, spec, current, observation, replicas, cause, reason)
+        let cases = vec![
+            (
+                "at the ceiling with a growing queue: no scale-up",
+                spec(),
+                5,
+                at_backend(Some(16), 16, obs(0, 100, 20)),
+                5,
+                Cause::BackendLimit,
+                "capped at 5 by the backend limit: ceil(16 calls / 4 per replica) + 1 (16 in use)",
+            ),
+            (
+                "below the ceiling the pool grows to it, not past it",
+                spec(),
+                2,
+                at_backend(Some(16), 8, obs(0, 100, 8)),
+                5,
+                Cause::BackendLimit,
+                "capped at 5 by the backend limit",
+            ),
+            (
+                "an adaptive limit that fell lowers the ceiling",
+                with(|s| s.scale_down = None),
+                5,
+                at_backend(Some(6), 6, obs(0, 100, 20)),
+                3,
+                Cause::BackendLimit,
+                "capped at 3 by the backend limit: ceil(6 calls / 4 per replica) + 1",
+            ),
+            (
+                "work below the ceiling follows the load",
+                spec(),
+                1,
+                at_backend(Some(16), 2, obs(0, 8, 2)),
+                2,
+                Cause::Load,
+                "→ 2",
+            ),
+            (
+                "a ceiling above maxReplicas leaves maxReplicas in charge",
+                with(|s| s.max_replicas = 4),
+                4,
+                at_backend(Some(64), 16, obs(0, 100, 16)),
+                4,
+                Cause::MaxReplicas,
+                "capped at maxReplicas 4",
+            ),
+            (
+                "minReplicas above the ceiling wins: it was asked for",
+                with(|s| s.min_replicas = 8),
+                8,
+                at_backend(Some(4), 4, obs(0, 100, 4)),
+                8,
+                Cause::BackendLimit,
+                "capped at 2 by the backend limit: ceil(4 calls / 4 per replica) + 1 (4 in use), raised to the floor 8",
+            ),
+            (
+                "a rate limit alone sets no ceiling",
+                spec(),
+                5,
+                at_backend(None, 3, taking(1.0, obs(0, 40, 20))),
+                10,
+                Cause::ScaleUpLimit,
+                "scale-up step limit 10",
+            ),
+        ];
+        for (name, spec, current, observation, replicas, cause, reason) in cases {
+            let d = desired_replicas(Some(&observation), &spec, &History::new(current));
+            assert_eq!(d.replicas, replicas, "{name}: {}", d.reason);
+            assert_eq!(d.cause, cause, "{name}: {}", d.reason);
+            assert!(d.reason.contains(reason), "{name}: {}", d.reason);
+            if cause == Cause::BackendLimit {
+                assert!(d.limited, "{name}");
+            }
+        }
+        // Held at its count by the ceiling: recorded as a held decision.
+        let d = desired_replicas(
+            Some(&at_backend(Some(16), 16, obs(0, 100, 20))),
+            &spec(),
+            &History::new(5),
+        );
+        assert!(d.held(5));
     }
 
     #[test]

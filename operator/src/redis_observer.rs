@@ -5,12 +5,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use kube::Client;
+use kube::{Client, ResourceExt};
 use ragpool_queue::{Broker, BrokerConfig, QueueError};
 use tokio::sync::Mutex;
 
 use crate::crd::RagWorkerPool;
-use crate::observe::{Observation, ObserveError, Observer};
+use crate::observe::{BackendObservation, Observation, ObserveError, Observer};
 use crate::redis_url;
 
 /// Workers not heard from within this long are left out (their registry records expire on
@@ -62,7 +62,9 @@ impl Observer for RedisObserver {
         let redis = &pool.spec.redis;
         let partitions = redis.partition_count(ragpool_queue::AUTO_PARTITIONS);
         let broker = self.broker(&url, partitions, redis.key_prefix()).await?;
-        observe_queues(&broker, &pool.spec.queue_names()).await
+        let mut observation = observe_queues(&broker, &pool.spec.queue_names()).await?;
+        observation.backend = observe_backend(&broker, pool).await?;
+        Ok(observation)
     }
 }
 
@@ -77,6 +79,21 @@ pub async fn observe_queues(
     }
     let workers = broker.workers(WORKER_SILENCE).await.map_err(unreachable)?;
     Ok(Observation::from_stats(&stats, &workers, queues))
+}
+
+/// The pool's limits on backend calls as its executors share them in Redis; `None` when the
+/// pool sets none.
+pub async fn observe_backend(
+    broker: &Broker,
+    pool: &RagWorkerPool,
+) -> Result<Option<BackendObservation>, ObserveError> {
+    let Some(limits) = &pool.spec.executor.backend.limits else {
+        return Ok(None);
+    };
+    let name = pool.name_any();
+    let key = limits.key_for(&name);
+    let state = broker.backend_limit_state(key).await.map_err(unreachable)?;
+    Ok(Some(BackendObservation::new(key, limits, &state)))
 }
 
 fn unreachable(e: QueueError) -> ObserveError {

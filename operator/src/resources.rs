@@ -182,6 +182,26 @@ fn backend_settings(pool: &RagWorkerPool) -> Vec<(String, String)> {
             }
         }
     }
+    // Written only when the pool sets limits, so pools without them keep their pods.
+    if let Some(limits) = &backend.limits {
+        set(
+            "RAGPOOL_BACKEND_LIMIT_KEY",
+            limits.key_for(&pool.name_any()).to_owned(),
+        );
+        if let Some(max) = limits.max_concurrent {
+            set("RAGPOOL_BACKEND_MAX_CONCURRENT", max.to_string());
+        }
+        if let Some(rpm) = limits.requests_per_minute {
+            set("RAGPOOL_BACKEND_REQUESTS_PER_MINUTE", rpm.to_string());
+        }
+        if let Some(tpm) = limits.tokens_per_minute {
+            set("RAGPOOL_BACKEND_TOKENS_PER_MINUTE", tpm.to_string());
+        }
+        if let Some(min) = limits.adaptive_min() {
+            set("RAGPOOL_BACKEND_ADAPTIVE", "true".into());
+            set("RAGPOOL_BACKEND_MIN_CONCURRENT", min.to_string());
+        }
+    }
     env
 }
 

@@ -308,3 +308,83 @@ async fn observes_the_queues_under_the_pools_key_prefix() {
     let obs = observer.observe(&pool(None)).await.unwrap();
     assert_eq!(obs.queued, 1);
 }
+
+/// The backend limits the pool's executors share: the limit in force (the adaptive one once
+/// computed) and the permits held, read under the pool's limit key.
+#[tokio::test]
+async fn observes_the_backend_limit_and_permits_in_use() {
+    use ragpool_operator::crd::{BackendLimitsSpec, RagWorkerPool};
+    use ragpool_operator::redis_observer::observe_backend;
+    use ragpool_queue::{Adaptive, Admission, BackendLimits, CallOutcome};
+
+    let server = tokio::task::spawn_blocking(RedisServer::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let broker = Broker::connect(BrokerConfig::from_url(&server.url()).unwrap())
+        .await
+        .unwrap();
+    let spec = |limits: Option<BackendLimitsSpec>| {
+        let mut spec: ragpool_operator::crd::RagWorkerPoolSpec = serde_json::from_value(json!({
+            "queues": {"names": ["image_analysis"]},
+            "redis": {"url": server.url()},
+            "executor": {"image": "ragpool/executor:test"},
+            "scaling": {"minReplicas": 0, "maxReplicas": 20},
+        }))
+        .unwrap();
+        spec.executor.backend.limits = limits;
+        spec
+    };
+    let pool = RagWorkerPool::new(
+        "gpu-pool",
+        spec(Some(BackendLimitsSpec {
+            max_concurrent: Some(16),
+            adaptive: true,
+            min: Some(2),
+            ..BackendLimitsSpec::default()
+        })),
+    );
+    let seen = observe_backend(&broker, &pool).await.unwrap().unwrap();
+    assert_eq!(
+        (seen.key.as_str(), seen.limit, seen.in_use),
+        ("gpu-pool", Some(16), 0)
+    );
+
+    // An executor of the pool holds two permits and meets one overload: the limit halves.
+    let limiter = broker
+        .backend_limiter(
+            "gpu-pool",
+            BackendLimits {
+                max_concurrent: 16,
+                adaptive: Some(Adaptive {
+                    min: 2,
+                    latency_factor: 2.0,
+                }),
+                ..BackendLimits::none(Duration::from_secs(30))
+            },
+        )
+        .unwrap();
+    let mut held = Vec::new();
+    for id in ["a", "b", "c"] {
+        match limiter.try_acquire(id).await.unwrap() {
+            Admission::Granted(p) => held.push(p),
+            other => panic!("{other:?}"),
+        }
+    }
+    limiter
+        .release(
+            &held[0],
+            CallOutcome::Overloaded,
+            Duration::from_millis(5),
+            None,
+        )
+        .await
+        .unwrap();
+    let seen = observe_backend(&broker, &pool).await.unwrap().unwrap();
+    assert_eq!((seen.limit, seen.in_use), (Some(8), 2));
+    assert_eq!(seen.replica_ceiling(4), Some(3));
+
+    // A pool without limits reads nothing.
+    let plain = RagWorkerPool::new("plain", spec(None));
+    assert!(observe_backend(&broker, &plain).await.unwrap().is_none());
+}

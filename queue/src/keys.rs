@@ -147,6 +147,26 @@ impl Keys {
     pub fn history(&self, queue: &str) -> String {
         format!("{}q:{queue}:history", self.prefix)
     }
+
+    /// The keys of one backend limit key (see [`crate::limits`]), under a hash tag of their
+    /// own, `{<key_prefix>:backend:<name>}:`, so that on a cluster each limit key is one slot.
+    pub fn backend_limit(&self, name: &str) -> LimitKeys {
+        let base = format!("{{{}:backend:{name}}}:", self.key_prefix);
+        LimitKeys {
+            permits: format!("{base}permits"),
+            state: format!("{base}state"),
+        }
+    }
+}
+
+/// Key names of one backend limit key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitKeys {
+    /// ZSET permit id → lease deadline (ms): the backend calls running now.
+    pub permits: String,
+    /// HASH: the adaptive limit, the no-load latency, the requests-per-minute bucket and the
+    /// pause (see `lua/limits.lua`).
+    pub state: String,
 }
 
 impl Partition {

@@ -25,6 +25,7 @@ pub mod durability;
 pub mod error;
 pub mod events;
 pub mod keys;
+pub mod limits;
 pub mod payload;
 pub mod redact;
 mod scripts;
@@ -49,6 +50,9 @@ pub use durability::Durability;
 pub use error::{PayloadLimit, QueueError, Result};
 pub use events::{EventHub, TaskEvent};
 pub use keys::DEFAULT_KEY_PREFIX;
+pub use limits::{
+    Adaptive, Admission, BackendLimiter, BackendLimits, CallOutcome, LimitState, Permit, Released,
+};
 pub use payload::{InputSummary, Payload};
 pub use stats::{DurationSummary, QueueStats, WorkerInfo};
 pub use task::{Progress, Task, TaskError, TaskId, TaskKind, TaskState};

@@ -20,6 +20,21 @@ macro_rules! script {
     };
 }
 
+/// A backend-limit script: `common.lua`, `limits.lua`, then the script.
+macro_rules! limit_script {
+    ($file:literal) => {
+        LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("../lua/common.lua"),
+                "\n",
+                include_str!("../lua/limits.lua"),
+                "\n",
+                include_str!(concat!("../lua/", $file))
+            ))
+        })
+    };
+}
+
 pub(crate) static ENQUEUE: LazyLock<Script> = script!("enqueue.lua");
 pub(crate) static CLAIM: LazyLock<Script> = script!("claim.lua");
 pub(crate) static HEARTBEAT: LazyLock<Script> = script!("heartbeat.lua");
@@ -38,3 +53,7 @@ pub(crate) static RETRY_FAILED: LazyLock<Script> = script!("retry_failed.lua");
 pub(crate) static PURGE: LazyLock<Script> = script!("purge.lua");
 pub(crate) static HISTORY: LazyLock<Script> = script!("history.lua");
 pub(crate) static HEADS: LazyLock<Script> = script!("heads.lua");
+pub(crate) static BACKEND_ACQUIRE: LazyLock<Script> = limit_script!("backend_acquire.lua");
+pub(crate) static BACKEND_RENEW: LazyLock<Script> = limit_script!("backend_renew.lua");
+pub(crate) static BACKEND_RELEASE: LazyLock<Script> = limit_script!("backend_release.lua");
+pub(crate) static BACKEND_STATE: LazyLock<Script> = limit_script!("backend_state.lua");

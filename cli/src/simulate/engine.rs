@@ -432,6 +432,7 @@ impl Sim<'_> {
             mean_processing_ms: (!self.service_window.is_empty())
                 .then(|| self.service_sum as f64 / self.service_window.len() as f64 / 1000.0),
             workers: Vec::new(),
+            backend: None,
         }
     }
 

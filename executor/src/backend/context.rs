@@ -4,16 +4,30 @@
 //! percentage in its next heartbeat, so a `watch` channel fits and a slow reader never makes a
 //! backend wait.
 
+use std::sync::Arc;
+
 use ragpool_queue::{Progress, TaskId};
 use tokio::sync::watch;
 
-/// Handed to every [`Backend`](super::Backend) call: which task runs, and where its progress
-/// goes.
-#[derive(Debug)]
+use super::gate::CallGate;
+
+/// Handed to every [`Backend`](super::Backend) call: which task runs, where its progress
+/// goes, and which gate its calls to a server pass.
 pub struct TaskContext {
     progress: watch::Sender<Progress>,
     /// The task and attempt being run; `None` outside the job loop (tests, tools).
     task: Option<(TaskId, u32)>,
+    /// The pool's limits on calls to the backend's server, when it has any.
+    gate: Option<Arc<dyn CallGate>>,
+}
+
+impl std::fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskContext")
+            .field("task", &self.task)
+            .field("gated", &self.gate.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl TaskContext {
@@ -24,6 +38,7 @@ impl TaskContext {
             Self {
                 progress,
                 task: None,
+                gate: None,
             },
             rx,
         )
@@ -34,6 +49,17 @@ impl TaskContext {
         let (mut cx, rx) = Self::new();
         cx.task = Some((id, attempt));
         (cx, rx)
+    }
+
+    /// Sends this task's calls to a server through `gate`.
+    pub fn with_gate(mut self, gate: Option<Arc<dyn CallGate>>) -> Self {
+        self.gate = gate;
+        self
+    }
+
+    /// The gate this task's calls to a server pass, if any.
+    pub fn gate(&self) -> Option<&dyn CallGate> {
+        self.gate.as_deref()
     }
 
     /// The task being run and its attempt number, so a backend can tell a re-delivered task

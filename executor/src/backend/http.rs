@@ -107,7 +107,9 @@ impl HttpBackend {
             ],
             None => Vec::new(),
         };
-        self.client.post_with_headers(url, &body, &headers).await
+        self.client
+            .post_with_headers(url, &body, &headers, cx)
+            .await
     }
 }
 

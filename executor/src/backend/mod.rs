@@ -21,6 +21,7 @@ mod context;
 mod error;
 mod extract;
 mod fetch;
+pub mod gate;
 mod image_budget;
 mod input;
 mod passages;
@@ -38,6 +39,7 @@ pub use config::{
 };
 pub use context::TaskContext;
 pub use error::{BackendError, BuildError, kinds};
+pub use gate::{CallGate, CallOutcome, CallPass, CallReport};
 pub use image_budget::DEFAULT_IMAGE_MEMORY_BYTES;
 pub use retrieval::Citation;
 

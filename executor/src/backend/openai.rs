@@ -127,7 +127,12 @@ impl OpenAiBackend {
         })
     }
 
-    async fn chat(&self, model: &str, messages: Value) -> Result<Completion, BackendError> {
+    async fn chat(
+        &self,
+        model: &str,
+        messages: Value,
+        cx: &TaskContext,
+    ) -> Result<Completion, BackendError> {
         let mut body = json!({ "model": model, "messages": messages });
         if let Some(max_tokens) = self.max_tokens {
             body["max_tokens"] = json!(max_tokens);
@@ -135,7 +140,11 @@ impl OpenAiBackend {
         if let Some(temperature) = self.temperature {
             body["temperature"] = json!(temperature);
         }
-        let response = self.client.post(&self.endpoint, &body).await?;
+        let estimate = estimate_tokens(&body["messages"], self.max_tokens);
+        let response = self
+            .client
+            .post_metered(&self.endpoint, &body, cx, estimate)
+            .await?;
         let content = &response["choices"][0]["message"]["content"];
         // Most servers send a string; some send a list of text parts.
         let text = match content {
@@ -168,6 +177,7 @@ impl OpenAiBackend {
         image: Option<&str>,
         image_url: Option<&str>,
         prompt: &str,
+        cx: &TaskContext,
     ) -> Result<Option<Completion>, BackendError> {
         let Some(bytes) = input::image_bytes(image, image_url, &self.fetcher).await? else {
             return Ok(None);
@@ -180,7 +190,7 @@ impl OpenAiBackend {
                 { "type": "image_url", "image_url": { "url": data_url } },
             ],
         }]);
-        self.chat(&self.vision_model, messages).await.map(Some)
+        self.chat(&self.vision_model, messages, cx).await.map(Some)
     }
 
     async fn retrieve(&self, question: &str, top_k: Option<u32>) -> Result<Vec<Hit>, BackendError> {
@@ -200,6 +210,7 @@ impl OpenAiBackend {
         question: &str,
         context: Option<&str>,
         hits: &[Hit],
+        cx: &TaskContext,
     ) -> Result<Map<String, Value>, BackendError> {
         let context = context.map(str::trim).filter(|c| !c.is_empty());
         let grounded = context.is_some() || !hits.is_empty();
@@ -208,7 +219,7 @@ impl OpenAiBackend {
             { "role": "user", "content": prompt(question, context, hits) },
         ]);
         let mut out = self
-            .chat(&self.model, messages)
+            .chat(&self.model, messages, cx)
             .await?
             .into_object("answer");
         if self.retriever.is_some() {
@@ -224,7 +235,7 @@ impl Backend for OpenAiBackend {
     async fn analyze_image(
         &self,
         req: &AnalyzeImage,
-        _cx: &TaskContext,
+        cx: &TaskContext,
     ) -> Result<Value, BackendError> {
         let prompt = req
             .prompt
@@ -233,7 +244,7 @@ impl Backend for OpenAiBackend {
             .filter(|p| !p.is_empty())
             .unwrap_or(DESCRIBE_PROMPT);
         let completion = self
-            .describe(req.image.as_deref(), req.image_url.as_deref(), prompt)
+            .describe(req.image.as_deref(), req.image_url.as_deref(), prompt, cx)
             .await?
             .ok_or_else(|| BackendError::bad_input("give image or image_url"))?;
         Ok(Value::Object(completion.into_object("summary")))
@@ -242,11 +253,13 @@ impl Backend for OpenAiBackend {
     async fn complete_answer(
         &self,
         req: &CompleteAnswer,
-        _cx: &TaskContext,
+        cx: &TaskContext,
     ) -> Result<Value, BackendError> {
         let question = non_empty(&req.question)?;
         let hits = self.retrieve(question, req.top_k).await?;
-        let out = self.answer(question, req.context.as_deref(), &hits).await?;
+        let out = self
+            .answer(question, req.context.as_deref(), &hits, cx)
+            .await?;
         Ok(Value::Object(out))
     }
 
@@ -259,7 +272,7 @@ impl Backend for OpenAiBackend {
             "{DESCRIBE_PROMPT} Note everything that helps answer this question: {question}"
         );
         let analysis = self
-            .describe(req.image.as_deref(), req.image_url.as_deref(), &prompt)
+            .describe(req.image.as_deref(), req.image_url.as_deref(), &prompt, cx)
             .await?
             .map(|c| c.into_object("summary"));
         cx.progress(40, "retrieving passages");
@@ -270,7 +283,7 @@ impl Backend for OpenAiBackend {
             .and_then(|a| a.get("summary"))
             .and_then(Value::as_str)
             .map(|s| format!("Description of the attached image: {s}"));
-        let mut out = self.answer(question, context.as_deref(), &hits).await?;
+        let mut out = self.answer(question, context.as_deref(), &hits, cx).await?;
         if let Some(analysis) = analysis {
             out.insert("analysis".into(), Value::Object(analysis));
         }
@@ -329,4 +342,53 @@ fn prompt(question: &str, context: Option<&str>, hits: &[Hit]) -> String {
     out.push_str("Question: ");
     out.push_str(question);
     out
+}
+
+/// Tokens assumed for a completion when the request sets no `max_tokens`.
+const COMPLETION_ESTIMATE: u32 = 256;
+
+/// Tokens assumed per image: a 1024×1024 image at high detail on OpenAI's vision models.
+const IMAGE_ESTIMATE: u32 = 765;
+
+/// A request's model tokens, estimated before it is sent for the pool's tokens-per-minute
+/// budget (the response's `usage` corrects it): about four characters a token of text, a
+/// fixed cost per image, and the completion's `max_tokens`.
+fn estimate_tokens(messages: &Value, max_tokens: Option<u32>) -> u32 {
+    let mut chars = 0usize;
+    let mut images = 0u32;
+    for message in messages.as_array().into_iter().flatten() {
+        match &message["content"] {
+            Value::String(text) => chars += text.len(),
+            Value::Array(parts) => {
+                for part in parts {
+                    match part["type"].as_str() {
+                        Some("image_url") => images += 1,
+                        _ => chars += part["text"].as_str().map_or(0, str::len),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    let text = u32::try_from(chars.div_ceil(4)).unwrap_or(u32::MAX);
+    text.saturating_add(images.saturating_mul(IMAGE_ESTIMATE))
+        .saturating_add(max_tokens.unwrap_or(COMPLETION_ESTIMATE))
+}
+
+#[cfg(test)]
+mod estimate_tests {
+    use super::*;
+
+    #[test]
+    fn token_estimates_count_text_images_and_the_completion() {
+        let messages = json!([
+            {"role": "system", "content": "x".repeat(40)},
+            {"role": "user", "content": [
+                {"type": "text", "text": "y".repeat(8)},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}},
+            ]},
+        ]);
+        assert_eq!(estimate_tokens(&messages, Some(100)), 10 + 2 + 765 + 100);
+        assert_eq!(estimate_tokens(&json!([]), None), 256);
+    }
 }

@@ -5,14 +5,16 @@
 //! reported as retryable so the queue can try again later; any other status is permanent and
 //! carries the server's own error message.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::StatusCode;
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use serde_json::Value;
 
 use super::config::{RetryPolicy, SecretString};
+use super::context::TaskContext;
 use super::error::{BackendError, BuildError, kinds};
+use super::gate::{CallOutcome, CallReport};
 
 /// Longest error body quoted in a message.
 const MAX_QUOTED: usize = 500;
@@ -46,21 +48,43 @@ impl JsonClient {
         })
     }
 
-    /// POSTs `body` to `url` and returns the JSON response.
-    pub async fn post(&self, url: &str, body: &Value) -> Result<Value, BackendError> {
-        self.post_with_headers(url, body, &[]).await
+    /// POSTs a model request estimated to use `tokens` model tokens (for the pool's
+    /// tokens-per-minute budget) and returns the JSON response. Each request, retries
+    /// included, passes the task's call gate, if it has one.
+    pub async fn post_metered(
+        &self,
+        url: &str,
+        body: &Value,
+        cx: &TaskContext,
+        tokens: u32,
+    ) -> Result<Value, BackendError> {
+        self.send(url, body, &[], cx, tokens).await
     }
 
-    /// [`JsonClient::post`] with extra request headers.
+    /// POSTs `body` to `url` with extra request headers and returns the JSON response,
+    /// through the task's call gate like [`JsonClient::post_metered`].
     pub async fn post_with_headers(
         &self,
         url: &str,
         body: &Value,
         headers: &[(&'static str, String)],
+        cx: &TaskContext,
+    ) -> Result<Value, BackendError> {
+        self.send(url, body, headers, cx, 0).await
+    }
+
+    /// Posts with retries, each request through the task's call gate.
+    async fn send(
+        &self,
+        url: &str,
+        body: &Value,
+        headers: &[(&'static str, String)],
+        cx: &TaskContext,
+        tokens: u32,
     ) -> Result<Value, BackendError> {
         let mut retries = 0;
         loop {
-            let err = match self.post_once(url, body, headers).await {
+            let err = match self.gated_post(url, body, headers, cx, tokens).await {
                 Ok(value) => return Ok(value),
                 Err(err) => err,
             };
@@ -85,20 +109,80 @@ impl JsonClient {
             retries += 1;
             // The URL stays out of the log like out of the task: the peer's name says which.
             tracing::debug!(peer = self.peer, %kind, %message, ?wait, retries, "retrying request");
-            tokio::time::sleep(wait).await;
+            // A server's Retry-After paused the whole pool through the gate, which waits it
+            // out before the next call; waiting here as well would wait twice.
+            if !(cx.gate().is_some() && retry_after.is_some()) {
+                tokio::time::sleep(wait).await;
+            }
         }
+    }
+
+    /// One request, through the task's call gate when it has one.
+    async fn gated_post(
+        &self,
+        url: &str,
+        body: &Value,
+        headers: &[(&'static str, String)],
+        cx: &TaskContext,
+        tokens: u32,
+    ) -> Result<Value, BackendError> {
+        let Some(gate) = cx.gate() else {
+            return self.post_once(url, body, headers).await.0;
+        };
+        let pass = gate.enter(tokens).await?;
+        let started = Instant::now();
+        let (result, outcome) = self.post_once(url, body, headers).await;
+        let pause = match (&result, outcome) {
+            (Err(e), CallOutcome::Overloaded) => e.retry_after(),
+            _ => None,
+        };
+        let tokens_used = result
+            .as_ref()
+            .ok()
+            .and_then(|v| v["usage"]["total_tokens"].as_u64())
+            .map(|t| u32::try_from(t).unwrap_or(u32::MAX));
+        pass.finish(CallReport {
+            outcome,
+            latency: started.elapsed(),
+            pause,
+            tokens_used,
+        })
+        .await;
+        result
     }
 
     fn backoff(&self, retries: u32) -> Duration {
         Duration::from_millis(self.retry.backoff_ms.saturating_mul(1 << retries.min(16)))
     }
 
+    /// One request and what it says about the server's load: a 429, 503 or 504 or a timeout
+    /// is [`CallOutcome::Overloaded`].
     async fn post_once(
         &self,
         url: &str,
         body: &Value,
         headers: &[(&'static str, String)],
-    ) -> Result<Value, BackendError> {
+    ) -> (Result<Value, BackendError>, CallOutcome) {
+        match self.request(url, body, headers).await {
+            Ok(value) => (Ok(value), CallOutcome::Succeeded),
+            Err((e, overloaded)) => {
+                let outcome = if overloaded {
+                    CallOutcome::Overloaded
+                } else {
+                    CallOutcome::Other
+                };
+                (Err(e), outcome)
+            }
+        }
+    }
+
+    /// One request; a failure says whether it was a sign of overload.
+    async fn request(
+        &self,
+        url: &str,
+        body: &Value,
+        headers: &[(&'static str, String)],
+    ) -> Result<Value, (BackendError, bool)> {
         let mut request = self.client.post(url).json(body);
         for (name, value) in headers {
             request = request.header(*name, value);
@@ -106,26 +190,31 @@ impl JsonClient {
         if let Some(key) = &self.bearer {
             request = request.bearer_auth(key.expose());
         }
+        let failed = |what, e: reqwest::Error| {
+            let overloaded = e.is_timeout();
+            (self.unavailable(what, e), overloaded)
+        };
         let response = request
             .send()
             .await
-            .map_err(|e| self.unavailable("could not be reached", e))?;
+            .map_err(|e| failed("could not be reached", e))?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
         let text = response
             .text()
             .await
-            .map_err(|e| self.unavailable("did not send its whole answer", e))?;
+            .map_err(|e| failed("did not send its whole answer", e))?;
         if status.is_success() {
             return serde_json::from_str(&text).map_err(|e| {
-                BackendError::permanent(
+                let e = BackendError::permanent(
                     kinds::MODEL_ERROR,
                     format!(
                         "the {} answered {status} with a body that is not JSON ({e}): {}",
                         self.peer,
                         quote(&text)
                     ),
-                )
+                );
+                (e, false)
             });
         }
         let message = format!(
@@ -133,7 +222,13 @@ impl JsonClient {
             self.peer,
             error_message(&text)
         );
-        Err(match status {
+        let overloaded = matches!(
+            status,
+            StatusCode::TOO_MANY_REQUESTS
+                | StatusCode::SERVICE_UNAVAILABLE
+                | StatusCode::GATEWAY_TIMEOUT
+        );
+        let e = match status {
             StatusCode::TOO_MANY_REQUESTS => {
                 BackendError::retryable(kinds::RATE_LIMITED, message, retry_after)
             }
@@ -147,7 +242,8 @@ impl JsonClient {
             | StatusCode::PAYLOAD_TOO_LARGE
             | StatusCode::UNPROCESSABLE_ENTITY => BackendError::bad_input(message),
             _ => BackendError::permanent(kinds::MODEL_ERROR, message),
-        })
+        };
+        Err((e, overloaded))
     }
 }
 
