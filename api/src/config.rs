@@ -637,9 +637,9 @@ mod tests {
             "--max-reserved-share-per-key",
             "10",
         ];
-        assert_eq!(parse(&flags).resolve_with(&both), Ok(budget(1000, 10)));
-        assert_eq!(parse(&[]).resolve_with(&both), Ok(budget(2000, 20)));
-        assert_eq!(parse(&[]).resolve_with(&old_only), Ok(budget(3000, 30)));
+        assert_eq!(parse(&flags).resolve_with(both), Ok(budget(1000, 10)));
+        assert_eq!(parse(&[]).resolve_with(both), Ok(budget(2000, 20)));
+        assert_eq!(parse(&[]).resolve_with(old_only), Ok(budget(3000, 30)));
         assert_eq!(
             parse(&[]).resolve_with(|_| None),
             Ok(budget(DEFAULT_MAX_RESERVED_SUBMISSION_BYTES, 50))
@@ -651,17 +651,17 @@ mod tests {
             "--max-inflight-share-per-key",
             "40",
         ];
-        assert_eq!(parse(&old_flags).resolve_with(&both), Ok(budget(4000, 40)));
+        assert_eq!(parse(&old_flags).resolve_with(both), Ok(budget(4000, 40)));
         let empty_new = vars(&[
             (RESERVED_BYTES_ENV, ""),
             (OLD_RESERVED_BYTES_ENV, "3000"),
             (RESERVED_SHARE_ENV, ""),
             (OLD_RESERVED_SHARE_ENV, "30"),
         ]);
-        assert_eq!(parse(&[]).resolve_with(&empty_new), Ok(budget(3000, 30)));
+        assert_eq!(parse(&[]).resolve_with(empty_new), Ok(budget(3000, 30)));
         // Each value is resolved on its own.
         let mixed = vars(&[(RESERVED_BYTES_ENV, "2000"), (OLD_RESERVED_SHARE_ENV, "30")]);
-        assert_eq!(parse(&[]).resolve_with(&mixed), Ok(budget(2000, 30)));
+        assert_eq!(parse(&[]).resolve_with(mixed), Ok(budget(2000, 30)));
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod latency;
 mod payloads;
 mod queue;
 mod report;
+mod submit_rate;
 
 use clap::{Parser, Subcommand};
 
@@ -51,6 +52,9 @@ enum Command {
     /// What a large input costs: Redis bytes per finished image task, status reads of image
     /// tasks, Redis output over a polled image task's life; each against a text task's.
     Payloads(payloads::Args),
+    /// The API's submit rate (`POST /api/async/query`, 16 connections) of one `ragpool` binary
+    /// against another built from the same source, e.g. opt-level 3 against "z".
+    SubmitRate(submit_rate::Args),
     /// The executor, latency and enqueue sections in one table.
     All(AllArgs),
 }
@@ -80,6 +84,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Executor(args) => executor::run(args).await,
         Command::Latency(args) => latency::run(args).await,
         Command::Payloads(args) => payloads::run(args).await,
+        Command::SubmitRate(args) => submit_rate::run(args).await,
         Command::All(args) => {
             let mut rows = executor::rows(&args.executor).await?;
             rows.extend(

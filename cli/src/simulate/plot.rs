@@ -55,8 +55,8 @@ pub fn plot(path: &Path, title: &str, series: &[Series<'_>]) -> Result<(), Simul
             // so the binary carries one PNG encoder, not plotters' own copy of another version.
             let mut pixels = vec![0u8; WIDTH as usize * HEIGHT as usize * 3];
             {
-                let root = BitMapBackend::with_buffer(&mut pixels, (WIDTH, HEIGHT))
-                    .into_drawing_area();
+                let root =
+                    BitMapBackend::with_buffer(&mut pixels, (WIDTH, HEIGHT)).into_drawing_area();
                 draw(&root, title, series).map_err(fail)?;
                 root.present().map_err(|e| fail(e.to_string()))?;
             }
