@@ -486,7 +486,8 @@ def expect_default(objects: list[dict[str, Any]]) -> None:
         "the default key prefix is every process's default: nothing to set"
     )
     # docs/operations.md, "Sizing the API": the memory limit holds the budget and a baseline.
-    budget = int(env["RAGPOOL_MAX_INFLIGHT_SUBMISSION_BYTES"]["value"])
+    budget = int(env["RAGPOOL_MAX_RESERVED_SUBMISSION_BYTES"]["value"])
+    assert "RAGPOOL_MAX_INFLIGHT_SUBMISSION_BYTES" not in env, "the budget's older variable is set"
     limit = api_container(objects)["resources"]["limits"]["memory"]
     assert limit.endswith("Mi"), limit
     assert int(limit[:-2]) * 2**20 >= budget + 64 * 2**20, (limit, budget)
@@ -833,6 +834,17 @@ def check_older_leadership_names() -> str:
     return "leaderElection and leaseSeconds still read"
 
 
+def check_older_budget_name() -> str:
+    """`api.maxInflightSubmissionBytes`, the older name of `maxReservedSubmissionBytes`, still
+    reaches the API, and wins when set."""
+    def budget(values: dict[str, Any]) -> str:
+        return env_of(api_container(render(values)))["RAGPOOL_MAX_RESERVED_SUBMISSION_BYTES"]["value"]
+    assert budget({"api": {"maxReservedSubmissionBytes": 100 * 2**20}}) == str(100 * 2**20)
+    old = {"api": {"maxReservedSubmissionBytes": 100 * 2**20, "maxInflightSubmissionBytes": 50 * 2**20}}
+    assert budget(old) == str(50 * 2**20), budget(old)
+    return "maxInflightSubmissionBytes still read"
+
+
 def check_validators_catch_mistakes() -> str:
     """The validators above must be able to fail: a misspelt field, a wrong type and a value
     out of range each give an error."""
@@ -861,6 +873,7 @@ def main() -> int:
     check("validators catch mistakes", check_validators_catch_mistakes)
     check("53-character release name", check_long_release_name)
     check("older leadership value names", check_older_leadership_names)
+    check("older budget value name", check_older_budget_name)
     for name, values in value_sets().items():
         check(f"render {name}", lambda v=values, n=name: check_value_set(n, copy.deepcopy(v)))
     for name, values, needle in BAD_VALUES:

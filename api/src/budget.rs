@@ -1,5 +1,6 @@
-//! A byte budget for submissions in flight, so many large submissions at once cannot take the
-//! API's memory with them, and one key cannot take the whole budget from the others.
+//! The reserved submission budget: a byte budget for the submissions being handled, so many
+//! large submissions at once cannot take the API's memory with them, and one key cannot take
+//! the whole budget from the others.
 //!
 //! A submission's body is held while it is read, parsed, its image checked and the task
 //! written to Redis. The image is not copied on the way: it becomes the payload in the

@@ -77,7 +77,7 @@ pub struct ApiConfig {
 
     /// How long a Redis call waits for its answer. A submission's script call waits behind
     /// every other submission in flight on the shared connection, so this must cover Redis
-    /// taking in the whole in-flight budget; a call past it is answered `503
+    /// taking in the whole reserved submission budget; a call past it is answered `503
     /// outcome_unknown` (the task may have been created).
     #[arg(
         long,
@@ -151,26 +151,9 @@ pub struct Limits {
     )]
     pub max_held_requests_per_peer: usize,
 
-    /// Memory for submissions being handled at once, across all requests: each reserves
-    /// two times its body (what it holds at its peak, measured); one that does not fit
-    /// is answered 503 with Retry-After. The API's memory limit must be this plus a fixed
-    /// baseline (docs/operations.md).
-    #[arg(
-        long,
-        env = "RAGPOOL_MAX_INFLIGHT_SUBMISSION_BYTES",
-        default_value_t = DEFAULT_MAX_INFLIGHT_SUBMISSION_BYTES
-    )]
-    pub max_inflight_submission_bytes: usize,
-
-    /// Percent of the in-flight submission budget one API key may hold; past it the key's
-    /// submissions are answered 429 with Retry-After, so one tenant cannot starve the others.
-    #[arg(
-        long,
-        env = "RAGPOOL_MAX_INFLIGHT_SHARE_PER_KEY",
-        default_value_t = 50,
-        value_parser = clap::value_parser!(u8).range(1..=100)
-    )]
-    pub max_inflight_share_per_key: u8,
+    /// The reserved submission budget and one key's share of it.
+    #[command(flatten)]
+    pub reserved: ReservedBudgetArgs,
 
     /// Time a request body has to arrive whole, however steadily it trickles; past it the
     /// request is answered 408 and its share of the budget given back.
@@ -223,8 +206,163 @@ pub const DEFAULT_MAX_QUEUED_PAYLOAD_BYTES_PER_KEY: u64 = DEFAULT_MAX_QUEUED_PAY
 /// See [`Limits::max_batch_tasks`].
 pub const DEFAULT_MAX_BATCH_TASKS: u64 = MAX_ENQUEUE_BATCH as u64;
 
-/// See [`Limits::max_inflight_submission_bytes`].
-pub const DEFAULT_MAX_INFLIGHT_SUBMISSION_BYTES: usize = 256 * 1024 * 1024;
+/// See [`ReservedBudgetArgs::bytes`].
+pub const DEFAULT_MAX_RESERVED_SUBMISSION_BYTES: usize = 256 * 1024 * 1024;
+
+/// See [`ReservedBudgetArgs::share_per_key`].
+pub const DEFAULT_MAX_RESERVED_SHARE_PER_KEY: u8 = 50;
+
+/// `--max-reserved-submission-bytes`'s variable.
+pub const RESERVED_BYTES_ENV: &str = "RAGPOOL_MAX_RESERVED_SUBMISSION_BYTES";
+
+/// [`RESERVED_BYTES_ENV`] before it had its own name, still read when the new one is unset.
+pub const OLD_RESERVED_BYTES_ENV: &str = "RAGPOOL_MAX_INFLIGHT_SUBMISSION_BYTES";
+
+/// `--max-reserved-share-per-key`'s variable.
+pub const RESERVED_SHARE_ENV: &str = "RAGPOOL_MAX_RESERVED_SHARE_PER_KEY";
+
+/// [`RESERVED_SHARE_ENV`] before it had its own name, still read when the new one is unset.
+pub const OLD_RESERVED_SHARE_ENV: &str = "RAGPOOL_MAX_INFLIGHT_SHARE_PER_KEY";
+
+/// The `--max-reserved-submission-bytes` and `--max-reserved-share-per-key` flags: the
+/// reserved submission budget (memory for the submissions being handled at once) and the
+/// share of it one API key may hold.
+///
+/// Their older spellings, `--max-inflight-…` and `RAGPOOL_MAX_INFLIGHT_…`, still work, as
+/// `--key-prefix`'s do ([`KeyPrefixArgs`]): clap reads one variable per flag, so each value is
+/// resolved by [`ReservedBudgetArgs::resolve`], not by clap, and the `[env: …]` and
+/// `[default: …]` notes of the help are written out by hand.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct ReservedBudgetArgs {
+    /// Memory for submissions being handled at once, across all requests: each reserves
+    /// two times its body (what it holds at its peak, measured); one that does not fit is
+    /// answered 503 with Retry-After. The API's memory limit must be this plus a fixed
+    /// baseline (docs/operations.md). `RAGPOOL_MAX_INFLIGHT_SUBMISSION_BYTES` and
+    /// `--max-inflight-submission-bytes`, the older names, are read when neither this flag
+    /// nor `RAGPOOL_MAX_RESERVED_SUBMISSION_BYTES` is set.
+    /// [env: RAGPOOL_MAX_RESERVED_SUBMISSION_BYTES=] [default: 268435456]
+    #[arg(
+        id = "max_reserved_submission_bytes",
+        long = "max-reserved-submission-bytes",
+        alias = "max-inflight-submission-bytes",
+        value_name = "BYTES"
+    )]
+    pub bytes: Option<usize>,
+
+    /// Percent of the reserved submission budget one API key may hold; past it the key's
+    /// submissions are answered 429 with Retry-After, so one tenant cannot starve the others.
+    /// `RAGPOOL_MAX_INFLIGHT_SHARE_PER_KEY` and `--max-inflight-share-per-key`, the older
+    /// names, are read when neither this flag nor `RAGPOOL_MAX_RESERVED_SHARE_PER_KEY` is set.
+    /// [env: RAGPOOL_MAX_RESERVED_SHARE_PER_KEY=] [default: 50]
+    #[arg(
+        id = "max_reserved_share_per_key",
+        long = "max-reserved-share-per-key",
+        alias = "max-inflight-share-per-key",
+        value_name = "PERCENT",
+        value_parser = clap::value_parser!(u8).range(1..=100)
+    )]
+    pub share_per_key: Option<u8>,
+}
+
+/// The reserved submission budget, resolved from its flags and variables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReservedBudget {
+    /// Bytes all submissions being handled may reserve together.
+    pub bytes: usize,
+    /// Percent (1 to 100) of `bytes` one API key may hold.
+    pub share_per_key: u8,
+}
+
+impl Default for ReservedBudget {
+    fn default() -> Self {
+        ReservedBudget {
+            bytes: DEFAULT_MAX_RESERVED_SUBMISSION_BYTES,
+            share_per_key: DEFAULT_MAX_RESERVED_SHARE_PER_KEY,
+        }
+    }
+}
+
+/// A budget variable that does not hold a value its flag would accept.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{variable}={value:?}: expected {expected}")]
+pub struct ReservedBudgetError {
+    pub variable: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+impl ReservedBudgetArgs {
+    /// An explicit budget, as if given by the flags (for tests and for callers that build
+    /// settings in code).
+    pub fn new(bytes: usize, share_per_key: u8) -> Self {
+        ReservedBudgetArgs {
+            bytes: Some(bytes),
+            share_per_key: Some(share_per_key),
+        }
+    }
+
+    /// Each value: the flag, else its `RAGPOOL_MAX_RESERVED_…` variable, else the
+    /// `RAGPOOL_MAX_INFLIGHT_…` one, else the default.
+    pub fn resolve(&self) -> Result<ReservedBudget, ReservedBudgetError> {
+        self.resolve_with(|name| std::env::var(name).ok())
+    }
+
+    /// [`resolve`](Self::resolve) with the environment read through `env`. An empty
+    /// variable counts as unset; a variable that is set must hold what the flag accepts.
+    pub fn resolve_with(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<ReservedBudget, ReservedBudgetError> {
+        let bytes = match self.bytes {
+            Some(bytes) => bytes,
+            None => renamed_variable(
+                &env,
+                [RESERVED_BYTES_ENV, OLD_RESERVED_BYTES_ENV],
+                "a number of bytes",
+                |v| v.parse::<usize>().ok(),
+            )?
+            .unwrap_or(DEFAULT_MAX_RESERVED_SUBMISSION_BYTES),
+        };
+        let share_per_key = match self.share_per_key {
+            Some(share) => share,
+            None => renamed_variable(
+                &env,
+                [RESERVED_SHARE_ENV, OLD_RESERVED_SHARE_ENV],
+                "a percent from 1 to 100",
+                |v| v.parse::<u8>().ok().filter(|p| (1..=100).contains(p)),
+            )?
+            .unwrap_or(DEFAULT_MAX_RESERVED_SHARE_PER_KEY),
+        };
+        Ok(ReservedBudget {
+            bytes,
+            share_per_key,
+        })
+    }
+}
+
+/// The value of the first of `names` (the variable, then its older name) that is set and
+/// not empty, parsed by `parse`; `None` when neither is set.
+fn renamed_variable<T>(
+    env: &impl Fn(&str) -> Option<String>,
+    names: [&'static str; 2],
+    expected: &'static str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Option<T>, ReservedBudgetError> {
+    let Some((variable, value)) = names
+        .into_iter()
+        .find_map(|name| env(name).filter(|v| !v.is_empty()).map(|v| (name, v)))
+    else {
+        return Ok(None);
+    };
+    match parse(value.trim()) {
+        Some(parsed) => Ok(Some(parsed)),
+        None => Err(ReservedBudgetError {
+            variable,
+            value,
+            expected,
+        }),
+    }
+}
 
 impl Limits {
     /// See [`Limits::body_deadline_seconds`].
@@ -242,8 +380,10 @@ impl Default for Limits {
             max_top_k: 100,
             max_wait_seconds: 60,
             max_stream_seconds: 1800,
-            max_inflight_submission_bytes: DEFAULT_MAX_INFLIGHT_SUBMISSION_BYTES,
-            max_inflight_share_per_key: 50,
+            reserved: ReservedBudgetArgs::new(
+                DEFAULT_MAX_RESERVED_SUBMISSION_BYTES,
+                DEFAULT_MAX_RESERVED_SHARE_PER_KEY,
+            ),
             body_deadline_seconds: 60,
             max_held_requests_per_key: DEFAULT_MAX_HELD_REQUESTS_PER_KEY,
             max_held_requests_per_peer: DEFAULT_MAX_HELD_REQUESTS_PER_PEER,
@@ -461,6 +601,96 @@ mod tests {
         assert!(parsed.cross_site.allowed_hosts.is_empty());
         assert_eq!(parsed.partitions, default.partitions);
         assert!(!parsed.allow_image_urls);
+        assert_eq!(
+            parsed.limits.reserved.resolve_with(|_| None),
+            default.limits.reserved.resolve_with(|_| None)
+        );
+    }
+
+    #[test]
+    fn reserved_budget_is_the_flag_then_the_new_variable_then_the_old_then_the_default() {
+        let parse = |args: &[&str]| {
+            Cli::try_parse_from(std::iter::once("ragpool-api").chain(args.iter().copied()))
+                .unwrap()
+                .config
+                .limits
+                .reserved
+        };
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == name)
+                    .map(|(_, v)| (*v).to_string())
+            }
+        };
+        let both = vars(&[
+            (RESERVED_BYTES_ENV, "2000"),
+            (OLD_RESERVED_BYTES_ENV, "3000"),
+            (RESERVED_SHARE_ENV, "20"),
+            (OLD_RESERVED_SHARE_ENV, "30"),
+        ]);
+        let old_only = vars(&[
+            (OLD_RESERVED_BYTES_ENV, "3000"),
+            (OLD_RESERVED_SHARE_ENV, "30"),
+        ]);
+        let budget = |bytes, share_per_key| ReservedBudget {
+            bytes,
+            share_per_key,
+        };
+        // Each source wins over every one after it.
+        let flags = [
+            "--max-reserved-submission-bytes",
+            "1000",
+            "--max-reserved-share-per-key",
+            "10",
+        ];
+        assert_eq!(parse(&flags).resolve_with(both), Ok(budget(1000, 10)));
+        assert_eq!(parse(&[]).resolve_with(both), Ok(budget(2000, 20)));
+        assert_eq!(parse(&[]).resolve_with(old_only), Ok(budget(3000, 30)));
+        assert_eq!(
+            parse(&[]).resolve_with(|_| None),
+            Ok(budget(DEFAULT_MAX_RESERVED_SUBMISSION_BYTES, 50))
+        );
+        // The old flags are the same flags; an empty variable counts as unset.
+        let old_flags = [
+            "--max-inflight-submission-bytes",
+            "4000",
+            "--max-inflight-share-per-key",
+            "40",
+        ];
+        assert_eq!(parse(&old_flags).resolve_with(both), Ok(budget(4000, 40)));
+        let empty_new = vars(&[
+            (RESERVED_BYTES_ENV, ""),
+            (OLD_RESERVED_BYTES_ENV, "3000"),
+            (RESERVED_SHARE_ENV, ""),
+            (OLD_RESERVED_SHARE_ENV, "30"),
+        ]);
+        assert_eq!(parse(&[]).resolve_with(empty_new), Ok(budget(3000, 30)));
+        // Each value is resolved on its own.
+        let mixed = vars(&[(RESERVED_BYTES_ENV, "2000"), (OLD_RESERVED_SHARE_ENV, "30")]);
+        assert_eq!(parse(&[]).resolve_with(mixed), Ok(budget(2000, 30)));
+    }
+
+    #[test]
+    fn reserved_budget_refuses_what_its_flags_would() {
+        for bad in ["0", "101", "x"] {
+            assert!(
+                Cli::try_parse_from(["ragpool-api", "--max-reserved-share-per-key", bad]).is_err()
+            );
+        }
+        let share = |value: &'static str| {
+            move |name: &str| (name == OLD_RESERVED_SHARE_ENV).then(|| value.to_string())
+        };
+        let args = ReservedBudgetArgs::default();
+        let err = args.resolve_with(share("101")).unwrap_err();
+        assert_eq!(err.variable, OLD_RESERVED_SHARE_ENV);
+        assert!(args.resolve_with(share("0")).is_err());
+        let bytes = |name: &str| (name == RESERVED_BYTES_ENV).then(|| "lots".to_string());
+        assert_eq!(
+            args.resolve_with(bytes).unwrap_err().variable,
+            RESERVED_BYTES_ENV
+        );
     }
 
     #[test]

@@ -34,8 +34,8 @@ mod server;
 mod state;
 
 pub use auth::{ApiKeys, Caller};
-pub use config::{ApiConfig, AuthConfig, Limits, QueueFlags};
+pub use config::{ApiConfig, AuthConfig, Limits, QueueFlags, ReservedBudgetArgs};
 pub use cross_site::CrossSiteArgs;
 pub use error::ApiError;
 pub use server::{openapi, router, serve};
-pub use state::AppState;
+pub use state::{AppState, StateError};

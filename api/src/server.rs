@@ -3,7 +3,7 @@
 //!
 //! Request tracing: every response is logged at INFO. A `5xx` is logged at ERROR as a
 //! failure, except a `503` the service answered on purpose (an [`ExpectedOutage`]: Redis is
-//! unreachable, or the in-flight submission budget is full). During an outage every request
+//! unreachable, or the reserved submission budget is full). During an outage every request
 //! gets one, so those are logged at WARN by
 //! [`OutageLog`], at most once per [`OUTAGE_LOG_EVERY`] with a count of the ones in between.
 //!
@@ -252,10 +252,11 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 }
 
 /// Serves the API on `listener` until `shutdown` resolves, then finishes the requests in
-/// flight and returns. Fails when the key configuration is invalid, or when the key prefix
-/// is laid out in another partition count than `--partitions` (an unreachable Redis is no
-/// reason not to start: see [`ragpool_queue::check_layout_at_start`]). The listener's
-/// timeouts and connection limit are `config.server`'s (see [`ragpool_runtime::http_server`]).
+/// flight and returns. Fails when the key configuration or a reserved-budget variable is
+/// invalid, or when the key prefix is laid out in another partition count than
+/// `--partitions` (an unreachable Redis is no reason not to start: see
+/// [`ragpool_queue::check_layout_at_start`]). The listener's timeouts and connection limit
+/// are `config.server`'s (see [`ragpool_runtime::http_server`]).
 pub async fn serve(
     config: ApiConfig,
     broker: Broker,
@@ -263,7 +264,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     ragpool_queue::check_layout_at_start(&broker).await?;
-    let state = AppState::new(&config, broker).context("loading API keys")?;
+    let state = AppState::new(&config, broker)?;
     if state.keys().enabled() {
         tracing::info!(keys = state.keys().len(), "API keys configured: auth is on");
     } else {

@@ -9,12 +9,21 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::{ApiKeys, KeyConfigError};
 use crate::budget::SubmissionBudget;
-use crate::config::{ApiConfig, Limits};
+use crate::config::{ApiConfig, Limits, ReservedBudgetError};
 use crate::cross_site::CrossSitePolicy;
 use crate::holds::Holds;
 use crate::live::Live;
 use crate::metrics::Metrics;
 use crate::rates::RateWindow;
+
+/// What keeps the API's state from being built.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("loading API keys")]
+    Keys(#[from] KeyConfigError),
+    #[error("reading the reserved submission budget")]
+    Budget(#[from] ReservedBudgetError),
+}
 
 /// Shared by every request.
 #[derive(Clone)]
@@ -41,17 +50,19 @@ struct Inner {
 }
 
 impl AppState {
-    /// State for `config`; loads the API keys it names.
-    pub fn new(config: &ApiConfig, broker: Broker) -> Result<AppState, KeyConfigError> {
+    /// State for `config`; loads the API keys it names and resolves the reserved submission
+    /// budget.
+    pub fn new(config: &ApiConfig, broker: Broker) -> Result<AppState, StateError> {
         let keys = ApiKeys::load(&config.auth)?;
+        let budget = config.limits.reserved.resolve()?;
         let metrics = if config.metrics_per_owner {
             Metrics::with_owner_gauges()
         } else {
             Metrics::new()
         };
         let submission_budget = SubmissionBudget::new(
-            config.limits.max_inflight_submission_bytes,
-            config.limits.max_inflight_share_per_key,
+            budget.bytes,
+            budget.share_per_key,
             metrics.submission_reserved_bytes(),
         );
         let cross_site = CrossSitePolicy::new(&config.cross_site, keys.enabled());

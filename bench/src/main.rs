@@ -16,6 +16,7 @@ mod latency;
 mod payloads;
 mod queue;
 mod report;
+mod submit_rate;
 
 use clap::{Parser, Subcommand};
 
@@ -59,6 +60,9 @@ enum Command {
     /// Pool-wide backend limits against a model server that slows past a knee and refuses
     /// past a ceiling: goodput and p95 without a limit, at the knee, and adaptive.
     Backend(backend::Args),
+    /// The API's submit rate (`POST /api/async/query`, 16 connections) of one `ragpool` binary
+    /// against another built from the same source, e.g. opt-level 3 against "z".
+    SubmitRate(submit_rate::Args),
     /// The executor, latency and enqueue sections in one table.
     All(AllArgs),
 }
@@ -90,6 +94,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Payloads(args) => payloads::run(args).await,
         Command::Fairness(args) => fairness::run(args).await,
         Command::Backend(args) => backend::run(args).await,
+        Command::SubmitRate(args) => submit_rate::run(args).await,
         Command::All(args) => {
             let mut rows = executor::rows(&args.executor).await?;
             rows.extend(

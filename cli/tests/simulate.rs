@@ -313,6 +313,13 @@ fn the_command_prints_a_table_json_and_charts() {
             assert_eq!(run["tasks"], 500);
             assert!(run["wait_seconds"]["p95"].as_f64().is_some());
             assert!(!run["scale_events"].as_array().expect("events").is_empty());
+            let timeline = run["timeline"].as_array().expect("timeline");
+            assert!(
+                timeline
+                    .iter()
+                    .all(|s| s["started"].is_u64() && s.get("in_flight").is_none())
+            );
+            assert!(timeline.iter().any(|s| s["started"].as_u64() > Some(0)));
         }
     }
     let svg_text = std::fs::read_to_string(&svg).expect("svg");

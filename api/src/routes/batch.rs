@@ -134,7 +134,7 @@ pub struct ItemError {
         (status = 413, description = "Body over the limit, or more tasks than `--max-batch-tasks` (`too_many_tasks`)", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "A bad item (`invalid_batch`, each listed in `errors` with its single endpoint's code) and nothing queued, or a field of the wrong type", body = BatchRejected),
-        (status = 429, description = "This key holds its share of the in-flight submission budget (`over_key_share`); retry after the Retry-After seconds", body = ErrorBody,
+        (status = 429, description = "This key holds its share of the reserved submission budget (`over_key_share`); retry after the Retry-After seconds", body = ErrorBody,
             headers(("Retry-After" = u32))),
         (status = 503, description = "Redis unreachable, too many large submissions in progress (`over_capacity`), or Redis did not answer a call that was sent (`outcome_unknown`: the task may exist; retry with the same Idempotency-Key); retry after the Retry-After seconds", body = ErrorBody,
             headers(("Retry-After" = u32))),

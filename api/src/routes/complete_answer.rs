@@ -54,7 +54,7 @@ pub struct CompleteAnswerRequest {
         (status = 413, description = "Body or text over the limit", body = ErrorBody),
         (status = 415, description = "Not JSON", body = ErrorBody),
         (status = 422, description = "A field of the wrong type or out of range, or a context task that is not an image analysis", body = ErrorBody),
-        (status = 429, description = "This key holds its share of the in-flight submission budget (`over_key_share`); retry after the Retry-After seconds", body = ErrorBody,
+        (status = 429, description = "This key holds its share of the reserved submission budget (`over_key_share`); retry after the Retry-After seconds", body = ErrorBody,
             headers(("Retry-After" = u32))),
         (status = 503, description = "Redis unreachable, too many large submissions in progress (`over_capacity`), or Redis did not answer a call that was sent (`outcome_unknown`: the task may exist; retry with the same Idempotency-Key); retry after the Retry-After seconds", body = ErrorBody,
             headers(("Retry-After" = u32))),

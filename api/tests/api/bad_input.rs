@@ -1,6 +1,6 @@
 //! Bad input and misuse: each case's status and `error.code`.
 
-use ragpool_api::{ApiConfig, Limits};
+use ragpool_api::{ApiConfig, Limits, ReservedBudgetArgs};
 use ragpool_queue::TaskId;
 use ragpool_queue::testing::ServerOptions;
 use reqwest::Method;
@@ -601,13 +601,13 @@ async fn until_in_flight(api: &TestApi, bytes: i64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn submissions_past_the_in_flight_budget_get_503_with_retry_after() {
+async fn submissions_past_the_reserved_budget_get_503_with_retry_after() {
     use tokio::io::AsyncWriteExt as _;
 
     let config = ApiConfig {
         limits: Limits {
             max_body_bytes: 64 * 1024,
-            max_inflight_submission_bytes: 64 * 1024,
+            reserved: ReservedBudgetArgs::new(64 * 1024, 50),
             ..Limits::default()
         },
         ..ApiConfig::default()

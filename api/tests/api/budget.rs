@@ -15,7 +15,7 @@ use crate::process::{ApiProcess, Trickler, head, post_raw, read_answer, send_hea
 use crate::support::{PNG_1X1, b64};
 
 const MIB: u64 = 1024 * 1024;
-/// The default budget, `--max-inflight-submission-bytes`.
+/// The default budget, `--max-reserved-submission-bytes`.
 const BUDGET: u64 = 256 * MIB;
 const ALICE: &str = "aaaaaaaaaaaaaaaaaaaa";
 const BOB: &str = "bbbbbbbbbbbbbbbbbbbb";

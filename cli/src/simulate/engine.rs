@@ -104,7 +104,8 @@ pub struct Sample {
     pub at_us: u64,
     /// The most tasks queued at any moment since the previous sample.
     pub queued_max: u64,
-    pub in_flight: u64,
+    /// Tasks started and not yet finished, pool-wide.
+    pub started: u64,
     /// Replicas the Deployment has (starting or ready).
     pub replicas: i32,
     /// Pods ready to claim.
@@ -271,7 +272,7 @@ pub fn run(pool: &PoolModel, tasks: &[Task], scaler: &mut dyn Autoscaler) -> Out
             timeline.push(Sample {
                 at_us: sim.now,
                 queued_max: sim.queued_max.max(sim.queue.len() as u64),
-                in_flight: sim.started,
+                started: sim.started,
                 replicas: sim.replicas,
                 ready: sim.ready,
             });
@@ -284,7 +285,7 @@ pub fn run(pool: &PoolModel, tasks: &[Task], scaler: &mut dyn Autoscaler) -> Out
     timeline.push(Sample {
         at_us: end_us,
         queued_max: sim.queued_max.max(sim.queue.len() as u64),
-        in_flight: sim.started,
+        started: sim.started,
         replicas: sim.replicas,
         ready: sim.ready,
     });

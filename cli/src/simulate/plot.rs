@@ -51,9 +51,20 @@ pub fn plot(path: &Path, title: &str, series: &[Series<'_>]) -> Result<(), Simul
             root.present().map_err(|e| fail(e.to_string()))
         }
         Some("png") => {
-            let root = BitMapBackend::new(path, (WIDTH, HEIGHT)).into_drawing_area();
-            draw(&root, title, series).map_err(fail)?;
-            root.present().map_err(|e| fail(e.to_string()))
+            // Drawn into memory and encoded with the `image` crate the executor uses already,
+            // so the binary carries one PNG encoder, not plotters' own copy of another version.
+            let mut pixels = vec![0u8; WIDTH as usize * HEIGHT as usize * 3];
+            {
+                let root =
+                    BitMapBackend::with_buffer(&mut pixels, (WIDTH, HEIGHT)).into_drawing_area();
+                draw(&root, title, series).map_err(fail)?;
+                root.present().map_err(|e| fail(e.to_string()))?;
+            }
+            let chart = image::RgbImage::from_raw(WIDTH, HEIGHT, pixels)
+                .ok_or_else(|| fail("the chart's pixels do not fill the image".into()))?;
+            chart
+                .save_with_format(path, image::ImageFormat::Png)
+                .map_err(|e| fail(e.to_string()))
         }
         _ => Err(fail("the file must end in .svg or .png".into())),
     }

@@ -109,7 +109,7 @@ struct JsonEvent<'a> {
 struct JsonSample {
     t: f64,
     queued: u64,
-    in_flight: u64,
+    started: u64,
     replicas: i32,
     ready: i32,
 }
@@ -149,7 +149,7 @@ fn json_sample(s: &Sample) -> JsonSample {
     JsonSample {
         t: secs(s.at_us),
         queued: s.queued_max,
-        in_flight: s.in_flight,
+        started: s.started,
         replicas: s.replicas,
         ready: s.ready,
     }
