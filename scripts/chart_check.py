@@ -569,6 +569,7 @@ def expect_auth(objects: list[dict[str, Any]]) -> None:
     c = api_container(objects)
     env = env_of(c)
     assert env["RAGPOOL_API_KEYS_FILE"]["value"] == "/etc/ragpool/api-keys/api-keys"
+    assert env["RAGPOOL_API_KEY_SETTINGS"]["value"] == "alice:weight=3:maxQueued=1000000:maxInFlight=4,ops:maxQueued=50", env["RAGPOOL_API_KEY_SETTINGS"]
     assert "RAGPOOL_ALLOWED_HOSTS" not in env, "with keys any name may reach the API"
     assert env["RAGPOOL_ALLOW_IMAGE_URLS"]["value"] == "true"
     assert env["RAGPOOL_MAX_IMAGE_BYTES"]["value"] == "20971520"
@@ -699,6 +700,8 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("negative API replicas", {"api": {"replicas": -2}}, "/api/replicas"),
     ("unknown top-level key", {"operatr": {"replicas": 2}}, "'operatr' not allowed"),
     ("unknown nested key", {"api": {"ingress": {"enable": True}}}, "'enable' not allowed"),
+    ("a key's weight of 0", {"api": {"auth": {"keySettings": {"batch": {"weight": 0}}}}}, "/api/auth/keySettings/batch/weight"),
+    ("an unknown key setting", {"api": {"auth": {"keySettings": {"batch": {"maxinflight": 2}}}}}, "'maxinflight' not allowed"),
     ("wrong type: replicas as a string", {"operator": {"replicas": "two"}}, "/operator/replicas"),
     ("wrong type: auth.enabled as a string", {"api": {"auth": {"enabled": "yes"}}}, "/api/auth/enabled"),
     ("wrong type: image.tag as a number", {"image": {"tag": 1.5}}, "/image/tag"),

@@ -79,7 +79,46 @@ impl ApiKeys {
         if let Some(path) = &config.api_keys_file {
             keys.add_all(&read(path)?, &path.display().to_string())?;
         }
+        if let Some(settings) = &config.api_key_settings {
+            keys.apply_settings(settings, "--api-key-settings")?;
+        }
         Ok(keys)
+    }
+
+    /// Applies `NAME:option:…` entries (see [`AuthConfig::api_key_settings`]) to the keys of
+    /// those names.
+    fn apply_settings(&mut self, text: &str, origin: &str) -> Result<(), KeyConfigError> {
+        for (i, entry) in entries(text).enumerate() {
+            let invalid = |reason: &str| KeyConfigError::Invalid {
+                origin: origin.to_string(),
+                entry: i + 1,
+                reason: reason.to_string(),
+            };
+            let parts: Vec<&str> = entry.split(':').collect();
+            let [name, options @ ..] = parts.as_slice() else {
+                return Err(invalid("expected NAME:option:…"));
+            };
+            if options.contains(&"admin") {
+                return Err(invalid("admin is set with the key itself, not here"));
+            }
+            let key = self
+                .entries
+                .iter_mut()
+                .find(|e| e.name == *name)
+                .ok_or_else(|| invalid(&format!("no API key is named {name:?}")))?;
+            let mut share = key.share;
+            for option in options.iter() {
+                let (_, one) = parse_options(&[*option]).map_err(|reason| invalid(&reason))?;
+                match option.split_once('=').map(|(k, _)| k) {
+                    Some("weight") => share.weight = one.weight,
+                    Some("maxQueued") => share.max_queued = one.max_queued,
+                    Some("maxInFlight") => share.max_in_flight = one.max_in_flight,
+                    _ => {}
+                }
+            }
+            key.share = share;
+        }
+        Ok(())
     }
 
     /// Parses entries `NAME:KEY` followed by options, each after a `:` — `admin`,
@@ -92,13 +131,7 @@ impl ApiKeys {
     }
 
     fn add_all(&mut self, text: &str, origin: &str) -> Result<(), KeyConfigError> {
-        let entries = text
-            .lines()
-            .map(|line| line.split('#').next().unwrap_or(""))
-            .flat_map(|line| line.split(','))
-            .map(str::trim)
-            .filter(|e| !e.is_empty());
-        for (i, entry) in entries.enumerate() {
+        for (i, entry) in entries(text).enumerate() {
             let invalid = |reason: &str| KeyConfigError::Invalid {
                 origin: origin.to_string(),
                 entry: i + 1,
@@ -229,6 +262,16 @@ fn parse_options(options: &[&str]) -> Result<(bool, OwnerShare), String> {
     Ok((admin, share))
 }
 
+/// The entries of a key list or settings list: separated by commas or newlines, `#` starting
+/// a comment.
+fn entries(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .map(|line| line.split('#').next().unwrap_or(""))
+        .flat_map(|line| line.split(','))
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+}
+
 fn read(path: &Path) -> Result<String, KeyConfigError> {
     std::fs::read_to_string(path).map_err(|source| KeyConfigError::Read {
         path: path.display().to_string(),
@@ -334,6 +377,42 @@ mod tests {
         assert!(keys.identify("rrrrrrrrrrrrrrrr").unwrap().admin);
         assert_eq!(keys.identify("aaaaaaaaaaaaaaa"), None);
         assert_eq!(keys.identify(""), None);
+    }
+
+    #[test]
+    fn settings_apart_from_the_keys_override_the_entries_options() {
+        let config = |settings: &str| AuthConfig {
+            api_keys: Some(
+                "batch:aaaaaaaaaaaaaaaa:weight=2:maxQueued=5,live:bbbbbbbbbbbbbbbb".into(),
+            ),
+            api_keys_file: None,
+            api_key_settings: Some(settings.into()),
+        };
+        let keys = ApiKeys::load(&config(
+            "batch:maxInFlight=4:maxQueued=20000\nlive:weight=4",
+        ))
+        .unwrap();
+        assert_eq!(
+            keys.identify("aaaaaaaaaaaaaaaa").unwrap().share,
+            OwnerShare {
+                weight: 2,
+                max_queued: Some(20000),
+                max_in_flight: Some(4)
+            }
+        );
+        assert_eq!(keys.identify("bbbbbbbbbbbbbbbb").unwrap().share.weight, 4);
+        for (settings, named) in [
+            ("nobody:weight=2", "no API key is named \"nobody\""),
+            ("live:admin", "admin is set with the key itself"),
+            ("live:weight=0", "\"weight=0\""),
+            ("live:speed=3", "unknown option \"speed=3\""),
+        ] {
+            let e = ApiKeys::load(&config(settings)).unwrap_err().to_string();
+            assert!(
+                e.contains("--api-key-settings") && e.contains("entry 1") && e.contains(named),
+                "{settings}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -406,6 +406,14 @@ pub struct AuthConfig {
     /// Combined with `--api-keys`.
     #[arg(long, env = "RAGPOOL_API_KEYS_FILE")]
     pub api_keys_file: Option<PathBuf>,
+
+    /// Each key's share of the queues, apart from the keys themselves (they are not secret,
+    /// and change without rotating a key): comma- or newline-separated entries `NAME`, then
+    /// options after colons (`weight=N`, `maxQueued=N`, `maxInFlight=N`), e.g.
+    /// `batch:maxQueued=20000:maxInFlight=4,live:weight=4`. Set here, an option overrides the
+    /// key entry's; a name no key has stops the server at start.
+    #[arg(long, env = "RAGPOOL_API_KEY_SETTINGS")]
+    pub api_key_settings: Option<String>,
 }
 
 /// The settings new tasks carry (timeouts, retention, attempts), as flags. Executors read them

@@ -21,6 +21,7 @@ async fn start() -> (TestApi, tempfile::TempDir) {
         auth: AuthConfig {
             api_keys: Some(format!("alice:{ALICE},bob:{BOB}")),
             api_keys_file: Some(file),
+            api_key_settings: None,
         },
         ..ApiConfig::default()
     };
@@ -187,6 +188,7 @@ async fn a_keys_max_queued_refuses_with_429_and_stats_count_by_owner() {
                 "alice:{ALICE}:maxQueued=2:maxInFlight=1,bob:{BOB}:weight=3,root:{ROOT}:admin"
             )),
             api_keys_file: None,
+            api_key_settings: None,
         },
         ..ApiConfig::default()
     };
@@ -250,6 +252,7 @@ async fn metrics_per_owner_show_each_keys_tasks_by_name() {
         auth: AuthConfig {
             api_keys: Some(format!("alice:{ALICE},bob:{BOB},root:{ROOT}:admin")),
             api_keys_file: None,
+            api_key_settings: None,
         },
         metrics_per_owner: true,
         ..ApiConfig::default()

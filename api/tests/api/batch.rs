@@ -391,6 +391,7 @@ async fn keys_are_required_and_tasks_belong_to_the_caller() {
         auth: AuthConfig {
             api_keys: Some(format!("alice:{ALICE},bob:{BOB}")),
             api_keys_file: None,
+            api_key_settings: None,
         },
         ..ApiConfig::default()
     };

@@ -393,6 +393,7 @@ async fn with_keys_the_operator_endpoints_need_an_admin_key() {
         auth: AuthConfig {
             api_keys: Some(format!("alice:{ALICE},root:{ROOT}:admin")),
             api_keys_file: None,
+            api_key_settings: None,
         },
         ..ApiConfig::default()
     };
