@@ -30,14 +30,20 @@ local looked = {}
 local function next_task(ready)
   local base = queue_base(ready)
   local turns, fair = base .. 'turns', base .. 'fair'
-  local since = redis.call('HGET', fair, 'since')
-  local head = redis.call('ZRANGE', ready, 0, 0, 'WITHSCORES')
-  if #head == 0 then return nil end
-  if not since or tonumber(head[2]) < tonumber(since) then
-    local owner = redis.call('HGET', task_key(prefix, head[1]), 'owner') or ''
-    if not redis.call('ZSCORE', base .. 'by:' .. owner, head[1]) then
-      redis.call('ZREM', ready, head[1])
-      return head[1]
+  local marks = redis.call('HMGET', fair, 'since', 'clean')
+  if not marks[2] then
+    local since = marks[1]
+    local head = redis.call('ZRANGE', ready, 0, 0, 'WITHSCORES')
+    if #head == 0 then return nil end
+    if not since or tonumber(head[2]) < tonumber(since) then
+      local owner = redis.call('HGET', task_key(prefix, head[1]), 'owner') or ''
+      if not redis.call('ZSCORE', base .. 'by:' .. owner, head[1]) then
+        redis.call('ZREM', ready, head[1])
+        return head[1]
+      end
+    else
+      -- Nothing queued before 'since' is left: no later claim needs to look.
+      redis.call('HSET', fair, 'clean', 1)
     end
   end
   while true do
@@ -45,7 +51,11 @@ local function next_task(ready)
     if #turn == 0 then return nil end
     local owner, vt = turn[1], tonumber(turn[2])
     local mine = base .. 'by:' .. owner
-    if owner ~= '' and at_limit(prefix, owner) then
+    -- Its weight and `maxInFlight` (0: none; unknown for settings written by an earlier
+    -- release, so the owners hash is asked then).
+    local set = redis.call('HMGET', fair, 'w:' .. owner, 'm:' .. owner)
+    local max = tonumber(set[2])
+    if owner ~= '' and (max == nil or max > 0) and at_limit(prefix, owner) then
       -- At its `maxInFlight` since its turn was given (a claim in another queue): it waits.
       leave_turns(base, owner, vt)
       redis.call('SADD', prefix .. 'held:' .. owner, base)
@@ -54,7 +64,7 @@ local function next_task(ready)
       if #popped == 0 then
         redis.call('ZREM', turns, owner)
       else
-        local after = vt + 1 / (tonumber(redis.call('HGET', fair, 'w:' .. owner)) or 1)
+        local after = vt + 1 / (tonumber(set[1]) or 1)
         redis.call('HSET', fair, 'v', vt)
         if redis.call('ZCARD', mine) == 0 then
           leave_turns(base, owner, after)

@@ -125,9 +125,11 @@ end
 -- `base` = '{prefix}q:<queue>:':
 --   base .. 'by:' .. owner  ZSET id -> sequence number: the owner's queued tasks
 --   base .. 'turns'         ZSET owner -> virtual time of its next claim
---   base .. 'fair'          HASH 'v' the virtual time of the last claim, 'w:<owner>' an owner's
---                           weight, 'f:<owner>' where an owner that left stopped, 'since'
---                           the first sequence number queued with owners' sets
+--   base .. 'fair'          HASH 'v' the virtual time of the last claim, 'w:<owner>' and
+--                           'm:<owner>' an owner's weight and `maxInFlight` (0: none),
+--                           'f:<owner>' where an owner that left stopped, 'since' the first
+--                           sequence number queued with owners' sets, 'clean' once nothing
+--                           queued before it is left
 -- Per partition, '{prefix}owners' (HASH 'queued:<owner>', 'started:<owner>' and
 -- 'max:<owner>', its `maxInFlight`) and '{prefix}held:<owner>' (SET of the bases whose turns
 -- an owner at its `maxInFlight` was taken out of).

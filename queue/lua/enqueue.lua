@@ -159,7 +159,8 @@ for x = 0, o - 1 do
   local at = obase + 4 * x
   local name, max_in_flight = ARGV[at], tonumber(ARGV[at + 3])
   for j = 0, m - 1 do
-    redis.call('HSET', prefix .. 'q:' .. ARGV[qbase + 8 * j] .. ':fair', 'w:' .. name, ARGV[at + 1])
+    redis.call('HSET', prefix .. 'q:' .. ARGV[qbase + 8 * j] .. ':fair', 'w:' .. name, ARGV[at + 1],
+      'm:' .. name, max_in_flight)
   end
   if max_in_flight > 0 then
     redis.call('HSET', owners, 'max:' .. name, max_in_flight)
