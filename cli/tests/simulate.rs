@@ -239,6 +239,52 @@ fn warm_and_cold_pools_beat_the_baseline_on_every_trace() {
     }
 }
 
+/// A model server that serves 16 calls at full speed behind a burst of 500 tasks: without a
+/// limit both policies scale to `maxReplicas` and every call slows down; with
+/// `maxConcurrent: 16` ragpool stops at the executors the limit keeps busy (`BackendLimit`)
+/// and finishes the burst as fast at a fraction of the pod-seconds, while the baseline, which
+/// does not know the limit, still scales to 20 pods that wait for permits.
+#[test]
+fn a_backend_limit_caps_the_pool_at_no_cost_in_latency() {
+    let arrivals = load_trace(&traces().join("burst.csv"), 1).expect("trace");
+    let scenario = |sets: &[String]| {
+        let spec = load_pool(&traces().join("pool.yaml"), sets).expect("pool");
+        Scenario::new(
+            spec,
+            &arrivals,
+            &ServiceTime::Exponential { mean: 3.0 },
+            10.0,
+            1,
+        )
+        .with_backend_capacity(Some(16))
+    };
+    let open = scenario(&[]);
+    let limited = scenario(&["executor.backend.limits.maxConcurrent=16".into()]);
+    let mut runs = vec![open.ragpool(), limited.ragpool(), limited.keda()];
+    ragpool_cli::simulate::same_end(&mut runs);
+    let [open, ours, theirs] = &runs[..] else {
+        unreachable!()
+    };
+    assert_eq!(open.peak_replicas, 20);
+    // ceil(16 calls / 4 per replica) + 1.
+    assert_eq!(ours.peak_replicas, 5);
+    assert!(ours.scale_events.iter().any(|e| e.cause == "BackendLimit"));
+    assert_eq!(theirs.peak_replicas, 20);
+    let p95 = |o: &Outcome| Waits::of(&o.latencies_us).p95;
+    let label = format!(
+        "latency p95 {:.1} s limited vs {:.1} s open; pod-µs {} limited, {} open, {} baseline",
+        p95(ours),
+        p95(open),
+        ours.pod_us,
+        open.pod_us,
+        theirs.pod_us
+    );
+    assert_eq!(ours.completed, 500, "{label}");
+    assert!(p95(ours) <= 1.05 * p95(open), "{label}");
+    assert!(ours.pod_us * 2 <= open.pod_us, "{label}");
+    assert!(ours.pod_us * 4 <= theirs.pod_us, "{label}");
+}
+
 #[test]
 fn the_same_seed_gives_the_same_run() {
     let spec = load_pool(&traces().join("pool.yaml"), &[]).expect("pool");
@@ -334,8 +380,13 @@ fn bad_flags_are_named() {
     let bad_trace = dir.path().join("bad.csv");
     std::fs::write(&bad_trace, "0,1\n1,many\n").expect("write");
     let bad_trace = bad_trace.display().to_string();
-    let cases: [(&[&str], &str); 5] = [
+    let cases: [(&[&str], &str); 7] = [
         (&["--service-time", "gamma:2"], "--service-time"),
+        (&["--backend-capacity", "0"], "--backend-capacity"),
+        (
+            &["--set", "scaling.scaleUp.windowSeconds=15"],
+            "scaling.scaleUp.windowSeconds is not a field",
+        ),
         (&["--trace", &bad_trace], "--trace"),
         (&["--set", "scaling.maxReplicas"], "--set"),
         (&["--set", "scaling.maxReplicas=-1"], "--pool"),

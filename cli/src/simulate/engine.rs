@@ -18,14 +18,20 @@
 //! - Each task's service time is drawn once, at arrival, so two policies run on one seed see
 //!   the same tasks; a task handed back starts over.
 //! - The operator's observation is what `Observation::from_stats` would give: queued, in
-//!   flight, the enqueued counter, the oldest task's age, and the mean service time of the
-//!   last 1000 tasks (the queue keeps that many samples). Retries (`delayed`) are not
-//!   modelled.
+//!   flight, the enqueued counter, the oldest task's age, and the mean processing time (claim
+//!   to end) of the last 1000 tasks (the queue keeps that many samples). Retries (`delayed`)
+//!   are not modelled.
+//! - The backend, when a [`BackendModel`] is given: a model server that serves `capacity`
+//!   calls at once at full speed, and a call started while more are running takes longer in
+//!   proportion (its drawn service time × calls running / capacity, fixed when it starts).
+//!   A pool-wide `limit` on concurrent calls (`executor.backend.limits.maxConcurrent`) holds
+//!   a claimed task in its slot until a permit is free, first come first served, as the
+//!   executors' gate does; the operator sees the limit and the permits in use.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 
-use ragpool_operator::observe::Observation;
+use ragpool_operator::observe::{BackendObservation, Observation};
 
 /// A task of the trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,6 +59,18 @@ pub struct PoolModel {
     pub sample_us: u64,
     /// The run stops this long after the last arrival even if the pool never settles.
     pub tail_limit_us: u64,
+    /// The model server behind the pool and the pool's limit on calls to it; `None`: calls
+    /// never wait and never slow down.
+    pub backend: Option<BackendModel>,
+}
+
+/// The model server behind a pool, and the pool-wide limit on calls to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendModel {
+    /// Calls the server serves at once at full speed; `None`: any number.
+    pub capacity: Option<u32>,
+    /// Calls running at once across the pool (`maxConcurrent`); `None`: no limit.
+    pub limit: Option<u32>,
 }
 
 /// Which pods a scale-down removes, after the ones still starting.
@@ -118,6 +136,8 @@ pub struct Outcome {
     pub policy: &'static str,
     /// Each task's queue wait (arrival to the claim that finished it), µs, in arrival order.
     pub waits_us: Vec<u64>,
+    /// Each finished task's latency (arrival to its end), µs, in the order they finished.
+    pub latencies_us: Vec<u64>,
     /// Sum over pods of their lifetime, µs.
     pub pod_us: u128,
     pub scale_events: Vec<ScaleEvent>,
@@ -170,8 +190,19 @@ struct Pod {
     running: Vec<usize>,
 }
 
-/// Mean of the last [`SERVICE_SAMPLES`] service times, like the queue's `processing_ms`.
+/// Mean of the last [`SERVICE_SAMPLES`] processing times, like the queue's `processing_ms`.
 const SERVICE_SAMPLES: usize = 1000;
+
+/// Where a claimed task's backend call stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    /// Not claimed, or handed back.
+    None,
+    /// Claimed, waiting for a permit.
+    Waiting,
+    /// Calling the backend.
+    Running,
+}
 
 struct Sim<'a> {
     pool: &'a PoolModel,
@@ -190,6 +221,15 @@ struct Sim<'a> {
     service_window: VecDeque<u64>,
     service_sum: u64,
     waits: Vec<u64>,
+    latencies: Vec<u64>,
+    /// When each task was last claimed, µs.
+    claimed_at: Vec<u64>,
+    calls: Vec<Call>,
+    /// Backend calls running now.
+    calls_running: u32,
+    /// Claimed tasks waiting for a permit, first come first served; entries no longer
+    /// waiting are skipped when met.
+    permit_queue: VecDeque<(usize, usize)>,
     pod_us: u128,
     released: u64,
     completed: u64,
@@ -213,6 +253,11 @@ pub fn run(pool: &PoolModel, tasks: &[Task], scaler: &mut dyn Autoscaler) -> Out
         service_window: VecDeque::with_capacity(SERVICE_SAMPLES),
         service_sum: 0,
         waits: vec![0; tasks.len()],
+        latencies: Vec::with_capacity(tasks.len()),
+        claimed_at: vec![0; tasks.len()],
+        calls: vec![Call::None; tasks.len()],
+        calls_running: 0,
+        permit_queue: VecDeque::new(),
         pod_us: 0,
         released: 0,
         completed: 0,
@@ -302,6 +347,7 @@ pub fn run(pool: &PoolModel, tasks: &[Task], scaler: &mut dyn Autoscaler) -> Out
     Outcome {
         policy: scaler.name(),
         waits_us: sim.waits,
+        latencies_us: sim.latencies,
         pod_us: sim.pod_us,
         scale_events,
         timeline,
@@ -361,7 +407,9 @@ impl Sim<'_> {
                 p.running.swap_remove(i);
                 self.started -= 1;
                 self.completed += 1;
-                self.sample_service(self.tasks[task].service_us);
+                self.latencies.push(self.now - self.tasks[task].arrival_us);
+                self.sample_service(self.now - self.claimed_at[task]);
+                self.end_call(task);
                 match self.pods[pod].state {
                     PodState::Ready => {
                         self.free_slots.push_back(pod);
@@ -378,8 +426,10 @@ impl Sim<'_> {
                 let handed_back = std::mem::take(&mut self.pods[pod].running);
                 self.started -= handed_back.len() as u64;
                 self.released += handed_back.len() as u64;
-                // Back at their old place: the head of the queue.
+                // Back at their old place: the head of the queue; a running call is given up
+                // and its permit freed.
                 for task in handed_back.into_iter().rev() {
+                    self.end_call(task);
                     self.queue.push_front(task);
                 }
                 self.retire(pod);
@@ -411,10 +461,46 @@ impl Sim<'_> {
                 return;
             };
             self.waits[task] = self.now - self.tasks[task].arrival_us;
+            self.claimed_at[task] = self.now;
             self.pods[pod].running.push(task);
             self.started += 1;
-            let done = self.now + self.tasks[task].service_us;
-            self.schedule(done, Event::Done { pod, task });
+            self.calls[task] = Call::Waiting;
+            self.permit_queue.push_back((pod, task));
+            self.start_calls();
+        }
+    }
+
+    /// Claimed tasks start their backend calls while permits are free.
+    fn start_calls(&mut self) {
+        let limit = self.pool.backend.and_then(|b| b.limit).unwrap_or(u32::MAX);
+        while self.calls_running < limit {
+            let Some((pod, task)) = self.permit_queue.pop_front() else {
+                return;
+            };
+            // A task handed back since it asked waits under its new claim, not this one.
+            if self.calls[task] != Call::Waiting || !self.pods[pod].running.contains(&task) {
+                continue;
+            }
+            self.calls[task] = Call::Running;
+            self.calls_running += 1;
+            let service = self.tasks[task].service_us;
+            let service = match self.pool.backend.and_then(|b| b.capacity) {
+                Some(capacity) if self.calls_running > capacity => {
+                    (u128::from(service) * u128::from(self.calls_running)
+                        / u128::from(capacity.max(1))) as u64
+                }
+                _ => service,
+            };
+            self.schedule(self.now + service, Event::Done { pod, task });
+        }
+    }
+
+    /// Task `task` no longer calls or waits to call the backend; a permit it held goes to the
+    /// next task waiting.
+    fn end_call(&mut self, task: usize) {
+        if std::mem::replace(&mut self.calls[task], Call::None) == Call::Running {
+            self.calls_running -= 1;
+            self.start_calls();
         }
     }
 
@@ -433,7 +519,14 @@ impl Sim<'_> {
             mean_processing_ms: (!self.service_window.is_empty())
                 .then(|| self.service_sum as f64 / self.service_window.len() as f64 / 1000.0),
             workers: Vec::new(),
-            backend: None,
+            backend: self.pool.backend.and_then(|b| b.limit).map(|limit| {
+                BackendObservation {
+                    key: "simulated".into(),
+                    limit: Some(limit),
+                    in_use: self.calls_running,
+                    paused_ms: 0,
+                }
+            }),
         }
     }
 
@@ -556,6 +649,7 @@ mod tests {
             target_wait_us: 1_000_000,
             sample_us: 1_000_000,
             tail_limit_us: 60_000_000,
+            backend: None,
         }
     }
 
@@ -631,5 +725,51 @@ mod tests {
         assert_eq!(o.waits_us, [10 * S]);
         assert_eq!(o.scale_events.len(), 2);
         assert_eq!(o.pod_us, u128::from(20 * S));
+    }
+
+    /// One pod of two slots from the start, two tasks of 1 s at 0 s, and `backend`.
+    fn two_calls(backend: BackendModel) -> Outcome {
+        let model = PoolModel {
+            concurrency: 2,
+            start_replicas: 1,
+            backend: Some(backend),
+            ..pool()
+        };
+        let tasks = [Task {
+            arrival_us: 0,
+            service_us: S,
+        }; 2];
+        let mut script = Script {
+            plan: vec![(0, 1), (10 * S, 0)],
+            victims: Victims::IdleFirst,
+        };
+        run(&model, &tasks, &mut script)
+    }
+
+    #[test]
+    fn a_pool_limit_holds_a_claimed_task_until_a_permit_is_free() {
+        let o = two_calls(BackendModel {
+            capacity: None,
+            limit: Some(1),
+        });
+        // Both are claimed at once; the second calls when the first's permit comes back.
+        assert_eq!(o.waits_us, [0, 0]);
+        assert_eq!(o.latencies_us, [S, 2 * S]);
+        let free = two_calls(BackendModel {
+            capacity: None,
+            limit: Some(2),
+        });
+        assert_eq!(free.latencies_us, [S, S]);
+    }
+
+    #[test]
+    fn a_call_past_the_capacity_takes_longer_in_proportion() {
+        let o = two_calls(BackendModel {
+            capacity: Some(1),
+            limit: None,
+        });
+        // The second call starts with two running on a server of one: twice as long.
+        assert_eq!(o.waits_us, [0, 0]);
+        assert_eq!(o.latencies_us, [S, 2 * S]);
     }
 }

@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 use ragpool_operator::crd::RagWorkerPoolSpec;
 
-use engine::{Outcome, PoolModel, Task};
+use engine::{BackendModel, Outcome, PoolModel, Task};
 use rng::Rng;
 use scalers::{Keda, KedaSettings, Ragpool};
 use service::ServiceTime;
@@ -50,6 +50,13 @@ pub struct SimulateArgs {
     /// Seconds from a pod's creation until it claims its first task.
     #[arg(long, value_name = "SECONDS", default_value_t = 10.0)]
     pub startup_seconds: f64,
+
+    /// Model a backend (model server) that serves this many calls at once at full speed: a
+    /// call started while more are running takes longer in proportion. The pool's
+    /// `executor.backend.limits.maxConcurrent` then holds calls back as the executors do.
+    /// Unset: calls never slow down.
+    #[arg(long, value_name = "CALLS")]
+    pub backend_capacity: Option<u32>,
 
     /// Also run the trace through a baseline policy and show both side by side.
     #[arg(long, value_enum)]
@@ -123,7 +130,28 @@ pub fn load_pool(path: &Path, sets: &[String]) -> Result<RagWorkerPoolSpec, Simu
     }
     let spec: RagWorkerPoolSpec = serde_yaml::from_value(spec).map_err(|e| pool_error(&e))?;
     spec.validate().map_err(|e| pool_error(&e))?;
+    // A misspelt field would be dropped without a word and the run would not be the one
+    // asked for: every field set must be one the spec kept.
+    let kept = serde_yaml::to_value(&spec).map_err(|e| pool_error(&e))?;
+    for set in sets {
+        if let Some((path, value)) = set.split_once('=')
+            && value.trim() != "null"
+            && !has_field(&kept, path)
+        {
+            return Err(flag(
+                "--set",
+                format!("{set:?}: {path} is not a field of a RagWorkerPool's spec"),
+            ));
+        }
+    }
     Ok(spec)
+}
+
+/// The value has a field at the dotted `path`.
+fn has_field(value: &serde_yaml::Value, path: &str) -> bool {
+    path.split('.')
+        .try_fold(value, |node, key| node.get(key))
+        .is_some()
 }
 
 /// Sets the field at a dotted path (`scaling.targetQueueLength=2`), the value read as YAML.
@@ -213,8 +241,31 @@ impl Scenario {
             target_wait_us: (scaling.target_wait_seconds * trace::US) as u64,
             sample_us,
             tail_limit_us: TAIL_LIMIT_US,
+            backend: None,
         };
-        Self { spec, tasks, model }
+        let mut scenario = Self { spec, tasks, model };
+        scenario.set_backend(None);
+        scenario
+    }
+
+    /// Models a backend that serves `capacity` calls at once at full speed (`None`: any
+    /// number) behind the pool's own limit on concurrent calls, if it has one. An adaptive
+    /// limit is modelled at its ceiling, `maxConcurrent`.
+    pub fn with_backend_capacity(mut self, capacity: Option<u32>) -> Self {
+        self.set_backend(capacity);
+        self
+    }
+
+    fn set_backend(&mut self, capacity: Option<u32>) {
+        let limit = self
+            .spec
+            .executor
+            .backend
+            .limits
+            .as_ref()
+            .and_then(|l| l.max_concurrent());
+        self.model.backend = (capacity.is_some() || limit.is_some())
+            .then_some(BackendModel { capacity, limit });
     }
 
     /// The run with ragpool's operator.
@@ -250,7 +301,11 @@ pub fn run(args: SimulateArgs) -> Result<ExitCode, SimulateError> {
     let spec = load_pool(&args.pool, &args.set)?;
     let service = ServiceTime::parse(&args.service_time)?;
     let arrivals = load_trace(&args.trace, args.seed)?;
-    let scenario = Scenario::new(spec, &arrivals, &service, args.startup_seconds, args.seed);
+    if args.backend_capacity == Some(0) {
+        return Err(flag("--backend-capacity", "must be at least 1 call"));
+    }
+    let scenario = Scenario::new(spec, &arrivals, &service, args.startup_seconds, args.seed)
+        .with_backend_capacity(args.backend_capacity);
     let mut outcomes = vec![scenario.ragpool()];
     if args.baseline == Some(Baseline::Keda) {
         outcomes.push(scenario.keda());
@@ -265,6 +320,10 @@ pub fn run(args: SimulateArgs) -> Result<ExitCode, SimulateError> {
         startup_seconds: args.startup_seconds,
         seed: args.seed,
         target_wait_seconds: scenario.spec.scaling.target_wait_seconds,
+        backend: scenario.model.backend.map(|b| report::BackendSetup {
+            capacity: b.capacity,
+            limit: b.limit,
+        }),
     };
     if let Some(path) = &args.plot {
         let series: Vec<plot::Series> = outcomes
