@@ -7,8 +7,10 @@
 //! `Retry-After: 1` beyond `refuse` requests at once. Several executors in this process
 //! (`http` backend, the real job loop) drain the same pre-filled tasks three times:
 //! without a limit, with `--backend-max-concurrent` at the knee, and with an adaptive limit
-//! between a quarter of the knee and the refusal point. Each run reports goodput (tasks
-//! finished per second), the p95 time from enqueue to finished, and the 429s the server sent.
+//! between a quarter of the knee and `--adaptive-max` (128: twice the refusal point, so the
+//! limit has to find the server's capacity from its answers). Each run reports goodput
+//! (tasks finished per second), the p95 time from enqueue to finished, the 429s the server
+//! sent, and the tasks that failed.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,6 +50,9 @@ pub struct Args {
     /// Requests at once past which the server answers 429.
     #[arg(long, default_value_t = 64)]
     pub refuse: usize,
+    /// The adaptive run's ceiling (`maxConcurrent` with `adaptive: true`).
+    #[arg(long, default_value_t = 128)]
+    pub adaptive_max: usize,
 }
 
 /// Runs the section and prints its table.
@@ -64,6 +69,7 @@ struct Measured {
     p95_ms: f64,
     refused: usize,
     most: usize,
+    failed: usize,
 }
 
 pub async fn rows(args: &Args) -> anyhow::Result<Vec<Row>> {
@@ -72,7 +78,7 @@ pub async fn rows(args: &Args) -> anyhow::Result<Vec<Row>> {
         .context("starting redis-server")?;
     let url = server.url();
     let knee = args.knee.to_string();
-    let refuse = args.refuse.to_string();
+    let adaptive_max = args.adaptive_max.to_string();
     let floor = (args.knee / 4).max(1).to_string();
     let runs: [(&str, Vec<&str>); 3] = [
         ("no limit", vec![]),
@@ -84,7 +90,7 @@ pub async fn rows(args: &Args) -> anyhow::Result<Vec<Row>> {
             "adaptive",
             vec![
                 "--backend-max-concurrent",
-                &refuse,
+                &adaptive_max,
                 "--backend-adaptive",
                 "--backend-min-concurrent",
                 &floor,
@@ -95,8 +101,8 @@ pub async fn rows(args: &Args) -> anyhow::Result<Vec<Row>> {
     for (name, flags) in &runs {
         let m = one_run(&url, args, flags).await?;
         eprintln!(
-            "{name}: {:.0} tasks/s, p95 {:.0} ms, {} refused, at most {} at once",
-            m.goodput, m.p95_ms, m.refused, m.most
+            "{name}: {:.0} tasks/s, p95 {:.0} ms, {} refused, at most {} at once, {} failed",
+            m.goodput, m.p95_ms, m.refused, m.most, m.failed
         );
         measured.push((*name, m));
     }
@@ -127,6 +133,11 @@ pub async fn rows(args: &Args) -> anyhow::Result<Vec<Row>> {
             format!("most requests at once, {name}"),
             m.most as f64,
             "requests",
+        ));
+        rows.push(Row::plain(
+            format!("tasks failed, {name}"),
+            m.failed as f64,
+            "tasks",
         ));
     }
     Ok(rows)
@@ -215,7 +226,7 @@ async fn one_run(url: &str, args: &Args, flags: &[&str]) -> anyhow::Result<Measu
         e.await??;
     }
     let mut waits = Vec::with_capacity(ids.len());
-    let mut finished = 0usize;
+    let (mut finished, mut failed) = (0usize, 0usize);
     for id in &ids {
         let task = broker.get(id).await?.context("a task vanished")?;
         if let Some(end) = task.finished_at_ms
@@ -223,6 +234,9 @@ async fn one_run(url: &str, args: &Args, flags: &[&str]) -> anyhow::Result<Measu
         {
             finished += 1;
             waits.push(end.saturating_sub(task.enqueued_at_ms) as f64);
+        }
+        if task.state == ragpool_queue::TaskState::Failed {
+            failed += 1;
         }
     }
     waits.sort_by(f64::total_cmp);
@@ -235,6 +249,7 @@ async fn one_run(url: &str, args: &Args, flags: &[&str]) -> anyhow::Result<Measu
         p95_ms,
         refused: load.refused.load(Ordering::SeqCst),
         most: load.most.load(Ordering::SeqCst),
+        failed,
     })
 }
 

@@ -198,7 +198,8 @@ fn warm_and_cold_pools_beat_the_baseline_on_every_trace() {
         ("burst", 1, 0.5, true),
         ("onoff", 1, 0.5, true),
         // Two warm replicas keep up with `steady` and most of `diurnal` on their own; the
-        // baseline then only pays for them, and ragpool's 60 s scale-down window costs more.
+        // baseline then only pays for them, and ragpool's 60 s scale-down window costs more
+        // (1.07 and 1.005 of the baseline's pod-seconds; docs/autoscaling.md).
         ("steady", 2, 0.5, false),
         ("diurnal", 2, 0.5, false),
         ("burst", 2, 0.5, true),

@@ -576,7 +576,9 @@ impl<'a> Deciding<'a> {
         let current = self.current;
         let rec = if current > 0
             && raw > 0.0
-            && (raw / f64::from(current) - 1.0).abs() <= self.scaling.tolerance
+            // With slack: 2.2 replicas' worth is 10 % above 2 exactly, though 2.2 / 2 - 1 is
+            // 0.10000000000000009 in floating point.
+            && (raw / f64::from(current) - 1.0).abs() <= self.scaling.tolerance + EPSILON
         {
             self.why.push(format!(
                 "{raw:.2} is within {:.0} % of {current}",
@@ -1074,6 +1076,24 @@ mod tests {
                 replicas: 10,
                 limited: false,
                 reason: "within 10 % of 10",
+            },
+            Case {
+                name: "tolerance: 11 replicas' worth is 10 % exactly and stays at 10",
+                spec: spec(),
+                current: 10,
+                observation: Some(obs(0, 55, 0)),
+                replicas: 10,
+                limited: false,
+                reason: "within 10 % of 10",
+            },
+            Case {
+                name: "tolerance: 2.2 replicas' worth is 10 % above 2 exactly and stays at 2",
+                spec: spec(),
+                current: 2,
+                observation: Some(obs(0, 3, 8)),
+                replicas: 2,
+                limited: false,
+                reason: "2.20 is within 10 % of 2",
             },
             Case {
                 name: "tolerance: 11.2 replicas' worth is outside 10 %",

@@ -519,14 +519,16 @@ impl Sim<'_> {
             mean_processing_ms: (!self.service_window.is_empty())
                 .then(|| self.service_sum as f64 / self.service_window.len() as f64 / 1000.0),
             workers: Vec::new(),
-            backend: self.pool.backend.and_then(|b| b.limit).map(|limit| {
-                BackendObservation {
+            backend: self
+                .pool
+                .backend
+                .and_then(|b| b.limit)
+                .map(|limit| BackendObservation {
                     key: "simulated".into(),
                     limit: Some(limit),
                     in_use: self.calls_running,
                     paused_ms: 0,
-                }
-            }),
+                }),
         }
     }
 

@@ -264,8 +264,8 @@ impl Scenario {
             .limits
             .as_ref()
             .and_then(|l| l.max_concurrent());
-        self.model.backend = (capacity.is_some() || limit.is_some())
-            .then_some(BackendModel { capacity, limit });
+        self.model.backend =
+            (capacity.is_some() || limit.is_some()).then_some(BackendModel { capacity, limit });
     }
 
     /// The run with ragpool's operator.

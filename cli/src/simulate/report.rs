@@ -189,7 +189,8 @@ pub fn table(setup: &Setup, outcomes: &[Outcome]) -> String {
         setup.seed
     );
     if let Some(b) = setup.backend {
-        let calls = |n: Option<u32>, none: &str| n.map_or(none.to_owned(), |n| format!("{n} calls"));
+        let calls =
+            |n: Option<u32>, none: &str| n.map_or(none.to_owned(), |n| format!("{n} calls"));
         let _ = writeln!(
             out,
             "backend: serves {} at full speed; pool limit {}",
@@ -212,8 +213,12 @@ pub fn table(setup: &Setup, outcomes: &[Outcome]) -> String {
     row("wait max (s)", &|s| format!("{:.1}", s.wait_seconds.max));
     if setup.backend.is_some() {
         // Claimed tasks may wait for a permit and calls slow down: the wait is not all.
-        row("latency p50 (s)", &|s| format!("{:.1}", s.latency_seconds.p50));
-        row("latency p95 (s)", &|s| format!("{:.1}", s.latency_seconds.p95));
+        row("latency p50 (s)", &|s| {
+            format!("{:.1}", s.latency_seconds.p50)
+        });
+        row("latency p95 (s)", &|s| {
+            format!("{:.1}", s.latency_seconds.p95)
+        });
     }
     row(&format!("waited > {} s", setup.target_wait_seconds), &|s| {
         s.over_target.to_string()
