@@ -387,6 +387,7 @@ mod tests {
                 limit: Some(16),
                 in_use: 16,
                 paused_ms: 0,
+                probing_up_to: None,
             }),
             ..Observation::default()
         };

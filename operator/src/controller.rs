@@ -1372,6 +1372,7 @@ mod tests {
                 limit: Some(16),
                 in_use: 16,
                 paused_ms: 0,
+                probing_up_to: None,
             }),
             ..obs(100, 400, 20)
         };

@@ -52,13 +52,17 @@ pub struct BackendObservation {
     pub in_use: u32,
     /// How long calls are still paused for, in milliseconds.
     pub paused_ms: u64,
+    /// `maxConcurrent` while an adaptive limit is still rising from its floor (slow start,
+    /// never cut): the limit it will reach unless the server pushes back, which the replica
+    /// ceiling uses so the pool does not hold back the search for the server's capacity.
+    pub probing_up_to: Option<u32>,
 }
 
 impl BackendObservation {
     /// The observation of limit key `key` configured as `spec`, from its Redis state.
     pub fn new(key: &str, spec: &BackendLimitsSpec, state: &LimitState) -> Self {
         let limit = spec.max_concurrent().map(|max| match spec.adaptive_min() {
-            Some(min) => state.adaptive_limit.map_or(max, |l| {
+            Some(min) => state.adaptive_limit.map_or(min.min(max), |l| {
                 (l.floor().max(0.0) as u32).clamp(min.min(max), max)
             }),
             None => max,
@@ -68,14 +72,19 @@ impl BackendObservation {
             limit,
             in_use: state.in_use,
             paused_ms: u64::try_from(state.paused_for.as_millis()).unwrap_or(u64::MAX),
+            probing_up_to: spec
+                .max_concurrent()
+                .filter(|_| spec.adaptive_min().is_some() && state.probing),
         }
     }
 
     /// The most replicas the concurrency limit keeps busy with `concurrency` slots each:
-    /// `ceil(limit / concurrency)` plus one pod of headroom (a pod starting or draining).
+    /// `ceil(limit / concurrency)` plus one pod of headroom (a pod starting or draining);
+    /// the ceiling of an adaptive limit in slow start is that of `maxConcurrent`.
     pub fn replica_ceiling(&self, concurrency: i32) -> Option<i32> {
         let per_pod = u32::try_from(concurrency.max(1)).unwrap_or(1);
-        self.limit
+        self.probing_up_to
+            .or(self.limit)
             .map(|l| i32::try_from(l.div_ceil(per_pod) + 1).unwrap_or(i32::MAX))
     }
 }
@@ -287,5 +296,36 @@ mod tests {
         assert_eq!(arrival_rate(at(10, 1_000), at(10, 3_000)), Some(0.0));
         assert_eq!(arrival_rate(at(10, 3_000), at(30, 3_000)), None);
         assert_eq!(arrival_rate(at(50, 1_000), at(30, 3_000)), None);
+    }
+
+    #[test]
+    fn an_adaptive_limit_in_slow_start_caps_the_pool_at_its_ceiling() {
+        let spec = crate::crd::BackendLimitsSpec {
+            max_concurrent: Some(32),
+            adaptive: true,
+            min: Some(2),
+            ..Default::default()
+        };
+        let state = |limit: Option<f64>, probing: bool| LimitState {
+            adaptive_limit: limit,
+            probing,
+            ..LimitState::default()
+        };
+        // Nothing computed yet: the floor is in force, the pool may grow to what 32 keep busy.
+        let fresh = BackendObservation::new("k", &spec, &state(None, true));
+        assert_eq!((fresh.limit, fresh.replica_ceiling(4)), (Some(2), Some(9)));
+        // Rising: the limit in force is shown, the ceiling is still the one of 32.
+        let rising = BackendObservation::new("k", &spec, &state(Some(7.5), true));
+        assert_eq!((rising.limit, rising.replica_ceiling(4)), (Some(7), Some(9)));
+        // Cut once: the limit found is the ceiling's.
+        let found = BackendObservation::new("k", &spec, &state(Some(12.0), false));
+        assert_eq!((found.limit, found.replica_ceiling(4)), (Some(12), Some(4)));
+        // A fixed limit is never probing.
+        let fixed = crate::crd::BackendLimitsSpec {
+            max_concurrent: Some(16),
+            ..Default::default()
+        };
+        let f = BackendObservation::new("k", &fixed, &state(None, true));
+        assert_eq!((f.limit, f.replica_ceiling(4)), (Some(16), Some(5)));
     }
 }

@@ -1150,6 +1150,7 @@ mod tests {
                 limit,
                 in_use,
                 paused_ms: 0,
+                probing_up_to: None,
             }),
             ..observation
         }

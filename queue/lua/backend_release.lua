@@ -5,7 +5,9 @@
 -- timeout) halves it, a call slower than ARGV[6] times the no-load latency cuts it by a
 -- tenth, and any other success adds 1/limit (one per limit's worth of calls) while at least
 -- half the limit is in use. Only a call admitted after the last cut may cut again, so a burst
--- of failures from one round of calls counts once.
+-- of failures from one round of calls counts once. The limit starts at the floor and, until
+-- its first cut, each such success adds 1 (slow start: it about doubles per round of calls),
+-- so a new key finds the server's capacity from below instead of sending it `max` calls.
 --
 -- KEYS[1] permits ZSET, KEYS[2] state HASH
 -- ARGV[1] permit id, ARGV[2] outcome: 'ok', 'overload' or 'other' (neither says anything
@@ -34,7 +36,7 @@ end
 
 local max, min = tonumber(ARGV[5]), tonumber(ARGV[6])
 if max > 0 and min > 0 then
-  local l = tonumber(redis.call('HGET', state, 'limit')) or max
+  local l = tonumber(redis.call('HGET', state, 'limit')) or min
   l = math.max(min, math.min(max, l))
   local outcome, latency, granted = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
   local base = tonumber(redis.call('HGET', state, 'base_ms'))
@@ -49,7 +51,10 @@ if max > 0 and min > 0 then
       -- slow, so a model that became slower for good does not pin the limit at its floor.
       if not base or latency < base then base = latency else base = base + (latency - base) * 0.01 end
       redis.call('HSET', state, 'base_ms', tostring(base))
-      if in_use + 1 >= l / 2 then l = math.min(max, l + 1 / l) end
+      if in_use + 1 >= l / 2 then
+        local slow_start = not redis.call('HGET', state, 'cut_after')
+        l = math.min(max, l + (slow_start and 1 or 1 / l))
+      end
     end
   end
   if cut > 0 then

@@ -6,11 +6,11 @@
 -- were last written) and `paused_until` (server ms).
 
 -- The concurrency limit in force: `max` when fixed (`min` 0), else the stored adaptive limit
--- kept between `min` and `max`. 0 means no limit.
+-- kept between `min` and `max`, starting at `min` (see backend_release). 0 means no limit.
 local function current_limit(state, max, min)
   if max <= 0 then return 0 end
   if min <= 0 then return max end
-  local l = tonumber(redis.call('HGET', state, 'limit')) or max
+  local l = tonumber(redis.call('HGET', state, 'limit')) or min
   return math.floor(math.max(min, math.min(max, l)))
 end
 

@@ -164,6 +164,10 @@ pub struct LimitState {
     pub paused_for: Duration,
     /// The no-load latency learnt so far (adaptive limits only).
     pub base_latency_ms: Option<f64>,
+    /// An adaptive limit has not been cut yet: it is still rising from its floor towards the
+    /// server's capacity (slow start), and will reach `maxConcurrent` unless the server
+    /// pushes back.
+    pub probing: bool,
 }
 
 /// The limits of one limit key over one broker's Redis. Cheap to clone.
@@ -204,6 +208,7 @@ impl Broker {
             adaptive_limit: float(r.get(1)),
             paused_for: Duration::from_millis(r.get(2).and_then(|s| s.parse().ok()).unwrap_or(0)),
             base_latency_ms: float(r.get(3)),
+            probing: r.get(4).is_some_and(|s| s == "1"),
         })
     }
 }

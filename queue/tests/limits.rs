@@ -282,7 +282,36 @@ async fn the_adaptive_limit_moves_by_aimd() {
     let limit = || async { env.broker.backend_limit_state("gpu").await.unwrap() };
     let ms = Duration::from_millis;
 
-    // Two calls of one round both fail: the limit halves once, not twice.
+    // Slow start: the limit starts at the floor, and until its first cut every success with
+    // at least half the limit in use adds one, so rounds of calls that fill the limit grow it
+    // by about half each, up to the ceiling.
+    let mut rounds = Vec::new();
+    let mut at = limit().await;
+    assert_eq!((at.adaptive_limit, at.probing), (None, true));
+    let mut current = 2;
+    for round in 0..12 {
+        let mut calls = Vec::new();
+        for i in 0..current {
+            calls.push(granted(l.try_acquire(&format!("s{round}-{i}")).await.unwrap()));
+        }
+        assert_eq!(calls[0].limit, current, "round {round}");
+        for c in &calls {
+            l.release(c, CallOutcome::Succeeded, ms(100), None)
+                .await
+                .unwrap();
+        }
+        at = limit().await;
+        current = at.adaptive_limit.unwrap().floor() as u32;
+        rounds.push(current);
+        if current == 16 {
+            break;
+        }
+    }
+    assert_eq!(rounds, [3, 5, 7, 10, 14, 16], "the limit after each round");
+    assert!(at.probing);
+
+    // Two calls of one round both fail: the limit halves once, not twice, and slow start
+    // is over.
     let a = granted(l.try_acquire("a").await.unwrap());
     let b = granted(l.try_acquire("b").await.unwrap());
     assert_eq!(a.limit, 16);
@@ -294,6 +323,7 @@ async fn the_adaptive_limit_moves_by_aimd() {
         .await
         .unwrap();
     assert_eq!(r.limit, 8);
+    assert!(!limit().await.probing);
     // A call admitted after the cut may cut again; the floor holds.
     for (i, want) in [4, 2, 2].into_iter().enumerate() {
         let c = granted(l.try_acquire(&format!("c{i}")).await.unwrap());

@@ -528,6 +528,7 @@ impl Sim<'_> {
                     limit: Some(limit),
                     in_use: self.calls_running,
                     paused_ms: 0,
+                    probing_up_to: None,
                 }),
         }
     }
