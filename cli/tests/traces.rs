@@ -454,6 +454,15 @@ async fn each_task_is_one_trace_from_submission_to_the_backend() {
         );
     }
     assert!(first.span.links.is_empty(), "{:?}", first.span.links);
+    assert_eq!(first.attribute("outcome").as_deref(), Some("retried"));
+    assert_eq!(second.attribute("outcome").as_deref(), Some("finished"));
+    let error = opentelemetry_proto::tonic::trace::v1::status::StatusCode::Error as i32;
+    assert_eq!(
+        first.span.status.as_ref().map(|s| s.code),
+        Some(error),
+        "a failed attempt is an error"
+    );
+    assert_ne!(second.span.status.as_ref().map(|s| s.code), Some(error));
     let links: Vec<(String, String)> = second
         .span
         .links

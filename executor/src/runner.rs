@@ -415,7 +415,14 @@ impl ClaimCall {
 /// of its first attempt that was retried, and holds the claim, the backend call and the
 /// storing of the outcome.
 async fn run_task(shared: &Shared, mut claimed: Claimed, lease_len: Duration, claim: ClaimCall) {
-    let span = tracing::info_span!("task", id = %claimed.task.id, kind = %claimed.task.kind(), attempt = claimed.task.attempts);
+    let span = tracing::info_span!(
+        "task",
+        id = %claimed.task.id,
+        kind = %claimed.task.kind(),
+        attempt = claimed.task.attempts,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
     if let Some(trace) = &claimed.trace {
         telemetry::set_parent(&span, trace);
     }
@@ -508,6 +515,11 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
     let label = report(shared, &lease, outcome)
         .instrument(tracing::info_span!("store outcome"))
         .await;
+    let span = tracing::Span::current();
+    span.record("outcome", label);
+    if !matches!(label, "finished" | "canceled" | "released") {
+        span.record("otel.status_code", "ERROR");
+    }
     shared.metrics.record(kind, label, started.elapsed());
     shared.health.task_ended();
     shared.metrics.in_flight.dec();
