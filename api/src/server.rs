@@ -147,6 +147,7 @@ fn request_span(request: &Request) -> tracing::Span {
         .unwrap_or("");
     let span = tracing::info_span!(
         "request",
+        otel.kind = "server",
         method = %request.method(),
         path = %request.uri().path(),
         request_id,

@@ -413,6 +413,14 @@ async fn each_task_is_one_trace_from_submission_to_the_backend() {
         assert_eq!(the(&trace, child).parent_id(), task.span_id(), "{child}");
     }
     let backend_request = the(&trace, "backend request");
+    use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+    for (span, kind) in [
+        (request, SpanKind::Server),
+        (task, SpanKind::Consumer),
+        (backend_request, SpanKind::Client),
+    ] {
+        assert_eq!(span.span.kind, kind as i32, "{}", span.span.name);
+    }
     assert_eq!(
         backend_request.parent_id(),
         the(&trace, "backend").span_id()

@@ -417,6 +417,7 @@ impl ClaimCall {
 async fn run_task(shared: &Shared, mut claimed: Claimed, lease_len: Duration, claim: ClaimCall) {
     let span = tracing::info_span!(
         "task",
+        otel.kind = "consumer",
         id = %claimed.task.id,
         kind = %claimed.task.kind(),
         attempt = claimed.task.attempts,

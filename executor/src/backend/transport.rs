@@ -164,7 +164,7 @@ impl JsonClient {
         headers: &[(&'static str, String)],
     ) -> (Result<Value, BackendError>, CallOutcome) {
         // One span per request, retries included; the server receives it as `traceparent`.
-        let span = tracing::info_span!("backend request", peer = self.peer);
+        let span = tracing::info_span!("backend request", otel.kind = "client", peer = self.peer);
         match tracing::Instrument::instrument(self.request(url, body, headers), span).await {
             Ok(value) => (Ok(value), CallOutcome::Succeeded),
             Err((e, overloaded)) => {
