@@ -22,12 +22,15 @@ pub fn init_logging(component: &str, default_filter: &str, json: bool) -> Traces
     let filter = EnvFilter::try_from_env("RAGPOOL_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let (tracer, failed) = match telemetry::wanted().then(|| telemetry::tracer(component)) {
-        Some(Ok((tracer, provider))) => (Some((tracer, provider)), None),
-        Some(Err(e)) => (None, Some(e)),
+    let mut failed = None;
+    let (tracer, provider) = match telemetry::wanted().then(|| telemetry::tracer(component)) {
+        Some(Ok((tracer, provider))) => (Some(tracer), Some(provider)),
+        Some(Err(e)) => {
+            failed = Some(e);
+            (None, None)
+        }
         None => (None, None),
     };
-    let (tracer, provider) = tracer.unzip();
     let traces = tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t));
     let registry = tracing_subscriber::registry().with(filter).with(traces);
     let logs = tracing_subscriber::fmt::layer()

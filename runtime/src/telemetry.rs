@@ -36,9 +36,8 @@ pub struct Traces {
 }
 
 impl Traces {
-    /// True when spans are exported.
-    pub fn enabled(&self) -> bool {
-        self.provider.is_some()
+    pub(crate) fn new(provider: Option<SdkTracerProvider>) -> Self {
+        Traces { provider }
     }
 }
 
@@ -80,12 +79,6 @@ pub(crate) fn tracer(component: &str) -> anyhow::Result<(SdkTracer, SdkTracerPro
     global::set_tracer_provider(provider.clone());
     global::set_text_map_propagator(TraceContextPropagator::new());
     Ok((provider.tracer(SCOPE), provider))
-}
-
-impl Traces {
-    pub(crate) fn new(provider: Option<SdkTracerProvider>) -> Self {
-        Traces { provider }
-    }
 }
 
 /// The OTLP exporter's HTTP client: the workspace's reqwest, blocking, since the SDK's
