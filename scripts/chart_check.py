@@ -453,6 +453,15 @@ def the_pool(objects: list[dict[str, Any]]) -> dict[str, Any]:
     return pool
 
 
+def traced(env: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The OpenTelemetry variables of a container's env (name -> value)."""
+    return {k: v.get("value") for k, v in env.items() if k.startswith("OTEL_")}
+
+
+def traced_values(env: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in env.items() if k.startswith("OTEL_")}
+
+
 def expect_default(objects: list[dict[str, Any]]) -> None:
     assert not find(objects, "PrometheusRule") and not find(objects, "ConfigMap", f"{RELEASE}-dashboard")
     redis = one(objects, "StatefulSet", f"{RELEASE}-redis")
@@ -500,6 +509,8 @@ def expect_default(objects: list[dict[str, Any]]) -> None:
         [svc, f"{svc}.{NAMESPACE}", f"{svc}.{NAMESPACE}.svc", f"{svc}.{NAMESPACE}.svc.cluster.local"]
     ), env["RAGPOOL_ALLOWED_HOSTS"]
     assert "RAGPOOL_ALLOWED_ORIGINS" not in env
+    pool_env = {e["name"] for e in pool["spec"]["executor"]["env"]}
+    assert not traced(env) and not {n for n in pool_env if n.startswith("OTEL_")}, "traces on by default"
     assert "RAGPOOL_PARTITIONS" not in env and "RAGPOOL_PARTITIONS" not in op_env, (
         "one partition is every process's default: nothing to set"
     )
@@ -620,6 +631,15 @@ def expect_ingress_hpa_netpol(objects: list[dict[str, Any]]) -> None:
     assert not find(objects, "Secret", f"{RELEASE}-api-keys"), "generated keys beside existingSecret"
     volumes = api_container(objects)  # the keys come from the user's Secret
     assert env_of(volumes)["RAGPOOL_API_KEYS_FILE"]
+    # Traces: the API and the pool's executors export to the collector, each under its name.
+    executor_env = {e["name"]: e.get("value") for e in the_pool(objects)["spec"]["executor"]["env"]}
+    for env, service in ((traced(env_of(api_container(objects))), "ragpool-api"), (traced_values(executor_env), "rag-executor")):
+        assert env == {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel-collector.observability:4318",
+            "OTEL_SERVICE_NAME": service,
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": "0.1",
+        }, env
 
 
 def expect_sentinel(objects: list[dict[str, Any]]) -> None:
@@ -721,6 +741,8 @@ BAD_VALUES: list[tuple[str, dict[str, Any], str]] = [
     ("a key prefix with a hash-tag brace", {"redis": {"keyPrefix": "a{b}"}}, "/redis/keyPrefix"),
     ("unknown secrets access", {"operator": {"secrets": {"access": "some"}}}, "/operator/secrets/access"),
     ("pool without queues", {"defaultPool": {"queues": {"names": []}}}, "/defaultPool/queues/names"),
+    ("a trace endpoint that is no URL", {"traces": {"endpoint": "otel-collector:4318"}}, "/traces/endpoint"),
+    ("a sampler ratio above 1", {"traces": {"samplerArg": "1.5"}}, "/traces/samplerArg"),
 ]
 
 # Values the schema cannot judge (they depend on two settings' meaning); the templates fail

@@ -35,7 +35,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         println!("{}", crate::openapi().to_pretty_json()?);
         return Ok(());
     }
-    process::init_logging("info", process::json_logs_wanted());
+    let _traces = process::init_logging("ragpool-api", "info", process::json_logs_wanted());
     let config = cli.config;
     let broker = Broker::connect(config.broker_config().context("invalid Redis settings")?)
         .await

@@ -136,21 +136,26 @@ fn request_trace(outages: OutageLog) -> RequestTrace {
         .on_response(LogResponse { outages })
 }
 
-/// One span per request; handlers fill in `task_id` and `caller` once known.
+/// One span per request; handlers fill in `task_id` and `caller` once known. With traces on,
+/// it continues the caller's trace when the request carries a `traceparent`, and a task
+/// submitted in it stores its context (see `routes::submit`).
 fn request_span(request: &Request) -> tracing::Span {
     let request_id = request
         .headers()
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    tracing::info_span!(
+    let span = tracing::info_span!(
         "request",
+        otel.kind = "server",
         method = %request.method(),
         path = %request.uri().path(),
         request_id,
         task_id = tracing::field::Empty,
         caller = tracing::field::Empty,
-    )
+    );
+    ragpool_runtime::telemetry::set_parent_from_headers(&span, request.headers());
+    span
 }
 
 /// tower-http's `ServerErrorsAsFailures`, except that a response marked as an

@@ -92,12 +92,13 @@ pub fn run(cli: Cli) -> ExitCode {
 /// Runs `ragpool`'s own commands (everything but the components).
 fn run_client(command: Command) -> ExitCode {
     let cli = Cli { command };
-    if matches!(cli.command, Command::Dev(_)) {
+    let _traces = matches!(cli.command, Command::Dev(_)).then(|| {
         ragpool_runtime::process::init_logging(
+            "ragpool-dev",
             "info,tantivy=warn",
             ragpool_runtime::process::json_logs_wanted(),
-        );
-    }
+        )
+    });
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         // CPU-heavy work of the built-in backend (indexing, image decoding) runs on the

@@ -24,7 +24,7 @@ struct Cli {
 /// Runs the executor's command line `args` (the program name first) to its exit status.
 pub fn main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
     let cli = Cli::parse_from(args);
-    process::init_logging("info", process::json_logs_wanted());
+    let _traces = process::init_logging("ragpool-executor", "info", process::json_logs_wanted());
     process::run_to_exit(async {
         let stop = CancellationToken::new();
         let signalled = stop.clone();

@@ -11,7 +11,7 @@
 //! spending an attempt.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::FutureExt;
 use ragpool_queue::payload::Payload;
@@ -19,6 +19,7 @@ use ragpool_queue::{
     Broker, Claimed, Consumer, ConsumerConfig, FailOutcome, MAX_CLAIM, QueueError, ReleaseOutcome,
     Retry, TaskError, TaskId, TaskState, WorkerInfo,
 };
+use ragpool_runtime::telemetry;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -161,8 +162,10 @@ async fn claim_loop(
         // The claim itself is never abandoned half-way: a task Redis handed out would
         // otherwise sit under a lease nobody holds. Only the wait for work is cancellable.
         let claim_started = Instant::now();
+        let claim = ClaimCall::starting();
         match consumer.try_claim_many(permits.len()).await {
             Ok(claimed) => {
+                let claim = claim.ended();
                 shared.health.redis_answered(true);
                 let asked = permits.len();
                 let got = claimed.len();
@@ -179,7 +182,7 @@ async fn claim_loop(
                         lease,
                         _permit: permit,
                     };
-                    tasks.spawn(slot.run(claimed));
+                    tasks.spawn(slot.run(claimed, claim));
                 }
                 // Fewer than asked: every queue is empty now. Slots left over go back.
                 drop(permits);
@@ -218,16 +221,18 @@ struct Slot {
 }
 
 impl Slot {
-    async fn run(self, mut claimed: Claimed) {
+    async fn run(self, mut claimed: Claimed, mut claim: ClaimCall) {
         loop {
-            run_task(&self.shared, claimed, self.lease).await;
+            run_task(&self.shared, claimed, self.lease, claim).await;
             // Shutdown stops claiming at once; a claim already sent is seen through.
             if self.stop.is_cancelled() {
                 return;
             }
             let claim_started = Instant::now();
+            claim = ClaimCall::starting();
             match self.consumer.try_claim().await {
                 Ok(Some(next)) => {
+                    claim = claim.ended();
                     self.shared.health.redis_answered(true);
                     self.shared
                         .metrics
@@ -379,9 +384,54 @@ enum Outcome {
     Released,
 }
 
+/// When the claim call that took a task ran: the task's trace shows it as a span.
+#[derive(Debug, Clone, Copy)]
+struct ClaimCall {
+    start: SystemTime,
+    end: SystemTime,
+}
+
+impl ClaimCall {
+    fn starting() -> Self {
+        let now = SystemTime::now();
+        ClaimCall {
+            start: now,
+            end: now,
+        }
+    }
+
+    fn ended(self) -> Self {
+        ClaimCall {
+            end: SystemTime::now(),
+            ..self
+        }
+    }
+}
+
 /// Runs one claimed task to exactly one reported outcome.
-async fn run_task(shared: &Shared, claimed: Claimed, lease_len: Duration) {
-    let span = tracing::info_span!("task", id = %claimed.task.id, kind = %claimed.task.kind(), attempt = claimed.task.attempts);
+///
+/// With traces on, the task's span continues the trace the task was submitted under (the
+/// time it waited in its queue is the gap after the submission's span), links to the span
+/// of its first attempt that was retried, and holds the claim, the backend call and the
+/// storing of the outcome.
+async fn run_task(shared: &Shared, mut claimed: Claimed, lease_len: Duration, claim: ClaimCall) {
+    let span = tracing::info_span!(
+        "task",
+        otel.kind = "consumer",
+        id = %claimed.task.id,
+        kind = %claimed.task.kind(),
+        attempt = claimed.task.attempts,
+        outcome = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    if let Some(trace) = &claimed.trace {
+        telemetry::set_parent(&span, trace);
+    }
+    if let Some(first) = &claimed.first_attempt {
+        telemetry::add_link(&span, first);
+    }
+    claimed.lease.span = telemetry::traceparent_of(&span);
+    telemetry::record_child(&span, "claim", claim.start, claim.end);
     run_task_inner(shared, claimed, lease_len)
         .instrument(span)
         .await
@@ -393,6 +443,7 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
         task,
         payload,
         lease,
+        ..
     } = claimed;
     let kind = task.kind();
     shared.health.task_started();
@@ -406,13 +457,16 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
     // than on a task of its own: the call is raced below and dropped when it loses, and a
     // spawn would cost a hand-off between threads on every task. The payload moves into the
     // call: an image payload is the task's largest allocation, and one copy of it is enough.
-    let work = std::panic::AssertUnwindSafe(call_backend(
-        &shared.broker,
-        shared.backend.as_ref(),
-        payload,
-        &cx,
-        timeout,
-    ))
+    let work = std::panic::AssertUnwindSafe(
+        call_backend(
+            &shared.broker,
+            shared.backend.as_ref(),
+            payload,
+            &cx,
+            timeout,
+        )
+        .instrument(tracing::info_span!("backend")),
+    )
     .catch_unwind();
 
     let heartbeat = async {
@@ -459,7 +513,14 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
         _ = shared.release.cancelled() => Outcome::Released,
     };
 
-    let label = report(shared, &lease, outcome).await;
+    let label = report(shared, &lease, outcome)
+        .instrument(tracing::info_span!("store outcome"))
+        .await;
+    let span = tracing::Span::current();
+    span.record("outcome", label);
+    if !matches!(label, "finished" | "canceled" | "released") {
+        span.record("otel.status_code", "ERROR");
+    }
     shared.metrics.record(kind, label, started.elapsed());
     shared.health.task_ended();
     shared.metrics.in_flight.dec();

@@ -156,7 +156,11 @@ fn observer(client: &Client) -> Arc<dyn Observer> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    process::init_logging("info,kube=warn", args.log_format == LogFormat::Json);
+    let _traces = process::init_logging(
+        "ragpool-operator",
+        "info,kube=warn",
+        args.log_format == LogFormat::Json,
+    );
     let identity = args
         .identity
         .clone()

@@ -30,11 +30,11 @@
 --   maxInFlight (0: none)
 -- then for each queue j, 8 values from ARGV[6 + 4o + 8(j-1)]: name, max attempts, timeout ms,
 --   result TTL ms, failure TTL ms, backoff base ms, backoff max ms, keep-payload ms
--- then for each task i, 11 values from ARGV[6 + 4o + 8m + 11(i-1)]: id, queue number j, kind,
+-- then for each task i, 13 values from ARGV[6 + 4o + 8m + 13(i-1)]: id, queue number j, kind,
 --   payload JSON ('' when it is in the staging key), idempotency key ('' for none), owner
 --   ('' for none), payload bytes, image
 --   bytes ('' for none), image type ('' for none), payload SHA-256 (hex), brief JSON (the
---   payload without its image)
+--   payload without its image), W3C traceparent and tracestate ('' for none)
 -- Returns, per task in order, {created 1|0, id, queue}: a task whose key names a live task
 -- (made earlier, or by an earlier task of this call) gets that task's id and queue. Or, when
 -- the new payloads do not fit, {'over_limit', 'all'|'owner', limit, bytes queued now, bytes
@@ -47,12 +47,12 @@ local limit_all, limit_owner = tonumber(ARGV[3]), tonumber(ARGV[4])
 local obase = 6
 local qbase = obase + 4 * o
 local tbase = qbase + 8 * m
-local n = (#ARGV - tbase + 1) / 11
+local n = (#ARGV - tbase + 1) / 13
 local acct = KEYS[4]
 
 -- The staging key of task i when its payload was staged, else nil.
 local function staged(i)
-  if ARGV[tbase + 11 * i + 3] ~= '' then return nil end
+  if ARGV[tbase + 13 * i + 3] ~= '' then return nil end
   return KEYS[8 + 3 * m + 4 * i]
 end
 
@@ -71,7 +71,7 @@ local create = {}
 local taken
 
 for i = 0, n - 1 do
-  local a = tbase + 11 * i
+  local a = tbase + 13 * i
   local id, j, idem = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 4]
   local queue = ARGV[qbase + 8 * (j - 1)]
   local ikey = KEYS[6 + 3 * m + 4 * i]
@@ -103,9 +103,9 @@ if #create == 0 then return reply end
 
 for _, i in ipairs(create) do
   local skey = staged(i)
-  if skey and redis.call('STRLEN', skey) ~= tonumber(ARGV[tbase + 11 * i + 6]) then
+  if skey and redis.call('STRLEN', skey) ~= tonumber(ARGV[tbase + 13 * i + 6]) then
     drop_staged(create)
-    return {'staging_lost', ARGV[tbase + 11 * i]}
+    return {'staging_lost', ARGV[tbase + 13 * i]}
   end
 end
 
@@ -114,7 +114,7 @@ local owners = prefix .. 'owners'
 if o > 0 then
   local asked = {}
   for _, i in ipairs(create) do
-    local owner = ARGV[tbase + 11 * i + 5]
+    local owner = ARGV[tbase + 13 * i + 5]
     asked[owner] = (asked[owner] or 0) + 1
   end
   for x = 0, o - 1 do
@@ -131,7 +131,7 @@ end
 if limit_all > 0 or limit_owner > 0 then
   local asked, by_owner = 0, {}
   for _, i in ipairs(create) do
-    local a = tbase + 11 * i
+    local a = tbase + 13 * i
     local bytes, owner = tonumber(ARGV[a + 6]), ARGV[a + 5]
     asked = asked + bytes
     if owner ~= '' then by_owner[owner] = (by_owner[owner] or 0) + bytes end
@@ -175,7 +175,7 @@ local seq = tonumber(next_seq(KEYS[2], #create)) - 1
 local ready = {}
 
 for _, i in ipairs(create) do
-  local a = tbase + 11 * i
+  local a = tbase + 13 * i
   local id, j, idem, owner = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 4], ARGV[a + 5]
   local q = qbase + 8 * (j - 1)
   local queue = ARGV[q]
@@ -206,6 +206,13 @@ for _, i in ipairs(create) do
   end
   if owner ~= '' then
     fields[#fields + 1] = 'owner'; fields[#fields + 1] = owner
+  end
+  -- Only traced submissions carry a trace context; a task without one has neither field.
+  if ARGV[a + 11] ~= '' then
+    fields[#fields + 1] = 'traceparent'; fields[#fields + 1] = ARGV[a + 11]
+    if ARGV[a + 12] ~= '' then
+      fields[#fields + 1] = 'tracestate'; fields[#fields + 1] = ARGV[a + 12]
+    end
   end
   redis.call('HSET', tkey, unpack(fields))
   local skey = staged(i)

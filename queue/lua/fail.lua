@@ -6,7 +6,8 @@
 -- KEYS[5] canceled set, KEYS[6] counters hash, KEYS[7] events stream, KEYS[8] payload
 -- ARGV[1] id, ARGV[2] lease token, ARGV[3] error kind, ARGV[4] error message,
 -- ARGV[5] retryable 0|1, ARGV[6] jitter in [0, 1), ARGV[7] minimum delay ms (a server's
--- Retry-After; 0 for none)
+-- Retry-After; 0 for none), ARGV[8] the failing attempt's span, a W3C traceparent ('' when
+-- not traced): the first one retried is kept as `first_attempt` for later attempts to link to
 -- A repeat under the same lease answers {'repeat', <the first reply>…} (`repeated`).
 -- Returns {'delayed', due_ms} / {'failed'} / {'canceled'} or {'not_found'} / {'lease_lost'}.
 local tkey, id = KEYS[1], ARGV[1]
@@ -36,6 +37,7 @@ if ARGV[5] == '1' and attempts < max_attempts then
   delay = math.max(delay, tonumber(ARGV[7]))
   local due = now + delay
   redis.call('HSET', tkey, 'state', 'delayed', 'retry_at', due)
+  if (ARGV[8] or '') ~= '' then redis.call('HSETNX', tkey, 'first_attempt', ARGV[8]) end
   redis.call('HDEL', tkey, 'lease', 'worker')
   redis.call('ZADD', KEYS[3], due, id)
   emit(KEYS[7], id, h[6], 'delayed', {'error_kind', ARGV[3]})

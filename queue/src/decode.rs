@@ -7,7 +7,7 @@ use redis::Value;
 
 use crate::error::{QueueError, Result};
 use crate::payload::{InputSummary, Payload};
-use crate::task::{Progress, Task, TaskError, TaskId, TaskKind};
+use crate::task::{Progress, Task, TaskError, TaskId, TaskKind, TraceContext};
 
 /// A task hash as field → value.
 pub(crate) type Fields = HashMap<String, String>;
@@ -91,6 +91,15 @@ pub(crate) fn task_fields(values: Vec<Option<String>>) -> Option<Fields> {
 
 fn opt_text(f: &Fields, name: &str) -> Option<String> {
     f.get(name).filter(|v| !v.is_empty()).cloned()
+}
+
+/// The trace context a task hash carries: `None` for a task submitted without one (and every
+/// task enqueued before the queue kept them).
+pub(crate) fn trace(f: &Fields) -> Option<TraceContext> {
+    Some(TraceContext {
+        traceparent: opt_text(f, "traceparent")?,
+        tracestate: f.get("tracestate").cloned().unwrap_or_default(),
+    })
 }
 
 /// Builds a [`Task`] from its hash.

@@ -55,4 +55,4 @@ pub use limits::{
 };
 pub use payload::{InputSummary, Payload};
 pub use stats::{DurationSummary, QueueStats, WorkerInfo};
-pub use task::{Progress, Task, TaskError, TaskId, TaskKind, TaskState};
+pub use task::{Progress, Task, TaskError, TaskId, TaskKind, TaskState, TraceContext};

@@ -288,6 +288,15 @@ impl TaskError {
     }
 }
 
+/// The W3C trace context a task was submitted under, kept with the task so that the attempts
+/// running it join the submitter's trace. The queue carries it as text and never reads it:
+/// `traceparent` as the W3C header has it, `tracestate` empty when there was none.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct TraceContext {
+    pub traceparent: String,
+    pub tracestate: String,
+}
+
 /// Progress a worker reports while it runs a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

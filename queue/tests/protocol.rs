@@ -9,7 +9,7 @@ use common::{ALL, Env, maintain_until};
 use ragpool_queue::testing::sample_payload;
 use ragpool_queue::{
     CancelOutcome, ClaimPolicy, FailOutcome, NewTask, Progress, QueueError, ReleaseOutcome, Retry,
-    TaskError, TaskId, TaskKind, TaskState, WorkerInfo,
+    TaskError, TaskId, TaskKind, TaskState, TraceContext, WorkerInfo,
 };
 use serde_json::json;
 
@@ -366,6 +366,64 @@ async fn retry_after_is_honoured(env: Env) {
     );
 }
 on_both!(retry_after_t, retry_after_is_honoured);
+
+/// A task keeps the trace context it was submitted with; the first attempt retried leaves
+/// its span for the later ones; a task submitted without a context has none of it.
+async fn trace_context_travels_with_the_task(env: Env) {
+    let b = &env.broker;
+    let parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let traced = NewTask {
+        trace: Some(TraceContext {
+            traceparent: parent.into(),
+            tracestate: "vendor=opaque".into(),
+        }),
+        ..new(TaskKind::FullQuery, 1)
+    };
+    let q = b.enqueue(traced).await.unwrap();
+    let c = env.consumer("w", &ALL, LEASE).await;
+    let err = TaskError::new("backend_unavailable", "503");
+
+    let mut claimed = c.try_claim().await.unwrap().unwrap();
+    assert_eq!(claimed.task.id, q.id);
+    let trace = claimed.trace.clone().expect("the stored context");
+    assert_eq!(
+        (trace.traceparent.as_str(), trace.tracestate.as_str()),
+        (parent, "vendor=opaque")
+    );
+    assert_eq!(claimed.first_attempt, None);
+    let spans = [
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-1111111111111111-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-2222222222222222-01",
+    ];
+    for (attempt, span) in spans.into_iter().enumerate() {
+        claimed.lease.span = Some(span.into());
+        let out = b
+            .fail(&claimed.lease, &err, Retry::Retryable(None))
+            .await
+            .unwrap();
+        assert!(matches!(out, FailOutcome::Delayed { .. }), "{out:?}");
+        maintain_until(b, |m| m.promoted == 1).await;
+        claimed = c.try_claim().await.unwrap().unwrap();
+        assert_eq!(claimed.task.attempts, attempt as u32 + 2);
+        assert_eq!(claimed.trace, Some(trace.clone()), "kept over retries");
+        assert_eq!(
+            claimed.first_attempt.as_deref(),
+            Some(spans[0]),
+            "the first retried attempt's span is kept"
+        );
+    }
+    b.complete(&claimed.lease, &json!("ok")).await.unwrap();
+
+    b.enqueue(new(TaskKind::FullQuery, 2)).await.unwrap();
+    let plain = c.try_claim().await.unwrap().unwrap();
+    assert_eq!((plain.trace, plain.first_attempt), (None, None));
+    let hash = task_hash(&env, &plain.task.id).await;
+    assert!(
+        !hash.contains_key("traceparent") && !hash.contains_key("tracestate"),
+        "an untraced task stores no trace fields: {hash:?}"
+    );
+}
+on_both!(trace_context_t, trace_context_travels_with_the_task);
 
 async fn permanent_failure(env: Env) {
     let b = &env.broker;

@@ -410,6 +410,7 @@ fn new_task(rng: &mut StdRng, n: usize, idempotency_key: Option<String>) -> NewT
         idempotency_key,
         owner: Some(format!("tenant-{}", n % 7)),
         share: Default::default(),
+        trace: None,
     }
 }
 

@@ -7,10 +7,13 @@
 //!   (`--key-prefix`, `--partitions`, `--durability`).
 //! - [`image_input`]: the rules for a task's image, checked by the API at submission and
 //!   again by the executor before it decodes or fetches the image.
+//! - [`process`]: logs, the async runtime and exit status, and the stop signal.
+//! - [`telemetry`]: traces over OTLP and the W3C trace context of requests and tasks.
 
 pub mod args;
 pub mod http_server;
 pub mod image_input;
 pub mod process;
+pub mod telemetry;
 
 pub use args::{DurabilityArgs, KeyPrefixArgs, PartitionArgs};

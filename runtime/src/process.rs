@@ -6,23 +6,45 @@ use std::process::ExitCode;
 
 use tracing_subscriber::EnvFilter;
 
-/// Logs to stderr. `RAGPOOL_LOG` filters (`RUST_LOG` when it is unset; `default_filter` when
-/// neither is), e.g. `RAGPOOL_LOG=debug` or `info,ragpool_queue=debug`; `json` writes one JSON
-/// object per line (the components take it from `RAGPOOL_LOG_FORMAT=json`, see
-/// [`json_logs_wanted`]). Colours only on a terminal.
-pub fn init_logging(default_filter: &str, json: bool) {
+use crate::telemetry::{self, Traces};
+
+/// Logs to stderr, and exports traces when the environment asks for them (see
+/// [`crate::telemetry`]; `component` is the service name then). `RAGPOOL_LOG` filters
+/// (`RUST_LOG` when it is unset; `default_filter` when neither is), e.g. `RAGPOOL_LOG=debug`
+/// or `info,ragpool_queue=debug`, spans as well as logs; `json` writes one JSON object per
+/// line (the components take it from `RAGPOOL_LOG_FORMAT=json`, see [`json_logs_wanted`]).
+/// Colours only on a terminal. Keep the answer until the process ends: dropping it sends the
+/// last spans.
+pub fn init_logging(component: &str, default_filter: &str, json: bool) -> Traces {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let filter = EnvFilter::try_from_env("RAGPOOL_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new(default_filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let mut failed = None;
+    let (tracer, provider) = match telemetry::wanted().then(|| telemetry::tracer(component)) {
+        Some(Ok((tracer, provider))) => (Some(tracer), Some(provider)),
+        Some(Err(e)) => {
+            failed = Some(e);
+            (None, None)
+        }
+        None => (None, None),
+    };
+    let traces = tracer.map(|t| tracing_opentelemetry::layer().with_tracer(t));
+    let registry = tracing_subscriber::registry().with(filter).with(traces);
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     if json {
-        builder.json().with_current_span(true).init();
+        registry.with(logs.json().with_current_span(true)).init();
     } else {
-        builder.init();
+        registry.with(logs).init();
     }
+    if let Some(e) = failed {
+        tracing::warn!(error = %e, "traces are off: the OTLP exporter could not be set up");
+    }
+    Traces::new(provider)
 }
 
 /// True when `RAGPOOL_LOG_FORMAT` says `json` (in any case).

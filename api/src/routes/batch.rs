@@ -205,6 +205,7 @@ pub async fn batch(
                     idempotency_key: submit::scoped_key(&caller, key),
                     owner: caller.name.clone(),
                     share: caller.share,
+                    trace: ragpool_runtime::telemetry::current_trace(),
                 });
                 kind
             })

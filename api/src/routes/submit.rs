@@ -76,6 +76,7 @@ pub async fn enqueue(
             idempotency_key: scoped_key(caller, idempotency.0),
             owner: caller.name.clone(),
             share: caller.share,
+            trace: ragpool_runtime::telemetry::current_trace(),
         })
         .await
         .map_err(ApiError::enqueue_failed)?;

@@ -470,3 +470,25 @@ async fn requests_carry_a_request_id() {
         .unwrap();
     assert_eq!(r.headers()["x-request-id"], "abc-123");
 }
+
+/// With traces off (no OTLP endpoint: this process exports nothing) a submission stores no
+/// trace context, even when the caller sends one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_traces_a_callers_traceparent_is_not_stored() {
+    let api = TestApi::start().await;
+    let r = api
+        .post("/api/async/query")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .json(&json!({ "question": "traced?" }))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = json(r).await;
+    assert_eq!(status, 202, "{body}");
+    let claimed = api.claim("full_query").await;
+    assert_eq!(claimed.task.id.as_str(), body["task_id"].as_str().unwrap());
+    assert_eq!((claimed.trace, claimed.first_attempt), (None, None));
+}

@@ -218,3 +218,21 @@ Kubernetes' $(VAR) expansion, so it never appears in a manifest. */}}
 - name: tmp
   mountPath: /tmp
 {{- end -}}
+
+{{/*
+The OpenTelemetry variables of a component (dict "root" . "service" NAME): nothing while
+traces.endpoint is empty.
+*/}}
+{{- define "ragpool.tracesEnv" -}}
+{{- $traces := .root.Values.traces | default dict -}}
+{{- with $traces.endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ . | quote }}
+- name: OTEL_SERVICE_NAME
+  value: {{ $.service | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $traces.sampler | default "parentbased_traceidratio" | quote }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ $traces.samplerArg | default "1.0" | quote }}
+{{- end }}
+{{- end }}

@@ -40,8 +40,17 @@ impl ImageFetcher {
         self.max_bytes
     }
 
-    /// The body at `url`, following up to five checked redirects.
+    /// The body at `url`, following up to five checked redirects. Traced as its own span;
+    /// the trace context is not sent to the image's host, which is not ours.
     pub async fn fetch(&self, url: &str) -> Result<Vec<u8>, BackendError> {
+        tracing::Instrument::instrument(
+            self.fetch_untraced(url),
+            tracing::info_span!("fetch image"),
+        )
+        .await
+    }
+
+    async fn fetch_untraced(&self, url: &str) -> Result<Vec<u8>, BackendError> {
         let mut url = image_input::parse_url(url).map_err(refused)?;
         for _ in 0..=MAX_REDIRECTS {
             let response = self.request(&url).await?;

@@ -163,7 +163,9 @@ impl JsonClient {
         body: &Value,
         headers: &[(&'static str, String)],
     ) -> (Result<Value, BackendError>, CallOutcome) {
-        match self.request(url, body, headers).await {
+        // One span per request, retries included; the server receives it as `traceparent`.
+        let span = tracing::info_span!("backend request", otel.kind = "client", peer = self.peer);
+        match tracing::Instrument::instrument(self.request(url, body, headers), span).await {
             Ok(value) => (Ok(value), CallOutcome::Succeeded),
             Err((e, overloaded)) => {
                 let outcome = if overloaded {
@@ -186,6 +188,12 @@ impl JsonClient {
         let mut request = self.client.post(url).json(body);
         for (name, value) in headers {
             request = request.header(*name, value);
+        }
+        // The server joins the task's trace, as a child of this request's span.
+        let mut trace = HeaderMap::new();
+        ragpool_runtime::telemetry::inject_headers(&mut trace);
+        if !trace.is_empty() {
+            request = request.headers(trace);
         }
         if let Some(key) = &self.bearer {
             request = request.bearer_auth(key.expose());

@@ -11,7 +11,7 @@ use crate::error::{PayloadLimit, QueueError, Result};
 use crate::keys::Partition;
 use crate::payload::{Payload, StoredJson};
 use crate::scripts;
-use crate::task::TaskId;
+use crate::task::{TaskId, TraceContext};
 
 /// A new task to enqueue. Its kind, and so its queue, is its payload's variant.
 #[derive(Debug, Clone)]
@@ -23,6 +23,9 @@ pub struct NewTask {
     pub owner: Option<String>,
     /// The owner's share of the queues (ignored without an owner).
     pub share: OwnerShare,
+    /// The trace it was submitted under, for the executor's spans (see
+    /// [`crate::Claimed::trace`]); `None` when tracing is off.
+    pub trace: Option<TraceContext>,
 }
 
 impl NewTask {
@@ -32,6 +35,7 @@ impl NewTask {
             idempotency_key: None,
             owner: None,
             share: OwnerShare::default(),
+            trace: None,
         }
     }
 
@@ -310,6 +314,10 @@ impl Broker {
                 .arg(input.summary.image_type.unwrap_or_default())
                 .arg(input.summary.sha256)
                 .arg(input.brief);
+            let trace = new.trace.as_ref();
+            invocation
+                .arg(trace.map_or("", |t| t.traceparent.as_str()))
+                .arg(trace.map_or("", |t| t.tracestate.as_str()));
         }
         let (reply, ack) = self.change(&invocation).await?;
         let reply = decode::status(&reply)?;

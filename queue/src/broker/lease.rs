@@ -22,6 +22,10 @@ pub struct Lease {
     pub token: String,
     /// How far each heartbeat pushes the deadline.
     pub duration: Duration,
+    /// The span (in `traceparent` form) of the attempt that holds the lease, when it is
+    /// traced: the first attempt to fail with a retry leaves it on the task, for the later
+    /// attempts to link to ([`crate::Claimed::first_attempt`]).
+    pub span: Option<String>,
 }
 
 /// What a heartbeat learned.
@@ -149,7 +153,8 @@ impl Broker {
                     .arg(&error.message)
                     .arg(retryable)
                     .arg(format!("{jitter:.6}"))
-                    .arg(min_delay),
+                    .arg(min_delay)
+                    .arg(lease.span.as_deref().unwrap_or_default()),
             )
             .await?;
         let reply = self.unrepeat(decode::status(&reply)?);

@@ -35,7 +35,7 @@ use crate::error::{QueueError, Result};
 use crate::keys::Partition;
 use crate::payload::Payload;
 use crate::scripts;
-use crate::task::{Task, TaskError, TaskId};
+use crate::task::{Task, TaskError, TaskId, TraceContext};
 
 mod plan;
 mod wait;
@@ -64,6 +64,11 @@ pub struct Claimed {
     /// What to run; its variant is `task.kind`.
     pub payload: Payload,
     pub lease: Lease,
+    /// The trace the task was submitted under; `None` for one submitted without tracing.
+    pub trace: Option<TraceContext>,
+    /// The span (in `traceparent` form) of the task's first attempt that failed and was
+    /// retried, which later attempts link to; see [`Lease::span`].
+    pub first_attempt: Option<String>,
 }
 
 /// Claims tasks; see the module documentation.
@@ -217,6 +222,8 @@ impl Consumer {
                 match decode_claimed(&fields, payload) {
                     Ok((task, payload)) => out.push(Claimed {
                         lease: self.lease(task.id.clone(), task.queue.clone(), token),
+                        trace: decode::trace(&fields),
+                        first_attempt: fields.get("first_attempt").cloned(),
                         task,
                         payload,
                     }),
@@ -352,6 +359,7 @@ impl Consumer {
             queue,
             token,
             duration: self.config.lease,
+            span: None,
         }
     }
 
