@@ -316,7 +316,10 @@ mod tests {
         assert_eq!((fresh.limit, fresh.replica_ceiling(4)), (Some(2), Some(9)));
         // Rising: the limit in force is shown, the ceiling is still the one of 32.
         let rising = BackendObservation::new("k", &spec, &state(Some(7.5), true));
-        assert_eq!((rising.limit, rising.replica_ceiling(4)), (Some(7), Some(9)));
+        assert_eq!(
+            (rising.limit, rising.replica_ceiling(4)),
+            (Some(7), Some(9))
+        );
         // Cut once: the limit found is the ceiling's.
         let found = BackendObservation::new("k", &spec, &state(Some(12.0), false));
         assert_eq!((found.limit, found.replica_ceiling(4)), (Some(12), Some(4)));

@@ -8,6 +8,9 @@
 -- of failures from one round of calls counts once. The limit starts at the floor and, until
 -- its first cut, each such success adds 1 (slow start: it about doubles per round of calls),
 -- so a new key finds the server's capacity from below instead of sending it `max` calls.
+-- Slow start also ends, without a cut, at the first success slower than half way to the cut
+-- (1.5 times the no-load latency with a factor of 2): the latency is rising, so the capacity
+-- is near, and a round more of doubling would overshoot it (TCP's HyStart does the same).
 --
 -- KEYS[1] permits ZSET, KEYS[2] state HASH
 -- ARGV[1] permit id, ARGV[2] outcome: 'ok', 'overload' or 'other' (neither says anything
@@ -41,20 +44,24 @@ if max > 0 and min > 0 then
   local outcome, latency, granted = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
   local base = tonumber(redis.call('HGET', state, 'base_ms'))
   local cut = 0
+  local factor = tonumber(ARGV[7])
+  local slow_start = not redis.call('HGET', state, 'cut_after')
+    and not redis.call('HGET', state, 'steady')
   if outcome == 'overload' then
     cut = 0.5
   elseif outcome == 'ok' then
-    if base and latency > tonumber(ARGV[7]) * base then
+    if base and latency > factor * base then
       cut = 0.9
     else
+      if slow_start and base and latency > (1 + (factor - 1) / 2) * base then
+        redis.call('HSET', state, 'steady', 1)
+        slow_start = false
+      end
       -- The no-load latency: the lowest seen, drifting up slowly towards calls that were not
       -- slow, so a model that became slower for good does not pin the limit at its floor.
       if not base or latency < base then base = latency else base = base + (latency - base) * 0.01 end
       redis.call('HSET', state, 'base_ms', tostring(base))
-      if in_use + 1 >= l / 2 then
-        local slow_start = not redis.call('HGET', state, 'cut_after')
-        l = math.min(max, l + (slow_start and 1 or 1 / l))
-      end
+      if in_use + 1 >= l / 2 then l = math.min(max, l + (slow_start and 1 or 1 / l)) end
     end
   end
   if cut > 0 then

@@ -2,7 +2,8 @@
 --
 -- A limit key's state is one HASH: `limit` (the adaptive concurrency limit, a float),
 -- `base_ms` (the no-load latency seen so far), `admitted` (admissions so far), `cut_after`
--- (the last admission before the last decrease), `requests`/`requests_at` and `tokens`/`tokens_at` (the per-minute buckets and when they
+-- (the last admission before the last decrease), `steady` (set when slow start ended without a
+-- cut, see backend_release), `requests`/`requests_at` and `tokens`/`tokens_at` (the per-minute buckets and when they
 -- were last written) and `paused_until` (server ms).
 
 -- The concurrency limit in force: `max` when fixed (`min` 0), else the stored adaptive limit

@@ -164,9 +164,9 @@ pub struct LimitState {
     pub paused_for: Duration,
     /// The no-load latency learnt so far (adaptive limits only).
     pub base_latency_ms: Option<f64>,
-    /// An adaptive limit has not been cut yet: it is still rising from its floor towards the
-    /// server's capacity (slow start), and will reach `maxConcurrent` unless the server
-    /// pushes back.
+    /// An adaptive limit is still in slow start: never cut and its calls' latency not yet
+    /// rising, it is climbing from its floor towards the server's capacity and will reach
+    /// `maxConcurrent` unless the server pushes back.
     pub probing: bool,
 }
 

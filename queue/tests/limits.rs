@@ -292,7 +292,9 @@ async fn the_adaptive_limit_moves_by_aimd() {
     for round in 0..12 {
         let mut calls = Vec::new();
         for i in 0..current {
-            calls.push(granted(l.try_acquire(&format!("s{round}-{i}")).await.unwrap()));
+            calls.push(granted(
+                l.try_acquire(&format!("s{round}-{i}")).await.unwrap(),
+            ));
         }
         assert_eq!(calls[0].limit, current, "round {round}");
         for c in &calls {
@@ -374,6 +376,59 @@ async fn the_adaptive_limit_moves_by_aimd() {
         .await
         .unwrap();
     assert_eq!(limit().await.adaptive_limit.unwrap(), cut);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_start_ends_when_the_latency_rises() {
+    let env = Env::single().await;
+    let l = env
+        .broker
+        .backend_limiter(
+            "vllm",
+            BackendLimits {
+                max_concurrent: 64,
+                adaptive: Some(Adaptive {
+                    min: 2,
+                    latency_factor: 2.0,
+                }),
+                ..BackendLimits::none(LEASE)
+            },
+        )
+        .unwrap();
+    let state = || async { env.broker.backend_limit_state("vllm").await.unwrap() };
+    let ms = Duration::from_millis;
+    let round = |latency: u64, tag: &'static str| {
+        let l = l.clone();
+        async move {
+            let mut calls = Vec::new();
+            loop {
+                match l
+                    .try_acquire(&format!("{tag}{}", calls.len()))
+                    .await
+                    .unwrap()
+                {
+                    Admission::Granted(p) => calls.push(p),
+                    _ => break,
+                }
+            }
+            for c in &calls {
+                l.release(c, CallOutcome::Succeeded, ms(latency), None)
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    // A round at the no-load latency: one more per success with half the limit in use.
+    round(100, "a").await;
+    let a = state().await;
+    assert_eq!((a.adaptive_limit, a.probing), (Some(3.0), true));
+    // 1.6 times the no-load latency: not slow enough to cut (2 times), but rising: slow start
+    // is over and the round adds 1/limit per success instead of one.
+    round(160, "b").await;
+    let b = state().await;
+    assert!(!b.probing, "{b:?}");
+    let limit = b.adaptive_limit.unwrap();
+    assert!(limit > 3.0 && limit < 4.0, "{b:?}");
 }
 
 #[tokio::test]
