@@ -311,7 +311,7 @@ impl Broker {
                 .arg(input.summary.sha256)
                 .arg(input.brief);
         }
-        let (reply, ack) = self.change(&invocation).await?;
+        let (reply, ack) = self.change(part, &invocation).await?;
         let reply = decode::status(&reply)?;
         if let Some(refused) = self.over_limit(&reply) {
             return Err(refused);

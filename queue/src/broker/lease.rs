@@ -98,6 +98,7 @@ impl Broker {
             .map_err(|e| QueueError::Corrupt(format!("result does not serialize: {e}")))?;
         let (reply, ack) = self
             .change(
+                keys,
                 scripts::COMPLETE
                     .key(keys.task(lease.task.as_str()))
                     .key(&qk.started)
@@ -134,6 +135,7 @@ impl Broker {
         let jitter: f64 = rand::rng().random_range(0.0..1.0);
         let (reply, ack) = self
             .change(
+                keys,
                 scripts::FAIL
                     .key(keys.task(lease.task.as_str()))
                     .key(&qk.started)
@@ -171,6 +173,7 @@ impl Broker {
         let qk = keys.queue(&lease.queue);
         let (reply, ack) = self
             .change(
+                keys,
                 scripts::RELEASE
                     .key(keys.task(lease.task.as_str()))
                     .key(&qk.started)
