@@ -55,10 +55,12 @@ step "chaos suite, short (Sentinel, durability replicated: failovers under load)
 # must lose nothing acknowledged, so any loss fails the step.
 "$CARGO_TARGET_DIR/debug/ragpool-bench" chaos --short --topology sentinel --durability replicated
 
-step "chaos suite, short (Redis Cluster of three masters, six partitions: a master SIGKILLed)"
-# Every queue split over the three masters: the API and the executors run as processes with
-# RAGPOOL_PARTITIONS=6; one master is killed twice (its partitions away, the others serving).
-"$CARGO_TARGET_DIR/debug/ragpool-bench" chaos --short --topology cluster
+step "chaos suite, short (Redis Cluster, 3 masters + 3 replicas, six partitions, durability replicated: failovers under load)"
+# Every queue split over the three masters (RAGPOOL_PARTITIONS=6), each master with a replica
+# (appendfsync always, cluster-node-timeout 2 s): a SIGKILLed master whose replica is elected
+# and two CLUSTER FAILOVERs, each on the next master, besides the executor and API restarts.
+# Under replicated a failover must lose nothing acknowledged, so any loss fails the step.
+"$CARGO_TARGET_DIR/debug/ragpool-bench" chaos --short --topology cluster --durability replicated
 
 step "fair share bench, smoke (one small round: every task claimed, B's tasks behind A's batch)"
 # Debug build, about 6 s; fails only if a drain misses a task. Figures: bench/README.md.

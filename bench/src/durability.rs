@@ -8,10 +8,14 @@
 //! `appendfsync always`, against `local` without persistence. Loopback replication is about as
 //! fast as replication gets; across machines each acknowledged change waits one more network
 //! round trip to the replica.
+//!
+//! With `--cluster`, the same pair of runs on a Redis Cluster of three masters with a replica
+//! each, the key prefix in six partitions: there each change's `WAIT` runs on the master
+//! serving its partition.
 
 use anyhow::Context;
-use ragpool_queue::testing::{RedisServer, ServerOptions};
-use ragpool_queue::{BrokerConfig, Durability};
+use ragpool_queue::testing::{RedisCluster, RedisServer, ServerOptions};
+use ragpool_queue::{BrokerConfig, Durability, RedisTarget};
 
 use crate::queue::{flush, ragpool_with};
 use crate::report::{Row, print_table};
@@ -28,7 +32,14 @@ pub struct Args {
     /// Runs of each; the best of them is reported.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Also compare the two settings on a Redis Cluster of three masters and three replicas
+    /// (six partitions).
+    #[arg(long)]
+    cluster: bool,
 }
+
+/// Partitions of the key prefix on the cluster: two per master.
+const CLUSTER_PARTITIONS: u16 = 6;
 
 /// Starts a primary with a replica, and a single server with `appendfsync always`, runs the
 /// workload under each setting `rounds` times and prints the table.
@@ -82,11 +93,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         replicated = replicated.max(r);
         always = always.max(a);
     }
+    let cluster_rows = if args.cluster {
+        on_cluster(&args).await?
+    } else {
+        Vec::new()
+    };
     println!(
         "\n{} tasks, {} consumers, best of {}:",
         args.tasks, args.consumers, args.rounds
     );
-    print_table(&[
+    let mut rows = vec![
         Row::ratio(
             "replicated (WAIT 1 after each change)",
             replicated,
@@ -101,6 +117,68 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "local, no persistence",
             local,
         ),
-    ]);
+    ];
+    rows.extend(cluster_rows);
+    print_table(&rows);
+    Ok(())
+}
+
+/// `local` against `replicated` on a cluster of three masters with a replica each, best of
+/// `rounds`, alternating; the row comparing them.
+async fn on_cluster(args: &Args) -> anyhow::Result<Vec<Row>> {
+    let cluster = tokio::task::spawn_blocking(|| {
+        RedisCluster::start_with_replicas(3, ServerOptions::default())
+    })
+    .await?
+    .context("starting a Redis Cluster of three masters and three replicas")?;
+    let urls = cluster.urls();
+    let config = |durability| {
+        let mut config = BrokerConfig::new(RedisTarget {
+            urls: urls.clone(),
+            cluster: true,
+            ca_cert: None,
+            sentinel: None,
+        });
+        config.durability = durability;
+        config.partitions = CLUSTER_PARTITIONS;
+        config
+    };
+    let (mut local, mut replicated) = (0f64, 0f64);
+    for round in 0..args.rounds {
+        flush_masters(&urls).await?;
+        let l = ragpool_with(config(Durability::Local), args.tasks, args.consumers).await?;
+        flush_masters(&urls).await?;
+        let r = ragpool_with(config(Durability::Replicated), args.tasks, args.consumers).await?;
+        println!(
+            "cluster round {}: local {l:.0} tasks/s, replicated {r:.0} tasks/s",
+            round + 1
+        );
+        local = local.max(l);
+        replicated = replicated.max(r);
+    }
+    drop(cluster);
+    Ok(vec![Row::ratio(
+        "replicated on a cluster (3 masters + 3 replicas, 6 partitions)",
+        replicated,
+        "tasks/s",
+        "local, same cluster",
+        local,
+    )])
+}
+
+/// Empties every master of a cluster (a replica refuses `FLUSHALL` and follows its master).
+async fn flush_masters(urls: &[String]) -> anyhow::Result<()> {
+    for url in urls {
+        let mut conn = redis::Client::open(url.as_str())?
+            .get_multiplexed_async_connection()
+            .await?;
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(&mut conn)
+            .await?;
+        if info.lines().any(|line| line.trim() == "role:master") {
+            flush(url).await?;
+        }
+    }
     Ok(())
 }

@@ -21,18 +21,35 @@
 //!   offset where it was, possibly at zero. The probe write moves it to the primary's current
 //!   offset, which covers every earlier write on that primary, including the one a retry is
 //!   there to confirm.
-//! - **Cluster.** The pipeline's `WAIT` would have to reach the shard that took the script,
-//!   which the cluster client does not promise for a keyless command, so `replicated` is
-//!   refused on Redis Cluster (use a primary with replicas, with or without Sentinel).
+//! - **Cluster.** The unit goes to the master serving the partition's slot, routed by the
+//!   partition's hash tag, and the probe key carries that tag, so the script, the probe and
+//!   the `WAIT` meet on one master over one socket. When a reply of the unit is a
+//!   redirection (`MOVED` after a failover or a reshard, `ASK`, `TRYAGAIN`, `CLUSTERDOWN`),
+//!   the cluster client sends the whole unit again, to the new master or after a pause, and
+//!   hands back the replies of one complete unit: never a script answered by one node with a
+//!   `WAIT` answered by another. Usually the script is what was redirected and never ran. In
+//!   the rare case that the slot moved between the script and the probe, the script runs
+//!   again on the new master, which is safe: a repeated lease transition answers as a repeat,
+//!   an enqueue with an idempotency key finds its task, and one without writes the same task
+//!   id again (its queue counters count it twice).
+//!
+//! `WAITAOF` (Redis 7.2) could also wait for the change to reach a replica's append-only
+//! file. It is not used: the failure `replicated` guards against is a master lost and its
+//! replica promoted, and what the replica holds in memory is what it serves once promoted;
+//! a change in a replica's memory is lost only if that replica dies too before its own
+//! `appendfsync` runs. Waiting for an fsync on the replica would add up to a second per change
+//! under `appendfsync everysec`, and needs `appendonly` on every replica and Redis 7.2.
 
 use std::str::FromStr;
 use std::time::Duration;
 
 use redis::aio::ConnectionLike;
+use redis::cluster_routing::{Route, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
 use crate::conn::Conn;
 use crate::error::{QueueError, Result};
+use crate::keys::Partition;
 
 /// How sure a state change must be before it is reported done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -98,16 +115,18 @@ impl Ack {
 /// the `WAIT`'s answer; see the module documentation.
 pub(crate) struct Acknowledged<'a> {
     conn: &'a mut Conn,
-    probe: &'a str,
+    partition: &'a Partition,
     timeout: Duration,
     acked: i64,
 }
 
 impl<'a> Acknowledged<'a> {
-    pub(crate) fn new(conn: &'a mut Conn, probe: &'a str, timeout: Duration) -> Self {
+    /// Acknowledged changes to `partition`'s keys; its probe key and, on a cluster, its slot
+    /// are used.
+    pub(crate) fn new(conn: &'a mut Conn, partition: &'a Partition, timeout: Duration) -> Self {
         Acknowledged {
             conn,
-            probe,
+            partition,
             timeout,
             acked: 0,
         }
@@ -120,29 +139,50 @@ impl<'a> Acknowledged<'a> {
             timeout: self.timeout,
         }
     }
+
+    /// `[command, SET probe 1, WAIT 1 timeout]`.
+    fn unit(&self, cmd: &Cmd) -> Pipeline {
+        let mut pipe = Pipeline::new();
+        pipe.add_command(cmd.clone())
+            .cmd("SET")
+            .arg(self.partition.replication_probe())
+            .arg(1)
+            .cmd("WAIT")
+            .arg(1)
+            .arg(crate::broker::millis(self.timeout).max(1));
+        pipe
+    }
+}
+
+/// The three replies of a unit: the command's, the probe's and the `WAIT`'s.
+fn split(values: Vec<Value>) -> redis::RedisResult<[Value; 3]> {
+    values.try_into().map_err(|_| {
+        redis::RedisError::from((
+            redis::ErrorKind::UnexpectedReturnType,
+            "a pipeline of three commands did not answer three replies",
+        ))
+    })
 }
 
 impl ConnectionLike for Acknowledged<'_> {
     fn req_packed_command<'b>(&'b mut self, cmd: &'b Cmd) -> RedisFuture<'b, Value> {
         Box::pin(async move {
-            let mut pipe = Pipeline::new();
-            pipe.add_command(cmd.clone())
-                .cmd("SET")
-                .arg(self.probe)
-                .arg(1)
-                .cmd("WAIT")
-                .arg(1)
-                .arg(crate::broker::millis(self.timeout).max(1));
-            let values = self.conn.req_packed_commands(&pipe, 0, 3).await?;
-            let [reply, _, wait]: [Value; 3] = values.try_into().map_err(|_| {
-                redis::RedisError::from((
-                    redis::ErrorKind::UnexpectedReturnType,
-                    "a pipeline of three commands did not answer three replies",
-                ))
-            })?;
-            // An error in place of a count (a server that refuses WAIT) counts as no replica.
-            self.acked = match wait {
-                Value::Int(n) => n,
+            let unit = self.unit(cmd);
+            let replies = match &mut *self.conn {
+                // To the slot's master, whatever the client would pick for the pipeline; it
+                // sends the whole unit again on a redirection.
+                Conn::Cluster(conn) => {
+                    let route = Route::new(self.partition.slot(), SlotAddr::Master);
+                    conn.route_pipeline(unit, 0, 3, SingleNodeRoutingInfo::SpecificNode(route))
+                        .await?
+                }
+                conn => conn.req_packed_commands(&unit, 0, 3).await?,
+            };
+            let [reply, probed, wait] = split(replies)?;
+            // An error in place of the probe's `OK` or the `WAIT`'s count (a server that
+            // refuses the write or `WAIT`, as a replica does) counts as no replica.
+            self.acked = match (probed, wait) {
+                (Value::Okay, Value::Int(n)) => n,
                 _ => 0,
             };
             Ok(reply)

@@ -123,12 +123,6 @@ impl Keys {
         format!("{}partitions", self.prefix)
     }
 
-    /// Written before each `WAIT` under `replicated` durability, so the wait covers the
-    /// primary's latest writes (see `durability`).
-    pub fn replication_probe(&self) -> String {
-        format!("{}replication-probe", self.prefix)
-    }
-
     /// The outage clock under the prefix-wide tag: the only partition's clock when there
     /// is one partition (see [`Partition::clock`]); unused otherwise.
     pub fn clock(&self) -> String {
@@ -197,6 +191,23 @@ impl Partition {
     /// `{tag}:` — scripts derive task keys from it.
     pub fn prefix(&self) -> &str {
         &self.prefix
+    }
+
+    /// The Redis Cluster slot every key of the partition hashes to.
+    pub fn slot(&self) -> u16 {
+        let tag = self
+            .prefix
+            .strip_prefix('{')
+            .and_then(|rest| rest.strip_suffix("}:"))
+            .unwrap_or(&self.prefix);
+        slot(tag)
+    }
+
+    /// STRING written before each `WAIT` under `replicated` durability, so the wait covers
+    /// the latest writes of the master serving this partition (see `durability`). With one
+    /// partition it is `{<key_prefix>}:replication-probe`.
+    pub fn replication_probe(&self) -> String {
+        format!("{}replication-probe", self.prefix)
     }
 
     /// A fresh id for a task of this partition: a random UUID (version 4) with one
@@ -330,6 +341,8 @@ mod tests {
         let keys = Keys::new("ragpool");
         let p = &keys.partitions()[0];
         assert_eq!(p.prefix(), "{ragpool}:");
+        assert_eq!(p.slot(), slot("ragpool"));
+        assert_eq!(p.replication_probe(), "{ragpool}:replication-probe");
         assert_eq!(
             p.queue("full_query").started,
             "{ragpool}:q:full_query:active"
@@ -358,6 +371,9 @@ mod tests {
                     s >= i * SLOTS / c && s < (i + 1) * SLOTS / c,
                     "{tag} slot {s}"
                 );
+                // The probe a `WAIT` follows lands on the master serving the partition.
+                assert_eq!(u32::from(p.slot()), s, "{tag}");
+                assert!(p.replication_probe().starts_with(p.prefix()));
             }
         }
         // Spot values, so a change of tag or hash shows here first.

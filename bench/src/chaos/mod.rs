@@ -7,7 +7,8 @@
 //! idempotency keys, some replayed) while the schedule SIGKILLs and restarts executors,
 //! SIGTERMs one, restarts the API and, by topology, SIGKILLs and restarts Redis (single) or
 //! fails it over (Sentinel: `SENTINEL FAILOVER`, and a SIGKILLed primary that comes back as a
-//! replica). Then it waits for every acknowledged task to end and counts: acknowledged but
+//! replica; cluster: `CLUSTER FAILOVER` and a SIGKILLed master whose replica is elected, each
+//! time the next of the three masters). Then it waits for every acknowledged task to end and counts: acknowledged but
 //! lost, wrong results, tasks ended twice (from the events stream), backend calls per task and
 //! why each extra call happened, idempotent replays, the 503 windows the client saw, and for
 //! each failover how long until the first 202 after it.
@@ -15,8 +16,8 @@
 //! The exit status follows what the deployment promises ([`Promise`]): non-zero when a result
 //! was wrong, a task never ended, or an acknowledged task was lost or ended twice where the
 //! setup promises it cannot be (a single server with `appendfsync always`, or `replicated`).
-//! Under `local` on Sentinel, replication is asynchronous and a failover may take the last
-//! writes with it: such losses are counted and tied to the failover they fell in, not failed;
+//! Under `local` with replicas (Sentinel, cluster), replication is asynchronous and a failover
+//! may take the last writes with it: such losses are counted and tied to the failover they fell in, not failed;
 //! one that no failover explains still fails the run.
 
 mod backend;
@@ -79,10 +80,11 @@ const ROUND: Duration = Duration::from_secs(30);
 enum Action {
     KillExecutor(usize),
     TermExecutor(usize),
-    /// SIGKILL Redis (on Sentinel: the primary, which the sentinels replace), start it again
-    /// after this long (on Sentinel: as a replica of the new primary).
+    /// SIGKILL Redis (with replicas: the primary, or a cluster master, which a replica
+    /// replaces), start it again after this long (with replicas: as a replica of the new
+    /// primary).
     KillRedis(Duration),
-    /// `SENTINEL FAILOVER`.
+    /// `SENTINEL FAILOVER`, or `CLUSTER FAILOVER` on a cluster.
     Failover,
     RestartApi,
 }
@@ -91,12 +93,13 @@ enum Action {
 fn round(topology: Topology, executors: usize) -> Vec<(Duration, Action)> {
     let s = Duration::from_secs;
     let e = |i: usize| i % executors.max(1);
-    if topology == Topology::Sentinel {
+    if topology.has_replicas() {
         return vec![
             (s(2), Action::KillExecutor(e(0))),
             (s(4), Action::KillExecutor(e(1))),
             // The primary SIGKILLed: the sentinels promote the replica within about a second
-            // and a half; the killed server comes back as its replica after 2.5 leases.
+            // and a half (a cluster elects it within a few seconds of its 2 s node timeout);
+            // the killed server comes back as its replica after 2.5 leases.
             (
                 s(6),
                 Action::KillRedis(Duration::from_millis(LEASE_SECONDS * 2500)),
@@ -131,6 +134,7 @@ fn round(topology: Topology, executors: usize) -> Vec<(Duration, Action)> {
 #[derive(Debug, Clone)]
 struct Failover {
     graceful: bool,
+    topology: Topology,
     /// When the kill or the `SENTINEL FAILOVER` was sent.
     began: Instant,
     /// When the replica answered as primary and every sentinel announced it (and, for a
@@ -139,11 +143,12 @@ struct Failover {
 }
 
 impl Failover {
-    fn kind(&self) -> &'static str {
+    fn kind(&self) -> String {
+        let (primary, failover) = self.topology.words();
         if self.graceful {
-            "SENTINEL FAILOVER"
+            failover.to_string()
         } else {
-            "primary SIGKILLed"
+            format!("{primary} SIGKILLed")
         }
     }
 
@@ -235,23 +240,27 @@ impl System {
                     self.worker_id(slot)
                 ));
             }
-            Action::KillRedis(down) if self.topology == Topology::Sentinel => {
+            Action::KillRedis(down) if self.topology.has_replicas() => {
+                let (primary, _) = self.topology.words();
                 let began = Instant::now();
                 tokio::task::block_in_place(|| self.redis.kill())?;
                 let promoted = Instant::now();
                 self.resync_events(began);
                 self.failovers.push(Failover {
                     graceful: false,
+                    topology: self.topology,
                     began,
                     promoted,
                 });
                 self.note(format!(
-                    "SIGKILL redis primary, replica promoted after {:.1} s",
+                    "SIGKILL redis {primary}, replica promoted after {:.1} s",
                     (promoted - began).as_secs_f64()
                 ));
                 tokio::time::sleep_until(tokio::time::Instant::from_std(began + down)).await;
                 tokio::task::block_in_place(|| self.redis.start_again())?;
-                self.note("former primary started again as a replica, in sync".into());
+                self.note(format!(
+                    "former {primary} started again as a replica, in sync"
+                ));
             }
             Action::KillRedis(down) => {
                 tokio::task::block_in_place(|| self.redis.kill())?;
@@ -267,11 +276,13 @@ impl System {
                 self.resync_events(began);
                 self.failovers.push(Failover {
                     graceful: true,
+                    topology: self.topology,
                     began,
                     promoted,
                 });
+                let (primary, failover) = self.topology.words();
                 self.note(format!(
-                    "SENTINEL FAILOVER, replica promoted and former primary demoted after {:.1} s",
+                    "{failover}, replica promoted and former {primary} demoted after {:.1} s",
                     (promoted - began).as_secs_f64()
                 ));
             }
@@ -742,7 +753,8 @@ async fn follow_events(url: String, partitions: u16, log: Arc<Mutex<EventLog>>) 
         .map(|p| p.events())
         .collect();
     let mut lasts = vec!["0-0".to_string(); streams.len()];
-    // The queue's own connection type: on Sentinel it follows the primary through failovers.
+    // The queue's own connection type: on Sentinel it follows the primary through failovers,
+    // on a cluster a new one reads the slot map again and so finds the new masters.
     let Ok(target) = url.parse::<RedisTarget>() else {
         return;
     };
@@ -759,8 +771,9 @@ async fn follow_events(url: String, partitions: u16, log: Arc<Mutex<EventLog>>) 
             log.dropped
                 .extend(dropped.into_iter().map(|(id, (task, _))| (id, task)));
             lasts.fill(format!("{}-{}", ms.saturating_sub(1), u64::MAX));
-            // A new connection asks the sentinels for the primary; the old one may be on the
-            // demoted server, which serves its stale data while it resynchronises.
+            // A new connection asks the sentinels for the primary (on a cluster, the nodes for
+            // the masters); the old one may be on the demoted server, which serves its stale
+            // data while it resynchronises.
             conn = None;
         }
         if conn.is_none() {
@@ -830,7 +843,7 @@ impl Promise {
     /// answering, and `replicated` waits for a replica; under `local` with replicas, a
     /// failover may promote a replica that had not received the last changes.
     fn survives_failovers(self) -> bool {
-        self.topology != Topology::Sentinel || self.durability == Durability::Replicated
+        !self.topology.has_replicas() || self.durability == Durability::Replicated
     }
 
     fn describe(self) -> String {
@@ -862,7 +875,7 @@ struct Tally {
 }
 
 impl Tally {
-    /// Whether the run broke something its [`Promise`] covers. Under `local` on Sentinel a
+    /// Whether the run broke something its [`Promise`] covers. Under `local` with replicas a
     /// lost task is expected from a failover, so only those no failover explains count. A
     /// task ended twice always counts: the events are read back as the surviving primary
     /// has them (see [`EventLog`]), where even a failover under `local` cannot leave two ends.
@@ -885,6 +898,7 @@ impl Tally {
         promise: Promise,
     ) -> Tally {
         let failovers = &system.failovers;
+        let (primary, failover) = system.topology.words();
         // Whether a failover may have undone what a backend call at `a` led to and had begun
         // by `b`: the call came before the failover completed, and at most two seconds (the
         // call's own time, its report, a replica's lag) before it began.
@@ -1075,7 +1089,7 @@ impl Tally {
                 } else {
                     format!(
                         "{lost_in_failover} acknowledged inside a failover ({lost_in_graceful} \
-                         SENTINEL FAILOVER, {} primary SIGKILLed; local replicates \
+                         {failover}, {} {primary} SIGKILLed; local replicates \
                          asynchronously), {} outside (must be 0)",
                         lost_in_failover - lost_in_graceful,
                         lost - lost_in_failover
@@ -1183,7 +1197,7 @@ impl Tally {
                 String::new(),
             ],
         ]);
-        if system.topology == Topology::Sentinel {
+        if system.topology.has_replicas() {
             rows.extend([
                 vec![
                     "events seen, then undone by a failover".into(),
@@ -1191,7 +1205,7 @@ impl Tally {
                     "read from a primary before a replica had them".into(),
                 ],
                 vec![
-                    "chaos: failovers (SENTINEL FAILOVER / primary SIGKILLed)".into(),
+                    format!("chaos: failovers ({failover} / {primary} SIGKILLed)"),
                     format!(
                         "{} / {}",
                         failovers.iter().filter(|f| f.graceful).count(),

@@ -22,25 +22,61 @@ pub enum Topology {
     /// A primary and one replica, both with an append-only file (`appendfsync always`),
     /// watched by three `redis-server --sentinel`; components get a `redis+sentinel://` URL.
     Sentinel,
-    /// A Redis Cluster of three masters without replicas, each with an append-only file
-    /// (`appendfsync always`); components get the three node URLs and every queue is split
-    /// into partitions (`--partitions`, 6 by default here) spread over the masters.
+    /// A Redis Cluster of three masters with one replica each, every node with an
+    /// append-only file (`appendfsync always`) and a 2 s `cluster-node-timeout`; components
+    /// get the six node URLs and every queue is split into partitions (`--partitions`, 6 by
+    /// default here) spread over the masters.
     Cluster,
+}
+
+impl Topology {
+    /// Whether Redis fails over to a replica, rather than being restarted.
+    pub fn has_replicas(self) -> bool {
+        self != Topology::Single
+    }
+
+    /// What the primary is called, and the failover an operator asks for.
+    pub fn words(self) -> (&'static str, &'static str) {
+        match self {
+            Topology::Cluster => ("master", "CLUSTER FAILOVER"),
+            Topology::Single | Topology::Sentinel => ("primary", "SENTINEL FAILOVER"),
+        }
+    }
 }
 
 /// The Redis of a run. A topology adds a variant here and its own way to fail.
 pub enum Redis {
     Single(RedisServer),
     Sentinel(RedisSentinel),
-    Cluster(RedisCluster),
+    Cluster(ClusterRun),
 }
 
-/// The master of a cluster run that the schedule kills: one of three, holding a third of
-/// the partitions.
-const KILLED_MASTER: usize = 1;
+/// A cluster and where the schedule is in it: each kill or failover takes the next master in
+/// turn, so every shard is failed over.
+pub struct ClusterRun {
+    cluster: RedisCluster,
+    turn: usize,
+    /// The killed master, until it is started again.
+    down: Option<usize>,
+}
 
-/// Both topologies persist every write before answering, so a restarted server has every
-/// write it acknowledged: on a single server that makes a SIGKILL lossless, and on Sentinel
+/// One slot of each master's third of the slots (the cluster never reshards during a run): the
+/// shard the schedule fails over next is the one serving `SHARDS[turn % 3]`.
+const SHARDS: [u16; 3] = [0, 8_000, 16_000];
+
+impl ClusterRun {
+    /// The master the schedule takes next, and moves the turn on.
+    fn next_master(&mut self) -> anyhow::Result<usize> {
+        let slot = SHARDS[self.turn % SHARDS.len()];
+        self.turn += 1;
+        self.cluster
+            .master_of(slot)
+            .with_context(|| format!("finding the master of slot {slot}"))
+    }
+}
+
+/// Every server persists every write before answering, so a restarted server has every
+/// write it acknowledged: on a single server that makes a SIGKILL lossless, and with replicas
 /// it leaves replication as the only way to lose a write, which is what the durability
 /// setting is about.
 const PERSISTENT: ServerOptions = ServerOptions {
@@ -58,10 +94,12 @@ impl Redis {
                 RedisSentinel::start_with(PERSISTENT)
                     .context("starting a primary, a replica and three sentinels")?,
             )),
-            Topology::Cluster => Ok(Redis::Cluster(
-                RedisCluster::start_with(3, PERSISTENT)
-                    .context("starting a Redis Cluster of three masters")?,
-            )),
+            Topology::Cluster => Ok(Redis::Cluster(ClusterRun {
+                cluster: RedisCluster::start_with_replicas(3, PERSISTENT)
+                    .context("starting a Redis Cluster of three masters and three replicas")?,
+                turn: 0,
+                down: None,
+            })),
         }
     }
 
@@ -70,19 +108,24 @@ impl Redis {
         match self {
             Redis::Single(s) => s.url(),
             Redis::Sentinel(s) => s.url(),
-            Redis::Cluster(c) => c.urls().join(","),
+            Redis::Cluster(c) => c.cluster.urls().join(","),
         }
     }
 
     /// SIGKILLs the server; on Sentinel, the primary, and returns once the sentinels have
-    /// promoted the replica; on a cluster, one master (its partitions are away until it is
-    /// back).
+    /// promoted the replica; on a cluster, the next master in turn, and returns once its
+    /// replica has been elected and every node sees it serve the slots.
     pub fn kill(&mut self) -> anyhow::Result<()> {
         match self {
             Redis::Single(s) => s.kill().context("killing redis-server"),
-            Redis::Cluster(c) => c.nodes()[KILLED_MASTER]
-                .kill()
-                .context("killing a cluster master"),
+            Redis::Cluster(c) => {
+                let master = c.next_master()?;
+                c.cluster
+                    .kill_master(master)
+                    .context("killing a cluster master and waiting for its replica's election")?;
+                c.down = Some(master);
+                Ok(())
+            }
             Redis::Sentinel(s) => s
                 .kill_primary()
                 .map(drop)
@@ -90,8 +133,8 @@ impl Redis {
         }
     }
 
-    /// Starts what [`Redis::kill`] killed, on the same port and data; on Sentinel as a
-    /// replica of the new primary, and returns once it is in sync.
+    /// Starts what [`Redis::kill`] killed, on the same port and data; with replicas as a
+    /// replica of the new primary (master), and returns once it is in sync.
     pub fn start_again(&mut self) -> anyhow::Result<()> {
         match self {
             Redis::Single(s) => s.start_again().context("restarting redis-server"),
@@ -99,23 +142,31 @@ impl Redis {
                 .restart_former_primary()
                 .context("restarting the former primary as a replica"),
             Redis::Cluster(c) => {
-                c.nodes()[KILLED_MASTER]
-                    .start_again()
-                    .context("restarting the cluster master")?;
-                c.wait_until_ok()
-                    .context("waiting for the cluster to serve every slot again")
+                let Some(node) = c.down.take() else {
+                    bail!("no cluster master is down");
+                };
+                c.cluster
+                    .start_again(node)
+                    .context("restarting the former master as a replica")
             }
         }
     }
 
-    /// `SENTINEL FAILOVER`, returning once the replica answers as primary and the former
-    /// primary as its replica.
+    /// `SENTINEL FAILOVER`, or `CLUSTER FAILOVER` to the next master's replica; returns once
+    /// the replica answers as primary (master) and the former one as its replica.
     pub fn failover(&mut self) -> anyhow::Result<()> {
         match self {
-            Redis::Single(_) | Redis::Cluster(_) => {
-                bail!("only the Sentinel topology has a replica to fail over to")
+            Redis::Single(_) => {
+                bail!("a single server has no replica to fail over to")
             }
             Redis::Sentinel(s) => s.failover().map(drop).context("SENTINEL FAILOVER"),
+            Redis::Cluster(c) => {
+                let master = c.next_master()?;
+                c.cluster
+                    .failover(master)
+                    .map(drop)
+                    .context("CLUSTER FAILOVER")
+            }
         }
     }
 }

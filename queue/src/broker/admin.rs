@@ -33,6 +33,7 @@ impl Broker {
         let qk = keys.queue(&queue);
         let (reply, ack) = self
             .change(
+                keys,
                 scripts::CANCEL
                     .key(keys.task(id.as_str()))
                     .key(&qk.ready)
@@ -76,6 +77,7 @@ impl Broker {
         let qk = keys.queue(&queue);
         let (reply, ack) = self
             .change(
+                keys,
                 scripts::RETRY
                     .key(keys.task(id.as_str()))
                     .key(&qk.failed)

@@ -319,7 +319,7 @@ impl Broker {
                 .arg(trace.map_or("", |t| t.traceparent.as_str()))
                 .arg(trace.map_or("", |t| t.tracestate.as_str()));
         }
-        let (reply, ack) = self.change(&invocation).await?;
+        let (reply, ack) = self.change(part, &invocation).await?;
         let reply = decode::status(&reply)?;
         if let Some(refused) = self.over_limit(&reply) {
             return Err(refused);

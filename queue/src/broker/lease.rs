@@ -102,6 +102,7 @@ impl Broker {
             .map_err(|e| QueueError::Corrupt(format!("result does not serialize: {e}")))?;
         let (reply, ack) = self
             .change(
+                keys,
                 scripts::COMPLETE
                     .key(keys.task(lease.task.as_str()))
                     .key(&qk.started)
@@ -138,6 +139,7 @@ impl Broker {
         let jitter: f64 = rand::rng().random_range(0.0..1.0);
         let (reply, ack) = self
             .change(
+                keys,
                 scripts::FAIL
                     .key(keys.task(lease.task.as_str()))
                     .key(&qk.started)
@@ -176,6 +178,7 @@ impl Broker {
         let qk = keys.queue(&lease.queue);
         let (reply, ack) = self
             .change(
+                keys,
                 scripts::RELEASE
                     .key(keys.task(lease.task.as_str()))
                     .key(&qk.started)

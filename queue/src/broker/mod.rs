@@ -21,7 +21,7 @@ use crate::config::{QueueConfig, default_queues};
 use crate::conn::{Conn, RedisTarget};
 use crate::durability::{Ack, Acknowledged, Durability};
 use crate::error::{QueueError, Result};
-use crate::keys::{Keys, MAX_PARTITIONS};
+use crate::keys::{Keys, MAX_PARTITIONS, Partition};
 use crate::task::TaskId;
 
 mod admin;
@@ -169,24 +169,15 @@ impl Broker {
                 config.partitions
             )));
         }
-        if config.durability == Durability::Replicated {
-            if config.target.cluster {
-                return Err(QueueError::Config(
-                    "durability replicated is not supported on Redis Cluster (WAIT must reach \
-                     the shard that took the write); use a primary with replicas, with or \
-                     without Sentinel"
-                        .into(),
-                ));
-            }
-            if config.replication_timeout.is_zero()
-                || config.replication_timeout >= config.response_timeout
-            {
-                return Err(QueueError::Config(format!(
-                    "the replication timeout ({:?}) must be positive and shorter than the \
-                     response timeout ({:?})",
-                    config.replication_timeout, config.response_timeout
-                )));
-            }
+        if config.durability == Durability::Replicated
+            && (config.replication_timeout.is_zero()
+                || config.replication_timeout >= config.response_timeout)
+        {
+            return Err(QueueError::Config(format!(
+                "the replication timeout ({:?}) must be positive and shorter than the \
+                 response timeout ({:?})",
+                config.replication_timeout, config.response_timeout
+            )));
         }
         let conn = Conn::open(&config.target, Some(config.response_timeout)).await?;
         if config.partitions == AUTO_PARTITIONS {
@@ -227,20 +218,21 @@ impl Broker {
         self.inner.conn.clone()
     }
 
-    /// Runs a state-changing script. Under `replicated` it is followed by `WAIT` on the same
-    /// connection (see [`crate::durability`]); the caller calls [`Ack::require`] once the
-    /// reply says something changed (a refusal changed nothing and needs no replica).
+    /// Runs a state-changing script on the keys of `partition`. Under `replicated` it is
+    /// followed by `WAIT` on the same connection to the same server (see
+    /// [`crate::durability`]); the caller calls [`Ack::require`] once the reply says something
+    /// changed (a refusal changed nothing and needs no replica).
     pub(crate) async fn change(
         &self,
+        partition: &Partition,
         script: &redis::ScriptInvocation<'_>,
     ) -> Result<(Value, Ack)> {
         let mut conn = self.conn();
         match self.inner.config.durability {
             Durability::Local => Ok((script.invoke_async(&mut conn).await?, Ack::NotAsked)),
             Durability::Replicated => {
-                let probe = self.keys().replication_probe();
                 let mut acknowledged =
-                    Acknowledged::new(&mut conn, &probe, self.inner.config.replication_timeout);
+                    Acknowledged::new(&mut conn, partition, self.inner.config.replication_timeout);
                 let reply = script.invoke_async(&mut acknowledged).await?;
                 Ok((reply, acknowledged.ack()))
             }

@@ -66,7 +66,7 @@ impl Broker {
                 .arg(part.prefix())
                 .arg(chunk)
                 .arg(out.input_gone);
-            let (reply, ack) = self.change(&call).await?;
+            let (reply, ack) = self.change(part, &call).await?;
             let [done, left, gone] = decode::status(&reply)?
                 .iter()
                 .map(|v| v.parse().unwrap_or(0))
@@ -133,7 +133,7 @@ impl Broker {
         let index = |part: &Partition| Self::state_index(part, queue, state);
         self.in_partitions(max, index, |part, max| async move {
             let index = Self::state_index(part, queue, state);
-            self.in_chunks(max, "purge", |chunk| {
+            self.in_chunks(part, max, "purge", |chunk| {
                 let mut call = scripts::PURGE.key(&index);
                 call.arg(part.prefix()).arg(state.as_str()).arg(chunk);
                 call
@@ -149,6 +149,7 @@ impl Broker {
     /// whatever a failover lost.
     async fn in_chunks(
         &self,
+        part: &Partition,
         max: u64,
         what: &str,
         call: impl Fn(u64) -> redis::ScriptInvocation<'static>,
@@ -157,7 +158,7 @@ impl Broker {
         let mut handled = 0;
         loop {
             let chunk = (max - handled).min(u64::from(BULK_CHUNK));
-            let (reply, ack) = self.change(&call(chunk)).await?;
+            let (reply, ack) = self.change(part, &call(chunk)).await?;
             let (done, left) = pair(&reply, what)?;
             ack.require()?;
             out.done += done;

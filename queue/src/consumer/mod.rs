@@ -338,7 +338,7 @@ impl Consumer {
         for first in firsts {
             invocation.arg(first + 1);
         }
-        let (reply, ack) = self.broker.change(&invocation).await?;
+        let (reply, ack) = self.broker.change(keys, &invocation).await?;
         // An unacknowledged claim still hands the tasks out: refusing them would leave them
         // under leases nobody holds until the leases ran out. Should the claim be lost in a
         // failover, the tasks are delivered again; their completion is what must be replicated.
