@@ -1,5 +1,7 @@
 //! Answers streamed by an OpenAI-compatible model server reach the queue's events as they are
-//! generated: pieces numbered within their attempt, coalesced, adding up to the stored result.
+//! generated: pieces numbered within their attempt, coalesced, adding up to the stored result;
+//! a cancel closes the model request, and a `ragpool-executor` killed mid-answer leaves a
+//! second attempt to stream the whole answer again under its own number.
 
 use std::time::Duration;
 
@@ -8,7 +10,8 @@ use serde_json::json;
 
 mod loop_support;
 use loop_support::{
-    Env, Events, FakeModel, InProcess, PATIENCE, Streaming, fake_usage, quick_queues, settings,
+    Env, Events, ExecutorProcess, FakeModel, InProcess, PATIENCE, Streaming, fake_usage,
+    quick_queues, settings,
 };
 
 fn openai_executor(env: &Env, model: &FakeModel) -> InProcess {
@@ -148,4 +151,87 @@ async fn a_cancel_stops_the_model_request_mid_stream() {
     assert_eq!(task.state, TaskState::Canceled, "{task:?}");
     assert_eq!(model.requests(), 1);
     executor.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_executor_killed_mid_answer_leaves_a_second_attempt_to_stream_it_whole() {
+    let env = Env::start(quick_queues()).await;
+    // The first request streams 30 tokens and stalls (its executor dies holding it); the
+    // second streams the whole answer.
+    let model = FakeModel::start(
+        FakeModel::words(200),
+        Duration::from_millis(10),
+        |request| {
+            if request == 0 {
+                Streaming::StallAfter(30)
+            } else {
+                Streaming::Whole
+            }
+        },
+    )
+    .await;
+    let redis = env.url();
+    let base = format!("{}/v1", model.url);
+    let executor_env = |worker: &'static str| {
+        vec![
+            ("RAGPOOL_REDIS_URL", redis.clone()),
+            ("RAGPOOL_BACKEND", "openai".to_owned()),
+            ("RAGPOOL_OPENAI_BASE_URL", base.clone()),
+            ("RAGPOOL_OPENAI_MODEL", "answer-model".to_owned()),
+            ("RAGPOOL_LEASE_SECONDS", "1".to_owned()),
+            ("RAGPOOL_WORKER_ID", worker.to_owned()),
+        ]
+    };
+    let start = |vars: Vec<(&'static str, String)>| async move {
+        let refs: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        ExecutorProcess::start(&refs).await
+    };
+    let mut events = Events::follow(&env.broker).await;
+    let a = start(executor_env("executor-a")).await;
+    let id = env.ask("What survives a crash?").await;
+    model.until_sent(1, 30).await;
+    events.until(&id, |e| e.delta.is_some()).await;
+    a.sigkill().await;
+
+    let b = start(executor_env("executor-b")).await;
+    let history = events.until_end(&id).await;
+    let task = env.ended(&id).await;
+    assert_eq!(task.state, TaskState::Finished, "{task:?}");
+    assert_eq!(task.attempts, 2, "{task:?}");
+    assert_eq!(task.worker.as_deref(), Some("executor-b"));
+
+    let pieces = deltas(&history);
+    let first: Vec<&Delta> = pieces.iter().filter(|d| d.attempt == 1).collect();
+    let second: Vec<Delta> = pieces.iter().filter(|d| d.attempt == 2).cloned().collect();
+    assert_eq!(
+        first.len() + second.len(),
+        pieces.len(),
+        "only the two attempts streamed: {pieces:?}"
+    );
+    let answer = FakeModel::words(200).concat().trim().to_owned();
+    let cut: String = first.iter().map(|d| d.text.as_str()).collect();
+    assert!(
+        !cut.is_empty() && answer.starts_with(&cut) && cut.len() < answer.len(),
+        "the dead attempt streamed part of the answer: {cut:?}"
+    );
+    let numbers: Vec<u64> = second.iter().map(|d| d.seq).collect();
+    let expected: Vec<u64> = (1..=second.len() as u64).collect();
+    assert_eq!(
+        numbers, expected,
+        "the second attempt numbers its pieces from 1"
+    );
+    assert_eq!(
+        joined(&second),
+        answer,
+        "the second attempt streamed the whole answer"
+    );
+    assert_eq!(
+        task.result.as_ref().map(|r| &r["answer"]),
+        Some(&json!(answer))
+    );
+    assert_eq!(model.requests(), 2);
+
+    b.sigterm();
+    let (status, output) = b.exit().await;
+    assert!(status.success(), "{status}\n{output}");
 }
