@@ -214,3 +214,83 @@ impl<'a> Assembler<'a> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Reads `chunks` as one body.
+    async fn read_chunks(chunks: &[&str], framing: Framing, shape: Shape) -> (Value, String) {
+        let cx = TaskContext::default();
+        let body = futures::stream::iter(
+            chunks
+                .iter()
+                .map(|c| Ok::<_, reqwest::Error>(c.as_bytes().to_vec()))
+                .collect::<Vec<_>>(),
+        );
+        let value = match read(body, framing, shape, "model server", &cx).await {
+            Ok(v) => v,
+            Err(StreamError::Backend(e)) => panic!("{e}"),
+            Err(StreamError::Transfer(e)) => panic!("{e}"),
+        };
+        let text = cx
+            .answer_text()
+            .pending()
+            .map(|(t, _)| t)
+            .unwrap_or_default();
+        (value, text)
+    }
+
+    #[tokio::test]
+    async fn pieces_split_anywhere_between_chunks_are_read_whole() {
+        let (value, text) = read_chunks(
+            &["{\"delta\": \"é", "t\"}\n{\"del", "ta\": \"é\"}"],
+            Framing::Ndjson,
+            Shape::Rag,
+        )
+        .await;
+        assert_eq!(value, json!({"answer": "été"}));
+        assert_eq!(text, "été");
+
+        let chunk =
+            |s: &str| json!({"model": "m", "choices": [{"delta": {"content": s}}]}).to_string();
+        let first = format!("data: {}\n\ndata: {}", chunk("Hel"), chunk("lo"));
+        let (value, text) = read_chunks(
+            &[
+                &first[..20],
+                &first[20..],
+                "\n\ndata: {\"choices\": [], \"usage\": {\"total_tokens\": 3}}\n\n",
+                "data: [DONE]\n\n",
+            ],
+            Framing::EventStream,
+            Shape::Chat,
+        )
+        .await;
+        assert_eq!(
+            value,
+            json!({
+                "model": "m",
+                "choices": [{"message": {"role": "assistant", "content": "Hello"}}],
+                "usage": {"total_tokens": 3},
+            })
+        );
+        assert_eq!(text, "Hello");
+    }
+
+    #[test]
+    fn streamed_framings_are_told_by_content_type() {
+        let framing = |ct: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(CONTENT_TYPE, ct.parse().unwrap());
+            Framing::of(&h)
+        };
+        assert_eq!(framing("text/event-stream"), Some(Framing::EventStream));
+        assert_eq!(
+            framing("Text/Event-Stream; charset=utf-8"),
+            Some(Framing::EventStream)
+        );
+        assert_eq!(framing("application/x-ndjson"), Some(Framing::Ndjson));
+        assert_eq!(framing("application/json"), None);
+        assert_eq!(Framing::of(&HeaderMap::new()), None);
+    }
+}
