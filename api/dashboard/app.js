@@ -228,11 +228,9 @@ async function readAnswer(state) {
           }
           if (name === 'delta' && data) {
             const d = JSON.parse(data);
-            // A new attempt starts the answer over.
-            if (d.attempt !== state.attempt) {
-              state.attempt = d.attempt;
-              state.text = '';
-            }
+            // Offset 0: the text starts here (a new attempt, or the text so far).
+            if (d.offset === 0) state.text = '';
+            state.attempt = d.attempt;
             state.text += d.text;
             showAnswer(state);
           } else if (['finished', 'failed', 'canceled'].includes(name)) {

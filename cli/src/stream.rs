@@ -35,6 +35,8 @@ pub struct Followed {
 #[derive(Deserialize)]
 struct Delta {
     attempt: u32,
+    /// 0 when the text starts here (a new attempt, or the text so far on connecting).
+    offset: usize,
     text: String,
 }
 
@@ -46,7 +48,6 @@ pub async fn follow(
     out: &mut impl Write,
 ) -> Result<Followed, ClientError> {
     let mut last_id: Option<String> = None;
-    let mut attempt = None;
     let mut printed = false;
     let mut failures = 0;
     loop {
@@ -119,13 +120,12 @@ pub async fn follow(
                     let Ok(delta) = serde_json::from_str::<Delta>(&event.data) else {
                         continue;
                     };
-                    if attempt.is_some_and(|a| a != delta.attempt) && printed {
+                    if delta.offset == 0 && printed {
                         eprintln!(
                             "\n(attempt {} starts the answer over; the text above was cut off)",
                             delta.attempt
                         );
                     }
-                    attempt = Some(delta.attempt);
                     let written = out
                         .write_all(delta.text.as_bytes())
                         .and_then(|()| out.flush());

@@ -152,7 +152,13 @@ fn take_delta(details: &mut HashMap<String, String>) -> Option<Delta> {
     let text = details.remove("delta")?;
     let attempt = details.remove("attempt")?.parse().ok()?;
     let seq = details.remove("seq")?.parse().ok()?;
-    Some(Delta { attempt, seq, text })
+    let run = details.remove("run")?.parse().ok()?;
+    Some(Delta {
+        run,
+        attempt,
+        seq,
+        text,
+    })
 }
 
 impl Broker {

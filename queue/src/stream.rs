@@ -5,8 +5,9 @@
 //! task's text so far (a string key of its partition, [`crate::keys::Partition::text`]) and
 //! announced on the events stream as a `started` event carrying a [`Delta`], in one script:
 //! the text so far and the events never disagree. Pieces are numbered from 1 within a run of
-//! the task (a lease); the next attempt starts again from 1 with its own attempt number, so a
-//! reader can drop the text of an attempt that failed. [`Broker::streamed_text`] reads the
+//! the task (a lease); the next run starts again from 1 with its own attempt number, so a
+//! reader can drop the text of an attempt that failed. Runs are also numbered, from 1 per
+//! task: attempt numbers start over when a failed task is retried by hand, run numbers never. [`Broker::streamed_text`] reads the
 //! current run's text so far, for a reader that arrives late or comes back.
 
 use redis::Value;
@@ -21,6 +22,8 @@ use crate::task::TaskId;
 /// A piece of a running task's answer text.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Delta {
+    /// The run (lease) of the task that generated it, from 1.
+    pub run: u64,
     /// The attempt that generated it (1 for the first).
     pub attempt: u32,
     /// Its number within the attempt, from 1 without gaps.
@@ -32,6 +35,7 @@ pub struct Delta {
 /// What publishing a piece learned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeltaAck {
+    pub run: u64,
     pub attempt: u32,
     pub seq: u64,
     /// The task was canceled while running: stop it, as after a heartbeat that says so.
@@ -41,6 +45,7 @@ pub struct DeltaAck {
 /// The text the current run of a task has streamed so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamedText {
+    pub run: u64,
     pub attempt: u32,
     /// The number of the last piece it includes.
     pub seq: u64,
@@ -64,7 +69,8 @@ impl Broker {
             .await?;
         let reply = decode::status(&reply)?;
         match reply.as_slice() {
-            [ok, attempt, seq, cancel] if ok == "ok" => Ok(DeltaAck {
+            [ok, attempt, seq, cancel, run] if ok == "ok" => Ok(DeltaAck {
+                run: number(run)?,
                 attempt: number(attempt)?,
                 seq: number(seq)?,
                 cancel_requested: cancel == "1",
@@ -84,7 +90,8 @@ impl Broker {
             .await?;
         match decode::status(&reply)?.as_slice() {
             [] => Ok(None),
-            [attempt, seq, text] => Ok(Some(StreamedText {
+            [attempt, seq, text, run] => Ok(Some(StreamedText {
+                run: number(run)?,
                 attempt: number(attempt)?,
                 seq: number(seq)?,
                 text: text.clone(),

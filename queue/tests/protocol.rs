@@ -786,8 +786,8 @@ async fn streamed_text_and_its_events(env: Env) {
         b.publish_delta(&first.lease, "lo").await.unwrap(),
     ];
     assert_eq!(
-        acks.map(|a| (a.attempt, a.seq, a.cancel_requested)),
-        [(1, 1, false), (1, 2, false)]
+        acks.map(|a| (a.run, a.attempt, a.seq, a.cancel_requested)),
+        [(1, 1, 1, false), (1, 1, 2, false)]
     );
     let so_far = b.streamed_text(&q.id).await.unwrap().unwrap();
     assert_eq!(
@@ -842,6 +842,29 @@ async fn streamed_text_and_its_events(env: Env) {
         .unwrap();
     assert_eq!(b.streamed_text(&q.id).await.unwrap(), None, "ended");
 }
+
+async fn runs_are_numbered_across_retries_by_hand(env: Env) {
+    let b = &env.broker;
+    let q = b.enqueue(new(TaskKind::CompleteAnswer, 1)).await.unwrap();
+    let c = env.consumer("w", &ALL, LEASE).await;
+    let first = c.try_claim().await.unwrap().unwrap();
+    b.publish_delta(&first.lease, "one").await.unwrap();
+    let err = TaskError::new("bad_input", "no");
+    b.fail(&first.lease, &err, Retry::Permanent).await.unwrap();
+    b.retry(&q.id).await.unwrap();
+    let again = c.try_claim().await.unwrap().unwrap();
+    assert_eq!(
+        again.task.attempts, 1,
+        "a retry by hand starts the attempts over"
+    );
+    let ack = b.publish_delta(&again.lease, "two").await.unwrap();
+    assert_eq!(
+        (ack.run, ack.attempt, ack.seq),
+        (2, 1, 1),
+        "but not the runs"
+    );
+}
+on_both!(runs_t, runs_are_numbered_across_retries_by_hand);
 on_both!(streamed_t, streamed_text_and_its_events);
 
 async fn worker_registry(env: Env) {

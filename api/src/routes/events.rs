@@ -9,12 +9,13 @@
 //!
 //! Answer text goes out as `delta` events ([`DeltaView`]) while the task runs. A client that
 //! arrives while a run is streaming first gets that run's text so far as one `delta`. Each
-//! `delta` has the id `delta-<attempt>-<seq>-<bytes>` (the run's attempt, the number of its
-//! last piece, and the bytes of the run's text up to its end), and once a stream has sent
+//! `delta` has the id `delta-<run>-<seq>-<bytes>` (the task's run, the number of its last
+//! piece, and the bytes of the run's text up to its end), and once a stream has sent
 //! text its state events other than the last carry no id, so a client's `Last-Event-ID` is
 //! always the position of the text it has. A client coming back with it gets, from the text
-//! so far, exactly what it is missing: nothing lost, nothing repeated. A new attempt's text
-//! starts again at `seq` 1 under its own attempt number; the client drops the earlier text.
+//! so far, exactly what it is missing: nothing lost, nothing repeated. A new run's text starts
+//! again at `seq` 1 and `offset` 0 under its own attempt number; the client drops the earlier
+//! text whenever a delta's `offset` is 0.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -50,20 +51,22 @@ pub struct SseEvent {
     /// An `EventView` as JSON, or a `DeltaView` for `delta`.
     #[schema(content_media_type = "application/json")]
     data: String,
-    /// The events stream entry id, or `delta-<attempt>-<seq>-<bytes>` for `delta`: send it
+    /// The events stream entry id, or `delta-<run>-<seq>-<bytes>` for `delta`: send it
     /// back as `Last-Event-ID` to resume. Absent on the first event and on state events
     /// after answer text.
     id: Option<String>,
 }
 
 /// A piece of the answer text (`data:` of a `delta` event). Joined in order, the pieces of
-/// one attempt are the answer so far; the finished task's result holds the whole answer.
+/// one run are the answer so far; the finished task's result holds the whole answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeltaView {
     pub task_id: String,
-    /// The attempt that generated the text (1 for the first). Text of a lower attempt
-    /// belongs to a run that failed: drop it.
+    /// The attempt that generated the text (1 for the first).
     pub attempt: u32,
+    /// UTF-8 bytes of this run's text before this piece. 0: the text starts here (a new
+    /// attempt, or the whole text so far on connecting): drop any text held before.
+    pub offset: usize,
     /// The number of the last piece this event includes, from 1 within the attempt. The first
     /// event after (re)connecting may carry several pieces at once.
     pub seq: u64,
@@ -124,7 +127,7 @@ pub async fn task_events(
         let _hold = hold;
         let mut last = task.state;
         // A client resuming the text of the run still going needs no state: it has it.
-        let mut cursor = resume.filter(|c| so_far.as_ref().is_some_and(|s| s.attempt == c.attempt));
+        let mut cursor = resume.filter(|c| so_far.as_ref().is_some_and(|s| s.run == c.run));
         if cursor.is_none() {
             yield Ok(snapshot(&task));
         }
@@ -147,7 +150,10 @@ pub async fn task_events(
                 Ok(event) if event.task_id == id.as_str() => {
                     if let Some(delta) = &event.delta {
                         let sent = match next_piece(cursor, delta) {
-                            Piece::Send(next) => Some((delta_event(&id, next, &delta.text), next)),
+                            Piece::Send(next) => Some((
+                                delta_event(&id, delta.attempt, next, next.bytes - delta.text.len(), &delta.text),
+                                next,
+                            )),
                             Piece::Skip => None,
                             Piece::Reread => reread(&broker, &id, cursor).await,
                         };
@@ -212,25 +218,26 @@ fn sse_event(state: TaskState, view: &EventView, with_id: bool) -> Event {
         .unwrap_or_else(|_| Event::default().event(state.as_str()).data("{}"))
 }
 
-/// Where a client is in a run's answer text: the attempt, the number of the last piece it has,
-/// and the bytes of text it has. It is the id of the last `delta` sent.
+/// Where a client is in a run's answer text: the run, the number of the last piece it has,
+/// and the bytes of text it has. It is the id of the last `delta` sent. (Runs, unlike
+/// attempts, never repeat: a retry by hand starts the attempts over.)
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Cursor {
-    attempt: u32,
+    run: u64,
     seq: u64,
     bytes: usize,
 }
 
 impl Cursor {
     fn id(self) -> String {
-        format!("delta-{}-{}-{}", self.attempt, self.seq, self.bytes)
+        format!("delta-{}-{}-{}", self.run, self.seq, self.bytes)
     }
 
     /// The cursor a `delta` id names; `None` for any other id.
     fn parse(id: &str) -> Option<Cursor> {
         let mut parts = id.strip_prefix("delta-")?.split('-');
         let cursor = Cursor {
-            attempt: parts.next()?.parse().ok()?,
+            run: parts.next()?.parse().ok()?,
             seq: parts.next()?.parse().ok()?,
             bytes: parts.next()?.parse().ok()?,
         };
@@ -251,41 +258,48 @@ enum Piece {
 
 fn next_piece(cursor: Option<Cursor>, delta: &Delta) -> Piece {
     let start = |bytes: usize| Cursor {
-        attempt: delta.attempt,
+        run: delta.run,
         seq: delta.seq,
         bytes: bytes + delta.text.len(),
     };
     match cursor {
-        Some(c) if c.attempt == delta.attempt => match delta.seq {
+        Some(c) if c.run == delta.run => match delta.seq {
             s if s <= c.seq => Piece::Skip,
             s if s == c.seq + 1 => Piece::Send(start(c.bytes)),
             _ => Piece::Reread,
         },
-        Some(c) if delta.attempt < c.attempt => Piece::Skip,
+        Some(c) if delta.run < c.run => Piece::Skip,
         _ if delta.seq == 1 => Piece::Send(start(0)),
         _ => Piece::Reread,
     }
 }
 
 /// The text of `so_far` the client at `cursor` lacks, as one `delta`, and the cursor after it;
-/// `None` when it has it all. A client of another attempt gets the whole text.
+/// `None` when it has it all. A client of another run gets the whole text.
 fn catch_up(id: &TaskId, cursor: Option<Cursor>, so_far: &StreamedText) -> Option<(Event, Cursor)> {
-    let rest = match cursor {
-        Some(c) if c.attempt == so_far.attempt => {
+    let from = match cursor {
+        Some(c) if c.run == so_far.run => {
             if so_far.seq <= c.seq {
                 return None;
             }
             // A position that is not in the text (not one this server gave) gets it all.
-            so_far.text.get(c.bytes..).unwrap_or(&so_far.text)
+            if so_far.text.get(c.bytes..).is_some() {
+                c.bytes
+            } else {
+                0
+            }
         }
-        _ => &so_far.text,
+        _ => 0,
     };
     let next = Cursor {
-        attempt: so_far.attempt,
+        run: so_far.run,
         seq: so_far.seq,
         bytes: so_far.text.len(),
     };
-    Some((delta_event(id, next, rest), next))
+    Some((
+        delta_event(id, so_far.attempt, next, from, &so_far.text[from..]),
+        next,
+    ))
 }
 
 /// [`catch_up`] from the text as it is now; nothing when it cannot be read (the task's end
@@ -300,10 +314,12 @@ async fn reread(broker: &Broker, id: &TaskId, cursor: Option<Cursor>) -> Option<
     }
 }
 
-fn delta_event(id: &TaskId, cursor: Cursor, text: &str) -> Event {
+/// A `delta` of `attempt` carrying `text`, which starts at `offset` and ends at `cursor`.
+fn delta_event(id: &TaskId, attempt: u32, cursor: Cursor, offset: usize, text: &str) -> Event {
     let view = DeltaView {
         task_id: id.to_string(),
-        attempt: cursor.attempt,
+        attempt,
+        offset,
         seq: cursor.seq,
         text: text.to_owned(),
     };
@@ -318,9 +334,10 @@ fn delta_event(id: &TaskId, cursor: Cursor, text: &str) -> Event {
 mod tests {
     use super::*;
 
-    fn delta(attempt: u32, seq: u64, text: &str) -> Delta {
+    fn delta(run: u64, seq: u64, text: &str) -> Delta {
         Delta {
-            attempt,
+            run,
+            attempt: 1,
             seq,
             text: text.into(),
         }
@@ -329,7 +346,7 @@ mod tests {
     #[test]
     fn cursors_round_trip_through_their_ids() {
         let c = Cursor {
-            attempt: 2,
+            run: 2,
             seq: 17,
             bytes: 340,
         };
@@ -348,19 +365,13 @@ mod tests {
 
     #[test]
     fn pieces_are_sent_once_in_order() {
-        let at = |attempt, seq, bytes| {
-            Some(Cursor {
-                attempt,
-                seq,
-                bytes,
-            })
-        };
+        let at = |run, seq, bytes| Some(Cursor { run, seq, bytes });
         let cases = [
             (
                 None,
                 delta(1, 1, "ab"),
                 Piece::Send(Cursor {
-                    attempt: 1,
+                    run: 1,
                     seq: 1,
                     bytes: 2,
                 }),
@@ -370,7 +381,7 @@ mod tests {
                 at(1, 2, 5),
                 delta(1, 3, "ab"),
                 Piece::Send(Cursor {
-                    attempt: 1,
+                    run: 1,
                     seq: 3,
                     bytes: 7,
                 }),
@@ -382,7 +393,7 @@ mod tests {
                 at(1, 9, 50),
                 delta(2, 1, "ab"),
                 Piece::Send(Cursor {
-                    attempt: 2,
+                    run: 2,
                     seq: 1,
                     bytes: 2,
                 }),

@@ -379,6 +379,7 @@ async fn a_late_client_gets_the_text_so_far_first() {
     assert_eq!(events.next().await.unwrap().name, "started");
     let so_far = events.next().await.unwrap();
     assert_eq!(delta_of(&so_far), (1, 2, "Hello wor"));
+    assert_eq!(so_far.data["offset"], 0, "the text so far starts the text");
     assert_eq!(so_far.id.as_deref(), Some("delta-1-2-9"));
     api.broker
         .publish_delta(&claimed.lease, "ld")
@@ -386,6 +387,7 @@ async fn a_late_client_gets_the_text_so_far_first() {
         .unwrap();
     let next = events.next().await.unwrap();
     assert_eq!(delta_of(&next), (1, 3, "ld"));
+    assert_eq!(next.data["offset"], 9);
     api.broker
         .complete(&claimed.lease, &json!({"answer": "Hello world"}))
         .await
@@ -440,6 +442,10 @@ async fn last_event_id_resumes_the_text_without_loss_or_repetition() {
         delta_of(&missed),
         (1, 4, "three four "),
         "resumed with the text missed, without a repeat of the state"
+    );
+    assert_eq!(
+        missed.data["offset"], 8,
+        "it follows the text the client has"
     );
     received.push_str(delta_of(&missed).2);
     api.broker
@@ -513,5 +519,44 @@ async fn a_retried_attempt_streams_again_under_its_own_number() {
         "{rest:?}"
     );
     assert_eq!(delta_of(&rest[2]), (2, 1, "A whole answer."));
+    assert_eq!(
+        rest[2].data["offset"], 0,
+        "the new attempt's text starts over"
+    );
     assert_eq!(rest[2].id.as_deref(), Some("delta-2-1-15"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_after_a_retry_by_hand_gets_the_new_run_whole() {
+    let api = TestApi::start().await;
+    let id = api.submit_query("again by hand").await;
+    let claimed = api.claim("full_query").await;
+    api.broker
+        .publish_delta(&claimed.lease, "First run's text")
+        .await
+        .unwrap();
+    let mut events = open_events(&api, &id, None).await;
+    events.next().await.unwrap();
+    let old = events.next().await.unwrap();
+    drop(events);
+    api.broker
+        .fail(
+            &claimed.lease,
+            &ragpool_queue::TaskError::new("bad_input", "no"),
+            ragpool_queue::Retry::Permanent,
+        )
+        .await
+        .unwrap();
+    api.broker.retry(&id.parse().unwrap()).await.unwrap();
+    let again = api.claim("full_query").await;
+    assert_eq!(again.task.attempts, 1, "attempts start over");
+    for piece in ["Second", " run's text, longer"] {
+        api.broker.publish_delta(&again.lease, piece).await.unwrap();
+    }
+    // The old position names attempt 1 too, but another run: the new text comes whole.
+    let mut resumed = open_events(&api, &id, old.id.as_deref()).await;
+    assert_eq!(resumed.next().await.unwrap().name, "started");
+    let whole = resumed.next().await.unwrap();
+    assert_eq!(delta_of(&whole), (1, 2, "Second run's text, longer"));
+    assert_eq!(whole.data["offset"], 0);
 }
