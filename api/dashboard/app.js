@@ -6,7 +6,7 @@
 const KEY = 'ragpool.adminKey';
 const STATES = ['queued', 'started', 'delayed', 'finished', 'failed', 'canceled'];
 const PAGE = 25;
-const ui = { snapshot: null, route: null, pageCursors: [], refreshTimer: null, stream: null };
+const ui = { snapshot: null, route: null, pageCursors: [], refreshTimer: null, stream: null, answer: null };
 
 // ---------- small helpers ----------
 
@@ -178,6 +178,79 @@ function onEvent(name, data) {
       : r.view === 'task' && (data.lagged || data.recent.some((e) => e.task_id === r.id));
     if (touches) scheduleRefresh();
   }
+}
+
+// ---------- a running task's answer ----------
+
+// While the shown task runs, its own events stream carries its answer text as `delta`s; the
+// text is kept here so the page's re-renders keep it. Read with fetch (for the key header),
+// resuming with Last-Event-ID after a dropped connection, so nothing is shown twice.
+function followAnswer(id) {
+  if (ui.answer && ui.answer.id === id) return;
+  stopAnswer();
+  const state = { id, controller: new AbortController(), attempt: 0, text: '', lastId: null };
+  ui.answer = state;
+  readAnswer(state);
+}
+
+function stopAnswer() {
+  if (ui.answer) ui.answer.controller.abort();
+  ui.answer = null;
+}
+
+async function readAnswer(state) {
+  for (let failures = 0; failures < 5 && ui.answer === state;) {
+    try {
+      const headers = authHeaders();
+      if (state.lastId) headers['Last-Event-ID'] = state.lastId;
+      const response = await fetch(`/api/async/task/${encodeURIComponent(state.id)}/events`, {
+        headers, signal: state.controller.signal, cache: 'no-store',
+      });
+      if (!response.ok) return;
+      const reader = response.body.getReader();
+      const decoder = new TextDecoder();
+      let buffer = '';
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        failures = 0;
+        buffer += decoder.decode(value, { stream: true });
+        let end;
+        while ((end = buffer.indexOf('\n\n')) >= 0) {
+          const block = buffer.slice(0, end);
+          buffer = buffer.slice(end + 2);
+          let name = 'message';
+          let data = '';
+          for (const line of block.split('\n')) {
+            if (line.startsWith('event:')) name = line.slice(6).trim();
+            else if (line.startsWith('id:')) state.lastId = line.slice(3).trim();
+            else if (line.startsWith('data:')) data += line.slice(5).replace(/^ /, '');
+          }
+          if (name === 'delta' && data) {
+            const d = JSON.parse(data);
+            // Offset 0: the text starts here (a new attempt, or the text so far).
+            if (d.offset === 0) state.text = '';
+            state.attempt = d.attempt;
+            state.text += d.text;
+            showAnswer(state);
+          } else if (['finished', 'failed', 'canceled'].includes(name)) {
+            return;
+          }
+        }
+      }
+    } catch (e) {
+      if (state.controller.signal.aborted) return;
+      failures += 1;
+    }
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+}
+
+function showAnswer(state) {
+  const pre = document.getElementById('task-answer');
+  if (pre) pre.textContent = state.text;
+  const note = document.getElementById('task-answer-attempt');
+  if (note) note.textContent = state.attempt > 1 ? ` (attempt ${state.attempt})` : '';
 }
 
 // Re-reads the shown list or task soon after changes, at most once a second.
@@ -482,6 +555,9 @@ async function renderTask(quiet) {
     return;
   }
   if (ui.route !== r) return;
+  if (t.status === 'started') followAnswer(t.task_id);
+  else stopAnswer();
+  const answer = ui.answer && ui.answer.id === t.task_id ? ui.answer : null;
   const field = (name, value) => value === undefined || value === null || value === '' ? [] : [h('dt', {}, name), h('dd', {}, value)];
   const p = t.payload;
   document.getElementById('view').replaceChildren(
@@ -512,6 +588,9 @@ async function renderTask(quiet) {
         ? `inline, ${count(p.image_bytes)} bytes${p.image_type ? `, ${p.image_type}` : ''} (not shown)` : p.image_url),
       field('stored input', `${size(p.input_bytes || 0)}${p.input_sha256 ? `, sha256 ${p.input_sha256.slice(0, 16)}…` : ''}`))),
     // replaceChildren, unlike h(), prints `false`: the result's nodes are spread in or not.
+    ...(answer ? [h('h2', {}, 'Answer so far', h('span', { id: 'task-answer-attempt' },
+      answer.attempt > 1 ? ` (attempt ${answer.attempt})` : '')),
+    h('section', { class: 'card' }, h('pre', { id: 'task-answer' }, answer.text))] : []),
     ...(t.result !== undefined ? [h('h2', {}, 'Result'),
       h('section', { class: 'card' }, h('pre', { id: 'task-result' }, JSON.stringify(t.result, null, 2)))] : []));
 }
@@ -521,6 +600,7 @@ function navigate() {
   const same = ui.route && JSON.stringify(ui.route) === JSON.stringify(r);
   ui.route = r;
   if (!same) ui.pageCursors = [];
+  if (r.view !== 'task') stopAnswer();
   document.getElementById('view').replaceChildren(h('p', { class: 'empty' }, 'Loading…'));
   if (r.view === 'overview') {
     if (ui.snapshot) renderOverview();

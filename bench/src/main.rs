@@ -16,6 +16,7 @@ mod latency;
 mod payloads;
 mod queue;
 mod report;
+mod streaming;
 mod submit_rate;
 
 use clap::{Parser, Subcommand};
@@ -63,6 +64,9 @@ enum Command {
     /// The API's submit rate (`POST /api/async/query`, 16 connections) of one `ragpool` binary
     /// against another built from the same source, e.g. opt-level 3 against "z".
     SubmitRate(submit_rate::Args),
+    /// Streamed answers: the client's first words after the model's first token against the
+    /// whole answer without streaming, and Redis commands per streamed task.
+    Streaming(streaming::Args),
     /// The executor, latency and enqueue sections in one table.
     All(AllArgs),
 }
@@ -95,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
         Command::Fairness(args) => fairness::run(args).await,
         Command::Backend(args) => backend::run(args).await,
         Command::SubmitRate(args) => submit_rate::run(args).await,
+        Command::Streaming(args) => streaming::run(args).await,
         Command::All(args) => {
             let mut rows = executor::rows(&args.executor).await?;
             rows.extend(

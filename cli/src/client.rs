@@ -309,6 +309,35 @@ impl ApiClient {
         }
     }
 
+    /// `GET /api/async/task/{id}/events`, resuming after `last_event_id` when given: the open
+    /// response, whose body is the event stream.
+    pub async fn events(
+        &self,
+        id: &str,
+        last_event_id: Option<&str>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let url = self.url(&["api", "async", "task", id, "events"], None);
+        let mut request = self
+            .request(Method::GET, url.clone())
+            .header(reqwest::header::ACCEPT, "text/event-stream");
+        if let Some(last) = last_event_id {
+            request = request.header("last-event-id", last);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&url, e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let text = response
+            .text()
+            .await
+            .map_err(|e| self.transport_error(&url, e))?;
+        Err(error_answer(&url, status, &text))
+    }
+
     /// `GET /api/queue/stats`.
     pub async fn stats(&self) -> Result<Reply, ClientError> {
         let url = self.url(&["api", "queue", "stats"], None);
@@ -374,22 +403,7 @@ impl ApiClient {
             }
             return Reply::parse(text.clone()).map_err(|_| unexpected());
         }
-        match serde_json::from_str::<ErrorBody>(&text) {
-            Ok(body) if body.error.code == "invalid_batch" => Err(ClientError::InvalidBatch {
-                message: body.error.message,
-                items: body
-                    .errors
-                    .into_iter()
-                    .map(|e| (e.index, e.error.code, e.error.message))
-                    .collect(),
-            }),
-            Ok(body) => Err(ClientError::Api {
-                status,
-                code: body.error.code,
-                message: body.error.message,
-            }),
-            Err(_) => Err(unexpected()),
-        }
+        Err(error_answer(&url, status, &text))
     }
 
     fn transport_error(&self, url: &Url, e: reqwest::Error) -> ClientError {
@@ -407,6 +421,32 @@ impl ApiClient {
                 reason,
             }
         }
+    }
+}
+
+/// The error an API answered with `status` and `text`: its `{"error": …}` body, or the body as
+/// it came when it is not one.
+fn error_answer(url: &Url, status: StatusCode, text: &str) -> ClientError {
+    let unexpected = || ClientError::UnexpectedBody {
+        url: redact(url.as_str()),
+        status,
+        body: shorten(text),
+    };
+    match serde_json::from_str::<ErrorBody>(text) {
+        Ok(body) if body.error.code == "invalid_batch" => ClientError::InvalidBatch {
+            message: body.error.message,
+            items: body
+                .errors
+                .into_iter()
+                .map(|e| (e.index, e.error.code, e.error.message))
+                .collect(),
+        },
+        Ok(body) => ClientError::Api {
+            status,
+            code: body.error.code,
+            message: body.error.message,
+        },
+        Err(_) => unexpected(),
     }
 }
 

@@ -50,6 +50,13 @@ pub struct SubmitOptions {
     #[arg(long, value_name = "SECONDS")]
     pub wait: Option<u64>,
 
+    /// After submitting, print the answer's text as it is generated, until the task ends
+    /// (or `--wait` seconds pass). Ends like `--wait`: exit status 3 if the task is still
+    /// running then, 4 if it failed or was canceled; when no text came (a backend that does
+    /// not stream), the task is printed as JSON instead.
+    #[arg(long)]
+    pub stream: bool,
+
     /// Makes a retried submission return the task of the first one.
     #[arg(long, value_name = "KEY")]
     pub idempotency_key: Option<String>,
@@ -251,6 +258,9 @@ async fn submit_one(command: SubmitCommand) -> Result<ExitCode, CommandError> {
             (answer, options)
         }
     };
+    if options.stream {
+        return stream_answer(&answer, &options).await;
+    }
     let Some(wait) = options.wait else {
         print_json(&answer)?;
         return Ok(ExitCode::SUCCESS);
@@ -269,6 +279,39 @@ async fn submit_one(command: SubmitCommand) -> Result<ExitCode, CommandError> {
             .unwrap_or("?")
     );
     let task = options.api.client()?.wait_for_task(id, wait).await?;
+    report_task(&task)
+}
+
+/// Follows a submitted task with `--stream`: its answer text on stdout as it comes, then, if
+/// no text came or it did not finish, the task as `--wait` prints it.
+async fn stream_answer(answer: &Reply, options: &SubmitOptions) -> Result<ExitCode, CommandError> {
+    let id = answer
+        .json
+        .get("task_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| CommandError::NoTaskId(answer.json.to_string()))?;
+    eprintln!(
+        "submitted task {id} to queue {}; streaming its answer",
+        answer
+            .json
+            .get("queue")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+    );
+    let client = options.api.client()?;
+    let deadline = options
+        .wait
+        .map(|w| tokio::time::Instant::now() + std::time::Duration::from_secs(w));
+    let mut stdout = std::io::stdout();
+    let followed = crate::stream::follow(&client, id, deadline, &mut stdout).await?;
+    if followed.printed {
+        println!();
+    }
+    let task = client.task(id, None).await?;
+    let finished = task.json.get("status").and_then(Value::as_str) == Some("finished");
+    if followed.printed && finished {
+        return Ok(ExitCode::SUCCESS);
+    }
     report_task(&task)
 }
 

@@ -11,6 +11,7 @@ pub mod explain;
 pub mod redis_server;
 pub mod repartition;
 pub mod simulate;
+pub mod stream;
 
 use std::ffi::OsString;
 use std::process::ExitCode;

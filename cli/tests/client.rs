@@ -297,3 +297,111 @@ async fn output_is_one_json_document() {
     let _: Value = run.json();
     stack.shutdown().await;
 }
+
+/// Waits (polling, up to 30 s) until `probe` returns something.
+async fn eventually<T, Fut: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut probe: impl FnMut() -> Fut,
+) -> T {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn submit_stream_prints_the_answer_as_it_is_generated() {
+    let stack = Stack::start(None, false).await;
+    let config = ragpool_api::ApiConfig {
+        redis_url: stack.redis_url.clone(),
+        ..ragpool_api::ApiConfig::default()
+    };
+    let broker = ragpool_queue::Broker::connect(config.broker_config().expect("config"))
+        .await
+        .expect("broker");
+    let consumer = broker
+        .consumer(ragpool_queue::ConsumerConfig {
+            worker_id: "test-worker".into(),
+            queues: vec!["answer_generation".into()],
+            policy: ragpool_queue::ClaimPolicy::Strict,
+            lease: std::time::Duration::from_secs(30),
+        })
+        .await
+        .expect("consumer");
+    let url = stack.url.clone();
+    let run = tokio::spawn(async move {
+        ragpool(
+            &[
+                "submit",
+                "answer",
+                "Who streams?",
+                "--stream",
+                "--api-url",
+                &url,
+            ],
+            &[],
+        )
+        .await
+    });
+
+    // Played by hand as an executor would: two pieces, then, once the CLI follows the task's
+    // events, a third and the end.
+    let claimed = eventually("the CLI's task to be claimable", || async {
+        consumer.try_claim().await.expect("claim")
+    })
+    .await;
+    for piece in ["Hello", " wor"] {
+        broker
+            .publish_delta(&claimed.lease, piece)
+            .await
+            .expect("delta");
+    }
+    let metrics = format!("{}/metrics", stack.url);
+    eventually("the CLI to follow the task's events", || async {
+        let text = reqwest::get(&metrics).await.ok()?.text().await.ok()?;
+        text.lines()
+            .any(|l| l.contains("task_id}/events") && l.contains("status=\"200\""))
+            .then_some(())
+    })
+    .await;
+    broker
+        .publish_delta(&claimed.lease, "ld")
+        .await
+        .expect("delta");
+    broker
+        .complete(
+            &claimed.lease,
+            &serde_json::json!({"answer": "Hello world"}),
+        )
+        .await
+        .expect("complete");
+
+    let run = run.await.expect("the CLI ran");
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(run.stdout, "Hello world\n", "{run:?}");
+    assert!(run.stderr.contains("streaming its answer"), "{run:?}");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn submit_stream_prints_the_task_when_no_text_comes() {
+    // The builtin backend answers in one piece, without streaming.
+    let stack = Stack::start(None, true).await;
+    let api = ["--api-url", stack.url.as_str()];
+    let run = ragpool(
+        &[
+            &["submit", "answer", QUESTION, "--stream", "--wait", "30"][..],
+            &api,
+        ]
+        .concat(),
+        &[],
+    )
+    .await;
+    let task = run.assert_ok().json();
+    assert_eq!(task["status"], "finished", "{task:#}");
+    stack.shutdown().await;
+}

@@ -9,6 +9,7 @@ pub mod cli;
 pub mod health;
 pub mod limits;
 pub mod metrics;
+pub mod publish;
 pub mod runner;
 pub mod settings;
 

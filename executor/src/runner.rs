@@ -27,6 +27,7 @@ use tracing::Instrument;
 use crate::backend::{Backend, BackendError, CallGate, TaskContext, kinds};
 use crate::health::{Health, now_ms};
 use crate::metrics::Metrics;
+use crate::publish::{self, Stop};
 
 /// How the job loop behaves; see [`crate::settings::ExecutorSettings`] for the meaning.
 #[derive(Debug, Clone)]
@@ -452,6 +453,7 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
 
     let (cx, mut progress) = TaskContext::for_task(task.id.clone(), task.attempts);
     let cx = cx.with_gate(shared.gate.clone());
+    let answer = cx.answer_text();
     let timeout = task.timeout;
     // A panicking backend fails this task instead of the executor. Caught in place rather
     // than on a task of its own: the call is raced below and dropped when it loses, and a
@@ -509,9 +511,20 @@ async fn run_task_inner(shared: &Shared, claimed: Claimed, lease_len: Duration) 
             Err(panic) => Outcome::Failed(BackendError::permanent(kinds::INTERNAL, format!("task runner crashed: {}", panic_message(&*panic)))),
         },
         o = heartbeat => o,
+        stop = publish::publish_loop(&shared.broker, &lease, &answer) => match stop {
+            Stop::Canceled => Outcome::Canceled,
+            Stop::LeaseLost => Outcome::LeaseLost,
+        },
         _ = tokio::time::sleep(timeout) => Outcome::TimedOut,
         _ = shared.release.cancelled() => Outcome::Released,
     };
+    if let Outcome::Finished(_) = outcome {
+        // The rest of the answer goes out before the result, so the pieces add up to it
+        // by the time the task is seen finished.
+        if let Err(e) = publish::publish_pending(&shared.broker, &lease, &answer).await {
+            tracing::debug!(error = %e, "publishing the last answer text failed");
+        }
+    }
 
     let label = report(shared, &lease, outcome)
         .instrument(tracing::info_span!("store outcome"))

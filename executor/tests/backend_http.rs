@@ -270,3 +270,120 @@ async fn a_bad_base_url_is_a_config_error() {
         );
     }
 }
+
+/// A reply of `content_type` with `body`.
+fn streamed(content_type: &str, body: &str) -> Reply {
+    Reply {
+        status: 200,
+        headers: vec![("content-type", content_type.into())],
+        body: body.into(),
+    }
+}
+
+/// The answer text that reached the task: what its executor would publish.
+fn text_of(cx: &TaskContext) -> String {
+    cx.answer_text()
+        .pending()
+        .map(|(t, _)| t)
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_streamed_answer_passes_its_text_on_and_stores_its_result() {
+    let sse = "data: {\"delta\": \" Leases last \"}\n\n\
+               data: {\"delta\": \"fifteen seconds.\"}\n\n\
+               data: {\"result\": {\"answer\": \"Leases last fifteen seconds.\", \"citations\": [\"leases.md\"]}}\n\n\
+               data: [DONE]\n\n";
+    let ndjson = "{\"delta\": \"One \"}\n{\"delta\": \"two \"}\n\n{\"delta\": \"three\"}\n";
+    let server = FakeServer::start(
+        vec![
+            streamed("text/event-stream; charset=utf-8", sse),
+            streamed("application/x-ndjson", ndjson),
+        ],
+        Reply::json(200, json!({"answer": "plain"})),
+    )
+    .await;
+    let backend = build(config(&server.url)).await;
+
+    let cx = TaskContext::default();
+    let result = backend.complete_answer(&question(), &cx).await.unwrap();
+    assert_eq!(
+        result,
+        json!({"answer": "Leases last fifteen seconds.", "citations": ["leases.md"]}),
+        "a result event is the result"
+    );
+    assert_eq!(text_of(&cx), "Leases last fifteen seconds.");
+
+    let cx = TaskContext::default();
+    let query = FullQuery {
+        question: "Count".into(),
+        ..Default::default()
+    };
+    let result = backend.full_query(&query, &cx).await.unwrap();
+    assert_eq!(
+        result,
+        json!({"answer": "One two three"}),
+        "without a result event the deltas joined are the answer"
+    );
+    assert_eq!(text_of(&cx), "One two three");
+
+    // A plain JSON answer is the result, as before; no text is streamed.
+    let cx = TaskContext::default();
+    let result = backend.complete_answer(&question(), &cx).await.unwrap();
+    assert_eq!(result, json!({"answer": "plain"}));
+    assert_eq!(text_of(&cx), "");
+
+    let requests = server.requests();
+    assert!(
+        requests.iter().all(|r| r
+            .header("accept")
+            .is_some_and(|a| a.starts_with("text/event-stream"))),
+        "answers accept a stream"
+    );
+    let image = AnalyzeImage {
+        image: Some("aGk=".into()),
+        ..Default::default()
+    };
+    backend.analyze_image(&image, &cx).await.unwrap();
+    assert_eq!(
+        server.requests()[3].header("accept"),
+        Some("*/*"),
+        "an image analysis is not streamed"
+    );
+}
+
+#[tokio::test]
+async fn a_stream_that_fails_midway_is_not_retried_within_the_attempt() {
+    let broken = "data: {\"delta\": \"Half an \"}\n\ndata: {\"error\": \"the model crashed\"}\n\n";
+    let server = FakeServer::start(
+        vec![streamed("text/event-stream", broken)],
+        Reply::json(200, json!({"answer": "whole"})),
+    )
+    .await;
+    let backend = build(config(&server.url)).await;
+    let cx = TaskContext::default();
+    let err = backend.complete_answer(&question(), &cx).await.unwrap_err();
+    assert_eq!(err.kind(), "backend_unavailable", "{err}");
+    assert!(err.message().contains("the model crashed"), "{err}");
+    assert!(err.is_retryable(), "{err}");
+    assert_eq!(
+        server.requests().len(),
+        1,
+        "part of the answer went out: the queue's next attempt starts over"
+    );
+    assert_eq!(text_of(&cx), "Half an");
+
+    // Garbage in a stream is the service's fault, not worth a retry.
+    let server = FakeServer::start(
+        vec![],
+        streamed("application/x-ndjson", "{\"delta\": \"ok\"}\nnot json\n"),
+    )
+    .await;
+    let backend = build(config(&server.url)).await;
+    let err = backend
+        .complete_answer(&question(), &TaskContext::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "model_error", "{err}");
+    assert!(!err.is_retryable(), "{err}");
+}

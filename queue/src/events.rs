@@ -21,6 +21,7 @@ use crate::broker::Broker;
 use crate::conn::Conn;
 use crate::decode;
 use crate::error::Result;
+use crate::stream::Delta;
 use crate::task::{Task, TaskId, TaskState};
 
 /// One state change of one task.
@@ -34,6 +35,9 @@ pub struct TaskEvent {
     /// Extra facts of the change: `progress` and `message`, `worker`, `error_kind`,
     /// `cancel_requested`, `released`, `retried`.
     pub details: HashMap<String, String>,
+    /// A piece of answer text the running task generated (see [`crate::stream`]); its
+    /// state is then `started`.
+    pub delta: Option<Delta>,
 }
 
 /// Fans the events stream out to subscribers. Cheap to clone; the reader stops when the last
@@ -122,6 +126,7 @@ async fn follow(mut conn: Conn, key: String, mut last: String, tx: broadcast::Se
                     ) else {
                         continue;
                     };
+                    let delta = take_delta(&mut details);
                     // No subscribers is fine: nobody is waiting.
                     let _ = tx.send(TaskEvent {
                         event_id: entry.id,
@@ -129,6 +134,7 @@ async fn follow(mut conn: Conn, key: String, mut last: String, tx: broadcast::Se
                         queue,
                         state,
                         details,
+                        delta,
                     });
                 }
             }
@@ -139,6 +145,20 @@ async fn follow(mut conn: Conn, key: String, mut last: String, tx: broadcast::Se
             }
         }
     }
+}
+
+/// The piece of answer text an entry carries, taken out of its fields.
+fn take_delta(details: &mut HashMap<String, String>) -> Option<Delta> {
+    let text = details.remove("delta")?;
+    let attempt = details.remove("attempt")?.parse().ok()?;
+    let seq = details.remove("seq")?.parse().ok()?;
+    let run = details.remove("run")?.parse().ok()?;
+    Some(Delta {
+        run,
+        attempt,
+        seq,
+        text,
+    })
 }
 
 impl Broker {

@@ -231,6 +231,12 @@ impl Partition {
         format!("{}payload:{id}", self.prefix)
     }
 
+    /// STRING: the answer text a running task has streamed so far (see `stream.rs`); it
+    /// expires on its own a task timeout after the last piece.
+    pub fn text(&self, id: &str) -> String {
+        format!("{}text:{id}", self.prefix)
+    }
+
     /// STRING: a large payload on its way in, written in pieces before the enqueue script
     /// renames it to [`Partition::payload`]; it expires on its own when the enqueue never
     /// comes (see `broker/enqueue.rs`).

@@ -31,6 +31,7 @@ pub mod redact;
 mod scripts;
 mod sentinel;
 pub mod stats;
+pub mod stream;
 pub mod task;
 #[cfg(feature = "test-support")]
 pub mod testing;
@@ -55,4 +56,5 @@ pub use limits::{
 };
 pub use payload::{InputSummary, Payload};
 pub use stats::{DurationSummary, QueueStats, WorkerInfo};
+pub use stream::{Delta, DeltaAck, StreamedText};
 pub use task::{Progress, Task, TaskError, TaskId, TaskKind, TaskState, TraceContext};

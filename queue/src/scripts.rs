@@ -38,6 +38,8 @@ macro_rules! limit_script {
 pub(crate) static ENQUEUE: LazyLock<Script> = script!("enqueue.lua");
 pub(crate) static CLAIM: LazyLock<Script> = script!("claim.lua");
 pub(crate) static HEARTBEAT: LazyLock<Script> = script!("heartbeat.lua");
+pub(crate) static DELTA: LazyLock<Script> = script!("delta.lua");
+pub(crate) static STREAM_TEXT: LazyLock<Script> = script!("stream_text.lua");
 pub(crate) static COMPLETE: LazyLock<Script> = script!("complete.lua");
 pub(crate) static FAIL: LazyLock<Script> = script!("fail.lua");
 pub(crate) static RELEASE: LazyLock<Script> = script!("release.lua");

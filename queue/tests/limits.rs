@@ -401,15 +401,12 @@ async fn slow_start_ends_when_the_latency_rises() {
         let l = l.clone();
         async move {
             let mut calls = Vec::new();
-            loop {
-                match l
-                    .try_acquire(&format!("{tag}{}", calls.len()))
-                    .await
-                    .unwrap()
-                {
-                    Admission::Granted(p) => calls.push(p),
-                    _ => break,
-                }
+            while let Admission::Granted(p) = l
+                .try_acquire(&format!("{tag}{}", calls.len()))
+                .await
+                .unwrap()
+            {
+                calls.push(p);
             }
             for c in &calls {
                 l.release(c, CallOutcome::Succeeded, ms(latency), None)

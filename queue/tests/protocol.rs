@@ -832,6 +832,99 @@ async fn events_and_wait(env: Env) {
 }
 on_both!(events_t, events_and_wait);
 
+async fn streamed_text_and_its_events(env: Env) {
+    let b = &env.broker;
+    let mut rx = b.events().await.unwrap().subscribe();
+    let q = b.enqueue(new(TaskKind::CompleteAnswer, 1)).await.unwrap();
+    let c = env.consumer("w", &ALL, LEASE).await;
+    let first = c.try_claim().await.unwrap().unwrap();
+    assert_eq!(b.streamed_text(&q.id).await.unwrap(), None, "nothing yet");
+    let acks = [
+        b.publish_delta(&first.lease, "Hel").await.unwrap(),
+        b.publish_delta(&first.lease, "lo").await.unwrap(),
+    ];
+    assert_eq!(
+        acks.map(|a| (a.run, a.attempt, a.seq, a.cancel_requested)),
+        [(1, 1, 1, false), (1, 1, 2, false)]
+    );
+    let so_far = b.streamed_text(&q.id).await.unwrap().unwrap();
+    assert_eq!(
+        (so_far.attempt, so_far.seq, so_far.text.as_str()),
+        (1, 2, "Hello")
+    );
+
+    // The pieces are events of the running task, in order.
+    let mut pieces = Vec::new();
+    while pieces.len() < 2 {
+        let ev = rx.recv().await.unwrap();
+        assert_eq!(ev.task_id, q.id.as_str());
+        if let Some(delta) = ev.delta {
+            assert_eq!(ev.state, TaskState::Started);
+            assert!(!ev.details.contains_key("delta"), "{:?}", ev.details);
+            pieces.push((delta.attempt, delta.seq, delta.text));
+        }
+    }
+    assert_eq!(pieces, [(1, 1, "Hel".into()), (1, 2, "lo".into())]);
+
+    // A failed attempt's text is not the task's text so far; the next attempt starts again.
+    let err = TaskError::new("backend_unavailable", "cut off");
+    b.fail(&first.lease, &err, Retry::Retryable(None))
+        .await
+        .unwrap();
+    assert_eq!(b.streamed_text(&q.id).await.unwrap(), None, "delayed");
+    maintain_until(b, |m| m.promoted == 1).await;
+    let second = c.try_claim().await.unwrap().unwrap();
+    assert_eq!(
+        b.streamed_text(&q.id).await.unwrap(),
+        None,
+        "new run, no text yet"
+    );
+    assert!(matches!(
+        b.publish_delta(&first.lease, "stale").await,
+        Err(QueueError::LeaseLost(_))
+    ));
+    let ack = b.publish_delta(&second.lease, "New").await.unwrap();
+    assert_eq!((ack.attempt, ack.seq), (2, 1));
+    let so_far = b.streamed_text(&q.id).await.unwrap().unwrap();
+    assert_eq!(
+        (so_far.attempt, so_far.seq, so_far.text.as_str()),
+        (2, 1, "New")
+    );
+
+    // A cancel is reported to the publisher, as to a heartbeat.
+    b.cancel(&q.id).await.unwrap();
+    let ack = b.publish_delta(&second.lease, " text").await.unwrap();
+    assert!(ack.cancel_requested);
+    b.complete(&second.lease, &json!({"answer": "New text"}))
+        .await
+        .unwrap();
+    assert_eq!(b.streamed_text(&q.id).await.unwrap(), None, "ended");
+}
+
+async fn runs_are_numbered_across_retries_by_hand(env: Env) {
+    let b = &env.broker;
+    let q = b.enqueue(new(TaskKind::CompleteAnswer, 1)).await.unwrap();
+    let c = env.consumer("w", &ALL, LEASE).await;
+    let first = c.try_claim().await.unwrap().unwrap();
+    b.publish_delta(&first.lease, "one").await.unwrap();
+    let err = TaskError::new("bad_input", "no");
+    b.fail(&first.lease, &err, Retry::Permanent).await.unwrap();
+    b.retry(&q.id).await.unwrap();
+    let again = c.try_claim().await.unwrap().unwrap();
+    assert_eq!(
+        again.task.attempts, 1,
+        "a retry by hand starts the attempts over"
+    );
+    let ack = b.publish_delta(&again.lease, "two").await.unwrap();
+    assert_eq!(
+        (ack.run, ack.attempt, ack.seq),
+        (2, 1, 1),
+        "but not the runs"
+    );
+}
+on_both!(runs_t, runs_are_numbered_across_retries_by_hand);
+on_both!(streamed_t, streamed_text_and_its_events);
+
 async fn worker_registry(env: Env) {
     let b = &env.broker;
     let info = |id: &str, in_flight| WorkerInfo {

@@ -367,6 +367,8 @@ pub async fn events(
                     }
                 }
                 received = changes_rx.recv() => match received {
+                    // Answer text is no state change; a task's page follows its own events.
+                    Ok(event) if event.delta.is_some() => {}
                     Ok(event) => {
                         *pending
                             .counts

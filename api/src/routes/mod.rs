@@ -39,7 +39,7 @@ use crate::state::AppState;
         license(name = "Apache-2.0", identifier = "Apache-2.0"),
     ),
     modifiers(&BearerAuth),
-    components(schemas(ErrorBody, view::EventView)),
+    components(schemas(ErrorBody, view::EventView, events::DeltaView)),
     tags(
         (name = "tasks", description = "Submit tasks and follow them"),
         (name = "queues", description = "Queue statistics and workers"),

@@ -218,3 +218,345 @@ async fn shutdown_ends_waits_and_streams_and_finishes_them() {
     // And nothing listens any more.
     assert!(api.get("/healthz").send().await.is_err());
 }
+
+/// One server-sent event: its name, its `id:` if it had one, and its data as JSON.
+#[derive(Debug, Clone)]
+struct Sse {
+    name: String,
+    id: Option<String>,
+    data: Value,
+}
+
+/// Reads a response's server-sent events one at a time.
+struct SseReader {
+    body: futures::stream::BoxStream<'static, reqwest::Result<axum::body::Bytes>>,
+    buffer: String,
+}
+
+impl SseReader {
+    fn new(r: reqwest::Response) -> SseReader {
+        assert_eq!(r.status(), 200);
+        SseReader {
+            body: r.bytes_stream().boxed(),
+            buffer: String::new(),
+        }
+    }
+
+    /// The next event; `None` when the stream ended.
+    async fn next(&mut self) -> Option<Sse> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let block: String = self.buffer.drain(..end + 2).collect();
+                let mut sse = Sse {
+                    name: String::new(),
+                    id: None,
+                    data: Value::Null,
+                };
+                for line in block.lines() {
+                    if let Some(v) = line.strip_prefix("event:") {
+                        sse.name = v.trim().to_string();
+                    } else if let Some(v) = line.strip_prefix("id:") {
+                        sse.id = Some(v.trim().to_string());
+                    } else if let Some(v) = line.strip_prefix("data:") {
+                        sse.data = serde_json::from_str(v.trim_start()).unwrap();
+                    }
+                }
+                if sse.name.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                return Some(sse);
+            }
+            let chunk = tokio::time::timeout(std::time::Duration::from_secs(30), self.body.next())
+                .await
+                .expect("an event within 30 s")?;
+            self.buffer
+                .push_str(std::str::from_utf8(&chunk.unwrap()).unwrap());
+        }
+    }
+
+    async fn rest(mut self) -> Vec<Sse> {
+        let mut out = Vec::new();
+        while let Some(e) = self.next().await {
+            out.push(e);
+        }
+        out
+    }
+}
+
+async fn open_events(api: &TestApi, id: &str, last_event_id: Option<&str>) -> SseReader {
+    let mut request = api.get(&format!("/api/async/task/{id}/events"));
+    if let Some(last) = last_event_id {
+        request = request.header("last-event-id", last);
+    }
+    SseReader::new(request.send().await.unwrap())
+}
+
+fn delta_of(e: &Sse) -> (u64, u64, &str) {
+    assert_eq!(e.name, "delta", "{e:?}");
+    (
+        e.data["attempt"].as_u64().unwrap(),
+        e.data["seq"].as_u64().unwrap(),
+        e.data["text"].as_str().unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answer_text_streams_as_delta_events_between_started_and_finished() {
+    let api = TestApi::start().await;
+    let id = api.submit_query("stream me").await;
+    let mut events = open_events(&api, &id, None).await;
+    assert_eq!(events.next().await.unwrap().name, "queued");
+    let claimed = api.claim("full_query").await;
+    for piece in ["Leases ", "last fifteen", " seconds."] {
+        api.broker
+            .publish_delta(&claimed.lease, piece)
+            .await
+            .unwrap();
+    }
+    api.broker
+        .heartbeat(
+            &claimed.lease,
+            Some(&Progress {
+                percent: 80,
+                message: "writing".into(),
+            }),
+        )
+        .await
+        .unwrap();
+    api.broker
+        .complete(
+            &claimed.lease,
+            &json!({"answer": "Leases last fifteen seconds."}),
+        )
+        .await
+        .unwrap();
+    let rest = events.rest().await;
+    let names: Vec<&str> = rest.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["started", "delta", "delta", "delta", "started", "finished"],
+        "{rest:?}"
+    );
+    let pieces: Vec<_> = rest[1..4].iter().map(delta_of).collect();
+    assert_eq!(
+        pieces,
+        [
+            (1, 1, "Leases "),
+            (1, 2, "last fifteen"),
+            (1, 3, " seconds.")
+        ]
+    );
+    let ids: Vec<Option<&str>> = rest.iter().map(|e| e.id.as_deref()).collect();
+    assert!(ids[0].is_some(), "state before any text keeps its id");
+    assert_eq!(
+        &ids[1..4],
+        [
+            Some("delta-1-1-7"),
+            Some("delta-1-2-19"),
+            Some("delta-1-3-28")
+        ]
+    );
+    assert_eq!(
+        ids[4], None,
+        "a progress event after text leaves Last-Event-ID on the text"
+    );
+    assert!(ids[5].is_some(), "the last event has its id");
+    assert_eq!(rest[1].data["task_id"], id.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_client_gets_the_text_so_far_first() {
+    let api = TestApi::start().await;
+    let id = api.submit_query("late").await;
+    let claimed = api.claim("full_query").await;
+    for piece in ["Hello", " wor"] {
+        api.broker
+            .publish_delta(&claimed.lease, piece)
+            .await
+            .unwrap();
+    }
+    let mut events = open_events(&api, &id, None).await;
+    assert_eq!(events.next().await.unwrap().name, "started");
+    let so_far = events.next().await.unwrap();
+    assert_eq!(delta_of(&so_far), (1, 2, "Hello wor"));
+    assert_eq!(so_far.data["offset"], 0, "the text so far starts the text");
+    assert_eq!(so_far.id.as_deref(), Some("delta-1-2-9"));
+    api.broker
+        .publish_delta(&claimed.lease, "ld")
+        .await
+        .unwrap();
+    let next = events.next().await.unwrap();
+    assert_eq!(delta_of(&next), (1, 3, "ld"));
+    assert_eq!(next.data["offset"], 9);
+    api.broker
+        .complete(&claimed.lease, &json!({"answer": "Hello world"}))
+        .await
+        .unwrap();
+    let rest = events.rest().await;
+    assert_eq!(rest.len(), 1, "{rest:?}");
+    assert_eq!(rest[0].name, "finished");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn last_event_id_resumes_the_text_without_loss_or_repetition() {
+    let api = TestApi::start().await;
+    let id = api.submit_query("resume").await;
+    let claimed = api.claim("full_query").await;
+    let pieces = ["one ", "two ", "three ", "four ", "five"];
+    let mut received = String::new();
+
+    let mut first = open_events(&api, &id, None).await;
+    assert_eq!(first.next().await.unwrap().name, "started");
+    let mut last_id = None;
+    for piece in &pieces[..2] {
+        api.broker
+            .publish_delta(&claimed.lease, piece)
+            .await
+            .unwrap();
+        let e = first.next().await.unwrap();
+        received.push_str(delta_of(&e).2);
+        last_id = e.id.clone();
+    }
+    // The connection drops; more text and a progress report come meanwhile.
+    drop(first);
+    for piece in &pieces[2..4] {
+        api.broker
+            .publish_delta(&claimed.lease, piece)
+            .await
+            .unwrap();
+    }
+    api.broker
+        .heartbeat(
+            &claimed.lease,
+            Some(&Progress {
+                percent: 90,
+                message: "almost".into(),
+            }),
+        )
+        .await
+        .unwrap();
+
+    let mut second = open_events(&api, &id, last_id.as_deref()).await;
+    let missed = second.next().await.unwrap();
+    assert_eq!(
+        delta_of(&missed),
+        (1, 4, "three four "),
+        "resumed with the text missed, without a repeat of the state"
+    );
+    assert_eq!(
+        missed.data["offset"], 8,
+        "it follows the text the client has"
+    );
+    received.push_str(delta_of(&missed).2);
+    api.broker
+        .publish_delta(&claimed.lease, pieces[4])
+        .await
+        .unwrap();
+    let e = second.next().await.unwrap();
+    assert_eq!(delta_of(&e).1, 5);
+    received.push_str(delta_of(&e).2);
+    assert_eq!(received, pieces.concat());
+
+    // Resuming with the id of the last piece sends nothing again.
+    let third = open_events(&api, &id, e.id.as_deref()).await;
+    api.broker
+        .complete(&claimed.lease, &json!({"answer": pieces.concat()}))
+        .await
+        .unwrap();
+    let rest = third.rest().await;
+    let names: Vec<&str> = rest.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["finished"], "{rest:?}");
+    drop(second);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_attempt_streams_again_under_its_own_number() {
+    let api = TestApi::start().await;
+    let id = api.submit_query("retry").await;
+    let claimed = api.claim("full_query").await;
+    api.broker
+        .publish_delta(&claimed.lease, "half an ans")
+        .await
+        .unwrap();
+    let mut events = open_events(&api, &id, None).await;
+    assert_eq!(events.next().await.unwrap().name, "started");
+    assert_eq!(
+        delta_of(&events.next().await.unwrap()),
+        (1, 1, "half an ans")
+    );
+    api.broker
+        .fail(
+            &claimed.lease,
+            &ragpool_queue::TaskError::new("backend_unavailable", "cut off"),
+            ragpool_queue::Retry::Retryable(None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(events.next().await.unwrap().name, "delayed");
+    until("the retry to be queued", || async {
+        api.broker.maintain().await.unwrap();
+        api.broker
+            .get(&id.parse().unwrap())
+            .await
+            .unwrap()
+            .is_some_and(|t| t.state == ragpool_queue::TaskState::Queued)
+    })
+    .await;
+    let again = api.claim("full_query").await;
+    api.broker
+        .publish_delta(&again.lease, "A whole answer.")
+        .await
+        .unwrap();
+    api.broker
+        .complete(&again.lease, &json!({"answer": "A whole answer."}))
+        .await
+        .unwrap();
+    let rest = events.rest().await;
+    let names: Vec<&str> = rest.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        ["queued", "started", "delta", "finished"],
+        "{rest:?}"
+    );
+    assert_eq!(delta_of(&rest[2]), (2, 1, "A whole answer."));
+    assert_eq!(
+        rest[2].data["offset"], 0,
+        "the new attempt's text starts over"
+    );
+    assert_eq!(rest[2].id.as_deref(), Some("delta-2-1-15"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_after_a_retry_by_hand_gets_the_new_run_whole() {
+    let api = TestApi::start().await;
+    let id = api.submit_query("again by hand").await;
+    let claimed = api.claim("full_query").await;
+    api.broker
+        .publish_delta(&claimed.lease, "First run's text")
+        .await
+        .unwrap();
+    let mut events = open_events(&api, &id, None).await;
+    events.next().await.unwrap();
+    let old = events.next().await.unwrap();
+    drop(events);
+    api.broker
+        .fail(
+            &claimed.lease,
+            &ragpool_queue::TaskError::new("bad_input", "no"),
+            ragpool_queue::Retry::Permanent,
+        )
+        .await
+        .unwrap();
+    api.broker.retry(&id.parse().unwrap()).await.unwrap();
+    let again = api.claim("full_query").await;
+    assert_eq!(again.task.attempts, 1, "attempts start over");
+    for piece in ["Second", " run's text, longer"] {
+        api.broker.publish_delta(&again.lease, piece).await.unwrap();
+    }
+    // The old position names attempt 1 too, but another run: the new text comes whole.
+    let mut resumed = open_events(&api, &id, old.id.as_deref()).await;
+    assert_eq!(resumed.next().await.unwrap().name, "started");
+    let whole = resumed.next().await.unwrap();
+    assert_eq!(delta_of(&whole), (1, 2, "Second run's text, longer"));
+    assert_eq!(whole.data["offset"], 0);
+}

@@ -4,7 +4,8 @@
 // What it checks: the page loads without console errors; submitted tasks show as queued
 // and then finished; a task that fails shows its error, and retry from the page requeues it
 // and it finishes; cancel from the page ends a queued task, whose page (no result yet) shows
-// no stray `false`; the workers table lists the running executors; a page of another origin
+// no stray `false`; the workers table lists the running executors; a task whose answer a model
+// server streams shows the text growing on its page while it runs, then the result; a page of another origin
 // cannot purge through a form or a no-cors fetch; on an API with keys, the table of keys shows
 // each key's queued and started tasks by the key's name, never the key. It saves a screenshot
 // of the main page.
@@ -73,6 +74,57 @@ async function confirm(page) {
 async function finishedCount() {
   const r = await fetch(`${API}/api/queue/full_query/tasks?state=finished&limit=1`);
   return (await r.json()).total;
+}
+
+// An OpenAI-compatible model server on loopback that streams an answer in pieces: the first
+// three at once, the last only after `release()`.
+async function streamingModel() {
+  let release;
+  const released = new Promise((resolve) => { release = resolve; });
+  const chunk = (text) => `data: ${JSON.stringify({ model: 'served-model', choices: [{ index: 0, delta: { content: text } }] })}\n\n`;
+  const server = http.createServer((req, res) => {
+    req.resume();
+    res.writeHead(200, { 'content-type': 'text/event-stream' });
+    for (const piece of ['The ', 'answer ', 'grows']) res.write(chunk(piece));
+    released.then(() => {
+      res.write(chunk(' here.'));
+      res.end('data: [DONE]\n\n');
+    });
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return { url: `http://127.0.0.1:${server.address().port}`, release, server };
+}
+
+// A task page shows the answer text growing while the model generates it, then the result.
+async function streamedAnswer(browser, problems) {
+  const model = await streamingModel();
+  await stop('exec-answers');
+  executor('exec-stream', 'answer_generation',
+    ['--backend', 'openai', '--openai-base-url', `${model.url}/v1`, '--openai-model', 'answer-model']);
+  const page = await browser.newPage();
+  page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
+  try {
+    const id = await submit('/api/async/complete-answer', { question: 'what grows?' });
+    await page.goto(`${API}/dashboard#/task/${id}`);
+    await page.waitForFunction(() => {
+      const pre = document.querySelector('#task-answer');
+      return pre && pre.textContent === 'The answer grows';
+    });
+    assert.equal(await page.$('#task-result'), null, 'no result while the answer is generated');
+    console.log('ok: a running task\'s page shows its answer so far');
+    model.release();
+    await page.waitForSelector('#task .status-finished');
+    await page.waitForSelector('#task-result');
+    const result = JSON.parse(await page.textContent('#task-result'));
+    assert.equal(result.answer, 'The answer grows here.');
+    assert.equal(await page.$('#task-answer'), null, 'the finished task shows its result instead');
+    console.log('ok: the answer grew to the stored result');
+  } finally {
+    await page.close();
+    model.server.closeAllConnections();
+    model.server.close();
+    await stop('exec-stream');
+  }
 }
 
 // A page of another origin (another port) that posts a form to the API's purge and fires a
@@ -151,8 +203,8 @@ async function main() {
     page.on('console', (m) => { if (m.type() === 'error') problems.push(`console: ${m.text()}`); });
     page.on('pageerror', (e) => problems.push(`page error: ${e.message}`));
     page.on('requestfailed', (r) => {
-      // The live stream is aborted on purpose when the page navigates away or closes.
-      if (!r.url().endsWith('/api/dashboard/events')) problems.push(`request failed: ${r.url()}`);
+      // Event streams are aborted on purpose when the page navigates away or closes.
+      if (!r.url().endsWith('/events')) problems.push(`request failed: ${r.url()}`);
     });
 
     // Only the failing executor runs: full_query tasks wait in their queue.
@@ -232,6 +284,7 @@ async function main() {
     console.log('ok: the page fits a phone-width window');
     assert.equal(await page.$('#owners'), null, 'no table of keys without keys');
     await page.close();
+    await streamedAnswer(browser, problems);
     await crossSiteForms(browser);
     await ownersTable(browser, problems);
   } finally {

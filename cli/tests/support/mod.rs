@@ -47,6 +47,7 @@ pub fn write_docs(dir: &Path) {
 /// The API (and an executor, when asked) over a fresh `redis-server`, until dropped.
 pub struct Stack {
     pub url: String,
+    pub redis_url: String,
     stop: CancellationToken,
     api: Option<JoinHandle<anyhow::Result<()>>>,
     executor: Option<JoinHandle<anyhow::Result<()>>>,
@@ -117,6 +118,7 @@ impl Stack {
         });
         Stack {
             url,
+            redis_url: redis.url(),
             stop,
             api: Some(api),
             executor,

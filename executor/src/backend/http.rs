@@ -11,6 +11,13 @@
 //! [`HttpConfig::forward_image_urls`] sends the URL as it is, for a service that checks URLs
 //! itself.
 //!
+//! Answers (`complete_answer` and `full_query`) may come as a stream: the request accepts
+//! `text/event-stream` and `application/x-ndjson`, and each event is a JSON object —
+//! `{"delta": "…"}` appends answer text (passed on to the task as it arrives),
+//! `{"result": {…}}` is the task's result, `{"error": "…"}` fails the attempt. Without a
+//! `result` the result is `{"answer": <the deltas joined, trimmed>}`. A plain JSON response is
+//! the result, as before.
+//!
 //! A task may run more than once (its executor died after the service answered, or the answer
 //! could not be stored), so each request names the task and attempt in [`TASK_ID_HEADER`] and
 //! [`ATTEMPT_HEADER`]: a service with side effects can deduplicate on the task id.
@@ -31,6 +38,7 @@ use super::context::TaskContext;
 use super::error::{BackendError, BuildError};
 use super::fetch::ImageFetcher;
 use super::input;
+use super::streaming::Shape;
 use super::transport::JsonClient;
 
 /// The id of the task a request runs.
@@ -90,11 +98,13 @@ impl HttpBackend {
         }
     }
 
-    /// POSTs a task of `kind` to that kind's URL.
+    /// POSTs a task of `kind` to that kind's URL; with `stream` the answer may come as a
+    /// stream.
     async fn forward(
         &self,
         kind: TaskKind,
         payload: &impl Serialize,
+        stream: bool,
         cx: &TaskContext,
     ) -> Result<Value, BackendError> {
         let url = &self.urls[&kind];
@@ -107,9 +117,15 @@ impl HttpBackend {
             ],
             None => Vec::new(),
         };
-        self.client
-            .post_with_headers(url, &body, &headers, cx)
-            .await
+        if stream {
+            self.client
+                .post_streamed(url, &body, &headers, cx, 0, Shape::Rag)
+                .await
+        } else {
+            self.client
+                .post_with_headers(url, &body, &headers, cx)
+                .await
+        }
     }
 }
 
@@ -126,7 +142,7 @@ impl Backend for HttpBackend {
             image_url,
             prompt: req.prompt.clone(),
         };
-        self.forward(TaskKind::AnalyzeImage, &req, cx).await
+        self.forward(TaskKind::AnalyzeImage, &req, false, cx).await
     }
 
     async fn complete_answer(
@@ -134,7 +150,7 @@ impl Backend for HttpBackend {
         req: &CompleteAnswer,
         cx: &TaskContext,
     ) -> Result<Value, BackendError> {
-        self.forward(TaskKind::CompleteAnswer, req, cx).await
+        self.forward(TaskKind::CompleteAnswer, req, true, cx).await
     }
 
     async fn full_query(&self, req: &FullQuery, cx: &TaskContext) -> Result<Value, BackendError> {
@@ -145,7 +161,7 @@ impl Backend for HttpBackend {
             ..req.clone()
         };
         cx.progress(10, "forwarded to the RAG service");
-        let result = self.forward(TaskKind::FullQuery, &req, cx).await?;
+        let result = self.forward(TaskKind::FullQuery, &req, true, cx).await?;
         cx.progress(100, "done");
         Ok(result)
     }

@@ -25,6 +25,7 @@ pub mod gate;
 mod image_budget;
 mod input;
 mod passages;
+mod streaming;
 mod transport;
 
 use std::sync::Arc;
@@ -37,7 +38,7 @@ pub use config::{
     BackendConfig, BuiltinConfig, FetchConfig, HttpConfig, OpenAiConfig, RetrievalConfig,
     RetryPolicy, SecretString,
 };
-pub use context::TaskContext;
+pub use context::{AnswerText, TaskContext};
 pub use error::{BackendError, BuildError, kinds};
 pub use gate::{CallGate, CallOutcome, CallPass, CallReport};
 pub use image_budget::DEFAULT_IMAGE_MEMORY_BYTES;

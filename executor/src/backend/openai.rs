@@ -5,6 +5,11 @@
 //! holding the image as a `data:` URL, so the model server never fetches anything itself.
 //! Answers put the passages retrieved from the configured docs folder, numbered, into the
 //! prompt with the task's context, and ask the model to cite them as `[n]`.
+//!
+//! Answers are requested with `stream: true`: each piece of text the server streams goes on
+//! to the task as it arrives, and the answer stored at the end is the pieces joined (trimmed,
+//! as a non-streamed answer is). A server that answers with one JSON response anyway works
+//! as before; its whole answer then goes on to the task as one piece.
 
 use std::sync::Arc;
 
@@ -20,6 +25,7 @@ use super::error::{BackendError, BuildError, kinds};
 use super::fetch::ImageFetcher;
 use super::input;
 use super::retrieval::{DocumentIndex, Hit};
+use super::streaming::Shape;
 use super::transport::JsonClient;
 
 const DESCRIBE_PROMPT: &str = "Describe this image in one paragraph: the main subjects, the \
@@ -127,13 +133,20 @@ impl OpenAiBackend {
         })
     }
 
+    /// One chat completion; with `stream` its text goes on to the task as it is generated.
     async fn chat(
         &self,
         model: &str,
         messages: Value,
+        stream: bool,
         cx: &TaskContext,
     ) -> Result<Completion, BackendError> {
         let mut body = json!({ "model": model, "messages": messages });
+        if stream {
+            body["stream"] = json!(true);
+            // The token counts come in the last chunk, as in a JSON response.
+            body["stream_options"] = json!({ "include_usage": true });
+        }
         if let Some(max_tokens) = self.max_tokens {
             body["max_tokens"] = json!(max_tokens);
         }
@@ -141,10 +154,16 @@ impl OpenAiBackend {
             body["temperature"] = json!(temperature);
         }
         let estimate = estimate_tokens(&body["messages"], self.max_tokens);
-        let response = self
-            .client
-            .post_metered(&self.endpoint, &body, cx, estimate)
-            .await?;
+        let streamed_before = cx.answer_text().received();
+        let response = if stream {
+            self.client
+                .post_streamed(&self.endpoint, &body, &[], cx, estimate, Shape::Chat)
+                .await?
+        } else {
+            self.client
+                .post_metered(&self.endpoint, &body, cx, estimate)
+                .await?
+        };
         let content = &response["choices"][0]["message"]["content"];
         // Most servers send a string; some send a list of text parts.
         let text = match content {
@@ -164,6 +183,10 @@ impl OpenAiBackend {
                 "the model server's response has no choices[0].message.content",
             )
         })?;
+        if stream && cx.answer_text().received() == streamed_before {
+            // Answered in one piece: it still reaches the task as text.
+            cx.stream_text(&text);
+        }
         Ok(Completion {
             text: text.trim().to_owned(),
             model: response["model"].as_str().unwrap_or(model).to_owned(),
@@ -190,7 +213,9 @@ impl OpenAiBackend {
                 { "type": "image_url", "image_url": { "url": data_url } },
             ],
         }]);
-        self.chat(&self.vision_model, messages, cx).await.map(Some)
+        self.chat(&self.vision_model, messages, false, cx)
+            .await
+            .map(Some)
     }
 
     async fn retrieve(&self, question: &str, top_k: Option<u32>) -> Result<Vec<Hit>, BackendError> {
@@ -219,7 +244,7 @@ impl OpenAiBackend {
             { "role": "user", "content": prompt(question, context, hits) },
         ]);
         let mut out = self
-            .chat(&self.model, messages, cx)
+            .chat(&self.model, messages, true, cx)
             .await?
             .into_object("answer");
         if self.retriever.is_some() {

@@ -4,6 +4,11 @@
 //! timeouts are retried here a bounded number of times (honouring `Retry-After`) and then
 //! reported as retryable so the queue can try again later; any other status is permanent and
 //! carries the server's own error message.
+//!
+//! A request may ask for a streamed answer ([`JsonClient::post_streamed`]): a response in a
+//! streamed framing is read piece by piece ([`super::streaming`]), any other as JSON. Once a
+//! piece of answer text has reached the task, a failure is not retried here: the task's
+//! next attempt starts the answer again, under its own attempt number.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -15,6 +20,7 @@ use super::config::{RetryPolicy, SecretString};
 use super::context::TaskContext;
 use super::error::{BackendError, BuildError, kinds};
 use super::gate::{CallOutcome, CallReport};
+use super::streaming::{self, Framing, Shape, StreamError};
 
 /// Longest error body quoted in a message.
 const MAX_QUOTED: usize = 500;
@@ -58,7 +64,22 @@ impl JsonClient {
         cx: &TaskContext,
         tokens: u32,
     ) -> Result<Value, BackendError> {
-        self.send(url, body, &[], cx, tokens).await
+        self.send(url, body, &[], cx, tokens, None).await
+    }
+
+    /// [`JsonClient::post_with_headers`] for a request whose answer may come as a stream of
+    /// `shape` pieces; returns the JSON the pieces add up to (or the JSON answer, when the
+    /// server did not stream). `tokens` as for [`JsonClient::post_metered`].
+    pub async fn post_streamed(
+        &self,
+        url: &str,
+        body: &Value,
+        headers: &[(&'static str, String)],
+        cx: &TaskContext,
+        tokens: u32,
+        shape: Shape,
+    ) -> Result<Value, BackendError> {
+        self.send(url, body, headers, cx, tokens, Some(shape)).await
     }
 
     /// POSTs `body` to `url` with extra request headers and returns the JSON response,
@@ -70,7 +91,7 @@ impl JsonClient {
         headers: &[(&'static str, String)],
         cx: &TaskContext,
     ) -> Result<Value, BackendError> {
-        self.send(url, body, headers, cx, 0).await
+        self.send(url, body, headers, cx, 0, None).await
     }
 
     /// Posts with retries, each request through the task's call gate.
@@ -81,13 +102,19 @@ impl JsonClient {
         headers: &[(&'static str, String)],
         cx: &TaskContext,
         tokens: u32,
+        shape: Option<Shape>,
     ) -> Result<Value, BackendError> {
         let mut retries = 0;
         loop {
-            let err = match self.gated_post(url, body, headers, cx, tokens).await {
+            let received = cx.answer_text().received();
+            let err = match self.gated_post(url, body, headers, cx, tokens, shape).await {
                 Ok(value) => return Ok(value),
                 Err(err) => err,
             };
+            if cx.answer_text().received() != received {
+                // Part of an answer went out already: the queue's next attempt starts over.
+                return Err(err);
+            }
             let BackendError::Retryable {
                 kind,
                 message,
@@ -125,13 +152,14 @@ impl JsonClient {
         headers: &[(&'static str, String)],
         cx: &TaskContext,
         tokens: u32,
+        shape: Option<Shape>,
     ) -> Result<Value, BackendError> {
         let Some(gate) = cx.gate() else {
-            return self.post_once(url, body, headers).await.0;
+            return self.post_once(url, body, headers, cx, shape).await.0;
         };
         let pass = gate.enter(tokens).await?;
         let started = Instant::now();
-        let (result, outcome) = self.post_once(url, body, headers).await;
+        let (result, outcome) = self.post_once(url, body, headers, cx, shape).await;
         let pause = match (&result, outcome) {
             (Err(e), CallOutcome::Overloaded) => e.retry_after(),
             _ => None,
@@ -162,10 +190,14 @@ impl JsonClient {
         url: &str,
         body: &Value,
         headers: &[(&'static str, String)],
+        cx: &TaskContext,
+        shape: Option<Shape>,
     ) -> (Result<Value, BackendError>, CallOutcome) {
         // One span per request, retries included; the server receives it as `traceparent`.
         let span = tracing::info_span!("backend request", otel.kind = "client", peer = self.peer);
-        match tracing::Instrument::instrument(self.request(url, body, headers), span).await {
+        match tracing::Instrument::instrument(self.request(url, body, headers, cx, shape), span)
+            .await
+        {
             Ok(value) => (Ok(value), CallOutcome::Succeeded),
             Err((e, overloaded)) => {
                 let outcome = if overloaded {
@@ -184,8 +216,13 @@ impl JsonClient {
         url: &str,
         body: &Value,
         headers: &[(&'static str, String)],
+        cx: &TaskContext,
+        shape: Option<Shape>,
     ) -> Result<Value, (BackendError, bool)> {
         let mut request = self.client.post(url).json(body);
+        if shape.is_some() {
+            request = request.header(reqwest::header::ACCEPT, streaming::ACCEPT_STREAM);
+        }
         for (name, value) in headers {
             request = request.header(*name, value);
         }
@@ -208,6 +245,16 @@ impl JsonClient {
             .map_err(|e| failed("could not be reached", e))?;
         let status = response.status();
         let retry_after = retry_after(response.headers());
+        if let (true, Some(shape), Some(framing)) =
+            (status.is_success(), shape, Framing::of(response.headers()))
+        {
+            return streaming::read(response.bytes_stream(), framing, shape, self.peer, cx)
+                .await
+                .map_err(|e| match e {
+                    StreamError::Transfer(e) => failed("did not send its whole answer", e),
+                    StreamError::Backend(e) => (e, false),
+                });
+        }
         let text = response
             .text()
             .await

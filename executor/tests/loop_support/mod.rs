@@ -173,7 +173,11 @@ impl Events {
         self.until(id, |e| e.state == state).await
     }
 
-    async fn until(&mut self, id: &TaskId, done: impl Fn(&TaskEvent) -> bool) -> Vec<TaskEvent> {
+    pub async fn until(
+        &mut self,
+        id: &TaskId,
+        done: impl Fn(&TaskEvent) -> bool,
+    ) -> Vec<TaskEvent> {
         let reached = |seen: &[TaskEvent]| seen.iter().any(|e| e.task_id == id.as_str() && done(e));
         while !reached(&self.seen) {
             let event = tokio::time::timeout(PATIENCE, self.rx.recv())
@@ -502,4 +506,163 @@ pub fn details_of<'a>(events: &'a [TaskEvent], state: &str) -> Option<&'a HashMa
         .iter()
         .find(|e| e.state.as_str() == state)
         .map(|e| &e.details)
+}
+
+/// How the fake model server streams one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Streaming {
+    /// Every token, then the usage chunk and `[DONE]`.
+    Whole,
+    /// This many tokens, then nothing more while the connection stays open.
+    StallAfter(usize),
+}
+
+/// An OpenAI-compatible chat-completions server on 127.0.0.1 that streams `tokens` as
+/// `text/event-stream` chunks with `gap` between them, and tells the test how far it got:
+/// tokens sent (counted before each is written), requests taken, and connections the client
+/// dropped before the stream ended.
+#[derive(Clone)]
+pub struct FakeModel {
+    pub url: String,
+    state: Arc<ModelState>,
+}
+
+struct ModelState {
+    tokens: Vec<String>,
+    gap: Duration,
+    plan: Box<dyn Fn(usize) -> Streaming + Send + Sync>,
+    /// Tokens of the latest request started so far.
+    sent: std::sync::atomic::AtomicUsize,
+    requests: std::sync::atomic::AtomicUsize,
+    progress: Notify,
+    dropped: Notify,
+}
+
+/// The usage the fake model reports for every streamed answer.
+pub fn fake_usage() -> Value {
+    serde_json::json!({"prompt_tokens": 30, "completion_tokens": 200, "total_tokens": 230})
+}
+
+impl FakeModel {
+    /// `plan` decides how request `n` (0 for the first) streams.
+    pub async fn start(
+        tokens: Vec<String>,
+        gap: Duration,
+        plan: impl Fn(usize) -> Streaming + Send + Sync + 'static,
+    ) -> FakeModel {
+        let state = Arc::new(ModelState {
+            tokens,
+            gap,
+            plan: Box::new(plan),
+            sent: Default::default(),
+            requests: Default::default(),
+            progress: Notify::new(),
+            dropped: Notify::new(),
+        });
+        let app = Router::new()
+            .fallback(stream_tokens)
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        FakeModel { url, state }
+    }
+
+    /// `count` tokens `word1 ` … `wordN `.
+    pub fn words(count: usize) -> Vec<String> {
+        (1..=count).map(|i| format!("word{i} ")).collect()
+    }
+
+    /// The tokens of the latest request sent so far; a token counts from just before it is
+    /// written.
+    pub fn sent(&self) -> usize {
+        self.state.sent.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn requests(&self) -> usize {
+        self.state
+            .requests
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until request `request` (1 for the first) has sent at least `tokens` tokens.
+    pub async fn until_sent(&self, request: usize, tokens: usize) {
+        tokio::time::timeout(PATIENCE, async {
+            loop {
+                let notified = self.state.progress.notified();
+                if self.requests() >= request && self.sent() >= tokens {
+                    return;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .expect("the fake model streams that far");
+    }
+
+    /// Waits until a client drops its connection before the stream ended.
+    pub async fn until_dropped(&self) {
+        tokio::time::timeout(PATIENCE, self.state.dropped.notified())
+            .await
+            .expect("the client drops the stream");
+    }
+}
+
+fn chunk(data: &Value) -> axum::body::Bytes {
+    format!("data: {data}\n\n").into()
+}
+
+async fn stream_tokens(
+    axum::extract::State(state): axum::extract::State<Arc<ModelState>>,
+) -> Response {
+    use std::sync::atomic::Ordering;
+    let request = state.requests.fetch_add(1, Ordering::SeqCst);
+    state.sent.store(0, Ordering::SeqCst);
+    let plan = (state.plan)(request);
+    let (tx, mut rx) = mpsc::channel::<axum::body::Bytes>(1);
+    tokio::spawn(async move {
+        let limit = match plan {
+            Streaming::Whole => state.tokens.len(),
+            Streaming::StallAfter(n) => n,
+        };
+        for (i, token) in state.tokens.iter().take(limit).enumerate() {
+            if i > 0 {
+                tokio::time::sleep(state.gap).await;
+            }
+            state.sent.store(i + 1, Ordering::SeqCst);
+            state.progress.notify_waiters();
+            let data = serde_json::json!({
+                "id": "chatcmpl-1",
+                "object": "chat.completion.chunk",
+                "model": "served-model",
+                "choices": [{"index": 0, "delta": {"content": token}}],
+            });
+            if tx.send(chunk(&data)).await.is_err() {
+                state.dropped.notify_one();
+                return;
+            }
+        }
+        if plan != Streaming::Whole {
+            // Stall with the connection open until the client goes.
+            tx.closed().await;
+            state.dropped.notify_one();
+            return;
+        }
+        let usage =
+            serde_json::json!({"model": "served-model", "choices": [], "usage": fake_usage()});
+        let _ = tx.send(chunk(&usage)).await;
+        let _ = tx.send("data: [DONE]\n\n".into()).await;
+    });
+    let body = futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx)
+            .map(|b| b.map(Ok::<_, std::convert::Infallible>))
+    });
+    let mut response = axum::body::Body::from_stream(body).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/event-stream"),
+    );
+    response
 }

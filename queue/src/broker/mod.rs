@@ -280,7 +280,7 @@ pub(crate) fn millis(d: Duration) -> u64 {
 }
 
 /// Turns a script's refusal code into the matching error.
-fn refusal(id: &TaskId, reply: &[String]) -> QueueError {
+pub(crate) fn refusal(id: &TaskId, reply: &[String]) -> QueueError {
     match reply.first().map(String::as_str) {
         Some("not_found") => QueueError::NotFound(id.to_string()),
         Some("lease_lost") => QueueError::LeaseLost(id.to_string()),
