@@ -8,9 +8,10 @@
 -- of failures from one round of calls counts once. The limit starts at the floor and, until
 -- its first cut, each such success adds 1 (slow start: it about doubles per round of calls),
 -- so a new key finds the server's capacity from below instead of sending it `max` calls.
--- Slow start also ends, without a cut, at the first success slower than half way to the cut
--- (1.5 times the no-load latency with a factor of 2): the latency is rising, so the capacity
--- is near, and a round more of doubling would overshoot it (TCP's HyStart does the same).
+-- Slow start also ends, without a cut, at the first success slower than a quarter of the way
+-- to the cut (1.25 times the no-load latency with a factor of 2): the latency is rising, so
+-- the capacity is near, and a round more of doubling would overshoot it (TCP's HyStart ends
+-- slow start on a rising round-trip time the same way).
 --
 -- KEYS[1] permits ZSET, KEYS[2] state HASH
 -- ARGV[1] permit id, ARGV[2] outcome: 'ok', 'overload' or 'other' (neither says anything
@@ -53,14 +54,21 @@ if max > 0 and min > 0 then
     if base and latency > factor * base then
       cut = 0.9
     else
-      if slow_start and base and latency > (1 + (factor - 1) / 2) * base then
+      if slow_start and base and latency > (1 + (factor - 1) / 4) * base then
         redis.call('HSET', state, 'steady', 1)
         slow_start = false
       end
-      -- The no-load latency: the lowest seen, drifting up slowly towards calls that were not
-      -- slow, so a model that became slower for good does not pin the limit at its floor.
-      if not base or latency < base then base = latency else base = base + (latency - base) * 0.01 end
-      redis.call('HSET', state, 'base_ms', tostring(base))
+      -- The no-load latency: the lowest seen, drifting up towards calls that were not slow
+      -- with a time constant of a minute (by time, not per call, so a pool making hundreds of
+      -- calls a second does not drag it up to the latency of a loaded server in a second), so
+      -- a model that became slower for good does not pin the limit at its floor.
+      local at = tonumber(redis.call('HGET', state, 'base_at'))
+      if not base or latency < base then
+        base = latency
+      elseif at then
+        base = base + (latency - base) * math.min(1, math.max(0, now - at) / 60000)
+      end
+      redis.call('HSET', state, 'base_ms', tostring(base), 'base_at', now)
       if in_use + 1 >= l / 2 then l = math.min(max, l + (slow_start and 1 or 1 / l)) end
     end
   end

@@ -1,7 +1,7 @@
 -- Shared fragments of the backend-limit scripts (backend_*.lua), prepended after common.lua.
 --
 -- A limit key's state is one HASH: `limit` (the adaptive concurrency limit, a float),
--- `base_ms` (the no-load latency seen so far), `admitted` (admissions so far), `cut_after`
+-- `base_ms` (the no-load latency seen so far) and `base_at` (when it was last moved), `admitted` (admissions so far), `cut_after`
 -- (the last admission before the last decrease), `steady` (set when slow start ended without a
 -- cut, see backend_release), `requests`/`requests_at` and `tokens`/`tokens_at` (the per-minute buckets and when they
 -- were last written) and `paused_until` (server ms).
