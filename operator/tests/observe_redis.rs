@@ -344,13 +344,20 @@ async fn observes_the_backend_limit_and_permits_in_use() {
             ..BackendLimitsSpec::default()
         })),
     );
+    // A new adaptive limit starts at its floor and is still looking for the server's
+    // capacity: the pool is sized for the ceiling meanwhile.
     let seen = observe_backend(&broker, &pool).await.unwrap().unwrap();
     assert_eq!(
-        (seen.key.as_str(), seen.limit, seen.in_use),
-        ("gpu-pool", Some(16), 0)
+        (
+            seen.key.as_str(),
+            seen.limit,
+            seen.in_use,
+            seen.probing_up_to
+        ),
+        ("gpu-pool", Some(2), 0, Some(16))
     );
+    assert_eq!(seen.replica_ceiling(4), Some(5));
 
-    // An executor of the pool holds two permits and meets one overload: the limit halves.
     let limiter = broker
         .backend_limiter(
             "gpu-pool",
@@ -365,15 +372,33 @@ async fn observes_the_backend_limit_and_permits_in_use() {
         )
         .unwrap();
     let mut held = Vec::new();
-    for id in ["a", "b", "c"] {
-        match limiter.try_acquire(id).await.unwrap() {
-            Admission::Granted(p) => held.push(p),
-            other => panic!("{other:?}"),
-        }
-    }
+    let acquire = async |id: &str| match limiter.try_acquire(id).await.unwrap() {
+        Admission::Granted(p) => p,
+        other => panic!("{other:?}"),
+    };
+    held.push(acquire("a").await);
+    held.push(acquire("b").await);
+    // A success in slow start adds one.
     limiter
         .release(
             &held[0],
+            CallOutcome::Succeeded,
+            Duration::from_millis(5),
+            None,
+        )
+        .await
+        .unwrap();
+    let seen = observe_backend(&broker, &pool).await.unwrap().unwrap();
+    assert_eq!(
+        (seen.limit, seen.in_use, seen.probing_up_to),
+        (Some(3), 1, Some(16))
+    );
+    // An overload ends slow start: the limit halves (to the floor) and is the ceiling's.
+    held.push(acquire("c").await);
+    held.push(acquire("d").await);
+    limiter
+        .release(
+            &held[1],
             CallOutcome::Overloaded,
             Duration::from_millis(5),
             None,
@@ -381,8 +406,11 @@ async fn observes_the_backend_limit_and_permits_in_use() {
         .await
         .unwrap();
     let seen = observe_backend(&broker, &pool).await.unwrap().unwrap();
-    assert_eq!((seen.limit, seen.in_use), (Some(8), 2));
-    assert_eq!(seen.replica_ceiling(4), Some(3));
+    assert_eq!(
+        (seen.limit, seen.in_use, seen.probing_up_to),
+        (Some(2), 2, None)
+    );
+    assert_eq!(seen.replica_ceiling(4), Some(2));
 
     // A pool without limits reads nothing.
     let plain = RagWorkerPool::new("plain", spec(None));
