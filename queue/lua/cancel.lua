@@ -10,9 +10,13 @@ local state = redis.call('HGET', tkey, 'state')
 if not state then return {'not_found'} end
 
 if state == 'queued' or state == 'delayed' then
-  if state == 'queued' then count_queued(KEYS[7], tkey, -1) end
+  local owner = redis.call('HGET', tkey, 'owner')
+  if state == 'queued' then
+    count_queued(KEYS[7], tkey, -1)
+    count_owned(prefix_of(tkey, id), owner, -1)
+  end
   redis.call('ZREM', KEYS[2], id)
-  redis.call('ZREM', queue_base(KEYS[2]) .. 'by:' .. (redis.call('HGET', tkey, 'owner') or ''), id)
+  redis.call('ZREM', queue_base(KEYS[2]) .. 'by:' .. (owner or ''), id)
   redis.call('ZREM', KEYS[3], id)
   redis.call('HSET', tkey, 'error_kind', 'canceled', 'error_msg', 'canceled before it ran')
   local queue = finish_as(tkey, KEYS[6], id, KEYS[4], 'canceled', 'failure_ttl_ms', now_ms())

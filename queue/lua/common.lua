@@ -25,13 +25,6 @@ end
 -- A task enqueued before its size was recorded counts 0 both ways.
 local function count_queued(acct, tkey, sign)
   local h = redis.call('HMGET', tkey, 'input_bytes', 'queue', 'owner')
-  if h[3] then
-    -- The owner's count of queued tasks (its `maxQueued`), in the partition's owners hash.
-    local owners = string.sub(acct, 1, -13) .. 'owners'
-    if redis.call('HINCRBY', owners, 'queued:' .. h[3], sign) <= 0 then
-      redis.call('HDEL', owners, 'queued:' .. h[3])
-    end
-  end
   local n = tonumber(h[1]) or 0
   if n == 0 then return end
   local fields = {'all', 'queue:' .. h[2]}
@@ -130,9 +123,11 @@ end
 --                           'f:<owner>' where an owner that left stopped, 'since' the first
 --                           sequence number queued with owners' sets, 'clean' once nothing
 --                           queued before it is left
--- Per partition, '{prefix}owners' (HASH 'queued:<owner>', 'started:<owner>' and
--- 'max:<owner>', its `maxInFlight`) and '{prefix}held:<owner>' (SET of the bases whose turns
--- an owner at its `maxInFlight` was taken out of).
+-- Per partition, '{prefix}owners' (HASH 'tasks:<owner>' its tasks queued or started,
+-- 'started:<owner>' the started ones, and 'max:<owner>', its `maxInFlight`; its queued tasks
+-- are the difference, so a claim, which moves a task from one to the other, changes one
+-- count) and '{prefix}held:<owner>' (SET of the bases whose turns an owner at its
+-- `maxInFlight` was taken out of).
 
 -- The queue's key base, from its ready set's key.
 local function queue_base(ready)
@@ -197,19 +192,35 @@ local function count_started(prefix, owner, sign)
   redis.call('DEL', held)
 end
 
--- A started task of `tkey` ended or went back to the queue: see `count_started`.
-local function left_started(tkey, id)
-  count_started(prefix_of(tkey, id), redis.call('HGET', tkey, 'owner'), -1)
+-- Counts a task of `owner` as queued or started (`sign` 1: it was enqueued or comes back
+-- from delayed, failed or canceled) or as neither any more (-1).
+local function count_owned(prefix, owner, sign)
+  if not owner then return end
+  local owners = prefix .. 'owners'
+  if redis.call('HINCRBY', owners, 'tasks:' .. owner, sign) <= 0 then
+    redis.call('HDEL', owners, 'tasks:' .. owner)
+  end
+end
+
+-- A started task of `tkey` stopped being started: see `count_started`. `ended` when it does
+-- not go back to the queue (it ended, or waits for a retry as `delayed`).
+local function left_started(tkey, id, ended)
+  local prefix, owner = prefix_of(tkey, id), redis.call('HGET', tkey, 'owner')
+  if ended then count_owned(prefix, owner, -1) end
+  count_started(prefix, owner, -1)
 end
 
 -- Put a task back at its place in the ready set and wake one blocked consumer; its payload
--- counts as queued again (`acct`, see `count_queued`).
-local function make_ready(tkey, id, ready, signal, seq, now, acct)
+-- counts as queued again (`acct`, see `count_queued`). `back` when it comes from `started`
+-- (still counted among its owner's tasks, see `count_owned`).
+local function make_ready(tkey, id, ready, signal, seq, now, acct, back)
   count_queued(acct, tkey, 1)
+  local owner = redis.call('HGET', tkey, 'owner')
+  if not back then count_owned(prefix_of(tkey, id), owner, 1) end
   redis.call('HSET', tkey, 'state', 'queued', 'queued_at', now, 'seq', seq)
   redis.call('HDEL', tkey, 'lease', 'worker', 'started_at')
   redis.call('ZADD', ready, seq, id)
-  fair_add(prefix_of(tkey, id), queue_base(ready), redis.call('HGET', tkey, 'owner') or '', id, seq)
+  fair_add(prefix_of(tkey, id), queue_base(ready), owner or '', id, seq)
   redis.call('LPUSH', signal, '1')
 end
 

@@ -120,7 +120,8 @@ if o > 0 then
   for x = 0, o - 1 do
     local name, max = ARGV[obase + 4 * x], tonumber(ARGV[obase + 4 * x + 2])
     if max > 0 and asked[name] then
-      local held = tonumber(redis.call('HGET', owners, 'queued:' .. name)) or 0
+      local n = redis.call('HMGET', owners, 'tasks:' .. name, 'started:' .. name)
+      local held = math.max((tonumber(n[1]) or 0) - (tonumber(n[2]) or 0), 0)
       if held + asked[name] > max then
         drop_staged(create)
         return {'over_limit', 'owner_tasks', max, held, asked[name]}
@@ -223,6 +224,7 @@ for _, i in ipairs(create) do
     redis.call('SET', pkey, ARGV[a + 3])
   end
   count_queued(acct, tkey, 1)
+  if owner ~= '' then count_owned(prefix, owner, 1) end
   fair_add(prefix, prefix .. 'q:' .. queue .. ':', owner, id, sseq)
   local members = ready[j]
   if not members then

@@ -36,15 +36,16 @@ for _, id in ipairs(expired) do
   local h = redis.call('HMGET', tkey, 'state', 'attempts', 'max_attempts', 'cancel', 'seq',
     'queue', 'worker')
   if h[1] == 'started' then
-    left_started(tkey, id)
+    local requeue = h[4] ~= '1' and tonumber(h[2]) < tonumber(h[3])
+    left_started(tkey, id, not requeue)
     redis.call('HINCRBY', KEYS[7], 'lease_expired', 1)
     local message = 'lease of worker ' .. (h[7] or '?') .. ' expired'
     redis.call('HSET', tkey, 'error_kind', 'lease_expired', 'error_msg', message)
     if h[4] == '1' then
       finish_as(tkey, payload_key(prefix, id), id, KEYS[6], 'canceled', 'failure_ttl_ms', now)
       emit(KEYS[8], id, h[6], 'canceled')
-    elseif tonumber(h[2]) < tonumber(h[3]) then
-      make_ready(tkey, id, KEYS[2], KEYS[3], h[5], now, KEYS[10])
+    elseif requeue then
+      make_ready(tkey, id, KEYS[2], KEYS[3], h[5], now, KEYS[10], true)
       emit(KEYS[8], id, h[6], 'queued', {'error_kind', 'lease_expired'})
       requeued = requeued + 1
     else

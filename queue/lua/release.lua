@@ -10,11 +10,11 @@
 local tkey, id = KEYS[1], ARGV[1]
 local refused = check_lease(tkey, ARGV[2])
 if refused then return repeated(tkey, ARGV[2]) or {refused} end
-left_started(tkey, id)
+local h = redis.call('HMGET', tkey, 'cancel', 'seq', 'queue')
+left_started(tkey, id, h[1] == '1')
 
 local now = now_ms()
 redis.call('ZREM', KEYS[2], id)
-local h = redis.call('HMGET', tkey, 'cancel', 'seq', 'queue')
 if h[1] == '1' then
   redis.call('HSET', tkey, 'error_kind', 'canceled', 'error_msg', 'canceled while running')
   finish_as(tkey, KEYS[7], id, KEYS[5], 'canceled', 'failure_ttl_ms', now)
@@ -22,6 +22,6 @@ if h[1] == '1' then
   return reported(tkey, ARGV[2], {'canceled'})
 end
 redis.call('HINCRBY', tkey, 'attempts', -1)
-make_ready(tkey, id, KEYS[3], KEYS[4], h[2], now, KEYS[8])
+make_ready(tkey, id, KEYS[3], KEYS[4], h[2], now, KEYS[8], true)
 emit(KEYS[6], id, h[3], 'queued', {'released', '1'})
 return reported(tkey, ARGV[2], {'queued'})

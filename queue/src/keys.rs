@@ -250,8 +250,9 @@ impl Partition {
         format!("{}queued_bytes", self.prefix)
     }
 
-    /// HASH: per owner (an API key's name) `queued:<owner>` and `started:<owner>`, its task
-    /// counts in this partition, and `max:<owner>`, its `maxInFlight`.
+    /// HASH: per owner (an API key's name) `tasks:<owner>`, its tasks queued or started in
+    /// this partition, `started:<owner>`, the started ones (its queued tasks are the
+    /// difference), and `max:<owner>`, its `maxInFlight`.
     pub fn owners(&self) -> String {
         format!("{}owners", self.prefix)
     }

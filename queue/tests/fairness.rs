@@ -5,9 +5,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{ALL, Env};
+use common::{ALL, Env, maintain_until};
 use ragpool_queue::testing::sample_payload;
-use ragpool_queue::{Claimed, NewTask, OwnerShare, QueueError, TaskKind};
+use ragpool_queue::{
+    Claimed, FailOutcome, NewTask, OwnerShare, QueueError, Retry, TaskError, TaskKind,
+};
 use serde_json::json;
 
 const LEASE: Duration = Duration::from_secs(30);
@@ -233,3 +235,70 @@ async fn a_canceled_task_leaves_its_owners_turn(env: Env) {
     assert!(c.try_claim().await.unwrap().is_none());
 }
 on_both!(canceled, a_canceled_task_leaves_its_owners_turn);
+
+/// The owner's (queued, started) tasks, as the stats show them; (0, 0) once it has none.
+async fn counts(env: &Env, owner: &str) -> (u64, u64) {
+    let stats = env.broker.owner_stats().await.unwrap();
+    stats
+        .iter()
+        .find(|o| o.owner == owner)
+        .map_or((0, 0), |o| (o.queued, o.started))
+}
+
+async fn an_owners_counts_follow_every_transition(env: Env) {
+    let b = &env.broker;
+    let mut ids = Vec::new();
+    for e in b
+        .enqueue_many(tasks("o", 6, OwnerShare::default()))
+        .await
+        .unwrap()
+    {
+        ids.push(e.id);
+    }
+    assert_eq!(counts(&env, "o").await, (6, 0));
+    let c = env.consumer("w", &ALL, LEASE).await;
+    let mut claimed = c.try_claim_many(4).await.unwrap();
+    assert_eq!(counts(&env, "o").await, (2, 4));
+    let done = claimed.pop().unwrap();
+    b.complete(&done.lease, &json!(1)).await.unwrap();
+    assert_eq!(counts(&env, "o").await, (2, 3));
+    let failed = claimed.pop().unwrap();
+    let err = TaskError::new("backend_unavailable", "503");
+    let out = b
+        .fail(&failed.lease, &err, Retry::Retryable(None))
+        .await
+        .unwrap();
+    assert!(matches!(out, FailOutcome::Delayed { .. }), "{out:?}");
+    assert_eq!(counts(&env, "o").await, (2, 2), "a delayed task is neither");
+    let released = claimed.pop().unwrap();
+    b.release(&released.lease).await.unwrap();
+    assert_eq!(counts(&env, "o").await, (3, 1));
+    let queued = ids
+        .iter()
+        .rev()
+        .find(|id| **id != released.task.id)
+        .unwrap();
+    b.cancel(queued).await.unwrap();
+    assert_eq!(counts(&env, "o").await, (2, 1));
+    maintain_until(b, |m| m.promoted == 1).await;
+    assert_eq!(counts(&env, "o").await, (3, 1), "the delayed task is back");
+    // A dead worker's lease expires: its task goes back to the queue.
+    let dead = env.consumer("dead", &ALL, Duration::from_millis(200)).await;
+    let mut lost = dead.try_claim_many(3).await.unwrap();
+    assert_eq!((lost.len(), counts(&env, "o").await), (3, (0, 4)));
+    maintain_until(b, |m| m.requeued == 3).await;
+    assert_eq!(counts(&env, "o").await, (3, 1));
+    lost.clear();
+    for task in c
+        .try_claim_many(8)
+        .await
+        .unwrap()
+        .into_iter()
+        .chain(claimed)
+    {
+        b.complete(&task.lease, &json!(2)).await.unwrap();
+    }
+    assert_eq!(counts(&env, "o").await, (0, 0));
+    assert!(b.owner_stats().await.unwrap().is_empty());
+}
+on_both!(owner_counts, an_owners_counts_follow_every_transition);

@@ -54,23 +54,32 @@ impl Broker {
         });
         let mut by_owner: std::collections::BTreeMap<String, OwnerStats> = Default::default();
         for fields in futures::future::try_join_all(reads).await? {
-            for (field, value) in fields {
+            // One partition's counts: an owner's tasks (queued or started) and its started
+            // ones, so its queued tasks are the difference.
+            let mut tasks: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
+            for (field, value) in &fields {
                 let Some((what, owner)) = field.split_once(':') else {
                     continue;
                 };
                 let n: u64 = value.parse().unwrap_or(0);
-                let entry = by_owner
-                    .entry(owner.to_string())
-                    .or_insert_with(|| OwnerStats {
-                        owner: owner.to_string(),
-                        ..OwnerStats::default()
-                    });
                 match what {
-                    "queued" => entry.queued += n,
-                    "started" => entry.started += n,
-                    "max" => entry.max_in_flight = Some(n),
+                    "tasks" => tasks.entry(owner).or_default().0 = n,
+                    "started" => tasks.entry(owner).or_default().1 = n,
+                    "max" => {
+                        by_owner
+                            .entry(owner.to_string())
+                            .or_insert_with(|| OwnerStats::named(owner))
+                            .max_in_flight = Some(n)
+                    }
                     _ => {}
                 }
+            }
+            for (owner, (all, started)) in tasks {
+                let entry = by_owner
+                    .entry(owner.to_string())
+                    .or_insert_with(|| OwnerStats::named(owner));
+                entry.queued += all.saturating_sub(started);
+                entry.started += started;
             }
         }
         Ok(by_owner
