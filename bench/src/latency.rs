@@ -21,7 +21,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use async_trait::async_trait;
 use futures::StreamExt;
-use ragpool_api::ApiConfig;
 use ragpool_executor::backend::{Backend, BackendError, TaskContext};
 use ragpool_queue::payload::{AnalyzeImage, CompleteAnswer, FullQuery};
 use ragpool_queue::testing::RedisServer;
@@ -117,19 +116,11 @@ pub async fn rows(args: &Args) -> anyhow::Result<Vec<Row>> {
         .context("starting redis-server")?;
     let stop = CancellationToken::new();
 
-    let config = ApiConfig {
-        redis_url: redis.url(),
-        ..ApiConfig::default()
-    };
-    let broker = Broker::connect(config.broker_config()?).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let api = tokio::spawn(ragpool_api::serve(
-        config,
-        broker.clone(),
-        listener,
-        stop.clone().cancelled_owned(),
-    ));
+    let crate::api::InProcessApi {
+        broker,
+        base,
+        served: api,
+    } = crate::api::start(redis.url(), &stop).await?;
 
     let (calls_tx, mut calls) = mpsc::unbounded_channel();
     let probe = Arc::new(Probe {

@@ -3,6 +3,7 @@
 //! port, in-process components) and prints one table of figures, each next to the baseline it
 //! is divided by. Absolute numbers depend on the machine; the ratios are what to compare.
 
+mod api;
 mod backend;
 mod chaos;
 mod cluster;

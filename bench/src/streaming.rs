@@ -26,11 +26,10 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use clap::Parser;
 use futures::StreamExt;
-use ragpool_api::ApiConfig;
 use ragpool_executor::settings::ExecutorSettings;
+use ragpool_queue::NewTask;
 use ragpool_queue::payload::CompleteAnswer;
 use ragpool_queue::testing::RedisServer;
-use ragpool_queue::{Broker, NewTask};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -137,19 +136,11 @@ pub async fn rows(args: &Args) -> anyhow::Result<Vec<Row>> {
     });
     let model_server = tokio::spawn(async move { axum::serve(model_listener, app).await });
 
-    let config = ApiConfig {
-        redis_url: redis.url(),
-        ..ApiConfig::default()
-    };
-    let broker = Broker::connect(config.broker_config()?).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let api = tokio::spawn(ragpool_api::serve(
-        config,
-        broker.clone(),
-        listener,
-        stop.clone().cancelled_owned(),
-    ));
+    let crate::api::InProcessApi {
+        broker,
+        base,
+        served: api,
+    } = crate::api::start(redis.url(), &stop).await?;
     let executor = tokio::spawn(ragpool_executor::run(
         openai_settings(&redis.url(), &model_url)?,
         stop.clone(),

@@ -265,39 +265,31 @@ async fn submit_one(command: SubmitCommand) -> Result<ExitCode, CommandError> {
         print_json(&answer)?;
         return Ok(ExitCode::SUCCESS);
     };
+    let id = submitted(&answer, &format!("waiting up to {wait}s"))?;
+    let task = options.api.client()?.wait_for_task(id, wait).await?;
+    report_task(&task)
+}
+
+/// The submitted task's id, read from the API's reply, after saying on stderr where it went
+/// and what comes `next`.
+fn submitted<'a>(answer: &'a Reply, next: &str) -> Result<&'a str, CommandError> {
     let id = answer
         .json
         .get("task_id")
         .and_then(Value::as_str)
         .ok_or_else(|| CommandError::NoTaskId(answer.json.to_string()))?;
+    let queue = answer.json.get("queue").and_then(Value::as_str);
     eprintln!(
-        "submitted task {id} to queue {}; waiting up to {wait}s",
-        answer
-            .json
-            .get("queue")
-            .and_then(Value::as_str)
-            .unwrap_or("?")
+        "submitted task {id} to queue {}; {next}",
+        queue.unwrap_or("?")
     );
-    let task = options.api.client()?.wait_for_task(id, wait).await?;
-    report_task(&task)
+    Ok(id)
 }
 
 /// Follows a submitted task with `--stream`: its answer text on stdout as it comes, then, if
 /// no text came or it did not finish, the task as `--wait` prints it.
 async fn stream_answer(answer: &Reply, options: &SubmitOptions) -> Result<ExitCode, CommandError> {
-    let id = answer
-        .json
-        .get("task_id")
-        .and_then(Value::as_str)
-        .ok_or_else(|| CommandError::NoTaskId(answer.json.to_string()))?;
-    eprintln!(
-        "submitted task {id} to queue {}; streaming its answer",
-        answer
-            .json
-            .get("queue")
-            .and_then(Value::as_str)
-            .unwrap_or("?")
-    );
+    let id = submitted(answer, "streaming its answer")?;
     let client = options.api.client()?;
     let deadline = options
         .wait

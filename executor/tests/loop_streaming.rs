@@ -31,6 +31,22 @@ fn openai_executor(env: &Env, model: &FakeModel) -> InProcess {
     ))
 }
 
+/// The next event of task `id` the hub passes on.
+async fn next_event(
+    hub: &mut tokio::sync::broadcast::Receiver<TaskEvent>,
+    id: &TaskId,
+) -> TaskEvent {
+    loop {
+        let event = tokio::time::timeout(PATIENCE, hub.recv())
+            .await
+            .expect("an event")
+            .expect("the hub");
+        if event.task_id == id.as_str() {
+            return event;
+        }
+    }
+}
+
 /// The pieces of text among `events`, in order.
 fn deltas(events: &[TaskEvent]) -> Vec<Delta> {
     events.iter().filter_map(|e| e.delta.clone()).collect()
@@ -54,13 +70,7 @@ async fn a_streamed_answer_arrives_in_numbered_pieces_that_add_up_to_the_result(
     // The first piece reaches a subscriber while the model is still early in its answer.
     let mut seen = Vec::new();
     let sent_at_first_delta = loop {
-        let event = tokio::time::timeout(PATIENCE, hub.recv())
-            .await
-            .expect("an event")
-            .expect("the hub");
-        if event.task_id != id.as_str() {
-            continue;
-        }
+        let event = next_event(&mut hub, &id).await;
         let first = event.delta.is_some();
         seen.push(event);
         if first {
@@ -83,13 +93,7 @@ async fn a_streamed_answer_arrives_in_numbered_pieces_that_add_up_to_the_result(
     assert!(so_far.seq >= 1, "{so_far:?}");
 
     loop {
-        let event = tokio::time::timeout(PATIENCE, hub.recv())
-            .await
-            .expect("an event")
-            .expect("the hub");
-        if event.task_id != id.as_str() {
-            continue;
-        }
+        let event = next_event(&mut hub, &id).await;
         let end = event.state.is_terminal();
         seen.push(event);
         if end {
