@@ -807,15 +807,16 @@ impl<'a> Deciding<'a> {
 
     /// Why a scale-up should wait for the pods of the last one, if it should: some of them
     /// have not started (the replicas beyond the executors registered and not draining, at
-    /// most the pods it added), some pod is running to serve the queue meanwhile, and the
-    /// tasks arriving since that scale-up keep no more slots busy than the pool has with
-    /// them (`λ × S ≤ replicas × concurrency`). Without a measured processing time nothing
-    /// says the pods coming are enough: no wait.
+    /// most the pods it added), every pod the pool had before it runs and serves the queue
+    /// meanwhile, and the tasks arriving since that scale-up keep no more slots busy than the
+    /// pool has with them (`λ × S ≤ replicas × concurrency`). A pool still starting the pods
+    /// of a jump from zero or of an earlier round is ramping up, and without a measured
+    /// processing time nothing says the pods coming are enough: no wait for either.
     fn wait_for_starting_pods(&self) -> Option<String> {
         let up = self.history.last_scale_up?;
         let live = i32::try_from(self.obs.live_workers()).unwrap_or(i32::MAX);
         let starting = self.current.saturating_sub(live).min(up.to - up.from);
-        if starting <= 0 || live == 0 {
+        if starting <= 0 || live < up.from.max(1) {
             return None;
         }
         let rate = self.history.arrival_rate_since(up.at_ms, self.obs)?;
@@ -1760,12 +1761,24 @@ mod tests {
         // 10/s × 3 s = 30 slots against 12.
         let ramp = [&spike[..2], &[on_pods(2, 26, obs(4, 12, 8))]].concat();
         assert_eq!(run_causes(&spec, 2, &ramp)[2], (4, Load));
-        // ... when no pod runs yet (a jump from zero): nothing serves the queue meanwhile,
-        // so its growth says the first pods were too few, and the step limit paces it.
+        // ... when no pod runs yet (a jump from zero): the queue's growth says the first
+        // pods were too few, and the step limit paces it.
         let from_zero = [on_pods(0, 15, obs(0, 15, 0)), on_pods(0, 25, obs(2, 25, 0))];
         assert_eq!(
             run_causes(&spec, 0, &from_zero),
             [(3, Load), (4, ScaleUpLimit)]
+        );
+        // ... when pods of a round before it are still starting too: the pool is ramping up.
+        // (A backlog at 4 s adds 3 pods more; at 20 s none of the 4 new pods runs yet.)
+        let rounds = [
+            on_pods(2, 0, obs(0, 0, 6)),
+            on_pods(2, 6, obs(2, 6, 8)),
+            on_pods(2, 70, obs(4, 60, 8)),
+            on_pods(2, 102, obs(20, 40, 8)),
+        ];
+        assert_eq!(
+            run_causes(&spec, 2, &rounds),
+            [(2, Load), (3, Load), (6, ScaleUpLimit), (10, Load)]
         );
         // ... and without a measured processing time to tell how busy the arrivals keep it.
         let unmeasured: Vec<Observation> = spike
