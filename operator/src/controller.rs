@@ -1827,7 +1827,7 @@ mod tests {
         assert_eq!(
             last.recent_decisions[1].message,
             "queueLength: (12 queued + 8 started) / 5 per replica = 4.00 (3.00/s arriving, \
-             3.00s per task); → 4; 1 of the 1 pods started 2s ago not running yet; \
+             3.00s per task); → 4; 1 of the 1 pods added 2s ago not started yet; \
              3.00/s arriving × 3.00s = 9.0 slots ≤ 12 with them, no backlog; holding at 3"
         );
     }

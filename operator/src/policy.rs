@@ -113,8 +113,9 @@ pub enum Cause {
     /// A backlog the current pods cannot drain within `targetWaitSeconds`: the scale-up step
     /// limit was skipped.
     Backlog,
-    /// Pods of the last scale-up have not started yet, and the queue is no backlog even
-    /// counting their slots: the scale-up waits for them.
+    /// Pods of the last scale-up have not started yet, the queue is no backlog even counting
+    /// their slots, and the tasks arriving keep no more slots busy than the pool will have:
+    /// the scale-up waits for them.
     PodsStarting,
     /// The scale-up step limit of the period.
     ScaleUpLimit,
@@ -825,7 +826,7 @@ impl<'a> Deciding<'a> {
         let slots = f64::from(self.current) * self.per_pod;
         (busy <= slots).then(|| {
             format!(
-                "{starting} of the {} pods started {}s ago not running yet; {rate:.2}/s arriving × {s:.2}s = {busy:.1} slots ≤ {slots} with them, no backlog",
+                "{starting} of the {} pods added {}s ago not started yet; {rate:.2}/s arriving × {s:.2}s = {busy:.1} slots ≤ {slots} with them, no backlog",
                 up.to - up.from,
                 self.now.saturating_sub(up.at_ms) / 1000
             )
@@ -1746,7 +1747,7 @@ mod tests {
         assert_eq!(
             held.reason,
             "queueLength: (12 queued + 8 started) / 5 per replica = 4.00 (3.00/s arriving, \
-             3.00s per task); → 4; 1 of the 1 pods started 2s ago not running yet; \
+             3.00s per task); → 4; 1 of the 1 pods added 2s ago not started yet; \
              3.00/s arriving × 3.00s = 9.0 slots ≤ 12 with them, no backlog; holding at 3"
         );
 
