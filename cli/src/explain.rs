@@ -302,8 +302,8 @@ pub fn render(target: &Target, explanation: &Explanation) -> String {
     let _ = writeln!(out, "  {}", decision.message());
     let _ = writeln!(
         out,
-        "Windows, step limits and the cooldown count from this look; the operator also \
-         weighs its recent history."
+        "Windows, step limits, the cooldown and the wait for pods still starting count from \
+         this look; the operator also weighs its recent history."
     );
     let recent = pool
         .status

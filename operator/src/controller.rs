@@ -1772,6 +1772,67 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_warm_pool_waits_for_the_pods_it_started_before_adding_more() {
+        let p = pool(spec());
+        let scale = |to: i32| {
+            Exchange::new(Method::PATCH, SCALE)
+                .check(move |body| assert_eq!(body["spec"]["replicas"], to))
+        };
+        // Tasks of 3 s, 2 per second, on pods whose executors have registered.
+        let at = |t: u64, pods: usize, queued: u64, started: u64, enqueued: u64| {
+            Ok(Observation {
+                mean_processing_ms: Some(3_000.0),
+                total_enqueued: enqueued,
+                workers: (0..pods).map(|i| worker(&format!("pod-{i}"), 2)).collect(),
+                ..obs(t, queued, started)
+            })
+        };
+        let written = statuses(
+            &p,
+            |status| {
+                vec![
+                    // 6 queued behind 8 started on two pods: 2 → 3.
+                    get_deployment(existing(&p, 2)),
+                    scale(3),
+                    event("ScaledUp", "Normal", "2 → 3 replicas"),
+                    status(),
+                    // The queue grew to 12 while the third pod starts: 4 replicas' worth, but
+                    // the arrivals keep 9 slots busy and 3 pods have 12: held, no scale call.
+                    get_deployment(existing(&p, 3)),
+                    status(),
+                    // The pod runs and the queue is still there: more work than 3 pods.
+                    get_deployment(existing(&p, 3)),
+                    scale(5),
+                    Exchange::new(Method::PATCH, &format!("{EVENTS}/")).prefix(),
+                    status(),
+                ]
+            },
+            vec![
+                at(100, 2, 6, 8, 0),
+                at(102, 2, 12, 8, 6),
+                at(110, 3, 12, 12, 22),
+            ],
+        )
+        .await;
+        let last = written.last().cloned().unwrap_or_default();
+        let reasons: Vec<(i32, i32, &str)> = last
+            .recent_decisions
+            .iter()
+            .map(|d| (d.from, d.to, d.reason.as_str()))
+            .collect();
+        assert_eq!(
+            reasons,
+            [(2, 3, "Load"), (3, 3, "PodsStarting"), (3, 5, "Load")]
+        );
+        assert_eq!(
+            last.recent_decisions[1].message,
+            "queueLength: (12 queued + 8 started) / 5 per replica = 4.00 (3.00/s arriving, \
+             3.00s per task); → 4; 1 of the 1 pods added 2s ago not started yet; \
+             3.00/s arriving × 3.00s = 9.0 slots ≤ 12 with them, no backlog; holding at 3"
+        );
+    }
+
+    #[tokio::test]
     async fn metrics_show_what_the_operator_saw_and_chose() {
         let p = pool(spec());
         let busy = Observation {

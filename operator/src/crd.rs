@@ -703,7 +703,8 @@ pub struct ScalingDecision {
     pub to: i32,
     /// The policy step that settled the count: `Load`, `Tolerance`, `MaxReplicas`,
     /// `BackendLimit`, `MinReplicas`, `WorkPending`, `Cooldown`, `Idle`, `ScaleUpWindow`,
-    /// `ScaleDownWindow`, `FromZero`, `Backlog`, `ScaleUpLimit` or `ScaleDownLimit`.
+    /// `ScaleDownWindow`, `FromZero`, `Backlog`, `PodsStarting`, `ScaleUpLimit` or
+    /// `ScaleDownLimit`.
     #[schemars(length(max = 64))]
     pub reason: String,
     /// The policy's reason in words and numbers: queued, started, arrival rate, service

@@ -145,6 +145,11 @@ impl Observation {
         }
     }
 
+    /// Executors registered and not draining: the pods that have started and claim tasks.
+    pub fn live_workers(&self) -> usize {
+        self.workers.iter().filter(|w| !w.draining).count()
+    }
+
     /// Pods whose executor runs at least one task.
     pub fn busy_pods(&self) -> BTreeSet<String> {
         self.workers

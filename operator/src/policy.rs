@@ -13,7 +13,8 @@
 //! 7. Step limits per period, except from zero and for a backlog: a pool at zero has no pods
 //!    whose start the limit could pace, and a queue the current pods cannot drain within
 //!    `targetWaitSeconds` is work, not noise. Either goes to the whole recommendation in one
-//!    pass, once per period.
+//!    pass, once per period. Short of a backlog, a scale-up waits for the pods of the last
+//!    one to start while the arrivals keep no more slots busy than the pool will have.
 //!
 //! [`desired_replicas`] runs steps 2 to 7 as methods of one decision in the making
 //! (`raw_recommendation`, `tolerate`, `bound`, `stabilise`, `start_from_zero`,
@@ -112,6 +113,10 @@ pub enum Cause {
     /// A backlog the current pods cannot drain within `targetWaitSeconds`: the scale-up step
     /// limit was skipped.
     Backlog,
+    /// Pods of the last scale-up have not started yet, the queue is no backlog even counting
+    /// their slots, and the tasks arriving keep no more slots busy than the pool will have:
+    /// the scale-up waits for them.
+    PodsStarting,
     /// The scale-up step limit of the period.
     ScaleUpLimit,
     /// The scale-down step limit of the period.
@@ -120,7 +125,7 @@ pub enum Cause {
 
 impl Cause {
     /// Every cause, in the order of the policy's steps.
-    pub const ALL: [Cause; 16] = [
+    pub const ALL: [Cause; 17] = [
         Cause::Paused,
         Cause::NoData,
         Cause::Load,
@@ -135,6 +140,7 @@ impl Cause {
         Cause::ScaleDownWindow,
         Cause::FromZero,
         Cause::Backlog,
+        Cause::PodsStarting,
         Cause::ScaleUpLimit,
         Cause::ScaleDownLimit,
     ];
@@ -156,6 +162,7 @@ impl Cause {
             Cause::ScaleDownWindow => "ScaleDownWindow",
             Cause::FromZero => "FromZero",
             Cause::Backlog => "Backlog",
+            Cause::PodsStarting => "PodsStarting",
             Cause::ScaleUpLimit => "ScaleUpLimit",
             Cause::ScaleDownLimit => "ScaleDownLimit",
         }
@@ -178,6 +185,7 @@ impl Cause {
             Cause::ScaleDownWindow => "scale_down_window",
             Cause::FromZero => "from_zero",
             Cause::Backlog => "backlog",
+            Cause::PodsStarting => "pods_starting",
             Cause::ScaleUpLimit => "scale_up_limit",
             Cause::ScaleDownLimit => "scale_down_limit",
         }
@@ -194,6 +202,7 @@ impl Cause {
                 | Cause::Idle
                 | Cause::ScaleUpWindow
                 | Cause::ScaleDownWindow
+                | Cause::PodsStarting
                 | Cause::ScaleUpLimit
                 | Cause::ScaleDownLimit
         )
@@ -275,6 +284,9 @@ pub struct History {
     recommendations: VecDeque<(u64, i32)>,
     /// Replica changes, oldest first, for the step limits.
     scale_events: VecDeque<ScaleEvent>,
+    /// The latest scale-up, however old: whether its pods have started is for the
+    /// observation's worker registry to say.
+    last_scale_up: Option<ScaleEvent>,
     /// When the pool last had anything queued, delayed or started (or was first seen).
     last_busy_ms: Option<u64>,
     /// Enqueued-task counter samples over the last [`ARRIVAL_SPAN_MS`], oldest first.
@@ -324,11 +336,15 @@ impl History {
             self.recommendations.push_back((now, rec));
         }
         if decision.replicas != self.current_replicas {
-            self.scale_events.push_back(ScaleEvent {
+            let event = ScaleEvent {
                 at_ms: now,
                 from: self.current_replicas,
                 to: decision.replicas,
-            });
+            };
+            self.scale_events.push_back(event);
+            if event.to > event.from {
+                self.last_scale_up = Some(event);
+            }
             self.current_replicas = decision.replicas;
         }
         if obs.has_work() || self.last_busy_ms.is_none() {
@@ -352,6 +368,18 @@ impl History {
         {
             self.arrivals.pop_front();
         }
+    }
+
+    /// Tasks per second arriving since `at_ms` (or since the oldest sample kept, if later),
+    /// up to `observation`.
+    fn arrival_rate_since(&self, at_ms: u64, observation: &Observation) -> Option<f64> {
+        let since = self
+            .arrivals
+            .iter()
+            .rev()
+            .find(|s| s.at_ms <= at_ms)
+            .or(self.arrivals.front())?;
+        arrival_rate(*since, observation.arrival_sample())
     }
 
     fn recommendations_within(&self, now: u64, window_ms: u64) -> impl Iterator<Item = i32> + '_ {
@@ -778,6 +806,33 @@ impl<'a> Deciding<'a> {
         }
     }
 
+    /// Why a scale-up should wait for the pods of the last one, if it should: some of them
+    /// have not started (the replicas beyond the executors registered and not draining, at
+    /// most the pods it added), every pod the pool had before it runs and serves the queue
+    /// meanwhile, and the tasks arriving since that scale-up keep no more slots busy than the
+    /// pool has with them (`λ × S ≤ replicas × concurrency`). A pool still starting the pods
+    /// of a jump from zero or of an earlier round is ramping up, and without a measured
+    /// processing time nothing says the pods coming are enough: no wait for either.
+    fn wait_for_starting_pods(&self) -> Option<String> {
+        let up = self.history.last_scale_up?;
+        let live = i32::try_from(self.obs.live_workers()).unwrap_or(i32::MAX);
+        let starting = self.current.saturating_sub(live).min(up.to - up.from);
+        if starting <= 0 || live < up.from.max(1) {
+            return None;
+        }
+        let rate = self.history.arrival_rate_since(up.at_ms, self.obs)?;
+        let s = self.obs.mean_processing_ms.filter(|ms| *ms > 0.0)? / 1000.0;
+        let busy = rate * s;
+        let slots = f64::from(self.current) * self.per_pod;
+        (busy <= slots).then(|| {
+            format!(
+                "{starting} of the {} pods added {}s ago not started yet; {rate:.2}/s arriving × {s:.2}s = {busy:.1} slots ≤ {slots} with them, no backlog",
+                up.to - up.from,
+                self.now.saturating_sub(up.at_ms) / 1000
+            )
+        })
+    }
+
     /// Step 7, step limits: how far the count may move within one period.
     fn step_limit(&mut self, desired: i32) -> i32 {
         let current = self.current;
@@ -796,14 +851,28 @@ impl<'a> Deciding<'a> {
             // the whole recommendation at once, as a pool at zero does. Once per period, like
             // the jump from zero, so a queue that is still there two seconds later cannot
             // double the pool again before the new pods have started.
+            let backlog = self.backlog();
             if limit < desired
                 && start == current
-                && let Some(why) = self.backlog()
+                && let Some(why) = &backlog
             {
                 self.cause = Cause::Backlog;
                 self.why
                     .push(format!("{why}; scale-up step limit {limit} skipped"));
                 return desired;
+            }
+            // Pods still starting are capacity on its way. The queue that asked for them has
+            // not seen them yet: while the pods already running serve it, it keeps growing
+            // until the new ones are up, and each look would ask for more. So a scale-up
+            // waits for them, unless the queue is a backlog even counting their slots or the
+            // tasks arriving since would keep more slots busy than the pool will have.
+            if backlog.is_none()
+                && let Some(why) = self.wait_for_starting_pods()
+            {
+                self.limited = true;
+                self.cause = Cause::PodsStarting;
+                self.why.push(format!("{why}; holding at {current}"));
+                return current;
             }
             (limit.min(desired), self.up, "up", Cause::ScaleUpLimit)
         } else if desired < current {
@@ -1610,6 +1679,147 @@ mod tests {
                 case.name
             );
         }
+    }
+
+    /// `observation` on a pool whose executors run in `live` pods, with tasks measured at 3 s
+    /// each and `enqueued` tasks ever enqueued.
+    fn on_pods(live: usize, enqueued: u64, observation: Observation) -> Observation {
+        Observation {
+            workers: (0..live)
+                .map(|i| crate::fixtures::worker(&format!("pod-{i}"), 0))
+                .collect(),
+            total_enqueued: enqueued,
+            ..taking(3.0, observation)
+        }
+    }
+
+    /// Runs the policy over observations, carrying out every decision, and returns each
+    /// count with its cause.
+    fn run_causes(
+        spec: &RagWorkerPoolSpec,
+        start: i32,
+        steps: &[Observation],
+    ) -> Vec<(i32, Cause)> {
+        let mut history = History::new(start);
+        steps
+            .iter()
+            .map(|o| {
+                let d = desired_replicas(Some(o), spec, &history);
+                history.record(Some(o), spec, &d);
+                (d.replicas, d.cause)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_scale_up_waits_for_the_pods_it_started() {
+        use Cause::{Backlog, Load, PodsStarting, ScaleDownWindow, ScaleUpLimit};
+        let spec = spec();
+        // Two pods (8 slots) at 2 tasks/s of 3 s: a short spike queues 6 behind 8 started, and
+        // the pool goes to 3. Two seconds later the queue has grown to 12, as it does until
+        // the new pod is up: 4 replicas' worth, but 3 tasks/s arrived since, 9 slots' worth,
+        // which the 12 slots of 3 pods keep up with, and 12 queued drain through them in
+        // 3 s: held at 3. Once the pod runs the queue is gone: still 3.
+        let spike = [
+            on_pods(2, 0, obs(0, 0, 6)),
+            on_pods(2, 6, obs(2, 6, 8)),
+            on_pods(2, 12, obs(4, 12, 8)),
+            on_pods(2, 16, obs(8, 10, 8)),
+            on_pods(3, 32, obs(12, 1, 11)),
+        ];
+        assert_eq!(
+            run_causes(&spec, 2, &spike),
+            [
+                (2, Load),
+                (3, Load),
+                (3, PodsStarting),
+                (3, PodsStarting),
+                (3, Load)
+            ]
+        );
+        let mut history = History::new(2);
+        for o in &spike[..2] {
+            let d = desired_replicas(Some(o), &spec, &history);
+            history.record(Some(o), &spec, &d);
+        }
+        let held = desired_replicas(Some(&spike[2]), &spec, &history);
+        assert!(held.held(3) && held.limited, "{}", held.reason);
+        assert_eq!(
+            held.reason,
+            "queueLength: (12 queued + 8 started) / 5 per replica = 4.00 (3.00/s arriving, \
+             3.00s per task); → 4; 1 of the 1 pods added 2s ago not started yet; \
+             3.00/s arriving × 3.00s = 9.0 slots ≤ 12 with them, no backlog; holding at 3"
+        );
+
+        // The hold lifts once the pod runs: a queue still there is more work than 3 pods.
+        let started = [&spike[..3], &[on_pods(3, 24, obs(8, 14, 12))]].concat();
+        assert_eq!(run_causes(&spec, 2, &started)[3], (6, Load));
+        // ... when the queue is a backlog even counting the pod coming: 60 × 3 s / 12 slots
+        // is 15 s (the jump was this period's: the step limit applies).
+        let backlog = [&spike[..2], &[on_pods(2, 60, obs(4, 60, 8))]].concat();
+        assert_eq!(run_causes(&spec, 2, &backlog)[2], (6, ScaleUpLimit));
+        // ... when the tasks arriving since keep more slots busy than the pool will have:
+        // 10/s × 3 s = 30 slots against 12.
+        let ramp = [&spike[..2], &[on_pods(2, 26, obs(4, 12, 8))]].concat();
+        assert_eq!(run_causes(&spec, 2, &ramp)[2], (4, Load));
+        // ... when no pod runs yet (a jump from zero): the queue's growth says the first
+        // pods were too few, and the step limit paces it.
+        let from_zero = [on_pods(0, 15, obs(0, 15, 0)), on_pods(0, 25, obs(2, 25, 0))];
+        assert_eq!(
+            run_causes(&spec, 0, &from_zero),
+            [(3, Load), (4, ScaleUpLimit)]
+        );
+        // ... when pods of a round before it are still starting too: the pool is ramping up.
+        // (A backlog at 4 s adds 3 pods more; at 20 s none of the 4 new pods runs yet.)
+        let rounds = [
+            on_pods(2, 0, obs(0, 0, 6)),
+            on_pods(2, 6, obs(2, 6, 8)),
+            on_pods(2, 70, obs(4, 60, 8)),
+            on_pods(2, 102, obs(20, 40, 8)),
+        ];
+        assert_eq!(
+            run_causes(&spec, 2, &rounds),
+            [(2, Load), (3, Load), (6, ScaleUpLimit), (10, Load)]
+        );
+        // ... and without a measured processing time to tell how busy the arrivals keep it.
+        let unmeasured: Vec<Observation> = spike
+            .iter()
+            .map(|o| Observation {
+                mean_processing_ms: None,
+                ..o.clone()
+            })
+            .collect();
+        assert_eq!(run_causes(&spec, 2, &unmeasured)[2], (4, Load));
+
+        // A warm pool with a backlog still goes to its recommendation in one pass, pods
+        // starting from an earlier period or not: a pod slow to start holds nothing then.
+        let slow = [
+            on_pods(2, 0, obs(0, 0, 6)),
+            on_pods(2, 6, obs(2, 6, 8)),
+            on_pods(2, 100, obs(20, 90, 8)),
+        ];
+        assert_eq!(
+            run_causes(&spec, 2, &slow),
+            [(2, Load), (3, Load), (20, Backlog)]
+        );
+
+        // A short spike doubles the pool once, and not again while the pods it started are
+        // still starting, within the period or after it (slow nodes: 20 s).
+        let doubling = [
+            on_pods(4, 0, obs(0, 30, 16)),
+            on_pods(4, 6, obs(2, 30, 16)),
+            on_pods(4, 30, obs(16, 40, 16)),
+            on_pods(8, 40, obs(22, 2, 30)),
+        ];
+        assert_eq!(
+            run_causes(&spec, 4, &doubling),
+            [
+                (8, ScaleUpLimit),
+                (8, PodsStarting),
+                (8, PodsStarting),
+                (8, ScaleDownWindow)
+            ]
+        );
     }
 
     #[test]

@@ -19,8 +19,9 @@
 //!   the same tasks; a task handed back starts over.
 //! - The operator's observation is what `Observation::from_stats` would give: queued, in
 //!   flight, the enqueued counter, the oldest task's age, and the mean processing time (claim
-//!   to end) of the last 1000 tasks (the queue keeps that many samples). Retries (`delayed`)
-//!   are not modelled.
+//!   to end) of the last 1000 tasks (the queue keeps that many samples), and the worker
+//!   registry: one executor per pod from the moment it is ready until it is gone, marked
+//!   draining once removed. Retries (`delayed`) are not modelled.
 //! - The backend, when a [`BackendModel`] is given: a model server that serves `capacity`
 //!   calls at once at full speed, and a call started while more are running takes longer in
 //!   proportion (its drawn service time × calls running / capacity, fixed when it starts).
@@ -29,9 +30,10 @@
 //!   executors' gate does; the operator sees the limit and the permits in use.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, VecDeque};
 
 use ragpool_operator::observe::{BackendObservation, Observation};
+use ragpool_queue::WorkerInfo;
 
 /// A task of the trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +188,8 @@ enum PodState {
 #[derive(Debug, Clone)]
 struct Pod {
     created_us: u64,
+    /// When it became ready (its executor registered).
+    ready_us: u64,
     state: PodState,
     running: Vec<usize>,
 }
@@ -210,6 +214,8 @@ struct Sim<'a> {
     now: u64,
     events: BinaryHeap<Reverse<(u64, Event)>>,
     pods: Vec<Pod>,
+    /// Pods whose executor is registered: ready or draining.
+    registered: BTreeSet<usize>,
     /// One entry per free slot of a ready pod, oldest first; entries of pods no longer ready
     /// are skipped when met.
     free_slots: VecDeque<usize>,
@@ -244,6 +250,7 @@ pub fn run(pool: &PoolModel, tasks: &[Task], scaler: &mut dyn Autoscaler) -> Out
         now: 0,
         events: BinaryHeap::new(),
         pods: Vec::new(),
+        registered: BTreeSet::new(),
         free_slots: VecDeque::new(),
         queue: VecDeque::new(),
         next_arrival: 0,
@@ -368,6 +375,7 @@ impl Sim<'_> {
     fn create_pod(&mut self) -> usize {
         self.pods.push(Pod {
             created_us: self.now,
+            ready_us: 0,
             state: PodState::Starting,
             running: Vec::new(),
         });
@@ -377,6 +385,8 @@ impl Sim<'_> {
 
     fn make_ready(&mut self, pod: usize) {
         self.pods[pod].state = PodState::Ready;
+        self.pods[pod].ready_us = self.now;
+        self.registered.insert(pod);
         self.ready += 1;
         for _ in 0..self.pool.concurrency.max(1) {
             self.free_slots.push_back(pod);
@@ -387,6 +397,7 @@ impl Sim<'_> {
         let p = &mut self.pods[pod];
         p.state = PodState::Gone;
         self.pod_us += u128::from(self.now - p.created_us);
+        self.registered.remove(&pod);
     }
 
     fn handle(&mut self, event: Event) {
@@ -518,7 +529,7 @@ impl Sim<'_> {
             at_ms,
             mean_processing_ms: (!self.service_window.is_empty())
                 .then(|| self.service_sum as f64 / self.service_window.len() as f64 / 1000.0),
-            workers: Vec::new(),
+            workers: self.workers(),
             backend: self
                 .pool
                 .backend
@@ -531,6 +542,26 @@ impl Sim<'_> {
                     probing_up_to: None,
                 }),
         }
+    }
+
+    /// The worker registry: the executor of every pod that has started and is not gone.
+    fn workers(&self) -> Vec<WorkerInfo> {
+        self.registered
+            .iter()
+            .map(|&i| {
+                let pod = &self.pods[i];
+                WorkerInfo {
+                    id: format!("executor-{i}"),
+                    pod: Some(format!("pod-{i}")),
+                    concurrency: self.pool.concurrency,
+                    in_flight: u32::try_from(pod.running.len()).unwrap_or(u32::MAX),
+                    started_at_ms: pod.ready_us / 1000,
+                    last_seen_ms: self.now / 1000,
+                    draining: pod.state == PodState::Draining,
+                    ..WorkerInfo::default()
+                }
+            })
+            .collect()
     }
 
     fn scale_to(&mut self, replicas: i32, victims: Victims) {
