@@ -95,7 +95,6 @@ local function take(i)
         'started_at', now)
       redis.call('HINCRBY', tkey, 'attempts', 1)
       redis.call('ZADD', started, now + lease_ms, id)
-      count_started(prefix, redis.call('HGET', tkey, 'owner'), 1)
       sample(waits, now - queued_at)
       emit(KEYS[1], id, redis.call('HGET', tkey, 'queue'), 'started', {'worker', worker})
       -- (false: a nil reply; a task stored before payloads had their own key holds it in
@@ -121,7 +120,7 @@ end
 -- Keep one wake-up token per ready task (up to 1000) on every queue looked at, so that every
 -- blocked consumer that could take one is woken, and none wakes for nothing: none while every
 -- owner with queued tasks is held at its `maxInFlight` (the end of one of its tasks gives a
--- token back, see `count_started`).
+-- token back, see `release_held`).
 for i = 0, n - 1 do
   if looked[i] then
     local ready, signal = KEYS[3 + 4 * i], KEYS[5 + 4 * i]

@@ -123,11 +123,11 @@ end
 --                           'f:<owner>' where an owner that left stopped, 'since' the first
 --                           sequence number queued with owners' sets, 'clean' once nothing
 --                           queued before it is left
--- Per partition, '{prefix}owners' (HASH 'tasks:<owner>' its tasks queued or started,
--- 'started:<owner>' the started ones, and 'max:<owner>', its `maxInFlight`; its queued tasks
--- are the difference, so a claim, which moves a task from one to the other, changes one
--- count) and '{prefix}held:<owner>' (SET of the bases whose turns an owner at its
--- `maxInFlight` was taken out of).
+-- Per partition, '{prefix}owners' (HASH 'tasks:<owner>' its tasks queued or started, and
+-- 'max:<owner>', its `maxInFlight`) and '{prefix}held:<owner>' (SET of the bases whose turns
+-- an owner at its `maxInFlight` was taken out of). An owner's queued tasks are its entries in
+-- the queues' 'by:<owner>' sets, and its started tasks the rest of its tasks: a claim, which
+-- moves a task from one to the other, writes no count.
 
 -- The queue's key base, from its ready set's key.
 local function queue_base(ready)
@@ -139,11 +139,24 @@ local function prefix_of(tkey, id)
   return string.sub(tkey, 1, #tkey - #id - 5)
 end
 
--- True while `owner` holds as many started tasks as its `maxInFlight` allows.
+-- The queued tasks of `owner` in the partition at `prefix`: its ready-set entries in every
+-- queue the partition has seen.
+local function owner_queued(prefix, owner)
+  local n = 0
+  for _, q in ipairs(redis.call('SMEMBERS', prefix .. 'queues')) do
+    n = n + redis.call('ZCARD', prefix .. 'q:' .. q .. ':by:' .. owner)
+  end
+  return n
+end
+
+-- True while `owner` holds as many started tasks as its `maxInFlight` allows. Its started
+-- tasks are its tasks (queued or started) less its queued ones, so only an owner with a
+-- `maxInFlight` costs more than one read here.
 local function at_limit(prefix, owner)
-  local h = redis.call('HMGET', prefix .. 'owners', 'started:' .. owner, 'max:' .. owner)
-  local max = tonumber(h[2]) or 0
-  return max > 0 and (tonumber(h[1]) or 0) >= max
+  local h = redis.call('HMGET', prefix .. 'owners', 'max:' .. owner, 'tasks:' .. owner)
+  local max = tonumber(h[1]) or 0
+  if max == 0 then return false end
+  return (tonumber(h[2]) or 0) - owner_queued(prefix, owner) >= max
 end
 
 -- Gives `owner` a turn in the queue at `base` (it has queued tasks there), unless it has one,
@@ -173,14 +186,9 @@ local function fair_add(prefix, base, owner, id, seq)
   join_turns(prefix, base, owner)
 end
 
--- Counts a task of `owner` as started (`sign` 1) or no longer started (-1). When an owner
--- held at its `maxInFlight` drops below it, it gets its turns back.
-local function count_started(prefix, owner, sign)
-  if not owner then return end
-  local owners = prefix .. 'owners'
-  local n = redis.call('HINCRBY', owners, 'started:' .. owner, sign)
-  if n <= 0 then redis.call('HDEL', owners, 'started:' .. owner) end
-  if sign > 0 then return end
+-- One of `owner`'s started tasks stopped being started: an owner held at its `maxInFlight`
+-- that drops below it gets its turns back.
+local function release_held(prefix, owner)
   local held = prefix .. 'held:' .. owner
   if redis.call('EXISTS', held) == 0 or at_limit(prefix, owner) then return end
   for _, base in ipairs(redis.call('SMEMBERS', held)) do
@@ -202,25 +210,30 @@ local function count_owned(prefix, owner, sign)
   end
 end
 
--- A started task of `tkey` stopped being started: see `count_started`. `ended` when it does
--- not go back to the queue (it ended, or waits for a retry as `delayed`).
-local function left_started(tkey, id, ended)
-  local prefix, owner = prefix_of(tkey, id), redis.call('HGET', tkey, 'owner')
-  if ended then count_owned(prefix, owner, -1) end
-  count_started(prefix, owner, -1)
+-- A started task of `tkey` ended, or waits for a retry as `delayed`: it is no longer one of
+-- its owner's tasks (see `count_owned`), and the owner may have room again (`release_held`).
+-- A task that goes back to the queue stays one: `make_ready` with `back`.
+local function left_started(tkey, id)
+  local owner = redis.call('HGET', tkey, 'owner')
+  if not owner then return end
+  local prefix = prefix_of(tkey, id)
+  count_owned(prefix, owner, -1)
+  release_held(prefix, owner)
 end
 
 -- Put a task back at its place in the ready set and wake one blocked consumer; its payload
 -- counts as queued again (`acct`, see `count_queued`). `back` when it comes from `started`
--- (still counted among its owner's tasks, see `count_owned`).
+-- (a release, an expired lease): still one of its owner's tasks (see `count_owned`), now a
+-- queued one, so the owner may have room again (`release_held`).
 local function make_ready(tkey, id, ready, signal, seq, now, acct, back)
   count_queued(acct, tkey, 1)
-  local owner = redis.call('HGET', tkey, 'owner')
-  if not back then count_owned(prefix_of(tkey, id), owner, 1) end
+  local prefix, owner = prefix_of(tkey, id), redis.call('HGET', tkey, 'owner')
+  if owner and not back then count_owned(prefix, owner, 1) end
   redis.call('HSET', tkey, 'state', 'queued', 'queued_at', now, 'seq', seq)
   redis.call('HDEL', tkey, 'lease', 'worker', 'started_at')
   redis.call('ZADD', ready, seq, id)
-  fair_add(prefix_of(tkey, id), queue_base(ready), owner or '', id, seq)
+  fair_add(prefix, queue_base(ready), owner or '', id, seq)
+  if owner and back then release_held(prefix, owner) end
   redis.call('LPUSH', signal, '1')
 end
 

@@ -120,8 +120,7 @@ if o > 0 then
   for x = 0, o - 1 do
     local name, max = ARGV[obase + 4 * x], tonumber(ARGV[obase + 4 * x + 2])
     if max > 0 and asked[name] then
-      local n = redis.call('HMGET', owners, 'tasks:' .. name, 'started:' .. name)
-      local held = math.max((tonumber(n[1]) or 0) - (tonumber(n[2]) or 0), 0)
+      local held = owner_queued(prefix, name)
       if held + asked[name] > max then
         drop_staged(create)
         return {'over_limit', 'owner_tasks', max, held, asked[name]}
@@ -165,6 +164,9 @@ for x = 0, o - 1 do
   end
   if max_in_flight > 0 then
     redis.call('HSET', owners, 'max:' .. name, max_in_flight)
+    -- Its started tasks are counted from its queued ones in every known queue (`at_limit`):
+    -- the queues of this call are known before their tasks join.
+    for j = 0, m - 1 do redis.call('SADD', KEYS[3], ARGV[qbase + 8 * j]) end
   else
     redis.call('HDEL', owners, 'max:' .. name)
   end

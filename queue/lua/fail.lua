@@ -14,7 +14,7 @@ local tkey, id = KEYS[1], ARGV[1]
 local refused = check_lease(tkey, ARGV[2])
 if refused then return repeated(tkey, ARGV[2]) or {refused} end
 -- Whether it ends or waits as `delayed`, it is neither queued nor started any more.
-left_started(tkey, id, true)
+left_started(tkey, id)
 
 local now = now_ms()
 redis.call('ZREM', KEYS[2], id)

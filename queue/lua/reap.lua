@@ -37,7 +37,7 @@ for _, id in ipairs(expired) do
     'queue', 'worker')
   if h[1] == 'started' then
     local requeue = h[4] ~= '1' and tonumber(h[2]) < tonumber(h[3])
-    left_started(tkey, id, not requeue)
+    if not requeue then left_started(tkey, id) end
     redis.call('HINCRBY', KEYS[7], 'lease_expired', 1)
     local message = 'lease of worker ' .. (h[7] or '?') .. ' expired'
     redis.call('HSET', tkey, 'error_kind', 'lease_expired', 'error_msg', message)

@@ -11,11 +11,11 @@ local tkey, id = KEYS[1], ARGV[1]
 local refused = check_lease(tkey, ARGV[2])
 if refused then return repeated(tkey, ARGV[2]) or {refused} end
 local h = redis.call('HMGET', tkey, 'cancel', 'seq', 'queue')
-left_started(tkey, id, h[1] == '1')
 
 local now = now_ms()
 redis.call('ZREM', KEYS[2], id)
 if h[1] == '1' then
+  left_started(tkey, id)
   redis.call('HSET', tkey, 'error_kind', 'canceled', 'error_msg', 'canceled while running')
   finish_as(tkey, KEYS[7], id, KEYS[5], 'canceled', 'failure_ttl_ms', now)
   emit(KEYS[6], id, h[3], 'canceled')

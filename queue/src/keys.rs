@@ -251,8 +251,8 @@ impl Partition {
     }
 
     /// HASH: per owner (an API key's name) `tasks:<owner>`, its tasks queued or started in
-    /// this partition, `started:<owner>`, the started ones (its queued tasks are the
-    /// difference), and `max:<owner>`, its `maxInFlight`.
+    /// this partition (the queued ones are its entries in the queues' `by:<owner>` sets, the
+    /// rest are started), and `max:<owner>`, its `maxInFlight`.
     pub fn owners(&self) -> String {
         format!("{}owners", self.prefix)
     }

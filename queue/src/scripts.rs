@@ -55,6 +55,7 @@ pub(crate) static RETRY_FAILED: LazyLock<Script> = script!("retry_failed.lua");
 pub(crate) static PURGE: LazyLock<Script> = script!("purge.lua");
 pub(crate) static HISTORY: LazyLock<Script> = script!("history.lua");
 pub(crate) static HEADS: LazyLock<Script> = script!("heads.lua");
+pub(crate) static OWNERS: LazyLock<Script> = script!("owners.lua");
 pub(crate) static BACKEND_ACQUIRE: LazyLock<Script> = limit_script!("backend_acquire.lua");
 pub(crate) static BACKEND_RENEW: LazyLock<Script> = limit_script!("backend_renew.lua");
 pub(crate) static BACKEND_RELEASE: LazyLock<Script> = limit_script!("backend_release.lua");

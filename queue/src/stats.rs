@@ -26,16 +26,6 @@ pub struct OwnerStats {
     pub max_in_flight: Option<u64>,
 }
 
-impl OwnerStats {
-    /// An owner with no tasks counted yet.
-    pub(crate) fn named(owner: &str) -> Self {
-        Self {
-            owner: owner.to_string(),
-            ..Self::default()
-        }
-    }
-}
-
 /// One queue's counts and timings, read in one atomic step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]

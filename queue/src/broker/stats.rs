@@ -47,39 +47,28 @@ impl Broker {
     pub async fn owner_stats(&self) -> Result<Vec<OwnerStats>> {
         self.check_layout().await?;
         let reads = self.keys().partitions().iter().map(|part| async move {
-            redis::cmd("HGETALL")
-                .arg(part.owners())
-                .query_async::<Vec<(String, String)>>(&mut self.conn())
+            scripts::OWNERS
+                .key(part.owners())
+                .arg(part.prefix())
+                .invoke_async::<Vec<(String, u64, u64, u64)>>(&mut self.conn())
                 .await
         });
         let mut by_owner: std::collections::BTreeMap<String, OwnerStats> = Default::default();
-        for fields in futures::future::try_join_all(reads).await? {
-            // One partition's counts: an owner's tasks (queued or started) and its started
-            // ones, so its queued tasks are the difference.
-            let mut tasks: std::collections::BTreeMap<&str, (u64, u64)> = Default::default();
-            for (field, value) in &fields {
-                let Some((what, owner)) = field.split_once(':') else {
-                    continue;
-                };
-                let n: u64 = value.parse().unwrap_or(0);
-                match what {
-                    "tasks" => tasks.entry(owner).or_default().0 = n,
-                    "started" => tasks.entry(owner).or_default().1 = n,
-                    "max" => {
-                        by_owner
-                            .entry(owner.to_string())
-                            .or_insert_with(|| OwnerStats::named(owner))
-                            .max_in_flight = Some(n)
-                    }
-                    _ => {}
-                }
-            }
-            for (owner, (all, started)) in tasks {
-                let entry = by_owner
-                    .entry(owner.to_string())
-                    .or_insert_with(|| OwnerStats::named(owner));
-                entry.queued += all.saturating_sub(started);
-                entry.started += started;
+        for (owner, queued, started, max) in futures::future::try_join_all(reads)
+            .await?
+            .into_iter()
+            .flatten()
+        {
+            let entry = by_owner
+                .entry(owner.clone())
+                .or_insert_with(|| OwnerStats {
+                    owner,
+                    ..OwnerStats::default()
+                });
+            entry.queued += queued;
+            entry.started += started;
+            if max > 0 {
+                entry.max_in_flight = Some(max);
             }
         }
         Ok(by_owner
