@@ -965,6 +965,21 @@ mod tests {
             .unwrap_or(&Value::Null)
     }
 
+    /// The scale subresource set to `to` replicas.
+    fn scale(to: i32) -> Exchange {
+        Exchange::new(Method::PATCH, SCALE)
+            .check(move |body| assert_eq!(body["spec"]["replicas"], to))
+    }
+
+    /// Each kept decision as (from, to, reason).
+    fn decision_reasons(status: &RagWorkerPoolStatus) -> Vec<(i32, i32, &str)> {
+        status
+            .recent_decisions
+            .iter()
+            .map(|d| (d.from, d.to, d.reason.as_str()))
+            .collect()
+    }
+
     fn event(reason: &'static str, type_: &'static str, note: &'static str) -> Exchange {
         Exchange::new(Method::POST, EVENTS).check(move |body| {
             assert_eq!(body["reason"], reason, "{body}");
@@ -1615,10 +1630,6 @@ mod tests {
         s.scaling.max_replicas = 6;
         s.scaling.decision_history_limit = 2;
         let p = pool(s);
-        let scale = |to: i32| {
-            Exchange::new(Method::PATCH, SCALE)
-                .check(move |body| assert_eq!(body["spec"]["replicas"], to))
-        };
         let written = statuses(
             &p,
             |status| {
@@ -1725,10 +1736,6 @@ mod tests {
     #[tokio::test]
     async fn a_short_spike_doubles_a_warm_pool_once() {
         let p = pool(spec());
-        let scale = |to: i32| {
-            Exchange::new(Method::PATCH, SCALE)
-                .check(move |body| assert_eq!(body["spec"]["replicas"], to))
-        };
         let at = |t: u64, queued: u64, started: u64| {
             Ok(Observation {
                 mean_processing_ms: Some(1_000.0),
@@ -1756,11 +1763,7 @@ mod tests {
         )
         .await;
         let last = written.last().cloned().unwrap_or_default();
-        let reasons: Vec<(i32, i32, &str)> = last
-            .recent_decisions
-            .iter()
-            .map(|d| (d.from, d.to, d.reason.as_str()))
-            .collect();
+        let reasons = decision_reasons(&last);
         assert_eq!(
             reasons,
             [
@@ -1774,10 +1777,6 @@ mod tests {
     #[tokio::test]
     async fn a_warm_pool_waits_for_the_pods_it_started_before_adding_more() {
         let p = pool(spec());
-        let scale = |to: i32| {
-            Exchange::new(Method::PATCH, SCALE)
-                .check(move |body| assert_eq!(body["spec"]["replicas"], to))
-        };
         // Tasks of 3 s, 2 per second, on pods whose executors have registered.
         let at = |t: u64, pods: usize, queued: u64, started: u64, enqueued: u64| {
             Ok(Observation {
@@ -1815,11 +1814,7 @@ mod tests {
         )
         .await;
         let last = written.last().cloned().unwrap_or_default();
-        let reasons: Vec<(i32, i32, &str)> = last
-            .recent_decisions
-            .iter()
-            .map(|d| (d.from, d.to, d.reason.as_str()))
-            .collect();
+        let reasons = decision_reasons(&last);
         assert_eq!(
             reasons,
             [(2, 3, "Load"), (3, 3, "PodsStarting"), (3, 5, "Load")]
@@ -1973,10 +1968,6 @@ mod tests {
                 json!({"apiVersion": "v1", "kind": "PodList", "metadata": {}, "items": []}),
             )
         };
-        let scale = |to: i32| {
-            Exchange::new(Method::PATCH, SCALE)
-                .check(move |body| assert_eq!(body["spec"]["replicas"], to))
-        };
         let series = || Exchange::new(Method::PATCH, &format!("{EVENTS}/")).prefix();
         let at = |t: u64, queued: u64, started: u64, total: u64| {
             Ok(Observation {
@@ -2041,11 +2032,7 @@ mod tests {
         )
         .await;
         let last = written.last().cloned().unwrap_or_default();
-        let reasons: Vec<(i32, i32, &str)> = last
-            .recent_decisions
-            .iter()
-            .map(|d| (d.from, d.to, d.reason.as_str()))
-            .collect();
+        let reasons = decision_reasons(&last);
         assert_eq!(
             reasons,
             [
