@@ -59,12 +59,10 @@ impl Broker {
             .into_iter()
             .flatten()
         {
-            let entry = by_owner
-                .entry(owner.clone())
-                .or_insert_with(|| OwnerStats {
-                    owner,
-                    ..OwnerStats::default()
-                });
+            let entry = by_owner.entry(owner.clone()).or_insert_with(|| OwnerStats {
+                owner,
+                ..OwnerStats::default()
+            });
             entry.queued += queued;
             entry.started += started;
             if max > 0 {
