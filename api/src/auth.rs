@@ -89,11 +89,7 @@ impl ApiKeys {
     /// those names.
     fn apply_settings(&mut self, text: &str, origin: &str) -> Result<(), KeyConfigError> {
         for (i, entry) in entries(text).enumerate() {
-            let invalid = |reason: &str| KeyConfigError::Invalid {
-                origin: origin.to_string(),
-                entry: i + 1,
-                reason: reason.to_string(),
-            };
+            let invalid = invalid_entry(origin, i + 1);
             let parts: Vec<&str> = entry.split(':').collect();
             let [name, options @ ..] = parts.as_slice() else {
                 return Err(invalid("expected NAME:option:…"));
@@ -132,11 +128,7 @@ impl ApiKeys {
 
     fn add_all(&mut self, text: &str, origin: &str) -> Result<(), KeyConfigError> {
         for (i, entry) in entries(text).enumerate() {
-            let invalid = |reason: &str| KeyConfigError::Invalid {
-                origin: origin.to_string(),
-                entry: i + 1,
-                reason: reason.to_string(),
-            };
+            let invalid = invalid_entry(origin, i + 1);
             let parts: Vec<&str> = entry.split(':').collect();
             let [name, key, options @ ..] = parts.as_slice() else {
                 return Err(invalid(
@@ -348,6 +340,15 @@ impl FromRequestParts<AppState> for Caller {
         // The body extractors reserve the submission budget under the caller's key.
         parts.extensions.insert(caller.clone());
         Ok(caller)
+    }
+}
+
+/// The error for entry `entry` (from 1) of the key list or settings from `origin`.
+fn invalid_entry(origin: &str, entry: usize) -> impl Fn(&str) -> KeyConfigError + '_ {
+    move |reason| KeyConfigError::Invalid {
+        origin: origin.to_string(),
+        entry,
+        reason: reason.to_string(),
     }
 }
 

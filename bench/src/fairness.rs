@@ -16,8 +16,9 @@
 //!   With fair share A and B are two owners; without it neither has one, so the queue is one
 //!   FIFO line, as before fair share.
 //!
-//! Throughputs are the best of `--rounds`; waits are the lowest of the rounds' figures. The
-//! configurations of a round run in one order, the next round in the reverse order.
+//! Each owned drain runs next to a drain without owners, and a throughput row is the pair
+//! whose ratio is the median of the `--rounds` pairs; waits are the lowest of the rounds'
+//! figures.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -45,7 +46,7 @@ pub struct Args {
     /// Owner A's batch in the wait part.
     #[arg(long, default_value_t = 5_000)]
     pub batch: usize,
-    /// Runs of each; the best of them is reported.
+    /// Runs of each: throughputs report the median pair, waits the lowest.
     #[arg(long, default_value_t = 3)]
     pub rounds: usize,
 }
@@ -61,6 +62,7 @@ const QUEUE: &str = "full_query";
 
 /// Runs both parts and prints their tables.
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    anyhow::ensure!(args.rounds >= 1, "--rounds must be at least 1");
     let server = tokio::task::spawn_blocking(RedisServer::start)
         .await?
         .context("starting redis-server")?;
@@ -71,7 +73,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let (wait_rows, columns) = wait_rows(&broker, &url, &args).await?;
     rows.extend(wait_rows);
     println!(
-        "\n{} tasks per drain, {} consumers; owner A's batch {}; best of {}:",
+        "\n{} tasks per drain, {} consumers; owner A's batch {}; {} rounds (throughputs: the median pair; waits: the lowest):",
         args.tasks, args.consumers, args.batch, args.rounds
     );
     print_table(&rows);
@@ -103,59 +105,88 @@ fn describe(owners: Option<usize>) -> String {
     }
 }
 
+/// One drain's figures: tasks per second, and tasks per second of Redis CPU time.
+#[derive(Clone, Copy, Debug)]
+struct Drain {
+    rate: f64,
+    per_cpu: f64,
+}
+
+/// Queues `args.tasks` tasks of `owners` and drains them in claims of `size`.
+async fn measure(
+    broker: &Broker,
+    url: &str,
+    args: &Args,
+    size: usize,
+    owners: Option<usize>,
+) -> anyhow::Result<Drain> {
+    flush(url).await?;
+    fill(broker, args.tasks, owners).await?;
+    let cpu = redis_cpu_seconds(url).await?;
+    let rate = drain_claims(broker, args.tasks, args.consumers, size).await?;
+    let per_cpu = args.tasks as f64 / (redis_cpu_seconds(url).await? - cpu);
+    Ok(Drain { rate, per_cpu })
+}
+
 /// Claim throughput per owner count and claim size, each against tasks without an owner.
+/// Each owned drain runs next to a drain without owners (after it in one round, before it in
+/// the next), so both see the machine in the same state; a row is the pair whose ratio is the
+/// median of the rounds' (the upper one of two middle ratios).
 async fn throughput_rows(broker: &Broker, url: &str, args: &Args) -> anyhow::Result<Vec<Row>> {
-    // Per claim size and owner count, the best tasks/s and tasks per Redis CPU second.
-    let mut best = vec![[(0f64, 0f64); OWNER_COUNTS.len()]; CLAIM_SIZES.len()];
+    // Per claim size and owner count (without the baseline's), one (owned, baseline) per round.
+    let mut pairs =
+        vec![vec![Vec::<(Drain, Drain)>::new(); OWNER_COUNTS.len() - 1]; CLAIM_SIZES.len()];
     for round in 0..args.rounds {
-        let mut order: Vec<usize> = (0..OWNER_COUNTS.len()).collect();
-        if round % 2 == 1 {
-            order.reverse();
-        }
         let mut line = Vec::new();
         for (s, &size) in CLAIM_SIZES.iter().enumerate() {
-            for &o in &order {
-                flush(url).await?;
-                fill(broker, args.tasks, OWNER_COUNTS[o]).await?;
-                let cpu = redis_cpu_seconds(url).await?;
-                let rate = drain_claims(broker, args.tasks, args.consumers, size).await?;
-                let per_cpu = args.tasks as f64 / (redis_cpu_seconds(url).await? - cpu);
-                let b = &mut best[s][o];
-                *b = (b.0.max(rate), b.1.max(per_cpu));
+            for (o, &owners) in OWNER_COUNTS.iter().enumerate().skip(1) {
+                let pair = if round % 2 == 0 {
+                    let base = measure(broker, url, args, size, None).await?;
+                    (measure(broker, url, args, size, owners).await?, base)
+                } else {
+                    let owned = measure(broker, url, args, size, owners).await?;
+                    (owned, measure(broker, url, args, size, None).await?)
+                };
                 line.push(format!(
-                    "claim {size}, {}: {rate:.0}/s, {per_cpu:.0} per Redis CPU s",
-                    describe(OWNER_COUNTS[o])
+                    "claim {size}, {}: {:.2} ({:.2} per Redis CPU s)",
+                    describe(owners),
+                    pair.0.rate / pair.1.rate,
+                    pair.0.per_cpu / pair.1.per_cpu
                 ));
+                pairs[s][o - 1].push(pair);
             }
         }
         println!("round {}: {}", round + 1, line.join(", "));
     }
+    let median = |mut all: Vec<(f64, f64)>| -> (f64, f64) {
+        all.sort_by(|a, b| (a.0 / a.1).total_cmp(&(b.0 / b.1)));
+        all[all.len() / 2]
+    };
     let mut rows = Vec::new();
-    for (s, &size) in CLAIM_SIZES.iter().enumerate() {
-        let baseline = format!("claim {size}, no owner");
-        for (o, &owners) in OWNER_COUNTS.iter().enumerate().skip(1) {
-            rows.push(Row::ratio(
-                format!("claim {size}, {} active", describe(owners)),
-                best[s][o].0,
-                "tasks/s",
-                &baseline,
-                best[s][0].0,
-            ));
-        }
-    }
-    for (s, &size) in CLAIM_SIZES.iter().enumerate() {
-        let baseline = format!("claim {size}, no owner");
-        for (o, &owners) in OWNER_COUNTS.iter().enumerate().skip(1) {
-            rows.push(Row::ratio(
-                format!(
-                    "claim {size}, {} active, per Redis CPU second",
-                    describe(owners)
-                ),
-                best[s][o].1,
-                "tasks",
-                &baseline,
-                best[s][0].1,
-            ));
+    for per_cpu in [false, true] {
+        for (s, &size) in CLAIM_SIZES.iter().enumerate() {
+            let baseline = format!("claim {size}, no owner");
+            for (o, &owners) in OWNER_COUNTS.iter().enumerate().skip(1) {
+                let figure = |d: &Drain| if per_cpu { d.per_cpu } else { d.rate };
+                let (value, base) = median(
+                    pairs[s][o - 1]
+                        .iter()
+                        .map(|(owned, b)| (figure(owned), figure(b)))
+                        .collect(),
+                );
+                let (what, unit) = if per_cpu {
+                    (", per Redis CPU second", "tasks")
+                } else {
+                    ("", "tasks/s")
+                };
+                rows.push(Row::ratio(
+                    format!("claim {size}, {} active{what}", describe(owners)),
+                    value,
+                    unit,
+                    &baseline,
+                    base,
+                ));
+            }
         }
     }
     Ok(rows)
